@@ -1,0 +1,1 @@
+"""Secateurs workers: the job spec, the compression engine, the runner and its dispatchers."""

@@ -1,0 +1,1 @@
+"""The compression engine: a pure library (Keras 3, numpy, standard library; no web, queue or DB)."""

@@ -1,0 +1,325 @@
+"""JobSpec: the one contract shared by the HTTP API, the CLI and the workers.
+
+A job is an ordered list of steps (regularize, prune, structured, finetune) plus shared training
+settings, layer selection and export options. Every field is validated here, with messages that
+name the field and the allowed range, so bad input is refused before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+class _ScheduleWindow(_Strict):
+    begin: float = Field(
+        0.0, ge=0.0, description="When pruning starts: a fraction of the step's training (unit=fraction) or an epoch."
+    )
+    end: float = Field(
+        1.0, ge=0.0, description="When the final sparsity is reached: a fraction of the step's training or an epoch."
+    )
+    unit: Literal["fraction", "epoch"] = Field(
+        "fraction", description="How `begin` and `end` are counted: fractions of training (0..1) or epochs."
+    )
+    frequency: int = Field(10, ge=1, le=100_000, description="Masks are recomputed every `frequency` optimizer steps.")
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.unit == "fraction" and (self.begin > 1.0 or self.end > 1.0):
+            raise ValueError("schedule.begin and schedule.end must be within 0..1 when unit is 'fraction'")
+        if self.end < self.begin:
+            raise ValueError(f"schedule.end ({self.end}) must be >= schedule.begin ({self.begin})")
+        return self
+
+
+class PolynomialScheduleSpec(_ScheduleWindow):
+    """Zhu & Gupta (2017): s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0)) ** power."""
+
+    kind: Literal["polynomial"] = "polynomial"
+    initial_sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="Sparsity when pruning begins, 0 <= s_i < 1.")
+    power: float = Field(3.0, gt=0.0, le=10.0, description="Exponent of the decay; 3 as in Zhu & Gupta.")
+    end: float = Field(0.75, ge=0.0, description="When the final sparsity is reached (fraction of training by default).")
+
+
+class ConstantScheduleSpec(_ScheduleWindow):
+    """Hold the target sparsity from `begin` to `end`, recomputing masks every `frequency` steps."""
+
+    kind: Literal["constant"] = "constant"
+
+
+class OneShotScheduleSpec(_Strict):
+    """Prune once to the target before training starts; zeros are then held during fine-tuning."""
+
+    kind: Literal["one_shot"] = "one_shot"
+
+
+ScheduleSpec = Annotated[
+    Union[PolynomialScheduleSpec, ConstantScheduleSpec, OneShotScheduleSpec], Field(discriminator="kind")
+]
+
+# --------------------------------------------------------------------------- steps
+
+
+class RegularizeStep(_Strict):
+    """Fine-tune with penalties added to the loss: l1*sum|w| + l2*sum w^2 + group_lasso*sum_units ||w_unit||_2."""
+
+    kind: Literal["regularize"] = "regularize"
+    l1: float = Field(0.0, ge=0.0, le=1.0, description="L1 penalty weight (lambda) on prunable kernels.")
+    l2: float = Field(0.0, ge=0.0, le=1.0, description="L2 penalty weight (lambda) on prunable kernels.")
+    group_lasso: float = Field(
+        0.0, ge=0.0, le=1.0, description="Group-lasso weight: sum of the L2 norms of each output unit's weights."
+    )
+    epochs: int = Field(1, ge=1, le=1000, description="Fine-tuning epochs with the penalty.")
+
+    @model_validator(mode="after")
+    def _some_penalty(self):
+        if self.l1 == 0 and self.l2 == 0 and self.group_lasso == 0:
+            raise ValueError("a regularize step needs at least one of l1, l2, group_lasso > 0")
+        return self
+
+
+class PruneStep(_Strict):
+    """Unstructured pruning: zero individual weights (masks are held through later training)."""
+
+    kind: Literal["prune"] = "prune"
+    method: Literal["magnitude", "threshold", "n_m", "block"] = Field(
+        "magnitude",
+        description="magnitude: smallest |w| to target_sparsity; threshold: |w| < threshold; "
+        "n_m: keep n largest of every m along the input axis; block: blocks of block_shape ranked by mean |w|.",
+    )
+    target_sparsity: float | None = Field(
+        None, ge=0.0, lt=1.0, description="Fraction of weights set to zero (magnitude, block), 0 <= s < 1."
+    )
+    threshold: float | None = Field(None, ge=0.0, description="Weights with |w| < threshold are zeroed (method=threshold).")
+    n: int | None = Field(None, ge=1, le=64, description="Weights kept per group of m (method=n_m).")
+    m: int | None = Field(None, ge=2, le=64, description="Group size (method=n_m).")
+    block_shape: tuple[int, int] | None = Field(None, description="Block (rows, cols) of the 2-D kernel view (method=block).")
+    scope: Literal["layer", "global"] = Field(
+        "layer", description="layer: every layer reaches the target; global: one ranking across layers."
+    )
+    schedule: ScheduleSpec | None = Field(
+        None, description="How sparsity grows during the step's epochs. Default: polynomial when epochs > 0, else one-shot."
+    )
+    epochs: int = Field(0, ge=0, le=1000, description="Fine-tuning epochs during/after pruning; zeros are held.")
+
+    @model_validator(mode="after")
+    def _method_fields(self):
+        m = self.method
+        if m in ("magnitude", "block") and self.target_sparsity is None:
+            raise ValueError(f"method '{m}' needs target_sparsity (0 <= s < 1)")
+        if m == "threshold":
+            if self.threshold is None:
+                raise ValueError("method 'threshold' needs threshold (>= 0)")
+            if self.target_sparsity is not None:
+                raise ValueError("method 'threshold' takes threshold, not target_sparsity")
+            if self.schedule is not None and self.schedule.kind != "one_shot":
+                raise ValueError("method 'threshold' prunes once; schedule must be omitted or one_shot")
+        if m == "n_m":
+            if self.n is None or self.m is None:
+                raise ValueError("method 'n_m' needs n and m (e.g. n=2, m=4)")
+            if self.n >= self.m:
+                raise ValueError(f"n ({self.n}) must be smaller than m ({self.m})")
+            if self.schedule is not None and self.schedule.kind != "one_shot":
+                raise ValueError("method 'n_m' prunes once; schedule must be omitted or one_shot")
+        if m == "block":
+            if self.block_shape is None:
+                raise ValueError("method 'block' needs block_shape, e.g. [1, 4]")
+            if min(self.block_shape) < 1 or max(self.block_shape) > 64:
+                raise ValueError("block_shape entries must be within 1..64")
+        if m != "block" and self.block_shape is not None:
+            raise ValueError("block_shape is only used by method 'block'")
+        if m != "n_m" and (self.n is not None or self.m is not None):
+            raise ValueError("n and m are only used by method 'n_m'")
+        if self.schedule is not None and self.schedule.kind != "one_shot" and self.epochs == 0:
+            raise ValueError(f"a {self.schedule.kind} schedule needs epochs >= 1")
+        if (
+            self.schedule is not None
+            and self.schedule.kind != "one_shot"
+            and self.schedule.unit == "epoch"
+            and self.schedule.end > self.epochs
+        ):
+            raise ValueError(f"schedule.end ({self.schedule.end} epochs) is after the step's last epoch ({self.epochs})")
+        return self
+
+    @property
+    def effective_schedule(self) -> PolynomialScheduleSpec | ConstantScheduleSpec | OneShotScheduleSpec:
+        if self.schedule is not None:
+            return self.schedule
+        if self.method == "magnitude" and self.epochs > 0:
+            return PolynomialScheduleSpec()
+        return OneShotScheduleSpec()
+
+
+class StructuredStep(_Strict):
+    """Remove whole Dense units / Conv filters ranked by importance and rebuild a smaller model."""
+
+    kind: Literal["structured"] = "structured"
+    criterion: Literal["l1", "l2", "mean_activation", "apoz"] = Field(
+        "l1", description="Importance of a unit: L1/L2 norm of its weights, mean |activation| or (1 - APoZ) on data."
+    )
+    keep_ratio: float = Field(..., gt=0.0, le=1.0, description="Fraction of units kept, 0 < p <= 1.")
+    scope: Literal["layer", "global"] = Field(
+        "layer", description="layer: each layer keeps keep_ratio; global: one normalized ranking across layers."
+    )
+    round_to: int = Field(1, ge=1, le=256, description="Kept counts are rounded up to a multiple of this (e.g. 8).")
+    calibration_samples: int = Field(
+        512, ge=1, le=100_000, description="Training samples used by data-driven criteria (mean_activation, apoz)."
+    )
+    epochs: int = Field(0, ge=0, le=1000, description="Fine-tuning epochs of the rebuilt model.")
+
+
+class FinetuneStep(_Strict):
+    """Plain fine-tuning; any unstructured zeros from earlier steps are held."""
+
+    kind: Literal["finetune"] = "finetune"
+    epochs: int = Field(1, ge=1, le=1000, description="Fine-tuning epochs.")
+
+
+Step = Annotated[Union[RegularizeStep, PruneStep, StructuredStep, FinetuneStep], Field(discriminator="kind")]
+
+# --------------------------------------------------------------------------- shared settings
+
+
+class TrainingSpec(_Strict):
+    batch_size: int = Field(128, ge=1, le=65_536, description="Mini-batch size.")
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = Field("adam", description="Optimizer for every training step.")
+    learning_rate: float = Field(1e-3, gt=0.0, le=10.0, description="Learning rate, 0 < lr <= 10.")
+    loss: str | None = Field(
+        None, description="Keras loss name; overrides the saved model's compiled loss. Required for uncompiled models."
+    )
+    metrics: list[str] | None = Field(
+        None, description="Keras metric names; override the saved model's compiled metrics."
+    )
+    validation_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Held-out fraction taken (deterministically) from x_train when no x_val is given."
+    )
+    shuffle: bool = True
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, v):
+        if v is None:
+            return v
+        if v not in ALLOWED_LOSSES:
+            raise ValueError(f"unknown loss '{v}'; allowed: {', '.join(sorted(ALLOWED_LOSSES))}")
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v):
+        if v is None:
+            return v
+        bad = [m for m in v if m not in ALLOWED_METRICS]
+        if bad:
+            raise ValueError(f"unknown metric(s) {bad}; allowed: {', '.join(sorted(ALLOWED_METRICS))}")
+        if len(v) > 8:
+            raise ValueError("at most 8 metrics")
+        return v
+
+
+ALLOWED_LOSSES = frozenset(
+    {
+        "sparse_categorical_crossentropy",
+        "categorical_crossentropy",
+        "binary_crossentropy",
+        "mse",
+        "mean_squared_error",
+        "mae",
+        "mean_absolute_error",
+        "huber",
+    }
+)
+ALLOWED_METRICS = frozenset(
+    {
+        "accuracy",
+        "sparse_categorical_accuracy",
+        "categorical_accuracy",
+        "binary_accuracy",
+        "top_k_categorical_accuracy",
+        "sparse_top_k_categorical_accuracy",
+        "mse",
+        "mae",
+        "mean_squared_error",
+        "mean_absolute_error",
+        "root_mean_squared_error",
+    }
+)
+
+
+class LayerOverride(_Strict):
+    target_sparsity: float | None = Field(None, ge=0.0, lt=1.0)
+    threshold: float | None = Field(None, ge=0.0)
+    keep_ratio: float | None = Field(None, gt=0.0, le=1.0)
+    skip: bool = Field(False, description="Leave this layer untouched.")
+
+
+class LayerSelection(_Strict):
+    include: list[str] | None = Field(
+        None, description="Layer names or class names (e.g. 'Dense', 'Conv2D') to prune; default: every prunable layer."
+    )
+    exclude: list[str] = Field(default_factory=list, description="Layer names or class names never pruned.")
+    overrides: dict[str, LayerOverride] = Field(default_factory=dict, description="Per-layer settings by layer name.")
+
+
+class ExportSpec(_Strict):
+    formats: list[Literal["keras", "h5", "tflite", "tflite_int8"]] = Field(
+        default_factory=lambda: ["keras"], min_length=1, description="Artifacts written for the compressed model."
+    )
+
+    @field_validator("formats")
+    @classmethod
+    def _unique(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("export.formats has duplicates")
+        return v
+
+
+class EvaluationSpec(_Strict):
+    latency: bool = Field(True, description="Measure compiled CPU latency (batch 1 and 32) before and after.")
+    latency_runs: int = Field(30, ge=3, le=1000, description="Timed runs per batch size; the median is reported.")
+
+
+class JobSpec(_Strict):
+    """One compression job: an ordered pipeline of steps and the settings they share."""
+
+    steps: list[Step] = Field(..., min_length=1, max_length=20, description="Ordered steps, run one after another.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    layers: LayerSelection = Field(default_factory=LayerSelection)
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @property
+    def trains(self) -> bool:
+        """Whether any step needs training data (every job evaluates, so data is always used when given)."""
+        return any(getattr(s, "epochs", 0) > 0 for s in self.steps) or any(
+            s.kind == "structured" and s.criterion in ("mean_activation", "apoz") for s in self.steps
+        )
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(getattr(s, "epochs", 0) for s in self.steps)
+
+
+def load_spec(text: str | bytes) -> JobSpec:
+    """Parse a JSON document into a JobSpec (raises pydantic.ValidationError on bad input)."""
+    return JobSpec.model_validate_json(text)
+
+
+def json_schema() -> dict:
+    return JobSpec.model_json_schema()
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True)
