@@ -323,3 +323,15 @@ def json_schema() -> dict:
 
 def schema_text() -> str:
     return json.dumps(json_schema(), indent=2, sort_keys=True)
+
+
+def describe_validation_error(exc) -> str:
+    """One line naming each offending field of a pydantic ValidationError: 'steps.0.keep_ratio: ...; ...'."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in _UNION_TAGS)
+        parts.append(f"{loc or 'spec'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+_UNION_TAGS = {"regularize", "prune", "structured", "finetune", "polynomial", "constant", "one_shot"}

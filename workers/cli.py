@@ -1,0 +1,117 @@
+"""`secateurs` command line: compress a model locally, print the spec's JSON Schema, run the service.
+
+    secateurs compress MODEL --data D.npz --spec S.json --out DIR
+    secateurs schema
+    secateurs serve | worker | keys ...   (the service commands, when the service package is installed)
+
+Bad input ends with exit status 2 and one line on stderr that names the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+EXIT_CANCELLED = 130
+
+
+def _fail(message: str, status: int = EXIT_BAD_INPUT) -> int:
+    print(f"secateurs: error: {message}", file=sys.stderr)
+    return status
+
+
+def _read_spec(path: str):
+    from pydantic import ValidationError
+
+    from workers.spec import describe_validation_error, load_spec
+
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise _BadInput(f"cannot read spec {path}: {e.strerror or e}") from None
+    try:
+        return load_spec(text)
+    except ValidationError as e:
+        raise _BadInput(f"invalid spec {path}: {describe_validation_error(e)}") from None
+
+
+class _BadInput(Exception):
+    pass
+
+
+def cmd_compress(args) -> int:
+    try:
+        spec = _read_spec(args.spec)
+        for label, p in (("model", args.model), ("data", args.data)):
+            if p is not None and not Path(p).is_file():
+                raise _BadInput(f"{label} file not found: {p}")
+    except _BadInput as e:
+        return _fail(str(e))
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from workers.engine.errors import Cancelled, EngineError
+    from workers.engine.pipeline import compress
+
+    from workers.console import ProgressDisplay, print_summary
+
+    display = ProgressDisplay(enabled=not args.quiet, total_epochs=spec.total_epochs)
+    try:
+        with display:
+            manifest = compress(args.model, args.data, spec, args.out, progress=display.update)
+    except Cancelled as e:
+        return _fail(e.message, EXIT_CANCELLED)
+    except EngineError as e:
+        return _fail(f"{e.code}: {e.message}", EXIT_BAD_INPUT if e.http_status < 500 else EXIT_FAILED)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_CANCELLED)
+    if args.json:
+        print(json.dumps(manifest["summary"], indent=2))
+    else:
+        print_summary(manifest, Path(args.out))
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from workers.spec import schema_text
+
+    print(schema_text())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="secateurs", description="Prune, regularize and compress Keras 3 models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compress", help="run a job spec on a model locally")
+    p.add_argument("model", help="a .keras or legacy .h5 model file")
+    p.add_argument("--data", help=".npz with x_train, y_train and optional x_val, y_val")
+    p.add_argument("--spec", required=True, help="job spec JSON (see `secateurs schema`)")
+    p.add_argument("--out", required=True, help="output directory for the model, artifacts and manifest.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("schema", help="print the JobSpec JSON Schema")
+    p.set_defaults(func=cmd_schema)
+
+    try:
+        from workers.service_cli import register
+    except ImportError:  # the service commands are optional for library-only use
+        pass
+    else:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

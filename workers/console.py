@@ -1,0 +1,92 @@
+"""Terminal output for the CLI: a rich progress bar fed by engine progress events, and the summary table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from workers.engine.progress import Progress as EngineProgress
+
+
+class ProgressDisplay:
+    """One bar per training step; phases without training show as a status line."""
+
+    def __init__(self, enabled: bool = True, total_epochs: int = 0, console: Console | None = None):
+        self.enabled = enabled
+        self.console = console or Console(stderr=True)
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console, disable=not enabled,
+        )
+        self._tasks: dict[tuple[str, int], int] = {}
+
+    def __enter__(self):
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._bar.__exit__(*exc)
+
+    def update(self, ev: EngineProgress) -> None:
+        if not self.enabled:
+            return
+        info = " ".join(
+            part for part in (
+                f"epoch {ev.epoch}/{ev.epochs}" if ev.epoch else "",
+                f"sparsity {ev.sparsity:.1%}" if ev.sparsity is not None else "",
+                f"loss {ev.loss:.4f}" if ev.loss is not None else "",
+            ) if part
+        )
+        if ev.steps:
+            key = (ev.phase, ev.step_index)
+            if key not in self._tasks:
+                self._tasks[key] = self._bar.add_task(f"{ev.step_index + 1}. {ev.phase}", total=ev.steps, info="")
+            self._bar.update(self._tasks[key], completed=ev.step or 0, info=info)
+        elif ev.message:
+            self._bar.console.log(f"{ev.phase}: {ev.message} {info}".rstrip())
+
+
+def _fmt(v, pct=False):
+    if v is None:
+        return "—"
+    if pct:
+        return f"{v:.1%}"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def print_summary(manifest: dict, out_dir: Path, console: Console | None = None) -> None:
+    console = console or Console()
+    before, after = manifest["before"], manifest["after"]
+    table = Table(title="Secateurs result", show_lines=False)
+    table.add_column("metric")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    for k in sorted((after.get("evaluation") or {})):
+        table.add_row(f"held-out {k}", _fmt((before.get("evaluation") or {}).get(k)), _fmt(after["evaluation"][k]))
+    table.add_row("parameters", _fmt(before["params"].get("total")), _fmt(after["params"].get("total")))
+    table.add_row("non-zero parameters", _fmt(before["params"].get("nonzero")), _fmt(after["params"].get("nonzero")))
+    table.add_row("sparsity (prunable)", _fmt(before["params"].get("sparsity"), True),
+                  _fmt(after["params"].get("sparsity"), True))
+    table.add_row("MACs", _fmt(before["compute"].get("macs")), _fmt(after["compute"].get("macs")))
+    table.add_row(".keras bytes", _fmt(before["file"]["bytes"]), _fmt(after["file"]["bytes"]))
+    table.add_row(".keras gzipped", _fmt(before["file"]["gzip_bytes"]), _fmt(after["file"]["gzip_bytes"]))
+    for key, b in (before.get("latency_ms") or {}).items():
+        a = (after.get("latency_ms") or {}).get(key, {})
+        if isinstance(b, dict):
+            table.add_row(f"latency {key} (ms, median)", _fmt(b.get("median")), _fmt(a.get("median")))
+    console.print(table)
+    summary = manifest["summary"]
+    console.print(f"win: [bold]{summary['win']}[/bold]   artifacts in {out_dir}:")
+    for fmt, info in manifest["artifacts"].items():
+        preserved = "sparsity preserved" if info.get("sparsity_preserved", True) else "SPARSITY LOST"
+        console.print(f"  {info.get('file', fmt)}  {_fmt(info.get('bytes'))} B, gzip {_fmt(info.get('gzip_bytes'))} B,"
+                      f" {preserved}")
+    for note in summary.get("notes", []):
+        console.print(f"  note: {note}")

@@ -1,0 +1,402 @@
+"""Run a JobSpec end to end: load, evaluate, run the ordered steps, evaluate again, export, report.
+
+`compress()` is the one entry point used by the CLI and by the service's runner. It reports progress through a
+callback, checks for cancellation at every batch, and returns the metrics manifest (also written to
+`out_dir/manifest.json`).
+
+Invariant between steps: once any prune step has run, every later training step holds the zeros of the
+prunable weights (masks = w != 0, applied inside the compiled train step), including after a structured
+rebuild. Each training step compiles the model afresh, so masks and penalties attached for the step are traced
+into that step's train function and nothing leaks into the next step or the exported model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, is_dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from workers.engine import data as data_mod
+from workers.engine import export as export_mod
+from workers.engine import metrics as metrics_mod
+from workers.engine import model_io
+from workers.engine.errors import Cancelled, SpecError
+from workers.engine.progress import CancelFn, Progress, ProgressFn, never_cancel, no_progress
+from workers.engine.pruning import Pruner
+from workers.engine.registry import prunable_weights
+from workers.engine.regularizers import attach_regularization
+from workers.engine.surgery import structured_prune
+from workers.spec import FinetuneStep, JobSpec, PruneStep, RegularizeStep, StructuredStep
+
+MANIFEST_NAME = "manifest.json"
+SPEED_WIN = 1.10  # latency must improve by at least 10% at some batch size to be called a speed win
+SIZE_WIN = 0.90  # gzipped size must shrink by at least 10% to be called a size win
+
+
+@dataclass
+class _Run:
+    """Mutable state shared by the steps of one job."""
+
+    spec: JobSpec
+    model: keras.Model
+    loss: str
+    metrics: list[str]
+    data: Any  # data_mod.Dataset | None
+    progress: ProgressFn
+    should_cancel: CancelFn
+    hold_zeros: bool = False
+    step_reports: list[dict] = field(default_factory=list)
+
+
+class _ProgressCallback(keras.callbacks.Callback):
+    """Checks cancellation every batch; reports progress at most every `interval` seconds and per epoch."""
+
+    def __init__(self, run: _Run, phase: str, index: int, epochs: int, steps_per_epoch: int,
+                 sparsity: Callable[[], float | None], interval: float = 0.5):
+        super().__init__()
+        self.run, self.phase, self.index = run, phase, index
+        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
+        self.sparsity, self.interval = sparsity, interval
+        self.epoch = 0
+        self.global_step = 0
+        self.cancelled = False
+        self._last = 0.0
+
+    def _emit(self, loss, message=""):
+        self.run.progress(Progress(
+            phase=self.phase, step_index=self.index, epoch=self.epoch + 1, epochs=self.epochs,
+            step=self.global_step, steps=self.epochs * self.steps_per_epoch, sparsity=self.sparsity(),
+            loss=None if loss is None else float(loss), message=message,
+        ))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.global_step += 1
+        if self.run.should_cancel():
+            self.cancelled = True
+            self.model.stop_training = True
+            return
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            self._emit((logs or {}).get("loss"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self._emit(logs.get("loss"), message="epoch end " + _fmt_logs(logs))
+
+
+def _fmt_logs(logs: dict) -> str:
+    return " ".join(f"{k}={float(v):.4f}" for k, v in sorted(logs.items()) if np.isscalar(v) or np.ndim(v) == 0)
+
+
+def _jsonable(obj):
+    if is_dataclass(obj) and not isinstance(obj, type):
+        obj = asdict(obj)
+    if hasattr(obj, "to_dict") and callable(obj.to_dict):
+        obj = obj.to_dict()
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions() -> dict:
+    import tensorflow as tf
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+    }
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _check_cancel(run: _Run) -> None:
+    if run.should_cancel():
+        raise Cancelled("the job was cancelled")
+
+
+def _require_data(run: _Run, what: str):
+    if run.data is None:
+        raise SpecError(f"{what} needs training data: pass a dataset (.npz with x_train, y_train)")
+    return run.data
+
+
+def _fit(run: _Run, phase: str, index: int, epochs: int, pruner: Pruner | None,
+         extra_callbacks: list | None = None) -> dict:
+    """Compile afresh (so attached masks/penalties are traced in) and train; returns per-epoch history."""
+    data = _require_data(run, f"step {index} ({phase})")
+    spec = run.spec.training
+    model_io.compile_model(run.model, spec, run.loss, run.metrics)
+    steps_per_epoch = int(np.ceil(len(data.x_train) / spec.batch_size))
+    cb = _ProgressCallback(run, phase, index, epochs, steps_per_epoch,
+                           sparsity=(pruner.sparsity if pruner is not None else (lambda: None)))
+    history = run.model.fit(
+        data.x_train, data.y_train, batch_size=spec.batch_size, epochs=epochs, shuffle=spec.shuffle,
+        validation_data=(data.x_val, data.y_val), verbose=0, callbacks=[*(extra_callbacks or []), cb],
+    )
+    if cb.cancelled:
+        raise Cancelled(f"the job was cancelled during step {index} ({phase})")
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+def _pruner(run: _Run) -> Pruner:
+    weights = prunable_weights(run.model, run.spec.layers)
+    return Pruner(run.model, weights, run.spec.layers.overrides)
+
+
+def _train_holding_zeros(run: _Run, phase: str, index: int, epochs: int, setup=None) -> dict:
+    """Train `epochs` with zeros held when a prune step ran before; `setup(weights)` may attach penalties."""
+    pruner = _pruner(run) if run.hold_zeros else None
+    if pruner is not None:
+        pruner.hold_zeros()
+    handle = setup(prunable_weights(run.model, run.spec.layers)) if setup else None
+    try:
+        return _fit(run, phase, index, epochs, pruner)
+    finally:
+        if handle is not None:
+            handle.detach()
+        if pruner is not None:
+            pruner.detach()
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def _run_regularize(run: _Run, index: int, step: RegularizeStep) -> dict:
+    history = _train_holding_zeros(
+        run, "regularize", index, step.epochs,
+        setup=lambda weights: attach_regularization(weights, step.l1, step.l2, step.group_lasso),
+    )
+    return {"history": history}
+
+
+def _run_prune(run: _Run, index: int, step: PruneStep) -> dict:
+    pruner = _pruner(run)
+    if run.hold_zeros:
+        pruner.hold_zeros()
+    schedule = step.effective_schedule
+    try:
+        history = None
+        if schedule.kind == "one_shot":
+            pruner.prune(step)
+            run.progress(Progress(phase="prune", step_index=index, sparsity=pruner.sparsity(),
+                                  message=f"pruned once ({step.method})"))
+            if step.epochs:
+                history = _fit(run, "prune", index, step.epochs, pruner)
+        else:
+            data = _require_data(run, f"step {index} (gradual prune)")
+            steps_per_epoch = int(np.ceil(len(data.x_train) / run.spec.training.batch_size))
+            history = _fit(run, "prune", index, step.epochs, pruner,
+                           extra_callbacks=[pruner.callback(step, steps_per_epoch)])
+        layer_sparsity = pruner.layer_sparsity()
+        sparsity = pruner.sparsity()
+    finally:
+        pruner.detach()
+    run.hold_zeros = True
+    return {"history": history, "sparsity": sparsity, "layer_sparsity": layer_sparsity}
+
+
+def _run_structured(run: _Run, index: int, step: StructuredStep) -> dict:
+    x_calib = None
+    if step.criterion in ("mean_activation", "apoz"):
+        data = _require_data(run, f"step {index} (structured, criterion {step.criterion})")
+        x_calib = data.x_train[: step.calibration_samples]
+    run.progress(Progress(phase="structured", step_index=index, message=f"ranking units by {step.criterion}"))
+    new_model, report = structured_prune(
+        run.model, criterion=step.criterion, keep_ratio=step.keep_ratio, scope=step.scope,
+        round_to=step.round_to, selection=run.spec.layers, x_calib=x_calib, overrides=run.spec.layers.overrides,
+    )
+    run.model = new_model
+    out = {"report": _jsonable(report)}
+    if step.epochs:
+        out["history"] = _train_holding_zeros(run, "structured", index, step.epochs)
+    return out
+
+
+def _run_finetune(run: _Run, index: int, step: FinetuneStep) -> dict:
+    return {"history": _train_holding_zeros(run, "finetune", index, step.epochs)}
+
+
+STEP_RUNNERS: dict[str, Callable[[_Run, int, Any], dict]] = {
+    "regularize": _run_regularize,
+    "prune": _run_prune,
+    "structured": _run_structured,
+    "finetune": _run_finetune,
+}
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _evaluate(run: _Run) -> dict | None:
+    if run.data is None:
+        return None
+    model_io.compile_model(run.model, run.spec.training, run.loss, run.metrics)
+    result = run.model.evaluate(run.data.x_val, run.data.y_val, batch_size=max(run.spec.training.batch_size, 256),
+                                verbose=0, return_dict=True)
+    return {k: float(v) for k, v in result.items()}
+
+
+def _measure(run: _Run, phase: str, scratch: Path) -> dict:
+    run.progress(Progress(phase=phase, message="evaluating"))
+    out: dict[str, Any] = {"evaluation": _evaluate(run)}
+    out["params"] = _jsonable(metrics_mod.param_stats(run.model))
+    out["compute"] = _jsonable(metrics_mod.macs(run.model))
+    if run.spec.evaluation.latency:
+        out["latency_ms"] = _jsonable(metrics_mod.latency(run.model, batch_sizes=(1, 32),
+                                                          runs=run.spec.evaluation.latency_runs))
+    path = scratch / f"{phase}.keras"
+    run.model.save(path)
+    out["file"] = _jsonable(metrics_mod.file_size(path))
+    path.unlink(missing_ok=True)
+    return out
+
+
+def _summary(before: dict, after: dict, artifacts: dict, spec: JobSpec) -> dict:
+    notes: list[str] = []
+    b_params, a_params = before["params"], after["params"]
+    size_ratio = after["file"]["gzip_bytes"] / max(1, before["file"]["gzip_bytes"])
+    speedups = {}
+    for key, b in (before.get("latency_ms") or {}).items():
+        a = (after.get("latency_ms") or {}).get(key)
+        if isinstance(b, dict) and isinstance(a, dict) and a.get("median") and b.get("median"):
+            speedups[key] = b["median"] / a["median"]
+    speed_win = any(s >= SPEED_WIN for s in speedups.values())
+    size_win = size_ratio <= SIZE_WIN
+    structured = any(s.kind == "structured" for s in spec.steps)
+    if not structured and not speed_win:
+        notes.append("unstructured sparsity only: a size win (gzip), not a speed win — dense kernels still "
+                     "compute every zero on CPU")
+    if not spec.evaluation.latency:
+        notes.append("latency not measured (evaluation.latency = false)")
+    kinds = [k for k, ok in (("size", size_win), ("speed", speed_win)) if ok]
+    out = {
+        "win": "+".join(kinds) if kinds else "none",
+        "params_total_before": b_params.get("total"),
+        "params_total_after": a_params.get("total"),
+        "params_nonzero_before": b_params.get("nonzero"),
+        "params_nonzero_after": a_params.get("nonzero"),
+        "sparsity_after": a_params.get("sparsity"),
+        "gzip_size_ratio": size_ratio,
+        "latency_speedup": speedups,
+        "sparsity_preserved_in_export": all(bool(a.get("sparsity_preserved", True)) for a in artifacts.values()),
+        "notes": notes,
+    }
+    eb, ea = before.get("evaluation") or {}, after.get("evaluation") or {}
+    out["evaluation_delta"] = {k: ea[k] - eb[k] for k in ea if k in eb}
+    return out
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def compress(model_path: str | Path, data_path: str | Path | None, spec: JobSpec, out_dir: str | Path, *,
+             progress: ProgressFn | None = None, should_cancel: CancelFn | None = None) -> dict:
+    """Run `spec` on the model at `model_path`; write artifacts and manifest.json into `out_dir`."""
+    started = time.perf_counter()
+    progress = progress or no_progress
+    should_cancel = should_cancel or never_cancel
+    model_path = Path(model_path)
+    data_path = Path(data_path) if data_path is not None else None
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scratch = out_dir / ".work"
+    scratch.mkdir(exist_ok=True)
+    keras.utils.set_random_seed(spec.seed)
+
+    progress(Progress(phase="load", message=f"loading {model_path.name}"))
+    loaded = model_io.load_model(model_path)
+    loss, metrics = model_io.resolve_training(loaded, spec.training)
+    data = None
+    if data_path is not None:
+        data = data_mod.load_dataset(data_path, loaded.model, loss, spec.training, spec.seed)
+    elif spec.trains:
+        raise SpecError("this spec trains or uses activations; it needs a dataset (.npz with x_train, y_train)")
+    run = _Run(spec=spec, model=loaded.model, loss=loss, metrics=list(metrics), data=data,
+               progress=progress, should_cancel=should_cancel)
+    inputs = {"model": {"file": model_path.name, "sha256": _sha256(model_path),
+                        "bytes": model_path.stat().st_size, "format": loaded.format}}
+    if data_path is not None:
+        inputs["data"] = {"file": data_path.name, "sha256": _sha256(data_path), "bytes": data_path.stat().st_size,
+                          "train_samples": int(len(data.x_train)), "val_samples": int(len(data.x_val)),
+                          "label_form": data.label_form}
+
+    before = _measure(run, "before", scratch)
+    steps = []
+    for index, step in enumerate(spec.steps):
+        _check_cancel(run)
+        t0 = time.perf_counter()
+        progress(Progress(phase=step.kind, step_index=index, message=f"step {index + 1}/{len(spec.steps)}: {step.kind}"))
+        report = STEP_RUNNERS[step.kind](run, index, step)
+        steps.append({"index": index, "kind": step.kind, "wall_time_s": time.perf_counter() - t0,
+                      **_jsonable(report)})
+    _check_cancel(run)
+    after = _measure(run, "after", scratch)
+
+    progress(Progress(phase="export", message=", ".join(spec.export.formats)))
+    artifacts = _jsonable(export_mod.export_model(run.model, out_dir, spec.export.formats))
+    shutil.rmtree(scratch, ignore_errors=True)
+
+    manifest = {
+        "secateurs": {"version": _package_version(), "created_at": datetime.now(timezone.utc).isoformat()},
+        "versions": _versions(),
+        "seed": spec.seed,
+        "spec": spec.model_dump(mode="json"),
+        "inputs": inputs,
+        "task": {"loss": loss, "metrics": list(metrics), "loss_from": "spec" if spec.training.loss else "saved model"},
+        "before": before,
+        "after": after,
+        "steps": steps,
+        "artifacts": artifacts,
+        "summary": _summary(before, after, artifacts, spec),
+        "wall_time_s": time.perf_counter() - started,
+    }
+    manifest = _jsonable(manifest)
+    tmp = out_dir / (MANIFEST_NAME + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    os.replace(tmp, out_dir / MANIFEST_NAME)
+    progress(Progress(phase="done", message="finished"))
+    return manifest
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("secateurs")
+    except Exception:  # pragma: no cover - running from a plain checkout
+        return "0+unknown"
