@@ -762,10 +762,26 @@ def _layer_entries(config: dict) -> dict[str, dict]:
     return {entry["config"]["name"]: entry for entry in config["layers"]}
 
 
+def _custom_objects(model) -> dict[str, type]:
+    """Classes of non-Keras layers in the model (they are barriers) so that from_config finds them."""
+    out: dict[str, type] = {}
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        cls = type(layer)
+        if not cls.__module__.startswith("keras."):
+            out[cls.__name__] = cls
+            out[keras.saving.get_registered_name(cls)] = cls
+        if isinstance(layer, keras.Model):
+            stack.extend(layer.layers)
+    return out
+
+
 def _from_config(model, config: dict) -> keras.Model:
-    if isinstance(model, keras.Sequential):
-        return keras.Sequential.from_config(config)
-    return keras.Model.from_config(config)
+    with keras.saving.custom_object_scope(_custom_objects(model)):
+        if isinstance(model, keras.Sequential):
+            return keras.Sequential.from_config(config)
+        return keras.Model.from_config(config)
 
 
 def _keep_indices(g: _Graph, ids: np.ndarray, removed: set[int]) -> np.ndarray:
