@@ -244,7 +244,8 @@ def test_concatenate_offsets_and_depthwise_multiplier_are_respected(zoo):
     np.testing.assert_array_equal(dw_new["kernel"], dw_old["kernel"][:, :, concat, :])
     expanded = [c * 2 + j for c in concat for j in range(2)]  # depth_multiplier 2: outputs c*m .. c*m+m-1
     np.testing.assert_array_equal(dw_new["bias"], dw_old["bias"][expanded])
-    np.testing.assert_array_equal(new.get_layer("dw_bn").get_weights()[0], model.get_layer("dw_bn").get_weights()[0][expanded])
+    np.testing.assert_array_equal(new.get_layer("dw_bn").get_weights()[0],
+                                  model.get_layer("dw_bn").get_weights()[0][expanded])
     sep_old, sep_new = weights(model.get_layer("sep")), weights(new.get_layer("sep"))
     np.testing.assert_array_equal(sep_new["depthwise_kernel"], sep_old["depthwise_kernel"][:, :, expanded, :])
     mid = [c * 2 + j for c in expanded for j in range(2)]
@@ -409,6 +410,18 @@ def test_data_criteria_remove_the_units_dead_on_the_calibration_data(criterion):
     assert kept(report, "h") == [1, 3, 5, 7]
     _, by_weight = prune(model, criterion="l1")
     assert kept(by_weight, "h") == [0, 2, 4, 6]
+
+
+@pytest.mark.parametrize("criterion", ["mean_activation", "apoz"])
+def test_data_scores_do_not_depend_on_the_calibration_batch_size(zoo, criterion, monkeypatch):
+    import workers.engine.surgery as surgery
+
+    model = zoo["residual_functional"]
+    x = _inputs(model, n=50, seed=2)
+    _, whole = prune(model, criterion=criterion, x_calib=x)
+    monkeypatch.setattr(surgery, "CALIBRATION_BATCH", 7)  # 8 batches, the last one partial
+    _, batched = prune(model, criterion=criterion, x_calib=x)
+    assert [g.kept_indices for g in batched.groups] == [g.kept_indices for g in whole.groups]
 
 
 def _two_dense():
@@ -606,6 +619,27 @@ def test_report_is_json_serializable_and_consistent(zoo):
 
 def test_every_registered_handler_names_a_stock_keras_layer():
     assert all(isinstance(getattr(keras.layers, name, None), type) for name in HANDLERS)
+
+
+APPLICATIONS = {  # stock architectures, random weights (no download): depthwise + residual, bottlenecks, dense concat
+    "MobileNetV2": lambda: keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None,
+                                                          classes=10),
+    "ResNet50": lambda: keras.applications.ResNet50(input_shape=(32, 32, 3), weights=None, classes=10),
+    "DenseNet121": lambda: keras.applications.DenseNet121(input_shape=(32, 32, 3), weights=None, classes=10),
+}
+
+
+@pytest.mark.parametrize("name", [
+    "MobileNetV2", pytest.param("ResNet50", marks=pytest.mark.slow), pytest.param("DenseNet121", marks=pytest.mark.slow)
+])
+def test_stock_architectures_are_pruned_and_match_their_masked_reference(name):
+    keras.utils.set_random_seed(0)
+    model = M.randomize_batchnorm(APPLICATIONS[name]())
+    new, report = prune(model, keep_ratio=0.5, round_to=8)
+    assert new.count_params() < 0.4 * model.count_params()
+    assert len(report.groups) > 20 and set(report.skipped) == {"predictions"}
+    assert units(new)["predictions"] == 10
+    assert_same_outputs(new, masked_reference(model, report), _inputs(model, n=4))
 
 
 # --------------------------------------------------------------------------- real data and speed

@@ -29,7 +29,6 @@ zero. Its outputs equal the rebuilt model's to float tolerance, which is what th
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -42,7 +41,8 @@ from workers.engine import importance
 from workers.engine.errors import DataError, ModelRejected, SpecError
 from workers.spec import LayerOverride, LayerSelection
 
-CALIBRATION_BATCH = 128
+CALIBRATION_BATCH = 128  # samples per compiled predict batch when ranking units on data ...
+CALIBRATION_BYTES = 256 * 2**20  # ... fewer when the probed activations of one batch would exceed this
 
 # Activations that act on each value alone: a unit's output does not depend on its neighbours, so removing
 # some units leaves the others unchanged. Anything else (softmax, glu, custom functions) fixes the outputs.
@@ -91,13 +91,11 @@ class _Channels:
 
     def __init__(self):
         self.parent = [0]
-        self.owner: list[str | None] = [None]
         self.fixed: dict[int, str] = {0: "not produced by a prunable layer"}
 
-    def new(self, owner: str, n: int) -> np.ndarray:
+    def new(self, n: int) -> np.ndarray:
         start = len(self.parent)
         self.parent.extend(range(start, start + n))
-        self.owner.extend([owner] * n)
         return np.arange(start, start + n, dtype=np.int64)
 
     def find(self, i: int) -> int:
@@ -118,10 +116,10 @@ class _Channels:
         if why is not None and ra not in self.fixed:
             self.fixed[ra] = why
 
-    def fix(self, ids: Iterable[int], reason: str) -> None:
-        for i in np.unique(np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)):
-            r = self.find(int(i))
-            self.fixed.setdefault(r, reason)
+    def fix(self, ids: np.ndarray, reason: str) -> None:
+        """Mark the classes of `ids` as never removable (the first reason is kept for the report)."""
+        for i in np.unique(ids):
+            self.fixed.setdefault(self.find(int(i)), reason)
 
     def roots(self) -> np.ndarray:
         return np.array([self.find(i) for i in range(len(self.parent))], dtype=np.int64)
@@ -471,7 +469,8 @@ class _Graph:
         self.out_maps: dict[str, list[np.ndarray]] = {}
         self.handlers: dict[str, _Handler] = {}
         self.producers: dict[str, _Producer] = {}
-        self.barriers: dict[str, str] = {}
+        self.barriers: dict[str, str] = {}  # layer (or op) name -> why channels cannot be traced through it
+        self.blocked_producers: dict[str, str] = {}  # prunable layer types that are barriers here
         self.consumers: dict[int, list[_Node]] = {}
         calls: dict[int, int] = {}
         for node in self.nodes:
@@ -486,7 +485,7 @@ class _Graph:
         self.output_ids = {id(t) for t in keras.tree.flatten(model.outputs)}
 
     def new_producer(self, layer, handler: _Handler, units: int) -> np.ndarray:
-        ids = self.channels.new(layer.name, int(units))
+        ids = self.channels.new(int(units))
         self.producers[layer.name] = _Producer(layer, handler, ids)
         reason = handler.fixed_output_reason(layer)
         if reason:
@@ -515,6 +514,8 @@ class _Graph:
                 reason = handler.barrier_reason(layer, in_shapes, in_maps)
             if reason is not None:
                 self.barriers[layer.name] = reason
+                if handler is not None and handler.producer:
+                    self.blocked_producers[layer.name] = reason
                 for m in in_maps:
                     self.channels.fix(m, f"it feeds '{layer.name}', a barrier: {reason}")
                 outs = [_fixed_map(s[-1] if s else 0) for s in out_shapes]
@@ -663,8 +664,8 @@ def _groups(g: _Graph) -> tuple[list[_Group], dict[str, str]]:
         prunable = np.array([r for r in ordered if not g.is_fixed(r)], dtype=np.int64)
         if prunable.size == 0:
             for n in names:
-                skipped[n] = f"not pruned: {g.fixed_reason(g.root[g.producers[n].ids[0]])}" if len(
-                    g.producers[n].ids) else "not pruned: it has no units"
+                ids = g.producers[n].ids
+                skipped[n] = f"not pruned: {g.fixed_reason(g.root[ids[0]])}" if len(ids) else "not pruned: no units"
             continue
         groups.append(_Group(names, prunable, len(ordered)))
     return groups, skipped
@@ -695,8 +696,9 @@ def _activation_scores(model, tensors: list, criterion: importance.Criterion, x_
     probe = keras.Model(model.inputs, list(unique.values()))
     sums = [0.0] * len(unique)
     counts = [0] * len(unique)
-    for start in range(0, n, CALIBRATION_BATCH):
-        batch = keras.tree.map_structure(lambda a: np.asarray(a[start:start + CALIBRATION_BATCH]), x_calib)
+    size = _calibration_batch(unique.values())
+    for start in range(0, n, size):
+        batch = keras.tree.map_structure(lambda a: np.asarray(a[start:start + size]), x_calib)
         try:
             outs = probe.predict_on_batch(batch)
         except (ValueError, TypeError) as exc:
@@ -710,6 +712,12 @@ def _activation_scores(model, tensors: list, criterion: importance.Criterion, x_
             counts[i] += rows
     per_tensor = {key: s / c for key, s, c in zip(unique, sums, counts)}
     return [per_tensor[id(t)] for t in tensors]
+
+
+def _calibration_batch(tensors: Iterable) -> int:
+    """Samples per calibration batch: at most CALIBRATION_BATCH, and the probed activations within the budget."""
+    per_sample = sum(4 * math.prod(d or 1 for d in t.shape[1:]) for t in tensors)
+    return max(1, min(CALIBRATION_BATCH, CALIBRATION_BYTES // max(1, per_sample)))
 
 
 def _group_scores(g: _Graph, grp: _Group, member_scores: dict[str, np.ndarray]) -> np.ndarray:
@@ -826,16 +834,21 @@ def _materialize(g: _Graph, removed: set[int], *, zero_only: bool) -> keras.Mode
     return new_model
 
 
-def _dependents(g: _Graph, grp_classes: set[int], members: list[str]) -> list[str]:
-    out = []
-    for node in g.nodes:
-        name = node.layer.name
-        if name in members or name not in g.handlers:
-            continue
-        maps = [*g.in_maps[name], *g.out_maps[name]]
-        if any(np.isin(g.root[m], list(grp_classes)).any() for m in maps if len(m)):
-            out.append(name)
-    return out
+def _layers_by_class(g: _Graph) -> dict[int, list[str]]:
+    """For every channel class, the traced layers whose inputs or outputs carry it (in graph order)."""
+    index: dict[int, list[str]] = {}
+    for name in g.handlers:
+        maps = [m for m in (*g.in_maps[name], *g.out_maps[name]) if len(m)]
+        if maps:
+            for r in np.unique(g.root[np.concatenate(maps)]):
+                index.setdefault(int(r), []).append(name)
+    return index
+
+
+def _dependents(g: _Graph, index: dict[int, list[str]], classes: np.ndarray, members: list[str]) -> list[str]:
+    """Layers other than the members that are resliced with the group, in graph order."""
+    names = {n for r in classes for n in index.get(int(r), [])} - set(members)
+    return [n for n in g.handlers if n in names]
 
 
 # --------------------------------------------------------------------------- public API
@@ -863,10 +876,7 @@ def structured_prune(model, *, criterion: str, keep_ratio: float, scope: str = "
     g = _Graph(model)
     _check_names(model, selection, overrides)
     groups, skipped = _groups(g)
-    for name, reason in g.barriers.items():
-        handler = handler_for(model.get_layer(name))
-        if handler is not None and handler.producer:
-            skipped[name] = f"not pruned: it is a barrier: {reason}"
+    skipped.update({name: f"not pruned: it is a barrier: {why}" for name, why in g.blocked_producers.items()})
     chosen: list[_Group] = []
     for grp in groups:
         reasons = {n: _not_selected_reason(g.producers[n].layer, selection, overrides) for n in grp.members}
@@ -888,6 +898,7 @@ def structured_prune(model, *, criterion: str, keep_ratio: float, scope: str = "
 
     removed: set[int] = set()
     report_groups = []
+    by_class = _layers_by_class(g)
     for grp in chosen:
         order = np.argsort(-grp.scores, kind="stable")
         drop = {int(r) for r in grp.classes[order[grp.keep:]]}
@@ -895,7 +906,7 @@ def structured_prune(model, *, criterion: str, keep_ratio: float, scope: str = "
         kept = {n: _keep_indices(g, g.producers[n].ids, drop).tolist() for n in grp.members}
         report_groups.append(PrunedGroup(
             layers=list(grp.members), units_before=grp.all_classes, units_after=grp.all_classes - len(drop),
-            kept_indices=kept, dependents=_dependents(g, {int(r) for r in grp.classes}, grp.members),
+            kept_indices=kept, dependents=_dependents(g, by_class, grp.classes, grp.members),
             keep_ratio=grp.keep_ratio,
         ))
     new_model = _materialize(g, removed, zero_only=False)
