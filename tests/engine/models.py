@@ -105,7 +105,8 @@ def concat_depthwise_functional() -> keras.Model:
 
 
 def conv1d_functional() -> keras.Model:
-    """Conv1D -> BN -> ReLU; a Conv1D branch added back; Cropping; GlobalAveragePooling1D -> Dense."""
+    """Conv1D -> BN -> ReLU; a Conv1D branch added back; Cropping; pooling; DepthwiseConv1D (multiplier 2) and
+    SeparableConv1D; GlobalAveragePooling1D -> Dense."""
     inp = keras.Input((24, 5))
     x = L.Conv1D(16, 3, padding="same", name="c1")(inp)
     x = L.BatchNormalization(name="c1_bn")(x)
@@ -114,10 +115,26 @@ def conv1d_functional() -> keras.Model:
     x = L.Add(name="add")([x, y])
     x = L.Cropping1D((1, 1), name="crop")(x)
     x = L.MaxPooling1D(2, name="pool")(x)
+    x = L.DepthwiseConv1D(3, depth_multiplier=2, padding="same", activation="relu", name="dw1d")(x)
+    x = L.SeparableConv1D(8, 3, padding="same", activation="relu", name="sep1d")(x)
     x = L.Conv1D(8, 3, activation="relu", name="c3")(x)
     x = L.GlobalAveragePooling1D(name="gap")(x)
     out = L.Dense(2, name="out")(x)
     return randomize_batchnorm(keras.Model(inp, out, name="conv1d"))
+
+
+def conv3d_sequential() -> keras.Model:
+    """Conv3D -> BN -> ReLU -> MaxPooling3D -> Conv3D -> GlobalAveragePooling3D -> Dense."""
+    return randomize_batchnorm(keras.Sequential([
+        keras.Input((4, 6, 6, 2)),
+        L.Conv3D(8, 3, padding="same", name="c3d1"),
+        L.BatchNormalization(name="bn"),
+        L.ReLU(name="relu"),
+        L.MaxPooling3D(2, name="pool"),
+        L.Conv3D(12, (1, 3, 3), activation="relu", name="c3d2"),
+        L.GlobalAveragePooling3D(name="gap"),
+        L.Dense(3, name="out"),
+    ], name="conv3d"))
 
 
 def merge_functional(merge: str) -> keras.Model:
@@ -156,4 +173,5 @@ BUILDERS = {
     "residual_functional": residual_functional,
     "concat_depthwise_functional": concat_depthwise_functional,
     "conv1d_functional": conv1d_functional,
+    "conv3d_sequential": conv3d_sequential,
 }

@@ -122,7 +122,8 @@ EXPECTED_UNITS = {  # keep_ratio 0.5, layer scope: ceil(0.5 * n); output layers 
     "residual_functional": {"stem": 8, "conv_a1": 6, "conv_b1": 8, "conv_a2": 6, "conv_b2": 8, "head_conv": 12,
                             "out": 4},
     "concat_depthwise_functional": {"branch_a": 4, "branch_b": 6, "sep": 8, "pw": 8, "out": 3},
-    "conv1d_functional": {"c1": 8, "c2": 8, "c3": 4, "out": 2},
+    "conv1d_functional": {"c1": 8, "c2": 8, "sep1d": 4, "c3": 4, "out": 2},
+    "conv3d_sequential": {"c3d1": 4, "c3d2": 6, "out": 3},
 }
 EXPECTED_UNITS_ROUND_8 = {  # the same, rounded up to a multiple of 8 and capped at the original count
     "mlp_sequential": {"fc1": 32, "fc2": 16, "out": 10},
@@ -130,7 +131,8 @@ EXPECTED_UNITS_ROUND_8 = {  # the same, rounded up to a multiple of 8 and capped
     "residual_functional": {"stem": 8, "conv_a1": 8, "conv_b1": 8, "conv_a2": 8, "conv_b2": 8, "head_conv": 16,
                             "out": 4},
     "concat_depthwise_functional": {"branch_a": 8, "branch_b": 8, "sep": 8, "pw": 8, "out": 3},
-    "conv1d_functional": {"c1": 8, "c2": 8, "c3": 8, "out": 2},
+    "conv1d_functional": {"c1": 8, "c2": 8, "sep1d": 8, "c3": 8, "out": 2},
+    "conv3d_sequential": {"c3d1": 8, "c3d2": 8, "out": 3},
 }
 
 
@@ -253,11 +255,13 @@ def test_concatenate_offsets_and_depthwise_multiplier_are_respected(zoo):
                                   sep_old["pointwise_kernel"][:, :, mid, :][..., kept(report, "sep")])
 
 
-def test_conv1d_filters_are_pruned_through_add_crop_and_pooling(zoo):
+def test_conv1d_filters_are_pruned_through_add_crop_pooling_and_1d_depthwise(zoo):
     model = zoo["conv1d_functional"]
     new, report = prune(model, criterion="l1", keep_ratio=0.25)
-    assert units(new) == {"c1": 4, "c2": 4, "c3": 2, "out": 2}
-    assert new.get_layer("c3").get_weights()[0].shape == (3, 4, 2)
+    assert units(new) == {"c1": 4, "c2": 4, "sep1d": 2, "c3": 2, "out": 2}
+    assert new.get_layer("dw1d").get_weights()[0].shape == (3, 4, 2)  # follows the 4 kept channels, multiplier 2
+    assert new.get_layer("sep1d").get_weights()[1].shape == (1, 8, 2)  # pointwise rows: 4 channels * 2
+    assert new.get_layer("c3").get_weights()[0].shape == (3, 2, 2)
     assert_same_outputs(new, masked_reference(model, report), _inputs(model))
 
 
@@ -522,16 +526,20 @@ def test_excluding_one_member_of_a_coupled_group_leaves_the_whole_group(zoo):
     assert units(new)["conv_a1"] == 6
 
 
-@pytest.mark.parametrize("selection, field", [
-    (LayerSelection(include=["nope"]), "layers.include"),
-    (LayerSelection(exclude=["Dense_typo"]), "layers.exclude"),
-    (LayerSelection(overrides={"ghost": LayerOverride(skip=True)}), "layers.overrides.ghost"),
+@pytest.mark.parametrize("selection, field, bad", [
+    (LayerSelection(include=["nope"]), "layers.include", "nope"),
+    (LayerSelection(exclude=["Dense_typo"]), "layers.exclude", "Dense_typo"),
+    (LayerSelection(overrides={"ghost": LayerOverride(skip=True)}), "layers.overrides.ghost", "ghost"),
 ])
-def test_selection_naming_nothing_in_the_model_is_a_spec_error(zoo, selection, field):
+def test_selection_naming_nothing_in_the_model_is_a_spec_error(zoo, selection, field, bad):
     with pytest.raises(SpecError) as err:
         prune(zoo["mlp_sequential"], selection=selection)
-    assert err.value.field == field
-    assert field.split(".")[-1] in err.value.message or "'" in err.value.message
+    assert err.value.field == field and f"'{bad}'" in err.value.message
+
+
+def test_class_names_absent_from_the_model_are_allowed_in_a_selection(zoo):
+    new, _ = prune(zoo["mlp_sequential"], selection=LayerSelection(include=["Dense", "Conv2D"]))
+    assert units(new)["fc1"] == 32
 
 
 # --------------------------------------------------------------------------- errors
@@ -543,6 +551,7 @@ def test_selection_naming_nothing_in_the_model_is_a_spec_error(zoo, selection, f
     ({"keep_ratio": 1.5}, "keep_ratio"),
     ({"scope": "network"}, "scope"),
     ({"round_to": 0}, "round_to"),
+    ({"round_to": 2.5}, "round_to"),
 ])
 def test_bad_arguments_are_spec_errors_naming_the_field(zoo, kwargs, field):
     args = {"criterion": "l1", "keep_ratio": 0.5, **kwargs}

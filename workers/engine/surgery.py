@@ -867,8 +867,9 @@ def structured_prune(model, *, criterion: str, keep_ratio: float, scope: str = "
         raise SpecError(f"keep_ratio must be within (0, 1], got {keep_ratio!r}", field="keep_ratio")
     if scope not in SCOPES:
         raise SpecError(f"unknown scope '{scope}'; allowed: {', '.join(sorted(SCOPES))}", field="scope")
-    if not isinstance(round_to, int) or round_to < 1:
+    if isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer)) or round_to < 1:
         raise SpecError(f"round_to must be an integer >= 1, got {round_to!r}", field="round_to")
+    round_to = int(round_to)
     selection = selection or LayerSelection()
     overrides = {k: v if isinstance(v, LayerOverride) else LayerOverride.model_validate(v)
                  for k, v in (selection.overrides if overrides is None else overrides).items()}
