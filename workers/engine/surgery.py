@@ -9,18 +9,25 @@ After Torch-Pruning, scaled down to Keras 3 Sequential and functional models:
    DepthwiseConv repeats each m times (c*m .. c*m+m-1), Concatenate appends them at their offsets, and
    Add/Subtract/Multiply/Average/Maximum/Minimum *unite* the ids of their inputs position by position).
 2. **Barriers.** A layer without a handler (Reshape, Permute, Softmax, LayerNormalization over the channel
-   axis, RNNs, custom layers, layers called more than once, nested models, channels_first layers, ...) marks
-   every channel reaching it as fixed, and so does every model output: a fixed channel is never removed, so
+   axis (over other axes it passes channels through), RNNs, custom layers, raw keras.ops, layers called more
+   than once, nested models, channels_first layers, ...) marks every channel reaching it as fixed, and so does every model output: a fixed channel is never removed, so
    no producer is ever pruned in a way we cannot reproduce exactly. Nested models are treated as barriers
    (not flattened): their insides stay untouched and the producers feeding them keep all their units.
 3. **Groups.** Channels united by merges form one *class* (removed together); producers sharing classes form
    one *group* (e.g. every branch of a residual chain). Each member scores its units with the criterion
-   (`importance.py`), scores are normalized per member (mean 1) and summed per class.
-4. **Select.** scope="layer": each group keeps ceil(keep_ratio * units); scope="global": one ranking over all
-   groups of scores normalized per group. Counts are rounded up to a multiple of round_to (capped at the
-   original count) and at least max(1, round_to) units stay in every group.
+   (`importance.py`), scores are normalized per member (mean 1) and summed per class. Weight criteria read the
+   member's kernel (SeparableConv: its pointwise kernel); data criteria read the member's output followed
+   through pointwise layers (BatchNorm, activations, dropout), so APoZ counts the zeros after the ReLU. The
+   calibration samples go through a probe model (a compiled predict, batch by batch, scores averaged).
+4. **Select.** A group is pruned only if every member is selected (LayerSelection include/exclude by layer or
+   class name, overrides[name].skip); overrides[name].keep_ratio sets the group's ratio (the largest one when
+   coupled members disagree) and takes that group out of the global ranking. scope="layer": each group keeps
+   ceil(keep_ratio * units); scope="global": one ranking over all groups of scores normalized per group.
+   Counts are rounded up to a multiple of round_to (capped at the original count) and at least
+   max(1, round_to) units stay in every group.
 5. **Rebuild.** New layer configs (units/filters) -> `from_config` (Sequential stays Sequential) -> weights
-   sliced by the same handlers. Layer names are kept; the result is made of stock Keras layers only.
+   sliced by the same handlers. Layer names are kept and no custom object is introduced: a model of stock
+   layers stays one, so `.keras` save / `load_model` round-trips without custom_objects.
 
 `masked_reference(model, report)` builds the model the rebuilt one must match: a copy of the original whose
 consumers (Dense/Conv kernels, SeparableConv pointwise kernels) have the input rows of removed channels set to
