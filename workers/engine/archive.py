@@ -248,6 +248,10 @@ REFUSED_CLASS_REASONS = {
 _PATH_LIKE = re.compile(r"^(?:/|~|\\\\|[A-Za-z]:[\\/])|://|(?:^|[\\/])\.\.(?:[\\/]|$)|^file:", re.IGNORECASE)
 
 
+# "package>Name": how register_keras_serializable names custom objects; Keras resolves such strings anywhere.
+_REGISTERED_NAME = re.compile(r"^[\w.\-]+>[\w.\-]+$")
+
+
 def _is_path_like(text: str) -> bool:
     return bool(_PATH_LIKE.search(text))
 
@@ -265,6 +269,7 @@ class _ConfigWalk:
     limits: InspectLimits
     layer_objects: int = 0
     compute_layers: int = 0
+    declared_params: int = 0  # largest weights of Dense/Conv/Embedding layers, estimated from their configs
     class_names: set[str] = field(default_factory=set)
 
     def fail(self, where: str, message: str) -> None:
@@ -293,9 +298,14 @@ class _ConfigWalk:
             check(self, value, child, ctx)
         if compile_key == "" and key in COMPILE_NAMES:
             compile_key = key  # at the top of a compile config: the strings below name losses/metrics/...
+        elif key == "compile_config":
+            compile_key = ""  # Keras compiles any nested model that carries one
         self.visit(value, child, ctx, compile_key)
 
     def check_string(self, text: str, path: str, ctx: str, compile_key: str | None) -> None:
+        if _REGISTERED_NAME.match(text):
+            self.fail(ctx, f"value {text[:80]!r} at {path} names a registered custom object; only stock Keras "
+                           "objects are accepted")
         if _is_path_like(text):
             self.fail(ctx, f"value {text[:80]!r} at {path} looks like a file path or URL; "
                            "file-backed state and downloads are not accepted")
@@ -325,7 +335,7 @@ class _ConfigWalk:
             category = self.check_stock_class(class_name, module, registered, config, path, ctx)
             self.class_names.add(class_name)
             if category in ("layer", "model"):
-                ctx = self.enter_layer(class_name, category, config, path)
+                ctx = self.enter_layer(class_name, category, config, node.get("build_config"), path)
             elif compile_key is not None:
                 compile_key = None  # inside a loss/metric/optimizer object: its fields are not names
         for key, value in node.items():
@@ -354,7 +364,7 @@ class _ConfigWalk:
             self.fail(ctx, f"class '{class_name}'{where} has a config that is not an object")
         return modules[module]
 
-    def enter_layer(self, class_name: str, category: str, config: dict, path: str) -> str:
+    def enter_layer(self, class_name: str, category: str, config: dict, build_config: Any, path: str) -> str:
         name = config.get("name")
         ctx = f"{'model' if category == 'model' else 'layer'} {name!r} ({class_name}): "
         self.layer_objects += 1
@@ -369,7 +379,31 @@ class _ConfigWalk:
         check = CLASS_CHECKS.get(class_name)
         if check is not None:
             check(self, config, ctx)
+        if category == "layer":
+            self.check_declared_sizes(class_name, config, build_config, ctx)
         return ctx
+
+    def check_declared_sizes(self, class_name: str, config: dict, build_config: Any, ctx: str) -> None:
+        """Keras builds variables from the config before reading any weights: bound what the config declares."""
+        limit = self.limits.max_tensor_elements
+        for key in SIZE_FIELDS:
+            value = config.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= limit:
+                self.fail(ctx, f"{key}={value} is out of range (0..{limit}, max_tensor_elements)")
+        estimate = PARAM_ESTIMATES.get(class_name)
+        if estimate is None:
+            return
+        shape = build_config.get("input_shape") if isinstance(build_config, dict) else None
+        try:
+            declared = estimate(config, shape)
+        except (TypeError, ValueError, IndexError, KeyError, OverflowError):
+            declared = 0  # an odd config: Keras will refuse it; the weights-file checks still apply
+        if declared > limit:
+            self.fail(ctx, f"the config declares a {declared}-element weight; the limit is {limit} "
+                           "(max_tensor_elements)")
+        self.declared_params += declared
+        if self.declared_params > self.limits.max_params:
+            self.fail(ctx, f"the config declares more than {self.limits.max_params} weights (max_params)")
 
     def check_data_object(self, node: dict, class_name: str, module: Any, path: str, ctx: str) -> None:
         if module is not None:
@@ -442,6 +476,51 @@ CLASS_CHECKS: dict[str, Callable[[_ConfigWalk, dict, str], None]] = {
     "TextVectorization": _inline_only("vocabulary", "idf_weights", what="vocabulary"),
     "Hashing": _inline_only("salt", what="salt"),
     "Normalization": _inline_only("mean", "variance", what="statistics"),
+}
+
+
+# -- sizes the config declares (Keras allocates them while building the model, before loading weights) ------------
+SIZE_FIELDS = ("units", "filters", "input_dim", "output_dim", "depth_multiplier", "n", "max_tokens", "num_bins",
+               "output_sequence_length", "height", "width")
+
+
+def _dims(value: Any) -> int:
+    """Product of an int or a list of ints (a kernel size); anything else counts as 1."""
+    if isinstance(value, bool):
+        return 1
+    if isinstance(value, int):
+        return max(value, 0)
+    if isinstance(value, (list, tuple)):
+        return math.prod(_dims(v) for v in value)
+    return 1
+
+
+def _channels(config: dict, shape: Any) -> int:
+    """Input channels from a build input shape (channels_last unless the config says channels_first)."""
+    if not isinstance(shape, list) or not shape:
+        return 1
+    axis = 1 if config.get("data_format") == "channels_first" and len(shape) > 1 else -1
+    return _dims(shape[axis]) if isinstance(shape[axis], int) else 1
+
+
+def _conv_params(config: dict, shape: Any) -> int:
+    return _dims(config.get("kernel_size")) * _channels(config, shape) * _dims(config.get("filters"))
+
+
+def _separable_params(config: dict, shape: Any) -> int:
+    inner = _channels(config, shape) * _dims(config.get("depth_multiplier"))
+    return max(_dims(config.get("kernel_size")) * inner, inner * _dims(config.get("filters")))
+
+
+PARAM_ESTIMATES: dict[str, Callable[[dict, Any], int]] = {
+    "Dense": lambda c, s: _channels({}, s) * _dims(c.get("units")),
+    "Embedding": lambda c, s: _dims(c.get("input_dim")) * _dims(c.get("output_dim")),
+    "DepthwiseConv1D": lambda c, s: _dims(c.get("kernel_size")) * _channels(c, s) * _dims(c.get("depth_multiplier")),
+    "DepthwiseConv2D": lambda c, s: _dims(c.get("kernel_size")) * _channels(c, s) * _dims(c.get("depth_multiplier")),
+    **{name: _separable_params for name in ("SeparableConv1D", "SeparableConv2D", "SeparableConvolution1D",
+                                            "SeparableConvolution2D")},
+    **{f"{stem}{d}D{suffix}": _conv_params
+       for stem in ("Conv", "Convolution") for d in (1, 2, 3) for suffix in ("", "Transpose")},
 }
 
 
@@ -615,17 +694,18 @@ def _open_zip(path: Path, limits: InspectLimits, error: type[EngineError], what:
     return zf, infos
 
 
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, error: type[EngineError]) -> bytes:
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, limit_name: str,
+                 error: type[EngineError]) -> bytes:
     """Read one member, never more than `limit` bytes (whatever its directory entry claims)."""
     if info.file_size > limit:
-        raise error(f"member {info.filename!r} is {info.file_size} bytes; the limit is {limit}")
+        raise error(f"member {info.filename!r} is {info.file_size} bytes; the limit is {limit} ({limit_name})")
     try:
         with zf.open(info) as f:
             data = f.read(limit + 1)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise error(f"member {info.filename!r} is damaged: {e}") from None
     if len(data) > limit:
-        raise error(f"member {info.filename!r} is larger than {limit} bytes")
+        raise error(f"member {info.filename!r} is larger than {limit} bytes ({limit_name})")
     return data
 
 
@@ -928,13 +1008,14 @@ def _inspect_keras(path: Path, limits: InspectLimits) -> ModelInspection:
         if WEIGHTS_MEMBER not in names:
             raise ModelRejected(f"{path.name}: the .keras archive has no {WEIGHTS_MEMBER} member")
 
-        raw = _read_member(zf, names[CONFIG_MEMBER], limits.max_config_bytes, ModelRejected)
+        raw = _read_member(zf, names[CONFIG_MEMBER], limits.max_config_bytes, "max_config_bytes", ModelRejected)
         config = _parse_json(raw, CONFIG_MEMBER, limits)
         walk = _walk_model_config(config, CONFIG_MEMBER, limits)
 
         keras_version = None
         if METADATA_MEMBER in names:
-            meta_raw = _read_member(zf, names[METADATA_MEMBER], MAX_METADATA_BYTES, ModelRejected)
+            meta_raw = _read_member(zf, names[METADATA_MEMBER], MAX_METADATA_BYTES, "metadata size",
+                                    ModelRejected)
             metadata = _parse_json(meta_raw, METADATA_MEMBER, limits, max_bytes=MAX_METADATA_BYTES)
             if not isinstance(metadata, dict):
                 raise ModelRejected(f"{METADATA_MEMBER} must be a JSON object")
@@ -949,7 +1030,7 @@ def _inspect_keras(path: Path, limits: InspectLimits) -> ModelInspection:
     return ModelInspection(
         format="keras",
         model_config=config,
-        compile_config=compile_config if isinstance(compile_config, dict) else None,
+        compile_config=compile_config if isinstance(compile_config, dict) and compile_config else None,
         layer_count=walk.compute_layers,
         weight_count=summary.weight_elements,
         keras_version=keras_version,
@@ -973,14 +1054,14 @@ def _inspect_h5(path: Path, limits: InspectLimits) -> ModelInspection:
     training_config = None
     if raw_training is not None:
         training_config = _parse_json(raw_training, f"{path.name} training_config", limits)
-        walk.source = f"{path.name} training_config"
+        walk.source = path.name
         walk_compile_config(walk, training_config, "training_config")
     if not has_model_weights:
         raise ModelRejected(f"{path.name}: the HDF5 file has no model_weights group")
     return ModelInspection(
         format="h5",
         model_config=config,
-        compile_config=training_config if isinstance(training_config, dict) else None,
+        compile_config=training_config if isinstance(training_config, dict) and training_config else None,
         layer_count=walk.compute_layers,
         weight_count=summary.weight_elements,
         keras_version=keras_version,
