@@ -1,0 +1,257 @@
+"""Mask functions for unstructured pruning: pure numpy, weights in, boolean keep-mask out (True = keep).
+
+Public API::
+
+    target_count(sparsity, size) -> int                      zeros to make: round half up of sparsity * size
+    magnitude_mask(w, sparsity) -> mask                      exactly target_count(sparsity, w.size) zeros
+    threshold_mask(w, threshold) -> mask                     zero every |w| < threshold
+    n_m_mask(w, n, m, axis) -> mask                          keep the n largest |w| of each m along `axis`
+    block_mask(w, sparsity, block_shape) -> mask             zero whole blocks of the 2-D view, exact count
+    global_magnitude_masks(ws, sparsity) -> list[mask]       one magnitude ranking across tensors
+    global_block_masks(ws, sparsity, block_shape) -> masks   one block ranking across tensors
+    spared_small(sizes, budget=SMALL_LAYER_BUDGET) -> set    tensors global ranking leaves alone by default
+    MASK_METHODS: dict[str, MaskMethod]                      the registry the pruner dispatches through
+
+Ranking is count-based and deterministic: the k smallest scores are found with `np.partition` (linear time,
+no full sort), and ties at the k-th value are broken by position, lowest flat index pruned first (for the
+global ranking: tensor order, then flat index). Already-zero weights have the smallest score, so recomputing a
+mask on masked weights keeps earlier zeros pruned as long as the count does not shrink.
+
+N:M. Groups are m consecutive weights along the *input* axis (Dense kernel (in, out): axis 0; Conv kernel
+(*k, in, out): the `in` axis; see `registry` for every layer). When that axis is not a multiple of m, the last
+group is *padded* rather than refused: it is ranked as if completed with zeros, so it keeps min(n, its length)
+weights. The padded tensor is a valid N:M tensor, which is what sparse kernels need, and a first convolution
+with 3 input channels does not fail a job (with m >= 4 it simply keeps all of its weights).
+
+Block. A kernel is viewed as the 2-D matrix (prod(shape[:-1]), shape[-1]); blocks of `block_shape` tile it
+from the top-left corner, edge blocks are partial (ranked by the mean |w| of their real entries), and exactly
+target_count(sparsity, number of blocks) blocks are zeroed.
+
+Global ranking and small tensors. One magnitude ranking across layers tends to wipe out small layers (a first
+convolution holds few, important weights). `spared_small` spares the smallest tensors whose combined size is at
+most SMALL_LAYER_BUDGET (1%) of all the candidates: it bounds what sparing can cost (at most 1% of the weights
+stay dense) and, unlike a fixed size cut-off such as "< 1024 weights", it never spares most of a model made of
+many small layers. The model's output layer is spared by the pruning facade, not here.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from workers.engine.errors import SpecError
+
+SMALL_LAYER_BUDGET = 0.01
+
+
+def target_count(sparsity: float, size: int) -> int:
+    """Number of entries to zero: sparsity * size rounded half up, within 0..size."""
+    _check_sparsity(sparsity)
+    return min(size, max(0, int(math.floor(sparsity * size + 0.5))))
+
+
+def _check_sparsity(sparsity) -> None:
+    if sparsity is None or not 0.0 <= float(sparsity) <= 1.0:
+        raise SpecError(f"target_sparsity must satisfy 0 <= s <= 1, got {sparsity!r}", field="target_sparsity")
+
+
+def _abs(w) -> np.ndarray:
+    a = np.abs(np.asarray(w))
+    return a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
+
+
+def _prune_smallest(scores: np.ndarray, k: int) -> np.ndarray:
+    """Keep-mask over the flat `scores` that drops exactly the k smallest (ties: lowest index first)."""
+    n = scores.size
+    keep = np.ones(n, dtype=bool)
+    if k <= 0:
+        return keep
+    if k >= n:
+        keep[:] = False
+        return keep
+    kth = np.partition(scores, k - 1)[k - 1]
+    below = scores < kth
+    keep[below] = False
+    remaining = k - int(np.count_nonzero(below))
+    keep[np.flatnonzero(scores == kth)[:remaining]] = False
+    return keep
+
+
+# --------------------------------------------------------------------------- per tensor
+
+
+def magnitude_mask(w, sparsity: float) -> np.ndarray:
+    """Zero exactly target_count(sparsity, w.size) entries: the smallest |w|."""
+    a = _abs(w)
+    return _prune_smallest(a.ravel(), target_count(sparsity, a.size)).reshape(a.shape)
+
+
+def threshold_mask(w, threshold: float) -> np.ndarray:
+    """Zero every entry with |w| < threshold."""
+    if threshold is None or not float(threshold) >= 0.0:
+        raise SpecError(f"threshold must be >= 0, got {threshold!r}", field="threshold")
+    return _abs(w) >= threshold
+
+
+def n_m_mask(w, n: int, m: int, axis: int = 0) -> np.ndarray:
+    """Keep the n largest |w| in every group of m consecutive entries along `axis` (last group padded)."""
+    if not (isinstance(n, numbers.Integral) and isinstance(m, numbers.Integral) and 1 <= n < m):
+        raise SpecError(f"n:m needs integers 1 <= n < m, got n={n!r}, m={m!r}", field="n")
+    n, m = int(n), int(m)
+    a = _abs(w)
+    if a.ndim == 0:
+        raise SpecError("n:m needs a tensor with at least one axis", field="n")
+    moved = np.moveaxis(a, axis, -1)
+    length = moved.shape[-1]
+    pad = (-length) % m
+    if pad:  # padding ranks below every real weight (|w| >= 0), so a short group keeps its own weights first
+        moved = np.concatenate([moved, np.full(moved.shape[:-1] + (pad,), -1.0, dtype=moved.dtype)], axis=-1)
+    groups = moved.reshape(-1, m)
+    # a stable sort of each small group (m <= 64): the n largest, ties kept by lower index
+    order = np.argsort(-groups, axis=1, kind="stable")[:, :n]
+    keep = np.zeros(groups.shape, dtype=bool)
+    np.put_along_axis(keep, order, True, axis=1)
+    keep = keep.reshape(moved.shape)[..., :length]
+    return np.moveaxis(keep, -1, axis)
+
+
+def _block_means(w, block_shape: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    br, bc = _check_block_shape(block_shape)
+    a = _abs(w)
+    a2 = a.reshape(1, -1) if a.ndim < 2 else a.reshape(-1, a.shape[-1])
+    rows, cols = a2.shape
+    pr, pc = (-rows) % br, (-cols) % bc
+    nr, nc = (rows + pr) // br, (cols + pc) // bc
+    sums = np.pad(a2, ((0, pr), (0, pc))).reshape(nr, br, nc, bc).sum(axis=(1, 3), dtype=np.float64)
+    row_counts = np.minimum(br, rows - np.arange(nr) * br)
+    col_counts = np.minimum(bc, cols - np.arange(nc) * bc)
+    return sums / np.outer(row_counts, col_counts), (rows, cols)
+
+
+def _expand_blocks(keep_blocks: np.ndarray, block_shape: tuple[int, int], rows: int, cols: int, shape) -> np.ndarray:
+    br, bc = block_shape
+    keep = np.repeat(np.repeat(keep_blocks, br, axis=0), bc, axis=1)[:rows, :cols]
+    return keep.reshape(shape)
+
+
+def _check_block_shape(block_shape) -> tuple[int, int]:
+    if block_shape is None or len(block_shape) != 2 or min(block_shape) < 1:
+        raise SpecError(f"block_shape must be two integers >= 1, got {block_shape!r}", field="block_shape")
+    return int(block_shape[0]), int(block_shape[1])
+
+
+def block_mask(w, sparsity: float, block_shape: tuple[int, int]) -> np.ndarray:
+    """Zero exactly target_count(sparsity, n_blocks) blocks of the 2-D view, those with the smallest mean |w|."""
+    means, (rows, cols) = _block_means(w, block_shape)
+    keep_blocks = _prune_smallest(means.ravel(), target_count(sparsity, means.size)).reshape(means.shape)
+    return _expand_blocks(keep_blocks, _check_block_shape(block_shape), rows, cols, np.shape(w))
+
+
+# --------------------------------------------------------------------------- across tensors
+
+
+def _split(keep: np.ndarray, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    out, start = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape, dtype=np.int64))
+        out.append(keep[start:start + size].reshape(shape))
+        start += size
+    return out
+
+
+def global_magnitude_masks(ws: Sequence, sparsity: float) -> list[np.ndarray]:
+    """One ranking of |w| across all tensors: exactly target_count(sparsity, total size) zeros in all."""
+    if not ws:
+        return []
+    arrays = [_abs(w) for w in ws]
+    scores = np.concatenate([a.ravel() for a in arrays])
+    return _split(_prune_smallest(scores, target_count(sparsity, scores.size)), [a.shape for a in arrays])
+
+
+def global_block_masks(ws: Sequence, sparsity: float, block_shape: tuple[int, int]) -> list[np.ndarray]:
+    """One ranking of the blocks of all tensors by mean |w|: exactly target_count(sparsity, all blocks)."""
+    if not ws:
+        return []
+    bs = _check_block_shape(block_shape)
+    means = [_block_means(w, bs) for w in ws]
+    scores = np.concatenate([m.ravel() for m, _ in means])
+    keep = _split(_prune_smallest(scores, target_count(sparsity, scores.size)), [m.shape for m, _ in means])
+    return [_expand_blocks(k, bs, r, c, np.shape(w)) for k, (_, (r, c)), w in zip(keep, means, ws)]
+
+
+def spared_small(sizes: Sequence[int], budget: float = SMALL_LAYER_BUDGET) -> set[int]:
+    """Indices of the smallest tensors whose combined size is at most `budget` of the total (ties: by index)."""
+    total = sum(sizes)
+    spared: set[int] = set()
+    used = 0
+    for i in sorted(range(len(sizes)), key=lambda i: (sizes[i], i)):
+        if used + sizes[i] > budget * total:
+            break
+        used += sizes[i]
+        spared.add(i)
+    return spared
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class MaskParams:
+    """The parameters a mask method may read; which ones it needs is listed in `MaskMethod.needs`."""
+
+    sparsity: float | None = None
+    threshold: float | None = None
+    n: int | None = None
+    m: int | None = None
+    block_shape: tuple[int, int] | None = None
+
+
+TensorFn = Callable[[np.ndarray, MaskParams, int], np.ndarray]  # (weights, params, input_axis) -> keep mask
+GlobalFn = Callable[[Sequence[np.ndarray], MaskParams], list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class MaskMethod:
+    name: str
+    tensor: TensorFn
+    global_: GlobalFn | None  # None: a global scope is the per-tensor rule applied to every tensor
+    needs: tuple[str, ...]
+    gradual: bool  # whether a schedule may ramp its sparsity (needs a `sparsity` parameter)
+    description: str
+
+    def masks(self, ws: Sequence[np.ndarray], params: MaskParams, input_axes: Sequence[int], *,
+              scope: str = "layer") -> list[np.ndarray]:
+        missing = [k for k in self.needs if getattr(params, k) is None]
+        if missing:
+            raise SpecError(f"method '{self.name}' needs {', '.join(missing)}", field=missing[0])
+        if scope == "global" and self.global_ is not None:
+            return self.global_(ws, params)
+        return [self.tensor(w, params, axis) for w, axis in zip(ws, input_axes)]
+
+
+MASK_METHODS: dict[str, MaskMethod] = {
+    m.name: m
+    for m in (
+        MaskMethod("magnitude", lambda w, p, axis: magnitude_mask(w, p.sparsity),
+                   lambda ws, p: global_magnitude_masks(ws, p.sparsity), ("sparsity",), True,
+                   "zero the smallest |w|, exact count"),
+        MaskMethod("threshold", lambda w, p, axis: threshold_mask(w, p.threshold), None, ("threshold",), False,
+                   "zero |w| < threshold"),
+        MaskMethod("n_m", lambda w, p, axis: n_m_mask(w, p.n, p.m, axis), None, ("n", "m"), False,
+                   "keep the n largest |w| of every m along the input axis"),
+        MaskMethod("block", lambda w, p, axis: block_mask(w, p.sparsity, p.block_shape),
+                   lambda ws, p: global_block_masks(ws, p.sparsity, p.block_shape), ("sparsity", "block_shape"), True,
+                   "zero whole blocks of the 2-D kernel view with the smallest mean |w|, exact count"),
+    )
+}
+
+
+def get_method(name: str) -> MaskMethod:
+    try:
+        return MASK_METHODS[name]
+    except KeyError:
+        raise SpecError(f"unknown pruning method '{name}'; allowed: {', '.join(MASK_METHODS)}", field="method") from None
