@@ -100,7 +100,17 @@ def _zoo():
     return keras.Model([image, tokens], outputs, name="zoo")
 
 
-BENIGN = {"sequential": _sequential, "functional": _functional_add_concat_bn, "nested": _nested, "zoo": _zoo}
+def _recurrent():
+    inputs = keras.Input((5, 4))
+    x = L.LSTM(3, return_sequences=True)(inputs)
+    x = L.GRU(3, return_sequences=True)(x)
+    x = L.MultiHeadAttention(num_heads=2, key_dim=2)(x, x)
+    x = L.SimpleRNN(2)(x)
+    return keras.Model(inputs, L.Dense(2, activation="softmax")(x), name="recurrent")
+
+
+BENIGN = {"sequential": _sequential, "functional": _functional_add_concat_bn, "nested": _nested, "zoo": _zoo,
+          "recurrent": _recurrent}
 
 
 def _compile(model, optimizer="adam"):
@@ -526,6 +536,26 @@ def test_truncated_archive_is_refused(saved, tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelRejected, match="damaged zip archive"):
         inspect_model_file(path)
+
+
+@pytest.mark.parametrize("ext", ["keras", "h5"])
+def test_damaged_files_raise_engine_errors_only(ext, saved, tmp_path):
+    """Random byte flips anywhere in a real file: inspection passes or refuses, it never crashes otherwise."""
+    data = saved["functional", ext][0].read_bytes()
+    rng = np.random.default_rng(7)
+    outcomes = set()
+    for i in range(60):
+        mutated = bytearray(data)
+        for at in rng.integers(0, len(data), size=rng.integers(1, 9)):
+            mutated[at] = int(rng.integers(0, 256))
+        path = tmp_path / f"m{i}.{ext}"
+        path.write_bytes(bytes(mutated))
+        try:
+            inspect_model_file(path)
+            outcomes.add("passed")
+        except EngineError as e:
+            outcomes.add(type(e).__name__)
+    assert "ModelRejected" in outcomes
 
 
 def test_inspection_does_not_import_keras_or_tensorflow(saved):

@@ -130,6 +130,7 @@ LAYER_CLASSES = """
     Add Subtract Multiply Average Maximum Minimum Concatenate Dot
     Rescaling Normalization Resizing CenterCrop
     StringLookup IntegerLookup TextVectorization Hashing
+    SimpleRNN LSTM GRU MultiHeadAttention Attention AdditiveAttention
 """.split()
 CONTAINER_MODULES = {
     "Functional": (None, "keras", "keras.models", "keras.src.models.functional", "keras.src.engine.functional"),
@@ -282,14 +283,14 @@ class _ConfigWalk:
                 self.visit_object(node, path, ctx, compile_key)
                 return
             for key, value in node.items():
-                self.visit_key(node, key, value, path, ctx, compile_key)
+                self.visit_key(key, value, path, ctx, compile_key)
         elif isinstance(node, list):
             for i, item in enumerate(node):
                 self.visit(item, f"{path}[{i}]", ctx, compile_key)
         elif isinstance(node, str):
             self.check_string(node, path, ctx, compile_key)
 
-    def visit_key(self, owner: dict, key: Any, value: Any, path: str, ctx: str, compile_key: str | None) -> None:
+    def visit_key(self, key: Any, value: Any, path: str, ctx: str, compile_key: str | None) -> None:
         if not isinstance(key, str):
             self.fail(ctx, f"non-string key at {path}")
         child = f"{path}.{key}" if path else key
@@ -340,7 +341,7 @@ class _ConfigWalk:
                 compile_key = None  # inside a loss/metric/optimizer object: its fields are not names
         for key, value in node.items():
             if key not in ("class_name", "module", "registered_name"):
-                self.visit_key(node, key, value, path, ctx, compile_key)
+                self.visit_key(key, value, path, ctx, compile_key)
 
     def refuse_class(self, node: dict, class_name: str, module: Any, path: str, ctx: str) -> None:
         reason = REFUSED_CLASS_REASONS.get(class_name, "not a stock Keras class on the allow-list")
@@ -791,6 +792,17 @@ class _H5Summary:
     total_bytes: int = 0
 
 
+@contextmanager
+def _malformed(name: str, kind: str, error: type[EngineError] = ModelRejected) -> Iterator[None]:
+    """Turn a parser's own exception on a damaged file into `error` (ours pass through untouched)."""
+    try:
+        yield
+    except EngineError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        raise error(f"{name}: damaged {kind}: {type(e).__name__}: {str(e)[:200]}") from None
+
+
 def _h5_file(source, name: str):
     import h5py
 
@@ -910,7 +922,8 @@ def _check_h5_attributes(obj, path: str, name: str, limits: InspectLimits) -> No
         shape = attr.shape or ()
         elements = math.prod(shape)
         if elements > limits.max_tensor_elements or elements * attr.dtype.itemsize > limits.max_config_bytes:
-            raise ModelRejected(f"{name}: HDF5 attribute {key!r} of {path!r} declares shape {shape}; too large")
+            raise ModelRejected(f"{name}: HDF5 attribute {key!r} of {path!r} declares shape {shape} "
+                                f"({attr.dtype}); larger than max_config_bytes / max_tensor_elements allow")
 
 
 def _read_h5_text_attr(f, key: str, name: str, limits: InspectLimits) -> str | None:
@@ -991,7 +1004,7 @@ def inspect_model_file(path: str | Path, limits: InspectLimits = InspectLimits()
 
 def _inspect_keras(path: Path, limits: InspectLimits) -> ModelInspection:
     zf, infos = _open_zip(path, limits, ModelRejected, "the .keras archive")
-    with zf:
+    with zf, _malformed(path.name, "zip archive"):
         names = {info.filename: info for info in infos}
         for member in names:
             top = member.split("/", 1)[0]
@@ -1023,7 +1036,7 @@ def _inspect_keras(path: Path, limits: InspectLimits) -> ModelInspection:
             keras_version = version if isinstance(version, str) else None
 
         with _member_file(path, zf, names[WEIGHTS_MEMBER], limits) as weights:
-            with _h5_file(weights, WEIGHTS_MEMBER) as f:
+            with _malformed(WEIGHTS_MEMBER, "HDF5 file"), _h5_file(weights, WEIGHTS_MEMBER) as f:
                 summary = _check_h5(f, WEIGHTS_MEMBER, limits, optimizer_groups=("optimizer",))
 
     compile_config = config.get("compile_config")
@@ -1039,7 +1052,7 @@ def _inspect_keras(path: Path, limits: InspectLimits) -> ModelInspection:
 
 
 def _inspect_h5(path: Path, limits: InspectLimits) -> ModelInspection:
-    with _h5_file(path, path.name) as f:
+    with _malformed(path.name, "HDF5 file"), _h5_file(path, path.name) as f:
         summary = _check_h5(f, path.name, limits, optimizer_groups=("optimizer_weights",))
         raw_config = _read_h5_text_attr(f, "model_config", path.name, limits)
         if raw_config is None:
@@ -1086,7 +1099,7 @@ def inspect_npz(path: str | Path, limits: InspectLimits = InspectLimits()) -> di
         raise UnsupportedFile(f"{path.name} is {_describe(head)}, not a NumPy .npz archive")
     zf, infos = _open_zip(path, limits, DataError, "the .npz archive")
     arrays: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-    with zf:
+    with zf, _malformed(path.name, "zip archive", DataError):
         if not infos:
             raise DataError(f"{path.name}: the .npz archive holds no arrays")
         for info in infos:
