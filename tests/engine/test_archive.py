@@ -588,6 +588,8 @@ def test_benign_npz_reports_shapes_and_dtypes_without_loading(save, tmp_path, mn
     (np.array(["a", "b"]), "has dtype <U1"),
     (np.zeros(2, dtype=[("a", "f4"), ("b", "i4")]), "has dtype"),
     (np.zeros(2, dtype="complex64"), "has dtype complex64"),
+    (np.zeros(2, dtype="longdouble"), "has dtype float128"),
+    (np.zeros(2, dtype="datetime64[s]"), "has dtype datetime64[s]"),
 ])
 def test_npz_non_numeric_dtypes_are_refused(array, fragment, tmp_path):
     np.savez(tmp_path / "d.npz", x=array)
@@ -613,6 +615,14 @@ def test_npz_header_must_match_member_size(tmp_path):
     np.save(buf, np.zeros(10, dtype="float32"))
     path = _write_zip(tmp_path / "d.npz", [("x.npy", buf.getvalue()[:-8])])
     with pytest.raises(DataError, match="array 'x' declares shape \\(10,\\) float32"):
+        inspect_npz(path)
+
+
+def test_npz_negative_dimensions_are_refused(tmp_path):
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": (-1, -1)})
+    path = _write_zip(tmp_path / "d.npz", [("x.npy", buf.getvalue() + bytes(8))])
+    with pytest.raises(DataError, match="array 'x' declares shape \\(-1, -1\\)"):
         inspect_npz(path)
 
 

@@ -27,6 +27,9 @@ What is accepted
   shape within the limits, and whose sizes match those headers exactly (so no pickle can hide in them).
 
 Anything else (SavedModel directories, pickles, TFLite, ...) raises ``UnsupportedFile`` naming what was seen.
+
+Callers: load a file that passed according to ``ModelInspection.format`` (give it that extension), never by the
+uploaded name. h5py parses attacker bytes in C; where possible run inspection in the sandboxed worker too.
 """
 
 from __future__ import annotations
@@ -785,6 +788,13 @@ def _member_file(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits:
 KNOWN_H5_FILTERS = frozenset({1, 2, 3, 4, 5, 6, 32000})
 
 
+def _plain_numeric(dtype: np.dtype) -> bool:
+    """bool, signed/unsigned integers, float16/32/64: no objects, strings, records, sub-arrays, long doubles."""
+    if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None:
+        return False
+    return dtype.kind in "biu" or (dtype.kind == "f" and dtype.itemsize in (2, 4, 8))
+
+
 @dataclass
 class _H5Summary:
     datasets: int = 0
@@ -896,7 +906,7 @@ def _check_h5_dataset(ds, path: str, name: str, limits: InspectLimits, summary: 
             raise ModelRejected(f"{name}: HDF5 dataset {path!r} uses filter {code}; only built-in filters are "
                                 "accepted")
     dtype = ds.dtype
-    if dtype.kind not in "biuf" or dtype.names is not None or dtype.subdtype is not None:
+    if not _plain_numeric(dtype):
         raise ModelRejected(f"{name}: HDF5 dataset {path!r} has dtype {dtype}; only numeric dtypes are accepted")
     shape = ds.shape or ()
     elements = math.prod(shape)
@@ -957,7 +967,6 @@ _SIGNATURES: tuple[tuple[Callable[[bytes], bool], str], ...] = (
     (lambda h: h.lstrip()[:1] in (b"{", b"["), "a JSON document (a config without weights?)"),
     (lambda h: len(h) >= 9 and h[8:9] == b"{" and int.from_bytes(h[:8], "little") < 1 << 30,
      "a safetensors file"),
-    (lambda h: h.startswith(b"\x08") or h.startswith(b"\x0a"), "a protocol buffer (SavedModel/ONNX?)"),
 )
 
 
@@ -1082,11 +1091,11 @@ def _inspect_h5(path: Path, limits: InspectLimits) -> ModelInspection:
     )
 
 
-NPZ_DTYPE_KINDS = "biuf"  # bool, signed and unsigned ints, floats (float16/32/64)
 _NPZ_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*\.npy$")
 
 
-def inspect_npz(path: str | Path, limits: InspectLimits = InspectLimits()) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+def inspect_npz(path: str | Path, limits: InspectLimits = InspectLimits()
+                ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Check a dataset .npz from its zip directory and .npy headers alone; return {array name: (shape, dtype)}.
 
     Raises UnsupportedFile for anything that is not a zip archive and DataError naming the array otherwise.
@@ -1118,12 +1127,11 @@ def inspect_npz(path: str | Path, limits: InspectLimits = InspectLimits()) -> di
                     header_bytes = f.tell()
             except (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError) as e:
                 raise DataError(f"{path.name}: array {key!r} has a damaged .npy header: {str(e)[:200]}") from None
-            if dtype.hasobject or dtype.kind not in NPZ_DTYPE_KINDS or dtype.names is not None \
-                    or dtype.subdtype is not None:
+            if not _plain_numeric(dtype):
                 raise DataError(f"{path.name}: array {key!r} has dtype {dtype}; only bool, integer and float "
                                 "arrays are accepted (no objects, pickles, strings or records)")
             elements = math.prod(shape)
-            if elements > limits.max_tensor_elements:
+            if any(d < 0 for d in shape) or elements > limits.max_tensor_elements:
                 raise DataError(f"{path.name}: array {key!r} declares shape {shape} ({elements} elements); the "
                                 f"limit is {limits.max_tensor_elements} (max_tensor_elements)")
             expected = header_bytes + elements * dtype.itemsize
