@@ -1,0 +1,140 @@
+"""Service and worker configuration: environment variables with the prefix SECATEURS_, nested groups.
+
+A nested field is set with a double underscore: `SECATEURS_LIMITS__MAX_UPLOAD_BYTES=1000000`. Every variable is
+listed in docs/CONFIG.md. Nothing is read at import time: call `get_settings()` (cached) or build `Settings(...)`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GiB = 2**30
+MiB = 2**20
+
+
+class StoreSettings(BaseModel):
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the job store. Default: a SQLite file `jobs.db` in the data directory "
+        "(WAL mode). PostgreSQL: postgresql+psycopg://user:pass@host:5432/db.",
+    )
+    echo: bool = Field(False, description="Log every SQL statement (debugging).")
+
+
+class ArtifactSettings(BaseModel):
+    url: str | None = Field(
+        None, description="Where uploads and artifacts are kept. Default: the directory `artifacts/` in the data "
+        "directory. Only local directories (a path or file:// URL) are supported by this build."
+    )
+    max_total_bytes: int = Field(
+        0, ge=0, description="Total size of the artifact store (uploads + outputs); 0 = unlimited. A job whose "
+        "outputs would exceed it fails with a resource_limit error."
+    )
+
+
+class LimitSettings(BaseModel):
+    max_upload_bytes: int = Field(512 * MiB, ge=1, description="Largest accepted request body (model + data + "
+                                  "spec) in bytes; larger uploads are refused with 413 while streaming.")
+    max_spec_bytes: int = Field(1 * MiB, ge=1, description="Largest accepted `spec` form field in bytes.")
+    max_active_jobs_per_tenant: int = Field(8, ge=1, description="Queued + running jobs one tenant may have; more "
+                                            "is refused with 429.")
+    max_stored_jobs_per_tenant: int = Field(1000, ge=1, description="Jobs (any state) one tenant may keep; more "
+                                            "is refused with 429 until some are deleted.")
+    max_epoch_samples: int = Field(50_000_000, ge=1, description="Training budget per job: total epochs of the "
+                                   "spec times rows of x_train; larger jobs are refused with 422 at submit.")
+    job_wall_seconds: float = Field(3600.0, gt=0, description="Wall-clock limit of one job attempt; the job "
+                                    "process is killed and the job fails when it runs longer.")
+    job_memory_bytes: int = Field(16 * GiB, ge=256 * MiB, description="Address-space limit (RLIMIT_AS) of the job "
+                                  "process. TensorFlow reserves a lot of virtual memory: keep it at several GiB.")
+    job_file_bytes: int = Field(0, ge=0, description="Largest file the job process may write (RLIMIT_FSIZE); "
+                                "0 = unlimited.")
+    job_cpu_seconds: int = Field(0, ge=0, description="CPU-time limit of the job process (RLIMIT_CPU); 0 = none.")
+
+
+class WorkerSettings(BaseModel):
+    dispatcher: Literal["local", "none"] = Field(
+        "local", description="local: `secateurs serve` starts worker processes that pull jobs from the store; "
+        "none: the API only enqueues (run `secateurs worker` processes separately)."
+    )
+    concurrency: int = Field(2, ge=0, le=64, description="Worker processes started by `secateurs serve` (each "
+                             "runs one job at a time, in its own child process).")
+    poll_interval: float = Field(0.5, gt=0, le=60, description="Seconds between store polls of an idle worker.")
+    max_attempts: int = Field(2, ge=1, le=10, description="Attempts per job, counted when a worker claims it: a "
+                              "job interrupted more often is failed, never redelivered forever.")
+    heartbeat_interval: float = Field(2.0, gt=0, description="Seconds between heartbeats of a running job.")
+    heartbeat_timeout: float = Field(30.0, gt=0, description="A running job without a heartbeat for this long "
+                                     "is considered interrupted (its worker died): re-queued or failed.")
+    cancel_poll_interval: float = Field(0.5, gt=0, le=10, description="How often a running job checks its cancel "
+                                        "flag (seconds).")
+    tf_threads: int = Field(0, ge=0, description="Intra-/inter-op threads of TensorFlow in a job; 0 = TF default.")
+
+
+class WebhookSettings(BaseModel):
+    secret: str | None = Field(None, description="HMAC secret used to sign webhook deliveries.")
+    allow_private: bool = Field(False, description="Allow webhook URLs that resolve to private/loopback addresses.")
+    timeout: float = Field(5.0, gt=0, description="Seconds per webhook delivery attempt.")
+    max_attempts: int = Field(3, ge=1, description="Delivery attempts per webhook.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SECATEURS_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = Field(Path(".secateurs"), description="Directory for the SQLite store, artifacts and temp files.")
+    host: str = Field("127.0.0.1", description="Address `secateurs serve` listens on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port `secateurs serve` listens on.")
+    log_level: str = Field("info", description="Log level of the service and workers.")
+    auth_required: bool = Field(False, description="Require an API key on every route but /healthz and /readyz, "
+                                "even before any key exists (keys are always required once one exists).")
+    public_url: str | None = Field(None, description="Base URL used in links and webhooks; default: from the request.")
+
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+
+    @model_validator(mode="after")
+    def _heartbeats(self):
+        if self.worker.heartbeat_timeout <= self.worker.heartbeat_interval:
+            raise ValueError(
+                f"worker.heartbeat_timeout ({self.worker.heartbeat_timeout}) must be larger than "
+                f"worker.heartbeat_interval ({self.worker.heartbeat_interval})"
+            )
+        return self
+
+    # -- derived locations ------------------------------------------------------------------------------------
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite:///{(self.data_dir / 'jobs.db').resolve()}"
+
+    @property
+    def artifacts_root(self) -> Path:
+        url = self.artifacts.url
+        if url is None:
+            return (self.data_dir / "artifacts").resolve()
+        if url.startswith("file://"):
+            return Path(url.removeprefix("file://")).resolve()
+        if "://" in url:
+            raise ValueError(f"artifacts.url {url!r}: only local directories are supported")
+        return Path(url).resolve()
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Uploads in flight; emptied at start-up (a restart mid-upload leaves nothing behind)."""
+        return (self.data_dir / "tmp").resolve()
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Per-attempt working directories of running jobs."""
+        return (self.data_dir / "scratch").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,490 @@
+"""SQLAlchemy 2 job store: a SQLite file (WAL) by default, PostgreSQL by URL.
+
+Every state change is one conditional UPDATE whose WHERE clause states the transition it expects (status,
+owner attempt, heartbeat), so concurrent API processes, workers and sweeps can never move a job twice. The status
+event of a change is written in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError
+
+from workers.jobs import (
+    ApiKeyRecord,
+    ArtifactInfo,
+    EventKind,
+    InputFile,
+    JobEvent,
+    JobRecord,
+    JobStatus,
+    NewJob,
+    error_dict,
+    utcnow,
+)
+from workers.store.base import Claim, Page, QuotaExceeded, SweepResult, TenantQuota
+
+
+class UTCDateTime(TypeDecorator):
+    """Stored as naive UTC (SQLite has no time zones), always returned timezone-aware."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the job store")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("spec", JSON, nullable=False),
+    Column("inputs", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime),
+    Column("finished_at", UTCDateTime),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("max_attempts", Integer, nullable=False),
+    Column("worker_id", String(256)),
+    Column("heartbeat_at", UTCDateTime),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("progress", JSON),
+    Column("manifest", JSON),
+    Column("error", JSON),
+    Column("artifacts", JSON),
+    Column("webhook_url", Text),
+    Column("idempotency_key", String(256)),
+    UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
+    Index("ix_jobs_status_id", "status", "id"),
+    Index("ix_jobs_tenant_id", "tenant", "id"),
+)
+
+events = Table(
+    "job_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_job_events_job_seq", "job_id", "seq"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    Column("name", String(256)),
+    Column("key_hash", String(128), nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
+)
+
+ACTIVE_STATUSES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+
+
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, echo=echo, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, echo=echo, pool_pre_ping=True)
+
+
+def _job(row) -> JobRecord:
+    m = row._mapping
+    return JobRecord(
+        id=m["id"],
+        tenant=m["tenant"],
+        status=JobStatus(m["status"]),
+        spec=m["spec"],
+        inputs={role: InputFile(role=role, **f) for role, f in (m["inputs"] or {}).items()},
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        attempts=m["attempts"],
+        max_attempts=m["max_attempts"],
+        worker_id=m["worker_id"],
+        heartbeat_at=m["heartbeat_at"],
+        cancel_requested=bool(m["cancel_requested"]),
+        progress=m["progress"],
+        manifest=m["manifest"],
+        error=m["error"],
+        artifacts=[ArtifactInfo(**a) for a in (m["artifacts"] or [])],
+        webhook_url=m["webhook_url"],
+        idempotency_key=m["idempotency_key"],
+    )
+
+
+def _key(row) -> ApiKeyRecord:
+    m = row._mapping
+    return ApiKeyRecord(id=m["id"], tenant=m["tenant"], name=m["name"], created_at=m["created_at"],
+                        revoked_at=m["revoked_at"])
+
+
+class SqlJobStore:
+    def __init__(self, url: str, *, echo: bool = False, create: bool = True):
+        self.url = url
+        self.engine = make_engine(url, echo=echo)
+        self.dialect = self.engine.dialect.name
+        if create:
+            metadata.create_all(self.engine)
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+
+    def _event(self, conn: Connection, job_id: str, kind: EventKind, data: dict, now: datetime | None = None) -> int:
+        result = conn.execute(insert(events).values(job_id=job_id, kind=str(kind), data=data,
+                                                    created_at=now or utcnow()))
+        return int(result.inserted_primary_key[0])
+
+    def _status_event(self, conn: Connection, job_id: str, status: JobStatus, now: datetime, **extra) -> None:
+        self._event(conn, job_id, EventKind.STATUS, {"status": str(status), **extra}, now)
+
+    def _lock_tenant(self, conn: Connection, tenant: str) -> None:
+        if self.dialect == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:t))"), {"t": "secateurs:" + tenant})
+
+    # -- jobs ---------------------------------------------------------------------------------------------------
+
+    def create_job(self, new: NewJob, *, max_attempts: int, quota: TenantQuota | None = None) -> tuple[JobRecord, bool]:
+        now = utcnow()
+        try:
+            with self.engine.begin() as conn:
+                self._lock_tenant(conn, new.tenant)
+                # insert first, then count: the row's write lock serializes concurrent submits of a tenant
+                conn.execute(insert(jobs).values(
+                    id=new.id, tenant=new.tenant, status=JobStatus.QUEUED.value, spec=new.spec,
+                    inputs={role: f.to_dict() for role, f in new.inputs.items()}, created_at=now, updated_at=now,
+                    attempts=0, max_attempts=max_attempts, cancel_requested=False, webhook_url=new.webhook_url,
+                    idempotency_key=new.idempotency_key,
+                ))
+                if quota is not None:
+                    self._check_quota(conn, new.tenant, quota)
+                self._status_event(conn, new.id, JobStatus.QUEUED, now)
+        except IntegrityError:
+            if new.idempotency_key is None:
+                raise
+            existing = self.find_by_idempotency_key(new.tenant, new.idempotency_key)
+            if existing is None:  # pragma: no cover - an integrity error of another kind
+                raise
+            return existing, False
+        job = self.get_job(new.id)
+        assert job is not None
+        return job, True
+
+    def _check_quota(self, conn: Connection, tenant: str, quota: TenantQuota) -> None:
+        active = conn.execute(select(func.count()).select_from(jobs).where(
+            jobs.c.tenant == tenant, jobs.c.status.in_(ACTIVE_STATUSES))).scalar_one()
+        if active > quota.max_active_jobs:
+            raise QuotaExceeded("max_active_jobs_per_tenant", quota.max_active_jobs,
+                                f"tenant '{tenant}' already has {active - 1} queued or running jobs; the limit "
+                                f"(limits.max_active_jobs_per_tenant) is {quota.max_active_jobs}")
+        stored = conn.execute(select(func.count()).select_from(jobs).where(jobs.c.tenant == tenant)).scalar_one()
+        if stored > quota.max_stored_jobs:
+            raise QuotaExceeded("max_stored_jobs_per_tenant", quota.max_stored_jobs,
+                                f"tenant '{tenant}' already stores {stored - 1} jobs; the limit "
+                                f"(limits.max_stored_jobs_per_tenant) is {quota.max_stored_jobs}: delete old jobs")
+
+    def get_job(self, job_id: str, tenant: str | None = None) -> JobRecord | None:
+        q = select(jobs).where(jobs.c.id == job_id)
+        if tenant is not None:
+            q = q.where(jobs.c.tenant == tenant)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        return None if row is None else _job(row)
+
+    def find_by_idempotency_key(self, tenant: str, key: str) -> JobRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.tenant == tenant, jobs.c.idempotency_key == key)).first()
+        return None if row is None else _job(row)
+
+    def list_jobs(self, tenant: str | None, *, statuses: Iterable[JobStatus] | None = None, limit: int = 50,
+                  cursor: str | None = None) -> Page:
+        q = select(jobs).order_by(jobs.c.id.desc()).limit(limit + 1)
+        if tenant is not None:
+            q = q.where(jobs.c.tenant == tenant)
+        if statuses:
+            q = q.where(jobs.c.status.in_([str(s) for s in statuses]))
+        if cursor:
+            q = q.where(jobs.c.id < cursor)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        items = [_job(r) for r in rows[:limit]]
+        return Page(items=items, next_cursor=items[-1].id if len(rows) > limit and items else None)
+
+    def count_jobs(self, tenant: str | None = None, statuses: Iterable[JobStatus] | None = None) -> int:
+        q = select(func.count()).select_from(jobs)
+        if tenant is not None:
+            q = q.where(jobs.c.tenant == tenant)
+        if statuses:
+            q = q.where(jobs.c.status.in_([str(s) for s in statuses]))
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def counts_by_status(self) -> dict[JobStatus, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status)).all()
+        counts = {s: 0 for s in JobStatus}
+        counts.update({JobStatus(s): int(n) for s, n in rows})
+        return counts
+
+    def durations(self) -> list[tuple[JobStatus, float]]:
+        q = select(jobs.c.status, jobs.c.started_at, jobs.c.finished_at).where(
+            jobs.c.started_at.is_not(None), jobs.c.finished_at.is_not(None))
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        return [(JobStatus(s), (f - b).total_seconds()) for s, b, f in rows]
+
+    def job_ids(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(jobs.c.id)).scalars())
+
+    def delete_job(self, job_id: str) -> bool:
+        with self.engine.begin() as conn:
+            conn.execute(delete(events).where(events.c.job_id == job_id))
+            return conn.execute(delete(jobs).where(jobs.c.id == job_id)).rowcount == 1
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+
+    def queued_job_ids(self, limit: int = 20) -> list[str]:
+        q = select(jobs.c.id).where(jobs.c.status == JobStatus.QUEUED.value).order_by(jobs.c.id).limit(limit)
+        with self.engine.connect() as conn:
+            return list(conn.execute(q).scalars())
+
+    def claim(self, job_id: str, worker_id: str) -> Claim | None:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value,
+                       jobs.c.attempts < jobs.c.max_attempts, jobs.c.cancel_requested.is_(False))
+                .values(status=JobStatus.RUNNING.value, attempts=jobs.c.attempts + 1, worker_id=worker_id,
+                        started_at=now, heartbeat_at=now, updated_at=now, progress=None)
+            )
+            if result.rowcount != 1:
+                return None
+            attempts, max_attempts = conn.execute(
+                select(jobs.c.attempts, jobs.c.max_attempts).where(jobs.c.id == job_id)).one()
+            self._status_event(conn, job_id, JobStatus.RUNNING, now, attempt=attempts, max_attempts=max_attempts,
+                               worker=worker_id)
+        job = self.get_job(job_id)
+        if job is None:  # pragma: no cover - deleted in between
+            return None
+        return Claim(job=job, attempt=attempts, worker_id=worker_id)
+
+    def _owned(self, claim: Claim):
+        return (jobs.c.id == claim.job.id, jobs.c.status == JobStatus.RUNNING.value,
+                jobs.c.worker_id == claim.worker_id, jobs.c.attempts == claim.attempt)
+
+    def heartbeat(self, claim: Claim) -> bool:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            return conn.execute(update(jobs).where(*self._owned(claim)).values(heartbeat_at=now)).rowcount == 1
+
+    def finish(self, claim: Claim, status: JobStatus, *, manifest: dict | None = None, error: dict | None = None,
+               artifacts: list[ArtifactInfo] | None = None) -> bool:
+        if not JobStatus(status).terminal:
+            raise ValueError(f"finish() needs a terminal status, not {status}")
+        now = utcnow()
+        with self.engine.begin() as conn:
+            result = conn.execute(update(jobs).where(*self._owned(claim)).values(
+                status=str(status), finished_at=now, updated_at=now, manifest=manifest, error=error,
+                artifacts=[a.to_dict() for a in artifacts or []],
+            ))
+            if result.rowcount != 1:
+                return False
+            extra = {"error": error} if error else {}
+            self._status_event(conn, claim.job.id, status, now, **extra)
+        return True
+
+    def release(self, claim: Claim, reason: str) -> bool:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            result = conn.execute(update(jobs).where(*self._owned(claim)).values(
+                status=JobStatus.QUEUED.value, attempts=jobs.c.attempts - 1, worker_id=None, heartbeat_at=None,
+                updated_at=now, progress=None))
+            if result.rowcount != 1:
+                return False
+            self._status_event(conn, claim.job.id, JobStatus.QUEUED, now, reason=reason)
+        return True
+
+    def sweep_stale(self, older_than: datetime, *, dead_worker: Callable[[str], bool] | None = None
+                    ) -> list[SweepResult]:
+        q = select(jobs.c.id, jobs.c.attempts, jobs.c.max_attempts, jobs.c.heartbeat_at, jobs.c.worker_id,
+                   jobs.c.cancel_requested).where(jobs.c.status == JobStatus.RUNNING.value)
+        with self.engine.connect() as conn:
+            running = conn.execute(q).all()
+        stale = [r for r in running if r.heartbeat_at is None or r.heartbeat_at < older_than
+                 or (dead_worker is not None and r.worker_id and dead_worker(r.worker_id))]
+        out = []
+        for job_id, attempts, max_attempts, beat, worker, cancel in stale:
+            now = utcnow()
+            where = (jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value, jobs.c.heartbeat_at == beat,
+                     jobs.c.attempts == attempts)
+            reason = f"interrupted: worker {worker} stopped during attempt {attempts} of {max_attempts}"
+            if cancel:
+                status, values = JobStatus.CANCELLED, {"finished_at": now}
+            elif attempts < max_attempts:
+                status, values = JobStatus.QUEUED, {"worker_id": None, "heartbeat_at": None, "progress": None}
+            else:
+                status = JobStatus.FAILED
+                values = {"finished_at": now, "error": error_dict(
+                    "interrupted", f"the job was interrupted: its worker stopped during attempt {attempts} of "
+                    f"{max_attempts} (worker.max_attempts) and it is not retried again")}
+            with self.engine.begin() as conn:
+                result = conn.execute(update(jobs).where(*where).values(status=str(status), updated_at=now, **values))
+                if result.rowcount == 1:
+                    extra = {"error": values["error"]} if "error" in values else {}
+                    self._status_event(conn, job_id, status, now, reason=reason, **extra)
+                    out.append(SweepResult(job_id, status))
+        return out
+
+    def fail_exhausted(self) -> list[SweepResult]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(jobs.c.id, jobs.c.attempts).where(
+                jobs.c.status == JobStatus.QUEUED.value, jobs.c.attempts >= jobs.c.max_attempts)).all()
+        out = []
+        for job_id, attempts in rows:
+            now = utcnow()
+            error = error_dict("interrupted", f"the job was interrupted on each of its {attempts} attempts "
+                                              "(worker.max_attempts); it is not retried again")
+            with self.engine.begin() as conn:
+                result = conn.execute(update(jobs).where(
+                    jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value, jobs.c.attempts >= jobs.c.max_attempts,
+                ).values(status=JobStatus.FAILED.value, finished_at=now, updated_at=now, error=error))
+                if result.rowcount == 1:
+                    self._status_event(conn, job_id, JobStatus.FAILED, now, error=error)
+                    out.append(SweepResult(job_id, JobStatus.FAILED))
+        return out
+
+    def request_cancel(self, job_id: str, tenant: str | None = None) -> JobRecord | None:
+        now = utcnow()
+        scope = [jobs.c.id == job_id] + ([jobs.c.tenant == tenant] if tenant is not None else [])
+        with self.engine.begin() as conn:
+            result = conn.execute(update(jobs).where(*scope, jobs.c.status == JobStatus.QUEUED.value).values(
+                status=JobStatus.CANCELLED.value, cancel_requested=True, finished_at=now, updated_at=now))
+            if result.rowcount == 1:
+                self._status_event(conn, job_id, JobStatus.CANCELLED, now, reason="cancelled while queued")
+            else:
+                result = conn.execute(update(jobs).where(
+                    *scope, jobs.c.status == JobStatus.RUNNING.value, jobs.c.cancel_requested.is_(False),
+                ).values(cancel_requested=True, updated_at=now))
+                if result.rowcount == 1:
+                    self._event(conn, job_id, EventKind.LOG, {"message": "cancel requested; stopping at the next "
+                                                                         "batch"}, now)
+        return self.get_job(job_id, tenant)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        with self.engine.connect() as conn:
+            value = conn.execute(select(jobs.c.cancel_requested).where(jobs.c.id == job_id)).scalar_one_or_none()
+        return bool(value)
+
+    # -- events -------------------------------------------------------------------------------------------------
+
+    def add_event(self, job_id: str, kind: EventKind, data: dict) -> int:
+        with self.engine.begin() as conn:
+            return self._event(conn, job_id, kind, data)
+
+    def record_progress(self, claim: Claim, progress: dict) -> None:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            if conn.execute(update(jobs).where(*self._owned(claim)).values(progress=progress)).rowcount == 1:
+                self._event(conn, claim.job.id, EventKind.PROGRESS, progress, now)
+
+    def events(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[JobEvent]:
+        q = (select(events).where(events.c.job_id == job_id, events.c.seq > after)
+             .order_by(events.c.seq).limit(limit))
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        return [JobEvent(job_id=r.job_id, seq=r.seq, kind=EventKind(r.kind), data=r.data, created_at=r.created_at)
+                for r in rows]
+
+    # -- API keys -----------------------------------------------------------------------------------------------
+
+    def create_api_key(self, key_id: str, tenant: str, key_hash: str, name: str | None = None) -> ApiKeyRecord:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(insert(api_keys).values(id=key_id, tenant=tenant, name=name, key_hash=key_hash,
+                                                 created_at=now))
+        return ApiKeyRecord(id=key_id, tenant=tenant, name=name, created_at=now)
+
+    def find_api_key(self, key_hash: str) -> tuple[ApiKeyRecord, str] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(api_keys).where(api_keys.c.key_hash == key_hash)).first()
+        return None if row is None else (_key(row), row.key_hash)
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        with self.engine.begin() as conn:
+            return conn.execute(update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                                .values(revoked_at=utcnow())).rowcount == 1
+
+    def list_api_keys(self) -> list[ApiKeyRecord]:
+        with self.engine.connect() as conn:
+            return [_key(r) for r in conn.execute(select(api_keys).order_by(api_keys.c.created_at)).all()]
+
+    def any_api_key(self) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(api_keys.c.id).limit(1)).first() is not None
+
+    # -- plumbing -----------------------------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def close(self) -> None:
+        self.engine.dispose()
