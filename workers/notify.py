@@ -273,6 +273,15 @@ def _attempt(client: httpx.Client, url: str, body: bytes, headers: dict[str, str
     return False, True, outcome
 
 
+def _for_log(url: str) -> str:
+    """The URL without its query string or credentials (receivers often put tokens there)."""
+    try:
+        parsed = httpx.URL(url)
+        return str(parsed.copy_with(query=None, fragment=None, username=None, password=None))
+    except Exception:
+        return "<invalid URL>"
+
+
 def deliver(url: str, payload: dict, *, secret: str | None, timeout: float = 5.0, retries: int = 3,
             backoff: float = 0.5, allow_private: bool = False, allowed_hosts: frozenset[str] = frozenset(),
             event: str | None = None) -> bool:
@@ -296,12 +305,13 @@ def deliver(url: str, payload: dict, *, secret: str | None, timeout: float = 5.0
                 delivered, retry, outcome = _attempt(client, url, body, headers, allow_private=allow_private,
                                                      allowed_hosts=allowed_hosts)
                 if delivered:
-                    log.info("webhook %s delivered to %s (attempt %d): %s", name, url, n + 1, outcome)
+                    log.info("webhook %s delivered to %s (attempt %d): %s", name, _for_log(url), n + 1, outcome)
                     return True
-                log.warning("webhook %s to %s failed (attempt %d of %d): %s", name, url, n + 1, attempts, outcome)
+                log.warning("webhook %s to %s failed (attempt %d of %d): %s", name, _for_log(url), n + 1,
+                            attempts, outcome.replace(url, _for_log(url)))
                 if not retry or n + 1 == attempts:
                     return False
                 time.sleep(min(MAX_BACKOFF_S, max(0.0, backoff) * 2**n))
     except Exception:  # a webhook must never break the job that sends it
-        log.exception("webhook to %r could not be sent", url)
+        log.exception("webhook to %s could not be sent", _for_log(url))
     return False

@@ -393,3 +393,13 @@ def test_https_request_carries_the_original_name_for_sni(monkeypatch, fake_dns):
     assert request.url.raw_path == b"/hook?x=1"
     assert request.headers["Host"] == "secure.example:8443"
     assert request.extensions["sni_hostname"] == "secure.example"
+
+
+def test_logs_leave_out_query_tokens_and_credentials(caplog):
+    with Receiver(statuses=[500]) as rx:
+        with caplog.at_level("INFO", logger="workers.notify"):
+            deliver(rx.url("/hook?token=SUPERSECRET"), {}, secret=None, retries=1, allow_private=True, **FAST)
+            deliver(f"http://user:PASSWORD@127.0.0.1:{rx.port}/x", {}, secret=None, retries=0, **FAST)
+    assert "webhook" in caplog.text and "/hook" in caplog.text
+    assert "SUPERSECRET" not in caplog.text
+    assert "PASSWORD" not in caplog.text
