@@ -85,7 +85,7 @@ def _saved_h5_bytes(with_lambda: bool = False) -> bytes:
         return path.read_bytes()
 
 
-def _write_zip(dst: Path, members: list[tuple[str, bytes]], compression: int = zipfile.ZIP_STORED) -> Path:
+def write_zip(dst: Path, members: list[tuple[str, bytes]], compression: int = zipfile.ZIP_STORED) -> Path:
     """Write members verbatim: names are not sanitised (that is the point), duplicates are kept."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zipfile warns about duplicate names
@@ -107,7 +107,7 @@ def _keras_with_config(tmp_dir: Path, name: str, edit: Callable[[dict], None], w
             edit(config)
             data = json.dumps(config).encode()
         members.append((member, data))
-    return _write_zip(Path(tmp_dir) / name, members + list(extra))
+    return write_zip(Path(tmp_dir) / name, members + list(extra))
 
 
 def _layers(config: dict) -> list[dict]:
@@ -248,14 +248,14 @@ def keras_deep_config(tmp_dir: Path, canary: Path) -> Path:
     config = json.dumps(json.loads(dict(_saved_keras_members())["config.json"]))
     deep = "[" * 50_000 + "]" * 50_000
     config = config.replace('"trainable": true', f'"trainable": {deep}', 1)
-    return _write_zip(Path(tmp_dir) / "deep.keras", [("config.json", config.encode())] + members)
+    return write_zip(Path(tmp_dir) / "deep.keras", [("config.json", config.encode())] + members)
 
 
 def keras_zip_bomb(tmp_dir: Path, canary: Path) -> Path:
     """A weights member that inflates ~1000x (64 MiB of zeros in ~64 KiB)."""
     dst = Path(tmp_dir) / "bomb.keras"
     members = [(n, d) for n, d in _saved_keras_members() if n != "model.weights.h5"]
-    _write_zip(dst, members)
+    write_zip(dst, members)
     with zipfile.ZipFile(dst, "a") as zf:
         info = zipfile.ZipInfo("model.weights.h5", (2024, 1, 1, 0, 0, 0))
         info.compress_type = zipfile.ZIP_DEFLATED
@@ -269,18 +269,18 @@ def keras_zip_bomb(tmp_dir: Path, canary: Path) -> Path:
 def keras_parent_path_member(tmp_dir: Path, canary: Path) -> Path:
     """A member named ../.../canary: extracting the archive writes outside the extraction folder."""
     name = os.path.relpath(canary, Path(tmp_dir) / "extracted")
-    return _write_zip(Path(tmp_dir) / "traversal.keras", list(_saved_keras_members()) + [(name, b"pwned\n")])
+    return write_zip(Path(tmp_dir) / "traversal.keras", list(_saved_keras_members()) + [(name, b"pwned\n")])
 
 
 def keras_absolute_member(tmp_dir: Path, canary: Path) -> Path:
     """A member with an absolute path (the canary's)."""
-    return _write_zip(Path(tmp_dir) / "absolute.keras", list(_saved_keras_members()) + [(str(canary), b"pwned")])
+    return write_zip(Path(tmp_dir) / "absolute.keras", list(_saved_keras_members()) + [(str(canary), b"pwned")])
 
 
 def keras_pickle_member(tmp_dir: Path, canary: Path) -> Path:
     """An extra member holding a pickle that opens the canary when unpickled."""
     payload = pickle.dumps(_OpenCanary(canary))
-    return _write_zip(Path(tmp_dir) / "pickle_member.keras", list(_saved_keras_members()) + [("model.pkl", payload)])
+    return write_zip(Path(tmp_dir) / "pickle_member.keras", list(_saved_keras_members()) + [("model.pkl", payload)])
 
 
 def keras_duplicate_config(tmp_dir: Path, canary: Path) -> Path:
@@ -289,7 +289,7 @@ def keras_duplicate_config(tmp_dir: Path, canary: Path) -> Path:
     config = json.loads(armed)
     _arm_lambdas(config, canary)
     members = list(_saved_keras_members()) + [("config.json", json.dumps(config).encode())]
-    return _write_zip(Path(tmp_dir) / "duplicate.keras", members)
+    return write_zip(Path(tmp_dir) / "duplicate.keras", members)
 
 
 def keras_weights_external_link(tmp_dir: Path, canary: Path) -> Path:
@@ -304,7 +304,7 @@ def keras_weights_external_link(tmp_dir: Path, canary: Path) -> Path:
                 f["layers/dense/vars"] = h5py.ExternalLink(str(secret), "/vars")
             data = buf.getvalue()
         members.append((member, data))
-    return _write_zip(Path(tmp_dir) / "external_weights.keras", members)
+    return write_zip(Path(tmp_dir) / "external_weights.keras", members)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -446,7 +446,7 @@ def npz_parent_path_member(tmp_dir: Path, canary: Path) -> Path:
     buf = io.BytesIO()
     np.save(buf, np.zeros(3, dtype="float32"))
     name = os.path.relpath(canary, Path(tmp_dir) / "extracted")
-    return _write_zip(Path(tmp_dir) / "traversal.npz", [("x.npy", buf.getvalue()), (name, buf.getvalue())])
+    return write_zip(Path(tmp_dir) / "traversal.npz", [("x.npy", buf.getvalue()), (name, buf.getvalue())])
 
 
 def npz_bomb(tmp_dir: Path, canary: Path) -> Path:
@@ -460,7 +460,7 @@ def npz_oversized_shape(tmp_dir: Path, canary: Path) -> Path:
     """A .npy header declaring 2**40 float64 elements over a few bytes of data."""
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": (2**40,)})
-    return _write_zip(Path(tmp_dir) / "oversized.npz", [("x.npy", buf.getvalue() + bytes(64))])
+    return write_zip(Path(tmp_dir) / "oversized.npz", [("x.npy", buf.getvalue() + bytes(64))])
 
 
 def npz_pickle_file(tmp_dir: Path, canary: Path) -> Path:
