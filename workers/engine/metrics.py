@@ -1,0 +1,298 @@
+"""Measure a model: parameters and zeros, multiply-accumulates, compiled CPU latency, file size and hash.
+
+Public API::
+
+    param_stats(model) -> dict
+    macs(model) -> dict
+    latency(model, batch_sizes=(1, 32), runs=30, warmup=3, input_fill=32) -> dict
+    file_size(path) -> {"bytes", "gzip_bytes"}
+    sha256_file(path) -> str
+
+Conventions
+-----------
+* Parameters are the elements of every model variable (trainable and not: BatchNormalization statistics count),
+  each variable once even when a layer is shared. `sparsity` is the fraction of zeros in the *prunable kernels*
+  (`registry.prunable_weights`: Dense/Conv/Depthwise/Separable/Embedding kernels), the number pruning moves;
+  `overall_sparsity` is the fraction of zeros among all parameters.
+* MACs are counted per sample (batch size 1) for every call of a layer (a layer shared twice counts twice; a
+  nested model called twice counts twice), from the layer's symbolic output shapes: a kernel applied at P
+  positions costs ``P * kernel.size`` MACs, where P is the product of the output's spatial / sequence
+  dimensions (the *input's* for transposed convolutions, whose kernel is applied once per input position).
+  That covers Dense (on any rank), Conv1D/2D/3D, Conv1D/2D/3DTranspose, DepthwiseConv1D/2D and both kernels of
+  SeparableConv1D/2D. `effective_macs` uses the number of non-zero kernel weights instead of ``kernel.size``:
+  what a sparse kernel would cost. Bias additions, activations, normalization and pooling are not counted.
+  FLOPs = 2 * MACs. A layer whose spatial size is unknown (None) is listed in `unknown` and left out of totals.
+* Latency times ``tf.function(lambda x: model(x, training=False), reduce_retracing=True)`` on the CPU after
+  `warmup` untimed calls (the first one traces), waiting for each result; never eager calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from workers.engine.registry import prunable_weights, walk_layers
+
+__all__ = ["MAC_RULES", "file_size", "latency", "macs", "param_stats", "sha256_file"]
+
+L = keras.layers
+
+# --------------------------------------------------------------------------- parameters
+
+
+def _count(values: np.ndarray) -> tuple[int, int]:
+    return int(values.size), int(np.count_nonzero(values))
+
+
+def param_stats(model: keras.Model) -> dict:
+    """Totals and zeros of every variable, per leaf layer (nested models included, paths 'outer/inner')."""
+    layers: dict[str, dict] = {}
+    seen: set[int] = set()
+    total = nonzero = trainable = 0
+    for path, _prefix, layer in walk_layers(model):
+        if isinstance(layer, keras.Model):
+            continue  # its layers are walked with their own paths
+        own = [v for v in layer.weights if id(v) not in seen]
+        if not own:
+            continue
+        n = nz = 0
+        for v in own:
+            seen.add(id(v))
+            size, count = _count(np.asarray(v.numpy()))
+            n, nz = n + size, nz + count
+            if v.trainable:
+                trainable += size
+        total, nonzero = total + n, nonzero + nz
+        layers[path] = {"class": type(layer).__name__, "params": n, "nonzero": nz,
+                        "sparsity": (n - nz) / n if n else 0.0}
+    k_total = k_nonzero = 0
+    for w in prunable_weights(model):
+        size, count = _count(np.asarray(w.variable.numpy()))
+        k_total, k_nonzero = k_total + size, k_nonzero + count
+    return {
+        "total": total,
+        "trainable": trainable,
+        "non_trainable": total - trainable,
+        "nonzero": nonzero,
+        "zeros": total - nonzero,
+        "overall_sparsity": (total - nonzero) / total if total else 0.0,
+        "prunable": {"total": k_total, "nonzero": k_nonzero},
+        "sparsity": (k_total - k_nonzero) / k_total if k_total else 0.0,
+        "layers": layers,
+    }
+
+
+# --------------------------------------------------------------------------- MACs
+
+Shape = tuple
+# A rule returns [(positions, kernel variable)] for one call of a layer, given its input and output shapes.
+MacRule = Callable[[keras.layers.Layer, Shape, Shape], list]
+
+
+def _spatial(layer, shape: Shape) -> Shape:
+    """The dimensions a kernel slides over (all but batch and channel axes)."""
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        return tuple(shape[2:])
+    return tuple(shape[1:-1])
+
+
+def _at_output(*names: str) -> MacRule:
+    def rule(layer, in_shape, out_shape):
+        return [(_spatial(layer, out_shape), getattr(layer, n)) for n in names]
+
+    return rule
+
+
+def _at_input(*names: str) -> MacRule:
+    def rule(layer, in_shape, out_shape):
+        return [(_spatial(layer, in_shape), getattr(layer, n)) for n in names]
+
+    return rule
+
+
+def _dense(layer, in_shape, out_shape):
+    return [(tuple(out_shape[1:-1]), layer.kernel)]
+
+
+MAC_RULES: dict[type, MacRule] = {
+    L.Dense: _dense,
+    L.Conv1D: _at_output("kernel"),
+    L.Conv2D: _at_output("kernel"),
+    L.Conv3D: _at_output("kernel"),
+    L.Conv1DTranspose: _at_input("kernel"),
+    L.Conv2DTranspose: _at_input("kernel"),
+    L.Conv3DTranspose: _at_input("kernel"),
+    L.DepthwiseConv1D: _at_output("kernel"),
+    L.DepthwiseConv2D: _at_output("kernel"),
+    L.SeparableConv1D: _at_output("depthwise_kernel", "pointwise_kernel"),
+    L.SeparableConv2D: _at_output("depthwise_kernel", "pointwise_kernel"),
+}
+
+
+def _rule_for(layer) -> MacRule | None:
+    for cls in type(layer).__mro__:
+        rule = MAC_RULES.get(cls)
+        if rule is not None:
+            return rule
+    return None
+
+
+def _graph(model: keras.Model):
+    """The functional graph of a model (a Sequential keeps its graph in `_functional`)."""
+    functional = getattr(model, "_functional", None)
+    return model if functional is None else functional
+
+
+def _calls(model: keras.Model) -> Iterator[tuple[keras.layers.Layer, list]]:
+    """(layer, [nodes]) for each operation of `model`'s graph: the calls of that layer inside this model."""
+    graph = _graph(model)
+    keys = getattr(graph, "_nodes", None)
+    for op in getattr(graph, "operations", None) or model.layers:
+        if isinstance(op, L.InputLayer):
+            continue
+        nodes = list(getattr(op, "_inbound_nodes", None) or [])
+        if keys is not None:
+            in_graph = [n for i, n in enumerate(nodes) if f"{id(op)}_ib-{i}" in keys]  # keras' node key
+            nodes = in_graph or nodes[:1]
+        yield op, nodes
+
+
+def _known(shape) -> bool:
+    return all(d is not None for d in shape)
+
+
+def _macs_into(model: keras.Model, prefix: str, times: int, out: dict, unknown: list) -> None:
+    for layer, nodes in _calls(model):
+        path = f"{prefix}{layer.name}"
+        if isinstance(layer, keras.Model):
+            _macs_into(layer, f"{path}/", times * max(1, len(nodes)), out, unknown)
+            continue
+        rule = _rule_for(layer)
+        if rule is None:
+            continue
+        dense = effective = 0
+        known = True
+        for node in nodes:
+            in_shape = tuple(node.input_tensors[0].shape) if node.input_tensors else ()
+            out_shape = tuple(node.outputs[0].shape)
+            for positions, kernel in rule(layer, in_shape, out_shape):
+                if not _known(positions):
+                    known = False
+                    continue
+                p = math.prod(positions)
+                size = math.prod(kernel.shape)
+                dense += p * size
+                effective += p * int(np.count_nonzero(np.asarray(kernel.numpy())))
+        if not known:
+            unknown.append(path)
+            continue
+        entry = out.setdefault(path, {"class": type(layer).__name__, "calls": 0, "macs": 0, "effective_macs": 0})
+        entry["calls"] += len(nodes) * times
+        entry["macs"] += dense * times
+        entry["effective_macs"] += effective * times
+
+
+def macs(model: keras.Model) -> dict:
+    """Dense and effective (zero-skipping) MACs and FLOPs per sample, per layer path and in total."""
+    layers: dict[str, dict] = {}
+    unknown: list[str] = []
+    _macs_into(model, "", 1, layers, unknown)
+    for entry in layers.values():
+        entry["flops"] = 2 * entry["macs"]
+        entry["effective_flops"] = 2 * entry["effective_macs"]
+    total = sum(e["macs"] for e in layers.values())
+    effective = sum(e["effective_macs"] for e in layers.values())
+    return {
+        "macs": total,
+        "flops": 2 * total,
+        "effective_macs": effective,
+        "effective_flops": 2 * effective,
+        "layers": layers,
+        "unknown": unknown,
+    }
+
+
+# --------------------------------------------------------------------------- latency
+
+
+def _example_inputs(model: keras.Model, batch: int, fill: int, rng: np.random.Generator) -> list:
+    xs = []
+    for t in model.inputs:
+        shape = (batch, *(fill if d is None else int(d) for d in t.shape[1:]))
+        dtype = str(t.dtype)
+        if "float" in dtype:
+            xs.append(rng.standard_normal(shape).astype(dtype))
+        else:
+            xs.append(np.zeros(shape, dtype=dtype))  # index 0 is valid for any embedding / lookup
+    return xs
+
+
+def latency(model: keras.Model, batch_sizes=(1, 32), runs: int = 30, warmup: int = 3, input_fill: int = 32) -> dict:
+    """Median / p90 milliseconds of a compiled forward pass on the CPU, per batch size.
+
+    Returns {"batch_<b>": {"batch_size", "median", "p90", "mean", "min", "runs"}}. Inputs are random (float)
+    or zeros (integer inputs); a None dimension of the model's input is filled with `input_fill`.
+    """
+    import tensorflow as tf
+
+    if runs < 1 or warmup < 1:
+        raise ValueError("latency needs runs >= 1 and warmup >= 1")
+    rng = np.random.default_rng(0)
+    out: dict[str, dict] = {}
+    with tf.device("/CPU:0"):
+        fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        for b in batch_sizes:
+            xs = [tf.constant(a) for a in _example_inputs(model, int(b), input_fill, rng)]
+            x = xs[0] if len(xs) == 1 else xs
+            for _ in range(warmup):
+                _materialize(fn(x))
+            times = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                _materialize(fn(x))
+                times.append((time.perf_counter() - t0) * 1000.0)
+            a = np.asarray(times)
+            out[f"batch_{int(b)}"] = {"batch_size": int(b), "median": float(np.median(a)),
+                                      "p90": float(np.percentile(a, 90)), "mean": float(a.mean()),
+                                      "min": float(a.min()), "runs": int(runs)}
+    return out
+
+
+def _materialize(result) -> None:
+    """Wait for the computation: copy every output to host memory."""
+    for t in keras.tree.flatten(result):
+        np.asarray(t)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        yield from iter(lambda: f.read(size), b"")
+
+
+def file_size(path: str | Path) -> dict:
+    """Size on disk and size after gzip at level 9 (streamed; a real gzip stream, header included)."""
+    path = Path(path)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # wbits 16+: gzip container
+    gz = 0
+    for chunk in _chunks(path):
+        gz += len(compressor.compress(chunk))
+    gz += len(compressor.flush())
+    return {"bytes": path.stat().st_size, "gzip_bytes": gz}
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    for chunk in _chunks(Path(path)):
+        h.update(chunk)
+    return h.hexdigest()
+
