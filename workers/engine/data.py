@@ -154,10 +154,15 @@ def _check_x(name: str, x: np.ndarray, target: _Target) -> np.ndarray:
                             "(e.g. token ids); store x as an integer array")
         return x
     _check_finite(name, x)
-    out = x.astype("float32", copy=False)
+    out = _as_float32(x)
     if x.dtype.kind == "f" and x.dtype.itemsize > 4:
         _check_finite(f"{name} (as float32)", out)
     return out
+
+
+def _as_float32(a: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # values beyond float32 become inf and are reported by _check_finite
+        return a.astype("float32", copy=False)
 
 
 def _labels_as_ints(name: str, y: np.ndarray, loss: str) -> np.ndarray:
@@ -195,12 +200,13 @@ def _check_sparse(name: str, y: np.ndarray, target: _Target, loss: str) -> np.nd
     return y
 
 
-def _check_output_shaped(name: str, y: np.ndarray, target: _Target, what: str) -> np.ndarray:
+def _check_output_shaped(name: str, y: np.ndarray, target: _Target, what: str) -> tuple[int, ...]:
+    """The shape `y` takes for the model: the output's sample shape ((n,) becomes (n, 1) for a 1-unit output)."""
     sample = tuple(y.shape[1:])
     if _shape_matches(sample, target.output_shape):
-        return y
+        return y.shape
     if target.output_shape == (1,) and sample == ():
-        return y.reshape(-1, 1)
+        return (len(y), 1)
     raise DataError(f"{name} has sample shape {_fmt(sample)} but the model output has shape "
                     f"{_fmt(target.output_shape)}; {what}")
 
@@ -219,7 +225,7 @@ def _check_onehot(name: str, y: np.ndarray, target: _Target, loss: str) -> np.nd
     if y.ndim == 1 and len(target.output_shape) == 1 and (target.units or 0) > 1:
         raise DataError(f"{name} holds one value per sample (class ids?) but {loss} needs one-hot rows of "
                         f"{target.units} values; use loss sparse_categorical_crossentropy or one-hot encode it")
-    y = _check_output_shaped(name, y, target, f"{loss} needs one-hot rows of the output's shape")
+    _check_output_shaped(name, y, target, f"{loss} needs one-hot rows of the output's shape")
     _check_finite(name, y)
     y = y.astype("float32")
     _in_unit_interval(name, y, loss)
@@ -235,21 +241,21 @@ def _check_onehot(name: str, y: np.ndarray, target: _Target, loss: str) -> np.nd
 def _check_binary(name: str, y: np.ndarray, target: _Target, loss: str) -> np.ndarray:
     if y.dtype.kind not in Y_DTYPE_KINDS:
         raise DataError(f"{name} has dtype {y.dtype}; {loss} needs 0/1 targets")
-    y = _check_output_shaped(name, y, target, f"{loss} needs one target in [0, 1] per output unit")
+    shape = _check_output_shaped(name, y, target, f"{loss} needs one target in [0, 1] per output unit")
     _check_finite(name, y)
     y = y.astype("float32")
     _in_unit_interval(name, y, loss)
-    return y
+    return y.reshape(shape)
 
 
 def _check_regression(name: str, y: np.ndarray, target: _Target, loss: str) -> np.ndarray:
     if y.dtype.kind not in X_DTYPE_KINDS:
         raise DataError(f"{name} has dtype {y.dtype}; {loss} needs numeric targets")
-    y = _check_output_shaped(name, y, target, f"{loss} needs targets of the output's shape")
+    shape = _check_output_shaped(name, y, target, f"{loss} needs targets of the output's shape")
     _check_finite(name, y)
-    out = y.astype("float32")
+    out = _as_float32(y)
     _check_finite(f"{name} (as float32)", out)
-    return out
+    return out.reshape(shape)
 
 
 LABEL_CHECKS: dict[str, Callable[[str, np.ndarray, _Target, str], np.ndarray]] = {
