@@ -63,3 +63,10 @@ def store(store_url):
 def settings(tmp_path) -> Settings:
     return Settings(data_dir=tmp_path / "data", worker={"heartbeat_interval": 0.5, "heartbeat_timeout": 3.0,
                                                         "poll_interval": 0.1})
+
+
+@pytest.fixture(scope="session")
+def job_files(tmp_path_factory, mnist):
+    from tests.workers.jobfiles import make_job_files
+
+    return make_job_files(tmp_path_factory.mktemp("jobfiles"), mnist)

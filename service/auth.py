@@ -1,0 +1,69 @@
+"""API keys: generated once, stored as sha256 hashes, checked in constant time; one tenant per key.
+
+Keys are required on every route but /healthz and /readyz as soon as any key exists (revoked ones count, so
+revoking every key never silently opens the service) or when SECATEURS_AUTH_REQUIRED=true. Without keys every
+caller is the tenant `default`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+from workers.jobs import ApiKeyRecord
+from workers.store import JobStore
+
+from service.errors import Unauthorized
+
+KEY_PREFIX = "sct_"
+DEFAULT_TENANT = "default"
+TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant: str
+    key_id: str | None = None
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def create_key(store: JobStore, tenant: str, name: str | None = None) -> tuple[ApiKeyRecord, str]:
+    """Create a key for `tenant`; returns (record, plaintext). The plaintext is not stored anywhere."""
+    if not TENANT_RE.match(tenant):
+        raise ValueError(f"tenant {tenant!r}: use 1-64 letters, digits, '.', '_' or '-' (starting with a letter or "
+                         "digit)")
+    key_id = "key_" + secrets.token_hex(6)
+    plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+    return store.create_api_key(key_id, tenant, hash_key(plaintext), name), plaintext
+
+
+def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthorized("the Authorization header must be 'Bearer <API key>'", field="authorization")
+        return value.strip()
+    if x_api_key:
+        return x_api_key.strip()
+    return None
+
+
+def authenticate(store: JobStore, key: str | None, *, required: bool) -> Principal:
+    if key is None:
+        if required or store.any_api_key():
+            raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+        return Principal(DEFAULT_TENANT)
+    digest = hash_key(key)
+    found = store.find_api_key(digest)
+    if found is None or not hmac.compare_digest(found[1], digest):
+        raise Unauthorized("unknown API key")
+    record = found[0]
+    if not record.active:
+        raise Unauthorized(f"API key {record.id} was revoked")
+    return Principal(record.tenant, record.id)

@@ -1,0 +1,41 @@
+"""FastAPI dependencies: the app's services from app.state and the caller's identity."""
+
+from __future__ import annotations
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
+from workers.settings import Settings
+
+from service.auth import Principal, authenticate
+from service.services.jobs import JobService
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from `secateurs keys create`.")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The same API key, as a header.")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_jobs(request: Request) -> JobService:
+    return request.app.state.jobs
+
+
+def base_url(request: Request) -> str:
+    configured = request.app.state.settings.public_url
+    return (configured or str(request.base_url)).rstrip("/")
+
+
+async def principal(
+    request: Request,
+    bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
+    api_key: str | None = Depends(_api_key),
+) -> Principal:
+    """The caller's tenant. 401 when keys are required and none (or an unknown / revoked one) is presented."""
+    from service.auth import presented_key
+
+    key = presented_key(request.headers.get("authorization"), api_key)
+    settings: Settings = request.app.state.settings
+    return await run_in_threadpool(authenticate, request.app.state.store, key, required=settings.auth_required)

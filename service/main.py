@@ -1,0 +1,99 @@
+"""The app factory: `create_app(settings)` builds the FastAPI app; its lifespan opens the job store and artifact
+store, cleans up after a previous run, sweeps interrupted jobs and starts the dispatcher, all on app.state.
+
+Run it with `secateurs serve` (API + local workers) or `uvicorn service.main:app_factory --factory`.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from workers.settings import Settings, get_settings
+
+log = logging.getLogger("secateurs.service")
+
+DESCRIPTION = """Compress trained Keras 3 models: prune, regularize and fine-tune, then download the smaller model
+and its before/after metrics.
+
+Submit with one `curl -F` line (`model`, `data`, `spec`), follow `GET /v1/jobs/{id}?wait=30` or the SSE stream
+`/v1/jobs/{id}/events`, then download `/v1/jobs/{id}/artifacts/model.keras`. The `spec` field is a **JobSpec**
+(schema below and at `GET /v1/schema/jobspec`). Errors are RFC 9457 problem details.
+"""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    from workers.artifacts import open_artifacts
+    from workers.dispatch import make_dispatcher, sweep
+    from workers.store import open_store
+
+    from service.metrics import ServiceMetrics
+    from service.services.jobs import JobService, prepare_data_dir
+
+    settings: Settings = app.state.settings
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(settings.store_url, echo=settings.store.echo)
+    artifacts = open_artifacts(settings.artifacts_root, max_total_bytes=settings.artifacts.max_total_bytes)
+    housekeeping = prepare_data_dir(settings, store, artifacts)
+    swept = sweep(store, settings)
+    log.info("start-up: %s; interrupted jobs handled: %s", housekeeping, [(r.job_id, str(r.status)) for r in swept])
+    dispatcher = make_dispatcher(settings, concurrency=app.state.workers)
+    metrics = ServiceMetrics(store)
+    app.state.store, app.state.artifacts, app.state.dispatcher, app.state.metrics = store, artifacts, dispatcher, metrics
+    app.state.jobs = JobService(settings, store, artifacts, dispatcher, metrics)
+    dispatcher.start()
+    try:
+        yield
+    finally:
+        dispatcher.stop()
+        store.close()
+
+
+def create_app(settings: Settings | None = None, *, workers: int | None = None) -> FastAPI:
+    """Build the app. `workers` overrides settings.worker.concurrency for the local dispatcher."""
+    from service.errors import install_handlers
+    from service.routes import health, jobs
+
+    settings = settings or get_settings()
+    app = FastAPI(title="Secateurs", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  openapi_tags=[{"name": "jobs", "description": "Submit and follow compression jobs"},
+                                {"name": "schema", "description": "The JobSpec contract"},
+                                {"name": "health", "description": "Probes and metrics"}])
+    app.state.settings = settings
+    app.state.workers = workers
+    install_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(jobs.schema_router)
+    app.include_router(health.router)
+    _add_jobspec_to_openapi(app)
+    return app
+
+
+def _add_jobspec_to_openapi(app: FastAPI) -> None:
+    """Add the JobSpec schema (and its parts) to the OpenAPI components, for the multipart `spec` field."""
+    from fastapi.openapi.utils import get_openapi
+
+    from workers.spec import JobSpec
+
+    def openapi():
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes,
+                             tags=app.openapi_tags)
+        spec_schema = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name, definition in spec_schema.pop("$defs", {}).items():
+            components.setdefault(name, definition)
+        components["JobSpec"] = spec_schema
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
+
+
+def app_factory() -> FastAPI:
+    """For `uvicorn service.main:app_factory --factory`: settings from the environment."""
+    return create_app()

@@ -1,0 +1,1 @@
+"""HTTP routes: thin handlers that validate and make one service call."""

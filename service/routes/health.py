@@ -1,0 +1,47 @@
+"""/healthz (the process answers), /readyz (store, artifact store and workers usable), /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.auth import Principal
+from service.deps import principal
+from service.errors import problem
+from service.schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
+def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, summary="Readiness: store, artifact store and workers are usable",
+            responses={503: {"description": "Not ready (the failing check is named)"}})
+def readyz(request: Request):
+    state = request.app.state
+    checks: dict[str, object] = {}
+    failed = []
+    for name, check in (("store", state.store.ping), ("artifacts", state.artifacts.check_writable)):
+        try:
+            check()
+            checks[name] = "ok"
+        except Exception as e:  # a readiness probe reports, it does not raise
+            checks[name] = f"failed: {type(e).__name__}: {e}"
+            failed.append(name)
+    checks["dispatcher"] = state.dispatcher.describe()
+    if not state.dispatcher.healthy():
+        failed.append("dispatcher")
+    if failed:
+        return problem(503, "not_ready", "not ready: " + ", ".join(f"{n} ({checks[n]})" for n in failed),
+                       instance="/readyz")
+    return JSONResponse(Health(status="ready", checks=checks).model_dump())
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+def metrics(request: Request, _who: Principal = Depends(principal)) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,224 @@
+"""/v1/jobs: submit, read (with long-poll), list, follow (SSE), logs, cancel, delete, download artifacts."""
+
+from __future__ import annotations
+
+import base64
+import json
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from sse_starlette import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
+
+from workers.jobs import JobEvent, JobStatus
+from workers.spec import json_schema
+
+from service.auth import Principal
+from service.deps import base_url, get_jobs, principal
+from service.schemas import JobList, JobRead, problem_responses
+from service.services.jobs import MAX_WAIT_SECONDS, JobService
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+EXAMPLE_SPEC = {
+    "steps": [
+        {"kind": "prune", "method": "magnitude", "target_sparsity": 0.8, "scope": "global", "epochs": 2},
+        {"kind": "structured", "criterion": "l1", "keep_ratio": 0.5, "round_to": 8, "epochs": 1},
+    ],
+    "training": {"batch_size": 64, "learning_rate": 0.001},
+    "export": {"formats": ["keras", "tflite"]},
+    "seed": 0,
+}
+SPEC_EXAMPLES = {
+    "prune_then_structured": {"summary": "Gradual magnitude pruning, then remove half the units",
+                              "value": EXAMPLE_SPEC},
+    "regularize_prune_finetune": {"summary": "L1 regularization, 2:4 sparsity, fine-tune", "value": {
+        "steps": [{"kind": "regularize", "l1": 1e-5, "epochs": 1},
+                  {"kind": "prune", "method": "n_m", "n": 2, "m": 4},
+                  {"kind": "finetune", "epochs": 1}],
+        "training": {"metrics": ["accuracy"]}}},
+    "one_shot_no_training": {"summary": "One-shot pruning without training (data optional)", "value": {
+        "steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.5}],
+        "evaluation": {"latency": False}}},
+}
+
+SUBMIT_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["model", "spec"],
+                "properties": {
+                    "model": {"type": "string", "format": "binary",
+                              "description": "The trained model: a Keras 3 `.keras` file or a legacy `.h5` file."},
+                    "data": {"type": "string", "format": "binary",
+                             "description": "`.npz` with x_train, y_train (optional x_val, y_val); required when "
+                                            "the spec trains or ranks units on activations."},
+                    "spec": {"$ref": "#/components/schemas/JobSpec",
+                             "description": "The JobSpec as JSON, as a field (`-F spec='{...}'`) or a file "
+                                            "(`-F spec=@spec.json`)."},
+                    "webhook_url": {"type": "string", "format": "uri",
+                                    "description": "Optional: POSTed a signed JSON event when the job ends."},
+                },
+            },
+            "encoding": {"spec": {"contentType": "application/json"}},
+            "examples": {k: {"summary": v["summary"], "value": {"spec": v["value"]}} for k, v in SPEC_EXAMPLES.items()},
+        }},
+    },
+}
+
+
+@router.post(
+    "/jobs", status_code=202, response_model=JobRead, openapi_extra=SUBMIT_OPENAPI,
+    summary="Submit a compression job",
+    description="Multipart upload of `model`, `data` and `spec`; answers 202 with the job and a `Location` "
+                "header. Works with a plain `curl -F` line. Send an `Idempotency-Key` header to make retries safe: "
+                "a repeated key answers the job it created (header `Idempotent-Replayed: true`).",
+    responses=problem_responses(401, 413, 415, 422, 429),
+)
+async def submit_job(
+    request: Request,
+    response: Response,
+    who: Principal = Depends(principal),
+    jobs: JobService = Depends(get_jobs),
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
+) -> JobRead:
+    result = await jobs.submit_job(request, who, idempotency_key)
+    read = JobRead.of(result.job, base_url(request))
+    response.headers["Location"] = read.links.self
+    if not result.created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return read
+
+
+@router.get("/jobs", response_model=JobList, summary="List jobs", responses=problem_responses(401, 422))
+def list_jobs(
+    request: Request,
+    status: list[JobStatus] | None = Query(None, description="Only jobs in these states (repeatable)."),
+    limit: int = Query(50, ge=1, le=200),
+    cursor: str | None = Query(None, description="`next_cursor` of the previous page."),
+    who: Principal = Depends(principal),
+    jobs: JobService = Depends(get_jobs),
+) -> JobList:
+    page = jobs.list_jobs(who, status, limit, cursor)
+    base = base_url(request)
+    nxt = None
+    if page.next_cursor:
+        params = [("limit", limit), ("cursor", page.next_cursor)] + [("status", str(s)) for s in status or []]
+        nxt = f"{base}/v1/jobs?{urlencode(params)}"
+    return JobList(items=[JobRead.of(j, base) for j in page.items], next_cursor=page.next_cursor, next=nxt)
+
+
+@router.get("/jobs/{job_id}", response_model=JobRead, summary="Job status, progress, metrics and artifacts",
+            responses=problem_responses(401, 404, 422))
+async def get_job(
+    request: Request,
+    job_id: str,
+    wait: float = Query(0, ge=0, le=MAX_WAIT_SECONDS,
+                        description="Long-poll: answer as soon as the status changes, or after this many seconds."),
+    who: Principal = Depends(principal),
+    jobs: JobService = Depends(get_jobs),
+) -> JobRead:
+    if wait > 0:
+        job = await jobs.wait_for_change(job_id, who, wait)
+    else:
+        job = await run_in_threadpool(jobs.get_job, job_id, who)
+    return JobRead.of(job, base_url(request))
+
+
+def _event_payload(ev: JobEvent) -> dict:
+    return {"event": str(ev.kind), "id": str(ev.seq), "data": json.dumps(ev.to_dict())}
+
+
+@router.get("/jobs/{job_id}/events", summary="Server-Sent Events: status and progress until the job ends",
+            response_class=EventSourceResponse, responses=problem_responses(401, 404))
+async def job_events(
+    job_id: str,
+    after: int = Query(0, ge=0, description="Only events after this sequence number (or send Last-Event-ID)."),
+    last_event_id: str | None = Header(None, alias="Last-Event-ID"),
+    who: Principal = Depends(principal),
+    jobs: JobService = Depends(get_jobs),
+):
+    start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+    await run_in_threadpool(jobs.get_job, job_id, who)  # 404 before the stream starts
+
+    async def stream():
+        async for ev in jobs.follow_events(job_id, who, after=start):
+            yield _event_payload(ev)
+
+    return EventSourceResponse(stream(), ping=15)
+
+
+def _log_line(ev: JobEvent) -> str:
+    at = ev.created_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+    data = dict(ev.data)
+    message = data.pop("message", "")
+    fields = " ".join(f"{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in data.items())
+    return " ".join(filter(None, [at, str(ev.kind), fields, message]))
+
+
+@router.get("/jobs/{job_id}/logs", response_class=PlainTextResponse, summary="The job's log as text",
+            responses=problem_responses(401, 404))
+def job_logs(
+    job_id: str,
+    after: int = Query(0, ge=0),
+    who: Principal = Depends(principal),
+    jobs: JobService = Depends(get_jobs),
+) -> PlainTextResponse:
+    events = jobs.logs(job_id, who, after)
+    return PlainTextResponse("".join(_log_line(e) + "\n" for e in events))
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobRead, summary="Cancel a job",
+             description="A queued job is cancelled at once (200); a running one stops at its next batch (202).",
+             responses={202: {"description": "Cancel requested; the job stops at its next batch"},
+                        **problem_responses(401, 404, 409)})
+def cancel_job(
+    request: Request,
+    response: Response,
+    job_id: str,
+    who: Principal = Depends(principal),
+    jobs: JobService = Depends(get_jobs),
+) -> JobRead:
+    job = jobs.cancel_job(job_id, who)
+    if not job.terminal:
+        response.status_code = 202
+    return JobRead.of(job, base_url(request))
+
+
+@router.delete("/jobs/{job_id}", status_code=204, summary="Delete a finished job and its artifacts",
+               responses=problem_responses(401, 404, 409))
+def delete_job(job_id: str, who: Principal = Depends(principal), jobs: JobService = Depends(get_jobs)) -> Response:
+    jobs.delete_job(job_id, who)
+    return Response(status_code=204)
+
+
+@router.get("/jobs/{job_id}/artifacts/{name}", summary="Download an artifact (streamed, with its sha256)",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"application/octet-stream": {}},
+                             "headers": {"X-Checksum-SHA256": {"schema": {"type": "string"}},
+                                         "Repr-Digest": {"schema": {"type": "string"}}}},
+                       **problem_responses(401, 404)})
+def download_artifact(job_id: str, name: str, who: Principal = Depends(principal),
+                      jobs: JobService = Depends(get_jobs)) -> StreamingResponse:
+    art = jobs.open_artifact(job_id, name, who)
+    b64 = base64.b64encode(bytes.fromhex(art.sha256)).decode()
+    media = "application/json" if name.endswith(".json") else "application/octet-stream"
+    headers = {
+        "Content-Length": str(art.bytes),
+        "Content-Disposition": f'attachment; filename="{art.name}"',
+        "ETag": f'"{art.sha256}"',
+        "X-Checksum-SHA256": art.sha256,
+        "Repr-Digest": f"sha-256=:{b64}:",
+    }
+    return StreamingResponse(art.chunks, media_type=media, headers=headers)
+
+
+schema_router = APIRouter(prefix="/v1/schema", tags=["schema"])
+
+
+@schema_router.get("/jobspec", summary="The JobSpec JSON Schema (the `spec` form field)")
+def jobspec_schema() -> dict:
+    return json_schema()

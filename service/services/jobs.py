@@ -1,0 +1,315 @@
+"""Job use cases behind the routes: submit, read, list, wait, follow, cancel, delete, download.
+
+Routes validate and call one method; methods raise the service's (or the engine's) error classes. The store is
+the queue: a job is saved (inputs in place, row committed) first and only then handed to the dispatcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from workers.artifacts import ArtifactStore, valid_name
+from workers.dispatch import Dispatcher
+from workers.engine.errors import DataError, EngineError
+from workers.jobs import ACTIVE, TERMINAL, EventKind, InputFile, JobEvent, JobRecord, JobStatus, NewJob
+from workers.settings import Settings
+from workers.spec import JobSpec, load_spec
+from workers.store import JobStore, QuotaExceeded, TenantQuota
+
+from service.auth import Principal
+from service.errors import Conflict, NotFound, TooManyRequests, Unprocessable, validation_errors
+from service.metrics import ServiceMetrics
+from service.services.uploads import FormRules, ParsedUpload, receive_multipart
+
+log = logging.getLogger("secateurs.service")
+
+MODEL_SUFFIX = {"keras": "model.keras", "h5": "model.h5"}
+DATA_NAME = "data.npz"
+MAX_WAIT_SECONDS = 60.0
+POLL_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    bytes: int
+    sha256: str
+    chunks: Iterator[bytes]
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: JobRecord
+    created: bool  # False: an earlier submit with the same Idempotency-Key
+
+
+class JobService:
+    def __init__(self, settings: Settings, store: JobStore, artifacts: ArtifactStore, dispatcher: Dispatcher,
+                 metrics: ServiceMetrics):
+        self.settings, self.store, self.artifacts = settings, store, artifacts
+        self.dispatcher, self.metrics = dispatcher, metrics
+        self.rules = FormRules(
+            file_fields=frozenset({"model", "data"}),
+            text_fields={"spec": settings.limits.max_spec_bytes, "webhook_url": 2048},
+            max_body_bytes=settings.limits.max_upload_bytes,
+        )
+
+    @property
+    def quota(self) -> TenantQuota:
+        lim = self.settings.limits
+        return TenantQuota(max_active_jobs=lim.max_active_jobs_per_tenant, max_stored_jobs=lim.max_stored_jobs_per_tenant)
+
+    # -- submit -------------------------------------------------------------------------------------------------
+
+    async def submit_job(self, request: Request, who: Principal, idempotency_key: str | None) -> Submitted:
+        if idempotency_key is not None:
+            if not 1 <= len(idempotency_key) <= 255:
+                raise Unprocessable("Idempotency-Key must be 1 to 255 characters", field="Idempotency-Key")
+            existing = await run_in_threadpool(self.store.find_by_idempotency_key, who.tenant, idempotency_key)
+            if existing is not None:
+                return Submitted(existing, created=False)
+        await run_in_threadpool(self._precheck_quota, who.tenant)
+        upload = await receive_multipart(request, self.settings.tmp_dir, self.rules)
+        try:
+            self.metrics.upload_bytes.inc(upload.total_bytes)
+            return await run_in_threadpool(self._save, upload, who, idempotency_key)
+        finally:
+            upload.cleanup()
+
+    def _precheck_quota(self, tenant: str) -> None:
+        """Refuse before reading the body when the tenant is already at a limit (re-checked atomically on save)."""
+        lim = self.settings.limits
+        active = self.store.count_jobs(tenant, ACTIVE)
+        if active >= lim.max_active_jobs_per_tenant:
+            raise TooManyRequests(f"tenant '{tenant}' already has {active} queued or running jobs; the limit "
+                                  f"(limits.max_active_jobs_per_tenant) is {lim.max_active_jobs_per_tenant}",
+                                  field="limits.max_active_jobs_per_tenant")
+        stored = self.store.count_jobs(tenant)
+        if stored >= lim.max_stored_jobs_per_tenant:
+            raise TooManyRequests(f"tenant '{tenant}' already stores {stored} jobs; the limit "
+                                  f"(limits.max_stored_jobs_per_tenant) is {lim.max_stored_jobs_per_tenant}: delete "
+                                  "old jobs", field="limits.max_stored_jobs_per_tenant")
+
+    def _save(self, upload: ParsedUpload, who: Principal, idempotency_key: str | None) -> Submitted:
+        spec = self._parse_spec(upload)
+        model = upload.files.get("model")
+        if model is None or model.bytes == 0:
+            raise Unprocessable("a model file is required (form field 'model', a .keras or .h5 file)", field="model")
+        inspection = self._inspect("model", lambda: _archive().inspect_model_file(model.path))
+        data = upload.files.get("data")
+        if data is not None and data.bytes == 0:
+            raise Unprocessable("the data file is empty (form field 'data', an .npz file)", field="data")
+        if data is None and spec.trains:
+            raise Unprocessable("this spec trains (or ranks units on activations) and needs a dataset: send form "
+                                "field 'data' (.npz with x_train, y_train)", field="data")
+        if data is not None:
+            arrays = self._inspect("data", lambda: _archive().inspect_npz(data.path))
+            self._check_data(arrays, spec)
+        webhook_url = self._check_webhook(upload.fields.get("webhook_url"))
+
+        inputs = {"model": InputFile("model", MODEL_SUFFIX.get(inspection.format, "model.keras"),
+                                     model.filename or "model", model.bytes, model.sha256)}
+        if data is not None:
+            inputs["data"] = InputFile("data", DATA_NAME, data.filename or "data.npz", data.bytes, data.sha256)
+        new = NewJob(tenant=who.tenant, spec=spec.model_dump(mode="json"), inputs=inputs, webhook_url=webhook_url,
+                     idempotency_key=idempotency_key)
+        # save first: inputs in place, then the row; only then dispatch
+        self.artifacts.adopt_input(new.id, inputs["model"].name, model.path)
+        if data is not None:
+            self.artifacts.adopt_input(new.id, DATA_NAME, data.path)
+        try:
+            job, created = self.store.create_job(new, max_attempts=self.settings.worker.max_attempts, quota=self.quota)
+        except QuotaExceeded as e:
+            self.artifacts.delete_job(new.id)
+            raise TooManyRequests(e.message, field=f"limits.{e.limit}") from None
+        except BaseException:
+            self.artifacts.delete_job(new.id)
+            raise
+        if not created:
+            self.artifacts.delete_job(new.id)
+            return Submitted(job, created=False)
+        self.dispatcher.notify(job.id)
+        log.info("job %s queued for tenant %s", job.id, who.tenant)
+        return Submitted(job, created=True)
+
+    def _parse_spec(self, upload: ParsedUpload) -> JobSpec:
+        text = upload.fields.get("spec")
+        if text is None or not text.strip():
+            raise Unprocessable("a job spec is required (form field 'spec', JSON; see GET /v1/schema/jobspec)",
+                                field="spec")
+        try:
+            return load_spec(text)
+        except ValidationError as e:
+            errors = validation_errors(e, prefix="spec")
+            if any(err.get("type") == "json_invalid" for err in e.errors()):
+                errors = [{"field": "spec", "message": f"not valid JSON: {e.errors()[0].get('msg')}"}]
+            raise Unprocessable("invalid spec: " + "; ".join(f"{x['field']}: {x['message']}" for x in errors),
+                                errors=errors) from None
+
+    @staticmethod
+    def _inspect(field: str, fn):
+        try:
+            return fn()
+        except EngineError as e:
+            e.field = e.field or field
+            if not e.message.startswith(f"{field}:"):
+                e.message = f"{field}: {e.message}"
+            raise
+
+    def _check_data(self, arrays: dict, spec: JobSpec) -> None:
+        for name in ("x_train", "y_train"):
+            if name not in arrays:
+                raise DataError(f"data: the .npz has no array '{name}' (found: {', '.join(sorted(arrays)) or 'none'})",
+                                field=f"data.{name}")
+        rows = arrays["x_train"][0][0] if arrays["x_train"][0] else 0
+        if arrays["y_train"][0] and arrays["y_train"][0][0] != rows:
+            raise DataError(f"data: x_train has {rows} rows but y_train has {arrays['y_train'][0][0]}",
+                            field="data.y_train")
+        budget = self.settings.limits.max_epoch_samples
+        cost = spec.total_epochs * rows
+        if cost > budget:
+            raise Unprocessable(
+                f"the job's training budget is too large: {spec.total_epochs} epochs x {rows} samples of x_train = "
+                f"{cost} exceeds the limit of {budget} (limits.max_epoch_samples)", field="limits.max_epoch_samples")
+
+    def _check_webhook(self, url: str | None) -> str | None:
+        if url is None or not url.strip():
+            return None
+        url = url.strip()
+        try:
+            from workers import notify
+        except ImportError:  # pragma: no cover - notify not installed: plain scheme check
+            if not url.startswith(("http://", "https://")):
+                raise Unprocessable(f"webhook_url {url!r}: only http and https URLs", field="webhook_url")
+            return url
+        try:
+            return notify.validate_webhook_url(url, allow_private=self.settings.webhooks.allow_private)
+        except ValueError as e:
+            raise Unprocessable(str(e), field="webhook_url") from None
+
+    # -- read ---------------------------------------------------------------------------------------------------
+
+    def get_job(self, job_id: str, who: Principal) -> JobRecord:
+        job = self.store.get_job(job_id, who.tenant)
+        if job is None:
+            raise NotFound(f"no job '{job_id}'", field="job_id")
+        return job
+
+    def list_jobs(self, who: Principal, statuses: list[JobStatus] | None, limit: int, cursor: str | None):
+        return self.store.list_jobs(who.tenant, statuses=statuses, limit=limit, cursor=cursor)
+
+    async def wait_for_change(self, job_id: str, who: Principal, wait: float) -> JobRecord:
+        """The job now, or as soon as its status changes within `wait` seconds (long-poll)."""
+        job = await run_in_threadpool(self.get_job, job_id, who)
+        deadline = time.monotonic() + min(wait, MAX_WAIT_SECONDS)
+        first = job.status
+        while job.status == first and not job.terminal and time.monotonic() < deadline:
+            await asyncio.sleep(POLL_SECONDS)
+            job = await run_in_threadpool(self.get_job, job_id, who)
+        return job
+
+    async def follow_events(self, job_id: str, who: Principal, after: int = 0) -> AsyncIterator[JobEvent]:
+        """Every event after `after`, as it is written, ending after the job's terminal status event."""
+        await run_in_threadpool(self.get_job, job_id, who)
+        last = after
+        while True:
+            batch = await run_in_threadpool(self.store.events, job_id, after=last, limit=500)
+            for ev in batch:
+                last = ev.seq
+                yield ev
+                if ev.kind is EventKind.STATUS and ev.data.get("status") in TERMINAL:
+                    return
+            if not batch:
+                job = await run_in_threadpool(self.store.get_job, job_id, who.tenant)
+                if job is None:
+                    return
+                if job.terminal:
+                    # the terminal event may have been before `after`: nothing more will come
+                    more = await run_in_threadpool(self.store.events, job_id, after=last, limit=1)
+                    if not more:
+                        return
+                    continue
+                await asyncio.sleep(POLL_SECONDS)
+
+    def logs(self, job_id: str, who: Principal, after: int = 0) -> list[JobEvent]:
+        self.get_job(job_id, who)
+        return self.store.events(job_id, after=after, limit=100_000)
+
+    # -- change -------------------------------------------------------------------------------------------------
+
+    def cancel_job(self, job_id: str, who: Principal) -> JobRecord:
+        job = self.get_job(job_id, who)
+        if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            raise Conflict(f"job '{job_id}' already {job.status}; there is nothing to cancel", field="status")
+        if job.status is JobStatus.CANCELLED:
+            return job
+        job = self.store.request_cancel(job_id, who.tenant)
+        if job is None:  # pragma: no cover - deleted in between
+            raise NotFound(f"no job '{job_id}'", field="job_id")
+        if job.status is JobStatus.CANCELLED and job.webhook_url:
+            from workers.runner import deliver_webhook
+
+            deliver_webhook(self.settings, job)
+        return job
+
+    def delete_job(self, job_id: str, who: Principal) -> None:
+        job = self.get_job(job_id, who)
+        if job.status is JobStatus.QUEUED:
+            job = self.store.request_cancel(job_id, who.tenant) or job
+        if job.status is JobStatus.RUNNING:
+            raise Conflict(f"job '{job_id}' is running; cancel it first (POST /v1/jobs/{job_id}/cancel)",
+                           field="status")
+        self.artifacts.delete_job(job_id)
+        self.store.delete_job(job_id)
+
+    # -- artifacts ----------------------------------------------------------------------------------------------
+
+    def open_artifact(self, job_id: str, name: str, who: Principal) -> Artifact:
+        job = self.get_job(job_id, who)
+        info = next((a for a in job.artifacts if a.name == name), None) if valid_name(name) else None
+        if info is None:
+            names = ", ".join(a.name for a in job.artifacts) or "none yet"
+            raise NotFound(f"job '{job_id}' has no artifact '{name}' (artifacts: {names})", field="name")
+        try:
+            chunks = self.artifacts.open_output(job_id, name)
+        except FileNotFoundError:
+            raise NotFound(f"artifact '{name}' of job '{job_id}' is missing from the artifact store",
+                           field="name") from None
+        return Artifact(name=name, bytes=info.bytes, sha256=info.sha256, chunks=chunks)
+
+
+def _archive():
+    from workers.engine import archive
+
+    return archive
+
+
+def prepare_data_dir(settings: Settings, store: JobStore, artifacts: ArtifactStore, *, orphan_age_s: float = 300.0
+                     ) -> dict:
+    """Start-up housekeeping: remove temp uploads of a previous run (a restart mid-upload leaves no trace) and
+    input directories older than `orphan_age_s` that no job row refers to (a crash between the two saves)."""
+    import shutil
+
+    removed_tmp = 0
+    tmp = settings.tmp_dir
+    if tmp.is_dir():
+        for p in tmp.iterdir():
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed_tmp += 1
+    tmp.mkdir(parents=True, exist_ok=True)
+    known = store.job_ids()
+    orphans = []
+    for job_id in artifacts.job_ids() - known:
+        age = artifacts.job_age_seconds(job_id)
+        if age is not None and age >= orphan_age_s:
+            artifacts.delete_job(job_id)
+            orphans.append(job_id)
+    return {"temp_uploads_removed": removed_tmp, "orphans_removed": orphans}

@@ -1,0 +1,46 @@
+"""The artifact store protocol: a job's uploaded inputs and its outputs, written atomically, read as streams."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+from workers.jobs import ArtifactInfo
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def valid_name(name: str) -> bool:
+    """Artifact and input names are plain file names: no separators, no leading dot, at most 128 characters."""
+    return bool(NAME_RE.match(name)) and ".." not in name
+
+
+class ArtifactStore(Protocol):
+    def adopt_input(self, job_id: str, name: str, src: Path) -> Path:
+        """Move a finished upload (a temp file) into the job's inputs; atomic. Returns where it now lies."""
+
+    def input_path(self, job_id: str, name: str) -> Path:
+        """A local path a job process can read the input from."""
+
+    def put_output(self, job_id: str, name: str, src: Path) -> ArtifactInfo:
+        """Copy a file into the job's outputs (atomically, hashing it); raises ResourceLimit when full."""
+
+    def output_path(self, job_id: str, name: str) -> Path | None: ...
+
+    def open_output(self, job_id: str, name: str, chunk_size: int = 1 << 20) -> Iterator[bytes]: ...
+
+    def delete_outputs(self, job_id: str) -> None:
+        """Remove a job's outputs (a failed publish leaves none behind); inputs stay."""
+
+    def delete_job(self, job_id: str) -> None: ...
+
+    def job_ids(self) -> set[str]: ...
+
+    def job_age_seconds(self, job_id: str) -> float | None:
+        """Seconds since the job's directory last changed; None when it has none."""
+
+    def usage_bytes(self) -> int: ...
+
+    def check_writable(self) -> None: ...

@@ -1,0 +1,175 @@
+"""run_job(job_id, ctx): the one code path that executes a job, whatever dispatched it.
+
+It claims the job (a conditional update that counts the attempt), runs the engine in a sandboxed child process,
+relays progress and heartbeats to the store, publishes the outputs to the artifact store and records the
+terminal state. It is safe to call twice or concurrently for the same id: only one claim can win, and every later
+write is conditional on still owning that attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workers.artifacts import ArtifactStore, open_artifacts
+from workers.engine.errors import EngineError
+from workers.jobs import ArtifactInfo, EventKind, JobRecord, JobStatus, error_dict, worker_identity
+from workers.sandbox import Hooks, SandboxJob, SandboxLimits, SandboxResult, run_sandboxed
+from workers.settings import Settings
+from workers.store import Claim, JobStore, open_store
+
+log = logging.getLogger("secateurs.runner")
+
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass
+class RunContext:
+    """What a worker needs to run jobs: settings, the two stores, its identity and a stop signal."""
+
+    settings: Settings
+    store: JobStore
+    artifacts: ArtifactStore
+    worker_id: str
+    stop: threading.Event = field(default_factory=threading.Event)
+    alive: Callable[[], bool] = lambda: True  # False when the process that owns this worker is gone
+
+    @classmethod
+    def from_settings(cls, settings: Settings, worker_id: str | None = None, **kw) -> RunContext:
+        store = open_store(settings.store_url, echo=settings.store.echo)
+        artifacts = open_artifacts(settings.artifacts_root, max_total_bytes=settings.artifacts.max_total_bytes)
+        return cls(settings=settings, store=store, artifacts=artifacts,
+                   worker_id=worker_id or worker_identity(), **kw)
+
+    def should_stop(self) -> bool:
+        return self.stop.is_set() or not self.alive()
+
+
+def run_job(job_id: str, ctx: RunContext) -> JobStatus | None:
+    """Run one attempt of a job. Returns its terminal status, or None when it was not ours to run (or released)."""
+    claim = ctx.store.claim(job_id, ctx.worker_id)
+    if claim is None:
+        return None
+    log.info("job %s: attempt %d by %s", job_id, claim.attempt, ctx.worker_id)
+    scratch = ctx.settings.scratch_dir / f"{job_id}.{claim.attempt}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        result = _run_attempt(claim, ctx, scratch)
+        if result.status is None:
+            ctx.store.release(claim, reason=result.error["message"] if result.error else "released")
+            log.info("job %s: released (%s)", job_id, result.error)
+            return None
+        status, manifest, error, artifacts = _conclude(claim, ctx, result)
+        if not ctx.store.finish(claim, status, manifest=manifest, error=error, artifacts=artifacts):
+            log.warning("job %s: attempt %d lost its claim before finishing", job_id, claim.attempt)
+            return None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    log.info("job %s: %s", job_id, status)
+    _notify(ctx, job_id)
+    return status
+
+
+def _run_attempt(claim: Claim, ctx: RunContext, scratch: Path) -> SandboxResult:
+    job = claim.job
+    model = job.inputs.get("model")
+    data = job.inputs.get("data")
+    sandbox_job = SandboxJob(
+        model_path=str(ctx.artifacts.input_path(job.id, model.name)),
+        data_path=str(ctx.artifacts.input_path(job.id, data.name)) if data else None,
+        spec=job.spec,
+        scratch=str(scratch),
+    )
+    hooks = Hooks(
+        on_progress=lambda p: ctx.store.record_progress(claim, p),
+        should_cancel=lambda: ctx.store.cancel_requested(job.id),
+        should_stop=ctx.should_stop,
+        on_tick=lambda: ctx.store.heartbeat(claim),
+        on_log=lambda m: ctx.store.add_event(job.id, EventKind.LOG, {"message": m}),
+        tick_interval=ctx.settings.worker.heartbeat_interval,
+    )
+    return run_sandboxed(sandbox_job, SandboxLimits.from_settings(ctx.settings), hooks)
+
+
+def _conclude(claim: Claim, ctx: RunContext, result: SandboxResult
+              ) -> tuple[JobStatus, dict | None, dict | None, list[ArtifactInfo]]:
+    job_id = claim.job.id
+    if result.status is not JobStatus.SUCCEEDED:
+        if result.status is JobStatus.FAILED and result.log_tail.strip():
+            ctx.store.add_event(job_id, EventKind.LOG, {"message": "job process output (tail):\n" + result.log_tail})
+        return result.status, None, result.error, []
+    try:
+        manifest, artifacts = _publish(job_id, ctx.artifacts, result.out_dir)
+    except (EngineError, OSError) as e:
+        ctx.artifacts.delete_outputs(job_id)
+        error = e.to_dict() if isinstance(e, EngineError) else error_dict(
+            "internal_error", f"could not store the job's artifacts: {e}")
+        return JobStatus.FAILED, None, error, []
+    return JobStatus.SUCCEEDED, manifest, None, artifacts
+
+
+def _publish(job_id: str, artifacts: ArtifactStore, out_dir: Path) -> tuple[dict, list[ArtifactInfo]]:
+    """Copy every output file into the artifact store (atomically, hashed); the manifest is read last."""
+    manifest_path = out_dir / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    published = []
+    names = sorted(p.name for p in out_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    names.sort(key=lambda n: n == MANIFEST_NAME)  # the manifest goes in last
+    for name in names:
+        published.append(artifacts.put_output(job_id, name, out_dir / name))
+    return manifest, published
+
+
+def _notify(ctx: RunContext, job_id: str) -> None:
+    job = ctx.store.get_job(job_id)
+    if job is not None and job.webhook_url:
+        deliver_webhook(ctx.settings, job)
+
+
+def webhook_payload(job: JobRecord) -> dict:
+    return {
+        "event": f"job.{job.status}",
+        "job": {"id": job.id, "status": str(job.status), "error": job.error,
+                "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+                "artifacts": [a.to_dict() for a in job.artifacts],
+                "summary": (job.manifest or {}).get("summary")},
+    }
+
+
+def deliver_webhook(settings: Settings, job: JobRecord) -> bool:
+    """Deliver the terminal-state webhook through workers.notify when it is installed; never raises."""
+    try:
+        from workers import notify
+    except ImportError:
+        log.warning("job %s: webhook not sent (workers.notify is not available)", job.id)
+        return False
+    try:
+        return bool(notify.deliver(job.webhook_url, webhook_payload(job), secret=settings.webhooks.secret,
+                                   timeout=settings.webhooks.timeout, retries=settings.webhooks.max_attempts - 1,
+                                   allow_private=settings.webhooks.allow_private))
+    except Exception:  # a webhook must never break the worker
+        log.exception("job %s: webhook delivery failed", job.id)
+        return False
+
+
+def cleanup_scratch(settings: Settings, store: JobStore) -> list[str]:
+    """Remove attempt directories that no running attempt owns (left by a crash); returns what was removed."""
+    root = settings.scratch_dir
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    removed = []
+    for p in root.iterdir():
+        job_id, _, attempt = p.name.rpartition(".")
+        job = store.get_job(job_id) if job_id else None
+        if job is not None and job.status is JobStatus.RUNNING and str(job.attempts) == attempt:
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        removed.append(p.name)
+    return removed

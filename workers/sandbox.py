@@ -1,0 +1,408 @@
+"""Run one job attempt in a separate process with limits, and say in words how it ended.
+
+The parent (a worker) starts `python -m workers.sandbox REQUEST.json` in its own session. The child sets its
+resource limits (RLIMIT_AS for memory, optionally RLIMIT_FSIZE and RLIMIT_CPU) before it imports TensorFlow, runs
+the engine's `compress()`, and reports progress and its result as JSON lines on a pipe; its stdout and stderr go
+to a log file. The parent relays progress, polls for cancellation (a flag file the child checks at batch
+boundaries), enforces the wall-time limit and, when the child dies without a result, names the reason: signal,
+memory, time or file-size limit. A child whose parent dies exits too.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from workers.jobs import JobStatus, error_dict
+
+CANCEL_FLAG = "cancel.flag"
+LOG_NAME = "job.log"
+REQUEST_NAME = "request.json"
+OUT_DIR = "out"
+CANCEL_GRACE_SECONDS = 20.0  # a cancelled child that does not reach a batch boundary in time is killed
+_EXIT_PARENT_GONE = 70
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    wall_seconds: float = 3600.0
+    memory_bytes: int = 16 * 2**30
+    file_bytes: int = 0  # 0: unlimited
+    cpu_seconds: int = 0  # 0: unlimited
+    tf_threads: int = 0  # 0: TensorFlow's default
+    cancel_poll_interval: float = 0.5
+
+    @classmethod
+    def from_settings(cls, settings) -> SandboxLimits:
+        lim = settings.limits
+        return cls(wall_seconds=lim.job_wall_seconds, memory_bytes=lim.job_memory_bytes, file_bytes=lim.job_file_bytes,
+                   cpu_seconds=lim.job_cpu_seconds, tf_threads=settings.worker.tf_threads,
+                   cancel_poll_interval=settings.worker.cancel_poll_interval)
+
+
+@dataclass(frozen=True)
+class SandboxJob:
+    model_path: str
+    data_path: str | None
+    spec: dict
+    scratch: str  # the attempt's private directory; outputs go to scratch/out
+
+
+@dataclass
+class SandboxResult:
+    status: JobStatus | None  # succeeded | failed | cancelled; None: stopped before the end (released)
+    error: dict | None = None
+    out_dir: Path | None = None
+    returncode: int | None = None
+    log_tail: str = ""
+    wall_s: float = 0.0
+    events: int = field(default=0)
+
+
+@dataclass
+class Hooks:
+    """How the parent talks to the rest of the system while the child runs (all optional)."""
+
+    on_progress: Callable[[dict], None] = lambda p: None
+    should_cancel: Callable[[], bool] = lambda: False
+    should_stop: Callable[[], bool] = lambda: False  # the worker shuts down: stop and release the attempt
+    on_tick: Callable[[], bool] = lambda: True  # heartbeat; False: this attempt no longer owns the job
+    on_log: Callable[[str], None] = lambda m: None
+    tick_interval: float = 2.0
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def explain_death(returncode: int, limits: SandboxLimits) -> dict:
+    """An error dict for a child that ended without reporting a result."""
+    if returncode < 0:
+        sig = -returncode
+        name = _signal_name(sig)
+        if sig == signal.SIGXCPU:
+            return error_dict("resource_limit", f"the job process exceeded the CPU-time limit of "
+                                                f"{limits.cpu_seconds} s (limits.job_cpu_seconds) and was killed")
+        if sig == signal.SIGXFSZ:
+            return error_dict("resource_limit", f"the job process exceeded the file-size limit of "
+                                                f"{limits.file_bytes} bytes (limits.job_file_bytes)")
+        if sig == signal.SIGKILL:
+            return error_dict("crashed", f"the job process was killed ({name}); this is usually the kernel's "
+                                         f"out-of-memory killer (job memory limit {_gib(limits.memory_bytes)}, "
+                                         "limits.job_memory_bytes)")
+        if sig in (signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS):
+            return error_dict("crashed", f"the job process crashed ({name}); a failed allocation under the "
+                                         f"memory limit of {_gib(limits.memory_bytes)} (limits.job_memory_bytes) "
+                                         "is the usual cause")
+        return error_dict("crashed", f"the job process was killed by {name}")
+    if returncode == _EXIT_PARENT_GONE:
+        return error_dict("interrupted", "the job process stopped because its worker went away")
+    return error_dict("crashed", f"the job process exited with status {returncode} without a result")
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+def run_sandboxed(job: SandboxJob, limits: SandboxLimits, hooks: Hooks | None = None) -> SandboxResult:
+    """Run one attempt in a child process and wait for it; never raises for what the child does."""
+    hooks = hooks or Hooks()
+    scratch = Path(job.scratch)
+    out_dir = scratch / OUT_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    request = {"job": asdict(job), "limits": asdict(limits), "parent_pid": os.getpid()}
+    (scratch / REQUEST_NAME).write_text(json.dumps(request))
+    log_path = scratch / LOG_NAME
+
+    rfd, wfd = os.pipe()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+           "PYTHONUNBUFFERED": "1"}
+    started = time.monotonic()
+    with open(log_path, "ab") as log:
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "workers.sandbox", str(scratch / REQUEST_NAME), str(wfd)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, pass_fds=(wfd,),
+                start_new_session=True, env=env, cwd=str(scratch),
+            )
+        finally:
+            os.close(wfd)
+    try:
+        result = _supervise(proc, rfd, job, limits, hooks, started)
+    finally:
+        os.close(rfd)
+        if proc.poll() is None:
+            _kill(proc)
+    result.out_dir = out_dir
+    result.wall_s = time.monotonic() - started
+    result.log_tail = _tail(log_path)
+    return result
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _supervise(proc, rfd, job, limits, hooks, started) -> SandboxResult:
+    sel = selectors.DefaultSelector()
+    sel.register(rfd, selectors.EVENT_READ)
+    buf = b""
+    final: dict | None = None
+    n_events = 0
+    cancel_sent_at: float | None = None
+    next_cancel_poll = next_tick = 0.0
+    eof = False
+    exited_at = 0.0
+    verdict: SandboxResult | None = None
+
+    def handle(line: bytes):
+        nonlocal final, n_events
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            return
+        if msg.get("type") == "progress":
+            n_events += 1
+            hooks.on_progress(msg.get("data") or {})
+        elif msg.get("type") == "log":
+            hooks.on_log(str(msg.get("message", "")))
+        elif msg.get("type") == "result":
+            final = msg
+
+    while True:
+        now = time.monotonic()
+        if not eof:
+            for _key, _ev in sel.select(timeout=0.2):
+                chunk = os.read(rfd, 65536)
+                if not chunk:
+                    eof = True
+                    break
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        handle(line)
+        else:
+            time.sleep(0.05)
+        if proc.poll() is not None:
+            exited_at = exited_at or time.monotonic()
+            if eof or final is not None or time.monotonic() - exited_at > 1.0:
+                break
+        if verdict is not None:
+            continue
+        now = time.monotonic()
+        if now - started > limits.wall_seconds:
+            _kill(proc)
+            verdict = SandboxResult(JobStatus.FAILED, error_dict(
+                "resource_limit", f"the job exceeded the wall-time limit of {limits.wall_seconds:g} s "
+                                  "(limits.job_wall_seconds) and was stopped"))
+            continue
+        if hooks.should_stop():
+            _kill(proc)
+            verdict = SandboxResult(None, error_dict("interrupted", "the worker shut down during the job"))
+            continue
+        if now >= next_tick:
+            next_tick = now + hooks.tick_interval
+            if not hooks.on_tick():
+                _kill(proc)
+                verdict = SandboxResult(None, error_dict("interrupted", "the attempt lost its claim on the job"))
+                continue
+        if cancel_sent_at is None and now >= next_cancel_poll:
+            next_cancel_poll = now + limits.cancel_poll_interval
+            if hooks.should_cancel():
+                (Path(job.scratch) / CANCEL_FLAG).touch()
+                cancel_sent_at = now
+        if cancel_sent_at is not None and now - cancel_sent_at > CANCEL_GRACE_SECONDS:
+            _kill(proc)
+            verdict = SandboxResult(JobStatus.CANCELLED, error_dict(
+                "cancelled", f"the job was cancelled (stopped after {CANCEL_GRACE_SECONDS:g} s without reaching "
+                             "a batch boundary)"))
+    if buf.strip():
+        handle(buf)
+    rc = proc.wait()
+    if verdict is not None:
+        verdict.returncode, verdict.events = rc, n_events
+        return verdict
+    if final is not None:
+        status = JobStatus(final["status"])
+        return SandboxResult(status, final.get("error"), returncode=rc, events=n_events)
+    if cancel_sent_at is not None:
+        return SandboxResult(JobStatus.CANCELLED, error_dict("cancelled", "the job was cancelled"),
+                             returncode=rc, events=n_events)
+    return SandboxResult(JobStatus.FAILED, explain_death(rc, limits), returncode=rc, events=n_events)
+
+
+_NOISE = re.compile(r"^(?:[IW]\d{4} |WARNING: All log messages before absl)")
+
+
+def _tail(path: Path, limit: int = 4000) -> str:
+    """The end of the child's output, without TensorFlow's start-up chatter."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 4 * limit))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [line for line in text.splitlines() if not _NOISE.match(line)]
+    return "\n".join(lines)[-limit:]
+
+
+# --------------------------------------------------------------------------- child side
+
+
+class _Channel:
+    def __init__(self, fd: int):
+        self.f = os.fdopen(fd, "w", buffering=1)
+        self.lock = threading.Lock()
+
+    def send(self, **msg) -> None:
+        line = json.dumps(msg, default=str)
+        with self.lock:
+            self.f.write(line + "\n")
+            self.f.flush()
+
+
+def _set_limits(limits: dict) -> None:
+    import resource
+
+    def lower(which, value):
+        soft, hard = resource.getrlimit(which)
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        resource.setrlimit(which, (value, hard))
+
+    lower(resource.RLIMIT_AS, int(limits["memory_bytes"]))
+    if limits.get("file_bytes"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an over-limit write then fails with EFBIG instead
+        lower(resource.RLIMIT_FSIZE, int(limits["file_bytes"]))
+    if limits.get("cpu_seconds"):
+        lower(resource.RLIMIT_CPU, int(limits["cpu_seconds"]))
+
+
+def _watch_parent(parent_pid: int) -> None:
+    def watch():
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(_EXIT_PARENT_GONE)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _cancel_checker(flag: Path, interval: float) -> Callable[[], bool]:
+    state = {"next": 0.0, "cancelled": False}
+
+    def should_cancel() -> bool:
+        if state["cancelled"]:
+            return True
+        now = time.monotonic()
+        if now >= state["next"]:
+            state["next"] = now + interval
+            state["cancelled"] = flag.exists()
+        return state["cancelled"]
+
+    return should_cancel
+
+
+def _os_error_in_chain(exc: BaseException) -> OSError | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            return exc
+        if "No space left" in str(exc) or "File too large" in str(exc):
+            return OSError(errno.ENOSPC, str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+# what a failed allocation looks like when it surfaces as another exception (e.g. mmap of a shared library)
+_MEMORY_MESSAGES = re.compile(r"failed to map segment|cannot allocate memory|std::bad_alloc|out of memory", re.I)
+
+
+def classify_exception(exc: BaseException, limits: dict) -> dict:
+    """The error dict for an exception raised in the child."""
+    from workers.engine.errors import EngineError
+
+    if isinstance(exc, EngineError):
+        return exc.to_dict()
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError" \
+            or _MEMORY_MESSAGES.search(str(exc)):
+        return error_dict("resource_limit", f"the job ran out of memory under the limit of "
+                                            f"{_gib(int(limits['memory_bytes']))} (limits.job_memory_bytes): "
+                                            f"{type(exc).__name__}: {str(exc)[:300]}")
+    os_err = _os_error_in_chain(exc)
+    if os_err is not None:
+        limit = int(limits.get("file_bytes") or 0)
+        hint = f" (limits.job_file_bytes is {limit} bytes)" if limit else ""
+        return error_dict("resource_limit", f"disk full or file too large while writing the job's files{hint}: "
+                                            f"{os_err.strerror or os_err}")
+    return error_dict("internal_error", f"{type(exc).__name__}: {str(exc)[:1000]}")
+
+
+def child_main(request_path: str, fd: int) -> int:
+    request = json.loads(Path(request_path).read_text())
+    limits, job = request["limits"], request["job"]
+    _watch_parent(int(request["parent_pid"]))
+    channel = _Channel(fd)
+    try:
+        _set_limits(limits)
+        from workers.engine.errors import Cancelled
+        from workers.spec import JobSpec
+
+        spec = JobSpec.model_validate(job["spec"])
+        if limits.get("tf_threads"):
+            import tensorflow as tf
+
+            tf.config.threading.set_intra_op_parallelism_threads(int(limits["tf_threads"]))
+            tf.config.threading.set_inter_op_parallelism_threads(int(limits["tf_threads"]))
+        from workers.engine.pipeline import compress
+
+        should_cancel = _cancel_checker(Path(job["scratch"]) / CANCEL_FLAG, float(limits["cancel_poll_interval"]))
+        try:
+            compress(job["model_path"], job["data_path"], spec, Path(job["scratch"]) / OUT_DIR,
+                     progress=lambda p: channel.send(type="progress", data=p.to_dict()), should_cancel=should_cancel)
+        except Cancelled as e:
+            channel.send(type="result", status="cancelled", error=e.to_dict())
+            return 0
+        channel.send(type="result", status="succeeded")
+        return 0
+    except BaseException as e:  # report whatever happened, then exit
+        import traceback
+
+        traceback.print_exc()
+        try:
+            channel.send(type="result", status="failed", error=classify_exception(e, limits))
+        except Exception:  # pragma: no cover - the pipe is gone
+            pass
+        return 1
+
+
+if __name__ == "__main__":
+    code = child_main(sys.argv[1], int(sys.argv[2]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # skip interpreter teardown: TensorFlow's can hang or crash
