@@ -68,6 +68,19 @@ def test_magnitude_ties_are_broken_by_position_lowest_index_first():
     assert keep_again.sum() == 3
 
 
+@pytest.mark.parametrize("zero_fraction", [0.0, 0.3, 0.6, 0.95])
+@pytest.mark.parametrize("sparsity", [0.1, 0.5, 0.6, 0.9])
+def test_magnitude_matches_a_stable_sort_reference_with_many_zeros_and_ties(zero_fraction, sparsity):
+    rng = np.random.default_rng(int(zero_fraction * 100 + sparsity * 10))
+    w = rng.integers(-20, 21, size=(30, 17)).astype("float32")  # many ties
+    w[rng.random(w.shape) < zero_fraction] = 0.0
+    k = masks.target_count(sparsity, w.size)
+    order = np.argsort(np.abs(w).ravel(), kind="stable")  # by |w|, then by position
+    expected = np.ones(w.size, bool)
+    expected[order[:k]] = False
+    np.testing.assert_array_equal(masks.magnitude_mask(w, sparsity).ravel(), expected)
+
+
 def test_recomputing_a_magnitude_mask_on_masked_weights_keeps_earlier_zeros():
     w = _w((40, 30))
     first = masks.magnitude_mask(w, 0.5)

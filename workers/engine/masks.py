@@ -65,7 +65,13 @@ def _abs(w) -> np.ndarray:
 
 
 def _prune_smallest(scores: np.ndarray, k: int) -> np.ndarray:
-    """Keep-mask over the flat `scores` that drops exactly the k smallest (ties: lowest index first)."""
+    """Keep-mask over the flat, non-negative `scores` that drops exactly the k smallest (ties: lowest index
+    first).
+
+    Exact zeros (weights pruned earlier) are handled without ranking: when there are at least k of them the
+    first k by index are dropped, otherwise all of them are and only the positive scores are partitioned.
+    This keeps gradual updates fast, where most of the scores are already zero.
+    """
     n = scores.size
     keep = np.ones(n, dtype=bool)
     if k <= 0:
@@ -73,11 +79,20 @@ def _prune_smallest(scores: np.ndarray, k: int) -> np.ndarray:
     if k >= n:
         keep[:] = False
         return keep
-    kth = np.partition(scores, k - 1)[k - 1]
-    below = scores < kth
-    keep[below] = False
-    remaining = k - int(np.count_nonzero(below))
-    keep[np.flatnonzero(scores == kth)[:remaining]] = False
+    zero = scores == 0
+    n_zero = int(np.count_nonzero(zero))
+    if n_zero >= k:
+        keep[np.flatnonzero(zero)[:k]] = False
+        return keep
+    keep[zero] = False
+    rest = np.flatnonzero(~zero) if n_zero else None
+    sub = scores[rest] if n_zero else scores
+    k_sub = k - n_zero
+    kth = np.partition(sub, k_sub - 1)[k_sub - 1]
+    below = sub < kth
+    ties = np.flatnonzero(sub == kth)[: k_sub - int(np.count_nonzero(below))]
+    drop = np.concatenate([np.flatnonzero(below), ties])
+    keep[rest[drop] if n_zero else drop] = False
     return keep
 
 

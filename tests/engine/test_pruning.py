@@ -1,0 +1,438 @@
+"""The pruner: masks held inside the compiled train step, one-shot and gradual pruning, scopes, hold, detach.
+
+Training-based tests use the real MNIST digits. The models are small (784-64-10 and LeNet-300-100) so that
+every optimizer can be checked for a few hundred steps within a few seconds each.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+from tests.helpers import assert_sparsity, layer_sparsity
+from workers.engine.errors import SpecError
+from workers.engine.masks import target_count
+from workers.engine.pruning import MaskConstraint, Pruner
+from workers.engine.registry import prunable_weights
+from workers.engine.schedules import make_schedule
+from workers.spec import ConstantScheduleSpec, LayerOverride, LayerSelection, OneShotScheduleSpec, PolynomialScheduleSpec, PruneStep
+
+L = keras.layers
+
+OPTIMIZERS = {
+    "adam": lambda: keras.optimizers.Adam(1e-3),
+    "sgd": lambda: keras.optimizers.SGD(0.05, momentum=0.9),
+    "rmsprop": lambda: keras.optimizers.RMSprop(1e-3),
+    "adamw": lambda: keras.optimizers.AdamW(1e-3, weight_decay=0.01),
+}
+
+
+def small_mlp() -> keras.Model:
+    return keras.Sequential([keras.Input((28, 28)), L.Flatten(name="flat"), L.Dense(64, activation="relu", name="fc1"),
+                             L.Dense(10, activation="softmax", name="out")], name="small")
+
+
+def lenet_300_100() -> keras.Model:
+    return keras.Sequential([keras.Input((28, 28)), L.Flatten(name="flat"),
+                             L.Dense(300, activation="relu", name="fc1"), L.Dense(100, activation="relu", name="fc2"),
+                             L.Dense(10, activation="softmax", name="out")], name="lenet_300_100")
+
+
+def conv_zoo() -> keras.Model:
+    inp = keras.Input((12, 12, 3))
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inp)
+    x = L.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw")(x)
+    x = L.SeparableConv2D(16, 3, padding="same", activation="relu", name="sep")(x)
+    x = L.Conv2DTranspose(8, 3, strides=2, padding="same", name="up")(x)
+    x = L.Flatten(name="flat")(x)
+    x = L.Dense(16, activation="relu", name="fc")(x)
+    return keras.Model(inp, L.Dense(5, name="out")(x), name="zoo")
+
+
+def token_model() -> keras.Model:
+    return keras.Sequential([keras.Input((6,), dtype="int32"), L.Embedding(50, 8, name="emb"), L.Flatten(),
+                             L.Dense(4, name="out")], name="tokens")
+
+
+def compile_(model, optimizer="adam"):
+    opt = OPTIMIZERS[optimizer]() if isinstance(optimizer, str) else optimizer
+    model.compile(opt, "sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+class ZeroWatch(keras.callbacks.Callback):
+    """Records, after every epoch, the largest |w| at positions that must stay zero."""
+
+    def __init__(self, pruned: dict[str, np.ndarray], weights):
+        super().__init__()
+        self.pruned, self.weights, self.max_abs = pruned, weights, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.max_abs.append(max(float(np.abs(w.variable.numpy()[self.pruned[w.path]]).max(initial=0.0))
+                                for w in self.weights))
+
+
+@pytest.fixture(scope="module")
+def trained_small(mnist):
+    keras.utils.set_random_seed(0)
+    model = small_mlp()
+    compile_(model)
+    model.fit(mnist[0], mnist[1], epochs=1, batch_size=128, verbose=0)
+    return model.get_weights()
+
+
+def fresh_small(weights) -> keras.Model:
+    model = small_mlp()
+    model.set_weights(weights)
+    return model
+
+
+# --------------------------------------------------------------------------- holding zeros while training
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_masks_hold_exact_zeros_after_every_update_for_every_optimizer(optimizer, mnist, trained_small):
+    x, y = mnist[0], mnist[1]
+    model = fresh_small(trained_small)
+    weights = prunable_weights(model)
+    pruner = Pruner(model, weights, {})
+    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.8))
+    pruned = {w.path: w.variable.numpy() == 0 for w in weights}
+    before = {w.path: w.variable.numpy().copy() for w in weights}
+    compile_(model, optimizer)  # compiled after the constraints are attached
+    watch = ZeroWatch(pruned, weights)
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[watch])  # 250 optimizer steps
+    assert int(model.optimizer.iterations.numpy()) == 250
+    assert watch.max_abs == [0.0, 0.0]
+    for w in weights:
+        value = w.variable.numpy()
+        assert np.all(value[pruned[w.path]] == 0.0), f"{optimizer}: {w.path} lost a zero"
+        assert not np.allclose(value[~pruned[w.path]], before[w.path][~pruned[w.path]])  # it did train
+    assert_sparsity(weights, 0.8, tol=1e-4)  # a kept weight may land on 0.0 by chance, a pruned one never moves
+    assert model.evaluate(mnist[2], mnist[3], verbose=0)[1] > 0.85
+    pruner.detach()
+
+
+def test_mask_constraint_composes_with_a_layer_constraint_and_detach_restores_it(mnist):
+    nonneg = keras.constraints.NonNeg()
+    model = keras.Sequential([keras.Input((28, 28)), L.Flatten(),
+                              L.Dense(16, activation="relu", kernel_constraint=nonneg, name="fc"),
+                              L.Dense(10, activation="softmax", name="out")])
+    weights = prunable_weights(model)
+    pruner = Pruner(model, weights, {})
+    fc = weights[0].variable
+    assert isinstance(fc.constraint, MaskConstraint) and fc.constraint.inner is nonneg
+    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.5))
+    zeros = fc.numpy() == 0
+    compile_(model, "sgd")
+    model.fit(mnist[0][:2048], mnist[1][:2048], epochs=1, batch_size=64, verbose=0)
+    value = fc.numpy()
+    assert np.all(value[zeros] == 0) and value.min() >= 0.0  # both constraints applied
+    pruner.detach()
+    assert fc.constraint is nonneg and weights[1].variable.constraint is None
+    assert not pruner.attached
+    pruner.detach()  # idempotent
+    with pytest.raises(RuntimeError, match="detached"):
+        pruner.prune(PruneStep(method="magnitude", target_sparsity=0.5))
+
+
+def test_hold_zeros_keeps_zeros_made_elsewhere_through_training_and_later_pruning(mnist, trained_small):
+    model = fresh_small(trained_small)
+    fc1 = model.get_layer("fc1")
+    kernel = fc1.kernel.numpy()
+    kernel[:, ::4] = 0.0  # e.g. zeros carried over a structured rebuild
+    fc1.kernel.assign(kernel)
+    held = kernel == 0
+    pruner = Pruner(model, prunable_weights(model), {})
+    pruner.hold_zeros()
+    assert pruner.layer_sparsity()["fc1"] == pytest.approx(held.mean())
+    compile_(model)
+    model.fit(mnist[0][:2048], mnist[1][:2048], epochs=1, batch_size=64, verbose=0)
+    assert np.all(fc1.kernel.numpy()[held] == 0)
+    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.1))  # below the held 25%: the floor wins
+    assert np.all(fc1.kernel.numpy()[held] == 0)
+    assert pruner.layer_sparsity()["fc1"] == pytest.approx(held.mean())
+    assert pruner.layer_sparsity()["out"] == pytest.approx(0.1)
+    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.5))  # above it: exact target
+    assert pruner.layer_sparsity()["fc1"] == 0.5
+    pruner.detach()
+
+
+# --------------------------------------------------------------------------- one-shot pruning
+
+
+def _padded_groups_ok(value: np.ndarray, axis: int, n: int, m: int) -> bool:
+    moved = np.moveaxis(value, axis, -1)
+    pad = (-moved.shape[-1]) % m
+    moved = np.concatenate([moved, np.zeros(moved.shape[:-1] + (pad,), moved.dtype)], axis=-1)
+    return bool(np.all((moved.reshape(-1, m) != 0).sum(axis=1) <= n))
+
+
+@pytest.mark.parametrize("method", ["magnitude", "block"])
+def test_layer_scope_gives_every_layer_its_exact_target_including_overrides(method):
+    model = conv_zoo()
+    overrides = {"fc": LayerOverride(target_sparsity=0.3)}
+    pruner = Pruner(model, prunable_weights(model), overrides)
+    extra = {"block_shape": (1, 2)} if method == "block" else {}
+    pruner.prune(PruneStep(method=method, target_sparsity=0.6, **extra))
+    for w in pruner.weights:
+        value = w.variable.numpy()
+        target = 0.3 if w.path == "fc" else 0.6
+        if method == "magnitude":
+            assert int((value == 0).sum()) == target_count(target, w.size), w.path
+        else:
+            view = value.reshape(-1, value.shape[-1])
+            rows, cols = view.shape
+            padded = np.pad(view != 0, ((0, 0), (0, cols % 2)))
+            blocks = padded.reshape(rows, -1, 2).any(axis=2)
+            assert int((~blocks).sum()) == target_count(target, blocks.size), w.path
+    pruner.detach()
+
+
+def test_n_m_prunes_every_layer_type_along_its_input_axis():
+    for model in (conv_zoo(), token_model()):
+        pruner = Pruner(model, prunable_weights(model), {})
+        pruner.prune(PruneStep(method="n_m", n=2, m=4))
+        for w in pruner.weights:
+            value = w.variable.numpy()
+            assert _padded_groups_ok(value, w.input_axis, 2, 4), w.path
+            if value.shape[w.input_axis] % 4 == 0:
+                assert (value == 0).mean() == pytest.approx(0.5), w.path
+        pruner.detach()
+
+
+def test_threshold_prunes_below_theta_with_per_layer_thresholds():
+    model = token_model()
+    original = {w.path: w.variable.numpy() for w in prunable_weights(model)}
+    pruner = Pruner(model, prunable_weights(model), {"out": LayerOverride(threshold=0.2)})
+    pruner.prune(PruneStep(method="threshold", threshold=0.03))
+    for w in pruner.weights:
+        theta = 0.2 if w.path == "out" else 0.03
+        np.testing.assert_array_equal(w.variable.numpy() == 0, np.abs(original[w.path]) < theta)
+    pruner.detach()
+
+
+def test_global_scope_spares_the_output_layer_and_hits_the_target_over_the_pruned_set():
+    model = lenet_300_100()
+    pruner = Pruner(model, prunable_weights(model), {})
+    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.9, scope="global"))
+    per_layer = pruner.layer_sparsity()
+    assert pruner.spared == ["out/kernel"] and per_layer["out"] == 0.0
+    pruned = [w for w in pruner.weights if w.path != "out"]
+    zeros = sum(int((w.variable.numpy() == 0).sum()) for w in pruned)
+    assert zeros == target_count(0.9, sum(w.size for w in pruned))
+    assert per_layer["fc1"] != per_layer["fc2"]  # one ranking, not per-layer targets
+    assert pruner.sparsity() == pytest.approx(zeros / sum(w.size for w in pruner.weights))
+    assert layer_sparsity(pruner.weights) == pytest.approx(per_layer)
+    pruner.detach()
+
+
+def test_global_scope_spares_tiny_layers_unless_named_and_honours_overrides():
+    model = conv_zoo()
+    weights = prunable_weights(model)
+    pruner = Pruner(model, weights, {})
+    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.5, scope="global"))
+    # 'out' produces the output; of the 75,640 other weights the kernels of dw (144), sep's depthwise (144) and
+    # conv (216) are the smallest and hold 504 <= 1% together (adding sep's pointwise, 256, would exceed 1%)
+    assert pruner.spared == ["conv/kernel", "dw/depthwise_kernel", "sep/depthwise_kernel", "out/kernel"]
+    spared = {"conv", "dw", "out"}
+    for w in pruner.weights:
+        if w.path in spared or w.role == "depthwise_kernel":
+            assert not np.any(w.variable.numpy() == 0), w.path
+    pool = [w for w in pruner.weights if w.path not in spared and w.role != "depthwise_kernel"]
+    assert sum(int((w.variable.numpy() == 0).sum()) for w in pool) == target_count(0.5, sum(w.size for w in pool))
+    pruner.detach()
+
+    model = conv_zoo()
+    selection = LayerSelection(include=["conv", "out", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose",
+                                        "Dense"], overrides={"up": LayerOverride(target_sparsity=0.2)})
+    weights = prunable_weights(model, selection)
+    pruner = Pruner(model, weights, selection.overrides)
+    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.5, scope="global"))
+    # conv and out are named: pruned; dw and sep are matched by class only: still spared when tiny
+    assert pruner.spared == ["dw/depthwise_kernel", "sep/depthwise_kernel"]
+    (up,) = [w for w in pruner.weights if w.path == "up"]
+    assert int((up.variable.numpy() == 0).sum()) == target_count(0.2, up.size)
+    pool = [w for w in pruner.weights if w.path in ("conv", "out", "fc") or w.role == "pointwise_kernel"]
+    assert sum(int((w.variable.numpy() == 0).sum()) for w in pool) == target_count(0.5, sum(w.size for w in pool))
+    assert all(np.any(w.variable.numpy() == 0) for w in pool)
+    pruner.detach()
+
+
+def test_global_scope_with_only_an_output_layer_prunes_it_rather_than_nothing():
+    model = keras.Sequential([keras.Input((30,)), L.Dense(10, name="only")])
+    pruner = Pruner(model, prunable_weights(model), {})
+    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.5, scope="global"))
+    assert pruner.spared == [] and pruner.sparsity() == 0.5
+    pruner.detach()
+
+
+def test_skip_overrides_are_never_touched_and_nested_models_are_pruned_by_path(mnist):
+    inner = keras.Sequential([keras.Input((28, 28)), L.Flatten(), L.Dense(32, activation="relu", name="a")],
+                             name="enc")
+    inp = keras.Input((28, 28))
+    model = keras.Model(inp, L.Dense(10, activation="softmax", name="head")(inner(inp)))
+    weights = prunable_weights(model)
+    pruner = Pruner(model, weights, {"head": LayerOverride(skip=True)})
+    assert [w.path for w in pruner.weights] == ["enc/a"]
+    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.7))
+    zeros = inner.get_layer("a").kernel.numpy() == 0
+    compile_(model)
+    model.fit(mnist[0][:1024], mnist[1][:1024], epochs=1, batch_size=64, verbose=0)
+    assert np.all(inner.get_layer("a").kernel.numpy()[zeros] == 0)
+    assert pruner.layer_sparsity() == {"enc/a": target_count(0.7, 784 * 32) / (784 * 32)}
+    assert model.get_layer("head").kernel.constraint is None
+    pruner.detach()
+
+
+# --------------------------------------------------------------------------- gradual pruning
+
+
+SCHEDULES = {
+    "polynomial": PolynomialScheduleSpec(initial_sparsity=0.2, begin=0.1, end=0.7, frequency=7),
+    "constant": ConstantScheduleSpec(begin=0.2, end=0.9, frequency=9),
+    "one_shot": OneShotScheduleSpec(),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SCHEDULES))
+@pytest.mark.parametrize("method", ["magnitude", "block"])
+def test_gradual_pruning_updates_masks_only_on_schedule_steps_and_ends_exactly_on_target(kind, method, mnist,
+                                                                                       trained_small):
+    x, y = mnist[0][:4096], mnist[1][:4096]
+    model = fresh_small(trained_small)
+    weights = prunable_weights(model)
+    extra = {"block_shape": (1, 4)} if method == "block" else {}
+    step = PruneStep(method=method, target_sparsity=0.75, schedule=SCHEDULES[kind], epochs=2, **extra)
+    steps_per_epoch = 4096 // 128
+    pruner = Pruner(model, weights, {})
+    cb = pruner.callback(step, steps_per_epoch)
+    compile_(model)
+    model.fit(x, y, epochs=2, batch_size=128, verbose=0, callbacks=[cb])
+    schedule = make_schedule(SCHEDULES[kind], 0.75, steps_per_epoch, 2)
+    assert [t for t, _ in cb.updates] == schedule.update_steps()
+    total = sum(w.size for w in weights)
+    for t, measured in cb.updates:
+        s = schedule(t)
+        if method == "magnitude":
+            assert measured == pytest.approx(sum(target_count(s, w.size) for w in weights) / total, abs=1e-12)
+        else:
+            assert measured == pytest.approx(s, abs=0.02)
+    sparsities = [s for _, s in cb.updates]
+    assert sparsities == sorted(sparsities)
+    assert cb.sparsity == sparsities[-1] and pruner.sparsity() == pytest.approx(sparsities[-1])
+    for w in weights:
+        assert (w.variable.numpy() == 0).mean() == pytest.approx(0.75, abs=0.02 if method == "block" else 0.002)
+    pruner.detach()
+
+
+def test_callback_with_steps_per_execution_catches_up_on_skipped_update_steps(mnist, trained_small):
+    model = fresh_small(trained_small)
+    weights = prunable_weights(model)
+    schedule = PolynomialScheduleSpec(begin=0.0, end=1.0, frequency=3)
+    step = PruneStep(method="magnitude", target_sparsity=0.6, schedule=schedule, epochs=1)
+    pruner = Pruner(model, weights, {})
+    cb = pruner.callback(step, 16)
+    model.compile("adam", "sparse_categorical_crossentropy", steps_per_execution=4)
+    model.fit(mnist[0][:2048], mnist[1][:2048], epochs=1, batch_size=128, verbose=0, callbacks=[cb])
+    planned = make_schedule(schedule, 0.6, 16, 1).update_steps()
+    applied = [t for t, _ in cb.updates]
+    assert applied[0] == 0 and applied[-1] == planned[-1] == 16 and set(applied) <= set(planned)
+    for w in weights:
+        assert int((w.variable.numpy() == 0).sum()) == target_count(0.6, w.size)
+    pruner.detach()
+
+
+def test_threshold_and_n_m_callbacks_prune_once_before_training():
+    model = fresh_small(small_mlp().get_weights())
+    pruner = Pruner(model, prunable_weights(model), {})
+    cb = pruner.callback(PruneStep(method="n_m", n=1, m=4, epochs=1), 10)
+    assert cb.update_steps == [0]
+    step = PruneStep.model_construct(method="threshold", threshold=0.1, target_sparsity=None, n=None, m=None,
+                                     block_shape=None, scope="layer", epochs=2, schedule=PolynomialScheduleSpec())
+    with pytest.raises(SpecError, match="prunes once"):
+        pruner.callback(step, 10)
+    pruner.detach()
+
+
+# --------------------------------------------------------------------------- detach and export
+
+
+def test_detached_model_exports_clean_and_zeros_survive_a_stock_load(tmp_path, mnist, trained_small):
+    model = fresh_small(trained_small)
+    pruner = Pruner(model, prunable_weights(model), {})
+    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.8, scope="global"))
+    compile_(model)
+    model.fit(mnist[0][:1024], mnist[1][:1024], epochs=1, batch_size=64, verbose=0)
+    pruner.detach()
+    assert all(w.variable.constraint is None for w in pruner.weights)
+    path = tmp_path / "pruned.keras"
+    model.save(path)
+    with zipfile.ZipFile(path) as z:
+        config = z.read("config.json").decode()
+    assert "MaskConstraint" not in config and "mask" not in json.loads(config)["config"].get("name", "")
+    loaded = keras.saving.load_model(path)  # stock loader, no custom objects
+    for layer in ("fc1", "out"):
+        np.testing.assert_array_equal(loaded.get_layer(layer).kernel.numpy(), model.get_layer(layer).kernel.numpy())
+    assert_sparsity({"fc1": loaded.get_layer("fc1").kernel.numpy()}, target_count(0.8, 784 * 64) / (784 * 64))
+    assert len(loaded.weights) == len(model.weights)  # no mask variable was saved
+    kernel = loaded.get_layer("fc1").kernel.numpy()
+    assert not np.any(np.signbit(kernel[kernel == 0]))  # +0.0, not the -0.0 of a masked product
+    x = mnist[2][:64]
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_pruner_used_as_a_context_manager_detaches_on_exit():
+    model = token_model()
+    with Pruner(model, prunable_weights(model), {}) as pruner:
+        pruner.prune(PruneStep(method="magnitude", target_sparsity=0.5))
+        assert isinstance(model.get_layer("emb").embeddings.constraint, MaskConstraint)
+    assert model.get_layer("emb").embeddings.constraint is None
+    assert pruner.layer_sparsity() == {"emb": 0.5, "out": 0.5}
+
+
+# --------------------------------------------------------------------------- speed and accuracy on LeNet-300-100
+
+
+@pytest.mark.slow
+def test_gradual_pruning_of_lenet_300_100_costs_little_over_plain_fit_and_keeps_accuracy(mnist):
+    x, y, x_test, y_test = mnist
+    keras.utils.set_random_seed(0)
+    base = lenet_300_100()
+    compile_(base)
+    base.fit(x, y, epochs=2, batch_size=128, verbose=0)
+    weights0 = base.get_weights()
+    dense_acc = base.evaluate(x_test, y_test, verbose=0)[1]
+
+    def run(prune: bool) -> tuple[float, keras.Model, object]:
+        model = lenet_300_100()
+        model.set_weights(weights0)
+        callbacks, pruner = [], None
+        if prune:
+            pruner = Pruner(model, prunable_weights(model), {})
+            step = PruneStep(method="magnitude", target_sparsity=0.9, scope="global", epochs=2,
+                             schedule=PolynomialScheduleSpec(end=0.75, frequency=10))
+            callbacks = [pruner.callback(step, int(np.ceil(len(x) / 128)))]
+        compile_(model)
+        start = time.perf_counter()
+        model.fit(x, y, epochs=2, batch_size=128, verbose=0, callbacks=callbacks)
+        return time.perf_counter() - start, model, pruner
+
+    run(False)  # warm up TensorFlow
+    plain = min(run(False)[0] for _ in range(2))
+    timings = [run(True) for _ in range(2)]
+    pruned_time = min(t for t, _, _ in timings)
+    _, model, pruner = timings[-1]
+    ratio = pruned_time / plain
+    print(f"\nLeNet-300-100, 2 epochs of 8,000 MNIST digits: plain fit {plain:.2f}s, gradual pruning "
+          f"{pruned_time:.2f}s, ratio {ratio:.3f}")
+    assert pruner.layer_sparsity()["out"] == 0.0
+    assert pruner.sparsity() == pytest.approx(0.9 * 265_200 / 266_200, abs=1e-4)
+    acc = model.evaluate(x_test, y_test, verbose=0)[1]
+    assert acc > dense_acc - 0.02, (acc, dense_acc)
+    assert ratio < 1.35  # the goal is <= 1.05; the bound is loose for a loaded 2-core machine
+    pruner.detach()

@@ -1,0 +1,348 @@
+"""Unstructured pruning of Keras 3 models: mask state, the pruning callback and the facade.
+
+Public API (used by `pipeline`)::
+
+    pruner = Pruner(model, weights: list[PrunableWeight], overrides: dict[str, LayerOverride] | None = None)
+    pruner.prune(step: PruneStep) -> None                    one-shot: masks to the step's final target
+    pruner.callback(step: PruneStep, steps_per_epoch: int) -> PruningCallback   gradual pruning during fit
+    pruner.hold_zeros() -> None                              mask = (w != 0): hold zeros made earlier
+    pruner.sparsity() -> float                               zeros / size over all the pruner's weights
+    pruner.layer_sparsity() -> dict[str, float]              the same per layer path
+    pruner.detach() -> None                                  remove the constraints: a clean, stock model
+    MaskConstraint(mask, inner=None)                         w -> inner(w) * mask
+
+How zeros are held. The pruner keeps one non-trainable `keras.Variable` mask per weight, *not* attached to any
+layer (so it is never saved), and sets `variable.constraint = MaskConstraint(mask)`. Keras 3's optimizer
+applies `variable.constraint` to every trainable variable right after each gradient update
+(`BaseOptimizer.apply`), inside the compiled train step, so pruned weights are exactly 0.0 after every batch
+whatever the optimizer (momentum and Adam moments cannot revive them). A constraint the layer already had
+(e.g. `kernel_constraint=max_norm`) is applied first and restored by `detach()`. Layer configs are untouched
+(`Dense.get_config` reads `layer.kernel_constraint`, not the variable's), so after `detach()` the model saves to
+`.keras` and loads with stock `keras.saving.load_model` and no custom objects.
+
+Compile after attaching or detaching. `model.fit` traces its train function once and `compile()` resets it:
+the constraint is read at trace time. Create the Pruner (and call `hold_zeros`/`prune`) *before* the
+`compile()` that precedes training, and compile again after `detach()` before training further. Mask *values*
+may change at any time (they are variables read by the traced function), which is how the callback works.
+
+Scopes. `scope="layer"`: every weight reaches its own target (the step's, or `overrides[name]`), count-based
+and exact for magnitude/block. `scope="global"`: one ranking across the weights without a per-layer override,
+so that the overall sparsity of that pruned set equals the target exactly; by default it spares the layer that
+produces a model output and the smallest tensors holding together at most 1% of the candidates
+(`masks.spared_small`), unless they are named explicitly (in `layers.include` by name, or given a per-layer
+target). If sparing would leave nothing to prune, nothing is spared. `pruner.spared` lists the weights spared
+by the last plan, as "path/role".
+
+Held zeros. `hold_zeros()` records a floor: weights that are zero then stay zero through every later mask
+update (new mask = computed mask AND floor). When an earlier step left more zeros in a layer than the new
+target, that layer ends above its target.
+
+Speed. Masks are recomputed (numpy, on the host) only at the schedule's update steps. Per batch the callback
+does one integer comparison in `on_train_batch_begin`, which Keras dispatches synchronously without
+converting logs, and it leaves `on_train_batch_end` alone so Keras keeps its asynchronous batch-end dispatch.
+The optimizer step is read from `optimizer.iterations` once per epoch (and before validation), not per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import keras
+import numpy as np
+
+from workers.engine.errors import SpecError
+from workers.engine.masks import MaskMethod, MaskParams, get_method, spared_small
+from workers.engine.registry import PrunableWeight, output_layer_paths
+from workers.engine.schedules import OneShot, make_schedule
+from workers.spec import LayerOverride, PruneStep
+
+
+class MaskConstraint(keras.constraints.Constraint):
+    """w -> inner(w) * mask, where `mask` is a 0/1 variable of w's dtype that the pruner updates.
+
+    A product is the cheapest op to run after every update; it leaves -0.0 at negative pruned weights, which
+    `Pruner.detach()` turns into +0.0 (it compresses better).
+    """
+
+    def __init__(self, mask: keras.Variable, inner=None):
+        self.mask = mask
+        self.inner = inner
+
+    def __call__(self, w):
+        if self.inner is not None:
+            w = self.inner(w)
+        mask = self.mask if self.mask.dtype == w.dtype else keras.ops.cast(self.mask, w.dtype)
+        return keras.ops.multiply(w, mask)
+
+    def get_config(self):  # lives on a variable only, never in a layer config
+        return {}
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Weights masked together with one set of parameters: one weight (layer scope) or a global pool."""
+
+    indices: tuple[int, ...]
+    params: MaskParams
+    scope: str  # "layer" | "global"
+
+
+def _override(overrides: Mapping[str, LayerOverride], w: PrunableWeight) -> LayerOverride | None:
+    o = overrides.get(w.path)
+    return o if o is not None else overrides.get(w.name)
+
+
+def _step_params(step: PruneStep) -> MaskParams:
+    return MaskParams(sparsity=step.target_sparsity, threshold=step.threshold, n=step.n, m=step.m,
+                      block_shape=tuple(step.block_shape) if step.block_shape is not None else None)
+
+
+class Pruner:
+    """Mask state beside the prunable weights of one model; see the module docstring."""
+
+    def __init__(self, model, weights: Sequence[PrunableWeight],
+                 overrides: Mapping[str, LayerOverride] | None = None):
+        self.model = model
+        self.overrides = dict(overrides or {})
+        self.weights: list[PrunableWeight] = [
+            w for w in weights if not ((o := _override(self.overrides, w)) is not None and o.skip)]
+        self.spared: list[str] = []
+        self._outputs = output_layer_paths(model)
+        self._floors: list[np.ndarray | None] = [None] * len(self.weights)
+        # exact zeros per weight as of the last mask update (what the callback reports without re-reading)
+        self._zeros: list[int] = [w.size - int(np.count_nonzero(w.variable.numpy())) for w in self.weights]
+        self._masks: list[keras.Variable] = []
+        self._inner = []
+        for w in self.weights:
+            v = w.variable
+            name = f"{w.path}_{w.role}_mask".replace("/", "__")
+            mask = keras.Variable(np.ones(w.shape, dtype=v.dtype), dtype=v.dtype, trainable=False, name=name)
+            self._masks.append(mask)
+            self._inner.append(v.constraint)
+            v.constraint = MaskConstraint(mask, v.constraint)
+        self._attached = True
+
+    # ----------------------------------------------------------------- state
+
+    def __enter__(self) -> Pruner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    @property
+    def attached(self) -> bool:
+        return self._attached
+
+    def _check_attached(self) -> None:
+        if not self._attached:
+            raise RuntimeError("this Pruner was detached; create a new one (and recompile) to prune again")
+
+    def masks(self) -> dict[str, np.ndarray]:
+        """The current keep-masks (bool) by "path/role"."""
+        return {f"{w.path}/{w.role}": m.numpy() != 0 for w, m in zip(self.weights, self._masks)}
+
+    def _set(self, i: int, keep: np.ndarray, current: np.ndarray | None = None) -> None:
+        floor = self._floors[i]
+        if floor is not None:
+            keep = keep & floor
+        w = self.weights[i].variable
+        current = w.numpy() if current is None else current
+        new = np.where(keep, current, 0).astype(current.dtype)
+        self._masks[i].assign(keep.astype(current.dtype))
+        w.assign(new)
+        self._zeros[i] = new.size - int(np.count_nonzero(new))
+
+    def _sparsity_after_update(self) -> float:
+        total = sum(w.size for w in self.weights)
+        return sum(self._zeros) / total if total else 0.0
+
+    def hold_zeros(self) -> None:
+        """Hold every weight that is zero now at zero from here on (mask = w != 0)."""
+        self._check_attached()
+        for i, w in enumerate(self.weights):
+            value = w.variable.numpy()
+            self._floors[i] = value != 0
+            self._set(i, self._floors[i], value)
+
+    def sparsity(self) -> float:
+        """Fraction of exact zeros over all the pruner's weights."""
+        total = sum(w.size for w in self.weights)
+        if total == 0:
+            return 0.0
+        zeros = sum(w.size - int(np.count_nonzero(w.variable.numpy())) for w in self.weights)
+        return zeros / total
+
+    def layer_sparsity(self) -> dict[str, float]:
+        """Fraction of exact zeros per layer path (a SeparableConv's two kernels count together)."""
+        sizes: dict[str, list[int]] = {}
+        for w in self.weights:
+            zeros = w.size - int(np.count_nonzero(w.variable.numpy()))
+            z, n = sizes.setdefault(w.path, [0, 0])
+            sizes[w.path] = [z + zeros, n + w.size]
+        return {path: (z / n if n else 0.0) for path, (z, n) in sizes.items()}
+
+    def detach(self) -> None:
+        """Re-apply the masks one last time (pruned weights become +0.0) and restore the original constraints.
+        Idempotent.
+
+        Recompile the model before training it further: the traced train function still holds the masks.
+        """
+        if not self._attached:
+            return
+        for w, mask, inner in zip(self.weights, self._masks, self._inner):
+            value = w.variable.numpy()
+            keep = mask.numpy() != 0
+            if not keep.all():
+                w.variable.assign(np.where(keep, value, 0).astype(value.dtype))
+            w.variable.constraint = inner
+        self._attached = False
+
+    # ----------------------------------------------------------------- planning
+
+    def _plan(self, step: PruneStep, method: MaskMethod) -> list[_Group]:
+        """Split the weights into groups: per-layer targets, and for global scope one pool (minus spared)."""
+        base = _step_params(step)
+        groups: list[_Group] = []
+        pool: list[int] = []
+        for i, w in enumerate(self.weights):
+            params = self._layer_params(w, base)
+            if step.scope == "layer" or params != base:
+                groups.append(_Group((i,), params, "layer"))
+            else:
+                pool.append(i)
+        self.spared = []
+        if pool:
+            candidates = [i for i in pool if self.weights[i].explicit or self.weights[i].path not in self._outputs]
+            small = spared_small([self.weights[i].size for i in candidates])
+            candidates = [i for j, i in enumerate(candidates) if j not in small or self.weights[i].explicit]
+            if not candidates:  # sparing would leave nothing to prune: spare nothing
+                candidates = pool
+            self.spared = [f"{self.weights[i].path}/{self.weights[i].role}" for i in pool if i not in candidates]
+            groups.append(_Group(tuple(candidates), base, "global"))
+        return groups
+
+    def _layer_params(self, w: PrunableWeight, base: MaskParams) -> MaskParams:
+        o = _override(self.overrides, w)
+        if o is None:
+            return base
+        changes = {}
+        if o.target_sparsity is not None and base.sparsity is not None:
+            changes["sparsity"] = o.target_sparsity
+        if o.threshold is not None and base.threshold is not None:
+            changes["threshold"] = o.threshold
+        return replace(base, **changes) if changes else base
+
+    def _apply(self, method: MaskMethod, groups: Sequence[_Group], params: Sequence[MaskParams]) -> None:
+        for group, p in zip(groups, params):
+            values = [self.weights[i].variable.numpy() for i in group.indices]
+            try:
+                keeps = method.masks(values, p, [self.weights[i].input_axis for i in group.indices],
+                                     scope=group.scope)
+            except SpecError as e:
+                where = ", ".join(self.weights[i].path for i in group.indices[:5])
+                raise SpecError(f"{e.message} (layer {where})", field=e.field) from None
+            for i, keep, value in zip(group.indices, keeps, values):
+                self._set(i, keep, value)
+
+    # ----------------------------------------------------------------- pruning
+
+    def prune(self, step: PruneStep) -> None:
+        """Prune once to the step's final targets (method, scope and per-layer overrides from the spec)."""
+        self._check_attached()
+        method = get_method(step.method)
+        groups = self._plan(step, method)
+        self._apply(method, groups, [g.params for g in groups])
+
+    def callback(self, step: PruneStep, steps_per_epoch: int) -> PruningCallback:
+        """A Keras callback that prunes on the step's schedule over its `epochs` epochs of `steps_per_epoch`.
+
+        Compile the model after creating it if the model was compiled before (see the module docstring).
+        """
+        self._check_attached()
+        method = get_method(step.method)
+        spec = step.effective_schedule
+        if spec.kind != "one_shot" and not method.gradual:
+            raise SpecError(f"method '{step.method}' prunes once; a {spec.kind} schedule cannot ramp it",
+                            field="schedule")
+        groups = self._plan(step, method)
+        schedules = [make_schedule(spec, g.params.sparsity, steps_per_epoch, max(step.epochs, 1))
+                     if method.gradual else OneShot(0.0) for g in groups]
+        return PruningCallback(self, method, groups, schedules)
+
+
+def _value_at(schedule, t: int) -> float:
+    value = schedule(t)
+    if value is None:  # not one of this schedule's own update steps (schedules of a step share them)
+        value = schedule.value(t) if hasattr(schedule, "value") else schedule.final_sparsity
+    return value
+
+
+class PruningCallback(keras.callbacks.Callback):
+    """Updates the masks at the schedule's steps; `sparsity` is the pruner's sparsity after the last update.
+
+    The step is the number of optimizer updates applied since `on_train_begin`, read from
+    `optimizer.iterations` at each epoch start and counted by batch index in between.
+    """
+
+    def __init__(self, pruner: Pruner, method: MaskMethod, groups: Sequence[_Group], schedules: Sequence):
+        super().__init__()
+        self.pruner, self.method = pruner, method
+        self.groups, self.schedules = list(groups), list(schedules)
+        self.update_steps = sorted({t for s in self.schedules for t in s.update_steps()})
+        self.updates: list[tuple[int, float]] = []  # (step, sparsity) after each mask update
+        self.sparsity: float | None = None
+        self._next = 0
+        self._start = 0
+        self._base = 0
+        self._training = False
+
+    def _iterations(self) -> int:
+        opt = getattr(self.model, "optimizer", None)
+        return 0 if opt is None else int(keras.ops.convert_to_numpy(opt.iterations))
+
+    def _update(self, t: int) -> None:
+        if self.method.gradual:
+            params = [replace(g.params, sparsity=_value_at(s, t)) for g, s in zip(self.groups, self.schedules)]
+        else:
+            params = [g.params for g in self.groups]
+        self.pruner._apply(self.method, self.groups, params)
+        self.sparsity = self.pruner._sparsity_after_update()
+        self.updates.append((t, self.sparsity))
+
+    def _advance(self, t: int) -> None:
+        last = None
+        while self._next < len(self.update_steps) and self.update_steps[self._next] <= t:
+            last = self.update_steps[self._next]
+            self._next += 1
+        if last is not None:
+            self._update(last)
+
+    def on_train_begin(self, logs=None):
+        self._start = self._iterations()
+        self._base = 0
+        self._next = 0
+        self._training = True
+        self._advance(0)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._base = self._iterations() - self._start
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._next < len(self.update_steps) and self._base + batch >= self.update_steps[self._next]:
+            self._advance(self._base + batch)
+
+    def on_test_begin(self, logs=None):
+        if self._training:  # validation inside fit: bring the masks up to date first
+            self._advance(self._iterations() - self._start)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._advance(self._iterations() - self._start)
+
+    def on_train_end(self, logs=None):
+        # reach the final sparsity even if training ran fewer steps than planned
+        if self._next < len(self.update_steps):
+            self._next = len(self.update_steps)
+            self._update(self.update_steps[-1])
+        self._training = False
