@@ -20,7 +20,14 @@ from workers.engine.masks import target_count
 from workers.engine.pruning import MaskConstraint, Pruner
 from workers.engine.registry import prunable_weights
 from workers.engine.schedules import make_schedule
-from workers.spec import ConstantScheduleSpec, LayerOverride, LayerSelection, OneShotScheduleSpec, PolynomialScheduleSpec, PruneStep
+from workers.spec import (
+    ConstantScheduleSpec,
+    LayerOverride,
+    LayerSelection,
+    OneShotScheduleSpec,
+    PolynomialScheduleSpec,
+    PruneStep,
+)
 
 L = keras.layers
 

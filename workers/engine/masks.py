@@ -269,4 +269,5 @@ def get_method(name: str) -> MaskMethod:
     try:
         return MASK_METHODS[name]
     except KeyError:
-        raise SpecError(f"unknown pruning method '{name}'; allowed: {', '.join(MASK_METHODS)}", field="method") from None
+        allowed = ", ".join(MASK_METHODS)
+        raise SpecError(f"unknown pruning method '{name}'; allowed: {allowed}", field="method") from None
