@@ -161,10 +161,6 @@ def test_whole_number_float_labels_are_accepted_as_class_ids(tmp_path, models):
     assert ds.y_train.dtype == np.int64
 
 
-def _bad(arrays_fn, model="digits", loss=SPARSE):
-    return arrays_fn, model, loss
-
-
 def _digits(n=10, **override):
     arrays = {"x_train": np.zeros((n, 28, 28), "float32"), "y_train": np.arange(n) % 10}
     arrays.update(override)

@@ -146,6 +146,15 @@ def test_latency_handles_integer_and_multiple_inputs():
     assert result["batch_2"]["median"] > 0
 
 
+def test_cpu_copy_has_host_variables_and_computes_the_same_outputs():
+    model = _seq((6,), L.Dense(4, activation="relu"), L.BatchNormalization(), L.Dense(2))
+    copy = metrics.cpu_copy(model)
+    assert copy is not model
+    assert all("CPU" in v.value.device for v in copy.weights)
+    x = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
+    np.testing.assert_allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+
+
 def test_file_size_is_the_gzip_level_9_stream_size(tmp_path):
     rng = np.random.default_rng(0)
     zeros, noise = tmp_path / "zeros.bin", tmp_path / "noise.bin"

@@ -134,8 +134,8 @@ def _check_finite(name: str, a: np.ndarray) -> None:
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         value = a.reshape(-1)[first]
-        raise DataError(f"{name} contains {int(bad.sum())} NaN/Inf value(s); the first is {name}[{_where(first, a.shape)}]"
-                        f" = {value}")
+        raise DataError(f"{name} contains {int(bad.sum())} NaN/Inf value(s); the first is "
+                        f"{name}[{_where(first, a.shape)}] = {value}")
 
 
 def _check_x(name: str, x: np.ndarray, target: _Target) -> np.ndarray:

@@ -23,7 +23,8 @@ Conventions
   what a sparse kernel would cost. Bias additions, activations, normalization and pooling are not counted.
   FLOPs = 2 * MACs. A layer whose spatial size is unknown (None) is listed in `unknown` and left out of totals.
 * Latency times ``tf.function(lambda x: model(x, training=False), reduce_retracing=True)`` on the CPU after
-  `warmup` untimed calls (the first one traces), waiting for each result; never eager calls.
+  `warmup` untimed calls (the first one traces), waiting for each result; never eager calls. On a host with a
+  GPU the timed model is a copy whose variables live in host memory (`cpu_copy`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import numpy as np
 
 from workers.engine.registry import prunable_weights, walk_layers
 
-__all__ = ["MAC_RULES", "file_size", "latency", "macs", "param_stats", "sha256_file"]
+__all__ = ["MAC_RULES", "cpu_copy", "file_size", "latency", "macs", "param_stats", "sha256_file"]
 
 L = keras.layers
 
@@ -246,6 +247,8 @@ def latency(model: keras.Model, batch_sizes=(1, 32), runs: int = 30, warmup: int
         raise ValueError("latency needs runs >= 1 and warmup >= 1")
     rng = np.random.default_rng(0)
     out: dict[str, dict] = {}
+    if tf.config.list_logical_devices("GPU"):
+        model = cpu_copy(model)  # weights on the GPU would be copied to the host at every call
     with tf.device("/CPU:0"):
         fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         for b in batch_sizes:
@@ -263,6 +266,16 @@ def latency(model: keras.Model, batch_sizes=(1, 32), runs: int = 30, warmup: int
                                       "p90": float(np.percentile(a, 90)), "mean": float(a.mean()),
                                       "min": float(a.min()), "runs": int(runs)}
     return out
+
+
+def cpu_copy(model: keras.Model) -> keras.Model:
+    """A copy of `model` whose variables live in host memory (same weights)."""
+    import tensorflow as tf
+
+    with tf.device("/CPU:0"):
+        copy = keras.models.clone_model(model)
+        copy.set_weights(model.get_weights())
+    return copy
 
 
 def _materialize(result) -> None:

@@ -26,7 +26,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,6 @@ LOSSES: dict[str, LossKind] = {
     "mean_absolute_error": LossKind("regression", _regression(keras.losses.MeanAbsoluteError), ("mae",)),
     "huber": LossKind("regression", _regression(keras.losses.Huber), ("mae",)),
 }
-assert set(LOSSES) == set(ALLOWED_LOSSES), "LOSSES must cover workers.spec.ALLOWED_LOSSES"
 
 OPTIMIZERS: dict[str, type[keras.optimizers.Optimizer]] = {
     "adam": keras.optimizers.Adam,
@@ -162,26 +162,22 @@ def load_model(path: str | Path, limits: InspectLimits | None = None) -> LoadedM
                        compile=read_compile_info(inspection.compile_config))
 
 
-class _path_with_suffix:
-    """Yield a path ending in `suffix` for Keras' loader: the file itself, or a link/copy in a private dir."""
-
-    def __init__(self, path: Path, suffix: str):
-        self.path, self.suffix, self.tmp = path, suffix, None
-
-    def __enter__(self) -> Path:
-        if self.path.name.lower().endswith(self.suffix):
-            return self.path
-        self.tmp = tempfile.mkdtemp(prefix="secateurs-load-")
-        target = Path(self.tmp) / f"model{self.suffix}"
+@contextmanager
+def _path_with_suffix(path: Path, suffix: str) -> Iterator[Path]:
+    """A path ending in `suffix` for Keras' loader: the file itself, or a link (or copy) in a private folder."""
+    if path.name.lower().endswith(suffix):
+        yield path
+        return
+    folder = tempfile.mkdtemp(prefix="secateurs-load-")
+    try:
+        target = Path(folder) / f"model{suffix}"
         try:
-            os.link(self.path, target)
+            os.link(path, target)
         except OSError:
-            shutil.copyfile(self.path, target)
-        return target
-
-    def __exit__(self, *exc) -> None:
-        if self.tmp is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            shutil.copyfile(path, target)
+        yield target
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _one_line(e: BaseException, limit: int = 300) -> str:
