@@ -219,6 +219,7 @@ def download_artifact(job_id: str, name: str, who: Principal = Depends(principal
 schema_router = APIRouter(prefix="/v1/schema", tags=["schema"])
 
 
-@schema_router.get("/jobspec", summary="The JobSpec JSON Schema (the `spec` form field)")
-def jobspec_schema() -> dict:
+@schema_router.get("/jobspec", summary="The JobSpec JSON Schema (the `spec` form field)",
+                   responses=problem_responses(401))
+def jobspec_schema(_who: Principal = Depends(principal)) -> dict:
     return json_schema()

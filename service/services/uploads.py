@@ -8,6 +8,7 @@ Content-Length already does). Text fields are small and kept in memory, each und
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -100,7 +101,9 @@ class _PartSink:
         self.name = name
         if name in self.rules.file_fields:
             ctype = self.headers.get("content-type")
-            path = self.upload.tmp_dir / name
+            # named after the client's file (made safe) so that inspection messages name what the user sent
+            (self.upload.tmp_dir / name).mkdir()
+            path = self.upload.tmp_dir / name / _safe_filename(filename, name)
             self.file = UploadedFile(field=name, filename=filename, content_type=ctype.decode("latin-1")
                                      if ctype else None, path=path)
             self.handle = open(path, "wb")
@@ -146,6 +149,14 @@ class _PartSink:
     def callbacks(self) -> dict:
         return {n: getattr(self, n) for n in ("on_part_begin", "on_header_field", "on_header_value", "on_header_end",
                                               "on_headers_finished", "on_part_data", "on_part_end")}
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _safe_filename(filename: str | None, fallback: str) -> str:
+    base = _UNSAFE.sub("_", (filename or "").replace("\\", "/").rsplit("/", 1)[-1]).lstrip(".")[:100]
+    return base or fallback
 
 
 def _too_large(rules: FormRules, seen: int | None = None) -> PayloadTooLarge:
