@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -53,11 +52,11 @@ def cmd_compress(args) -> int:
     except _BadInput as e:
         return _fail(str(e))
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from workers.console import ProgressDisplay, import_tensorflow_quietly, print_summary
+
+    import_tensorflow_quietly()
     from workers.engine.errors import Cancelled, EngineError
     from workers.engine.pipeline import compress
-
-    from workers.console import ProgressDisplay, print_summary
 
     display = ProgressDisplay(enabled=not args.quiet, total_epochs=spec.total_epochs)
     try:

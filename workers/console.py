@@ -20,8 +20,10 @@ class ProgressDisplay:
         self._bar = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console, disable=not enabled,
+            transient=True,  # the summary table replaces the bars; an error stays one line
         )
         self._tasks: dict[tuple[str, int], int] = {}
+        self._status: int | None = None
 
     def __enter__(self):
         self._bar.__enter__()
@@ -46,7 +48,9 @@ class ProgressDisplay:
                 self._tasks[key] = self._bar.add_task(f"{ev.step_index + 1}. {ev.phase}", total=ev.steps, info="")
             self._bar.update(self._tasks[key], completed=ev.step or 0, info=info)
         elif ev.message:
-            self._bar.console.log(f"{ev.phase}: {ev.message} {info}".rstrip())
+            if self._status is None:
+                self._status = self._bar.add_task("", total=None, info="")
+            self._bar.update(self._status, description=ev.phase, info=f"{ev.message} {info}".rstrip())
 
 
 def _fmt(v, pct=False):
@@ -90,3 +94,26 @@ def print_summary(manifest: dict, out_dir: Path, console: Console | None = None)
                       f" {preserved}")
     for note in summary.get("notes", []):
         console.print(f"  note: {note}")
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its native start-up chatter (printed before absl logging starts, so
+    TF_CPP_MIN_LOG_LEVEL cannot silence it) kept off the terminal: the CLI promises one line on error."""
+    import os
+    import sys
+    import tempfile
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # device discovery logs too
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

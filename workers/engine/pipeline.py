@@ -280,7 +280,7 @@ def _measure(run: _Run, phase: str, scratch: Path) -> dict:
         out["latency_ms"] = _jsonable(metrics_mod.latency(run.model, batch_sizes=(1, 32),
                                                           runs=run.spec.evaluation.latency_runs))
     path = scratch / f"{phase}.keras"
-    run.model.save(path)
+    export_mod.save_model_file(run.model, path)  # weights and config only, like the exported artifact
     out["file"] = _jsonable(metrics_mod.file_size(path))
     path.unlink(missing_ok=True)
     return out
