@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -50,9 +51,18 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+_id_lock = threading.Lock()
+_last_us = 0
+
+
 def new_job_id() -> str:
-    """Sortable by creation time (fixed-width hex milliseconds) and unguessable (random suffix)."""
-    return f"job_{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
+    """Sortable by creation time (fixed-width hex microseconds, strictly increasing within a process) and
+    unguessable (random suffix)."""
+    global _last_us
+    with _id_lock:
+        _last_us = max(time.time_ns() // 1000, _last_us + 1)
+        stamp = _last_us
+    return f"job_{stamp:014x}{secrets.token_hex(8)}"
 
 
 def worker_identity(name: str = "worker") -> str:

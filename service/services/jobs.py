@@ -254,10 +254,13 @@ class JobService:
         job = self.store.request_cancel(job_id, who.tenant)
         if job is None:  # pragma: no cover - deleted in between
             raise NotFound(f"no job '{job_id}'", field="job_id")
-        if job.status is JobStatus.CANCELLED and job.webhook_url:
+        if job.status is JobStatus.CANCELLED and job.webhook_url:  # it never reaches a worker: notify from here
+            import threading
+
             from workers.runner import deliver_webhook
 
-            deliver_webhook(self.settings, job)
+            threading.Thread(target=deliver_webhook, args=(self.settings, job), name=f"webhook-{job.id}",
+                             daemon=True).start()
         return job
 
     def delete_job(self, job_id: str, who: Principal) -> None:

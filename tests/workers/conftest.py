@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import pytest
 
+from tests.workers.pg import fresh_database
 from workers.settings import Settings
-
-PG_ADMIN_URL = os.environ.get("SECATEURS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture(scope="session")
 def pg_url():
-    """A fresh PostgreSQL database for this session (dropped at the end). Under CI=true an unreachable server is a
-    failure; elsewhere the test is skipped with the reason."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import OperationalError
-
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"secateurs_store_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as e:
-        admin.dispose()
-        message = f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {str(e).splitlines()[0]}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message + " (required under CI=true)")
-        pytest.skip(message)
-    yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    """A fresh PostgreSQL database for this session. Under CI=true an unreachable server is a failure; elsewhere
+    the test is skipped with the reason."""
+    with fresh_database("secateurs_store") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])

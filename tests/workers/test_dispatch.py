@@ -31,7 +31,6 @@ def queue_jobs(ctx: RunContext, job_files, n: int, tmp_path) -> list[str]:
             shutil.copy(src, copy)
             ctx.artifacts.adopt_input(new.id, name, copy)
         ids.append(ctx.store.create_job(new, max_attempts=2)[0].id)
-        time.sleep(0.002)  # distinct millisecond prefixes: a defined order
     return ids
 
 

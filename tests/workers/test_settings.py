@@ -65,3 +65,19 @@ def test_get_settings_is_cached(monkeypatch):
         assert get_settings() is get_settings()
     finally:
         get_settings.cache_clear()
+
+
+def _variables(model=Settings, prefix="SECATEURS_"):
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _variables(field.annotation, f"{prefix}{name.upper()}__")
+        else:
+            yield f"{prefix}{name.upper()}"
+
+
+def test_docs_config_lists_every_variable():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "CONFIG.md").read_text()
+    documented = {line.split("`")[1] for line in doc.splitlines() if line.startswith("| `SECATEURS_")}
+    assert documented == set(_variables())
