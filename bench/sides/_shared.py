@@ -1,0 +1,67 @@
+"""Helpers both sides use: the data (loaded once per worker), kernel sparsity, seeds and a stopwatch."""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import time
+
+import numpy as np
+
+from bench.common import load_mnist
+
+
+@functools.cache
+def data():
+    return load_mnist()
+
+
+def seed_everything(seed: int) -> None:
+    import tensorflow as tf
+
+    random.seed(seed)
+    np.random.seed(seed)
+    tf.random.set_seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+
+
+def held_out_accuracy(model) -> float:
+    """Top-1 accuracy on the 2,000 held-out digits (argmax of a batched predict; no compiled metric involved)."""
+    _, _, x_test, y_test = data()
+    probs = model.predict(x_test, batch_size=500, verbose=0)
+    return float(np.mean(np.argmax(probs, axis=-1) == y_test))
+
+
+def kernel_sparsity(model) -> dict:
+    """Zeros among the kernels of Conv/Dense layers (the weights both tools prune), overall and per layer."""
+    per_layer, zeros, total = {}, 0, 0
+    for layer in model.layers:
+        kernel = getattr(layer, "kernel", None)
+        if kernel is None:
+            continue
+        w = np.asarray(kernel.numpy() if hasattr(kernel, "numpy") else kernel)
+        z = int(np.sum(w == 0))
+        per_layer[layer.name] = {"size": int(w.size), "sparsity": z / w.size}
+        zeros, total = zeros + z, total + w.size
+    return {"overall": zeros / total if total else 0.0, "layers": per_layer}
+
+
+class Stopwatch:
+    """Wall-clock and process CPU time (all threads) at named marks since construction."""
+
+    def __init__(self):
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+        self.marks: dict[str, tuple[float, float]] = {}
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = (time.perf_counter() - self.t0, time.process_time() - self.c0)
+
+    def between(self, a: str | None, b: str, cpu: bool = False) -> float:
+        i = 1 if cpu else 0
+        return self.marks[b][i] - (self.marks[a][i] if a else 0.0)
+
+    def report(self, *, fit: tuple[str, str] = ("compiled", "fitted"), end: str = "saved") -> dict:
+        return {"fit_s": self.between(*fit), "fit_cpu_s": self.between(*fit, cpu=True),
+                "job_s": self.between(None, end), "job_cpu_s": self.between(None, end, cpu=True),
+                "setup_s": self.between(None, fit[0])}

@@ -1,0 +1,244 @@
+"""The Secateurs side: Keras 3 (TensorFlow backend) and the engine in workers/engine.
+
+The pruning job is what the pipeline's gradual prune step does, without the evaluation, latency and export
+around it: `prunable_weights` -> `Pruner` -> `pruner.callback(step, steps_per_epoch)` -> `compile_model` (after
+attaching the Pruner) -> `fit` -> `detach` -> save.
+
+Training *variants* try what Keras 3 offers on top of the engine's defaults (see VARIANTS); the benchmark
+reports each one so that only what measurably helps is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+if os.environ.get("TF_USE_LEGACY_KERAS") == "1":  # pragma: no cover - launched by bench.worker
+    raise RuntimeError("the Secateurs side runs on Keras 3: unset TF_USE_LEGACY_KERAS")
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from bench.models import build
+from bench.sides._shared import Stopwatch, data, held_out_accuracy, kernel_sparsity, seed_everything
+
+_TMP = Path(tempfile.mkdtemp(prefix="bench-secateurs-"))
+
+# name -> (compile kwargs, input pipeline)
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "jit": {"jit_compile": True},
+    "spe": {"steps_per_execution": 8},
+    "jit+spe": {"jit_compile": True, "steps_per_execution": 8},
+    "dataset": {"pipeline": "dataset"},
+}
+
+
+def _variant(name: str) -> tuple[dict, str]:
+    try:
+        v = dict(VARIANTS[name])
+    except KeyError:
+        raise ValueError(f"unknown variant '{name}'; known: {', '.join(VARIANTS)}") from None
+    return {k: v for k, v in v.items() if k != "pipeline"}, v.get("pipeline", "arrays")
+
+
+def _fit_inputs(pipeline: str, batch_size: int, seed: int):
+    x, y, _, _ = data()
+    if pipeline == "arrays":
+        return {"x": x, "y": y, "batch_size": batch_size, "shuffle": True}
+    ds = (tf.data.Dataset.from_tensor_slices((x, y)).cache()
+          .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+          .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    return {"x": ds}
+
+
+def pretrain(model: str, epochs: int, batch_size: int, out: str, seed: int = 0, lr: float = 1e-3) -> dict:
+    """Train `model` from scratch on the 8,000 training digits; save weights (.npz, w0..wn) and a .keras file."""
+    keras.utils.set_random_seed(seed)
+    x, y, _, _ = data()
+    m = build(model, keras)
+    m.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    m.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
+    acc = held_out_accuracy(m)
+    np.savez(out, **{f"w{i}": w for i, w in enumerate(m.get_weights())})
+    keras_path = str(Path(out).with_suffix(".keras"))
+    m.save(keras_path)
+    return {"weights": out, "keras": keras_path, "accuracy": acc, "params": int(m.count_params())}
+
+
+def _compile_plain(model, lr: float, extra: dict) -> None:
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"], **extra)
+
+
+def _finish(model, sw: Stopwatch, extra: dict) -> dict:
+    model.save(_TMP / "out.keras")
+    sw.mark("saved")
+    acc = held_out_accuracy(model)
+    return {**sw.report(), "accuracy": acc, "sparsity": kernel_sparsity(model), **extra}
+
+
+def plain_job(model_file: str, epochs: int, batch_size: int, lr: float = 1e-3, seed: int = 0,
+              variant: str = "default") -> dict:
+    """Load, compile, fit `epochs` without pruning, save: plain Keras 3."""
+    keras.utils.set_random_seed(seed)
+    extra, pipeline = _variant(variant)
+    inputs = _fit_inputs(pipeline, batch_size, seed)
+    sw = Stopwatch()
+    model = keras.saving.load_model(model_file)
+    _compile_plain(model, lr, extra)
+    sw.mark("compiled")
+    model.fit(**inputs, epochs=epochs, verbose=0)
+    sw.mark("fitted")
+    return _finish(model, sw, {"variant": variant})
+
+
+def _engine_compile(model, lr: float, batch_size: int, extra: dict) -> str:
+    """The engine's compile (`model_io.compile_model`) for the default variant; the same settings plus the
+    variant's compile options otherwise. Returns which path was taken."""
+    from workers.spec import TrainingSpec
+
+    training = TrainingSpec(batch_size=batch_size, optimizer="adam", learning_rate=lr,
+                            loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    try:
+        from workers.engine import model_io
+    except ImportError:  # the engine's model_io has not landed yet
+        model_io = None
+    if model_io is not None and not extra:
+        model_io.compile_model(model, training, training.loss, training.metrics)
+        return "model_io.compile_model"
+    _compile_plain(model, lr, extra)
+    return "model.compile"
+
+
+def prune_step(target: float, epochs: int, **overrides):
+    from workers.spec import PruneStep
+
+    return PruneStep(method="magnitude", target_sparsity=target, epochs=epochs, **overrides)
+
+
+def prune_job(model_file: str, epochs: int, batch_size: int, target: float, lr: float = 1e-3, seed: int = 0,
+              variant: str = "default", step: dict | None = None, selection: dict | None = None) -> dict:
+    """Load, attach a Pruner (engine defaults: layer scope, polynomial schedule), compile, fit with the pruning
+    callback, detach, save: the pipeline's gradual prune step without evaluation/latency/export."""
+    from workers.engine.pruning import Pruner
+    from workers.engine.registry import prunable_weights
+    from workers.spec import LayerSelection
+
+    keras.utils.set_random_seed(seed)
+    extra, pipeline = _variant(variant)
+    inputs = _fit_inputs(pipeline, batch_size, seed)
+    x = data()[0]
+    spec = prune_step(target, epochs, **(step or {}))
+    sw = Stopwatch()
+    model = keras.saving.load_model(model_file)
+    selection = LayerSelection(**(selection or {}))
+    pruner = Pruner(model, prunable_weights(model, selection), selection.overrides)
+    callback = pruner.callback(spec, int(np.ceil(len(x) / batch_size)))
+    compiled_by = _engine_compile(model, lr, batch_size, extra)
+    sw.mark("compiled")
+    model.fit(**inputs, epochs=epochs, verbose=0, callbacks=[callback])
+    sw.mark("fitted")
+    pruner.detach()
+    sw.mark("detached")
+    return _finish(model, sw, {"variant": variant, "compiled_by": compiled_by, "spared": list(pruner.spared),
+                               "mask_updates": len(callback.updates), "schedule": spec.effective_schedule.kind})
+
+
+def info() -> dict:
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "backend": keras.backend.backend(),
+            "threads": {"intra": tf.config.threading.get_intra_op_parallelism_threads(),
+                        "inter": tf.config.threading.get_inter_op_parallelism_threads()}}
+
+
+TASKS = {"pretrain": pretrain, "plain_job": plain_job, "prune_job": prune_job, "info": info}
+
+
+# --------------------------------------------------------------------------- structured pruning (part 3)
+
+
+def _measure_model(model, path: Path) -> dict:
+    from workers.engine import metrics
+
+    model.save(path)
+    params = metrics.param_stats(model)
+    return {"params": int(params["total"]), "macs": int(metrics.macs(model)["macs"]),
+            "file": metrics.file_size(path), "accuracy": held_out_accuracy(model)}
+
+
+def _finetune(model, epochs: int, batch_size: int, lr: float, seed: int) -> float:
+    from workers.engine import model_io
+    from workers.spec import TrainingSpec
+
+    keras.utils.set_random_seed(seed)
+    x, y, _, _ = data()
+    training = TrainingSpec(batch_size=batch_size, learning_rate=lr, loss="sparse_categorical_crossentropy",
+                            metrics=["accuracy"])
+    model_io.compile_model(model, training, training.loss, training.metrics)
+    sw = Stopwatch()
+    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
+    sw.mark("fitted")
+    return sw.between(None, "fitted")
+
+
+def structured_pretrain(width: int, epochs: int, out: str, batch_size: int = 128, seed: int = 0,
+                        lr: float = 1e-3) -> dict:
+    """Train the residual BatchNorm conv net from scratch and save it (.keras)."""
+    from bench.models import resnet_bn
+
+    keras.utils.set_random_seed(seed)
+    x, y, _, _ = data()
+    model = resnet_bn(keras, width=width)
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    sw = Stopwatch()
+    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
+    sw.mark("fitted")
+    model.save(out)
+    return {"path": out, "accuracy": held_out_accuracy(model), "params": int(model.count_params()),
+            "train_s": sw.between(None, "fitted")}
+
+
+def structured_job(model_file: str, keep_ratio: float, finetune_epochs: int, criterion: str = "l1",
+                   scope: str = "layer", round_to: int = 1, latency_rounds: int = 5, latency_runs: int = 30,
+                   batch_size: int = 128, lr: float = 1e-3, seed: int = 0, baseline_finetune: bool = False) -> dict:
+    """structured_prune the model (engine defaults unless given), fine-tune, and measure before and after.
+
+    Latency: `latency_rounds` alternating rounds of `metrics.latency` (compiled forward pass, warm-up, median of
+    `latency_runs`) on the original and the pruned model; the speedup is the median over rounds of the per-round
+    ratio of medians.
+    """
+    from workers.engine import metrics
+    from workers.engine.surgery import structured_prune
+
+    original = keras.saving.load_model(model_file)
+    before = _measure_model(original, _TMP / "before.keras")
+    x = data()[0]
+    sw = Stopwatch()
+    pruned, report = structured_prune(original, criterion=criterion, keep_ratio=keep_ratio, scope=scope,
+                                      round_to=round_to, x_calib=x[:512])
+    sw.mark("surgery")
+    accuracy_before_finetune = held_out_accuracy(pruned)
+    finetune_s = _finetune(pruned, finetune_epochs, batch_size, lr, seed) if finetune_epochs else 0.0
+    after = _measure_model(pruned, _TMP / "after.keras")
+    after["accuracy_before_finetune"] = accuracy_before_finetune
+    rounds = []
+    for _ in range(latency_rounds):
+        lb = metrics.latency(original, batch_sizes=(1, 32), runs=latency_runs)
+        la = metrics.latency(pruned, batch_sizes=(1, 32), runs=latency_runs)
+        rounds.append({k: {"before_ms": lb[k]["median"], "after_ms": la[k]["median"],
+                           "speedup": lb[k]["median"] / la[k]["median"]} for k in lb})
+    out = {"keep_ratio": keep_ratio, "criterion": criterion, "scope": scope, "round_to": round_to,
+           "before": before, "after": after, "latency_rounds": rounds, "surgery_s": sw.between(None, "surgery"),
+           "finetune_s": finetune_s, "finetune_epochs": finetune_epochs,
+           "groups": [{"layers": g.layers, "units_before": g.units_before, "units_after": g.units_after}
+                      for g in report.groups]}
+    if baseline_finetune:  # the unpruned model fine-tuned just as long: separates pruning loss from extra training
+        reference = keras.saving.load_model(model_file)
+        _finetune(reference, finetune_epochs, batch_size, lr, seed)
+        out["baseline_finetuned_accuracy"] = held_out_accuracy(reference)
+    return out
+
+
+TASKS.update({"structured_pretrain": structured_pretrain, "structured_job": structured_job})
