@@ -81,6 +81,24 @@ def test_magnitude_matches_a_stable_sort_reference_with_many_zeros_and_ties(zero
     np.testing.assert_array_equal(masks.magnitude_mask(w, sparsity).ravel(), expected)
 
 
+@pytest.mark.parametrize("zero_fraction", [0.0, 0.5, 0.9])
+@pytest.mark.parametrize("sparsity", [0.05, 0.55, 0.95])
+@pytest.mark.parametrize("kind", ["normal", "ties", "sorted", "adversarial"])
+def test_large_tensors_take_the_sampled_selection_and_still_match_the_reference(kind, zero_fraction, sparsity):
+    rng = np.random.default_rng(7)
+    n = 2 * masks.SAMPLE_SELECT_MIN + 123
+    w = {"normal": rng.normal(size=n), "ties": rng.integers(-50, 51, size=n),
+         "sorted": np.linspace(-1, 1, n), "adversarial": rng.normal(size=n)}[kind].astype("float32")
+    if kind == "adversarial":  # the strided sample sees only outliers: the bracket misses, the fallback is exact
+        w[:: n // 8192] = 100.0
+    w[rng.random(n) < zero_fraction] = 0.0
+    k = masks.target_count(sparsity, n)
+    order = np.argsort(np.abs(w), kind="stable")
+    expected = np.ones(n, bool)
+    expected[order[:k]] = False
+    np.testing.assert_array_equal(masks.magnitude_mask(w, sparsity), expected)
+
+
 def test_recomputing_a_magnitude_mask_on_masked_weights_keeps_earlier_zeros():
     w = _w((40, 30))
     first = masks.magnitude_mask(w, 0.5)

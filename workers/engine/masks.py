@@ -12,8 +12,9 @@ Public API::
     spared_small(sizes, budget=SMALL_LAYER_BUDGET) -> set    tensors global ranking leaves alone by default
     MASK_METHODS: dict[str, MaskMethod]                      the registry the pruner dispatches through
 
-Ranking is count-based and deterministic: the k smallest scores are found with `np.partition` (linear time,
-no full sort), and ties at the k-th value are broken by position, lowest flat index pruned first (for the
+Ranking is count-based and deterministic: the k-th smallest score is found with `np.partition` (linear time,
+no full sort; on large tensors a sorted strided sample first brackets it, so only a narrow band of scores is
+gathered and partitioned, with an exact fallback), and ties at the k-th value are broken by position, lowest flat index pruned first (for the
 global ranking: tensor order, then flat index). Already-zero weights have the smallest score, so recomputing a
 mask on masked weights keeps earlier zeros pruned as long as the count does not shrink.
 
@@ -64,35 +65,63 @@ def _abs(w) -> np.ndarray:
     return a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
 
 
+SAMPLE_SELECT_MIN = 65_536  # from this size on, the k-th value is bracketed from a sample first
+_SAMPLE_SIZE = 8192
+
+
+def _kth_smallest(scores: np.ndarray, k: int, n_zero: int) -> float:
+    """The k-th smallest (1-based) of the non-negative `scores`, given n_zero < k zeros among them.
+
+    Large arrays: a strided sample brackets the k-th value in a band holding a few percent of the scores;
+    only that band is gathered and partitioned. If the band misses (it cannot on typical weights, but it is
+    checked), the positive scores are partitioned in full. The result is exact either way.
+    """
+    n = scores.size
+    if n >= SAMPLE_SELECT_MIN:
+        sample = np.sort(scores[:: max(1, n // _SAMPLE_SIZE)])
+        m = sample.size
+        q = k / n
+        delta = 4.0 * np.sqrt(q * (1.0 - q) / m) + 2.0 / m
+        lo = sample[max(0, int(np.floor((q - delta) * m)))]
+        hi = sample[min(m - 1, int(np.ceil((q + delta) * m)))]
+        if lo > 0:
+            below = int(np.count_nonzero(scores < lo))
+            band = (scores >= lo) & (scores <= hi)
+        else:
+            below = n_zero
+            band = (scores > 0) & (scores <= hi)
+        if below < k <= below + int(np.count_nonzero(band)):
+            return np.partition(scores[band], k - below - 1)[k - below - 1]
+    sub = scores[scores > 0] if n_zero else scores
+    return np.partition(sub, k - n_zero - 1)[k - n_zero - 1]
+
+
 def _prune_smallest(scores: np.ndarray, k: int) -> np.ndarray:
     """Keep-mask over the flat, non-negative `scores` that drops exactly the k smallest (ties: lowest index
     first).
 
     Exact zeros (weights pruned earlier) are handled without ranking: when there are at least k of them the
-    first k by index are dropped, otherwise all of them are and only the positive scores are partitioned.
-    This keeps gradual updates fast, where most of the scores are already zero.
+    first k by index are dropped; otherwise the k-th value is selected among the positive scores
+    (`_kth_smallest`), and only the ties at that value are ever indexed.
     """
     n = scores.size
-    keep = np.ones(n, dtype=bool)
     if k <= 0:
-        return keep
+        return np.ones(n, dtype=bool)
     if k >= n:
-        keep[:] = False
-        return keep
+        return np.zeros(n, dtype=bool)
     zero = scores == 0
     n_zero = int(np.count_nonzero(zero))
     if n_zero >= k:
-        keep[np.flatnonzero(zero)[:k]] = False
+        keep = ~zero
+        if n_zero > k:
+            keep[np.flatnonzero(zero)[k:]] = True
         return keep
-    keep[zero] = False
-    rest = np.flatnonzero(~zero) if n_zero else None
-    sub = scores[rest] if n_zero else scores
-    k_sub = k - n_zero
-    kth = np.partition(sub, k_sub - 1)[k_sub - 1]
-    below = sub < kth
-    ties = np.flatnonzero(sub == kth)[: k_sub - int(np.count_nonzero(below))]
-    drop = np.concatenate([np.flatnonzero(below), ties])
-    keep[rest[drop] if n_zero else drop] = False
+    kth = _kth_smallest(scores, k, n_zero)
+    keep = scores > kth  # drops the zeros, everything below kth and every tie at kth
+    extra = n - int(np.count_nonzero(keep)) - k  # ties at kth to keep: the highest-index ones
+    if extra > 0:
+        ties = np.flatnonzero(scores == kth)
+        keep[ties[len(ties) - extra:]] = True
     return keep
 
 
@@ -182,9 +211,9 @@ def global_magnitude_masks(ws: Sequence, sparsity: float) -> list[np.ndarray]:
     """One ranking of |w| across all tensors: exactly target_count(sparsity, total size) zeros in all."""
     if not ws:
         return []
-    arrays = [_abs(w) for w in ws]
-    scores = np.concatenate([a.ravel() for a in arrays])
-    return _split(_prune_smallest(scores, target_count(sparsity, scores.size)), [a.shape for a in arrays])
+    scores = np.concatenate([np.asarray(w, dtype=np.float32).ravel() for w in ws])
+    np.abs(scores, out=scores)
+    return _split(_prune_smallest(scores, target_count(sparsity, scores.size)), [np.shape(w) for w in ws])
 
 
 def global_block_masks(ws: Sequence, sparsity: float, block_shape: tuple[int, int]) -> list[np.ndarray]:

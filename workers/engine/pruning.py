@@ -88,6 +88,11 @@ class _Group:
     scope: str  # "layer" | "global"
 
 
+def _masked(value: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """value where keep, else +0.0 (a product, then + 0 to turn -0.0 into +0.0: much faster than np.where)."""
+    return (value * keep + value.dtype.type(0)).astype(value.dtype, copy=False)
+
+
 def _override(overrides: Mapping[str, LayerOverride], w: PrunableWeight) -> LayerOverride | None:
     o = overrides.get(w.path)
     return o if o is not None else overrides.get(w.name)
@@ -149,7 +154,7 @@ class Pruner:
             keep = keep & floor
         w = self.weights[i].variable
         current = w.numpy() if current is None else current
-        new = np.where(keep, current, 0).astype(current.dtype)
+        new = _masked(current, keep)
         self._masks[i].assign(keep.astype(current.dtype))
         w.assign(new)
         self._zeros[i] = new.size - int(np.count_nonzero(new))
@@ -195,7 +200,7 @@ class Pruner:
             value = w.variable.numpy()
             keep = mask.numpy() != 0
             if not keep.all():
-                w.variable.assign(np.where(keep, value, 0).astype(value.dtype))
+                w.variable.assign(_masked(value, keep))
             w.variable.constraint = inner
         self._attached = False
 
