@@ -88,14 +88,28 @@ def _run_attempt(claim: Claim, ctx: RunContext, scratch: Path) -> SandboxResult:
         scratch=str(scratch),
     )
     hooks = Hooks(
-        on_progress=lambda p: ctx.store.record_progress(claim, p),
-        should_cancel=lambda: ctx.store.cancel_requested(job.id),
+        on_progress=_tolerant(lambda p: ctx.store.record_progress(claim, p), None),
+        should_cancel=_tolerant(lambda: ctx.store.cancel_requested(job.id), False),
         should_stop=ctx.should_stop,
-        on_tick=lambda: ctx.store.heartbeat(claim),
-        on_log=lambda m: ctx.store.add_event(job.id, EventKind.LOG, {"message": m}),
+        on_tick=_tolerant(lambda: ctx.store.heartbeat(claim), True),
+        on_log=_tolerant(lambda m: ctx.store.add_event(job.id, EventKind.LOG, {"message": m}), None),
         tick_interval=ctx.settings.worker.heartbeat_interval,
     )
     return run_sandboxed(sandbox_job, SandboxLimits.from_settings(ctx.settings), hooks)
+
+
+def _tolerant(fn: Callable, fallback):
+    """A store call made while the job runs: a passing database hiccup is logged, not fatal to the job (a missed
+    heartbeat is retried at the next tick; one that stays missing lets the sweep re-queue the job)."""
+
+    def call(*args):
+        try:
+            return fn(*args)
+        except Exception:
+            log.exception("store call failed while a job was running")
+            return fallback
+
+    return call
 
 
 def _conclude(claim: Claim, ctx: RunContext, result: SandboxResult

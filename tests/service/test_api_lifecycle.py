@@ -184,6 +184,7 @@ def test_list_filters_by_status_and_pages_with_a_cursor(client, job_files):
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"].startswith("status")
 
 
+@pytest.mark.slow
 def test_long_poll_returns_when_the_status_changes(client, job_files):
     job = submit(client, job_files, ONE_SHOT, data=False).json()
     seen = {job["status"]}

@@ -50,6 +50,7 @@ def outputs_dir(ctx, job_id):
     return ctx.settings.artifacts_root / job_id / "outputs"
 
 
+@pytest.mark.slow
 def test_a_job_runs_in_a_child_and_publishes_hashed_artifacts_and_its_manifest(tmp_path, job_files):
     import keras
 
@@ -76,6 +77,7 @@ def test_a_job_runs_in_a_child_and_publishes_hashed_artifacts_and_its_manifest(t
     assert run_job(job_id, ctx) is None  # safe to run twice: the claim refuses a finished job
 
 
+@pytest.mark.slow
 def test_a_dataset_that_does_not_fit_fails_with_the_array_named(tmp_path, job_files):
     ctx = make_ctx(tmp_path)
     bad = tmp_path / "bad.npz"
@@ -87,6 +89,7 @@ def test_a_dataset_that_does_not_fit_fails_with_the_array_named(tmp_path, job_fi
     assert job.artifacts == [] and not outputs_dir(ctx, job_id).exists()
 
 
+@pytest.mark.slow
 def test_a_write_over_the_file_size_limit_fails_the_job_and_leaves_no_files(tmp_path, job_files):
     ctx = make_ctx(tmp_path, limits__job_file_bytes=50_000)  # the model alone is ~200 kB
     job_id = submit(ctx, tmp_path, job_files.model, job_files.data)
@@ -98,6 +101,7 @@ def test_a_write_over_the_file_size_limit_fails_the_job_and_leaves_no_files(tmp_
     assert not list(ctx.settings.scratch_dir.iterdir())
 
 
+@pytest.mark.slow
 def test_a_full_artifact_store_fails_the_job_and_removes_partial_outputs(tmp_path, job_files):
     inputs = job_files.model.stat().st_size + job_files.data.stat().st_size
     ctx = make_ctx(tmp_path, artifacts__max_total_bytes=inputs + 10_000)
@@ -127,6 +131,7 @@ def _wait_for_training(ctx, job_id, timeout=120.0):
     raise AssertionError(f"job {job_id} did not start training in {timeout} s")
 
 
+@pytest.mark.slow
 def test_cancel_while_running_stops_the_child_at_a_batch_boundary(tmp_path, job_files):
     ctx = make_ctx(tmp_path)
     job_id = submit(ctx, tmp_path, job_files.model, job_files.data, spec=LONG_SPEC)
@@ -141,6 +146,7 @@ def test_cancel_while_running_stops_the_child_at_a_batch_boundary(tmp_path, job_
     assert job.status is JobStatus.CANCELLED and job.error["type"] == "cancelled" and job.artifacts == []
 
 
+@pytest.mark.slow
 def test_a_worker_shutting_down_releases_the_job_without_spending_an_attempt(tmp_path, job_files):
     ctx = make_ctx(tmp_path, worker__max_attempts=1)
     job_id = submit(ctx, tmp_path, job_files.model, job_files.data, spec=LONG_SPEC)
@@ -205,3 +211,39 @@ def test_a_finished_job_posts_a_signed_webhook(tmp_path, job_files):
     assert payload["event"] == "job.failed" and payload["job"]["id"] == job_id
     assert payload["job"]["error"]["type"] == "resource_limit"
     assert "X-Secateurs-Signature" in headers
+
+
+def _job_process(scratch_root, job_id, timeout=30.0) -> int:
+    from pathlib import Path
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in Path("/proc").iterdir():
+            if p.name.isdigit():
+                try:
+                    line = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                except OSError:
+                    continue
+                if "workers.sandbox" in line and f"{scratch_root}/{job_id}." in line:
+                    return int(p.name)
+        time.sleep(0.1)
+    raise AssertionError("no job process found")
+
+
+@pytest.mark.slow
+def test_a_job_process_that_dies_fails_the_job_with_the_signal_named_and_the_worker_carries_on(tmp_path, job_files):
+    import os
+    import signal
+
+    ctx = make_ctx(tmp_path)
+    job_id = submit(ctx, tmp_path, job_files.model, job_files.data, spec=LONG_SPEC)
+    thread, result = _run_in_thread(job_id, ctx)
+    _wait_for_training(ctx, job_id)
+    os.kill(_job_process(ctx.settings.scratch_dir, job_id), signal.SIGKILL)
+    thread.join(30)
+    assert result["status"] is JobStatus.FAILED
+    error = ctx.store.get_job(job_id).error
+    assert error["type"] == "crashed" and "SIGKILL" in error["message"]
+    assert "limits.job_memory_bytes" in error["message"]
+    second = submit(ctx, tmp_path, job_files.model, job_files.data)  # the same worker runs the next job
+    assert run_job(second, ctx) is JobStatus.SUCCEEDED

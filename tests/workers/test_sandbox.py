@@ -64,6 +64,7 @@ def test_a_wrapped_disk_full_error_is_found_in_the_exception_chain():
     assert error["type"] == "resource_limit" and "disk full" in error["message"]
 
 
+@pytest.mark.slow
 def test_a_job_process_exits_when_its_worker_dies(tmp_path, job_files):
     """A worker (here a plain Python process) starts a long job and is SIGKILLed; the job process follows."""
     spec = {"steps": [{"kind": "finetune", "epochs": 500}], "training": {"batch_size": 8},
