@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
@@ -39,3 +41,8 @@ async def principal(
     key = presented_key(request.headers.get("authorization"), api_key)
     settings: Settings = request.app.state.settings
     return await run_in_threadpool(authenticate, request.app.state.store, key, required=settings.auth_required)
+
+
+Who = Annotated[Principal, Depends(principal)]
+"""The caller (tenant) of a route; 401 before the route runs when no valid key is presented."""
+Jobs = Annotated[JobService, Depends(get_jobs)]

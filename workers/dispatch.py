@@ -215,5 +215,6 @@ def make_dispatcher(settings: Settings, **kw) -> Dispatcher:
     try:
         cls = DISPATCHERS[settings.worker.dispatcher]
     except KeyError:
-        raise ValueError(f"worker.dispatcher {settings.worker.dispatcher!r}: choose one of {sorted(DISPATCHERS)}")
+        raise ValueError(f"worker.dispatcher {settings.worker.dispatcher!r}: choose one of {sorted(DISPATCHERS)}"
+                         ) from None
     return cls(settings, **kw)

@@ -11,7 +11,6 @@ Nothing heavy is imported until a command runs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os

@@ -6,7 +6,7 @@ import base64
 import json
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
@@ -14,10 +14,9 @@ from starlette.concurrency import run_in_threadpool
 from workers.jobs import JobEvent, JobStatus
 from workers.spec import json_schema
 
-from service.auth import Principal
-from service.deps import base_url, get_jobs, principal
+from service.deps import Jobs, Who, base_url
 from service.schemas import JobList, JobRead, problem_responses
-from service.services.jobs import MAX_WAIT_SECONDS, JobService
+from service.services.jobs import MAX_WAIT_SECONDS
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -79,10 +78,10 @@ SUBMIT_OPENAPI = {
     responses=problem_responses(401, 413, 415, 422, 429),
 )
 async def submit_job(
+    who: Who,
+    jobs: Jobs,
     request: Request,
     response: Response,
-    who: Principal = Depends(principal),
-    jobs: JobService = Depends(get_jobs),
     idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
 ) -> JobRead:
     result = await jobs.submit_job(request, who, idempotency_key)
@@ -95,12 +94,12 @@ async def submit_job(
 
 @router.get("/jobs", response_model=JobList, summary="List jobs", responses=problem_responses(401, 422))
 def list_jobs(
+    who: Who,
+    jobs: Jobs,
     request: Request,
     status: list[JobStatus] | None = Query(None, description="Only jobs in these states (repeatable)."),
     limit: int = Query(50, ge=1, le=200),
     cursor: str | None = Query(None, description="`next_cursor` of the previous page."),
-    who: Principal = Depends(principal),
-    jobs: JobService = Depends(get_jobs),
 ) -> JobList:
     page = jobs.list_jobs(who, status, limit, cursor)
     base = base_url(request)
@@ -114,12 +113,12 @@ def list_jobs(
 @router.get("/jobs/{job_id}", response_model=JobRead, summary="Job status, progress, metrics and artifacts",
             responses=problem_responses(401, 404, 422))
 async def get_job(
+    who: Who,
+    jobs: Jobs,
     request: Request,
     job_id: str,
     wait: float = Query(0, ge=0, le=MAX_WAIT_SECONDS,
                         description="Long-poll: answer as soon as the status changes, or after this many seconds."),
-    who: Principal = Depends(principal),
-    jobs: JobService = Depends(get_jobs),
 ) -> JobRead:
     if wait > 0:
         job = await jobs.wait_for_change(job_id, who, wait)
@@ -135,11 +134,11 @@ def _event_payload(ev: JobEvent) -> dict:
 @router.get("/jobs/{job_id}/events", summary="Server-Sent Events: status and progress until the job ends",
             response_class=EventSourceResponse, responses=problem_responses(401, 404))
 async def job_events(
+    who: Who,
+    jobs: Jobs,
     job_id: str,
     after: int = Query(0, ge=0, description="Only events after this sequence number (or send Last-Event-ID)."),
     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
-    who: Principal = Depends(principal),
-    jobs: JobService = Depends(get_jobs),
 ):
     start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
     await run_in_threadpool(jobs.get_job, job_id, who)  # 404 before the stream starts
@@ -162,10 +161,10 @@ def _log_line(ev: JobEvent) -> str:
 @router.get("/jobs/{job_id}/logs", response_class=PlainTextResponse, summary="The job's log as text",
             responses=problem_responses(401, 404))
 def job_logs(
+    who: Who,
+    jobs: Jobs,
     job_id: str,
     after: int = Query(0, ge=0),
-    who: Principal = Depends(principal),
-    jobs: JobService = Depends(get_jobs),
 ) -> PlainTextResponse:
     events = jobs.logs(job_id, who, after)
     return PlainTextResponse("".join(_log_line(e) + "\n" for e in events))
@@ -176,11 +175,11 @@ def job_logs(
              responses={202: {"description": "Cancel requested; the job stops at its next batch"},
                         **problem_responses(401, 404, 409)})
 def cancel_job(
+    who: Who,
+    jobs: Jobs,
     request: Request,
     response: Response,
     job_id: str,
-    who: Principal = Depends(principal),
-    jobs: JobService = Depends(get_jobs),
 ) -> JobRead:
     job = jobs.cancel_job(job_id, who)
     if not job.terminal:
@@ -190,7 +189,7 @@ def cancel_job(
 
 @router.delete("/jobs/{job_id}", status_code=204, summary="Delete a finished job and its artifacts",
                responses=problem_responses(401, 404, 409))
-def delete_job(job_id: str, who: Principal = Depends(principal), jobs: JobService = Depends(get_jobs)) -> Response:
+def delete_job(job_id: str, who: Who, jobs: Jobs) -> Response:
     jobs.delete_job(job_id, who)
     return Response(status_code=204)
 
@@ -201,8 +200,7 @@ def delete_job(job_id: str, who: Principal = Depends(principal), jobs: JobServic
                              "headers": {"X-Checksum-SHA256": {"schema": {"type": "string"}},
                                          "Repr-Digest": {"schema": {"type": "string"}}}},
                        **problem_responses(401, 404)})
-def download_artifact(job_id: str, name: str, who: Principal = Depends(principal),
-                      jobs: JobService = Depends(get_jobs)) -> StreamingResponse:
+def download_artifact(job_id: str, name: str, who: Who, jobs: Jobs) -> StreamingResponse:
     art = jobs.open_artifact(job_id, name, who)
     b64 = base64.b64encode(bytes.fromhex(art.sha256)).decode()
     media = "application/json" if name.endswith(".json") else "application/octet-stream"
@@ -221,5 +219,5 @@ schema_router = APIRouter(prefix="/v1/schema", tags=["schema"])
 
 @schema_router.get("/jobspec", summary="The JobSpec JSON Schema (the `spec` form field)",
                    responses=problem_responses(401))
-def jobspec_schema(_who: Principal = Depends(principal)) -> dict:
+def jobspec_schema(_who: Who) -> dict:
     return json_schema()

@@ -188,7 +188,7 @@ class JobService:
             from workers import notify
         except ImportError:  # pragma: no cover - notify not installed: plain scheme check
             if not url.startswith(("http://", "https://")):
-                raise Unprocessable(f"webhook_url {url!r}: only http and https URLs", field="webhook_url")
+                raise Unprocessable(f"webhook_url {url!r}: only http and https URLs", field="webhook_url") from None
             return url
         try:
             return notify.validate_webhook_url(url, allow_private=self.settings.webhooks.allow_private)

@@ -7,10 +7,8 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 
-import pytest
 
 from tests.workers.jobfiles import QUICK_SPEC
 from workers.dispatch import DISPATCHERS, LocalDispatcher, NullDispatcher, local_worker_dead, make_dispatcher, sweep

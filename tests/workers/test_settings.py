@@ -43,7 +43,7 @@ def test_a_file_url_or_path_selects_the_artifact_directory(tmp_path):
     assert Settings(artifacts={"url": f"file://{tmp_path}/a"}).artifacts_root == Path(f"{tmp_path}/a")
     assert Settings(artifacts={"url": str(tmp_path / "b")}).artifacts_root == tmp_path / "b"
     with pytest.raises(ValueError, match="only local directories"):
-        Settings(artifacts={"url": "s3://bucket/x"}).artifacts_root
+        _ = Settings(artifacts={"url": "s3://bucket/x"}).artifacts_root
 
 
 @pytest.mark.parametrize("env, field", [
