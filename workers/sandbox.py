@@ -132,8 +132,11 @@ def run_sandboxed(job: SandboxJob, limits: SandboxLimits, hooks: Hooks | None = 
     log_path = scratch / LOG_NAME
 
     rfd, wfd = os.pipe()
+    # the child runs in the scratch directory: make sure it imports this very package, installed or not
+    package_root = str(Path(__file__).resolve().parents[1])
+    python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path}
     started = time.monotonic()
     with open(log_path, "ab") as log:
         try:

@@ -76,13 +76,19 @@ class JobService:
             existing = await run_in_threadpool(self.store.find_by_idempotency_key, who.tenant, idempotency_key)
             if existing is not None:
                 return Submitted(existing, created=False)
-        await run_in_threadpool(self._precheck_quota, who.tenant)
-        upload = await receive_multipart(request, self.settings.tmp_dir, self.rules)
         try:
-            self.metrics.upload_bytes.inc(upload.total_bytes)
-            return await run_in_threadpool(self._save, upload, who, idempotency_key)
-        finally:
-            upload.cleanup()
+            await run_in_threadpool(self._precheck_quota, who.tenant)
+            upload = await receive_multipart(request, self.settings.tmp_dir, self.rules)
+            try:
+                self.metrics.upload_bytes.inc(upload.total_bytes)
+                result = await run_in_threadpool(self._save, upload, who, idempotency_key)
+            finally:
+                upload.cleanup()
+        except Exception:
+            self.metrics.submits.labels(outcome="rejected").inc()
+            raise
+        self.metrics.submits.labels(outcome="accepted" if result.created else "replayed").inc()
+        return result
 
     def _precheck_quota(self, tenant: str) -> None:
         """Refuse before reading the body when the tenant is already at a limit (re-checked atomically on save)."""

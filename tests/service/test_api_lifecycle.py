@@ -105,6 +105,7 @@ def test_full_lifecycle_with_curl_submit_sse_progress_metrics_download_and_delet
     assert upload >= job_files.model.stat().st_size + job_files.data.stat().st_size
     assert 'secateurs_job_duration_seconds_count{status="succeeded"}' in metrics
     assert "secateurs_queue_depth" in metrics
+    assert 'secateurs_submits_total{outcome="accepted"}' in metrics
 
     assert client.delete(location).status_code == 204
     assert client.get(location).status_code == 404
