@@ -45,6 +45,9 @@ class LimitSettings(BaseModel):
                                             "is refused with 429.")
     max_stored_jobs_per_tenant: int = Field(1000, ge=1, description="Jobs (any state) one tenant may keep; more "
                                             "is refused with 429 until some are deleted.")
+    max_stored_artifacts_per_tenant: int = Field(5000, ge=1, description="Artifacts (output files of finished "
+                                                 "jobs) one tenant may keep; at the limit new jobs are refused "
+                                                 "with 429 until some jobs are deleted.")
     max_epoch_samples: int = Field(50_000_000, ge=1, description="Training budget per job: total epochs of the "
                                    "spec times rows of x_train; larger jobs are refused with 422 at submit.")
     job_wall_seconds: float = Field(3600.0, gt=0, description="Wall-clock limit of one job attempt; the job "

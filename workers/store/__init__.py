@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from workers.store.base import Claim, JobStore, Page, QuotaExceeded, StoreError, SweepResult, TenantQuota
+from workers.store.base import (
+    Claim,
+    JobStore,
+    Page,
+    QuotaExceeded,
+    StoreError,
+    StoreUnavailable,
+    SweepResult,
+    TenantQuota,
+)
 
 
 def open_store(url: str, *, echo: bool = False) -> JobStore:
@@ -12,4 +21,5 @@ def open_store(url: str, *, echo: bool = False) -> JobStore:
     return SqlJobStore(url, echo=echo)
 
 
-__all__ = ["Claim", "JobStore", "Page", "QuotaExceeded", "StoreError", "SweepResult", "TenantQuota", "open_store"]
+__all__ = ["Claim", "JobStore", "Page", "QuotaExceeded", "StoreError", "StoreUnavailable", "SweepResult", "TenantQuota",
+           "open_store"]

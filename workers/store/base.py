@@ -14,6 +14,11 @@ class StoreError(Exception):
     """Base of the store's own errors."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached or used right now (connection refused or lost, database file unavailable,
+    locked for too long). Nothing was changed; the caller may retry later (the service answers 503)."""
+
+
 class QuotaExceeded(StoreError):
     """A per-tenant limit refused a new job; `limit` names the setting, `value` its configured value."""
 
@@ -26,6 +31,7 @@ class QuotaExceeded(StoreError):
 class TenantQuota:
     max_active_jobs: int
     max_stored_jobs: int
+    max_stored_artifacts: int | None = None  # artifacts of the tenant's finished jobs; None: no limit
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,9 @@ class JobStore(Protocol):
                   cursor: str | None = None) -> Page: ...
 
     def count_jobs(self, tenant: str | None = None, statuses: Iterable[JobStatus] | None = None) -> int: ...
+
+    def count_artifacts(self, tenant: str) -> int:
+        """Artifacts (output files) the tenant's jobs hold in the artifact store."""
 
     def counts_by_status(self) -> dict[JobStatus, int]: ...
 

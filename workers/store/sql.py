@@ -35,7 +35,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from workers.jobs import (
     ApiKeyRecord,
@@ -49,7 +49,7 @@ from workers.jobs import (
     error_dict,
     utcnow,
 )
-from workers.store.base import Claim, Page, QuotaExceeded, SweepResult, TenantQuota
+from workers.store.base import Claim, Page, QuotaExceeded, StoreUnavailable, SweepResult, TenantQuota
 
 
 class UTCDateTime(TypeDecorator):
@@ -124,12 +124,28 @@ api_keys = Table(
 ACTIVE_STATUSES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
 
+def _unavailable_errors(engine: Engine) -> None:
+    """Errors that mean "the store cannot be used now" (refused or lost connection, unopenable or locked database
+    file) surface as StoreUnavailable, so that callers can say so (503) instead of failing obscurely. Constraint
+    violations and SQL errors stay what they are. A failed pre-ping is left to the pool, which reconnects."""
+
+    @event.listens_for(engine, "handle_error")
+    def _translate(ctx):
+        if ctx.is_pre_ping:
+            return
+        if ctx.is_disconnect or isinstance(ctx.sqlalchemy_exception, (OperationalError, InterfaceError)):
+            reason = " ".join(str(ctx.original_exception).split())[:300]
+            raise StoreUnavailable(f"the job store is unavailable ({engine.url.get_backend_name()}): {reason}") \
+                from ctx.sqlalchemy_exception
+
+
 def make_engine(url: str, *, echo: bool = False) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, echo=echo, connect_args={"timeout": 30, "check_same_thread": False})
+        _unavailable_errors(engine)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
@@ -141,7 +157,9 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True)
+    engine = create_engine(url, echo=echo, pool_pre_ping=True)
+    _unavailable_errors(engine)
+    return engine
 
 
 def _job(row) -> JobRecord:
@@ -238,6 +256,24 @@ class SqlJobStore:
             raise QuotaExceeded("max_stored_jobs_per_tenant", quota.max_stored_jobs,
                                 f"tenant '{tenant}' already stores {stored - 1} jobs; the limit "
                                 f"(limits.max_stored_jobs_per_tenant) is {quota.max_stored_jobs}: delete old jobs")
+        if quota.max_stored_artifacts is not None:
+            stored_artifacts = self._count_artifacts(conn, tenant)
+            if stored_artifacts >= quota.max_stored_artifacts:
+                raise QuotaExceeded("max_stored_artifacts_per_tenant", quota.max_stored_artifacts,
+                                    f"tenant '{tenant}' already stores {stored_artifacts} artifacts; the limit "
+                                    f"(limits.max_stored_artifacts_per_tenant) is {quota.max_stored_artifacts}: "
+                                    "delete old jobs")
+
+    @staticmethod
+    def _count_artifacts(conn: Connection, tenant: str) -> int:
+        # counted here rather than in SQL: JSON array functions differ between SQLite and PostgreSQL, and a tenant
+        # holds at most limits.max_stored_jobs_per_tenant rows
+        rows = conn.execute(select(jobs.c.artifacts).where(jobs.c.tenant == tenant, jobs.c.artifacts.is_not(None)))
+        return sum(len(a) for (a,) in rows if isinstance(a, list))
+
+    def count_artifacts(self, tenant: str) -> int:
+        with self.engine.connect() as conn:
+            return self._count_artifacts(conn, tenant)
 
     def get_job(self, job_id: str, tenant: str | None = None) -> JobRecord | None:
         q = select(jobs).where(jobs.c.id == job_id)
