@@ -8,6 +8,7 @@ write is conditional on still owning that attempt.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -77,8 +78,45 @@ def run_job(job_id: str, ctx: RunContext) -> JobStatus | None:
     return status
 
 
+# the error type of a stored input that no longer is what was uploaded (and inspected) at submit
+_INPUT_ERROR_TYPES = {"model": "model_rejected", "data": "data_error"}
+
+
+def verify_inputs(job: JobRecord, artifacts: ArtifactStore) -> dict | None:
+    """Check every stored input against the size and sha256 recorded at submit (when it was inspected); the error
+    of the first one that is missing or was changed since, or None. The job process inspects the files again
+    anyway: this names a swapped or damaged file before anything reads it."""
+    for role, recorded in job.inputs.items():
+        kind = _INPUT_ERROR_TYPES.get(role, "internal_error")
+        path = Path(artifacts.input_path(job.id, recorded.name))
+        what = f"the stored {role} input '{recorded.filename or recorded.name}' ({recorded.name})"
+        try:
+            size = path.stat().st_size
+            digest = _sha256(path) if size == recorded.bytes else None
+        except OSError as e:
+            return error_dict(kind, f"{what} cannot be read from the artifact store: {e.strerror or e}", field=role)
+        if size != recorded.bytes or digest != recorded.sha256:
+            now = f"{size} bytes" if digest is None else f"sha256 {digest[:16]}..."
+            then = f"{recorded.bytes} bytes" if digest is None else f"sha256 {recorded.sha256[:16]}..."
+            return error_dict(kind, f"{what} changed after it was submitted and inspected ({then} at submit, {now} "
+                                    "now); it was not loaded", field=role)
+    return None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _run_attempt(claim: Claim, ctx: RunContext, scratch: Path) -> SandboxResult:
     job = claim.job
+    refused = verify_inputs(job, ctx.artifacts)
+    if refused is not None:
+        log.warning("job %s: %s", job.id, refused["message"])
+        return SandboxResult(JobStatus.FAILED, refused)
     model = job.inputs.get("model")
     data = job.inputs.get("data")
     sandbox_job = SandboxJob(

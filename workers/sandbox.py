@@ -16,6 +16,7 @@ import os
 import re
 import selectors
 import signal
+import site
 import subprocess
 import sys
 import threading
@@ -90,7 +91,30 @@ def _signal_name(num: int) -> str:
 
 
 def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB"
+    """A memory limit as configured (bytes) and readable: '4294967296 bytes (4.00 GiB)'."""
+    return f"{n} bytes ({n / 2**30:.2f} GiB)"
+
+
+def child_environment(scratch: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The job process's environment: the worker's, with every per-user location that Python, Keras or TensorFlow
+    may write to (home, Keras home, temp, caches, config) moved into the attempt's scratch directory, which is
+    removed afterwards. The job process writes nothing outside the data directory."""
+    base = dict(os.environ if base is None else base)
+    home = scratch / "home"
+    places = {"HOME": home, "KERAS_HOME": home / ".keras", "TMPDIR": scratch / "tmp",
+              "XDG_CACHE_HOME": home / ".cache", "XDG_CONFIG_HOME": home / ".config",
+              "XDG_DATA_HOME": home / ".local" / "share", "MPLCONFIGDIR": home / ".config" / "matplotlib"}
+    for path in places.values():
+        path.mkdir(parents=True, exist_ok=True)
+    for name in ("TEMP", "TMP"):  # no other temp directory
+        base.pop(name, None)
+    # the child runs in the scratch directory with another HOME: make sure it imports this very package, and the
+    # same user site-packages as the worker (found through HOME otherwise), installed or not
+    package_root = str(Path(__file__).resolve().parents[1])
+    python_path = os.pathsep.join(filter(None, [package_root, base.get("PYTHONPATH")]))
+    return {**base, **{k: str(v) for k, v in places.items()},
+            "TF_CPP_MIN_LOG_LEVEL": base.get("TF_CPP_MIN_LOG_LEVEL", "2"), "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": python_path, "PYTHONUSERBASE": base.get("PYTHONUSERBASE") or site.getuserbase()}
 
 
 def explain_death(returncode: int, limits: SandboxLimits) -> dict:
@@ -132,11 +156,7 @@ def run_sandboxed(job: SandboxJob, limits: SandboxLimits, hooks: Hooks | None = 
     log_path = scratch / LOG_NAME
 
     rfd, wfd = os.pipe()
-    # the child runs in the scratch directory: make sure it imports this very package, installed or not
-    package_root = str(Path(__file__).resolve().parents[1])
-    python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-           "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path}
+    env = child_environment(scratch)
     started = time.monotonic()
     with open(log_path, "ab") as log:
         try:
@@ -343,6 +363,7 @@ def _os_error_in_chain(exc: BaseException) -> OSError | None:
 
 
 # what a failed allocation looks like when it surfaces as another exception (e.g. mmap of a shared library)
+_TF_OOM = re.compile(r"OOM when allocating tensor with shape\[[^\]]*\] and type \w+")
 _MEMORY_MESSAGES = re.compile(r"failed to map segment|cannot allocate memory|std::bad_alloc|out of memory", re.I)
 
 
@@ -354,9 +375,11 @@ def classify_exception(exc: BaseException, limits: dict) -> dict:
         return exc.to_dict()
     if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError" \
             or _MEMORY_MESSAGES.search(str(exc)):
+        oom = _TF_OOM.search(str(exc))  # TensorFlow's message buries the allocation under a traceback
+        detail = oom.group(0) if oom else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         return error_dict("resource_limit", f"the job ran out of memory under the limit of "
                                             f"{_gib(int(limits['memory_bytes']))} (limits.job_memory_bytes): "
-                                            f"{type(exc).__name__}: {str(exc)[:300]}")
+                                            f"{detail}")
     os_err = _os_error_in_chain(exc)
     if os_err is not None:
         limit = int(limits.get("file_bytes") or 0)
@@ -364,6 +387,24 @@ def classify_exception(exc: BaseException, limits: dict) -> dict:
         return error_dict("resource_limit", f"disk full or file too large while writing the job's files{hint}: "
                                             f"{os_err.strerror or os_err}")
     return error_dict("internal_error", f"{type(exc).__name__}: {str(exc)[:1000]}")
+
+
+def inspect_inputs(model_path: str, data_path: str | None) -> None:
+    """Inspect the input files again in the job process, in plain Python, before Keras touches them (defence in
+    depth: the API inspected them at submit, but a file can be damaged or replaced in the artifact store since).
+    Raises the engine's ModelRejected / UnsupportedFile / DataError naming the member, layer or array."""
+    from workers.engine.archive import inspect_model_file, inspect_npz
+    from workers.engine.errors import EngineError
+
+    for field, path, inspect in (("model", model_path, inspect_model_file), ("data", data_path, inspect_npz)):
+        if path is None:
+            continue
+        try:
+            inspect(path)
+        except EngineError as e:
+            e.field = e.field or field
+            e.message = f"{field}: {e.message}"
+            raise
 
 
 def child_main(request_path: str, fd: int) -> int:
@@ -377,6 +418,7 @@ def child_main(request_path: str, fd: int) -> int:
         from workers.spec import JobSpec
 
         spec = JobSpec.model_validate(job["spec"])
+        inspect_inputs(job["model_path"], job["data_path"])  # before TensorFlow or Keras is even imported
         if limits.get("tf_threads"):
             import tensorflow as tf
 

@@ -51,12 +51,22 @@ def outputs_dir(ctx, job_id):
 
 
 @pytest.mark.slow
-def test_a_job_runs_in_a_child_and_publishes_hashed_artifacts_and_its_manifest(tmp_path, job_files):
+def test_a_job_runs_in_a_child_publishes_hashed_artifacts_and_writes_nothing_outside_the_data_dir(
+        tmp_path, job_files, monkeypatch):
     import keras
 
     ctx = make_ctx(tmp_path)
     job_id = submit(ctx, tmp_path, job_files.model, job_files.data)
+    # the worker's home (Keras creates ~/.keras/keras.json there when it is missing) and temp directory: the job
+    # process must leave both alone, and create nothing next to the data directory either
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir()
+    tmp.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("TMPDIR", str(tmp))
     assert run_job(job_id, ctx) is JobStatus.SUCCEEDED
+    assert list(home.rglob("*")) == [] and list(tmp.rglob("*")) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "home", "tmp"]
     job = ctx.store.get_job(job_id)
     assert job.status is JobStatus.SUCCEEDED and job.attempts == 1 and job.error is None
     names = {a.name for a in job.artifacts}
@@ -247,3 +257,53 @@ def test_a_job_process_that_dies_fails_the_job_with_the_signal_named_and_the_wor
     assert "limits.job_memory_bytes" in error["message"]
     second = submit(ctx, tmp_path, job_files.model, job_files.data)  # the same worker runs the next job
     assert run_job(second, ctx) is JobStatus.SUCCEEDED
+
+
+def _swap_for_hostile(path, tmp_path, canary):
+    from tests.hostile import keras_lambda
+
+    shutil.copy(keras_lambda(tmp_path, canary), path)
+
+
+def _swap_for_pickle(path, tmp_path, canary):
+    from tests.hostile import npz_pickle_file
+
+    shutil.copy(npz_pickle_file(tmp_path, canary), path)
+
+
+def _flip_a_byte(path, tmp_path, canary):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path, tmp_path, canary):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _remove(path, tmp_path, canary):
+    path.unlink()
+
+
+@pytest.mark.parametrize("role, stored, damage, kind, says", [
+    ("model", "model.keras", _swap_for_hostile, "model_rejected", "changed after it was submitted"),
+    ("model", "model.keras", _flip_a_byte, "model_rejected", "changed after it was submitted"),
+    ("model", "model.keras", _truncate, "model_rejected", "changed after it was submitted"),
+    ("model", "model.keras", _remove, "model_rejected", "cannot be read"),
+    ("data", "data.npz", _swap_for_pickle, "data_error", "changed after it was submitted"),
+])
+def test_an_input_changed_after_submit_fails_the_job_before_anything_loads_it(tmp_path, job_files, role, stored,
+                                                                               damage, kind, says):
+    ctx = make_ctx(tmp_path)
+    job_id = submit(ctx, tmp_path, job_files.model, job_files.data)
+    canary = tmp_path / "canary"
+    (tmp_path / "attack").mkdir()
+    damage(ctx.artifacts.input_path(job_id, stored), tmp_path / "attack", canary)
+    started = time.monotonic()
+    assert run_job(job_id, ctx) is JobStatus.FAILED
+    assert time.monotonic() - started < 5  # refused before a job process (and TensorFlow) was started
+    job = ctx.store.get_job(job_id)
+    assert job.error["type"] == kind and job.error["field"] == role
+    assert says in job.error["message"] and f"({stored})" in job.error["message"]
+    assert job.artifacts == [] and not canary.exists()
+    assert not list(ctx.settings.scratch_dir.iterdir())
