@@ -256,3 +256,29 @@ def test_regression_model_prune_and_structured(tmp_path):
     assert manifest["task"]["loss"] == "mse"
     m = keras.saving.load_model(tmp_path / "o" / "model.keras")
     assert [layer.units for layer in m.layers if isinstance(layer, keras.layers.Dense)] == [32, 32, 1]
+
+
+def test_constant_schedule_per_layer_then_apoz_structured(tmp_path, mnist_files):
+    """Per-layer scope: every selected layer ends exactly at its target (override included); then APoZ."""
+    manifest, out = _run(
+        tmp_path,
+        mnist_files,
+        {
+            "steps": [
+                {"kind": "prune", "method": "magnitude", "target_sparsity": 0.7, "scope": "layer",
+                 "schedule": {"kind": "constant", "begin": 0, "end": 1, "unit": "epoch", "frequency": 20},
+                 "epochs": 1},
+                {"kind": "structured", "criterion": "apoz", "keep_ratio": 0.75, "calibration_samples": 512,
+                 "epochs": 1},
+            ],
+            "layers": {"overrides": {"dense_1": {"target_sparsity": 0.5}}},
+            "evaluation": NO_LATENCY,
+        },
+    )
+    layer_sparsity = manifest["steps"][0]["layer_sparsity"]
+    assert layer_sparsity["dense"] == pytest.approx(0.7, abs=1e-4)
+    assert layer_sparsity["dense_1"] == pytest.approx(0.5, abs=1e-4)
+    assert layer_sparsity["predictions"] == pytest.approx(0.7, abs=1e-3)
+    m = keras.saving.load_model(out / "model.keras")
+    assert [layer.units for layer in m.layers if isinstance(layer, keras.layers.Dense)] == [96, 48, 10]
+    assert manifest["after"]["evaluation"]["accuracy"] > 0.90
