@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GiB = 2**30
@@ -26,11 +26,25 @@ class StoreSettings(BaseModel):
     echo: bool = Field(False, description="Log every SQL statement (debugging).")
 
 
+class S3Settings(BaseModel):
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO: http://minio:9000); default: "
+                                     "AWS S3.")
+    region: str | None = Field(None, description="Region of the bucket; default: boto3's (AWS_DEFAULT_REGION).")
+    access_key_id: str | None = Field(None, description="Access key; default: boto3's credential chain (AWS_* "
+                                      "variables, instance role).")
+    secret_access_key: SecretStr | None = Field(None, description="Secret key that goes with access_key_id.")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="Bucket addressing: path (MinIO, most S3-compatible servers) or virtual (AWS).")
+    part_bytes: int = Field(16 * MiB, ge=5 * MiB, le=5 * GiB, description="Part size of multipart uploads "
+                            "(files larger than this are uploaded in parts of this size).")
+
+
 class ArtifactSettings(BaseModel):
     url: str | None = Field(
-        None, description="Where uploads and artifacts are kept. Default: the directory `artifacts/` in the data "
-        "directory. Only local directories (a path or file:// URL) are supported by this build."
+        None, description="Where uploads and artifacts are kept: a local directory (a path or file:// URL; default: "
+        "`artifacts/` in the data directory) or an S3-compatible bucket, s3://bucket/prefix (see the s3 group)."
     )
+    s3: S3Settings = Field(default_factory=S3Settings)
     max_total_bytes: int = Field(
         0, ge=0, description="Total size of the artifact store (uploads + outputs); 0 = unlimited. A job whose "
         "outputs would exceed it fails with a resource_limit error."
@@ -60,12 +74,14 @@ class LimitSettings(BaseModel):
 
 
 class WorkerSettings(BaseModel):
-    dispatcher: Literal["local", "none"] = Field(
+    dispatcher: Literal["local", "none", "celery"] = Field(
         "local", description="local: `secateurs serve` starts worker processes that pull jobs from the store; "
-        "none: the API only enqueues (run `secateurs worker` processes separately)."
+        "none: the API only enqueues (run `secateurs worker` processes separately); celery: the API sends job ids "
+        "to a Celery broker and `secateurs worker` runs a Celery worker (see the celery group)."
     )
-    concurrency: int = Field(2, ge=0, le=64, description="Worker processes started by `secateurs serve` (each "
-                             "runs one job at a time, in its own child process).")
+    concurrency: int = Field(2, ge=0, le=64, description="Worker processes started by `secateurs serve`, or pool "
+                             "processes of a Celery `secateurs worker` (each runs one job at a time, in its own "
+                             "child process).")
     poll_interval: float = Field(0.5, gt=0, le=60, description="Seconds between store polls of an idle worker.")
     max_attempts: int = Field(2, ge=1, le=10, description="Attempts per job, counted when a worker claims it: a "
                               "job interrupted more often is failed, never redelivered forever.")
@@ -75,6 +91,19 @@ class WorkerSettings(BaseModel):
     cancel_poll_interval: float = Field(0.5, gt=0, le=10, description="How often a running job checks its cancel "
                                         "flag (seconds).")
     tf_threads: int = Field(0, ge=0, description="Intra-/inter-op threads of TensorFlow in a job; 0 = TF default.")
+
+
+class CelerySettings(BaseModel):
+    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Broker of the celery dispatcher (Redis).")
+    queue: str = Field("secateurs", min_length=1, description="Queue the job ids are sent to.")
+    key_prefix: str = Field("", description="Prefix of every Redis key the broker uses (share a Redis database).")
+    publish_timeout: float = Field(5.0, gt=0, le=60, description="Seconds a submit waits for the broker; when it "
+                                   "is unreachable the job stays queued and is sent again later.")
+    redispatch_interval: float = Field(5.0, gt=0, le=600, description="Seconds between the API's sweeps: jobs "
+                                       "whose worker died are re-queued and sent again, as are jobs that could not "
+                                       "be sent.")
+    time_limit_margin: float = Field(600.0, ge=0, description="Celery's hard task time limit is "
+                                     "limits.job_wall_seconds plus this margin (publishing the artifacts).")
 
 
 class WebhookSettings(BaseModel):
@@ -99,6 +128,7 @@ class Settings(BaseSettings):
     artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    celery: CelerySettings = Field(default_factory=CelerySettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     @model_validator(mode="after")
@@ -124,8 +154,14 @@ class Settings(BaseSettings):
         if url.startswith("file://"):
             return Path(url.removeprefix("file://")).resolve()
         if "://" in url:
-            raise ValueError(f"artifacts.url {url!r}: only local directories are supported")
+            raise ValueError(f"artifacts.url {url!r} is not a local directory (only local directories have an "
+                             "artifacts_root): open the store with workers.artifacts.open_artifacts(settings)")
         return Path(url).resolve()
+
+    @property
+    def cache_dir(self) -> Path:
+        """Local copies of inputs kept in a remote artifact store (S3), downloaded for the job process."""
+        return (self.data_dir / "cache").resolve()
 
     @property
     def tmp_dir(self) -> Path:

@@ -1,4 +1,5 @@
-"""The local artifact store: atomic hashed writes, streamed reads, size limits, and a full disk named clearly."""
+"""Artifact stores: the local directory and the S3-compatible bucket (against a real moto S3 server started on
+127.0.0.1): atomic hashed writes, streamed reads, size limits, a full disk or an unreachable server named clearly."""
 
 from __future__ import annotations
 
@@ -7,30 +8,71 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
-from workers.artifacts import open_artifacts
+from tests.e2e.servers import MotoServer
+from workers.artifacts import ArtifactStoreUnavailable, open_artifacts
 from workers.engine.errors import ResourceLimit
+from workers.settings import Settings
+from workers.store import StoreUnavailable
+
+MiB = 2**20
+
+
+@pytest.fixture(scope="module")
+def moto():
+    server = MotoServer().start()
+    yield server
+    server.stop()
+
+
+def s3_settings(moto, data_dir, bucket: str = "secateurs-test", s3: dict | None = None, **artifacts) -> Settings:
+    return Settings(data_dir=data_dir, artifacts={
+        "url": f"s3://{bucket}/some/prefix", **artifacts,
+        "s3": {"endpoint_url": moto.endpoint_url, "region": "us-east-1", "access_key_id": "testing",
+               "secret_access_key": "testing", **(s3 or {})}})
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_store(request, tmp_path):
+    """Each protocol test runs on both implementations; returns a factory taking max_total_bytes."""
+    def make(max_total_bytes: int = 0):
+        if request.param == "local":
+            return open_artifacts(Settings(data_dir=tmp_path / "data", artifacts={"max_total_bytes": max_total_bytes}))
+        bucket = f"b-{os.urandom(4).hex()}"  # a fresh bucket per test
+        return open_artifacts(s3_settings(request.getfixturevalue("moto"), tmp_path / "data", bucket,
+                                          max_total_bytes=max_total_bytes))
+    return make
 
 
 def temp_files(root):
     return [p for p in root.rglob("*") if p.name.endswith(".tmp")]
 
 
-def test_put_output_copies_atomically_and_reports_size_and_sha256(tmp_path):
-    store = open_artifacts(tmp_path / "store")
-    src = tmp_path / "model.keras"
-    src.write_bytes(os.urandom(300_000))
+def random_file(path, size: int):
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+# -- the protocol, on both stores ---------------------------------------------------------------------------------
+
+
+def test_put_output_stores_the_file_and_reports_size_and_sha256(any_store, tmp_path):
+    store = any_store()
+    src = random_file(tmp_path / "model.keras", 300_000)
     info = store.put_output("job_1", "model.keras", src)
+    assert info.name == "model.keras"
     assert info.bytes == 300_000 and info.sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
     assert b"".join(store.open_output("job_1", "model.keras", chunk_size=4096)) == src.read_bytes()
     assert store.output_path("job_1", "model.keras").read_bytes() == src.read_bytes()
-    assert temp_files(tmp_path / "store") == []
+    assert src.exists(), "an output is copied, the job's file stays where it was"
+    assert temp_files(tmp_path) == []
 
 
-def test_adopt_input_moves_the_upload_into_the_job(tmp_path):
-    store = open_artifacts(tmp_path / "store")
+def test_adopt_input_takes_the_upload_and_input_path_gives_a_readable_local_file(any_store, tmp_path):
+    store = any_store()
     upload = tmp_path / "upload"
     upload.write_bytes(b"model bytes")
     dest = store.adopt_input("job_1", "model.keras", upload)
@@ -41,9 +83,18 @@ def test_adopt_input_moves_the_upload_into_the_job(tmp_path):
     assert store.job_ids() == set()
 
 
+def test_delete_outputs_keeps_the_inputs(any_store, tmp_path):
+    store = any_store()
+    store.adopt_input("job_1", "model.keras", random_file(tmp_path / "upload", 1000))
+    store.put_output("job_1", "report.json", random_file(tmp_path / "out", 1000))
+    store.delete_outputs("job_1")
+    assert store.output_path("job_1", "report.json") is None
+    assert store.input_path("job_1", "model.keras").stat().st_size == 1000 and store.job_ids() == {"job_1"}
+
+
 @pytest.mark.parametrize("name", ["../escape", ".hidden", "a/b", "", "x" * 200, "..", "a..b"])
-def test_names_that_are_not_plain_file_names_are_refused(tmp_path, name):
-    store = open_artifacts(tmp_path / "store")
+def test_names_that_are_not_plain_file_names_are_refused(any_store, tmp_path, name):
+    store = any_store()
     src = tmp_path / "f"
     src.write_bytes(b"1")
     with pytest.raises(ValueError):
@@ -53,14 +104,36 @@ def test_names_that_are_not_plain_file_names_are_refused(tmp_path, name):
         store.open_output("job_1", name)
 
 
-def test_the_store_size_limit_refuses_an_artifact_and_names_the_limit(tmp_path):
-    store = open_artifacts(tmp_path / "store", max_total_bytes=100_000)
-    src = tmp_path / "big"
-    src.write_bytes(b"\1" * 150_000)
+def test_a_missing_output_is_file_not_found_before_any_byte_is_read(any_store):
+    store = any_store()
+    assert store.output_path("job_1", "model.keras") is None
+    with pytest.raises(FileNotFoundError):
+        store.open_output("job_1", "model.keras")
+
+
+def test_the_store_size_limit_refuses_an_artifact_and_names_the_limit(any_store, tmp_path):
+    store = any_store(max_total_bytes=100_000)
+    src = random_file(tmp_path / "big", 150_000)
     with pytest.raises(ResourceLimit) as e:
         store.put_output("job_1", "model.keras", src)
     assert "artifacts.max_total_bytes" in e.value.message and "model.keras" in e.value.message
-    assert store.output_path("job_1", "model.keras") is None and temp_files(tmp_path / "store") == []
+    assert "100000 bytes" in e.value.message
+    assert store.output_path("job_1", "model.keras") is None and temp_files(tmp_path) == []
+    assert store.usage_bytes() == 0
+
+
+def test_usage_age_and_writability_describe_the_store(any_store, tmp_path):
+    store = any_store()
+    assert store.usage_bytes() == 0 and store.job_age_seconds("job_1") is None
+    store.put_output("job_1", "a.bin", random_file(tmp_path / "a", 1234))
+    store.put_output("job_2", "b.bin", random_file(tmp_path / "b", 766))
+    assert store.usage_bytes() == 2000
+    assert 0 <= store.job_age_seconds("job_1") < 60
+    store.check_writable()
+    assert store.job_ids() == {"job_1", "job_2"} and store.usage_bytes() == 2000  # the probe leaves nothing
+
+
+# -- local directory ----------------------------------------------------------------------------------------------
 
 
 def test_a_full_disk_while_writing_an_artifact_is_a_resource_limit_and_leaves_no_temp_file(tmp_path):
@@ -86,3 +159,108 @@ except ResourceLimit as e:
     assert "disk full while writing artifact big.bin" in error["message"]
     assert temp_files(tmp_path / "store") == []
     assert not (tmp_path / "store" / "job_1" / "outputs" / "big.bin").exists()
+
+
+# -- S3 -----------------------------------------------------------------------------------------------------------
+
+
+def test_open_artifacts_picks_the_store_from_the_url_scheme(moto, tmp_path):
+    from workers.artifacts.local import LocalArtifactStore
+    from workers.artifacts.s3 import S3ArtifactStore
+
+    assert isinstance(open_artifacts(Settings(data_dir=tmp_path)), LocalArtifactStore)
+    assert isinstance(open_artifacts(Settings(artifacts={"url": f"file://{tmp_path}/a"})), LocalArtifactStore)
+    s3 = open_artifacts(s3_settings(moto, tmp_path / "data", "picked"))
+    assert isinstance(s3, S3ArtifactStore) and (s3.bucket, s3.prefix) == ("picked", "some/prefix/")
+    with pytest.raises(ValueError, match="unsupported scheme 'ftp'"):
+        open_artifacts(Settings(artifacts={"url": "ftp://host/x"}))
+
+
+@pytest.mark.parametrize("url, message", [("s3://", "no bucket name"), ("s3:///prefix", "no bucket name"),
+                                          ("s3://b/a/../c", "'..' are not allowed")])
+def test_a_malformed_s3_url_is_refused_naming_the_setting(url, message):
+    from workers.artifacts.s3 import parse_s3_url
+
+    with pytest.raises(ValueError, match=message) as e:
+        parse_s3_url(url)
+    assert "artifacts.url" in str(e.value)
+
+
+def test_s3_url_prefixes_are_normalised():
+    from workers.artifacts.s3 import parse_s3_url
+
+    assert parse_s3_url("s3://bucket") == ("bucket", "")
+    assert parse_s3_url("s3://bucket/") == ("bucket", "")
+    assert parse_s3_url("s3://bucket//a/b/") == ("bucket", "a/b/")
+
+
+def test_a_large_file_goes_up_in_parts_with_its_sha256_as_metadata_and_comes_back_on_another_host(moto, tmp_path):
+    """11 MiB with 5 MiB parts: a three-part upload. A second store with its own cache directory (another host)
+    downloads the input and gets the same bytes; the keys sit under the configured prefix."""
+    settings = s3_settings(moto, tmp_path / "api", "multipart", s3={"part_bytes": 5 * MiB})
+    api = open_artifacts(settings)
+    src = random_file(tmp_path / "upload", 11 * MiB)
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    api.adopt_input("job_1", "data.npz", src)
+    head = api.client.head_object(Bucket="multipart", Key="some/prefix/job_1/inputs/data.npz")
+    assert head["ETag"].strip('"').endswith("-3"), head["ETag"]
+    assert head["Metadata"]["sha256"] == digest and head["ContentLength"] == 11 * MiB
+
+    worker = open_artifacts(s3_settings(moto, tmp_path / "worker", "multipart", s3={"part_bytes": 5 * MiB}))
+    local = worker.input_path("job_1", "data.npz")
+    assert local.is_relative_to(tmp_path / "worker") and hashlib.sha256(local.read_bytes()).hexdigest() == digest
+    info = worker.put_output("job_1", "model.keras", local)
+    assert info.sha256 == digest and api.output_sha256("job_1", "model.keras") == digest
+    assert hashlib.sha256(b"".join(api.open_output("job_1", "model.keras"))).hexdigest() == digest
+    assert temp_files(tmp_path) == []
+
+
+def test_a_corrupted_object_is_refused_when_downloaded_and_leaves_no_file(moto, tmp_path):
+    store = open_artifacts(s3_settings(moto, tmp_path / "api", "corrupt"))
+    store.adopt_input("job_1", "model.keras", random_file(tmp_path / "upload", 5000))
+    key = "some/prefix/job_1/inputs/model.keras"
+    metadata = store.client.head_object(Bucket="corrupt", Key=key)["Metadata"]
+    store.client.put_object(Bucket="corrupt", Key=key, Body=b"tampered", Metadata=metadata)
+    worker = open_artifacts(s3_settings(moto, tmp_path / "worker", "corrupt"))
+    with pytest.raises(ArtifactStoreUnavailable, match=f"s3://corrupt/{key} is corrupt: its sha256"):
+        worker.input_path("job_1", "model.keras")
+    assert not any((tmp_path / "worker").rglob("model.keras")) and temp_files(tmp_path) == []
+
+
+def test_delete_job_removes_objects_cache_and_unfinished_multipart_uploads(moto, tmp_path):
+    store = open_artifacts(s3_settings(moto, tmp_path / "data", "deletes"))
+    store.adopt_input("job_1", "model.keras", random_file(tmp_path / "upload", 1000))
+    store.put_output("job_1", "model.keras", random_file(tmp_path / "out", 1000))
+    store.put_output("job_2", "model.keras", random_file(tmp_path / "out2", 1000))
+    store.client.create_multipart_upload(Bucket="deletes", Key="some/prefix/job_1/outputs/half.bin")  # a crash
+    store.delete_job("job_1")
+    assert store.job_ids() == {"job_2"}
+    assert store.client.list_multipart_uploads(Bucket="deletes").get("Uploads", []) == []
+    assert not (tmp_path / "data" / "cache" / "job_1").exists()
+
+
+def test_input_cache_entries_of_other_jobs_expire(moto, tmp_path):
+    store = open_artifacts(s3_settings(moto, tmp_path / "data", "cache"))
+    store.cache_seconds = 60
+    store.adopt_input("job_1", "model.keras", random_file(tmp_path / "u1", 100))
+    old = time.time() - 120
+    os.utime(tmp_path / "data" / "cache" / "job_1", (old, old))
+    store._next_eviction = 0.0
+    store.adopt_input("job_2", "model.keras", random_file(tmp_path / "u2", 100))
+    assert sorted(p.name for p in (tmp_path / "data" / "cache").iterdir()) == ["job_2"]
+    assert store.input_path("job_1", "model.keras").stat().st_size == 100  # downloaded again on demand
+
+
+def test_an_unreachable_s3_server_is_named_and_answers_as_unavailable(tmp_path):
+    from tests.e2e.servers import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    settings = Settings(data_dir=tmp_path, artifacts={"url": "s3://nowhere/p", "s3": {
+        "endpoint_url": closed, "region": "us-east-1", "access_key_id": "x", "secret_access_key": "y"}})
+    started = time.monotonic()
+    with pytest.raises(ArtifactStoreUnavailable) as e:
+        open_artifacts(settings)
+    assert time.monotonic() - started < 20
+    assert "s3://nowhere/" in str(e.value) and closed in str(e.value)
+    # an OSError for the runner's publish step, a StoreUnavailable (503, retry later) for the API
+    assert isinstance(e.value, OSError) and isinstance(e.value, StoreUnavailable)

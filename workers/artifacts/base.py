@@ -8,8 +8,15 @@ from pathlib import Path
 from typing import Protocol
 
 from workers.jobs import ArtifactInfo
+from workers.store.base import StoreUnavailable
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class ArtifactStoreUnavailable(StoreUnavailable, OSError):
+    """A remote artifact store (S3) cannot be reached or refused the request. An OSError, so a worker that fails to
+    publish treats it like a full disk (the job fails with the reason); a StoreUnavailable, so the API answers 503
+    (nothing was saved, retry later) when it happens during a submit."""
 
 
 def valid_name(name: str) -> bool:
@@ -19,7 +26,7 @@ def valid_name(name: str) -> bool:
 
 class ArtifactStore(Protocol):
     def adopt_input(self, job_id: str, name: str, src: Path) -> Path:
-        """Move a finished upload (a temp file) into the job's inputs; atomic. Returns where it now lies."""
+        """Move a finished upload (a temp file) into the job's inputs; atomic. Returns where a local copy lies."""
 
     def input_path(self, job_id: str, name: str) -> Path:
         """A local path a job process can read the input from."""
