@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from workers.engine.errors import EngineError
+from workers.store import StoreUnavailable
 
 log = logging.getLogger("secateurs.service")
 
@@ -75,6 +76,13 @@ class Unavailable(ServiceError):
     code, http_status = "unavailable", 503
 
 
+class InsufficientStorage(ServiceError):
+    code, http_status = "insufficient_storage", 507
+
+
+RETRY_AFTER_SECONDS = 5  # what a 503 for an unavailable job store suggests
+
+
 def problem(status: int, code: str, detail: str, *, instance: str | None = None, errors: list[dict] | None = None,
             headers: dict[str, str] | None = None) -> JSONResponse:
     body = {
@@ -121,6 +129,12 @@ def install_handlers(app: FastAPI) -> None:
     async def _engine_error(request: Request, exc: EngineError):
         return problem(exc.http_status, exc.code, exc.message, instance=request.url.path,
                        errors=_field_errors(exc.field, exc.message, None))
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_unavailable(request: Request, exc: StoreUnavailable):
+        log.error("job store unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return problem(503, "store_unavailable", f"{exc}; nothing was saved, retry later", instance=request.url.path,
+                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):

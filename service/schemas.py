@@ -121,9 +121,12 @@ PROBLEM_RESPONSES = {
         415: "Not a model / dataset file, or not multipart",
         422: "Invalid spec, data or parameter (the field is named)",
         429: "A per-tenant limit was reached",
+        503: "The job store is unavailable (nothing was changed; retry after Retry-After seconds)",
+        507: "The server has no room to store the upload (nothing was kept)",
     }.items()
 }
 
 
 def problem_responses(*codes: int) -> dict:
-    return {c: PROBLEM_RESPONSES[c] for c in codes}
+    """The problem responses of a route; every route that reaches the job store can also answer 503."""
+    return {c: PROBLEM_RESPONSES[c] for c in sorted({*codes, 503})}

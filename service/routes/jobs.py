@@ -75,7 +75,7 @@ SUBMIT_OPENAPI = {
     description="Multipart upload of `model`, `data` and `spec`; answers 202 with the job and a `Location` "
                 "header. Works with a plain `curl -F` line. Send an `Idempotency-Key` header to make retries safe: "
                 "a repeated key answers the job it created (header `Idempotent-Replayed: true`).",
-    responses=problem_responses(401, 413, 415, 422, 429),
+    responses=problem_responses(401, 413, 415, 422, 429, 507),
 )
 async def submit_job(
     who: Who,

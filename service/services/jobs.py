@@ -34,6 +34,7 @@ log = logging.getLogger("secateurs.service")
 MODEL_SUFFIX = {"keras": "model.keras", "h5": "model.h5"}
 DATA_NAME = "data.npz"
 MAX_WAIT_SECONDS = 60.0
+MAX_WEBHOOK_URL_BYTES = 2048
 POLL_SECONDS = 0.25
 
 
@@ -58,14 +59,17 @@ class JobService:
         self.dispatcher, self.metrics = dispatcher, metrics
         self.rules = FormRules(
             file_fields=frozenset({"model", "data"}),
-            text_fields={"spec": settings.limits.max_spec_bytes, "webhook_url": 2048},
+            text_fields={"spec": settings.limits.max_spec_bytes, "webhook_url": MAX_WEBHOOK_URL_BYTES},
             max_body_bytes=settings.limits.max_upload_bytes,
+            text_limit_names={"spec": "limits.max_spec_bytes"},
         )
 
     @property
     def quota(self) -> TenantQuota:
         lim = self.settings.limits
-        return TenantQuota(max_active_jobs=lim.max_active_jobs_per_tenant, max_stored_jobs=lim.max_stored_jobs_per_tenant)
+        return TenantQuota(max_active_jobs=lim.max_active_jobs_per_tenant,
+                           max_stored_jobs=lim.max_stored_jobs_per_tenant,
+                           max_stored_artifacts=lim.max_stored_artifacts_per_tenant)
 
     # -- submit -------------------------------------------------------------------------------------------------
 
@@ -103,6 +107,11 @@ class JobService:
             raise TooManyRequests(f"tenant '{tenant}' already stores {stored} jobs; the limit "
                                   f"(limits.max_stored_jobs_per_tenant) is {lim.max_stored_jobs_per_tenant}: delete "
                                   "old jobs", field="limits.max_stored_jobs_per_tenant")
+        artifacts = self.store.count_artifacts(tenant)
+        if artifacts >= lim.max_stored_artifacts_per_tenant:
+            raise TooManyRequests(f"tenant '{tenant}' already stores {artifacts} artifacts; the limit "
+                                  f"(limits.max_stored_artifacts_per_tenant) is {lim.max_stored_artifacts_per_tenant}: "
+                                  "delete old jobs", field="limits.max_stored_artifacts_per_tenant")
 
     def _save(self, upload: ParsedUpload, who: Principal, idempotency_key: str | None) -> Submitted:
         spec = self._parse_spec(upload)

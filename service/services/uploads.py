@@ -7,6 +7,7 @@ Content-Length already does). Text fields are small and kept in memory, each und
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import re
 import shutil
@@ -18,7 +19,7 @@ from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
-from service.errors import PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from service.errors import InsufficientStorage, PayloadTooLarge, Unavailable, Unprocessable, UnsupportedMediaType
 
 
 @dataclass
@@ -50,6 +51,7 @@ class FormRules:
     text_fields: dict[str, int]  # name -> largest accepted size in bytes (a file part of that name is fine too)
     max_body_bytes: int
     limit_name: str = "limits.max_upload_bytes"
+    text_limit_names: dict[str, str] = field(default_factory=dict)  # text field -> the setting behind its limit
 
 
 class _PartSink:
@@ -123,8 +125,9 @@ class _PartSink:
             self.text += chunk
             limit = self.rules.text_fields[self.name]
             if len(self.text) > limit:
-                self._fail(PayloadTooLarge(f"form field '{self.name}' is larger than {limit} bytes",
-                                           field=self.name))
+                setting = self.rules.text_limit_names.get(self.name)
+                self._fail(PayloadTooLarge(f"form field '{self.name}' is larger than the limit of {limit} bytes"
+                                           + (f" ({setting})" if setting else ""), field=self.name))
 
     def on_part_end(self) -> None:
         if self.name is None:
@@ -159,6 +162,14 @@ def _safe_filename(filename: str | None, fallback: str) -> str:
     return base or fallback
 
 
+def _storage_error(e: OSError) -> InsufficientStorage | Unavailable:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return InsufficientStorage(f"the server has no room to store the upload ({e.strerror}); nothing was kept, "
+                                   "retry later", field="body")
+    return Unavailable(f"the server could not store the upload ({e.strerror or e}); nothing was kept, retry later",
+                       field="body")
+
+
 def _too_large(rules: FormRules, seen: int | None = None) -> PayloadTooLarge:
     got = f" (received {seen}+ bytes)" if seen is not None else ""
     return PayloadTooLarge(f"the upload is larger than the limit of {rules.max_body_bytes} bytes "
@@ -175,7 +186,10 @@ async def receive_multipart(request: Request, tmp_root: Path, rules: FormRules) 
     if declared is not None and declared.isdigit() and int(declared) > rules.max_body_bytes:
         raise _too_large(rules)
     tmp_dir = Path(tmp_root) / uuid.uuid4().hex
-    tmp_dir.mkdir(parents=True)
+    try:
+        tmp_dir.mkdir(parents=True)
+    except OSError as e:
+        raise _storage_error(e) from None
     upload = ParsedUpload(tmp_dir=tmp_dir)
     sink = _PartSink(upload, rules)
     parser = MultipartParser(params[b"boundary"], sink.callbacks())
@@ -194,6 +208,10 @@ async def receive_multipart(request: Request, tmp_root: Path, rules: FormRules) 
         sink.close()
         upload.cleanup()
         raise
+    except OSError as e:  # writing the temp file failed: the server's problem, not a bad request
+        sink.close()
+        upload.cleanup()
+        raise _storage_error(e) from None
     except Exception as e:
         sink.close()
         upload.cleanup()

@@ -1,0 +1,167 @@
+"""Every hostile file of tests/hostile.py, sent to the real server (`secateurs serve` in a subprocess) as a plain
+multipart upload: refused with its status and a problem naming the member, layer, field or array; no canary; the
+service keeps answering; nothing is kept; the API process never loads TensorFlow and its peak memory stays bounded.
+Then a job that passes inspection but exhausts memory while it trains fails naming the memory limit, and the same
+worker runs the next job.
+
+The memory bound: the API process's peak resident set (VmHWM) after a warm-up upload that runs every inspection
+path, plus API_MEMORY_MARGIN. The margin is below what any inflating attack would cost if it were materialised
+(the zip and .npz bombs inflate to 64 MiB, the oversized declarations to TiBs), and far above the noise of a few
+MiB measured over a whole hostile run.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests import hostile
+from tests.service.conftest import Server, submit, wait_status
+from tests.workers.jobfiles import QUICK_SPEC
+
+MiB = 2**20
+API_MEMORY_MARGIN = 48 * MiB
+JOB_MEMORY_BYTES = 3584 * MiB  # TensorFlow starts and trains the example model in this; see the blow-up test
+
+# An HTTP client cannot upload a directory: a SavedModel folder arrives as a tar archive of it.
+SERVICE_FRAGMENT = {"saved_model_dir": "is a tar archive, not a Keras model"}
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident set size in bytes (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for process {pid}")
+
+
+def loads_tensorflow(pid: int) -> bool:
+    return "libtensorflow" in Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("hostile") / "data", workers=1, env={
+        "SECATEURS_LIMITS__JOB_MEMORY_BYTES": str(JOB_MEMORY_BYTES),
+        "SECATEURS_WORKER__TF_THREADS": "2",
+    }).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def memory_limit(server, job_files) -> int:
+    """Warm up every inspection path with a valid model and dataset (refused at the last check, so no job runs),
+    then fix the bound on the API process's peak memory."""
+    with server.client() as c:
+        r = submit(c, job_files, QUICK_SPEC, extra={"webhook_url": "http://127.0.0.1:9/hook"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "webhook_url", r.text
+    return peak_rss(server.proc.pid) + API_MEMORY_MARGIN
+
+
+def assert_nothing_kept(server: Server) -> None:
+    assert list((server.data_dir / "tmp").iterdir()) == []
+    artifacts = server.data_dir / "artifacts"
+    assert not artifacts.exists() or list(artifacts.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", sorted(hostile.HOSTILE))
+def test_every_hostile_upload_is_refused_naming_the_problem_and_the_service_carries_on(
+        name, server, memory_limit, job_files, tmp_path):
+    attack = hostile.HOSTILE[name]
+    canary = tmp_path / "canary" / "canary"
+    canary.parent.mkdir()
+    attack_dir = tmp_path / "attack"
+    attack_dir.mkdir()
+    path = attack.generate(attack_dir, canary)
+    if path.is_dir():
+        archive = attack_dir / f"{path.name}.tar"
+        with tarfile.open(archive, "w") as tar:
+            tar.add(path, arcname=path.name)
+        path = archive
+    role = "model" if name in hostile.MODEL_ATTACKS else "data"
+    files = {"model": (job_files.model.name, job_files.model.read_bytes()),
+             "data": (job_files.data.name, job_files.data.read_bytes())}
+    files[role] = (path.name, path.read_bytes())
+
+    with server.client() as c:
+        r = c.post("/v1/jobs", files=files, data={"spec": json.dumps(QUICK_SPEC)})
+        assert r.status_code == attack.error.http_status, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        body = r.json()
+        assert body["code"] == attack.error.code and body["status"] == attack.error.http_status
+        assert body["detail"].startswith(f"{role}: ")
+        assert SERVICE_FRAGMENT.get(name, attack.fragment) in body["detail"], body["detail"]
+        assert [e["field"] for e in body["errors"]] == [role]
+
+        assert c.get("/healthz").json()["status"] == "ok"
+        listing = c.get("/v1/jobs")
+        assert listing.status_code == 200 and listing.json()["items"] == []
+    assert not canary.exists() and list(canary.parent.iterdir()) == []
+    assert_nothing_kept(server)
+    assert not loads_tensorflow(server.proc.pid)
+    peak = peak_rss(server.proc.pid)
+    assert peak <= memory_limit, f"API peak RSS {peak / MiB:.1f} MiB > bound {memory_limit / MiB:.1f} MiB"
+
+
+@pytest.fixture
+def inflating_job(tmp_path, mnist) -> tuple[Path, Path, dict]:
+    """A model that passes every inspection (20 weights, stock layers) but whose UpSampling2D turns each 28x28 digit
+    into 896x896 floats: a batch of 1024 needs 3.3 GB for one activation."""
+    import keras
+
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.UpSampling2D(32, name="inflate"),
+                              keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(10, activation="softmax", name="predictions")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.save(tmp_path / "inflate.keras")
+    x, y = mnist[0][:1024, :, :, None], mnist[1][:1024]
+    np.savez(tmp_path / "inflate.npz", x_train=x, y_train=y, x_val=x[:8], y_val=y[:8])
+    spec = {"steps": [{"kind": "finetune", "epochs": 1}], "training": {"batch_size": 1024},
+            "evaluation": {"latency": False}}
+    return tmp_path / "inflate.keras", tmp_path / "inflate.npz", spec
+
+
+@pytest.mark.slow
+def test_a_job_that_exhausts_memory_while_training_fails_naming_the_limit_and_the_worker_runs_the_next_job(
+        server, memory_limit, job_files, inflating_job):
+    model, data, spec = inflating_job
+    workers = server.worker_pids()
+    assert len(workers) == 1
+    with server.client() as c:
+        r = submit(c, job_files, spec, model_path=model, data=data)
+        assert r.status_code == 202, r.text
+        job = wait_status(c, r.json()["id"], "failed", timeout=180)
+        assert job["error"]["type"] in ("resource_limit", "crashed"), job["error"]
+        assert "limits.job_memory_bytes" in job["error"]["message"]
+        assert str(JOB_MEMORY_BYTES) in job["error"]["message"]
+        assert "phase=finetune" in c.get(f"/v1/jobs/{job['id']}/logs").text  # it was training, not starting up
+
+        assert c.get("/healthz").json()["status"] == "ok"
+        assert server.worker_pids() == workers
+        nxt = submit(c, job_files, QUICK_SPEC)
+        assert nxt.status_code == 202
+        assert wait_status(c, nxt.json()["id"], "succeeded", timeout=180)["error"] is None
+        assert server.worker_pids() == workers
+        for done in (job["id"], nxt.json()["id"]):
+            assert c.delete(f"/v1/jobs/{done}").status_code == 204
+    assert peak_rss(server.proc.pid) <= memory_limit
+    assert not loads_tensorflow(server.proc.pid)
+
+
+def test_a_hostile_model_is_refused_even_when_the_spec_needs_no_data(server, memory_limit):
+    """A one-shot spec needs no dataset: the model alone is uploaded, and inspection still refuses it."""
+    canary_dir = Path(server.data_dir).parent / "lonely"
+    canary_dir.mkdir(exist_ok=True)
+    path = hostile.keras_lambda(canary_dir, canary_dir / "canary")
+    r = httpx.post(f"{server.url}/v1/jobs", files={"model": ("lambda.keras", path.read_bytes())},
+                   data={"spec": json.dumps({"steps": [{"kind": "prune", "method": "magnitude",
+                                                        "target_sparsity": 0.5}]})}, timeout=60)
+    assert r.status_code == 422 and r.json()["code"] == "model_rejected"
+    assert "layer 'lambda_1' (Lambda) is not allowed" in r.json()["detail"]
+    assert not (canary_dir / "canary").exists()
