@@ -119,6 +119,18 @@ def validation_errors(exc, prefix: str = "") -> list[dict]:
     return out
 
 
+_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes on this path (Starlette's Allow header names only the first route's)."""
+    from starlette.routing import Match
+
+    routes = request.app.router.routes
+    return [m for m in _METHODS
+            if any(route.matches({**request.scope, "method": m})[0] is Match.FULL for route in routes)]
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError):
@@ -133,8 +145,9 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(StoreUnavailable)
     async def _store_unavailable(request: Request, exc: StoreUnavailable):
         log.error("job store unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return problem(503, "store_unavailable", f"{exc}; nothing was saved, retry later", instance=request.url.path,
-                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        # the reason (host, port, file) stays in the log: clients learn nothing about the deployment
+        return problem(503, "store_unavailable", "the job store is unavailable right now; nothing was saved, retry "
+                       "later", instance=request.url.path, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -146,10 +159,14 @@ def install_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        headers = getattr(exc, "headers", None)
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route {request.method} {request.url.path}"
-        return problem(exc.status_code, code, detail, instance=request.url.path,
-                       headers=getattr(exc, "headers", None))
+        if exc.status_code == 405:
+            allowed = _allowed_methods(request)
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+            detail = f"{request.method} is not allowed on {request.url.path}; allowed: {', '.join(allowed)}"
+        return problem(exc.status_code, code, detail, instance=request.url.path, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -88,10 +88,37 @@ def _add_jobspec_to_openapi(app: FastAPI) -> None:
         for name, definition in spec_schema.pop("$defs", {}).items():
             components.setdefault(name, definition)
         components["JobSpec"] = spec_schema
+        _validation_errors_are_problems(schema)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi
+
+
+def _validation_errors_are_problems(schema: dict) -> None:
+    """FastAPI documents a 422 `HTTPValidationError` (application/json) for every route with parameters; the
+    service answers every 422 as a problem (application/problem+json): say so."""
+    from service.schemas import PROBLEM_RESPONSES
+
+    problem = {"description": PROBLEM_RESPONSES[422]["description"],
+               "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.get("responses", {}) if isinstance(operation, dict) else {}
+            content = responses.get("422", {}).get("content", {})
+            if "application/json" in content and "HTTPValidationError" in str(content["application/json"]):
+                responses["422"] = problem
+    components = schema.get("components", {}).get("schemas", {})
+    components.setdefault("Problem", _problem_schema())
+    for unused in ("HTTPValidationError", "ValidationError"):
+        if unused not in str(schema.get("paths")):
+            components.pop(unused, None)
+
+
+def _problem_schema() -> dict:
+    from service.schemas import Problem
+
+    return Problem.model_json_schema(ref_template="#/components/schemas/{model}")
 
 
 def app_factory() -> FastAPI:

@@ -82,7 +82,9 @@ async def submit_job(
     jobs: Jobs,
     request: Request,
     response: Response,
-    idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key", min_length=1, max_length=255,
+                                         description="Makes retries safe: a repeated key answers the job it "
+                                                     "created."),
 ) -> JobRead:
     result = await jobs.submit_job(request, who, idempotency_key)
     read = JobRead.of(result.job, base_url(request))

@@ -18,6 +18,7 @@ from tests.workers.jobfiles import QUICK_SPEC
 
 UPLOAD_LIMIT = 3_000_000
 BUDGET = 100_000
+ARTIFACT_LIMIT = 3
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,7 @@ def server(tmp_path_factory):
         "SECATEURS_LIMITS__MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
         "SECATEURS_LIMITS__MAX_EPOCH_SAMPLES": str(BUDGET),
         "SECATEURS_LIMITS__MAX_ACTIVE_JOBS_PER_TENANT": "2",
+        "SECATEURS_LIMITS__MAX_STORED_ARTIFACTS_PER_TENANT": str(ARTIFACT_LIMIT),
     }).start()
     yield srv
     srv.stop()
@@ -227,3 +229,47 @@ def test_the_zip_bomb_guard_of_inspection_reaches_the_client_as_a_problem(client
     r = submit(client, job_files, QUICK_SPEC, model_path=bomb)
     assert r.status_code in (415, 422) and r.headers["content-type"] == "application/problem+json"
     assert r.json()["errors"][0]["field"] == "model"
+
+
+def test_a_spec_over_its_size_limit_is_413_naming_the_limit_and_its_value(client, job_files):
+    huge = json.dumps({**QUICK_SPEC, "padding": "x" * (2**20)})
+    r = submit(client, job_files, huge)
+    assert_problem(r, 413, "payload_too_large", field="spec", says="limits.max_spec_bytes")
+    assert "1048576 bytes" in r.json()["detail"]
+
+
+def test_an_idempotency_key_over_255_characters_is_422_naming_the_header(client, job_files):
+    r = submit(client, job_files, QUICK_SPEC, headers={"Idempotency-Key": "k" * 256})
+    assert_problem(r, 422, "validation_error", field="Idempotency-Key")
+
+
+def test_a_method_a_path_does_not_take_is_405_listing_every_method_it_takes(client, job_files):
+    job = submit(client, job_files, QUICK_SPEC).json()
+    r = client.put(f"/v1/jobs/{job['id']}")
+    assert_problem(r, 405, "method_not_allowed", says="allowed: DELETE, GET")
+    assert r.headers["allow"] == "DELETE, GET"
+
+
+def test_a_tenant_at_its_stored_artifact_limit_is_429_naming_the_limit(server, client, job_files):
+    """A finished job of the tenant holds ARTIFACT_LIMIT artifacts (recorded through the job store, as a worker
+    records them); the next submit is refused until a job is deleted."""
+    from workers.jobs import ArtifactInfo, InputFile, JobStatus, NewJob
+    from workers.store import open_store
+
+    store = open_store(f"sqlite:///{server.data_dir / 'jobs.db'}")
+    try:
+        new = NewJob(tenant="default", spec={"steps": [{"kind": "finetune"}]},
+                     inputs={"model": InputFile("model", "model.keras", "m.keras", 1, "0" * 64)})
+        store.create_job(new, max_attempts=1)
+        claim = store.claim(new.id, "test-worker")
+        names = [f"artifact{i}.bin" for i in range(ARTIFACT_LIMIT)]
+        assert store.finish(claim, JobStatus.SUCCEEDED, manifest={}, artifacts=[
+            ArtifactInfo(name=n, bytes=1, sha256="0" * 64) for n in names])
+    finally:
+        store.close()
+    r = submit(client, job_files, QUICK_SPEC)
+    body = assert_problem(r, 429, "too_many_requests", field="limits.max_stored_artifacts_per_tenant",
+                          says=f"already stores {ARTIFACT_LIMIT} artifacts")
+    assert f"is {ARTIFACT_LIMIT}" in body["detail"]
+    assert client.delete(f"/v1/jobs/{new.id}").status_code == 204
+    assert submit(client, job_files, QUICK_SPEC).status_code == 202

@@ -1,10 +1,13 @@
 """Durability and faults against real processes: restarts while a job is queued, running or uploading, killed
-workers, the attempt limit, and a job that blows its limit without taking anything else down."""
+workers, the attempt limit, a job that blows its limit without taking anything else down, and the job store (the
+queue) going away at submit."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -12,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.conftest import Server, alive, cmdline, submit, wait_gone, wait_status, wait_training
+from tests.service.conftest import Server, alive, cmdline, free_port, submit, wait_gone, wait_status, wait_training
 from tests.workers.jobfiles import QUICK_SPEC
 
 MEDIUM_SPEC = {  # a few seconds of training: long enough to interrupt, short enough to run again
@@ -186,3 +189,164 @@ def test_a_job_over_its_wall_time_fails_with_the_reason_and_the_worker_carries_o
             assert c.get("/readyz").status_code == 200
     finally:
         srv.stop()
+
+
+# --------------------------------------------------------------------------- the job store goes away at submit
+
+ONE_SHOT = {"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.5}],
+            "evaluation": {"latency": False}}
+
+
+def assert_store_unavailable(r: httpx.Response) -> None:
+    assert r.status_code == 503, r.text
+    assert r.headers["content-type"] == "application/problem+json" and int(r.headers["retry-after"]) > 0
+    body = r.json()
+    assert body["code"] == "store_unavailable"
+    assert "the job store is unavailable" in body["detail"] and "nothing was saved" in body["detail"]
+
+
+def job_dirs(data: Path) -> list[str]:
+    root = data / "artifacts"
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def test_an_unreachable_sqlite_store_at_submit_is_503_and_keeps_nothing(tmp_path, job_files):
+    """In-process app on a SQLite file: its pooled connections are dropped and the database file is put out of
+    reach (a directory in its place), as when a volume goes away; then it comes back."""
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+    from workers.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "data")
+    app = create_app(settings, workers=0)
+    data = settings.data_dir
+    with TestClient(app) as c:
+        first = submit(c, job_files, ONE_SHOT, data=False)
+        assert first.status_code == 202
+        away = tmp_path / "away"
+        away.mkdir()
+        app.state.store.engine.dispose()
+        for f in data.glob("jobs.db*"):
+            f.rename(away / f.name)
+        (data / "jobs.db").mkdir()
+
+        assert_store_unavailable(submit(c, job_files, ONE_SHOT, data=False))
+        assert list((data / "tmp").iterdir()) == []
+        assert job_dirs(data) == [first.json()["id"]]
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and "store" in ready.json()["detail"]
+        assert c.get("/healthz").status_code == 200
+
+        (data / "jobs.db").rmdir()
+        for f in away.iterdir():
+            f.rename(data / f.name)
+        again = submit(c, job_files, ONE_SHOT, data=False)
+        assert again.status_code == 202
+        assert [j["id"] for j in c.get("/v1/jobs").json()["items"]] == [again.json()["id"], first.json()["id"]]
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to a real server; `down()` resets every connection and refuses new ones (the
+    network to the database is gone), `up()` restores it."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target, self.port = target, free_port()
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.running = threading.Event()
+
+    def up(self) -> TcpProxy:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen()
+        listener.settimeout(0.1)
+        self.running.set()
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def _accept(self, listener: socket.socket) -> None:
+        with listener:
+            while self.running.is_set():
+                try:
+                    client, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                client.settimeout(None)
+                upstream = socket.create_connection(self.target)
+                with self.lock:
+                    self.conns += [client, upstream]
+                for src, dst in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def down(self) -> None:
+        self.running.clear()
+        time.sleep(0.3)  # the listener closes
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            for step in (lambda: s.shutdown(socket.SHUT_RDWR), s.close):
+                try:
+                    step()
+                except OSError:
+                    pass
+
+
+@pytest.mark.services
+def test_a_postgresql_store_lost_during_an_upload_is_503_and_leaves_no_upload_behind(tmp_path, job_files):
+    """The API's store is PostgreSQL behind a TCP proxy; the network to it is cut while a submit streams its body
+    (after the key and quota checks): the saved inputs are removed again, the answer is 503 with a clear message,
+    and once the network is back the same server accepts jobs."""
+    from sqlalchemy.engine import make_url
+
+    from tests.workers.pg import fresh_database
+
+    with fresh_database("secateurs_outage") as url:
+        pg = make_url(url)
+        proxy = TcpProxy((pg.host or "127.0.0.1", pg.port or 5432)).up()
+        via_proxy = pg.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        srv = Server(tmp_path / "data", workers=0, env={"SECATEURS_STORE__URL": via_proxy}).start()
+        try:
+            with srv.client() as c:
+                first = submit(c, job_files, ONE_SHOT, data=False)
+                assert first.status_code == 202
+                boundary = "outage"
+                model = job_files.model.read_bytes()
+
+                def body():
+                    yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"; "
+                           f"filename=\"m.keras\"\r\n\r\n").encode() + model[:1000]
+                    deadline = time.monotonic() + 20
+                    while not list((srv.data_dir / "tmp").rglob("m.keras")) and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                    proxy.down()  # the server is streaming the body: key and quota were checked
+                    yield model[1000:]
+                    yield (f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"spec\"\r\n\r\n"
+                           f"{json.dumps(ONE_SHOT)}\r\n--{boundary}--\r\n").encode()
+
+                r = c.post("/v1/jobs", content=body(),
+                           headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+                assert_store_unavailable(r)
+                assert list((srv.data_dir / "tmp").iterdir()) == []
+                assert job_dirs(srv.data_dir) == [first.json()["id"]]
+                assert c.get("/healthz").status_code == 200
+                assert_store_unavailable(c.get("/v1/jobs"))
+
+                proxy.up()
+                again = submit(c, job_files, ONE_SHOT, data=False)
+                assert again.status_code == 202, again.text
+                listed = [j["id"] for j in c.get("/v1/jobs").json()["items"]]
+                assert listed == [again.json()["id"], first.json()["id"]]
+                assert job_dirs(srv.data_dir) == sorted(listed)
+        finally:
+            srv.stop()
+            proxy.down()
