@@ -146,7 +146,8 @@ def install_handlers(app: FastAPI) -> None:
     async def _store_unavailable(request: Request, exc: StoreUnavailable):
         log.error("job store unavailable on %s %s: %s", request.method, request.url.path, exc)
         # the reason (host, port, file) stays in the log: clients learn nothing about the deployment
-        return problem(503, "store_unavailable", "the job store is unavailable right now; nothing was saved, retry "
+        which = "artifact store" if isinstance(exc, OSError) else "job store"  # ArtifactStoreUnavailable is both
+        return problem(503, "store_unavailable", f"the {which} is unavailable right now; nothing was saved, retry "
                        "later", instance=request.url.path, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     @app.exception_handler(RequestValidationError)

@@ -36,7 +36,7 @@ async def lifespan(app: FastAPI):
     settings: Settings = app.state.settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(settings.store_url, echo=settings.store.echo)
-    artifacts = open_artifacts(settings.artifacts_root, max_total_bytes=settings.artifacts.max_total_bytes)
+    artifacts = open_artifacts(settings)
     housekeeping = prepare_data_dir(settings, store, artifacts)
     swept = sweep(store, settings)
     log.info("start-up: %s; interrupted jobs handled: %s", housekeeping, [(r.job_id, str(r.status)) for r in swept])

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workers.artifacts import ArtifactStore, open_artifacts
+from workers.artifacts import ArtifactStore, ArtifactStoreUnavailable, open_artifacts
 from workers.engine.errors import EngineError
 from workers.jobs import ArtifactInfo, EventKind, JobRecord, JobStatus, error_dict, worker_identity
 from workers.sandbox import Hooks, SandboxJob, SandboxLimits, SandboxResult, run_sandboxed
@@ -44,7 +44,7 @@ class RunContext:
     @classmethod
     def from_settings(cls, settings: Settings, worker_id: str | None = None, **kw) -> RunContext:
         store = open_store(settings.store_url, echo=settings.store.echo)
-        artifacts = open_artifacts(settings.artifacts_root, max_total_bytes=settings.artifacts.max_total_bytes)
+        artifacts = open_artifacts(settings)
         return cls(settings=settings, store=store, artifacts=artifacts,
                    worker_id=worker_id or worker_identity(), **kw)
 
@@ -88,11 +88,13 @@ def verify_inputs(job: JobRecord, artifacts: ArtifactStore) -> dict | None:
     anyway: this names a swapped or damaged file before anything reads it."""
     for role, recorded in job.inputs.items():
         kind = _INPUT_ERROR_TYPES.get(role, "internal_error")
-        path = Path(artifacts.input_path(job.id, recorded.name))
         what = f"the stored {role} input '{recorded.filename or recorded.name}' ({recorded.name})"
         try:
+            path = Path(artifacts.input_path(job.id, recorded.name))
             size = path.stat().st_size
             digest = _sha256(path) if size == recorded.bytes else None
+        except ArtifactStoreUnavailable:  # not the file's fault: the attempt ends and the job is retried
+            raise
         except OSError as e:
             return error_dict(kind, f"{what} cannot be read from the artifact store: {e.strerror or e}", field=role)
         if size != recorded.bytes or digest != recorded.sha256:

@@ -136,24 +136,35 @@ class JobService:
             inputs["data"] = InputFile("data", DATA_NAME, data.filename or "data.npz", data.bytes, data.sha256)
         new = NewJob(tenant=who.tenant, spec=spec.model_dump(mode="json"), inputs=inputs, webhook_url=webhook_url,
                      idempotency_key=idempotency_key)
-        # save first: inputs in place, then the row; only then dispatch
-        self.artifacts.adopt_input(new.id, inputs["model"].name, model.path)
-        if data is not None:
-            self.artifacts.adopt_input(new.id, DATA_NAME, data.path)
+        # save first: inputs in place, then the row; only then dispatch. Whatever fails removes what was saved.
         try:
+            self.artifacts.adopt_input(new.id, inputs["model"].name, model.path)
+            if data is not None:
+                self.artifacts.adopt_input(new.id, DATA_NAME, data.path)
             job, created = self.store.create_job(new, max_attempts=self.settings.worker.max_attempts, quota=self.quota)
         except QuotaExceeded as e:
-            self.artifacts.delete_job(new.id)
+            self._discard_inputs(new.id)
             raise TooManyRequests(e.message, field=f"limits.{e.limit}") from None
         except BaseException:
-            self.artifacts.delete_job(new.id)
+            self._discard_inputs(new.id)
             raise
         if not created:
-            self.artifacts.delete_job(new.id)
+            self._discard_inputs(new.id)
             return Submitted(job, created=False)
-        self.dispatcher.notify(job.id)
+        try:
+            self.dispatcher.notify(job.id)
+        except Exception:  # the job is saved and queued: the dispatcher's sweep hands it out later
+            log.exception("job %s saved but not handed to the dispatcher now; it stays queued", job.id)
         log.info("job %s queued for tenant %s", job.id, who.tenant)
         return Submitted(job, created=True)
+
+    def _discard_inputs(self, job_id: str) -> None:
+        """Remove the inputs of a job that was not saved; when that fails too (the artifact store is down), the
+        start-up housekeeping removes them later as orphans."""
+        try:
+            self.artifacts.delete_job(job_id)
+        except Exception:
+            log.exception("could not remove the inputs of unsaved job %s", job_id)
 
     def _parse_spec(self, upload: ParsedUpload) -> JobSpec:
         text = upload.fields.get("spec")
