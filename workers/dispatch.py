@@ -5,8 +5,14 @@
   the store for running jobs whose heartbeat stopped (their worker died): re-queued, or failed when out of
   attempts. A supervisor thread in the API process restarts a worker process that died.
 - `none`: the API only saves jobs; standalone `secateurs worker` processes (same loop) run them.
+- `celery`: the API sends each saved job's id to a Celery queue (workers/celery_app.py) and `secateurs worker`
+  processes are Celery workers whose one task calls `run_job`.
 
-The store is the queue: saving a job is enqueueing it, so a restart loses nothing that was accepted.
+The store is the queue, or with Celery the truth behind it: a job is saved (row committed) before its id is sent,
+so a restart or a lost broker loses nothing that was accepted. A CeleryDispatcher sends every queued job at
+start-up, and sweeps periodically: jobs of dead workers are re-queued (or failed once out of attempts) and sent
+again, and ids that could not be sent (broker unreachable at submit: the submit still answers 202, the job stays
+queued) are sent again until the broker takes them. A duplicate message is harmless: the claim is conditional.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import time
 from datetime import timedelta
 from typing import Protocol
 
-from workers.jobs import utcnow
+from workers.jobs import JobStatus, utcnow
 from workers.settings import Settings
 from workers.store import JobStore, SweepResult
 
@@ -208,7 +214,112 @@ class LocalDispatcher:
         return {"kind": "local", "workers": self.concurrency, "alive": alive, "restarts": self.restarts}
 
 
-DISPATCHERS: dict[str, type] = {"local": LocalDispatcher, "none": NullDispatcher}
+class CeleryDispatcher:
+    """Sends saved jobs' ids to the Celery queue; Celery workers (`secateurs worker`) run them. `concurrency` is
+    ignored: the API starts no workers of its own."""
+
+    START_UP_LIMIT = 100_000  # queued jobs sent at start-up
+
+    def __init__(self, settings: Settings, concurrency: int | None = None):
+        self.settings = settings
+        self._app = None
+        self._store: JobStore | None = None
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.sent = 0
+        self.broker_error: str | None = None
+
+    def start(self) -> None:
+        from workers.celery_app import create_celery_app
+        from workers.store import open_store
+
+        self._app = create_celery_app(self.settings)
+        self._store = open_store(self.settings.store_url, echo=self.settings.store.echo)
+        left = self._store.queued_job_ids(limit=self.START_UP_LIMIT)  # queued before we started: maybe never sent
+        with self._lock:
+            self._pending.update(left)
+        log.info("celery dispatcher: %d queued jobs to send", len(left))
+        self._thread = threading.Thread(target=self._run, name="celery-redispatch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.redispatch()
+            except Exception:  # a failed round (database busy) is retried on the next one
+                log.exception("celery dispatcher: sweep failed")
+            if self._stopping.wait(self.settings.celery.redispatch_interval):
+                return
+
+    def redispatch(self) -> list[str]:
+        """One sweep: re-queue jobs of dead workers (fail those out of attempts), then send every pending id until
+        the broker refuses one. Returns the ids sent."""
+        results = sweep(self._store, self.settings)
+        with self._lock:
+            self._pending.update(r.job_id for r in results if r.status is JobStatus.QUEUED)
+            pending = sorted(self._pending)
+        sent = []
+        for job_id in pending:
+            if self._stopping.is_set() or not self._send(job_id):
+                break
+            sent.append(job_id)
+        return sent
+
+    def _send(self, job_id: str) -> bool:
+        from workers.celery_app import TASK_NAME
+
+        try:
+            with self._send_lock:
+                self._app.send_task(TASK_NAME, args=[job_id], queue=self.settings.celery.queue, retry=False)
+        except Exception as e:  # the broker is unreachable: the job stays queued and is sent again later
+            with self._lock:
+                self._pending.add(job_id)
+                self.broker_error = f"{type(e).__name__}: {e}"
+            log.warning("job %s saved but not sent: broker unreachable (%s); sent again within %s s", job_id,
+                        self.broker_error, self.settings.celery.redispatch_interval)
+            return False
+        with self._lock:
+            self._pending.discard(job_id)
+            self.sent += 1
+            self.broker_error = None
+        return True
+
+    def notify(self, job_id: str) -> None:
+        """Called after the job row was committed: send its id now (never raises; a failure leaves it pending)."""
+        if self._app is None:
+            with self._lock:
+                self._pending.add(job_id)
+            return
+        self._send(job_id)
+
+    def pending(self) -> set[str]:
+        with self._lock:
+            return set(self._pending)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._store is not None:
+            self._store.close()
+        if self._app is not None:
+            self._app.close()
+
+    def healthy(self) -> bool:
+        return True  # jobs are accepted while the broker is down: they are saved and sent when it is back
+
+    def describe(self) -> dict:
+        with self._lock:
+            return {"kind": "celery", "queue": self.settings.celery.queue,
+                    "broker": (f"unreachable: {self.broker_error}" if self.broker_error is not None
+                               else "ok" if self.sent else "not contacted yet"),
+                    "pending": len(self._pending), "sent": self.sent}
+
+
+DISPATCHERS: dict[str, type] = {"local": LocalDispatcher, "none": NullDispatcher, "celery": CeleryDispatcher}
 
 
 def make_dispatcher(settings: Settings, **kw) -> Dispatcher:

@@ -1,7 +1,8 @@
 """The service's commands for `secateurs` (registered by workers/cli.py):
 
     secateurs serve [--host H] [--port P] [--workers N]   API + N local worker processes (embedded default)
-    secateurs worker [--name NAME]                         one standalone worker process (dispatcher `none`)
+    secateurs worker [--name NAME]                         one standalone worker process (dispatcher `none`),
+                                                           or a Celery worker (dispatcher `celery`)
     secateurs keys create --tenant T [--name N]            prints the new API key once
     secateurs keys revoke KEY_ID | keys list
 
@@ -25,7 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, help="local worker processes (default: SECATEURS_WORKER__CONCURRENCY or 2)")
     p.set_defaults(func=cmd_serve)
 
-    p = subparsers.add_parser("worker", help="run one worker process that pulls jobs from the store")
+    p = subparsers.add_parser("worker", help="run one worker process that pulls jobs from the store (a Celery "
+                              "worker with worker.concurrency processes when worker.dispatcher is celery)")
     p.add_argument("--name", default="worker", help="a name for logs and the job's worker id")
     p.set_defaults(func=cmd_worker)
 
@@ -89,6 +91,14 @@ def cmd_worker(args) -> int:
 
     settings = _settings()
     _logging(settings)
+    if settings.worker.dispatcher == "celery":
+        from workers.celery_app import run_worker
+
+        try:
+            return run_worker(settings, name=args.name)
+        except ValueError as e:
+            print(f"secateurs: error: {e}", file=sys.stderr)
+            return 2
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

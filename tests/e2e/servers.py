@@ -48,12 +48,12 @@ class RedisSpace:
         return redis.Redis.from_url(self.url)
 
     def queued_messages(self, queue: str) -> list[dict]:
-        """The Celery messages waiting in `queue` (kombu's Redis list), decoded."""
+        """The Celery messages waiting in `queue` (kombu's Redis list), decoded, oldest (next delivered) first."""
         import base64
         import json
 
         out = []
-        for raw in self.client().lrange(f"{self.prefix}{queue}", 0, -1):
+        for raw in reversed(self.client().lrange(f"{self.prefix}{queue}", 0, -1)):  # LPUSH in, BRPOP out
             message = json.loads(raw)
             body = json.loads(base64.b64decode(message["body"]))
             out.append({"task": message["headers"]["task"], "args": body[0], "kwargs": body[1]})

@@ -1,29 +1,49 @@
 """Dispatch: the worker loop pulls queued jobs oldest first through run_job; sweeps find jobs of dead workers;
-the local dispatcher restarts a worker process that died and stops its workers gracefully."""
+the local dispatcher restarts a worker process that died and stops its workers gracefully; the Celery dispatcher
+sends job ids (only) to a real Redis broker, at start-up, on submit and after a broker outage, and re-sends jobs
+of dead workers. (A real Celery worker running real jobs: tests/e2e/test_celery_postgres_s3.py.)"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 
+import pytest
+
+from tests.e2e.servers import TcpProxy, redis_space
 from tests.workers.jobfiles import QUICK_SPEC
-from workers.dispatch import DISPATCHERS, LocalDispatcher, NullDispatcher, local_worker_dead, make_dispatcher, sweep
+from workers.dispatch import (
+    DISPATCHERS,
+    CeleryDispatcher,
+    LocalDispatcher,
+    NullDispatcher,
+    local_worker_dead,
+    make_dispatcher,
+    sweep,
+)
 from workers.jobs import InputFile, JobStatus, NewJob, worker_identity
 from workers.runner import RunContext
 from workers.settings import Settings
 from workers.store import open_store
 
 
+def input_file(role: str, name: str, path) -> InputFile:
+    data = path.read_bytes()
+    return InputFile(role, name, path.name, len(data), hashlib.sha256(data).hexdigest())
+
+
 def queue_jobs(ctx: RunContext, job_files, n: int, tmp_path) -> list[str]:
     ids = []
     for i in range(n):
         new = NewJob(tenant="t", spec=QUICK_SPEC, inputs={
-            "model": InputFile("model", "model.keras", "m.keras", 1, "0" * 64),
-            "data": InputFile("data", "data.npz", "d.npz", 1, "0" * 64)})
+            "model": input_file("model", "model.keras", job_files.model),
+            "data": input_file("data", "data.npz", job_files.data)})
         for name, src in (("model.keras", job_files.model), ("data.npz", job_files.data)):
             copy = tmp_path / f"{i}-{name}"
             shutil.copy(src, copy)
@@ -66,9 +86,10 @@ def test_sweep_requeues_the_job_of_a_dead_local_worker_at_once(settings, store_u
 
 
 def test_make_dispatcher_uses_the_configured_kind():
-    assert set(DISPATCHERS) == {"local", "none"}
+    assert set(DISPATCHERS) == {"local", "none", "celery"}
     assert isinstance(make_dispatcher(Settings(worker={"dispatcher": "none"})), NullDispatcher)
     assert isinstance(make_dispatcher(Settings(), concurrency=0), LocalDispatcher)
+    assert isinstance(make_dispatcher(Settings(worker={"dispatcher": "celery"}), concurrency=0), CeleryDispatcher)
 
 
 def test_the_local_dispatcher_restarts_a_dead_worker_and_stops_gracefully(settings):
@@ -92,3 +113,134 @@ def test_the_local_dispatcher_restarts_a_dead_worker_and_stops_gracefully(settin
         dispatcher.stop(timeout=20)
     assert time.monotonic() - started < 20
     assert dispatcher.describe()["alive"] == 0
+
+
+# -- Celery -------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis():
+    with redis_space() as space:
+        yield space
+
+
+def celery_settings(settings: Settings, redis, broker_url: str | None = None, **celery) -> Settings:
+    return settings.model_copy(update={"worker": settings.worker.model_copy(update={"dispatcher": "celery"}),
+                                       "celery": settings.celery.model_copy(update={
+                                           "broker_url": broker_url or redis.url, "key_prefix": redis.prefix,
+                                           "queue": "jobs", **celery})})
+
+
+def wait_for(predicate, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"not true after {timeout} s: {predicate}")
+
+
+def new_job(store, max_attempts: int = 2) -> str:
+    return store.create_job(NewJob(tenant="t", spec=QUICK_SPEC, inputs={}), max_attempts=max_attempts)[0].id
+
+
+def test_the_celery_app_is_configured_from_settings_and_never_eager():
+    from workers.celery_app import TASK_NAME, create_celery_app
+
+    settings = Settings(limits={"job_wall_seconds": 100}, celery={"broker_url": "redis://h:1/2", "queue": "q",
+                                                                   "time_limit_margin": 50, "key_prefix": "p:"})
+    conf = create_celery_app(settings).conf
+    assert conf.task_acks_late is True and conf.worker_prefetch_multiplier == 1
+    assert conf.task_time_limit == 150 and conf.broker_transport_options["visibility_timeout"] > 150
+    assert conf.broker_transport_options["global_keyprefix"] == "p:"
+    assert conf.broker_url == "redis://h:1/2" and conf.task_default_queue == "q"
+    assert conf.task_always_eager is False and conf.accept_content == ["json"]
+    assert TASK_NAME in create_celery_app(settings).tasks
+
+
+def test_importing_the_celery_module_builds_nothing_and_the_celery_entry_finds_a_lazy_app():
+    code = ("import sys, workers.celery_app as m; before = 'celery' in sys.modules; app = m.app; "
+            "print(before, type(app).__name__, m.TASK_NAME in app.tasks, app is m.celery)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["False", "Celery", "True", "True"]
+
+
+def test_the_celery_dispatcher_sends_jobs_left_queued_at_start_up_then_each_saved_job_by_id_only(
+        settings, redis, store_url):
+    settings = celery_settings(settings.model_copy(update={"store": settings.store.model_copy(
+        update={"url": store_url})}), redis)
+    store = open_store(store_url)
+    mine = [new_job(store), new_job(store)]
+    left = store.queued_job_ids(limit=1000)  # the PostgreSQL database is shared by the session's tests
+    assert set(mine) <= set(left)
+    dispatcher = make_dispatcher(settings)
+    dispatcher.start()
+    try:
+        messages = wait_for(lambda: len(redis.queued_messages("jobs")) == len(left) and redis.queued_messages("jobs"))
+        from workers.celery_app import TASK_NAME
+
+        assert messages == [{"task": TASK_NAME, "args": [i], "kwargs": {}} for i in left]
+        job_id = new_job(store)  # the API commits the row, then notifies
+        dispatcher.notify(job_id)
+        assert [m["args"] for m in redis.queued_messages("jobs")][-1] == [job_id]  # sent before notify returned
+        assert dispatcher.describe() == {"kind": "celery", "queue": "jobs", "broker": "ok", "pending": 0,
+                                         "sent": len(left) + 1}
+        assert dispatcher.healthy()
+    finally:
+        dispatcher.stop()
+        store.close()
+
+
+def test_a_broker_outage_at_submit_leaves_the_job_queued_and_it_is_sent_when_the_broker_is_back(settings, redis):
+    proxy = TcpProxy("127.0.0.1", int(redis.url.rsplit(":", 1)[1].split("/")[0]))  # down: connections refused
+    db = redis.url.rsplit("/", 1)[1]
+    settings = celery_settings(settings, redis, broker_url=f"redis://127.0.0.1:{proxy.port}/{db}",
+                               publish_timeout=2, redispatch_interval=0.2)
+    store = open_store(settings.store_url)
+    dispatcher = CeleryDispatcher(settings)
+    dispatcher.start()
+    try:
+        job_id = new_job(store)
+        started = time.monotonic()
+        dispatcher.notify(job_id)  # does not raise: the API answers 202 with the saved, queued job
+        assert time.monotonic() - started < 2 + 3
+        assert store.get_job(job_id).status is JobStatus.QUEUED and dispatcher.pending() == {job_id}
+        assert dispatcher.describe()["broker"].startswith("unreachable: ")
+        assert redis.queued_messages("jobs") == []
+        proxy.up()
+        messages = wait_for(lambda: redis.queued_messages("jobs"), timeout=30)
+        assert [m["args"] for m in messages] == [[job_id]]
+        assert dispatcher.pending() == set() and dispatcher.describe()["broker"] == "ok"
+    finally:
+        dispatcher.stop()
+        proxy.down()
+        store.close()
+
+
+def test_the_celery_sweep_requeues_the_job_of_a_dead_worker_and_sends_it_again(settings, redis):
+    settings = celery_settings(settings, redis, redispatch_interval=600)
+    store = open_store(settings.store_url)
+    job_id = new_job(store)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    store.claim(job_id, f"celery@{os.uname().nodename}:{gone.pid}")  # its worker was killed mid-job
+    dispatcher = CeleryDispatcher(settings)
+    dispatcher.start()
+    try:
+        messages = wait_for(lambda: redis.queued_messages("jobs"))
+        assert [m["args"] for m in messages] == [[job_id]]
+        job = store.get_job(job_id)
+        assert job.status is JobStatus.QUEUED and job.attempts == 1  # the attempt the dead worker used counts
+    finally:
+        dispatcher.stop()
+        store.close()
+
+
+def test_a_celery_worker_needs_at_least_one_process(tmp_path):
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SECATEURS_")},
+           "SECATEURS_DATA_DIR": str(tmp_path), "SECATEURS_WORKER__DISPATCHER": "celery",
+           "SECATEURS_WORKER__CONCURRENCY": "0"}
+    out = subprocess.run([sys.executable, "-m", "workers.cli", "worker"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "worker.concurrency is 0" in out.stderr
