@@ -23,21 +23,36 @@ class Arm:
 
 
 class Sides:
-    """Both worker processes, started lazily, closed together."""
+    """The worker processes, started lazily, closed together. A name "secateurs+<patch>[+<patch>...]" is the
+    Secateurs side running on a copy of the tree with those bench/patches applied (`bench.patching`)."""
 
     def __init__(self):
         self._sides: dict[str, Side] = {}
+        self._trees: list = []
 
     def __getitem__(self, name: str) -> Side:
         if name not in self._sides:
             log(f"starting the {name} worker")
-            self._sides[name] = Side(name)
+            base, *patches = name.split("+")
+            root = None
+            if patches:
+                from bench.patching import patched_tree
+
+                root = patched_tree(patches)
+            self._sides[name] = Side(base, root=root, label=name)
+            if root is not None:
+                self._trees.append(root)
         return self._sides[name]
 
     def close(self) -> None:
+        import shutil
+
         for side in self._sides.values():
             side.close()
         self._sides.clear()
+        for tree in self._trees:
+            shutil.rmtree(tree, ignore_errors=True)
+        self._trees.clear()
 
     def __enter__(self):
         return self

@@ -15,7 +15,7 @@ from bench.harness import Sides
 
 FULL = {"width": 32, "pretrain_epochs": 8, "keep_ratios": (0.75, 0.5, 0.25), "finetune_epochs": 2,
         "latency_rounds": 7, "latency_runs": 30, "baseline_finetune": True}
-QUICK = {"width": 8, "pretrain_epochs": 2, "keep_ratios": (0.5,), "finetune_epochs": 1,
+QUICK = {"width": 8, "pretrain_epochs": 1, "keep_ratios": (0.5,), "finetune_epochs": 1,
          "latency_rounds": 2, "latency_runs": 20, "baseline_finetune": False}
 
 
@@ -52,12 +52,19 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
     monitor = LoadMonitor()
     pre = _pretrained(sides, cfg)
     payload["pretrained"] = pre
+    reference = None
+    if cfg["baseline_finetune"]:
+        reference = sides["secateurs"].call("finetune_reference", model_file=pre["path"],
+                                            epochs=cfg["finetune_epochs"])
+        payload["reference_finetuned"] = reference
     rows = []
     for ratio in cfg["keep_ratios"]:
         monitor.sample()
         r = sides["secateurs"].call("structured_job", model_file=pre["path"], keep_ratio=ratio,
                                     finetune_epochs=cfg["finetune_epochs"], latency_rounds=cfg["latency_rounds"],
-                                    latency_runs=cfg["latency_runs"], baseline_finetune=cfg["baseline_finetune"])
+                                    latency_runs=cfg["latency_runs"])
+        if reference is not None:
+            r["baseline_finetuned_accuracy"] = reference["accuracy"]
         monitor.sample()
         r["latency"] = _latency(r.pop("latency_rounds"))
         r["accuracy_drop_points"] = 100 * (r["before"]["accuracy"] - r["after"]["accuracy"])

@@ -30,10 +30,11 @@ class WorkerError(RuntimeError):
 class Side:
     """Orchestrator handle of one worker subprocess."""
 
-    def __init__(self, name: str, extra_env: dict | None = None):
+    def __init__(self, name: str, extra_env: dict | None = None, root: Path | None = None, label: str | None = None):
+        """`root`: the tree whose `bench` and `workers` the worker imports (a patched copy; default: this one)."""
         if name not in SIDE_ENV:
             raise ValueError(f"unknown side '{name}'; known: {', '.join(SIDE_ENV)}")
-        self.name = name
+        self.name = label or name
         env = dict(os.environ)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         env["PYTHONUNBUFFERED"] = "1"
@@ -42,8 +43,12 @@ class Side:
                 env.pop(k, None)
             else:
                 env[k] = v
-        root = Path(__file__).resolve().parents[1]
-        self.stderr_path = root / "bench" / ".cache" / f"worker-{name}.log"
+        here = Path(__file__).resolve().parents[1]
+        root = Path(root) if root is not None else here
+        if root != here:  # a patched copy: its imports first, the shared data where it always is
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+            env.setdefault("SECATEURS_MNIST_DIR", str(here.parent / "shared" / "data" / "mnist"))
+        self.stderr_path = here / "bench" / ".cache" / f"worker-{self.name}.log"
         self.stderr_path.parent.mkdir(parents=True, exist_ok=True)
         self._stderr = open(self.stderr_path, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.worker", name], cwd=root, env=env, text=True,

@@ -148,7 +148,10 @@ def prune_job(model_file: str, epochs: int, batch_size: int, target: float, lr: 
 
 
 def info() -> dict:
+    import workers
+
     return {"tensorflow": tf.__version__, "keras": keras.__version__, "backend": keras.backend.backend(),
+            "workers_package": str(Path(workers.__file__).parent),
             "threads": {"intra": tf.config.threading.get_intra_op_parallelism_threads(),
                         "inter": tf.config.threading.get_inter_op_parallelism_threads()}}
 
@@ -202,7 +205,7 @@ def structured_pretrain(width: int, epochs: int, out: str, batch_size: int = 128
 
 def structured_job(model_file: str, keep_ratio: float, finetune_epochs: int, criterion: str = "l1",
                    scope: str = "layer", round_to: int = 1, latency_rounds: int = 5, latency_runs: int = 30,
-                   batch_size: int = 128, lr: float = 1e-3, seed: int = 0, baseline_finetune: bool = False) -> dict:
+                   batch_size: int = 128, lr: float = 1e-3, seed: int = 0) -> dict:
     """structured_prune the model (engine defaults unless given), fine-tune, and measure before and after.
 
     Latency: `latency_rounds` alternating rounds of `metrics.latency` (compiled forward pass, warm-up, median of
@@ -234,11 +237,15 @@ def structured_job(model_file: str, keep_ratio: float, finetune_epochs: int, cri
            "finetune_s": finetune_s, "finetune_epochs": finetune_epochs,
            "groups": [{"layers": g.layers, "units_before": g.units_before, "units_after": g.units_after}
                       for g in report.groups]}
-    if baseline_finetune:  # the unpruned model fine-tuned just as long: separates pruning loss from extra training
-        reference = keras.saving.load_model(model_file)
-        _finetune(reference, finetune_epochs, batch_size, lr, seed)
-        out["baseline_finetuned_accuracy"] = held_out_accuracy(reference)
     return out
 
 
-TASKS.update({"structured_pretrain": structured_pretrain, "structured_job": structured_job})
+def finetune_reference(model_file: str, epochs: int, batch_size: int = 128, lr: float = 1e-3, seed: int = 0) -> dict:
+    """The unpruned model fine-tuned as long as the pruned ones: separates the pruning loss from extra training."""
+    reference = keras.saving.load_model(model_file)
+    seconds = _finetune(reference, epochs, batch_size, lr, seed)
+    return {"accuracy": held_out_accuracy(reference), "finetune_s": seconds, "epochs": epochs}
+
+
+TASKS.update({"structured_pretrain": structured_pretrain, "structured_job": structured_job,
+              "finetune_reference": finetune_reference})

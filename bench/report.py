@@ -1,0 +1,187 @@
+"""Render the tables of docs/BENCHMARKS.md from bench/results/*.json (full runs only, never *.quick.json).
+
+The document is hand-written around marker pairs ``<!-- bench:NAME -->`` ... ``<!-- /bench:NAME -->``; `render()`
+replaces what is between each pair with the table built from the results, and leaves everything else alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from bench.common import RESULTS_DIR, ROOT
+
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+
+
+def _load(name: str, quick: bool = False) -> dict | None:
+    path = RESULTS_DIR / (f"{name}.quick.json" if quick else f"{name}.json")
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _md(rows: list[list], header: list[str]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _x(v: float) -> str:
+    return f"{v:.2f}×"
+
+
+def _spread(s: dict) -> str:
+    return f"{s['median']:.2f} ({s['min']:.2f}–{s['max']:.2f})"
+
+
+def _run_line(d: dict) -> str:
+    load = d.get("load", {})
+    return (f"_Run {d['date']} (commit {d.get('commit')}), `{d['command']}`; 1-min load average during the run "
+            f"{load.get('load1_min')}–{load.get('load1_max')} (median {load.get('load1_median')}) on "
+            f"{load.get('cores')} cores._")
+
+
+def overhead_tables(d: dict) -> str:
+    cfg = d["config"]
+    parts = [_run_line(d), "",
+             f"{cfg['repeats']} interleaved repetitions × {cfg['epochs']} epochs, batch 128, target sparsity "
+             f"{cfg['target_sparsity']}; every cell is the median over repetitions of the per-repetition value "
+             "(range in brackets)."]
+    for model, m in d["models"].items():
+        r = m["ratios"]
+        rows = []
+        for key, ov in r["overhead"].items():
+            side, variant = key.split(":", 1)
+            if side == "secateurs":
+                plain = m["arms"][f"secateurs:plain:{variant}"]
+                prune = m["arms"][f"secateurs:prune:{variant}"]
+                rows.append([f"Secateurs (Keras 3, {variant})", _spread(plain["fit_s"]), _spread(prune["fit_s"]),
+                             f"**{_x(ov['median'])}**", _x(r["overhead_cpu"][key]["median"]),
+                             _spread(prune["job_s"]), _x(r["end_to_end_vs_tfmot"][key]["median"]),
+                             f"{prune['accuracy']['median']:.4f}", f"{prune['sparsity']:.3f}"])
+            else:
+                plain, prune = m["arms"]["tfmot:plain"], m["arms"][f"tfmot:prune:{variant}"]
+                e2e = "1.00× (reference)" if variant == "f100" else _x(
+                    (prune["job_s"]["median"]) / m["arms"]["tfmot:prune:f100"]["job_s"]["median"])
+                rows.append([f"tfmot (tf_keras, frequency {variant[1:]})", _spread(plain["fit_s"]),
+                             _spread(prune["fit_s"]), f"**{_x(ov['median'])}**",
+                             _x(r["overhead_cpu"][key]["median"]), _spread(prune["job_s"]), e2e,
+                             f"{prune['accuracy']['median']:.4f}", f"{prune['sparsity']:.3f}"])
+        parts += ["", f"**{model}** (pretrained held-out accuracy {m['pretrained_accuracy']:.4f})", "",
+                  _md(rows, ["side", "plain fit s", "pruning fit s", "overhead (wall)", "overhead (CPU)",
+                             "pruning job s (load → saved)", "job vs tfmot", "held-out acc.", "sparsity"])]
+        k3 = r["plain_fit_vs_tf_keras"]
+        parts += ["", "Plain `fit`, Keras 3 / tf_keras (same epochs): " + ", ".join(
+            f"{k.split(':', 1)[1]} {_x(v['median'])}" for k, v in k3.items()) + "."]
+    return "\n".join(parts)
+
+
+def accuracy_tables(d: dict) -> str:
+    cfg = d["config"]
+    parts = [_run_line(d), "",
+             f"{cfg['epochs']} epochs of pruning fine-tune from the same pretrained weights, batch 128, Adam 1e-3; "
+             f"median held-out accuracy over seeds {list(cfg['seeds'])}; the kernel sparsity actually reached is "
+             "in brackets. **Bold**: the best tfmot arm at that point."]
+    for model, m in d["models"].items():
+        labels = list(m["rows"][0]["arms"])
+        rows = []
+        for row in m["rows"]:
+            cells = [f"{row['target']:.0%}"]
+            for label in labels:
+                a = row["arms"][label]
+                cell = f"{a['accuracy']['median']:.4f} ({a['sparsity']:.3f})"
+                cells.append(f"**{cell}**" if label == row["tfmot_best"] else cell)
+            cells += [f"{100 * row['margin_vs_tfmot_best'][lab]:+.2f}" for lab in row["margin_vs_tfmot_best"]]
+            rows.append(cells)
+        margins = [f"Δ {lab} vs best tfmot (points)" for lab in m["rows"][0]["margin_vs_tfmot_best"]]
+        parts += ["", f"**{model}** (pretrained held-out accuracy {m['pretrained_accuracy']:.4f})", "",
+                  _md(rows, ["target", *labels, *margins])]
+    return "\n".join(parts)
+
+
+def structured_tables(d: dict) -> str:
+    cfg, pre = d["config"], d["pretrained"]
+    parts = [_run_line(d), "",
+             f"resnet_bn width {cfg['width']}, trained {cfg['pretrain_epochs']} epochs (held-out accuracy "
+             f"{pre['accuracy']:.4f}); `structured_prune` criterion {cfg['criterion']}, scope {cfg['scope']}, "
+             f"round_to {cfg['round_to']}; fine-tune {cfg['finetune_epochs']} epochs. Latency: median of "
+             f"{cfg['latency_rounds']} alternating rounds (each the median of {cfg['latency_runs']} compiled calls "
+             "after warm-up) of `metrics.latency`; speedup = per-round before/after ratio, median (range)."]
+    rows = []
+    for r in d["rows"]:
+        b, a, lat = r["before"], r["after"], r["latency"]
+        ref = r.get("baseline_finetuned_accuracy")
+        rows.append([r["keep_ratio"], f"{b['params']:,} → {a['params']:,}", f"{b['macs'] / 1e6:.2f} → "
+                     f"{a['macs'] / 1e6:.2f} M", f"{b['file']['bytes'] / 1024:.0f} → {a['file']['bytes'] / 1024:.0f} KiB",
+                     f"{lat['batch_1']['before_ms']['median']:.2f} → {lat['batch_1']['after_ms']['median']:.2f} "
+                     f"(**{_spread(lat['batch_1']['speedup'])}×**)",
+                     f"{lat['batch_32']['before_ms']['median']:.2f} → {lat['batch_32']['after_ms']['median']:.2f} "
+                     f"(**{_spread(lat['batch_32']['speedup'])}×**)",
+                     f"{b['accuracy']:.4f} → {a['accuracy_before_finetune']:.4f} → {a['accuracy']:.4f}",
+                     f"{-r['accuracy_drop_points']:+.2f}" + (f" ({100 * (a['accuracy'] - ref):+.2f} vs {ref:.4f})"
+                                                             if ref is not None else "")])
+    parts += ["", _md(rows, ["keep", "parameters", "MACs / sample", "file (.keras)", "latency b=1 ms (speedup)",
+                             "latency b=32 ms (speedup)", "accuracy: before → pruned → fine-tuned",
+                             "Δ points (vs the unpruned model fine-tuned as long)"])]
+    return "\n".join(parts)
+
+
+def service_tables(d: dict) -> str:
+    cfg = d["config"]
+    s = d["dispatch"]["summary"]
+    parts = [_run_line(d), "",
+             f"{cfg['dispatch_jobs']} sequential jobs (tutorial CNN, prune to 80 % over {cfg['job_epochs']} epochs "
+             "on 8,000 digits, evaluation with latency, export .keras) on idle workers; medians (range):", "",
+             _md([["submit → running (client, long-poll)", _spread(s["submit_to_running_client_s"])],
+                  ["created → started (server timestamps)", _spread(s["created_to_started_server_s"])],
+                  ["upload (POST, model + 31 MB .npz)", _spread(s["upload_s"])],
+                  ["job wall time (created → finished)", _spread(s["created_to_finished_server_s"])],
+                  ["training (the manifest's step wall times)", _spread(s["training_s"])],
+                  ["**overhead beyond training**", f"**{_spread(s['overhead_beyond_training_s'])}**"],
+                  ["… of which `compress` minus training (load, 2 evaluations, latency, export)",
+                   _spread(s["compress_minus_training_s"])],
+                  ["… of which job process start, TensorFlow import, storing results",
+                   _spread(s["process_and_store_s"])]], ["seconds", "median (range)"])]
+    sl = d["status_load"]["summary"]
+    rows = []
+    for name, v in sl.items():
+        p, c, sat = v["paced"], v["paced_jobs_paused"], v["saturating"]
+        rows.append([name, ", ".join(v["patches"]) or "—", f"{p['p50_ms']['median']:.1f}", f"{p['p90_ms']['median']:.1f}",
+                     f"**{p['p99_ms']['median']:.1f}** ({p['p99_ms']['min']:.1f}–{p['p99_ms']['max']:.1f})",
+                     f"{c['p99_ms']['median']:.1f}", f"{sat['throughput_rps']['median']:.0f}",
+                     f"{sat['p99_ms']['median']:.0f}", p["errors"] + sat["errors"]])
+    parts += ["", f"Status under load: {cfg['clients']} clients polling `GET /v1/jobs/{{id}}` once per second each "
+              f"({cfg['paced_seconds']} s) while two jobs train, then back to back ({cfg['saturate_seconds']} s); "
+              f"control: paced again with the two job processes paused. {cfg['rounds']} rounds per variant, "
+              "interleaved, a fresh server each; medians over rounds (range).", "",
+              _md(rows, ["server", "patches", "p50 ms", "p90 ms", "p99 ms", "p99 ms, jobs paused",
+                         "saturating req/s", "saturating p99 ms", "errors"])]
+    u = d["upload_memory"]
+    parts += ["", f"Upload of {u['upload_bytes'] / 2**20:.0f} MiB (one `.npz`) in {u['upload_s']:.2f} s "
+              f"({u['upload_mb_per_s']:.0f} MiB/s): API process RSS {u['rss_baseline_mib']:.1f} MiB before, at most "
+              f"{u['rss_max_during_mib']:.1f} MiB during (**+{u['rss_growth_during_mib']:.1f} MiB**), kernel peak "
+              f"(VmHWM) +{u['peak_rss_vmhwm_growth_mib']:.1f} MiB, {u['rss_2s_after_mib']:.1f} MiB two seconds later."]
+    return "\n".join(parts)
+
+
+RENDERERS = {"overhead": overhead_tables, "accuracy": accuracy_tables, "structured": structured_tables,
+             "service": service_tables}
+
+
+def render(doc: Path = DOC, quick: bool = False) -> Path:
+    """Fill the marker blocks of `doc` (quick=True reads the smoke-run results: for checking the renderer)."""
+    text = doc.read_text()
+    for name, fn in RENDERERS.items():
+        data = _load(name, quick)
+        if data is None:
+            continue
+        pattern = re.compile(rf"(<!-- bench:{name} -->\n)(.*?)(<!-- /bench:{name} -->)", re.S)
+        if not pattern.search(text):
+            continue
+        text = pattern.sub(lambda m: m.group(1) + fn(data) + "\n" + m.group(3), text)
+    doc.write_text(text)
+    return doc
+
+
+if __name__ == "__main__":
+    print(render())
