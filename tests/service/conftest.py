@@ -56,9 +56,11 @@ def alive(pid: int) -> bool:
 class Server:
     """One `secateurs serve` process on a free port, with its data directory and environment."""
 
-    def __init__(self, data_dir: Path, *, workers: int = 1, env: dict[str, str] | None = None):
+    def __init__(self, data_dir: Path, *, workers: int = 1, env: dict[str, str] | None = None,
+                 preexec_fn=None):
         self.data_dir = Path(data_dir)
         self.workers = workers
+        self.preexec_fn = preexec_fn  # e.g. resource limits of the server process
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         base = {k: v for k, v in os.environ.items() if not k.startswith("SECATEURS_")}
@@ -75,7 +77,8 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "workers.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", str(self.workers)],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=self.preexec_fn)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

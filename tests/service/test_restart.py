@@ -350,3 +350,29 @@ def test_a_postgresql_store_lost_during_an_upload_is_503_and_leaves_no_upload_be
         finally:
             srv.stop()
             proxy.down()
+
+
+def _small_disk() -> None:
+    """In the server process: no file may grow past 2 MiB (Python ignores SIGXFSZ, so a write fails with EFBIG),
+    as on a disk that fills up during an upload."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2 * 2**20, 2 * 2**20))
+
+
+def test_a_disk_that_fills_up_during_an_upload_is_507_and_keeps_nothing(tmp_path, job_files):
+    srv = Server(tmp_path / "data", workers=0, preexec_fn=_small_disk).start()
+    try:
+        with srv.client() as c:
+            r = c.post("/v1/jobs", files={"model": ("big.keras", os.urandom(3 * 2**20))},
+                       data={"spec": json.dumps(ONE_SHOT)})
+            assert r.status_code == 507, r.text
+            assert r.headers["content-type"] == "application/problem+json"
+            assert r.json()["code"] == "insufficient_storage" and "no room to store the upload" in r.json()["detail"]
+            assert list((srv.data_dir / "tmp").iterdir()) == []
+            assert c.get("/healthz").status_code == 200
+            small = submit(c, job_files, ONE_SHOT, data=False)  # a file that fits is still accepted
+            assert small.status_code == 202, small.text
+            assert [j["id"] for j in c.get("/v1/jobs").json()["items"]] == [small.json()["id"]]
+    finally:
+        srv.stop()
