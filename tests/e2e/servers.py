@@ -154,6 +154,10 @@ class TcpProxy:
             listener, self._listener = self._listener, None
             conns, self._conns = self._conns, []
         if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() in progress (close alone would not)
+            except OSError:
+                pass
             listener.close()
         for c in conns:
             try:
