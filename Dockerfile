@@ -1,4 +1,5 @@
-# Secateurs service image: `secateurs serve` by default; the same image runs `secateurs worker`.
+# Secateurs service image: `secateurs serve` by default; the same image runs `secateurs worker` (a Celery worker
+# when SECATEURS_WORKER__DISPATCHER=celery; see docker-compose.yml for PostgreSQL + Redis + MinIO).
 #
 #   docker build -t secateurs .
 #   docker run -p 8000:8000 -v secateurs-data:/data secateurs
@@ -31,7 +32,8 @@ COPY service ./service
 RUN pip install --no-deps . \
  && rm -rf /app/build /app/*.egg-info
 
-# Job store (SQLite by default), artifacts, uploads in flight and job scratch space all live under /data.
+# Job store (SQLite by default), artifacts (unless in S3), uploads in flight, job scratch space and cached inputs
+# all live under /data.
 RUN mkdir -p /data && chown secateurs:secateurs /data
 VOLUME ["/data"]
 

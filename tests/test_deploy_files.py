@@ -20,11 +20,15 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from workers.artifacts import url_scheme
+from workers.artifacts.s3 import parse_s3_url
+from workers.dispatch import DISPATCHERS
 from workers.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "SECATEURS_"
 OUR_IMAGE_SERVICES = ("api", "worker")
+SHELL = {"POSTGRES_PASSWORD": "pw", "WEBHOOK_SECRET": "whsec", "MINIO_ROOT_PASSWORD": "miniopw"}  # compose's shell
 
 
 # -- readers -----------------------------------------------------------------------------------------------------
@@ -247,7 +251,7 @@ def test_dockerignore_keeps_secrets_environments_and_local_data_out_of_the_build
 
 def test_compose_has_the_scale_out_services_each_with_an_image_or_build(compose):
     services = compose["services"]
-    assert {"api", "worker", "postgres"} <= set(services)
+    assert {"api", "worker", "postgres", "redis", "minio"} <= set(services)
     for name, service in services.items():
         assert service.get("image") or service.get("build"), f"service {name} has neither image nor build"
     assert any(services[s].get("build") for s in OUR_IMAGE_SERVICES), "nothing builds the project image"
@@ -289,7 +293,7 @@ def test_every_secateurs_variable_in_compose_is_a_settings_field(compose):
 def test_compose_environment_builds_valid_settings(compose, service_name, monkeypatch):
     """The values, not only the names: Settings() reads each service's environment without error."""
     env = service_environment(compose["services"][service_name])
-    shell = {"POSTGRES_PASSWORD": "pw", "WEBHOOK_SECRET": "whsec"}
+    shell = SHELL
     for key in list(__import__("os").environ):
         if key.upper().startswith(PREFIX):
             monkeypatch.delenv(key)
@@ -299,10 +303,15 @@ def test_compose_environment_builds_valid_settings(compose, service_name, monkey
     assert str(settings.data_dir) == env["SECATEURS_DATA_DIR"]
     assert settings.store_url.startswith("postgresql+psycopg://secateurs:pw@postgres:5432/")
     assert settings.webhooks.secret == "whsec"
-    assert settings.artifacts_root.is_relative_to(settings.data_dir)
+    assert url_scheme(settings.artifacts.url) == "s3" and settings.artifacts.url.startswith("s3://")
+    parse_s3_url(settings.artifacts.url)  # a well-formed bucket URL
+    assert settings.artifacts.s3.secret_access_key.get_secret_value() == "miniopw"
+    assert settings.worker.dispatcher == "celery", "API and workers meet through the Celery broker"
+    assert settings.worker.dispatcher in DISPATCHERS
     if service_name == "api":
-        assert settings.worker.dispatcher == "none", "the API must not run jobs itself in the scale-out topology"
         assert settings.host == "0.0.0.0"
+    else:
+        assert settings.worker.concurrency >= 1, "a Celery worker needs at least one pool process"
 
 
 def test_compose_secrets_are_required_not_hard_coded(compose):
@@ -312,6 +321,57 @@ def test_compose_secrets_are_required_not_hard_coded(compose):
                 assert re.fullmatch(r".*\$\{\w+:\?[^}]*\}.*", value), f"{name}: {key} is hard-coded or optional"
     with pytest.raises(AssertionError, match="POSTGRES_PASSWORD"):
         interpolate(service_environment(compose["services"]["postgres"])["POSTGRES_PASSWORD"], {})
+
+
+def _settings_of(compose, service_name: str, monkeypatch) -> Settings:
+    for key in list(__import__("os").environ):
+        if key.upper().startswith(PREFIX):
+            monkeypatch.delenv(key)
+    for key, value in service_environment(compose["services"][service_name]).items():
+        monkeypatch.setenv(key, interpolate(value, SHELL))
+    return Settings()
+
+
+def _service_host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname
+
+
+def test_api_and_workers_meet_only_through_the_store_the_broker_and_the_bucket(compose, monkeypatch):
+    api, worker = (_settings_of(compose, name, monkeypatch) for name in OUR_IMAGE_SERVICES)
+    assert api.store_url == worker.store_url
+    assert api.celery == worker.celery, "the API sends to the queue (broker, prefix) the workers consume"
+    assert api.artifacts == worker.artifacts, "the API stores uploads where the workers read them"
+    services = compose["services"]
+    assert _service_host(api.store_url) == "postgres" and _service_host(api.celery.broker_url) == "redis"
+    assert _service_host(api.artifacts.s3.endpoint_url) == "minio"
+    for name in ("postgres", "redis", "minio"):
+        assert name in services and services[name].get("image"), name
+    # a bucket, not a directory: no data volume is shared between the API and the workers
+    api_volumes = {s for s, _t, _m in _volumes(services["api"])}
+    worker_volumes = {s for s, _t, _m in _volumes(services["worker"])}
+    assert not (api_volumes & worker_volumes)
+
+
+def test_the_minio_credentials_are_the_ones_the_services_use(compose, monkeypatch):
+    minio = {k: interpolate(v, SHELL) for k, v in service_environment(compose["services"]["minio"]).items()}
+    settings = _settings_of(compose, "worker", monkeypatch)
+    assert settings.artifacts.s3.access_key_id == minio["MINIO_ROOT_USER"]
+    assert settings.artifacts.s3.secret_access_key.get_secret_value() == minio["MINIO_ROOT_PASSWORD"]
+    assert settings.artifacts.s3.addressing_style == "path", "MinIO serves buckets by path"
+    with pytest.raises(AssertionError, match="MINIO_ROOT_PASSWORD"):  # required, never defaulted
+        interpolate(service_environment(compose["services"]["minio"])["MINIO_ROOT_PASSWORD"], {})
+
+
+def test_the_api_waits_for_its_back_ends_and_the_workers_for_the_api(compose):
+    services = compose["services"]
+    api_deps = services["api"]["depends_on"]
+    for name in ("postgres", "redis", "minio"):
+        assert api_deps[name]["condition"] == "service_healthy", name
+    assert services["worker"]["depends_on"]["api"]["condition"] == "service_healthy"
+    grace = str(services["worker"].get("stop_grace_period", ""))
+    assert re.fullmatch(r"\d+s", grace) and int(grace[:-1]) >= 30, "a stopping worker needs time to release its job"
 
 
 def _parser_commands() -> set[str]:
@@ -392,13 +452,3 @@ def test_compose_volumes_are_well_formed_and_declared(compose):
                 assert source in declared, f"{name}: named volume {source!r} is not declared"
                 used.add(source)
     assert declared <= used, f"declared but unused volumes: {declared - used}"
-
-
-def test_api_and_workers_share_the_data_volume_at_the_data_dir(compose):
-    mounts = []
-    for name in OUR_IMAGE_SERVICES:
-        service = compose["services"][name]
-        data_dir = service_environment(service)["SECATEURS_DATA_DIR"]
-        (source,) = [s for s, target, _m in _volumes(service) if target == data_dir]
-        mounts.append(source)
-    assert len(set(mounts)) == 1, "uploads saved by the API must be visible to the workers"
