@@ -11,6 +11,8 @@
   attempt; their messages are rejected with requeue, so another worker picks them up. A worker that is killed
   leaves its job `running` with a dead worker: the API's sweep (workers/dispatch.py, CeleryDispatcher) re-queues
   it, or fails it as interrupted once it used `worker.max_attempts`, and sends it again.
+- A task that cannot reach the job store or the artifact store rejects its message with requeue after a pause
+  (REQUEUE_PAUSE_S), so an outage never strands a queued job.
 - Never eager: `secateurs worker` runs a real Celery worker (prefork pool, `worker.concurrency` processes).
 
 Nothing is built at import: `create_celery_app(settings)` is the factory; `celery -A workers.celery_app worker`
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -38,6 +41,7 @@ log = logging.getLogger("secateurs.celery")
 
 TASK_NAME = "secateurs.run_job"
 VISIBILITY_MARGIN_S = 600.0  # the broker waits this much longer than the task time limit before redelivering
+REQUEUE_PAUSE_S = 5.0  # a task that cannot reach the store or the artifact store waits this long before requeueing
 
 
 def task_time_limit(settings: Settings) -> float:
@@ -136,14 +140,23 @@ def run_job_task(task, job_id: str) -> str | None:
 
     settings: Settings = task.app.secateurs_settings
     state = _process_state()
-    if state.store is None:
-        state.store = open_store(settings.store_url, echo=settings.store.echo)
-    if state.artifacts is None:
-        state.artifacts = open_artifacts(settings)
-    ctx = RunContext(settings=settings, store=state.store, artifacts=state.artifacts,
-                     worker_id=worker_identity(task.app.secateurs_worker_name), stop=_shutdown_event(),
-                     alive=lambda: os.getppid() == state.parent_pid)
-    status = run_job(job_id, ctx)
+    try:
+        if state.store is None:
+            state.store = open_store(settings.store_url, echo=settings.store.echo)
+        if state.artifacts is None:
+            state.artifacts = open_artifacts(settings)
+        ctx = RunContext(settings=settings, store=state.store, artifacts=state.artifacts,
+                         worker_id=worker_identity(task.app.secateurs_worker_name), stop=_shutdown_event(),
+                         alive=lambda: os.getppid() == state.parent_pid)
+        status = run_job(job_id, ctx)
+    except Exception as e:
+        # The store or the artifact store failed (unreachable, ...): the job may still be queued, and acking the
+        # message would strand it. Back to the queue after a pause; if the job was claimed meanwhile, the copy
+        # finds it running and does nothing (the sweep takes care of a claimed job whose attempt broke off).
+        log.exception("job %s: could not be run; its message goes back to the queue in %.0f s", job_id,
+                      REQUEUE_PAUSE_S)
+        time.sleep(REQUEUE_PAUSE_S)
+        raise Reject(f"job {job_id}: {type(e).__name__}: {e}", requeue=True) from e
     if status is None and ctx.should_stop():
         job = state.store.get_job(job_id)
         if job is not None and job.status is JobStatus.QUEUED:  # released by this stopping worker

@@ -166,6 +166,7 @@ def test_importing_the_celery_module_builds_nothing_and_the_celery_entry_finds_a
     assert out.stdout.split() == ["False", "Celery", "True", "True"]
 
 
+@pytest.mark.services
 def test_the_celery_dispatcher_sends_jobs_left_queued_at_start_up_then_each_saved_job_by_id_only(
         settings, redis, store_url):
     settings = celery_settings(settings.model_copy(update={"store": settings.store.model_copy(
@@ -192,6 +193,7 @@ def test_the_celery_dispatcher_sends_jobs_left_queued_at_start_up_then_each_save
         store.close()
 
 
+@pytest.mark.services
 def test_a_broker_outage_at_submit_leaves_the_job_queued_and_it_is_sent_when_the_broker_is_back(settings, redis):
     proxy = TcpProxy("127.0.0.1", int(redis.url.rsplit(":", 1)[1].split("/")[0]))  # down: connections refused
     db = redis.url.rsplit("/", 1)[1]
@@ -218,6 +220,7 @@ def test_a_broker_outage_at_submit_leaves_the_job_queued_and_it_is_sent_when_the
         store.close()
 
 
+@pytest.mark.services
 def test_the_celery_sweep_requeues_the_job_of_a_dead_worker_and_sends_it_again(settings, redis):
     settings = celery_settings(settings, redis, redispatch_interval=600)
     store = open_store(settings.store_url)
@@ -244,3 +247,22 @@ def test_a_celery_worker_needs_at_least_one_process(tmp_path):
     out = subprocess.run([sys.executable, "-m", "workers.cli", "worker"], env=env, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 2 and "worker.concurrency is 0" in out.stderr
+
+
+def test_a_task_that_cannot_reach_the_store_puts_its_message_back_instead_of_stranding_the_job(tmp_path,
+                                                                                               monkeypatch):
+    """The task body called directly (no eager mode, no broker): an unreachable PostgreSQL is a requeue."""
+    from types import SimpleNamespace
+
+    from celery.exceptions import Reject
+
+    from tests.e2e.servers import free_port
+    from workers import celery_app
+
+    monkeypatch.setattr(celery_app, "REQUEUE_PAUSE_S", 0.0)
+    monkeypatch.setattr(celery_app, "_STATE", {})
+    settings = Settings(data_dir=tmp_path, store={"url": f"postgresql+psycopg://u@127.0.0.1:{free_port()}/db"})
+    task = SimpleNamespace(app=SimpleNamespace(secateurs_settings=settings, secateurs_worker_name="t"))
+    with pytest.raises(Reject) as e:
+        celery_app.run_job_task(task, "job_1")
+    assert e.value.requeue is True and "job_1" in e.value.reason and "unavailable" in e.value.reason
