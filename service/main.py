@@ -49,6 +49,7 @@ async def lifespan(app: FastAPI):
         yield
     finally:
         dispatcher.stop()
+        app.state.jobs.close()
         store.close()
 
 

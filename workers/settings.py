@@ -62,6 +62,9 @@ class LimitSettings(BaseModel):
     max_stored_artifacts_per_tenant: int = Field(5000, ge=1, description="Artifacts (output files of finished "
                                                  "jobs) one tenant may keep; at the limit new jobs are refused "
                                                  "with 429 until some jobs are deleted.")
+    max_concurrent_inspections: int = Field(2, ge=1, le=64, description="Uploads one API process inspects at the "
+                                            "same time (inspecting the largest accepted config takes a few hundred "
+                                            "MiB); more wait their turn, up to a minute, then get 503.")
     max_epoch_samples: int = Field(50_000_000, ge=1, description="Training budget per job: total epochs of the "
                                    "spec times rows of x_train; larger jobs are refused with 422 at submit.")
     job_wall_seconds: float = Field(3600.0, gt=0, description="Wall-clock limit of one job attempt; the job "

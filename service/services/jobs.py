@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -25,7 +28,15 @@ from workers.spec import JobSpec, load_spec
 from workers.store import JobStore, QuotaExceeded, TenantQuota
 
 from service.auth import Principal
-from service.errors import Conflict, NotFound, TooManyRequests, Unprocessable, validation_errors
+from service.errors import (
+    RETRY_AFTER_SECONDS,
+    Conflict,
+    NotFound,
+    TooManyRequests,
+    Unavailable,
+    Unprocessable,
+    validation_errors,
+)
 from service.metrics import ServiceMetrics
 from service.services.uploads import FormRules, ParsedUpload, receive_multipart
 
@@ -35,6 +46,7 @@ MODEL_SUFFIX = {"keras": "model.keras", "h5": "model.h5"}
 DATA_NAME = "data.npz"
 MAX_WAIT_SECONDS = 60.0
 MAX_WEBHOOK_URL_BYTES = 2048
+INSPECTION_WAIT_SECONDS = 60.0  # an upload waits this long for an inspection slot, then gets 503
 POLL_SECONDS = 0.25
 
 
@@ -63,6 +75,14 @@ class JobService:
             max_body_bytes=settings.limits.max_upload_bytes,
             text_limit_names={"spec": "limits.max_spec_bytes"},
         )
+        # inspections run on their own few threads: memory freed by one is reused by the next (with any thread of
+        # the request pool, each would grow its own malloc arena and the API's memory with the number of threads)
+        n = settings.limits.max_concurrent_inspections
+        self._inspections = threading.BoundedSemaphore(n)
+        self._inspector = ThreadPoolExecutor(max_workers=n, thread_name_prefix="secateurs-inspect")
+
+    def close(self) -> None:
+        self._inspector.shutdown(wait=False, cancel_futures=True)
 
     @property
     def quota(self) -> TenantQuota:
@@ -118,19 +138,20 @@ class JobService:
         model = upload.files.get("model")
         if model is None or model.bytes == 0:
             raise Unprocessable("a model file is required (form field 'model', a .keras or .h5 file)", field="model")
-        inspection = self._inspect("model", lambda: _archive().inspect_model_file(model.path))
         data = upload.files.get("data")
         if data is not None and data.bytes == 0:
             raise Unprocessable("the data file is empty (form field 'data', an .npz file)", field="data")
-        if data is None and spec.trains:
-            raise Unprocessable("this spec trains (or ranks units on activations) and needs a dataset: send form "
-                                "field 'data' (.npz with x_train, y_train)", field="data")
-        if data is not None:
-            arrays = self._inspect("data", lambda: _archive().inspect_npz(data.path))
-            self._check_data(arrays, spec)
+        with self._inspection_slot():
+            model_format = self._inspect("model", _model_format, model.path)
+            if data is None and spec.trains:
+                raise Unprocessable("this spec trains (or ranks units on activations) and needs a dataset: send "
+                                    "form field 'data' (.npz with x_train, y_train)", field="data")
+            if data is not None:
+                arrays = self._inspect("data", _archive().inspect_npz, data.path)
+                self._check_data(arrays, spec)
         webhook_url = self._check_webhook(upload.fields.get("webhook_url"))
 
-        inputs = {"model": InputFile("model", MODEL_SUFFIX.get(inspection.format, "model.keras"),
+        inputs = {"model": InputFile("model", MODEL_SUFFIX.get(model_format, "model.keras"),
                                      model.filename or "model", model.bytes, model.sha256)}
         if data is not None:
             inputs["data"] = InputFile("data", DATA_NAME, data.filename or "data.npz", data.bytes, data.sha256)
@@ -180,10 +201,24 @@ class JobService:
             raise Unprocessable("invalid spec: " + "; ".join(f"{x['field']}: {x['message']}" for x in errors),
                                 errors=errors) from None
 
-    @staticmethod
-    def _inspect(field: str, fn):
+    @contextmanager
+    def _inspection_slot(self) -> Iterator[None]:
+        """At most limits.max_concurrent_inspections inspections at once: each may need a few hundred MiB."""
+        if not self._inspections.acquire(timeout=INSPECTION_WAIT_SECONDS):
+            limit = self.settings.limits.max_concurrent_inspections
+            raise Unavailable(f"the server is busy inspecting other uploads ({limit} at a time, "
+                              "limits.max_concurrent_inspections); retry later",
+                              field="limits.max_concurrent_inspections",
+                              headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         try:
-            return fn()
+            yield
+        finally:
+            self._inspections.release()
+
+    def _inspect(self, field: str, inspect, path):
+        """Run an inspection on an inspector thread (within an inspection slot); name the form field in errors."""
+        try:
+            return self._inspector.submit(inspect, path).result()
         except EngineError as e:
             e.field = e.field or field
             if not e.message.startswith(f"{field}:"):
@@ -281,8 +316,6 @@ class JobService:
         if job is None:  # pragma: no cover - deleted in between
             raise NotFound(f"no job '{job_id}'", field="job_id")
         if job.status is JobStatus.CANCELLED and job.webhook_url:  # it never reaches a worker: notify from here
-            import threading
-
             from workers.runner import deliver_webhook
 
             threading.Thread(target=deliver_webhook, args=(self.settings, job), name=f"webhook-{job.id}",
@@ -319,6 +352,12 @@ def _archive():
     from workers.engine import archive
 
     return archive
+
+
+def _model_format(path) -> str:
+    """Inspect a model file; keep only its format: the parsed config (up to a few hundred MiB of objects for the
+    largest accepted one) is freed on the inspector thread, before the next inspection may start."""
+    return _archive().inspect_model_file(path).format
 
 
 def prepare_data_dir(settings: Settings, store: JobStore, artifacts: ArtifactStore, *, orphan_age_s: float = 300.0

@@ -2,7 +2,8 @@
 multipart upload: refused with its status and a problem naming the member, layer, field or array; no canary; the
 service keeps answering; nothing is kept; the API process never loads TensorFlow and its peak memory stays bounded.
 Then a job that passes inspection but exhausts memory while it trains fails naming the memory limit, and the same
-worker runs the next job.
+worker runs the next job; and many large uploads at once are inspected a few at a time on the same threads, so
+the API's memory does not grow with the number of simultaneous uploads.
 
 The memory bound: the API process's peak resident set (VmHWM) after a warm-up upload that runs every inspection
 path, plus API_MEMORY_MARGIN. The margin is below what any inflating attack would cost if it were materialised
@@ -12,8 +13,11 @@ MiB measured over a whole hostile run.
 
 from __future__ import annotations
 
+import copy
 import json
 import tarfile
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -165,3 +169,63 @@ def test_a_hostile_model_is_refused_even_when_the_spec_needs_no_data(server, mem
     assert r.status_code == 422 and r.json()["code"] == "model_rejected"
     assert "layer 'lambda_1' (Lambda) is not allowed" in r.json()["detail"]
     assert not (canary_dir / "canary").exists()
+
+
+# --------------------------------------------------------------------------- many large uploads at once
+
+ONE_SHOT = {"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.5}],
+            "evaluation": {"latency": False}}
+
+
+@pytest.fixture(scope="module")
+def big_config_model(tmp_path_factory) -> Path:
+    """A model that passes inspection but whose config.json is about 9 MiB: a StringLookup with an inline
+    vocabulary of a million words. Inspecting it takes some 100 MiB and a second or two."""
+    import keras
+
+    directory = tmp_path_factory.mktemp("big-config")
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense")]).save(directory / "small.keras")
+    with zipfile.ZipFile(directory / "small.keras") as zf:
+        members = [(info.filename, zf.read(info)) for info in zf.infolist()]
+    config = json.loads(dict(members)["config.json"])
+    lookup = copy.deepcopy(config["config"]["layers"][-1])
+    lookup.update(class_name="StringLookup", name="lookup",
+                  config={"name": "lookup", "vocabulary": [f"{i:x}" for i in range(1_000_000)], "num_oov_indices": 1})
+    config["config"]["layers"].append(lookup)
+    members = [(n, json.dumps(config).encode() if n == "config.json" else d) for n, d in members]
+    return hostile.write_zip(directory / "big_config.keras", members)
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("inspections") / "data", workers=0,
+                 env={"SECATEURS_LIMITS__MAX_CONCURRENT_INSPECTIONS": "1"}).start()
+    yield srv
+    srv.stop()
+
+
+def _inspected_then_refused(server: Server, model: Path) -> httpx.Response:
+    """Submit `model` with a webhook URL the service refuses after inspecting everything: nothing is stored."""
+    with server.client() as c:
+        return c.post("/v1/jobs", files={"model": (model.name, model.read_bytes())},
+                      data={"spec": json.dumps(ONE_SHOT), "webhook_url": "http://127.0.0.1:9/hook"})
+
+
+@pytest.mark.slow
+def test_concurrent_uploads_are_inspected_one_at_a_time_so_the_api_memory_stays_bounded(one_at_a_time,
+                                                                                         big_config_model):
+    pid = one_at_a_time.proc.pid
+    start = peak_rss(pid)
+    r = _inspected_then_refused(one_at_a_time, big_config_model)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "webhook_url", r.text
+    single = peak_rss(pid) - start
+    assert single > 64 * MiB  # the file really costs memory to inspect
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: _inspected_then_refused(one_at_a_time, big_config_model), range(4)))
+    assert [a.json()["errors"][0]["field"] for a in answers] == ["webhook_url"] * 4
+    together = peak_rss(pid) - start
+    assert together <= 1.5 * single + 32 * MiB, (
+        f"4 concurrent inspections raised the API's peak RSS by {together / MiB:.0f} MiB; one alone by "
+        f"{single / MiB:.0f} MiB")
+    assert_nothing_kept(one_at_a_time)
