@@ -106,7 +106,8 @@ class PruneStep(_Strict):
     m: int | None = Field(None, ge=2, le=64, description="Group size (method=n_m).")
     block_shape: tuple[int, int] | None = Field(None, description="Block (rows, cols) of the 2-D kernel view (method=block).")
     scope: Literal["layer", "global"] = Field(
-        "layer", description="layer: every layer reaches the target; global: one ranking across layers."
+        "global", description="global (default): one ranking across layers (tiny layers and a small output layer "
+        "are spared); layer: every layer reaches the target."
     )
     schedule: ScheduleSpec | None = Field(
         None, description="How sparsity grows during the step's epochs. Default: polynomial when epochs > 0, else one-shot."

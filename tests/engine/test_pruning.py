@@ -107,7 +107,7 @@ def test_masks_hold_exact_zeros_after_every_update_for_every_optimizer(optimizer
     model = fresh_small(trained_small)
     weights = prunable_weights(model)
     pruner = Pruner(model, weights, {})
-    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.8))
+    pruner.prune(PruneStep(scope="layer", method="magnitude", target_sparsity=0.8))
     pruned = {w.path: w.variable.numpy() == 0 for w in weights}
     before = {w.path: w.variable.numpy().copy() for w in weights}
     compile_(model, optimizer)  # compiled after the constraints are attached
@@ -131,12 +131,12 @@ def test_constraints_only_reach_a_train_function_traced_after_attaching_so_calle
     compile_(model)
     model.fit(x, y, epochs=1, batch_size=64, verbose=0)  # traces the train function without constraints
     pruner = Pruner(model, prunable_weights(model), {})
-    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.5))
+    pruner.prune(PruneStep(scope="layer", method="magnitude", target_sparsity=0.5))
     fc1 = model.get_layer("fc1").kernel
     zeros = fc1.numpy() == 0
     model.fit(x, y, epochs=1, batch_size=64, verbose=0)  # stale trace: the zeros drift
     assert np.count_nonzero(fc1.numpy()[zeros]) > 0.5 * zeros.sum()
-    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.5))
+    pruner.prune(PruneStep(scope="layer", method="magnitude", target_sparsity=0.5))
     zeros = fc1.numpy() == 0
     compile_(model)  # retrace: now the constraint runs after every update
     model.fit(x, y, epochs=1, batch_size=64, verbose=0)
@@ -153,7 +153,7 @@ def test_mask_constraint_composes_with_a_layer_constraint_and_detach_restores_it
     pruner = Pruner(model, weights, {})
     fc = weights[0].variable
     assert isinstance(fc.constraint, MaskConstraint) and fc.constraint.inner is nonneg
-    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.5))
+    pruner.prune(PruneStep(scope="layer", method="magnitude", target_sparsity=0.5))
     zeros = fc.numpy() == 0
     compile_(model, "sgd")
     model.fit(mnist[0][:2048], mnist[1][:2048], epochs=1, batch_size=64, verbose=0)
@@ -164,7 +164,7 @@ def test_mask_constraint_composes_with_a_layer_constraint_and_detach_restores_it
     assert not pruner.attached
     pruner.detach()  # idempotent
     with pytest.raises(RuntimeError, match="detached"):
-        pruner.prune(PruneStep(method="magnitude", target_sparsity=0.5))
+        pruner.prune(PruneStep(scope="layer", method="magnitude", target_sparsity=0.5))
 
 
 def test_hold_zeros_keeps_zeros_made_elsewhere_through_training_and_later_pruning(mnist, trained_small):
@@ -180,11 +180,11 @@ def test_hold_zeros_keeps_zeros_made_elsewhere_through_training_and_later_prunin
     compile_(model)
     model.fit(mnist[0][:2048], mnist[1][:2048], epochs=1, batch_size=64, verbose=0)
     assert np.all(fc1.kernel.numpy()[held] == 0)
-    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.1))  # below the held 25%: the floor wins
+    pruner.prune(PruneStep(scope="layer", method="magnitude", target_sparsity=0.1))  # below the held 25%: the floor wins
     assert np.all(fc1.kernel.numpy()[held] == 0)
     assert pruner.layer_sparsity()["fc1"] == pytest.approx(held.mean())
     assert pruner.layer_sparsity()["out"] == pytest.approx(0.1)
-    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.5))  # above it: exact target
+    pruner.prune(PruneStep(scope="layer", method="magnitude", target_sparsity=0.5))  # above it: exact target
     assert pruner.layer_sparsity()["fc1"] == 0.5
     pruner.detach()
 
@@ -205,7 +205,7 @@ def test_layer_scope_gives_every_layer_its_exact_target_including_overrides(meth
     overrides = {"fc": LayerOverride(target_sparsity=0.3)}
     pruner = Pruner(model, prunable_weights(model), overrides)
     extra = {"block_shape": (1, 2)} if method == "block" else {}
-    pruner.prune(PruneStep(method=method, target_sparsity=0.6, **extra))
+    pruner.prune(PruneStep(scope="layer", method=method, target_sparsity=0.6, **extra))
     for w in pruner.weights:
         value = w.variable.numpy()
         target = 0.3 if w.path == "fc" else 0.6
@@ -306,7 +306,7 @@ def test_skip_overrides_are_never_touched_and_nested_models_are_pruned_by_path(m
     weights = prunable_weights(model)
     pruner = Pruner(model, weights, {"head": LayerOverride(skip=True)})
     assert [w.path for w in pruner.weights] == ["enc/a"]
-    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.7))
+    pruner.prune(PruneStep(scope="layer", method="magnitude", target_sparsity=0.7))
     zeros = inner.get_layer("a").kernel.numpy() == 0
     compile_(model)
     model.fit(mnist[0][:1024], mnist[1][:1024], epochs=1, batch_size=64, verbose=0)
@@ -334,7 +334,7 @@ def test_gradual_pruning_updates_masks_only_on_schedule_steps_and_ends_exactly_o
     model = fresh_small(trained_small)
     weights = prunable_weights(model)
     extra = {"block_shape": (1, 4)} if method == "block" else {}
-    step = PruneStep(method=method, target_sparsity=0.75, schedule=SCHEDULES[kind], epochs=2, **extra)
+    step = PruneStep(scope="layer", method=method, target_sparsity=0.75, schedule=SCHEDULES[kind], epochs=2, **extra)
     steps_per_epoch = 4096 // 128
     pruner = Pruner(model, weights, {})
     cb = pruner.callback(step, steps_per_epoch)
@@ -361,7 +361,7 @@ def test_callback_with_steps_per_execution_catches_up_on_skipped_update_steps(mn
     model = fresh_small(trained_small)
     weights = prunable_weights(model)
     schedule = PolynomialScheduleSpec(begin=0.0, end=1.0, frequency=3)
-    step = PruneStep(method="magnitude", target_sparsity=0.6, schedule=schedule, epochs=1)
+    step = PruneStep(scope="layer", method="magnitude", target_sparsity=0.6, schedule=schedule, epochs=1)
     pruner = Pruner(model, weights, {})
     cb = pruner.callback(step, 16)
     model.compile("adam", "sparse_categorical_crossentropy", steps_per_execution=4)
@@ -416,7 +416,7 @@ def test_detached_model_exports_clean_and_zeros_survive_a_stock_load(tmp_path, m
 def test_pruner_used_as_a_context_manager_detaches_on_exit():
     model = token_model()
     with Pruner(model, prunable_weights(model), {}) as pruner:
-        pruner.prune(PruneStep(method="magnitude", target_sparsity=0.5))
+        pruner.prune(PruneStep(scope="layer", method="magnitude", target_sparsity=0.5))
         assert isinstance(model.get_layer("emb").embeddings.constraint, MaskConstraint)
     assert model.get_layer("emb").embeddings.constraint is None
     assert pruner.layer_sparsity() == {"emb": 0.5, "out": 0.5}

@@ -27,9 +27,10 @@ may change at any time (they are variables read by the traced function), which i
 
 Scopes. `scope="layer"`: every weight reaches its own target (the step's, or `overrides[name]`), count-based
 and exact for magnitude/block. `scope="global"`: one ranking across the weights without a per-layer override,
-so that the overall sparsity of that pruned set equals the target exactly; by default it spares the layer that
-produces a model output and the smallest tensors holding together at most 1% of the candidates
-(`masks.spared_small`), unless they are named explicitly (in `layers.include` by name, or given a per-layer
+so that the overall sparsity of that pruned set equals the target exactly; by default it spares the layers that
+produce a model output when they hold together at most OUTPUT_LAYER_BUDGET (10%) of the pool (a model whose
+output layer holds most of its weights, such as Conv -> Flatten -> Dense(10), must prune it), and the smallest
+tensors holding together at most 1% of the candidates (`masks.spared_small`), unless they are named explicitly (in `layers.include` by name, or given a per-layer
 target). If sparing would leave nothing to prune, nothing is spared. `pruner.spared` lists the weights spared
 by the last plan, as "path/role".
 
@@ -56,6 +57,9 @@ from workers.engine.masks import MaskMethod, MaskParams, get_method, spared_smal
 from workers.engine.registry import PrunableWeight, output_layer_paths
 from workers.engine.schedules import OneShot, make_schedule
 from workers.spec import LayerOverride, PruneStep
+
+
+OUTPUT_LAYER_BUDGET = 0.10  # global scope spares the output layers only when they hold at most this share
 
 
 class MaskConstraint(keras.constraints.Constraint):
@@ -213,13 +217,18 @@ class Pruner:
         pool: list[int] = []
         for i, w in enumerate(self.weights):
             params = self._layer_params(w, base)
-            if step.scope == "layer" or params != base:
+            # a method without a global ranking (threshold, N:M) applies its per-tensor rule everywhere
+            if step.scope == "layer" or method.global_ is None or params != base:
                 groups.append(_Group((i,), params, "layer"))
             else:
                 pool.append(i)
         self.spared = []
         if pool:
-            candidates = [i for i in pool if self.weights[i].explicit or self.weights[i].path not in self._outputs]
+            outputs = [i for i in pool if not self.weights[i].explicit and self.weights[i].path in self._outputs]
+            pool_size = sum(self.weights[i].size for i in pool)
+            if sum(self.weights[i].size for i in outputs) > OUTPUT_LAYER_BUDGET * pool_size:
+                outputs = []  # the output layers are most of the model: sparing them would prune next to nothing
+            candidates = [i for i in pool if i not in outputs]
             small = spared_small([self.weights[i].size for i in candidates])
             candidates = [i for j, i in enumerate(candidates) if j not in small or self.weights[i].explicit]
             if not candidates:  # sparing would leave nothing to prune: spare nothing
