@@ -21,7 +21,8 @@ from bench.harness import Arm, Sides, paired_ratio, pretrained, run_interleaved,
 
 MODELS = ("tutorial_cnn", "lenet_300_100")
 TARGET = 0.8
-FULL = {"repeats": 9, "epochs": 4, "variants": ("default", "jit", "spe", "dataset"), "tfmot_frequencies": (100, 10)}
+FULL = {"repeats": 9, "epochs": 4, "variants": ("default", "jit", "spe", "dataset", "dataset+spe"),
+        "tfmot_frequencies": (100, 10)}
 QUICK = {"repeats": 2, "epochs": 4, "variants": ("default",), "tfmot_frequencies": (100,)}
 
 

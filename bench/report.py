@@ -50,7 +50,9 @@ def overhead_tables(d: dict) -> str:
     for model, m in d["models"].items():
         r = m["ratios"]
         rows = []
-        for key, ov in r["overhead"].items():
+        order = sorted(r["overhead"], key=lambda k: (k.startswith("tfmot"), k != "secateurs:default", k))
+        for key in order:
+            ov = r["overhead"][key]
             side, variant = key.split(":", 1)
             if side == "secateurs":
                 plain = m["arms"][f"secateurs:plain:{variant}"]
@@ -99,12 +101,17 @@ def accuracy_tables(d: dict) -> str:
     return "\n".join(parts)
 
 
+def _phases(phases) -> str:
+    return " + ".join(f"{e} epoch{'s' if e != 1 else ''} at Adam {lr:g}" for e, lr in phases)
+
+
 def structured_tables(d: dict) -> str:
     cfg, pre = d["config"], d["pretrained"]
     parts = [_run_line(d), "",
-             f"resnet_bn width {cfg['width']}, trained {cfg['pretrain_epochs']} epochs (held-out accuracy "
-             f"{pre['accuracy']:.4f}); `structured_prune` criterion {cfg['criterion']}, scope {cfg['scope']}, "
-             f"round_to {cfg['round_to']}; fine-tune {cfg['finetune_epochs']} epochs. Latency: median of "
+             f"resnet_bn width {cfg['width']} ({pre['params']:,} parameters), trained "
+             f"{_phases(cfg['pretrain'])} (held-out accuracy {pre['accuracy']:.4f}); `structured_prune` criterion "
+             f"{cfg['criterion']}, scope {cfg['scope']}, round_to {cfg['round_to']}; fine-tune "
+             f"{_phases(cfg['finetune'])}. Latency: median of "
              f"{cfg['latency_rounds']} alternating rounds (each the median of {cfg['latency_runs']} compiled calls "
              "after warm-up) of `metrics.latency`; speedup = per-round before/after ratio, median (range)."]
     rows = []
@@ -149,13 +156,14 @@ def service_tables(d: dict) -> str:
         rows.append([name, ", ".join(v["patches"]) or "—", f"{p['p50_ms']['median']:.1f}", f"{p['p90_ms']['median']:.1f}",
                      f"**{p['p99_ms']['median']:.1f}** ({p['p99_ms']['min']:.1f}–{p['p99_ms']['max']:.1f})",
                      f"{c['p99_ms']['median']:.1f}", f"{sat['throughput_rps']['median']:.0f}",
-                     f"{sat['p99_ms']['median']:.0f}", p["errors"] + sat["errors"]])
+                     f"{sat['p99_ms']['median']:.0f}", p["errors"] + sat["errors"],
+                     f"{v['training_steps_per_s']['median']:.1f}" if "training_steps_per_s" in v else "—"])
     parts += ["", f"Status under load: {cfg['clients']} clients polling `GET /v1/jobs/{{id}}` once per second each "
               f"({cfg['paced_seconds']} s) while two jobs train, then back to back ({cfg['saturate_seconds']} s); "
               f"control: paced again with the two job processes paused. {cfg['rounds']} rounds per variant, "
               "interleaved, a fresh server each; medians over rounds (range).", "",
               _md(rows, ["server", "patches", "p50 ms", "p90 ms", "p99 ms", "p99 ms, jobs paused",
-                         "saturating req/s", "saturating p99 ms", "errors"])]
+                         "saturating req/s", "saturating p99 ms", "errors", "training steps/s (2 jobs)"])]
     u = d["upload_memory"]
     parts += ["", f"Upload of {u['upload_bytes'] / 2**20:.0f} MiB (one `.npz`) in {u['upload_s']:.2f} s "
               f"({u['upload_mb_per_s']:.0f} MiB/s): API process RSS {u['rss_baseline_mib']:.1f} MiB before, at most "

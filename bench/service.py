@@ -43,11 +43,12 @@ from bench.harness import Sides, pretrained
 VARIANTS = {
     "current": (),
     "job-nice": ("job-nice",),
-    "all patches": ("job-nice", "auth-fast-path", "sqlite-connections"),
+    "job-nice + tf-threads": ("job-nice", "tf-threads-per-job"),
+    "all patches": ("job-nice", "tf-threads-per-job", "sqlite-connections", "auth-fast-path"),
 }
 FULL = {"dispatch_jobs": 5, "job_epochs": 2, "clients": 100, "paced_seconds": 20, "control_seconds": 10,
-        "saturate_seconds": 5, "poll_interval": 1.0, "upload_mb": 200, "rounds": 2, "variants": VARIANTS}
-QUICK = {"dispatch_jobs": 2, "job_epochs": 1, "clients": 100, "paced_seconds": 5, "control_seconds": 3,
+        "saturate_seconds": 5, "poll_interval": 1.0, "upload_mb": 200, "rounds": 3, "variants": VARIANTS}
+QUICK = {"dispatch_jobs": 1, "job_epochs": 1, "clients": 100, "paced_seconds": 5, "control_seconds": 3,
          "saturate_seconds": 2, "poll_interval": 1.0, "upload_mb": 200, "rounds": 1,
          "variants": {"current": ()}}
 
@@ -315,6 +316,15 @@ def _start_training(client, files) -> list[str]:
     return ids
 
 
+def _training_steps(client, ids: list[str]) -> dict[str, tuple[float, float]]:
+    """(total optimizer steps so far, time) per job, from its progress report."""
+    out = {}
+    for job_id in ids:
+        p = client.get(f"/v1/jobs/{job_id}").json().get("progress") or {}
+        out[job_id] = (float(p.get("step") or 0), time.monotonic())
+    return out
+
+
 def measure_status_load(server: Server, client, files, cfg: dict) -> dict:
     """Two jobs training; 100 clients poll their status, paced and then saturating. Control: the same paced
     load with the two job processes paused (SIGSTOP), which separates the cost of training next to the API
@@ -322,7 +332,12 @@ def measure_status_load(server: Server, client, files, cfg: dict) -> dict:
     ids = _start_training(client, files)
     out = {"jobs": ids}
     load0 = os.getloadavg()[0]
+    steps0 = _training_steps(client, ids)
     out["paced"] = asyncio.run(_clients(server.url, ids, cfg["clients"], cfg["paced_seconds"], cfg["poll_interval"]))
+    steps1 = _training_steps(client, ids)
+    # training throughput of the two jobs during the paced window (optimizer steps per second, summed)
+    out["training_steps_per_s"] = sum(steps1[j][0] - steps0[j][0] for j in ids) / (
+        statistics.fmean(steps1[j][1] - steps0[j][1] for j in ids) or 1.0)
     out["saturating"] = asyncio.run(_clients(server.url, ids, cfg["clients"], cfg["saturate_seconds"], None))
     states = [client.get(f"/v1/jobs/{j}").json()["status"] for j in ids]
     out["jobs_running_throughout"] = all(s == "running" for s in states)
@@ -375,6 +390,7 @@ def status_variants(files, cfg: dict, monitor: LoadMonitor) -> dict:
                                     for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "throughput_rps")}
             summary[name][phase]["requests"] = sum(r[phase]["requests"] for r in rs)
             summary[name][phase]["errors"] = sum(sum(r[phase]["errors"].values()) for r in rs)
+        summary[name]["training_steps_per_s"] = summarize([r["training_steps_per_s"] for r in rs])
     return {"runs": runs, "summary": summary}
 
 

@@ -33,6 +33,7 @@ VARIANTS: dict[str, dict] = {
     "spe": {"steps_per_execution": 8},
     "jit+spe": {"jit_compile": True, "steps_per_execution": 8},
     "dataset": {"pipeline": "dataset"},
+    "dataset+spe": {"pipeline": "dataset", "steps_per_execution": 8},
 }
 
 
@@ -171,41 +172,48 @@ def _measure_model(model, path: Path) -> dict:
             "file": metrics.file_size(path), "accuracy": held_out_accuracy(model)}
 
 
-def _finetune(model, epochs: int, batch_size: int, lr: float, seed: int) -> float:
+def _finetune(model, phases: list, batch_size: int, seed: int) -> float:
+    """Fine-tune through the engine's compile (`model_io.compile_model`), one phase per (epochs, learning rate),
+    each phase a fresh optimizer as in a job's consecutive steps. Returns the seconds spent in `fit`."""
     from workers.engine import model_io
     from workers.spec import TrainingSpec
 
     keras.utils.set_random_seed(seed)
     x, y, _, _ = data()
-    training = TrainingSpec(batch_size=batch_size, learning_rate=lr, loss="sparse_categorical_crossentropy",
-                            metrics=["accuracy"])
-    model_io.compile_model(model, training, training.loss, training.metrics)
-    sw = Stopwatch()
-    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
-    sw.mark("fitted")
-    return sw.between(None, "fitted")
+    seconds = 0.0
+    for epochs, lr in phases:
+        training = TrainingSpec(batch_size=batch_size, learning_rate=lr, loss="sparse_categorical_crossentropy",
+                                metrics=["accuracy"])
+        model_io.compile_model(model, training, training.loss, training.metrics)
+        sw = Stopwatch()
+        model.fit(x, y, batch_size=batch_size, epochs=int(epochs), verbose=0, shuffle=True)
+        sw.mark("fitted")
+        seconds += sw.between(None, "fitted")
+    return seconds
 
 
-def structured_pretrain(width: int, epochs: int, out: str, batch_size: int = 128, seed: int = 0,
-                        lr: float = 1e-3) -> dict:
-    """Train the residual BatchNorm conv net from scratch and save it (.keras)."""
+def structured_pretrain(width: int, phases: list, out: str, batch_size: int = 128, seed: int = 0) -> dict:
+    """Train the residual BatchNorm conv net from scratch, phase by phase ((epochs, learning rate) with Adam; the
+    last phase at a low rate settles the BatchNorm statistics), and save it (.keras)."""
     from bench.models import resnet_bn
 
     keras.utils.set_random_seed(seed)
     x, y, _, _ = data()
     model = resnet_bn(keras, width=width)
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     sw = Stopwatch()
-    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
+    for epochs, lr in phases:
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        model.fit(x, y, batch_size=batch_size, epochs=int(epochs), verbose=0, shuffle=True)
     sw.mark("fitted")
     model.save(out)
     return {"path": out, "accuracy": held_out_accuracy(model), "params": int(model.count_params()),
-            "train_s": sw.between(None, "fitted")}
+            "train_s": sw.between(None, "fitted"), "phases": phases}
 
 
-def structured_job(model_file: str, keep_ratio: float, finetune_epochs: int, criterion: str = "l1",
+def structured_job(model_file: str, keep_ratio: float, finetune: list, criterion: str = "l1",
                    scope: str = "layer", round_to: int = 1, latency_rounds: int = 5, latency_runs: int = 30,
-                   batch_size: int = 128, lr: float = 1e-3, seed: int = 0) -> dict:
+                   batch_size: int = 128, seed: int = 0) -> dict:
     """structured_prune the model (engine defaults unless given), fine-tune, and measure before and after.
 
     Latency: `latency_rounds` alternating rounds of `metrics.latency` (compiled forward pass, warm-up, median of
@@ -223,7 +231,7 @@ def structured_job(model_file: str, keep_ratio: float, finetune_epochs: int, cri
                                       round_to=round_to, x_calib=x[:512])
     sw.mark("surgery")
     accuracy_before_finetune = held_out_accuracy(pruned)
-    finetune_s = _finetune(pruned, finetune_epochs, batch_size, lr, seed) if finetune_epochs else 0.0
+    finetune_s = _finetune(pruned, finetune, batch_size, seed) if finetune else 0.0
     after = _measure_model(pruned, _TMP / "after.keras")
     after["accuracy_before_finetune"] = accuracy_before_finetune
     rounds = []
@@ -234,17 +242,17 @@ def structured_job(model_file: str, keep_ratio: float, finetune_epochs: int, cri
                            "speedup": lb[k]["median"] / la[k]["median"]} for k in lb})
     out = {"keep_ratio": keep_ratio, "criterion": criterion, "scope": scope, "round_to": round_to,
            "before": before, "after": after, "latency_rounds": rounds, "surgery_s": sw.between(None, "surgery"),
-           "finetune_s": finetune_s, "finetune_epochs": finetune_epochs,
+           "finetune_s": finetune_s, "finetune": finetune,
            "groups": [{"layers": g.layers, "units_before": g.units_before, "units_after": g.units_after}
                       for g in report.groups]}
     return out
 
 
-def finetune_reference(model_file: str, epochs: int, batch_size: int = 128, lr: float = 1e-3, seed: int = 0) -> dict:
+def finetune_reference(model_file: str, finetune: list, batch_size: int = 128, seed: int = 0) -> dict:
     """The unpruned model fine-tuned as long as the pruned ones: separates the pruning loss from extra training."""
     reference = keras.saving.load_model(model_file)
-    seconds = _finetune(reference, epochs, batch_size, lr, seed)
-    return {"accuracy": held_out_accuracy(reference), "finetune_s": seconds, "epochs": epochs}
+    seconds = _finetune(reference, finetune, batch_size, seed)
+    return {"accuracy": held_out_accuracy(reference), "finetune_s": seconds, "finetune": finetune}
 
 
 TASKS.update({"structured_pretrain": structured_pretrain, "structured_job": structured_job,
