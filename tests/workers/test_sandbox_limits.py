@@ -40,8 +40,8 @@ def _inputs(name: str, tmp_path: Path, job_files) -> tuple[Path, Path, Path]:
 
 def test_the_job_environment_keeps_every_writable_place_inside_the_scratch_directory(tmp_path):
     scratch = tmp_path / "scratch"
-    env = child_environment(scratch, {"HOME": "/root", "TMPDIR": "/tmp", "TEMP": "/tmp", "TMP": "/tmp",
-                                      "KERAS_HOME": "/root/.keras", "PATH": "/usr/bin"})
+    env = child_environment(scratch, {"HOME": "/home/user", "TMPDIR": "/tmp", "TEMP": "/tmp", "TMP": "/tmp",
+                                      "KERAS_HOME": "/home/user/.keras", "PATH": "/usr/bin"})
     for name in ("HOME", "KERAS_HOME", "TMPDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME",
                  "MPLCONFIGDIR"):
         assert Path(env[name]).is_relative_to(scratch) and Path(env[name]).is_dir(), name
