@@ -257,3 +257,50 @@ def finetune_reference(model_file: str, finetune: list, batch_size: int = 128, s
 
 TASKS.update({"structured_pretrain": structured_pretrain, "structured_job": structured_job,
               "finetune_reference": finetune_reference})
+
+
+# --------------------------------------------------------------------------- mask-update cost (profiling aid)
+
+
+def mask_update_cost(model_file: str, epochs: int, target: float, batch_size: int = 128, seed: int = 0) -> dict:
+    """One gradual-pruning fit with the engine's callback, timing every mask update (`PruningCallback._update`)
+    separately from the fit, plus one plain fit of the same epochs for scale."""
+    import time
+
+    from workers.engine import pruning
+    from workers.engine.registry import prunable_weights
+
+    x, y, _, _ = data()
+    spent: list[float] = []
+    original = pruning.PruningCallback._update
+
+    def timed(self, t):
+        t0 = time.perf_counter()
+        original(self, t)
+        spent.append(time.perf_counter() - t0)
+
+    keras.utils.set_random_seed(seed)
+    plain = keras.saving.load_model(model_file)
+    _compile_plain(plain, 1e-3, {})
+    sw = Stopwatch()
+    plain.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
+    sw.mark("plain")
+    keras.utils.set_random_seed(seed)
+    model = keras.saving.load_model(model_file)
+    pruner = pruning.Pruner(model, prunable_weights(model))
+    callback = pruner.callback(prune_step(target, epochs), int(np.ceil(len(x) / batch_size)))
+    _compile_plain(model, 1e-3, {})
+    pruning.PruningCallback._update = timed
+    try:
+        sw.mark("compiled")
+        model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True, callbacks=[callback])
+        sw.mark("pruned")
+    finally:
+        pruning.PruningCallback._update = original
+        pruner.detach()
+    return {"plain_fit_s": sw.between(None, "plain"), "prune_fit_s": sw.between("compiled", "pruned"),
+            "updates": len(spent), "update_total_s": sum(spent), "update_median_ms": 1000 * float(np.median(spent)),
+            "update_max_ms": 1000 * max(spent), "sparsity": pruner.sparsity()}
+
+
+TASKS["mask_update_cost"] = mask_update_cost
