@@ -4,10 +4,9 @@ From the same pretrained weights, each arm prunes to the target while fine-tunin
 (batch 128, Adam 1e-3, same seeds), then the 2,000 held-out digits are scored:
 
   secateurs            PruneStep(method="magnitude", target_sparsity=s, epochs=E): the engine's defaults
-                       (layer scope, polynomial schedule with its default window and frequency)
-  secateurs:global     the same with scope="global" (spares the output layer and the smallest tensors)
-  secateurs+prune-defaults   the engine with bench/patches/prune-defaults.diff: global scope by default, the
-                       output layer spared only when it holds <= 10% of the weights (the proposed defaults)
+                       (since 78c2608: one global ranking that spares the smallest tensors and a small output
+                       layer; polynomial schedule with its default window and frequency)
+  secateurs:layer      the same with scope="layer" (every layer to the target: the default before 78c2608)
   tfmot:poly-f100      PolynomialDecay(0 -> s, begin 0, end = last step), tfmot's default frequency 100
   tfmot:poly-f10       the same with frequency 10
   tfmot:const-f100     ConstantSparsity(s, begin 0): prune_low_magnitude's default schedule type
@@ -33,13 +32,11 @@ TFMOT_ARMS = {
 # label -> (worker side, task arguments); a side "secateurs+<patch>" runs the engine with bench/patches/<patch>.diff
 SECATEURS_ARMS = {
     "secateurs": ("secateurs", {}),
-    "secateurs:global": ("secateurs", {"step": {"scope": "global"}}),
-    "secateurs+prune-defaults": ("secateurs+prune-defaults", {}),
+    "secateurs:layer": ("secateurs", {"step": {"scope": "layer"}}),
 }
-PROPOSED = "secateurs+prune-defaults"
 FULL = {"epochs": 2, "seeds": (0, 1, 2), "tfmot_arms": tuple(TFMOT_ARMS), "secateurs_arms": tuple(SECATEURS_ARMS)}
 QUICK = {"epochs": 2, "seeds": (0,), "tfmot_arms": ("tfmot:poly-f100", "tfmot:poly-f10"),
-         "secateurs_arms": ("secateurs", PROPOSED)}
+         "secateurs_arms": ("secateurs",)}
 
 
 def arms_for(pre: dict, target: float, seed: int, cfg: dict) -> list[Arm]:

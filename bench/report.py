@@ -85,7 +85,7 @@ def accuracy_tables(d: dict) -> str:
              f"median held-out accuracy over seeds {list(cfg['seeds'])}; the kernel sparsity actually reached is "
              "in brackets. **Bold**: the best tfmot arm at that point."]
     for model, m in d["models"].items():
-        labels = list(m["rows"][0]["arms"])
+        labels = sorted(m["rows"][0]["arms"], key=lambda a: (a.startswith("tfmot"), a))
         rows = []
         for row in m["rows"]:
             cells = [f"{row['target']:.0%}"]
@@ -118,7 +118,10 @@ def structured_tables(d: dict) -> str:
     for r in d["rows"]:
         b, a, lat = r["before"], r["after"], r["latency"]
         ref = r.get("baseline_finetuned_accuracy")
-        rows.append([r["keep_ratio"], f"{b['params']:,} → {a['params']:,}", f"{b['macs'] / 1e6:.2f} → "
+        setting = f"{r['criterion']}, {r['scope']}"
+        if [list(p) for p in r["finetune"]] != [list(p) for p in cfg["finetune"]]:
+            setting += f", fine-tune {_phases(r['finetune'])}"
+        rows.append([r["keep_ratio"], setting, f"{b['params']:,} → {a['params']:,}", f"{b['macs'] / 1e6:.2f} → "
                      f"{a['macs'] / 1e6:.2f} M", f"{b['file']['bytes'] / 1024:.0f} → {a['file']['bytes'] / 1024:.0f} KiB",
                      f"{lat['batch_1']['before_ms']['median']:.2f} → {lat['batch_1']['after_ms']['median']:.2f} "
                      f"(**{_spread(lat['batch_1']['speedup'])}×**)",
@@ -127,7 +130,7 @@ def structured_tables(d: dict) -> str:
                      f"{b['accuracy']:.4f} → {a['accuracy_before_finetune']:.4f} → {a['accuracy']:.4f}",
                      f"{-r['accuracy_drop_points']:+.2f}" + (f" ({100 * (a['accuracy'] - ref):+.2f} vs {ref:.4f})"
                                                              if ref is not None else "")])
-    parts += ["", _md(rows, ["keep", "parameters", "MACs / sample", "file (.keras)", "latency b=1 ms (speedup)",
+    parts += ["", _md(rows, ["keep", "criterion, scope", "parameters", "MACs / sample", "file (.keras)", "latency b=1 ms (speedup)",
                              "latency b=32 ms (speedup)", "accuracy: before → pruned → fine-tuned",
                              "Δ points (vs the unpruned model fine-tuned as long)"])]
     return "\n".join(parts)
@@ -151,7 +154,8 @@ def service_tables(d: dict) -> str:
                    _spread(s["process_and_store_s"])]], ["seconds", "median (range)"])]
     sl = d["status_load"]["summary"]
     rows = []
-    for name, v in sl.items():
+    for name in [n for n in cfg["variants"] if n in sl]:
+        v = sl[name]
         p, c, sat = v["paced"], v["paced_jobs_paused"], v["saturating"]
         rows.append([name, ", ".join(v["patches"]) or "—", f"{p['p50_ms']['median']:.1f}", f"{p['p90_ms']['median']:.1f}",
                      f"**{p['p99_ms']['median']:.1f}** ({p['p99_ms']['min']:.1f}–{p['p99_ms']['max']:.1f})",

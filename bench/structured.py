@@ -17,9 +17,12 @@ from bench.harness import Sides
 # training phases: (epochs, Adam learning rate); a last phase at 1e-4 settles the BatchNorm statistics (at a
 # constant 1e-3 the held-out accuracy of this net jumps by +-5 points from one epoch to the next)
 FULL = {"width": 32, "pretrain": ((5, 1e-3), (1, 1e-4)), "keep_ratios": (0.75, 0.5, 0.25),
-        "finetune": ((1, 1e-3), (1, 1e-4)), "latency_rounds": 7, "latency_runs": 30, "baseline_finetune": True}
+        "finetune": ((1, 1e-3), (1, 1e-4)), "latency_rounds": 7, "latency_runs": 30, "baseline_finetune": True,
+        # other settings at keep 0.5 (criterion, scope, fine-tune phases or None for the default fine-tune)
+        "extra": (("l2", "layer", None), ("l1", "global", None), ("l2", "global", None),
+                  ("mean_activation", "layer", None), ("l1", "layer", ((3, 1e-3), (1, 1e-4))))}
 QUICK = {"width": 8, "pretrain": ((1, 1e-3),), "keep_ratios": (0.5,), "finetune": ((1, 1e-3),),
-         "latency_rounds": 2, "latency_runs": 20, "baseline_finetune": False}
+         "latency_rounds": 2, "latency_runs": 20, "baseline_finetune": False, "extra": ()}
 
 
 def _pretrained(sides: Sides, cfg: dict) -> dict:
@@ -61,12 +64,14 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
         reference = sides["secateurs"].call("finetune_reference", model_file=pre["path"], finetune=cfg["finetune"])
         payload["reference_finetuned"] = reference
     rows = []
-    for ratio in cfg["keep_ratios"]:
+    runs = [(ratio, "l1", "layer", None) for ratio in cfg["keep_ratios"]]
+    runs += [(0.5, crit, scope, phases) for crit, scope, phases in cfg["extra"]]
+    for ratio, criterion, scope, phases in runs:
         monitor.sample()
         r = sides["secateurs"].call("structured_job", model_file=pre["path"], keep_ratio=ratio,
-                                    finetune=cfg["finetune"], latency_rounds=cfg["latency_rounds"],
-                                    latency_runs=cfg["latency_runs"])
-        if reference is not None:
+                                    criterion=criterion, scope=scope, finetune=phases or cfg["finetune"],
+                                    latency_rounds=cfg["latency_rounds"], latency_runs=cfg["latency_runs"])
+        if reference is not None and not phases:
             r["baseline_finetuned_accuracy"] = reference["accuracy"]
         monitor.sample()
         r["latency"] = _latency(r.pop("latency_rounds"))
@@ -74,7 +79,7 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
         r["goal"] = {"speedup_b32": r["latency"]["batch_32"]["speedup"]["median"],
                      "speedup_b1": r["latency"]["batch_1"]["speedup"]["median"]}
         rows.append(r)
-        log(f"structured: keep {ratio}: params {r['before']['params']} -> {r['after']['params']}, "
+        log(f"structured: keep {ratio} ({criterion}, {scope}): params {r['before']['params']} -> {r['after']['params']}, "
             f"speedup b1 {r['goal']['speedup_b1']:.2f}x b32 {r['goal']['speedup_b32']:.2f}x, "
             f"accuracy {r['before']['accuracy']:.4f} -> {r['after']['accuracy']:.4f}")
     payload["rows"] = rows
