@@ -2,7 +2,9 @@
 
 Keys are required on every route but /healthz and /readyz as soon as any key exists (revoked ones count, so
 revoking every key never silently opens the service) or when SECATEURS_AUTH_REQUIRED=true. Without keys every
-caller is the tenant `default`.
+caller is the tenant `default`. While no key exists, a request without a key is let through from a cached
+answer (`KeyPresence`, re-checked at most once a second) instead of a database query per request: a key created
+by `secateurs keys create` in another process is enforced within that second.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from dataclasses import dataclass
 
 from workers.jobs import ApiKeyRecord
@@ -52,6 +55,29 @@ def presented_key(authorization: str | None, x_api_key: str | None) -> str | Non
     if x_api_key:
         return x_api_key.strip()
     return None
+
+
+class KeyPresence:
+    """Whether any API key exists, without a database query per request.
+
+    True is final (keys are never deleted: revoked ones count). False is re-checked at most every `ttl`
+    seconds, so a key created by `secateurs keys create` in another process is enforced within `ttl`.
+    """
+
+    def __init__(self, store: JobStore, ttl: float = 1.0):
+        self.store, self.ttl = store, ttl
+        self._exists = False
+        self._checked = float("-inf")
+
+    def known_absent(self) -> bool:
+        """True when no key existed at the last check, made less than `ttl` seconds ago."""
+        return not self._exists and time.monotonic() - self._checked < self.ttl
+
+    def refresh(self) -> bool:
+        if not self._exists:
+            self._exists = self.store.any_api_key()
+            self._checked = time.monotonic()
+        return self._exists
 
 
 def authenticate(store: JobStore, key: str | None, *, required: bool) -> Principal:

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from workers.settings import Settings
 
-from service.auth import Principal, authenticate
+from service.auth import DEFAULT_TENANT, KeyPresence, Principal, authenticate
 from service.services.jobs import JobService
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `secateurs keys create`.")
@@ -40,6 +40,13 @@ async def principal(
 
     key = presented_key(request.headers.get("authorization"), api_key)
     settings: Settings = request.app.state.settings
+    if key is None and not settings.auth_required:
+        presence = getattr(request.app.state, "key_presence", None)
+        if presence is None:
+            presence = request.app.state.key_presence = KeyPresence(request.app.state.store)
+        # no key and none exists: the default tenant, without a thread hop and a query per request
+        if presence.known_absent() or not await run_in_threadpool(presence.refresh):
+            return Principal(DEFAULT_TENANT)
     return await run_in_threadpool(authenticate, request.app.state.store, key, required=settings.auth_required)
 
 

@@ -33,6 +33,23 @@ REQUEST_NAME = "request.json"
 OUT_DIR = "out"
 CANCEL_GRACE_SECONDS = 20.0  # a cancelled child that does not reach a batch boundary in time is killed
 _EXIT_PARENT_GONE = 70
+# Job processes train at a lower CPU priority than the API and the workers' bookkeeping, so that status
+# requests stay fast while jobs saturate the cores (measured in bench/service.py, docs/BENCHMARKS.md).
+JOB_NICE = 19
+
+
+def _lower_priority(nice: int) -> None:
+    """Lower this process's CPU priority. The job runs in its own session (start_new_session), which on Linux
+    with autogrouping (kernel.sched_autogroup_enabled=1, the default on desktop and many server kernels) is its
+    own scheduling group: a plain nice only ranks threads *inside* that group, so the group's nice is set too."""
+    try:
+        os.nice(nice)
+    except OSError:  # pragma: no cover - not permitted: train at the normal priority
+        pass
+    try:
+        Path("/proc/self/autogroup").write_text(str(nice))
+    except OSError:  # no autogrouping (or not Linux): the plain nice above is what counts
+        pass
 
 
 @dataclass(frozen=True)
@@ -41,15 +58,29 @@ class SandboxLimits:
     memory_bytes: int = 16 * 2**30
     file_bytes: int = 0  # 0: unlimited
     cpu_seconds: int = 0  # 0: unlimited
-    tf_threads: int = 0  # 0: TensorFlow's default
+    tf_threads: int = 0  # 0: TensorFlow's default (from_settings picks cores // concurrent jobs instead)
     cancel_poll_interval: float = 0.5
 
     @classmethod
     def from_settings(cls, settings) -> SandboxLimits:
         lim = settings.limits
+        tf_threads = settings.worker.tf_threads or threads_per_job(settings.worker.concurrency)
         return cls(wall_seconds=lim.job_wall_seconds, memory_bytes=lim.job_memory_bytes, file_bytes=lim.job_file_bytes,
-                   cpu_seconds=lim.job_cpu_seconds, tf_threads=settings.worker.tf_threads,
+                   cpu_seconds=lim.job_cpu_seconds, tf_threads=tf_threads,
                    cancel_poll_interval=settings.worker.cancel_poll_interval)
+
+
+def threads_per_job(concurrency: int) -> int:
+    """TensorFlow threads for each of `concurrency` jobs sharing this host: its cores divided among them.
+
+    By default every TensorFlow process sizes its pools to all the cores, so two jobs on two cores run four or
+    more busy threads and the API waits behind them (status p99 of 30-40 ms instead of 11-16 ms with two jobs
+    on two cores; bench/service.py, docs/BENCHMARKS.md)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, concurrency))
 
 
 @dataclass(frozen=True)
@@ -410,6 +441,7 @@ def inspect_inputs(model_path: str, data_path: str | None) -> None:
 def child_main(request_path: str, fd: int) -> int:
     request = json.loads(Path(request_path).read_text())
     limits, job = request["limits"], request["job"]
+    _lower_priority(JOB_NICE)
     _watch_parent(int(request["parent_pid"]))
     channel = _Channel(fd)
     try:

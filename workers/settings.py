@@ -93,7 +93,8 @@ class WorkerSettings(BaseModel):
                                      "is considered interrupted (its worker died): re-queued or failed.")
     cancel_poll_interval: float = Field(0.5, gt=0, le=10, description="How often a running job checks its cancel "
                                         "flag (seconds).")
-    tf_threads: int = Field(0, ge=0, description="Intra-/inter-op threads of TensorFlow in a job; 0 = TF default.")
+    tf_threads: int = Field(0, ge=0, description="Intra-/inter-op threads of TensorFlow in a job; 0 = the host's "
+                            "cores divided among the concurrent jobs (at least 1).")
 
 
 class CelerySettings(BaseModel):

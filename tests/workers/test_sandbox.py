@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import time
 import pytest
 
 from workers.engine.errors import DataError, ModelRejected, SpecError
-from workers.sandbox import SandboxLimits, classify_exception, explain_death
+from workers.sandbox import JOB_NICE, SandboxLimits, classify_exception, explain_death, threads_per_job
 
 LIMITS = SandboxLimits(memory_bytes=2 * 2**30, file_bytes=1000, cpu_seconds=60)
 
@@ -84,6 +85,8 @@ run_sandboxed(job, SandboxLimits(), Hooks(on_progress=progress))
             break
     request = str(tmp_path / "scratch" / "request.json")
     child = int(subprocess.run(["pgrep", "-f", request], capture_output=True, text=True).stdout.split()[0])
+    with open(f"/proc/{child}/stat") as f:  # the job trains at the lowest CPU priority (field 19: nice)
+        assert int(f.read().split(") ")[1].split()[16]) == JOB_NICE == 19
     worker.kill()
     worker.wait()
     deadline = time.monotonic() + 15
@@ -97,3 +100,13 @@ run_sandboxed(job, SandboxLimits(), Hooks(on_progress=progress))
         time.sleep(0.1)
     else:
         raise AssertionError(f"job process {child} outlived its worker")
+
+
+def test_tensorflow_threads_divide_the_cores_among_the_concurrent_jobs(settings):
+    cores = len(os.sched_getaffinity(0))
+    assert threads_per_job(1) == cores
+    assert threads_per_job(2) == max(1, cores // 2)
+    assert threads_per_job(64) == 1 and threads_per_job(0) == cores
+    assert SandboxLimits.from_settings(settings).tf_threads == threads_per_job(settings.worker.concurrency)
+    explicit = settings.model_copy(update={"worker": settings.worker.model_copy(update={"tf_threads": 3})})
+    assert SandboxLimits.from_settings(explicit).tf_threads == 3

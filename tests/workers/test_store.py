@@ -232,3 +232,18 @@ def test_api_keys_are_found_by_hash_and_revoked(store):
     assert store.find_api_key("h" * 64)[0].active is False
     assert store.any_api_key() is True  # a revoked key still means keys are configured
     assert [k.id for k in store.list_api_keys()] == [rec.id]
+
+
+def test_a_sqlite_file_store_is_in_wal_mode_for_every_connection_and_pools_like_the_api_threads(tmp_path):
+    from workers.store.sql import SQLITE_POOL_SIZE, make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    try:
+        conns = [engine.connect() for _ in range(3)]  # new connections inherit the file's journal mode
+        assert [c.exec_driver_sql("PRAGMA journal_mode").scalar() for c in conns] == ["wal"] * 3
+        assert [c.exec_driver_sql("PRAGMA foreign_keys").scalar() for c in conns] == [1] * 3
+        for c in conns:
+            c.close()
+        assert engine.pool.size() == SQLITE_POOL_SIZE >= 40  # anyio's default thread pool: 40 threads
+    finally:
+        engine.dispose()

@@ -139,23 +139,34 @@ def _unavailable_errors(engine: Engine) -> None:
                 from ctx.sqlalchemy_exception
 
 
+SQLITE_POOL_SIZE = 40
+SQLITE_MAX_OVERFLOW = 40
+
+
 def make_engine(url: str, *, echo: bool = False) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, echo=echo, connect_args={"timeout": 30, "check_same_thread": False})
+        file_db = bool(parsed.database) and parsed.database != ":memory:"
+        # A file database gets a pool as large as the API's thread pool (anyio's default: 40 threads), so that
+        # concurrent requests reuse connections instead of opening (and closing) overflow connections.
+        pool = {"pool_size": SQLITE_POOL_SIZE, "max_overflow": SQLITE_MAX_OVERFLOW} if file_db else {}
+        engine = create_engine(url, echo=echo, connect_args={"timeout": 30, "check_same_thread": False}, **pool)
         _unavailable_errors(engine)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
+        # WAL is a property of the database file: set it once here, not on every new connection (changing the
+        # journal mode needs a lock that a busy writer holds, which stalled readers behind job progress writes).
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         return engine
     engine = create_engine(url, echo=echo, pool_pre_ping=True)
     _unavailable_errors(engine)
