@@ -3,7 +3,9 @@
 `patched_tree(names)` copies the working tree's workers/, service/ and bench/ to a temporary directory and
 applies the named diffs there (`git apply`, paths relative to the repository root); a worker side or a server
 started with that directory as its root imports the patched code, while the other arms of the same run import
-the unpatched tree. Nothing in the repository itself is modified.
+the unpatched tree. A name with a leading "-" is applied in reverse: once a patch has landed, "-<patch>" rebuilds
+the tree as it was before it, so the before/after comparison stays measurable in one run. Nothing in the
+repository itself is modified.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ PATCH_DIR = ROOT / "bench" / "patches"
 
 
 def patch_path(name: str) -> Path:
+    name = name.removeprefix("-")
     path = PATCH_DIR / (name if name.endswith(".diff") else f"{name}.diff")
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in PATCH_DIR.glob("*.diff")))
@@ -33,10 +36,12 @@ def patched_tree(names: list[str] | tuple[str, ...]) -> Path:
         shutil.copytree(ROOT / d, tmp / d, ignore=ignore)
     shutil.copy(ROOT / "pyproject.toml", tmp / "pyproject.toml")
     for name in names:
-        result = subprocess.run(["git", "apply", "--whitespace=nowarn", str(patch_path(name))], cwd=tmp,
+        reverse = ["--reverse"] if name.startswith("-") else []
+        result = subprocess.run(["git", "apply", "--whitespace=nowarn", *reverse, str(patch_path(name))], cwd=tmp,
                                 capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"patch {name} does not apply to the working tree: {result.stderr.strip()}")
+            how = "in reverse " if reverse else ""
+            raise RuntimeError(f"patch {name} does not apply {how}to the working tree: {result.stderr.strip()}")
     return tmp
 
 

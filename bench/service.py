@@ -11,8 +11,8 @@ One command starts a fresh service (temporary data directory, free port, two wor
 3. status latency under load: while two jobs train, 100 concurrent clients poll GET /v1/jobs/{id}: *paced*
    (each client polls every second, random phase: ~100 requests/s) and *saturating* (no think time: the
    server's throughput). p50/p90/p99 of the client-side request time. Control: the paced load again with the
-   job processes paused. Measured for the current tree and for the proposed patches (bench/patches), a fresh
-   server each, interleaved by round.
+   job processes paused. Measured for the current tree and for variants with landed patches reverted
+   (bench/patches), a fresh server each, interleaved by round.
 4. API memory while streaming a 200 MB upload: RSS of the API process (not its worker children), sampled every
    5 ms before, during and after the request, and the kernel's peak RSS (VmHWM, reset just before the upload).
 """
@@ -39,12 +39,15 @@ import numpy as np
 from bench.common import LoadMonitor, ROOT, header, load_mnist, log, percentile, summarize, write_result
 from bench.harness import Sides, pretrained
 
-# status-load variants: label -> bench/patches applied to a copy of the tree for that server
+# status-load variants: label -> bench/patches applied to a copy of the tree for that server ("-name": reversed).
+# job-nice, tf-threads-per-job, sqlite-connections and auth-fast-path have landed: the "before" variants rebuild
+# the tree without them, for the before/after record in docs/BENCHMARKS.md.
+LANDED = ("job-nice", "tf-threads-per-job", "sqlite-connections", "auth-fast-path")
 VARIANTS = {
     "current": (),
-    "job-nice": ("job-nice",),
-    "job-nice + tf-threads": ("job-nice", "tf-threads-per-job"),
-    "all patches": ("job-nice", "tf-threads-per-job", "sqlite-connections", "auth-fast-path"),
+    "before (all four reverted)": tuple(f"-{p}" for p in LANDED),
+    "without job-nice": ("-job-nice",),
+    "without tf-threads-per-job": ("-tf-threads-per-job",),
 }
 FULL = {"dispatch_jobs": 5, "job_epochs": 2, "clients": 100, "paced_seconds": 20, "control_seconds": 10,
         "saturate_seconds": 5, "poll_interval": 1.0, "upload_mb": 200, "rounds": 3, "variants": VARIANTS}
