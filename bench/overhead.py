@@ -3,7 +3,7 @@
 For each model, from the same pretrained weights, every repetition runs (interleaved, same batch size, same
 epochs, same data order seed):
 
-  secateurs plain  <variant>   load .keras, compile, fit E epochs, save                    (plain Keras 3)
+  secateurs plain  <variant>   load .keras, compile (as the engine), fit E epochs, save   (plain Keras 3)
   secateurs prune  <variant>   load, Pruner + callback (engine defaults), compile, fit, detach, save
   tfmot plain                  load, compile, fit E epochs, save                            (plain tf_keras)
   tfmot prune f100 / f10       load, prune_low_magnitude(PolynomialDecay 0 -> target over the run,
@@ -21,7 +21,7 @@ from bench.harness import Arm, Sides, paired_ratio, pretrained, run_interleaved,
 
 MODELS = ("tutorial_cnn", "lenet_300_100")
 TARGET = 0.8
-FULL = {"repeats": 9, "epochs": 4, "variants": ("default", "jit", "spe", "dataset", "dataset+spe"),
+FULL = {"repeats": 9, "epochs": 4, "variants": ("default", "spe=1", "jit", "dataset"),
         "tfmot_frequencies": (100, 10)}
 QUICK = {"repeats": 2, "epochs": 4, "variants": ("default",), "tfmot_frequencies": (100,)}
 

@@ -182,3 +182,19 @@ def test_unknown_formats_are_refused_naming_the_field(tmp_path):
         export_model(_mlp(), tmp_path, ["keras", "onnx"])
     assert err.value.field == "export.formats"
     assert list(tmp_path.iterdir()) == []  # refused before anything is written
+
+
+def test_the_engines_steps_per_execution_is_not_exported(trained, tmp_path):
+    """The engine trains several steps per call (model_io.STEPS_PER_EXECUTION); the file keeps the user's 1."""
+    from workers.engine import model_io
+    from workers.spec import TrainingSpec
+
+    model = keras.models.clone_model(trained["dense"])
+    model.set_weights(trained["dense"].get_weights())
+    model_io.compile_model(model, TrainingSpec(), "sparse_categorical_crossentropy", ["accuracy"])
+    assert model.get_compile_config()["steps_per_execution"] == model_io.STEPS_PER_EXECUTION > 1
+    path = save_model_file(model, tmp_path / "m.keras")  # compiled, optimizer not built: no training ran
+    reloaded = keras.saving.load_model(path)
+    assert reloaded.get_compile_config()["steps_per_execution"] == 1
+    assert reloaded.get_compile_config()["loss"] == model.get_compile_config()["loss"]
+    np.testing.assert_array_equal(reloaded.predict(trained["x"], verbose=0), model.predict(trained["x"], verbose=0))

@@ -87,6 +87,13 @@ def test_gradual_global_magnitude_reaches_target_holds_zeros_and_keeps_accuracy(
     assert manifest["steps"][0]["layer_sparsity"]["predictions"] == 0.0
     phases = [e.phase for e in events]
     assert phases[0] == "load" and phases[-1] == "done" and "export" in phases
+    # training runs several steps per call (model_io.STEPS_PER_EXECUTION); the reported step still counts real
+    # optimizer steps: never backwards, never past the total, the exact total at the last epoch's end
+    prune = [e for e in events if e.phase == "prune" and e.step is not None]
+    steps = [e.step for e in prune]
+    assert steps == sorted(steps) and prune[-1].step == prune[-1].steps and max(steps) == prune[-1].steps
+    assert prune[-1].steps % 2 == 0 and [e.step for e in prune if e.message.startswith("epoch end")] == \
+        [prune[-1].steps // 2, prune[-1].steps]
 
 
 def test_threshold_prune_zeroes_small_weights_and_finetune_holds_them(tmp_path, mnist_files):

@@ -124,15 +124,18 @@ def _atomic_write(final: Path, write: Callable[[Path], None]) -> None:
 
 
 def _without_optimizer_state(model: keras.Model) -> keras.Model:
-    """A copy with the same weights and compile config but an unbuilt optimizer (no moments in the file)."""
+    """A copy with the same weights and compile config but an unbuilt optimizer (no moments in the file) and
+    `steps_per_execution` 1: the engine trains 8 steps per call (model_io.STEPS_PER_EXECUTION), a speed setting
+    of its own that must not change when the user's batch callbacks run."""
     optimizer = getattr(model, "optimizer", None)
-    if optimizer is None or not getattr(optimizer, "built", False):
+    config = model.get_compile_config()
+    built = optimizer is not None and getattr(optimizer, "built", False)
+    if not built and config.get("steps_per_execution", 1) == 1:
         return model
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
-    config = model.get_compile_config()
     if config:
-        clone.compile(**keras.saving.deserialize_keras_object(config))
+        clone.compile(**keras.saving.deserialize_keras_object({**config, "steps_per_execution": 1}))
     return clone
 
 

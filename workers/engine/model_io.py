@@ -346,12 +346,20 @@ def output_units(model: keras.Model) -> int | None:
     return int(dim) if dim is not None else None
 
 
+# Optimizer steps per call of the compiled train function: fewer trips through Keras 3's Python loop per step
+# (measured in docs/BENCHMARKS.md, part 1: less pruning overhead and a faster job end to end). Batch-level
+# callbacks then run once per 8 steps with the step range (begin, end): the pruning callback and the pipeline's
+# progress callback use the batch index they are given, masks update at the first execution boundary at or
+# after each scheduled step, and cancellation is checked every 8 steps.
+STEPS_PER_EXECUTION = 8
+
+
 def compile_model(model: keras.Model, training: TrainingSpec, loss: str, metrics: list[str] | tuple[str, ...], *,
-                  from_logits: bool | None = None) -> keras.Model:
+                  from_logits: bool | None = None, steps_per_execution: int = STEPS_PER_EXECUTION) -> keras.Model:
     """Compile `model` with a fresh optimizer from the spec and a stock loss.
 
     `from_logits` (cross-entropy only) defaults to whether the output is linear (logits) rather than a
-    softmax / sigmoid.
+    softmax / sigmoid. `steps_per_execution`: see STEPS_PER_EXECUTION (1 runs batch callbacks after every step).
     """
     kind = LOSSES.get(loss)
     if kind is None:
@@ -368,5 +376,5 @@ def compile_model(model: keras.Model, training: TrainingSpec, loss: str, metrics
     if from_logits is None:
         from_logits = output_activation(model) == "linear"
     model.compile(optimizer=optimizer_cls(learning_rate=training.learning_rate), loss=kind.build(from_logits),
-                  metrics=list(metrics))
+                  metrics=list(metrics), steps_per_execution=steps_per_execution)
     return model

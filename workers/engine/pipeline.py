@@ -84,7 +84,9 @@ class _ProgressCallback(keras.callbacks.Callback):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        self.global_step += 1
+        # `batch` is the index of the last step run (several per call with steps_per_execution; Keras reports a
+        # short last call of the epoch as a full one)
+        self.global_step = self.epoch * self.steps_per_epoch + min(batch + 1, self.steps_per_epoch)
         if self.run.should_cancel():
             self.cancelled = True
             self.model.stop_training = True
