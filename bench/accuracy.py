@@ -34,7 +34,7 @@ SECATEURS_ARMS = {
     "secateurs": ("secateurs", {}),
     "secateurs:layer": ("secateurs", {"step": {"scope": "layer"}}),
 }
-FULL = {"epochs": 2, "seeds": (0, 1, 2), "tfmot_arms": tuple(TFMOT_ARMS), "secateurs_arms": tuple(SECATEURS_ARMS)}
+FULL = {"epochs": 2, "seeds": (0, 1, 2, 3, 4), "tfmot_arms": tuple(TFMOT_ARMS), "secateurs_arms": tuple(SECATEURS_ARMS)}
 QUICK = {"epochs": 2, "seeds": (0,), "tfmot_arms": ("tfmot:poly-f100", "tfmot:poly-f10"),
          "secateurs_arms": ("secateurs",)}
 
