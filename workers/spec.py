@@ -175,7 +175,9 @@ class StructuredStep(_Strict):
     )
     round_to: int = Field(1, ge=1, le=256, description="Kept counts are rounded up to a multiple of this (e.g. 8).")
     calibration_samples: int = Field(
-        512, ge=1, le=100_000, description="Training samples used by data-driven criteria (mean_activation, apoz)."
+        512, ge=1, le=100_000, description="Training samples that rank units for data-driven criteria "
+        "(mean_activation, apoz) and, for every criterion, measure the removed channels' mean contribution, folded "
+        "back into the next layer's bias or BatchNorm."
     )
     epochs: int = Field(0, ge=0, le=1000, description="Fine-tuning epochs of the rebuilt model.")
 

@@ -177,6 +177,9 @@ def test_regularize_prune_structured_finetune_pipeline(tmp_path, mnist_files):
     saved = json.loads((out / "manifest.json").read_text())
     assert saved["inputs"]["model"]["sha256"] == manifest["inputs"]["model"]["sha256"]
     assert len(saved["inputs"]["data"]["sha256"]) == 64
+    # with training data the removed units' mean contribution went into the next layers' biases (l1 criterion too)
+    report = saved["steps"][3]["report"]
+    assert report["compensated"] == ["dense_1", "predictions"] and "shifts" not in report
 
 
 def test_group_lasso_then_structured_mean_activation(tmp_path, mnist_files):

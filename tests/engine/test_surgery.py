@@ -73,8 +73,9 @@ def kept(report, layer) -> list[int]:
 def prune(model, **kw):
     kw.setdefault("criterion", "l1")
     kw.setdefault("keep_ratio", 0.5)
-    if CRITERIA[kw["criterion"]].needs == "activations":
-        kw.setdefault("x_calib", _inputs(model, n=48, seed=1))
+    # calibration data for every criterion: data criteria rank on it, and all of them fold the removed channels'
+    # mean contribution back (compensation), which masked_reference applies too
+    kw.setdefault("x_calib", _inputs(model, n=48, seed=1))
     return structured_prune(model, **kw)
 
 
@@ -164,7 +165,7 @@ def test_masked_reference_equals_zeroing_the_removed_units_at_their_source():
     keras.utils.set_random_seed(3)
     model = keras.Sequential([keras.Input((10,)), L.Dense(24, activation="relu", name="h1"),
                               L.Dense(16, activation="relu", name="h2"), L.Dense(3, name="out")])
-    new, report = prune(model, criterion="l2", keep_ratio=0.4)
+    new, report = prune(model, criterion="l2", keep_ratio=0.4, x_calib=None)  # no data: no compensation
     zeroed = keras.models.clone_model(model)
     zeroed.set_weights(model.get_weights())
     for name in ("h1", "h2"):
@@ -183,7 +184,7 @@ def test_masked_reference_equals_zeroing_the_removed_units_at_their_source():
 
 def test_next_layer_input_rows_shrink_with_the_producer(zoo):
     model = zoo["mlp_sequential"]
-    new, report = prune(model)
+    new, report = prune(model, x_calib=None)  # without data the kept rows and biases are sliced, nothing else
     k1, k2 = kept(report, "fc1"), kept(report, "fc2")
     old, got = weights(model.get_layer("fc2")), weights(new.get_layer("fc2"))
     np.testing.assert_array_equal(got["kernel"], old["kernel"][k1][:, k2])
@@ -400,6 +401,55 @@ def test_weight_criteria_keep_the_units_with_the_largest_incoming_norm(zoo, crit
     k = model.get_layer("fc1").get_weights()[0]
     norms = np.linalg.norm(k, ord=order, axis=0)
     assert kept(report, "fc1") == sorted(np.argsort(-norms, kind="stable")[:32].tolist())
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2"])
+def test_weight_criteria_read_the_scale_of_a_following_batchnorm(criterion):
+    """A BatchNorm divides out the kernel's scale: a unit with a large kernel but gamma ~ 0 passes on nothing."""
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((6,)), L.Dense(8, use_bias=False, name="h"), L.BatchNormalization(name="bn"),
+                              L.ReLU(), L.Dense(2, name="out")])
+    k = model.get_layer("h").get_weights()[0]
+    k[:, [0, 2, 4, 6]] *= 10.0  # the largest kernels ...
+    model.get_layer("h").set_weights([k])
+    gamma, beta, mean, var = model.get_layer("bn").get_weights()
+    gamma[[0, 2, 4, 6]] = 1e-3  # ... scaled to nearly nothing by the BatchNorm
+    var[:] = 4.0
+    model.get_layer("bn").set_weights([gamma, beta, mean, var])
+    _, report = prune(model, criterion=criterion)
+    assert kept(report, "h") == [1, 3, 5, 7]
+
+
+@pytest.mark.parametrize("model_kind", ["dense", "conv_bn"])
+def test_units_that_pass_on_a_constant_are_removed_without_changing_the_outputs(model_kind):
+    """Removed channels take their mean contribution with them; with calibration data it is folded back into the
+    consumer's bias (Dense) or the moving mean of the BatchNorm after it (a Conv without bias). Channels that
+    are constant (zero kernel, positive bias through a ReLU) are then removed exactly."""
+    keras.utils.set_random_seed(4)
+    if model_kind == "dense":
+        model = keras.Sequential([keras.Input((6,)), L.Dense(8, activation="relu", name="h"), L.Dense(3, name="out")])
+        consumer, where = "out", "bias"
+    else:  # valid padding: a constant channel contributes the same at every position
+        model = keras.Sequential([keras.Input((9, 9, 2)), L.Conv2D(8, 3, activation="relu", name="h"),
+                                  L.Conv2D(4, 3, use_bias=False, name="c2"), L.BatchNormalization(name="bn"),
+                                  L.GlobalAveragePooling2D(), L.Dense(3, name="out")])
+        consumer, where = "c2", "bn"
+    k, b = model.get_layer("h").get_weights()
+    k[..., [0, 2, 4, 6]] = 0.0  # constant units: relu(bias) whatever the input, and the smallest kernel norms
+    b[[0, 2, 4, 6]] = [0.5, 1.0, 1.5, 2.0]
+    model.get_layer("h").set_weights([k, b])
+    x = _inputs(model, n=64, seed=5)
+    only_h = LayerSelection(include=["h"])
+    new, report = prune(model, criterion="l1", x_calib=x, selection=only_h)
+    assert kept(report, "h") == [1, 3, 5, 7]
+    assert report.compensated == [consumer] and report.shifts[consumer][0] == where
+    assert "shifts" not in report.to_dict() and report.to_dict()["compensated"] == [consumer]
+    assert_same_outputs(new, model, x, rel=1e-5)
+    assert_same_outputs(new, model, _inputs(model, n=16, seed=9), rel=1e-5)  # not only on the calibration data
+    assert_same_outputs(new, masked_reference(model, report), x)
+    plain, plain_report = prune(model, criterion="l1", x_calib=None, selection=only_h)  # without data: sliced only, outputs move
+    assert plain_report.compensated == []
+    assert np.abs(outputs(plain, x) - outputs(model, x)).max() > 0.1
 
 
 @pytest.mark.parametrize("criterion", ["mean_activation", "apoz"])

@@ -3,7 +3,8 @@
 Each criterion is a pure numpy function in a registry keyed by name:
 
 * weight criteria ("l1", "l2") take a producer's kernel, whose last axis is the output units, and score each
-  unit by the norm of its incoming weights;
+  unit by the norm of its incoming weights (`surgery` then multiplies by |gamma| / sigma of a BatchNorm that
+  follows the producer, which divides the kernel's scale out);
 * activation criteria ("mean_activation", "apoz") take activations whose last axis is the units (any leading
   axes: samples, positions) and score each unit by a mean over every leading axis. Because they are means,
   scores computed batch by batch combine exactly as an average weighted by the rows of each batch
@@ -67,8 +68,10 @@ def apoz_score(activations: np.ndarray) -> np.ndarray:
 CRITERIA: dict[str, Criterion] = {
     c.name: c
     for c in (
-        Criterion("l1", "weights", l1_norm, "L1 norm of the unit's incoming weights"),
-        Criterion("l2", "weights", l2_norm, "L2 norm of the unit's incoming weights"),
+        Criterion("l1", "weights", l1_norm,
+                  "L1 norm of the unit's incoming weights (times a following BatchNorm's |gamma|/sigma)"),
+        Criterion("l2", "weights", l2_norm,
+                  "L2 norm of the unit's incoming weights (times a following BatchNorm's |gamma|/sigma)"),
         Criterion("mean_activation", "activations", mean_activation, "mean |activation| on calibration data"),
         Criterion("apoz", "activations", apoz_score, "1 - average percentage of zeros after the activation"),
     )

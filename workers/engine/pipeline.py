@@ -106,10 +106,10 @@ def _fmt_logs(logs: dict) -> str:
 
 
 def _jsonable(obj):
-    if is_dataclass(obj) and not isinstance(obj, type):
+    if hasattr(obj, "to_dict") and callable(obj.to_dict) and not isinstance(obj, type):
+        obj = obj.to_dict()  # an object's own view first (StructuredReport leaves its arrays out)
+    elif is_dataclass(obj) and not isinstance(obj, type):
         obj = asdict(obj)
-    if hasattr(obj, "to_dict") and callable(obj.to_dict):
-        obj = obj.to_dict()
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)):
@@ -234,10 +234,10 @@ def _run_prune(run: _Run, index: int, step: PruneStep) -> dict:
 
 
 def _run_structured(run: _Run, index: int, step: StructuredStep) -> dict:
-    x_calib = None
     if step.criterion in ("mean_activation", "apoz"):
-        data = _require_data(run, f"step {index} (structured, criterion {step.criterion})")
-        x_calib = data.x_train[: step.calibration_samples]
+        _require_data(run, f"step {index} (structured, criterion {step.criterion})")
+    # with data, every criterion also folds the removed channels' mean contribution back (surgery._compensation)
+    x_calib = run.data.x_train[: step.calibration_samples] if run.data is not None else None
     run.progress(Progress(phase="structured", step_index=index, message=f"ranking units by {step.criterion}"))
     new_model, report = structured_prune(
         run.model, criterion=step.criterion, keep_ratio=step.keep_ratio, scope=step.scope,

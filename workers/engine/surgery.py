@@ -16,7 +16,10 @@ After Torch-Pruning, scaled down to Keras 3 Sequential and functional models:
 3. **Groups.** Channels united by merges form one *class* (removed together); producers sharing classes form
    one *group* (e.g. every branch of a residual chain). Each member scores its units with the criterion
    (`importance.py`), scores are normalized per member (mean 1) and summed per class. Weight criteria read the
-   member's kernel (SeparableConv: its pointwise kernel); data criteria read the member's output followed
+   member's kernel (SeparableConv: its pointwise kernel), times |gamma| / sqrt(moving_variance + epsilon) of a
+   BatchNormalization that follows it (through pointwise layers): the BatchNorm divides out the kernel's scale,
+   so the kernel norm alone does not say what a unit passes on (after Liu et al. 2017, "network slimming",
+   and Torch-Pruning's BN-aware group importance); data criteria read the member's output followed
    through pointwise layers (BatchNorm, activations, dropout), so APoZ counts the zeros after the ReLU. The
    calibration samples go through a probe model (a compiled predict, batch by batch, scores averaged).
 4. **Select.** A group is pruned only if every member is selected (LayerSelection include/exclude by layer or
@@ -85,9 +88,14 @@ class StructuredReport:
     skipped: dict[str, str]
     params_before: int
     params_after: int
+    compensated: list[str] = field(default_factory=list)  # consumers whose bias / BatchNorm mean took the shift
+    # consumer -> (where the shift went: "bias" or the BatchNorm's name, shift per consumer output unit)
+    shifts: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("shifts")
+        return out
 
 
 # --------------------------------------------------------------------------- channel bookkeeping
@@ -484,7 +492,9 @@ class _Graph:
             calls[id(node.layer)] = calls.get(id(node.layer), 0) + 1
             for t in node.inputs:
                 self.consumers.setdefault(id(t), []).append(node)
+        self.node_of: dict[str, _Node] = {}
         for node in self.nodes:
+            self.node_of[node.layer.name] = node
             self._visit(node, calls[id(node.layer)])
         for t in keras.tree.flatten(model.outputs):
             self.channels.fix(self.maps[id(t)], f"it reaches the model output of '{t._keras_history.operation.name}'")
@@ -542,19 +552,41 @@ class _Graph:
     def fixed_reason(self, root: int) -> str:
         return self.channels.fixed.get(int(root), "")
 
-    def activation_tensor(self, producer: _Producer):
-        """The producer's output followed through pointwise layers (BatchNorm, activations, dropout)."""
+    def _pointwise_chain(self, producer: _Producer) -> list:
+        """The layers that follow the producer's output one to one and act on each unit alone (BatchNorm,
+        activations, dropout), in order; stops at a model output, a fork or any other layer."""
+        chain = []
         t = producer.output
         while id(t) not in self.output_ids:
             users = self.consumers.get(id(t), [])
             if len(users) != 1 or len(users[0].inputs) != 1:
                 break
-            layer = users[0].layer
-            handler = self.handlers.get(layer.name)
+            handler = self.handlers.get(users[0].layer.name)
             if handler is None or not handler.pointwise:
                 break
+            chain.append(users[0])
             t = users[0].outputs[0]
-        return t
+        return chain
+
+    def activation_tensor(self, producer: _Producer):
+        """The producer's output followed through pointwise layers (BatchNorm, activations, dropout)."""
+        chain = self._pointwise_chain(producer)
+        return chain[-1].outputs[0] if chain else producer.output
+
+    def normalization_scale(self, producer: _Producer) -> np.ndarray | None:
+        """|gamma| / sqrt(moving_variance + epsilon) per unit of the BatchNormalization(s) in the producer's
+        pointwise chain, or None without one. A BatchNorm divides out the scale of the kernel before it: what a
+        unit passes on is its kernel times this factor, so weight criteria multiply by it."""
+        scale = None
+        for node in self._pointwise_chain(producer):
+            layer = node.layer
+            if not isinstance(self.handlers.get(layer.name), _BatchNorm):
+                continue
+            factor = 1.0 / np.sqrt(np.asarray(layer.moving_variance, dtype=np.float64) + float(layer.epsilon))
+            if getattr(layer, "scale", False) and getattr(layer, "gamma", None) is not None:
+                factor = factor * np.abs(np.asarray(layer.gamma, dtype=np.float64))
+            scale = factor if scale is None else scale * factor
+        return scale
 
 
 def _topological_nodes(model) -> list[_Node]:
@@ -681,7 +713,13 @@ def _groups(g: _Graph) -> tuple[list[_Group], dict[str, str]]:
 def _member_scores(g: _Graph, groups: list[_Group], criterion: importance.Criterion, x_calib) -> dict[str, np.ndarray]:
     names = [n for grp in groups for n in grp.members]
     if criterion.needs == "weights":
-        return {n: criterion(g.producers[n].handler.kernel(g.producers[n].layer)) for n in names}
+        out = {}
+        for n in names:
+            p = g.producers[n]
+            scores = criterion(p.handler.kernel(p.layer))
+            scale = g.normalization_scale(p)
+            out[n] = scores if scale is None else scores * scale
+        return out
     tensors = [g.activation_tensor(g.producers[n]) for n in names]
     return dict(zip(names, _activation_scores(g.model, tensors, criterion, x_calib)))
 
@@ -804,8 +842,75 @@ def _keep_indices(g: _Graph, ids: np.ndarray, removed: set[int]) -> np.ndarray:
     return np.flatnonzero(~np.isin(roots, list(removed))) if removed else np.arange(len(ids))
 
 
-def _materialize(g: _Graph, removed: set[int], *, zero_only: bool) -> keras.Model:
-    """Rebuild the model without the removed channel classes, or (zero_only) a copy with their inputs zeroed."""
+_SIGNED_MEAN = importance.Criterion("signed_mean", "activations", lambda a: importance._units_last(a).mean(axis=0),
+                                    "mean activation (signed), for compensation")
+
+
+def _compensation(g: _Graph, removed: set[int], x_calib) -> dict[str, tuple[str, np.ndarray]]:
+    """What the removed channels passed on, on average, to each Dense/Conv that reads them.
+
+    A removed input channel c of a consumer took away kernel[..., c, :] * a_c from its outputs; its mean part,
+    delta = sum over removed c of mean(a_c) * kernel[..., c, :] (summed over the kernel's spatial axes), goes back
+    into the consumer's bias, or, for a consumer without bias followed directly by a BatchNormalization, into
+    that BatchNorm's moving mean (moving_mean - delta). The means are measured on `x_calib` at the consumer's
+    input. Channels that were nearly constant (a BatchNorm's beta through a ReLU, a bias) are then restored
+    exactly, and fine-tuning starts close to the unpruned model instead of from a shifted one.
+    """
+    if not removed or x_calib is None:
+        return {}
+    gone = np.asarray(sorted(removed), dtype=np.int64)
+    targets = []
+    for name, handler in g.handlers.items():
+        if type(handler) not in (_Dense, _Conv):  # SeparableConv: its depthwise part sits in between
+            continue
+        rows = np.flatnonzero(np.isin(g.root[g.in_maps[name][0]], gone))
+        if not rows.size:
+            continue
+        node = g.node_of[name]
+        if node.layer.use_bias:
+            where = "bias"
+        else:
+            out = node.outputs[0]
+            users = g.consumers.get(id(out), [])
+            if (id(out) in g.output_ids or len(users) != 1
+                    or not isinstance(g.handlers.get(users[0].layer.name), _BatchNorm)):
+                continue  # nothing to fold the shift into
+            where = users[0].layer.name
+        targets.append((name, rows, where))
+    if not targets:
+        return {}
+    means = _activation_scores(g.model, [g.node_of[name].inputs[0] for name, _, _ in targets], _SIGNED_MEAN, x_calib)
+    shifts = {}
+    for (name, rows, where), mean in zip(targets, means):
+        kernel = g.handlers[name].kernel(g.node_of[name].layer).astype(np.float64)
+        rowwise = kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1]).sum(axis=0)  # (inputs, outputs)
+        shifts[name] = (where, mean[rows] @ rowwise[rows])
+    return shifts
+
+
+def _shifted(name: str, weights: list[tuple[str, np.ndarray]],
+             shifts: Mapping[str, tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
+    """The layer's weights with the compensation shifts that land on it (its bias, or its moving mean)."""
+    landing = [(consumer, delta) for consumer, (where, delta) in shifts.items()
+               if (where == "bias" and consumer == name) or where == name]
+    if not landing:
+        return weights
+    out = []
+    for wname, w in weights:
+        for consumer, delta in landing:
+            if consumer == name and wname == "bias":
+                w = (w + delta).astype(w.dtype)
+            elif consumer != name and wname == "moving_mean":
+                w = (w - delta).astype(w.dtype)
+        out.append((wname, w))
+    return out
+
+
+def _materialize(g: _Graph, removed: set[int], *, zero_only: bool,
+                 shifts: Mapping[str, tuple[str, np.ndarray]] | None = None) -> keras.Model:
+    """Rebuild the model without the removed channel classes, or (zero_only) a copy with their inputs zeroed;
+    both with the compensation `shifts` applied."""
+    shifts = shifts or {}
     model = g.model
     config = model.get_config()
     entries = _layer_entries(config)
@@ -828,11 +933,11 @@ def _materialize(g: _Graph, removed: set[int], *, zero_only: bool) -> keras.Mode
     for layer in new_model.layers:
         old = model.get_layer(layer.name)
         if layer.name not in plans:
-            layer.set_weights(old.get_weights())
+            layer.set_weights([w for _, w in _shifted(layer.name, _weights(old), shifts)])
             continue
         keep_in, keep_out, removed_in = plans[layer.name]
         handler = g.handlers[layer.name]
-        weights = _weights(old)
+        weights = _shifted(layer.name, _weights(old), shifts)
         if zero_only:
             new = handler.zero_inputs(old, weights, removed_in) if handler.consumer else [w for _, w in weights]
         else:
@@ -917,10 +1022,12 @@ def structured_prune(model, *, criterion: str, keep_ratio: float, scope: str = "
             kept_indices=kept, dependents=_dependents(g, by_class, grp.classes, grp.members),
             keep_ratio=grp.keep_ratio,
         ))
-    new_model = _materialize(g, removed, zero_only=False)
+    shifts = _compensation(g, removed, x_calib)
+    new_model = _materialize(g, removed, zero_only=False, shifts=shifts)
     report = StructuredReport(
         criterion=crit.name, scope=scope, keep_ratio=float(keep_ratio), round_to=round_to, groups=report_groups,
         skipped=skipped, params_before=int(model.count_params()), params_after=int(new_model.count_params()),
+        compensated=list(shifts), shifts=shifts,
     )
     return new_model, report
 
@@ -937,4 +1044,4 @@ def masked_reference(model, report: StructuredReport) -> keras.Model:
             ids = g.producers[name].ids
             drop = np.setdiff1d(np.arange(len(ids)), np.asarray(kept, dtype=np.int64))
             removed |= {int(r) for r in g.root[ids[drop]]}
-    return _materialize(g, removed, zero_only=True)
+    return _materialize(g, removed, zero_only=True, shifts=report.shifts)
