@@ -19,8 +19,7 @@ from bench.harness import Sides
 FULL = {"width": 32, "pretrain": ((5, 1e-3), (1, 1e-4)), "keep_ratios": (0.75, 0.5, 0.25),
         "finetune": ((1, 1e-3), (1, 1e-4)), "latency_rounds": 7, "latency_runs": 30, "baseline_finetune": True,
         # other settings at keep 0.5 (criterion, scope, fine-tune phases or None for the default fine-tune)
-        "extra": (("l2", "layer", None), ("l1", "global", None), ("l2", "global", None),
-                  ("mean_activation", "layer", None), ("l1", "layer", ((3, 1e-3), (1, 1e-4))))}
+        "extra": (("l1", "global", None), ("mean_activation", "layer", None), ("l1", "layer", ((3, 1e-3), (1, 1e-4))))}
 QUICK = {"width": 8, "pretrain": ((1, 1e-3),), "keep_ratios": (0.5,), "finetune": ((1, 1e-3),),
          "latency_rounds": 2, "latency_runs": 20, "baseline_finetune": False, "extra": ()}
 
