@@ -131,11 +131,16 @@ class LoadMonitor:
                 "load1_max": round(max(s), 2), "samples": len(s), "cores": os.cpu_count()}
 
 
+def portable(text: str) -> str:
+    """Paths inside this checkout written relative to it: results name no directory of the machine they ran on."""
+    return text.replace(str(ROOT) + "/", "").replace(str(ROOT), ".")
+
+
 def write_result(name: str, payload: dict, quick: bool) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / (f"{name}.quick.json" if quick else f"{name}.json")
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    tmp.write_text(portable(json.dumps(payload, indent=2, sort_keys=True)))
     os.replace(tmp, path)
     return path
 

@@ -93,9 +93,12 @@ def accuracy_tables(d: dict) -> str:
                 a = row["arms"][label]
                 cell = f"{a['accuracy']['median']:.4f} ({a['sparsity']:.3f})"
                 cells.append(f"**{cell}**" if label == row["tfmot_best"] else cell)
-            cells += [f"{100 * row['margin_vs_tfmot_best'][lab]:+.2f}" for lab in row["margin_vs_tfmot_best"]]
+            best = row["arms"][row["tfmot_best"]]["accuracy"]["values"]
+            for lab in row["margin_vs_tfmot_best"]:
+                paired = [100 * (a - b) for a, b in zip(row["arms"][lab]["accuracy"]["values"], best)]
+                cells.append(f"{100 * row['margin_vs_tfmot_best'][lab]:+.2f} ({min(paired):+.2f}…{max(paired):+.2f})")
             rows.append(cells)
-        margins = [f"Δ {lab} vs best tfmot (points)" for lab in m["rows"][0]["margin_vs_tfmot_best"]]
+        margins = [f"Δ {lab} vs best tfmot, points (per-seed range)" for lab in m["rows"][0]["margin_vs_tfmot_best"]]
         parts += ["", f"**{model}** (pretrained held-out accuracy {m['pretrained_accuracy']:.4f})", "",
                   _md(rows, ["target", *labels, *margins])]
     return "\n".join(parts)
