@@ -842,8 +842,13 @@ def _keep_indices(g: _Graph, ids: np.ndarray, removed: set[int]) -> np.ndarray:
     return np.flatnonzero(~np.isin(roots, list(removed))) if removed else np.arange(len(ids))
 
 
-_SIGNED_MEAN = importance.Criterion("signed_mean", "activations", lambda a: importance._units_last(a).mean(axis=0),
-                                    "mean activation (signed), for compensation")
+def _signed_mean(activations: np.ndarray) -> np.ndarray:
+    a = np.asarray(activations, dtype=np.float64)
+    return a.reshape(-1, a.shape[-1]).mean(axis=0)
+
+
+# not a ranking criterion: the per-channel mean a consumer reads, streamed like one (`_activation_scores`)
+_SIGNED_MEAN = importance.Criterion("signed_mean", "activations", _signed_mean, "mean activation (signed)")
 
 
 def _compensation(g: _Graph, removed: set[int], x_calib) -> dict[str, tuple[str, np.ndarray]]:
