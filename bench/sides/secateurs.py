@@ -34,6 +34,8 @@ VARIANTS: dict[str, dict] = {
     "jit": {"jit_compile": True},            # XLA
     "dataset": {"pipeline": "dataset"},      # a cached, shuffled, prefetched tf.data.Dataset instead of arrays
 }
+
+
 def _variant(name: str) -> tuple[dict, str]:
     try:
         v = dict(VARIANTS[name])
@@ -119,7 +121,7 @@ def prune_step(target: float, epochs: int, **overrides):
 
 def prune_job(model_file: str, epochs: int, batch_size: int, target: float, lr: float = 1e-3, seed: int = 0,
               variant: str = "default", step: dict | None = None, selection: dict | None = None) -> dict:
-    """Load, attach a Pruner (engine defaults: layer scope, polynomial schedule), compile, fit with the pruning
+    """Load, attach a Pruner (engine defaults: global scope, polynomial schedule), compile, fit with the pruning
     callback, detach, save: the pipeline's gradual prune step without evaluation/latency/export."""
     from workers.engine.pruning import Pruner
     from workers.engine.registry import prunable_weights
