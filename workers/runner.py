@@ -8,7 +8,6 @@ write is conditional on still owning that attempt.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workers.artifacts import ArtifactStore, ArtifactStoreUnavailable, open_artifacts
+from workers.artifacts.base import sha256_file
 from workers.engine.errors import EngineError
 from workers.jobs import ArtifactInfo, EventKind, JobRecord, JobStatus, error_dict, worker_identity
 from workers.sandbox import Hooks, SandboxJob, SandboxLimits, SandboxResult, run_sandboxed
@@ -92,7 +92,7 @@ def verify_inputs(job: JobRecord, artifacts: ArtifactStore) -> dict | None:
         try:
             path = Path(artifacts.input_path(job.id, recorded.name))
             size = path.stat().st_size
-            digest = _sha256(path) if size == recorded.bytes else None
+            digest = sha256_file(path)[0] if size == recorded.bytes else None
         except ArtifactStoreUnavailable:  # not the file's fault: the attempt ends and the job is retried
             raise
         except OSError as e:
@@ -103,14 +103,6 @@ def verify_inputs(job: JobRecord, artifacts: ArtifactStore) -> dict | None:
             return error_dict(kind, f"{what} changed after it was submitted and inspected ({then} at submit, {now} "
                                     "now); it was not loaded", field=role)
     return None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _run_attempt(claim: Claim, ctx: RunContext, scratch: Path) -> SandboxResult:

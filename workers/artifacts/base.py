@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+from workers.engine.errors import ResourceLimit
 from workers.jobs import ArtifactInfo
 from workers.store.base import StoreUnavailable
 
@@ -19,12 +21,34 @@ class ArtifactStoreUnavailable(StoreUnavailable, OSError):
     (nothing was saved, retry later) when it happens during a submit."""
 
 
+def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
+    """(sha256 hex digest, size in bytes) of a file, read in chunks."""
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+def check_room(store: ArtifactStore, name: str, size: int) -> None:
+    """Refuse an output of `size` bytes that would take the store past its max_total_bytes (0: no limit)."""
+    if store.max_total_bytes:
+        used = store.usage_bytes()
+        if used + size > store.max_total_bytes:
+            raise ResourceLimit(
+                f"artifact store full while writing artifact {name} ({size} bytes): {used} of "
+                f"{store.max_total_bytes} bytes used (artifacts.max_total_bytes)")
+
+
 def valid_name(name: str) -> bool:
     """Artifact and input names are plain file names: no separators, no leading dot, at most 128 characters."""
     return bool(NAME_RE.match(name)) and ".." not in name
 
 
 class ArtifactStore(Protocol):
+    max_total_bytes: int  # 0: no limit on the outputs' total size
+
     def adopt_input(self, job_id: str, name: str, src: Path) -> Path:
         """Move a finished upload (a temp file) into the job's inputs; atomic. Returns where a local copy lies."""
 

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from workers.artifacts.base import valid_name
+from workers.artifacts.base import check_room, valid_name
 from workers.engine.errors import ResourceLimit
 from workers.jobs import ArtifactInfo
 
@@ -73,12 +73,7 @@ class LocalArtifactStore:
         dest = self._file(job_id, "outputs", name)
         dest.parent.mkdir(parents=True, exist_ok=True)
         size = Path(src).stat().st_size
-        if self.max_total_bytes:
-            used = self.usage_bytes()
-            if used + size > self.max_total_bytes:
-                raise ResourceLimit(
-                    f"artifact store full while writing artifact {name} ({size} bytes): {used} of "
-                    f"{self.max_total_bytes} bytes used (artifacts.max_total_bytes)")
+        check_room(self, name, size)
         digest = self._copy_atomic(Path(src), dest, what=f"artifact {name}")
         return ArtifactInfo(name=name, bytes=size, sha256=digest)
 

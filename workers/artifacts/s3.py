@@ -29,8 +29,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from workers.artifacts.base import ArtifactStoreUnavailable, valid_name
-from workers.engine.errors import ResourceLimit
+from workers.artifacts.base import ArtifactStoreUnavailable, check_room, sha256_file, valid_name
 from workers.jobs import ArtifactInfo
 
 MiB = 2**20
@@ -50,15 +49,6 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     if any(p in (".", "..") for p in prefix.split("/")):
         raise ValueError(f"artifacts.url {url!r}: '.' and '..' are not allowed in the prefix")
     return bucket, f"{prefix}/" if prefix else ""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
-    h, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-            size += len(block)
-    return h.hexdigest(), size
 
 
 def _error_code(e: Exception) -> str:
@@ -232,13 +222,7 @@ class S3ArtifactStore:
 
     def put_output(self, job_id: str, name: str, src: Path) -> ArtifactInfo:
         key = self._key(job_id, "outputs", name)
-        size = Path(src).stat().st_size
-        if self.max_total_bytes:
-            used = self.usage_bytes()
-            if used + size > self.max_total_bytes:
-                raise ResourceLimit(
-                    f"artifact store full while writing artifact {name} ({size} bytes): {used} of "
-                    f"{self.max_total_bytes} bytes used (artifacts.max_total_bytes)")
+        check_room(self, name, Path(src).stat().st_size)
         digest, size = sha256_file(Path(src))
         self._upload(Path(src), key, digest)
         return ArtifactInfo(name=name, bytes=size, sha256=digest)

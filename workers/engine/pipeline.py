@@ -12,7 +12,6 @@ into that step's train function and nothing leaks into the next step or the expo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -123,14 +122,6 @@ def _jsonable(obj):
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     return obj
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _versions() -> dict:
@@ -350,10 +341,10 @@ def compress(model_path: str | Path, data_path: str | Path | None, spec: JobSpec
         raise SpecError("this spec trains or uses activations; it needs a dataset (.npz with x_train, y_train)")
     run = _Run(spec=spec, model=loaded.model, loss=loss, metrics=list(metrics), data=data,
                progress=progress, should_cancel=should_cancel)
-    inputs = {"model": {"file": model_path.name, "sha256": _sha256(model_path),
+    inputs = {"model": {"file": model_path.name, "sha256": metrics_mod.sha256_file(model_path),
                         "bytes": model_path.stat().st_size, "format": loaded.format}}
     if data_path is not None:
-        inputs["data"] = {"file": data_path.name, "sha256": _sha256(data_path), "bytes": data_path.stat().st_size,
+        inputs["data"] = {"file": data_path.name, "sha256": metrics_mod.sha256_file(data_path), "bytes": data_path.stat().st_size,
                           "train_samples": int(len(data.x_train)), "val_samples": int(len(data.x_val)),
                           "label_form": data.label_form}
 
