@@ -103,6 +103,15 @@ def running_workers(client, job_id: str) -> list[str]:
             if "status=running" in line and "worker=" in line]
 
 
+def submit_and_wait_training(client) -> str:
+    """Submit the longer job and return its id once it is inside model.fit."""
+    r = submit(client, LONGER)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    wait_training(client, job_id, timeout=120)
+    return job_id
+
+
 def stop_gracefully(topology, worker) -> None:
     """SIGTERM, as a service manager would: an idle Celery worker exits with status 0."""
     worker.send_signal(signal.SIGTERM)
@@ -170,10 +179,7 @@ def test_a_broker_outage_at_submit_still_answers_202_and_the_job_runs_when_the_b
 def test_killing_a_celery_worker_mid_job_re_runs_the_job_on_another_worker(topology):
     first = topology.start_worker("w-killed")
     with topology.api.client() as c:
-        r = submit(c, LONGER)
-        assert r.status_code == 202, r.text
-        job_id = r.json()["id"]
-        wait_training(c, job_id, timeout=120)
+        job_id = submit_and_wait_training(c)
         job_processes = [p for pool in children(first.pid) for p in children(pool)]
         assert job_processes, "no job process under the worker's pool process"
         os.killpg(first.pid, signal.SIGKILL)  # the worker and its pool process, like a lost machine
@@ -198,10 +204,7 @@ def test_killing_a_celery_worker_mid_job_re_runs_the_job_on_another_worker(topol
 def test_a_worker_stopped_mid_job_releases_it_without_spending_an_attempt_and_another_worker_runs_it(topology):
     first = topology.start_worker("w-stopped")
     with topology.api.client() as c:
-        r = submit(c, LONGER)
-        assert r.status_code == 202, r.text
-        job_id = r.json()["id"]
-        wait_training(c, job_id, timeout=120)
+        job_id = submit_and_wait_training(c)
         stop_gracefully(topology, first)  # SIGTERM: the running job is stopped and released, then the worker exits
         released = c.get(f"/v1/jobs/{job_id}").json()
         assert released["status"] == "queued" and released["attempts"] == 0
