@@ -41,9 +41,7 @@ async def principal(
     key = presented_key(request.headers.get("authorization"), api_key)
     settings: Settings = request.app.state.settings
     if key is None and not settings.auth_required:
-        presence = getattr(request.app.state, "key_presence", None)
-        if presence is None:
-            presence = request.app.state.key_presence = KeyPresence(request.app.state.store)
+        presence: KeyPresence = request.app.state.key_presence
         # no key and none exists: the default tenant, without a thread hop and a query per request
         if presence.known_absent() or not await run_in_threadpool(presence.refresh):
             return Principal(DEFAULT_TENANT)

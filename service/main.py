@@ -30,6 +30,7 @@ async def lifespan(app: FastAPI):
     from workers.dispatch import make_dispatcher, sweep
     from workers.store import open_store
 
+    from service.auth import KeyPresence
     from service.metrics import ServiceMetrics
     from service.services.jobs import JobService, prepare_data_dir
 
@@ -44,6 +45,7 @@ async def lifespan(app: FastAPI):
     metrics = ServiceMetrics(store)
     app.state.store, app.state.artifacts, app.state.dispatcher, app.state.metrics = store, artifacts, dispatcher, metrics
     app.state.jobs = JobService(settings, store, artifacts, dispatcher, metrics)
+    app.state.key_presence = KeyPresence(store)
     dispatcher.start()
     try:
         yield
