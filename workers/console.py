@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -87,13 +88,17 @@ def print_summary(manifest: dict, out_dir: Path, console: Console | None = None)
             table.add_row(f"latency {key} (ms, median)", _fmt(b.get("median")), _fmt(a.get("median")))
     console.print(table)
     summary = manifest["summary"]
-    console.print(f"win: [bold]{summary['win']}[/bold]   artifacts in {out_dir}:")
+    collapsed = summary.get("within_tolerance") is False
+    win = f"[bold red]{summary['win']}[/bold red]" if collapsed else f"[bold]{summary['win']}[/bold]"
+    console.print(f"win: {win}   artifacts in {escape(str(out_dir))}:")
     for fmt, info in manifest["artifacts"].items():
         preserved = "sparsity preserved" if info.get("sparsity_preserved", True) else "SPARSITY LOST"
         console.print(f"  {info.get('file', fmt)}  {_fmt(info.get('bytes'))} B, gzip {_fmt(info.get('gzip_bytes'))} B,"
                       f" {preserved}")
-    for note in summary.get("notes", []):
-        console.print(f"  note: {note}")
+    for i, note in enumerate(summary.get("notes", [])):
+        # the quality note comes first when the held-out metric fell beyond the tolerance: printed in red
+        style = "bold red" if collapsed and i == 0 else "default"
+        console.print(f"  note: {escape(note)}", style=style)
 
 
 def import_tensorflow_quietly() -> None:

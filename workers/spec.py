@@ -15,8 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+MAX_THRESHOLD = 100.0  # |w| < 100 zeroes every weight of any ordinary trained network: a larger threshold is a mistake
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: Infinity / NaN are refused in every float field (JSON `Infinity`, `NaN`, "inf" strings)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- schedules
@@ -101,7 +105,10 @@ class PruneStep(_Strict):
     target_sparsity: float | None = Field(
         None, ge=0.0, lt=1.0, description="Fraction of weights set to zero (magnitude, block), 0 <= s < 1."
     )
-    threshold: float | None = Field(None, ge=0.0, description="Weights with |w| < threshold are zeroed (method=threshold).")
+    threshold: float | None = Field(
+        None, ge=0.0, le=MAX_THRESHOLD, description="Weights with |w| < threshold are zeroed (method=threshold), "
+        f"0 <= t <= {MAX_THRESHOLD:g}; a threshold at or above the largest |w| of the selected kernels is refused."
+    )
     n: int | None = Field(None, ge=1, le=64, description="Weights kept per group of m (method=n_m).")
     m: int | None = Field(None, ge=2, le=64, description="Group size (method=n_m).")
     block_shape: tuple[int, int] | None = Field(None, description="Block (rows, cols) of the 2-D kernel view (method=block).")
@@ -208,6 +215,16 @@ class TrainingSpec(_Strict):
         0.2, gt=0.0, lt=1.0, description="Held-out fraction taken (deterministically) from x_train when no x_val is given."
     )
     shuffle: bool = True
+    batchnorm_reestimation: bool = Field(
+        True, description="After every training step and every structured rebuild, set each BatchNormalization "
+        "layer's moving mean and variance to the population statistics of its input over training samples (one "
+        "pass, batch statistics in BN layers, every other layer in inference mode). The step's record gives the "
+        "held-out metrics before and after. No effect on models without BatchNormalization."
+    )
+    batchnorm_samples: int = Field(
+        2048, ge=1, le=100_000, description="Training samples (a seeded random subset) used to re-estimate "
+        "BatchNormalization statistics."
+    )
 
     @field_validator("loss")
     @classmethod
@@ -262,7 +279,7 @@ ALLOWED_METRICS = frozenset(
 
 class LayerOverride(_Strict):
     target_sparsity: float | None = Field(None, ge=0.0, lt=1.0)
-    threshold: float | None = Field(None, ge=0.0)
+    threshold: float | None = Field(None, ge=0.0, le=MAX_THRESHOLD)
     keep_ratio: float | None = Field(None, gt=0.0, le=1.0)
     skip: bool = Field(False, description="Leave this layer untouched.")
 
@@ -290,7 +307,20 @@ class ExportSpec(_Strict):
 
 class EvaluationSpec(_Strict):
     latency: bool = Field(True, description="Measure compiled CPU latency (batch 1 and 32) before and after.")
-    latency_runs: int = Field(30, ge=3, le=1000, description="Timed runs per batch size; the median is reported.")
+    latency_runs: int = Field(
+        30, ge=3, le=1000, description="Timed runs per batch size; median and spread (p10..p90) are reported. A "
+        "speed win needs the medians' ratio >= 1.10 and the interquartile ranges of before and after not to overlap."
+    )
+    max_accuracy_drop: float = Field(
+        0.05, ge=0.0, le=1.0, description="Tolerated drop of held-out accuracy-like metrics (names containing "
+        "'accuracy'), in absolute fraction: 0.05 = 5 points. A larger drop makes the summary's win 'none', "
+        "within_tolerance false and the first note say so."
+    )
+    max_loss_increase: float = Field(
+        0.10, ge=0.0, le=100.0, description="Tolerated relative increase of the held-out loss and error metrics "
+        "(mse, mae, ...), used when the task has no accuracy-like metric: 0.10 = 10% higher. A larger increase "
+        "makes the summary's win 'none', within_tolerance false and the first note say so."
+    )
 
 
 class JobSpec(_Strict):

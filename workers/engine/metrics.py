@@ -236,10 +236,12 @@ def _example_inputs(model: keras.Model, batch: int, fill: int, rng: np.random.Ge
 
 
 def latency(model: keras.Model, batch_sizes=(1, 32), runs: int = 30, warmup: int = 3, input_fill: int = 32) -> dict:
-    """Median / p90 milliseconds of a compiled forward pass on the CPU, per batch size.
+    """Milliseconds of a compiled forward pass on the CPU, per batch size: median and spread of `runs` timings.
 
-    Returns {"batch_<b>": {"batch_size", "median", "p90", "mean", "min", "runs"}}. Inputs are random (float)
-    or zeros (integer inputs); a None dimension of the model's input is filled with `input_fill`.
+    Returns {"batch_<b>": {"batch_size", "median", "p10", "p25", "p75", "p90", "mean", "min", "runs"}} (percentiles
+    by linear interpolation; p25..p75 is the interquartile range the summary compares before claiming a speed win).
+    Inputs are random (float) or zeros (integer inputs); a None dimension of the model's input is filled with
+    `input_fill`.
     """
     import tensorflow as tf
 
@@ -262,9 +264,10 @@ def latency(model: keras.Model, batch_sizes=(1, 32), runs: int = 30, warmup: int
                 _materialize(fn(x))
                 times.append((time.perf_counter() - t0) * 1000.0)
             a = np.asarray(times)
-            out[f"batch_{int(b)}"] = {"batch_size": int(b), "median": float(np.median(a)),
-                                      "p90": float(np.percentile(a, 90)), "mean": float(a.mean()),
-                                      "min": float(a.min()), "runs": int(runs)}
+            p10, p25, p75, p90 = (float(v) for v in np.percentile(a, [10, 25, 75, 90]))
+            out[f"batch_{int(b)}"] = {"batch_size": int(b), "median": float(np.median(a)), "p10": p10, "p25": p25,
+                                      "p75": p75, "p90": p90, "mean": float(a.mean()), "min": float(a.min()),
+                                      "runs": int(runs)}
     return out
 
 

@@ -8,6 +8,13 @@ Invariant between steps: once any prune step has run, every later training step 
 prunable weights (masks = w != 0, applied inside the compiled train step), including after a structured
 rebuild. Each training step compiles the model afresh, so masks and penalties attached for the step are traced
 into that step's train function and nothing leaks into the next step or the exported model.
+
+BatchNorm statistics (`training.batchnorm_reestimation`, on by default): after every structured rebuild and at
+the end of every step, each BatchNormalization layer's moving mean and variance are replaced by the population
+statistics of its input over `training.batchnorm_samples` training samples (`batchnorm.reestimate_batchnorm`); the
+step's record holds {"layers", "samples", "batches", "before", "after"} under "batchnorm", with the held-out
+metrics before and after the re-estimation. The summary (`summary.summarize`) claims no win when the held-out
+metric fell beyond the spec's tolerance.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from workers.engine import batchnorm as batchnorm_mod
 from workers.engine import data as data_mod
 from workers.engine import export as export_mod
 from workers.engine import metrics as metrics_mod
@@ -35,12 +43,11 @@ from workers.engine.progress import CancelFn, Progress, ProgressFn, never_cancel
 from workers.engine.pruning import Pruner
 from workers.engine.registry import prunable_weights
 from workers.engine.regularizers import attach_regularization
+from workers.engine.summary import summarize as _summary
 from workers.engine.surgery import structured_prune
 from workers.spec import FinetuneStep, JobSpec, PruneStep, RegularizeStep, StructuredStep
 
 MANIFEST_NAME = "manifest.json"
-SPEED_WIN = 1.10  # latency must improve by at least 10% at some batch size to be called a speed win
-SIZE_WIN = 0.90  # gzipped size must shrink by at least 10% to be called a size win
 
 
 @dataclass
@@ -187,6 +194,28 @@ def _train_holding_zeros(run: _Run, phase: str, index: int, epochs: int, setup=N
             pruner.detach()
 
 
+def _reestimate_batchnorm(run: _Run, phase: str, index: int, *, evaluate: bool = True) -> dict | None:
+    """Re-estimate BatchNorm statistics on training samples (`batchnorm` module) when the spec asks for it and the
+    job has data; returns the step's record {"layers", "samples", "batches", "before", "after"} (held-out metrics
+    around the re-estimation when `evaluate`), or None when nothing was done."""
+    spec = run.spec.training
+    if not spec.batchnorm_reestimation or run.data is None or not batchnorm_mod.batchnorm_layers(run.model):
+        return None
+    _check_cancel(run)
+    run.progress(Progress(phase=phase, step_index=index, message="re-estimating BatchNorm statistics"))
+    before = _evaluate(run) if evaluate else None
+    record = batchnorm_mod.reestimate_batchnorm(run.model, run.data.x_train, batch_size=max(spec.batch_size, 128),
+                                                max_samples=spec.batchnorm_samples, seed=run.spec.seed)
+    if evaluate:
+        record.update(before=before, after=_evaluate(run))
+    return record
+
+
+def _with_batchnorm(record: dict, run: _Run, phase: str, index: int) -> dict:
+    bn = _reestimate_batchnorm(run, phase, index)
+    return record if bn is None else {**record, "batchnorm": bn}
+
+
 # --------------------------------------------------------------------------- steps
 
 
@@ -195,10 +224,21 @@ def _run_regularize(run: _Run, index: int, step: RegularizeStep) -> dict:
         run, "regularize", index, step.epochs,
         setup=lambda weights: attach_regularization(weights, step.l1, step.l2, step.group_lasso),
     )
-    return {"history": history}
+    return _with_batchnorm({"history": history}, run, "regularize", index)
+
+
+def _check_threshold(run: _Run, step: PruneStep) -> None:
+    """Refuse a threshold that zeroes every selected weight (it is above the largest |w|)."""
+    largest = max((float(np.max(np.abs(w.variable.numpy()))) for w in prunable_weights(run.model, run.spec.layers)
+                   if w.size), default=0.0)
+    if step.threshold > largest:
+        raise SpecError(f"prune threshold {step.threshold:g} is above the largest |w| of the selected kernels "
+                        f"({largest:.4g}): it would zero every weight")
 
 
 def _run_prune(run: _Run, index: int, step: PruneStep) -> dict:
+    if step.method == "threshold":
+        _check_threshold(run, step)
     pruner = _pruner(run)
     if run.hold_zeros:
         pruner.hold_zeros()
@@ -221,7 +261,9 @@ def _run_prune(run: _Run, index: int, step: PruneStep) -> dict:
     finally:
         pruner.detach()
     run.hold_zeros = True
-    return {"history": history, "sparsity": sparsity, "layer_sparsity": layer_sparsity}
+    record = {"history": history, "sparsity": sparsity, "layer_sparsity": layer_sparsity,
+              "spared": list(pruner.spared), "allocation": getattr(pruner, "allocation", None)}
+    return _with_batchnorm(record, run, "prune", index)
 
 
 def _run_structured(run: _Run, index: int, step: StructuredStep) -> dict:
@@ -236,13 +278,18 @@ def _run_structured(run: _Run, index: int, step: StructuredStep) -> dict:
     )
     run.model = new_model
     out = {"report": _jsonable(report)}
-    if step.epochs:
-        out["history"] = _train_holding_zeros(run, "structured", index, step.epochs)
-    return out
+    if not step.epochs:
+        return _with_batchnorm(out, run, "structured", index)
+    rebuilt = _reestimate_batchnorm(run, "structured", index, evaluate=False)  # train from matching statistics
+    if rebuilt is not None:
+        out["batchnorm_after_rebuild"] = rebuilt
+    out["history"] = _train_holding_zeros(run, "structured", index, step.epochs)
+    return _with_batchnorm(out, run, "structured", index)
 
 
 def _run_finetune(run: _Run, index: int, step: FinetuneStep) -> dict:
-    return {"history": _train_holding_zeros(run, "finetune", index, step.epochs)}
+    return _with_batchnorm({"history": _train_holding_zeros(run, "finetune", index, step.epochs)},
+                           run, "finetune", index)
 
 
 STEP_RUNNERS: dict[str, Callable[[_Run, int, Any], dict]] = {
@@ -276,41 +323,6 @@ def _measure(run: _Run, phase: str, scratch: Path) -> dict:
     export_mod.save_model_file(run.model, path)  # weights and config only, like the exported artifact
     out["file"] = _jsonable(metrics_mod.file_size(path))
     path.unlink(missing_ok=True)
-    return out
-
-
-def _summary(before: dict, after: dict, artifacts: dict, spec: JobSpec) -> dict:
-    notes: list[str] = []
-    b_params, a_params = before["params"], after["params"]
-    size_ratio = after["file"]["gzip_bytes"] / max(1, before["file"]["gzip_bytes"])
-    speedups = {}
-    for key, b in (before.get("latency_ms") or {}).items():
-        a = (after.get("latency_ms") or {}).get(key)
-        if isinstance(b, dict) and isinstance(a, dict) and a.get("median") and b.get("median"):
-            speedups[key] = b["median"] / a["median"]
-    speed_win = any(s >= SPEED_WIN for s in speedups.values())
-    size_win = size_ratio <= SIZE_WIN
-    structured = any(s.kind == "structured" for s in spec.steps)
-    if not structured and not speed_win:
-        notes.append("unstructured sparsity only: a size win (gzip), not a speed win — dense kernels still "
-                     "compute every zero on CPU")
-    if not spec.evaluation.latency:
-        notes.append("latency not measured (evaluation.latency = false)")
-    kinds = [k for k, ok in (("size", size_win), ("speed", speed_win)) if ok]
-    out = {
-        "win": "+".join(kinds) if kinds else "none",
-        "params_total_before": b_params.get("total"),
-        "params_total_after": a_params.get("total"),
-        "params_nonzero_before": b_params.get("nonzero"),
-        "params_nonzero_after": a_params.get("nonzero"),
-        "sparsity_after": a_params.get("sparsity"),
-        "gzip_size_ratio": size_ratio,
-        "latency_speedup": speedups,
-        "sparsity_preserved_in_export": all(bool(a.get("sparsity_preserved", True)) for a in artifacts.values()),
-        "notes": notes,
-    }
-    eb, ea = before.get("evaluation") or {}, after.get("evaluation") or {}
-    out["evaluation_delta"] = {k: ea[k] - eb[k] for k in ea if k in eb}
     return out
 
 
