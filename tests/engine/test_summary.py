@@ -1,0 +1,102 @@
+"""The job summary: no win when the held-out metric collapsed, speed claimed only beyond the measurement spread."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from workers.engine.summary import SPEED_WIN, quality_check, summarize
+from workers.spec import JobSpec, load_spec
+
+PRUNE = {"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.8}]}
+STRUCTURED = {"steps": [{"kind": "structured", "keep_ratio": 0.5}]}
+
+
+def _latency(samples_ms) -> dict:
+    """A latency entry as metrics.latency computes it from repeated timings."""
+    a = np.asarray(samples_ms, dtype=float)
+    p10, p25, p75, p90 = np.percentile(a, [10, 25, 75, 90])
+    return {"batch_size": 1, "median": float(np.median(a)), "p10": p10, "p25": p25, "p75": p75, "p90": p90,
+            "mean": float(a.mean()), "min": float(a.min()), "runs": len(a)}
+
+
+def _measure(evaluation, gzip_bytes=1000, latency_ms=None) -> dict:
+    return {"evaluation": evaluation, "params": {"total": 100, "nonzero": 100, "sparsity": 0.0},
+            "file": {"bytes": gzip_bytes * 2, "gzip_bytes": gzip_bytes}, "latency_ms": latency_ms}
+
+
+def _spec(d: dict, **evaluation) -> JobSpec:
+    return JobSpec.model_validate({**d, "evaluation": {"latency": True, **evaluation}})
+
+
+def test_collapsed_accuracy_gives_no_win_and_the_first_note_says_so():
+    before = _measure({"loss": 0.9, "accuracy": 0.716})
+    after = _measure({"loss": 2.3, "accuracy": 0.103}, gzip_bytes=300)  # 3x smaller, but at chance
+    s = summarize(before, after, {}, _spec(PRUNE))
+    assert s["win"] == "none" and s["within_tolerance"] is False
+    assert s["notes"][0].startswith("QUALITY COLLAPSED: held-out accuracy fell from 71.6% to 10.3% (-61.3 points")
+    assert s["quality"]["accuracy"]["ok"] is False
+    assert "loss" not in s["quality"]  # accuracy-like metrics decide when the task has one
+
+
+def test_drop_within_the_tolerance_keeps_the_size_win():
+    before = _measure({"loss": 0.30, "accuracy": 0.950})
+    after = _measure({"loss": 0.45, "accuracy": 0.921}, gzip_bytes=300)  # -2.9 points, loss +50%
+    s = summarize(before, after, {}, _spec(PRUNE))
+    assert s["win"] == "size" and s["within_tolerance"] is True
+    assert not s["notes"][0].startswith("QUALITY")
+
+
+def test_accuracy_tolerance_is_the_spec_field():
+    before, after = _measure({"accuracy": 0.95}), _measure({"accuracy": 0.921}, gzip_bytes=300)
+    s = summarize(before, after, {}, _spec(PRUNE, max_accuracy_drop=0.02))
+    assert s["win"] == "none" and "tolerance 2.0 points" in s["notes"][0]
+
+
+def test_regression_loss_is_judged_relative():
+    ev = _spec(PRUNE).evaluation
+    assert quality_check({"loss": 0.20, "mae": 0.30}, {"loss": 0.21, "mae": 0.32}, ev)["within_tolerance"] is True
+    q = quality_check({"loss": 0.20, "mae": 0.30}, {"loss": 0.30, "mae": 0.31}, ev)
+    assert q["within_tolerance"] is False
+    assert q["note"].startswith("QUALITY COLLAPSED: held-out loss rose from 0.2 to 0.3 (+50%; tolerance +10%)")
+
+
+def test_non_finite_after_metric_fails_and_no_data_is_not_judged():
+    ev = _spec(PRUNE).evaluation
+    assert quality_check({"loss": 0.2}, {"loss": math.nan}, ev)["within_tolerance"] is False
+    assert quality_check({"accuracy": 0.9}, {"accuracy": None}, ev)["within_tolerance"] is False
+    assert quality_check(None, None, ev) == {"within_tolerance": None, "metrics": {}, "note": None}
+
+
+def test_speed_win_needs_the_gain_beyond_the_spread():
+    rng = np.random.default_rng(0)
+    base = _latency(10 + rng.normal(0, 0.2, 30))
+    faster = _latency(7 + rng.normal(0, 0.2, 30))  # 1.4x, distributions far apart
+    noisy_before = _latency(np.linspace(6, 14, 30))  # median 10, interquartile range 8..12
+    noisy_after = _latency(np.linspace(4.5, 13, 30))  # median 8.75 (1.14x), interquartile range 6.6..10.9
+    ev = {"accuracy": 0.9}
+    s = summarize(_measure(ev, latency_ms={"batch_1": base}), _measure(ev, 300, {"batch_1": faster}), {},
+                  _spec(STRUCTURED))
+    assert s["win"] == "size+speed" and s["latency_speedup_beyond_spread"] == {"batch_1": True}
+    s = summarize(_measure(ev, latency_ms={"batch_1": noisy_before}), _measure(ev, 300, {"batch_1": noisy_after}),
+                  {}, _spec(STRUCTURED))
+    assert s["latency_speedup"]["batch_1"] >= SPEED_WIN  # the medians alone would have claimed it
+    assert s["win"] == "size" and s["latency_speedup_beyond_spread"] == {"batch_1": False}
+    assert any("within the spread" in n for n in s["notes"])
+
+
+def test_collapse_wins_over_a_real_speed_gain():
+    fast = _latency(np.full(10, 5.0))
+    slow = _latency(np.full(10, 10.0))
+    s = summarize(_measure({"accuracy": 0.9}, latency_ms={"batch_1": slow}),
+                  _measure({"accuracy": 0.5}, 300, {"batch_1": fast}), {}, _spec(STRUCTURED))
+    assert s["win"] == "none" and s["latency_speedup_beyond_spread"] == {"batch_1": True}
+
+
+def test_infinity_threshold_spec_never_reaches_the_summary():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        load_spec('{"steps": [{"kind": "prune", "method": "threshold", "threshold": Infinity}]}')
