@@ -68,13 +68,15 @@ def _recording_call(layer, records: list):
         rank = len(x.shape)
         axes = [a for a in range(rank) if a != layer.axis % rank]
         if mask is None:
-            weight = ops.ones_like(x)
+            mean, variance = ops.moments(x, axes=axes, keepdims=True)
+            count = ops.cast(ops.prod(ops.take(ops.shape(x), axes)), x.dtype) * ops.ones_like(mean)
+            m2 = variance * count
         else:
             weight = ops.broadcast_to(ops.cast(ops.expand_dims(mask, -1), x.dtype), ops.shape(x))
-        count = ops.sum(weight, axis=axes, keepdims=True)
-        mean = ops.sum(weight * x, axis=axes, keepdims=True) / ops.maximum(count, 1.0)
-        m2 = ops.sum(weight * ops.square(x - mean), axis=axes, keepdims=True)
-        variance = m2 / ops.maximum(count, 1.0)
+            count = ops.sum(weight, axis=axes, keepdims=True)
+            mean = ops.sum(weight * x, axis=axes, keepdims=True) / ops.maximum(count, 1.0)
+            m2 = ops.sum(weight * ops.square(x - mean), axis=axes, keepdims=True)
+            variance = m2 / ops.maximum(count, 1.0)
         records.append((layer, ops.reshape(count, (-1,)), ops.reshape(mean, (-1,)), ops.reshape(m2, (-1,))))
         out = (x - mean) * ops.rsqrt(variance + layer.epsilon)
         shape = [1] * rank
@@ -149,7 +151,9 @@ def reestimate_batchnorm(model: keras.Model, x, *, batch_size: int = 128, max_sa
         return [(c, m, s) for _layer, c, m, s in records]
 
     try:
-        fn = tf.function(step, reduce_retracing=True)
+        signature = tf.nest.map_structure(  # one trace for every batch size (the last batch may be shorter)
+            lambda a: tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)), x)
+        fn = tf.function(step, input_signature=[signature], autograph=False)
         moments = {id(layer): _Moments() for layer in layers}
         batches = 0
         for start in range(0, n, batch_size):

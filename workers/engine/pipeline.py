@@ -207,7 +207,7 @@ def _reestimate_batchnorm(run: _Run, phase: str, index: int, *, evaluate: bool =
     record = batchnorm_mod.reestimate_batchnorm(run.model, run.data.x_train, batch_size=max(spec.batch_size, 128),
                                                 max_samples=spec.batchnorm_samples, seed=run.spec.seed)
     if evaluate:
-        record.update(before=before, after=_evaluate(run))
+        record.update(before=before, after=_evaluate(run, compile=False))
     return record
 
 
@@ -302,10 +302,11 @@ STEP_RUNNERS: dict[str, Callable[[_Run, int, Any], dict]] = {
 # --------------------------------------------------------------------------- measuring
 
 
-def _evaluate(run: _Run) -> dict | None:
+def _evaluate(run: _Run, compile: bool = True) -> dict | None:
     if run.data is None:
         return None
-    model_io.compile_model(run.model, run.spec.training, run.loss, run.metrics)
+    if compile:  # compile=False reuses the compiled evaluation of the previous call (same model, new values)
+        model_io.compile_model(run.model, run.spec.training, run.loss, run.metrics)
     result = run.model.evaluate(run.data.x_val, run.data.y_val, batch_size=max(run.spec.training.batch_size, 256),
                                 verbose=0, return_dict=True)
     return {k: float(v) for k, v in result.items()}
