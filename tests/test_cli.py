@@ -52,6 +52,10 @@ def test_compress_writes_model_and_manifest_and_prints_a_summary(small_job, tmp_
         ({"steps": [{"kind": "structured", "keep_ratio": 0}]}, "keep_ratio"),
         ({"steps": []}, "steps"),
         ({"steps": [{"kind": "prune", "method": "threshold"}]}, "threshold"),
+        ({"steps": [{"kind": "prune", "method": "threshold", "threshold": float("inf")}]}, "steps.0.threshold: Input "
+         "should be a finite number"),
+        ({"steps": [{"kind": "finetune"}], "training": {"learning_rate": float("nan")}}, "training.learning_rate"),
+        ({"steps": [{"kind": "prune", "method": "threshold", "threshold": 1e30}]}, "steps.0.threshold"),
     ],
 )
 def test_bad_spec_is_one_line_naming_the_field(small_job, tmp_path, spec, fragment):
@@ -78,3 +82,19 @@ def test_schema_is_the_jobspec_json_schema():
     assert r.returncode == 0
     schema = json.loads(r.stdout)
     assert schema["title"] == "JobSpec" and "steps" in schema["properties"]
+
+
+def test_collapsed_job_exits_zero_and_prints_the_quality_note_in_red(small_job, tmp_path):
+    spec = {"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.995}],
+            "evaluation": {"latency": False}}
+    (tmp_path / "s.json").write_text(json.dumps(spec))
+    r = subprocess.run([sys.executable, "-m", "workers.cli", "compress", str(small_job / "m.keras"), "--data",
+                        str(small_job / "d.npz"), "--spec", str(tmp_path / "s.json"), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, env={**ENV, "FORCE_COLOR": "1", "COLUMNS": "200"}, timeout=600)
+    assert r.returncode == 0, r.stderr
+    red = "\x1b[1;31m"
+    assert f"win: {red}none" in r.stdout
+    note_line = next(line for line in r.stdout.splitlines() if "QUALITY COLLAPSED" in line)
+    assert red in note_line and "held-out accuracy fell from" in note_line
+    summary = json.loads((tmp_path / "o" / "manifest.json").read_text())["summary"]
+    assert summary["within_tolerance"] is False and summary["notes"][0].startswith("QUALITY COLLAPSED")
