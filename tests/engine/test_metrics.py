@@ -126,14 +126,14 @@ def test_shared_variables_are_counted_once():
     assert stats["prunable"]["total"] == 16
 
 
-def test_latency_reports_positive_median_and_p90_per_batch_size():
+def test_latency_reports_positive_median_and_spread_per_batch_size():
     model = _seq((28, 28, 1), L.Conv2D(4, 3), L.Flatten(), L.Dense(10))
     result = metrics.latency(model, batch_sizes=(1, 8), runs=5)
     assert set(result) == {"batch_1", "batch_8"}
     for key, b in (("batch_1", 1), ("batch_8", 8)):
         r = result[key]
         assert r["batch_size"] == b and r["runs"] == 5
-        assert 0 < r["min"] <= r["median"] <= r["p90"]
+        assert 0 < r["min"] <= r["p10"] <= r["p25"] <= r["median"] <= r["p75"] <= r["p90"]
         assert r["mean"] > 0
 
 

@@ -117,13 +117,13 @@ def summarize(before: dict, after: dict, artifacts: dict, spec) -> dict:
         notes.append(quality["note"])
     notes.extend(speed_notes)
     structured = any(s.kind == "structured" for s in spec.steps)
-    if not structured and not speed_win:
+    collapsed = quality["within_tolerance"] is False
+    if not structured and not speed_win and not collapsed:
         notes.append("unstructured sparsity only: a size win (gzip), not a speed win — dense kernels still "
                      "compute every zero on CPU")
     if not spec.evaluation.latency:
         notes.append("latency not measured (evaluation.latency = false)")
     kinds = [k for k, ok in (("size", size_win), ("speed", speed_win)) if ok]
-    collapsed = quality["within_tolerance"] is False
     out = {
         "win": "none" if collapsed or not kinds else "+".join(kinds),
         "within_tolerance": quality["within_tolerance"],
