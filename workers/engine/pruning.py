@@ -268,7 +268,8 @@ class Pruner:
                 f"layer: every layer keeps at least {FLOOR_SHARE:g} of the average density (depthwise kernels "
                 f"one weight per filter), which allows at most {reach:.4f}; name the layers to prune further in "
                 f"layers.include, or use scope 'layer'", field="target_sparsity")
-        axes = tuple(2 if self.weights[i].role == "depthwise_kernel" else 0 for i in cands)
+        axes = tuple(2 if self.weights[i].role == "depthwise_kernel" and not self.weights[i].explicit else 0
+                     for i in cands)
         return _Group(tuple(cands), base, "global", tuple(i for i in pool if i not in cands), caps, axes)
 
     def _max_zeros(self, i: int, sparsity: float) -> int:
@@ -278,7 +279,7 @@ class Pruner:
         w = self.weights[i]
         if w.explicit:
             return w.size
-        keep = max(1, math.ceil(FLOOR_SHARE * (1.0 - sparsity) * w.size))
+        keep = max(1, math.ceil(FLOOR_SHARE * (1.0 - sparsity) * w.size - 1e-9))
         if w.role == "depthwise_kernel" and len(w.shape) > 2:
             keep = max(keep, w.shape[-1] * w.shape[-2])
         return max(0, w.size - keep)
