@@ -536,6 +536,15 @@ def test_global_target_is_met_over_all_weights_with_spared_layers_made_up(target
     pruner.detach()
 
 
+def test_global_block_target_is_met_over_all_weights_with_spared_layers_made_up():
+    model = conv_zoo()
+    pruner = Pruner(model, prunable_weights(model), {})
+    pruner.prune(PruneStep(method="block", block_shape=[1, 4], target_sparsity=0.8, scope="global"))
+    assert pruner.spared
+    assert abs(pruner.sparsity() - 0.8) <= 0.002
+    pruner.detach()
+
+
 def test_gradual_global_pruning_ends_on_target_with_the_output_layer_spared(mnist, trained_small):
     model = fresh_small(trained_small)
     pruner = Pruner(model, prunable_weights(model), {})

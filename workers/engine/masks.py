@@ -7,7 +7,11 @@ Public API::
     threshold_mask(w, threshold) -> mask                     zero every |w| < threshold
     n_m_mask(w, n, m, axis) -> mask                          keep the n largest |w| of each m along `axis`
     block_mask(w, sparsity, block_shape) -> mask             zero whole blocks of the 2-D view, exact count
-    global_magnitude_masks(ws, sparsity) -> list[mask]       one magnitude ranking across tensors
+    global_magnitude_masks(ws, sparsity) -> list[mask]       one raw |w| ranking across tensors (not the default)
+    lamp_scores(w) -> scores                                 LAMP scores of one tensor (exact, a full sort)
+    lamp_allocation(ws, zeros, max_zeros=None) -> counts     zeros per tensor from one LAMP ranking, capped
+    count_mask(w, zeros, filter_axes=0) -> mask              exact-count magnitude, optionally one kept per filter
+    global_lamp_masks(ws, sparsity, ...) -> list[mask]       LAMP allocation + count_mask: magnitude's global rule
     global_block_masks(ws, sparsity, block_shape) -> masks   one block ranking across tensors
     spared_small(sizes, budget=SMALL_LAYER_BUDGET) -> set    tensors global ranking leaves alone by default
     MASK_METHODS: dict[str, MaskMethod]                      the registry the pruner dispatches through
@@ -27,6 +31,18 @@ with 3 input channels does not fail a job (with m >= 4 it simply keeps all of it
 Block. A kernel is viewed as the 2-D matrix (prod(shape[:-1]), shape[-1]); blocks of `block_shape` tile it
 from the top-left corner, edge blocks are partial (ranked by the mean |w| of their real entries), and exactly
 target_count(sparsity, number of blocks) blocks are zeroed.
+
+Global magnitude = LAMP allocation. A raw |w| ranking across layers compares numbers of unrelated scales: behind
+BatchNorm a layer's scale means nothing, and on MobileNetV2 (alpha 0.35, 80 %) it zeroed 99-100 % of the depthwise
+kernels of blocks 7-16 and of Conv_1 (chance accuracy). Global scope ranks LAMP scores instead (Lee et al., ICLR
+2021): with a tensor's weights sorted by |w| ascending, score(u) = w_u^2 / sum_{v >= u} w_v^2, which is scale-free
+per tensor (its largest weight scores 1). LAMP orders the weights of one tensor exactly like |w|, so a global LAMP
+mask is a per-tensor allocation followed by per-tensor magnitude masks: `lamp_allocation` ranks the scores of every
+tensor up to LAMP_SAMPLE (8192) weights exactly and of larger tensors through a sorted strided sample (each point
+standing for size / 8192 weights; the share moves by < 1 % of the tensor), caps each tensor at its `max_zeros`
+(the pruner's floors), and rounds to whole counts summing exactly to the requested zeros; `count_mask` then zeroes
+exactly that many of each tensor in linear time (`_prune_smallest`). The cost per update is one pass over the
+weights plus a sort of at most 8192 values per tensor (about what the raw global ranking costs).
 
 Global ranking and small tensors. One magnitude ranking across layers tends to wipe out small layers (a first
 convolution holds few, important weights). `spared_small` spares the smallest tensors whose combined size is at

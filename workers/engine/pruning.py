@@ -26,13 +26,29 @@ the constraint is read at trace time. Create the Pruner (and call `hold_zeros`/`
 may change at any time (they are variables read by the traced function), which is how the callback works.
 
 Scopes. `scope="layer"`: every weight reaches its own target (the step's, or `overrides[name]`), count-based
-and exact for magnitude/block. `scope="global"`: one ranking across the weights without a per-layer override,
-so that the overall sparsity of that pruned set equals the target exactly; by default it spares the layers that
-produce a model output when they hold together at most OUTPUT_LAYER_BUDGET (10%) of the pool (a model whose
-output layer holds most of its weights, such as Conv -> Flatten -> Dense(10), must prune it), and the smallest
-tensors holding together at most 1% of the candidates (`masks.spared_small`), unless they are named explicitly (in `layers.include` by name, or given a per-layer
-target). If sparing would leave nothing to prune, nothing is spared. `pruner.spared` lists the weights spared
-by the last plan, as "path/role".
+and exact for magnitude/block. `scope="global"`: the weights without a per-layer override form one pool. By
+default it spares the layers that produce a model output when they hold together at most OUTPUT_LAYER_BUDGET (10%)
+of the pool (a model whose output layer holds most of its weights, such as Conv -> Flatten -> Dense(10), must prune
+it), and the smallest tensors holding together at most 1% of the candidates (`masks.spared_small`), unless they are
+named explicitly (in `layers.include` by name, or given a per-layer target). `pruner.spared` lists them as
+"path/role". The target holds over the whole pool, spared weights included: the others make up for them, so the
+pool ends with exactly target_count(target, pool size) zeros.
+
+Global magnitude allocation (the default). LAMP scores decide how many zeros each weight gets
+(`masks.lamp_allocation`), then each weight is masked by exact-count magnitude. Rules, measured on MobileNetV2 and
+a BatchNorm ResNet (see docs/BENCHMARKS.md):
+- floor: a weight not named explicitly keeps at least FLOOR_SHARE (1/4) of the pool's average density
+  ((1 - target) / 4, at least one weight), so no layer is disconnected (raw |w| ranking emptied whole layers);
+- depthwise kernels (DepthwiseConv, SeparableConv's depthwise part) keep the largest weight of every filter, so
+  no channel is cut off (a depthwise channel has no other path);
+- 1x1 projections and the output layer: no special case beyond the above; LAMP ranks them by their own
+  distribution (a small output layer is still spared, as before);
+- a weight named explicitly has no floor and may be emptied.
+When sparing makes the target unreachable under the floors, nothing is spared; a target the floors still cannot
+reach is refused with a SpecError on `target_sparsity` (stating the most that is reachable) when the step is
+planned, before any training. `pruner.allocation` ("path/role" -> sparsity) holds the per-weight targets of the
+last plan or mask update (spared weights 0.0; layer-scope weights their own target). `block` keeps one raw ranking
+of block means over the pool, its pool target raised to make up for the spared weights (exact up to a block).
 
 Held zeros. `hold_zeros()` records a floor: weights that are zero then stay zero through every later mask
 update (new mask = computed mask AND floor). When an earlier step left more zeros in a layer than the new
@@ -301,6 +317,10 @@ class Pruner:
             if group.scope == "global" and group.max_zeros:
                 self._apply_allocated(group, p.sparsity, values)
                 continue
+            if group.scope == "global" and group.spared and p.sparsity is not None:  # block: make up the spared
+                pool = sum(v.size for v in values)
+                zeros = target_count(p.sparsity, pool + sum(self.weights[i].size for i in group.spared))
+                p = replace(p, sparsity=min(1.0, zeros / pool) if pool else 0.0)
             try:
                 keeps = method.masks(values, p, [self.weights[i].input_axis for i in group.indices],
                                      scope=group.scope)
