@@ -583,6 +583,27 @@ def test_floors_refuse_an_unreachable_target_unless_the_layers_are_named_explici
     pruner.detach()
 
 
+def test_global_scope_ranks_raw_magnitudes_without_normalization_and_lamp_scores_with_it():
+    from workers.engine.masks import global_magnitude_masks, lamp_allocation
+
+    model = lenet_300_100()  # no normalization: a layer's scale is part of its function, raw |w| compares
+    pruner = Pruner(model, prunable_weights(model), {})
+    assert pruner.score == "magnitude"
+    values = [w.variable.numpy() for w in pruner.weights[:2]]
+    zeros = target_count(0.9, 266_200)  # fc1 and fc2 make up for the spared output layer
+    raw = global_magnitude_masks(values, zeros / sum(v.size for v in values))
+    lamp = lamp_allocation(values, zeros)
+    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.9, scope="global"))
+    per_layer = pruner.layer_sparsity()
+    for w, keep, n_lamp in zip(pruner.weights, raw, lamp):
+        assert per_layer[w.path] == pytest.approx(1 - keep.mean(), abs=0.01)  # raw ranking (fc1 sampled)
+    assert per_layer["fc2"] < lamp[1] / 30_000 - 0.1  # LAMP would prune fc2 much harder
+    pruner.detach()
+
+    model = depthwise_residual()
+    assert Pruner(model, prunable_weights(model), {}).score == "lamp"
+
+
 def test_global_pruning_is_deterministic():
     def run():
         keras.utils.set_random_seed(3)

@@ -248,21 +248,25 @@ def lamp_scores(w) -> np.ndarray:
 LAMP_SAMPLE = 8192  # tensors above this size are allocated from a strided sample of this many weights
 
 
-def _lamp_points(w) -> tuple[np.ndarray, float]:
-    """Sorted LAMP scores of w, or of a strided sample of w for large tensors, and how many weights each
-    point stands for. The sample's suffix sums estimate the full tensor's, so the points' scores estimate
-    the LAMP scores of the weights at the same quantiles."""
+def _lamp_points(w, score: str = "lamp") -> tuple[np.ndarray, float]:
+    """Sorted LAMP scores of w (score "magnitude": sorted |w|), or of a strided sample of w for large tensors,
+    and how many weights each point stands for. The sample's suffix sums estimate the full tensor's, so the
+    points' scores estimate the LAMP scores of the weights at the same quantiles."""
     a = _abs(w).ravel()
     n = a.size
     sample = a[:: n // LAMP_SAMPLE] if n > LAMP_SAMPLE else a
+    if score == "magnitude":
+        return np.sort(sample.astype(np.float64)), n / max(1, sample.size)
     s = np.sort(sample.astype(np.float64)) ** 2
     suffix = np.cumsum(s[::-1])[::-1]
     return np.divide(s, suffix, out=np.zeros_like(s), where=suffix > 0), n / max(1, s.size)
 
 
-def lamp_allocation(ws: Sequence, zeros: int, max_zeros: Sequence[int] | None = None) -> list[int]:
+def lamp_allocation(ws: Sequence, zeros: int, max_zeros: Sequence[int] | None = None,
+                    score: str = "lamp") -> list[int]:
     """How many weights of each tensor to zero so that `zeros` weights are zeroed in all, the lowest LAMP
-    scores across tensors first, and no tensor beyond its `max_zeros` (default: its size).
+    scores across tensors first, and no tensor beyond its `max_zeros` (default: its size). With
+    score="magnitude" the ranking is of raw |w| instead (the same caps, sampling and rounding).
 
     Tensors up to LAMP_SAMPLE weights are ranked exactly; larger ones through a strided sample of LAMP_SAMPLE
     weights, each point standing for size / LAMP_SAMPLE weights (an error of about 1% of the tensor in its
@@ -280,7 +284,7 @@ def lamp_allocation(ws: Sequence, zeros: int, max_zeros: Sequence[int] | None = 
         return [int(c) for c in caps]
     scores, contrib, owner = [], [], []
     for i, w in enumerate(ws):
-        pts, weight = _lamp_points(w)
+        pts, weight = _lamp_points(w, score)
         scores.append(pts)
         # point j stands for `weight` weights, clipped so that the tensor never goes past its cap
         contrib.append(np.clip(caps[i] - np.arange(pts.size) * weight, 0.0, weight))

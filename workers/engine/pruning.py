@@ -72,13 +72,14 @@ import numpy as np
 from workers.engine.errors import SpecError
 from workers.engine.masks import (MaskMethod, MaskParams, count_mask, get_method, lamp_allocation, spared_small,
                                   target_count)
-from workers.engine.registry import PrunableWeight, output_layer_paths
+from workers.engine.registry import PrunableWeight, output_layer_paths, walk_layers
 from workers.engine.schedules import OneShot, make_schedule
 from workers.spec import LayerOverride, PruneStep
 
 
 OUTPUT_LAYER_BUDGET = 0.10  # global scope spares the output layers only when they hold at most this share
 FLOOR_SHARE = 0.25  # global scope: a layer keeps at least this share of the pool's average density
+NORMALIZATIONS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization, keras.layers.GroupNormalization)
 
 
 class MaskConstraint(keras.constraints.Constraint):
@@ -141,6 +142,9 @@ class Pruner:
         self.spared: list[str] = []
         self.allocation: dict[str, float] = {}  # "path/role" -> sparsity planned by the last plan or update
         self._outputs = output_layer_paths(model)
+        # global magnitude ranks LAMP scores in a model with normalization layers, raw |w| in one without
+        self.score = "lamp" if any(isinstance(layer, NORMALIZATIONS) for _, _, layer in walk_layers(model)) \
+            else "magnitude"
         self._floors: list[np.ndarray | None] = [None] * len(self.weights)
         # exact zeros per weight as of the last mask update (what the callback reports without re-reading)
         self._zeros: list[int] = [w.size - int(np.count_nonzero(w.variable.numpy())) for w in self.weights]
@@ -344,7 +348,7 @@ class Pruner:
             floor = self._floors[i]
             held = 0 if floor is None else floor.size - int(np.count_nonzero(floor))
             caps.append(max(cap, held))  # zeros held from an earlier step stay, whatever the floor
-        counts = lamp_allocation(values, zeros, caps)
+        counts = lamp_allocation(values, zeros, caps, self.score)
         for i, value, count, axes in zip(idx, values, counts, group.filter_axes):
             self._set(i, count_mask(value, count, axes), value)
             self.allocation[f"{self.weights[i].path}/{self.weights[i].role}"] = count / max(1, value.size)
