@@ -330,3 +330,12 @@ def test_global_lamp_on_large_tensors_costs_about_as_much_as_the_raw_global_rank
     lamp = best(lambda: masks.global_lamp_masks(ws, 0.8))
     raw = best(lambda: masks.global_magnitude_masks(ws, 0.8))
     assert lamp < 2.0 * raw + 0.05, (lamp, raw)
+
+
+def test_magnitude_allocation_of_small_tensors_equals_the_raw_global_ranking():
+    ws = [_w((30, 20), 15) * 5, _w((3, 3, 4, 8), 16) * 0.01, _w((50,), 17)]
+    total = sum(w.size for w in ws)
+    for sparsity in (0.2, 0.5, 0.9):
+        raw = masks.global_magnitude_masks(ws, sparsity)
+        counts = masks.lamp_allocation(ws, masks.target_count(sparsity, total), score="magnitude")
+        assert counts == [int((~k).sum()) for k in raw]
