@@ -340,9 +340,9 @@ class Pruner:
                 self._set(i, keep, value)
 
     def _apply_allocated(self, group: _Group, sparsity: float, values: Sequence[np.ndarray]) -> None:
-        """Global magnitude: LAMP decides each weight's count (`masks.lamp_allocation`) so that the pool and
-        its spared weights together hold target_count(sparsity, their size) zeros, within the floors; each
-        weight is then masked by exact-count magnitude."""
+        """Global magnitude: one ranking (`self.score`: LAMP or raw |w|) decides each weight's count
+        (`masks.lamp_allocation`) so that the pool and its spared weights together hold target_count(sparsity,
+        their size) zeros, within the floors; each weight is then masked by exact-count magnitude."""
         idx = group.indices
         total = sum(self.weights[i].size for i in idx + group.spared)
         spared_zeros = sum(self.weights[i].size - int(np.count_nonzero(self.weights[i].variable.numpy()))
