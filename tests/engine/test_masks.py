@@ -236,3 +236,106 @@ def test_magnitude_on_a_large_tensor_is_linear_time():
     elapsed = time.perf_counter() - start
     assert int((~keep).sum()) == int(np.floor(0.9 * w.size + 0.5))
     assert elapsed < 2.0
+
+
+# --------------------------------------------------------------------------- LAMP allocation
+
+
+def test_lamp_scores_follow_the_papers_definition_on_a_hand_computed_example():
+    # squares 9, 1, 4, 0.25; ascending 0.25, 1, 4, 9 with suffix sums 14.25, 14, 13, 9
+    w = np.array([[-3.0, 1.0], [2.0, 0.5]], dtype="float32")
+    np.testing.assert_allclose(masks.lamp_scores(w), [[1.0, 1 / 14], [4 / 13, 0.25 / 14.25]])
+    assert np.all(masks.lamp_scores(np.zeros((2, 3))) == 0)
+
+
+def test_lamp_allocation_is_scale_invariant_where_a_raw_ranking_empties_the_small_tensor():
+    big = _w((20, 10), seed=1)
+    big += np.sign(big)  # |w| >= 1
+    small = big * 1e-3  # the same weights at a thousandth of the scale
+    raw = masks.global_magnitude_masks([big, small], 0.5)
+    assert not raw[1].any() and raw[0].all()  # raw |w|: every small weight goes first
+    assert masks.lamp_allocation([big, small], 200) == [100, 100]
+    keeps = masks.global_lamp_masks([big, small], 0.5)
+    np.testing.assert_array_equal(keeps[0], keeps[1])
+    np.testing.assert_array_equal(keeps[0], masks.magnitude_mask(big, 0.5))
+
+
+def _exact_lamp_counts(ws, zeros):
+    scores = np.concatenate([masks.lamp_scores(w).ravel() for w in ws])
+    owner = np.concatenate([np.full(np.size(w), i) for i, w in enumerate(ws)])
+    chosen = owner[np.argsort(scores, kind="stable")[:zeros]]
+    return np.bincount(chosen, minlength=len(ws))
+
+
+def test_lamp_allocation_of_small_tensors_equals_the_exact_global_lamp_ranking():
+    ws = [_w((30, 20), 2) * 5, _w((3, 3, 4, 8), 3) * 0.01, _w((50,), 4)]
+    for zeros in (0, 1, 300, 700, 899):
+        assert masks.lamp_allocation(ws, zeros) == list(_exact_lamp_counts(ws, zeros))
+
+
+def test_lamp_allocation_of_a_sampled_large_tensor_is_within_one_percent_of_the_exact_ranking():
+    big = np.random.default_rng(5).standard_t(3, size=(300, 400)).astype("float32")  # heavy tails, sampled
+    ws = [big, _w((40, 30), 6) * 3.0, _w((3, 3, 16, 1), 7) * 0.1]
+    assert big.size > masks.LAMP_SAMPLE
+    total = sum(w.size for w in ws)
+    for sparsity in (0.5, 0.8, 0.95):
+        zeros = masks.target_count(sparsity, total)
+        counts = masks.lamp_allocation(ws, zeros)
+        assert sum(counts) == zeros
+        exact = _exact_lamp_counts(ws, zeros)
+        for c, e in zip(counts, exact):  # the sampled tensor's share is off by < 1% of it, moved to the others
+            assert abs(c - e) <= 0.01 * big.size, (sparsity, counts, list(exact))
+
+
+@pytest.mark.parametrize("zeros", [0, 1, 5_000, 40_000, 61_000])
+def test_lamp_allocation_sums_exactly_and_never_exceeds_a_cap(zeros):
+    ws = [_w((200, 250), 8), _w((30, 30), 9) * 100, _w((3, 3, 32, 1), 10) * 1e-4, _w((500,), 11)]
+    caps = [49_000, 850, 200, 500]
+    counts = masks.lamp_allocation(ws, zeros, caps)
+    assert sum(counts) == min(zeros, sum(caps))
+    assert all(0 <= c <= cap for c, cap in zip(counts, caps))
+    assert counts == masks.lamp_allocation([w.copy() for w in ws], zeros, caps)  # deterministic
+
+
+def test_lamp_allocation_counts_weights_pruned_earlier_first():
+    a, b = _w((40, 40), 12), _w((40, 40), 13)
+    a[:20] = 0  # 800 zeros held from an earlier step
+    assert masks.lamp_allocation([a, b], 1000)[0] >= 800
+
+
+def test_count_mask_with_filters_keeps_the_largest_weight_of_every_depthwise_filter():
+    w = _w((3, 3, 8, 2), 14)
+    w[..., 0, 0] *= 1e-6  # one filter far below all the others
+    keep = masks.count_mask(w, 150)
+    assert not keep[..., 0, 0].any()  # plain magnitude cuts that channel off
+    keep = masks.count_mask(w, 150, filter_axes=2)
+    assert int((~keep).sum()) == 128  # capped: one weight kept in each of the 16 filters
+    assert keep.reshape(9, 16).sum(axis=0).min() == 1
+    assert keep.reshape(9, 16).argmax(axis=0).tolist() == np.abs(w).reshape(9, 16).argmax(axis=0).tolist()
+    assert int((~masks.count_mask(w, 100, filter_axes=2)).sum()) == 100
+
+
+def test_global_lamp_on_large_tensors_costs_about_as_much_as_the_raw_global_ranking():
+    ws = [np.random.default_rng(i).normal(size=(1000, 1000)).astype("float32") for i in range(3)]
+    masks.global_lamp_masks(ws, 0.8)  # warm up
+
+    def best(fn):
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    lamp = best(lambda: masks.global_lamp_masks(ws, 0.8))
+    raw = best(lambda: masks.global_magnitude_masks(ws, 0.8))
+    assert lamp < 2.0 * raw + 0.05, (lamp, raw)
+
+
+def test_magnitude_allocation_of_small_tensors_equals_the_raw_global_ranking():
+    ws = [_w((30, 20), 15) * 5, _w((3, 3, 4, 8), 16) * 0.01, _w((50,), 17)]
+    total = sum(w.size for w in ws)
+    for sparsity in (0.2, 0.5, 0.9):
+        raw = masks.global_magnitude_masks(ws, sparsity)
+        counts = masks.lamp_allocation(ws, masks.target_count(sparsity, total), score="magnitude")
+        assert counts == [int((~k).sum()) for k in raw]

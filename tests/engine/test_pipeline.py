@@ -72,10 +72,9 @@ def test_gradual_global_magnitude_reaches_target_holds_zeros_and_keeps_accuracy(
         progress=events.append,
     )
     after = manifest["after"]
-    # the pruned set is every kernel except the spared output layer: its overall sparsity is the target
+    # the output layer is spared and made up by the others: all the kernels together are on target
     kernels = _kernels(out / "model.keras")
-    pruned = np.concatenate([kernels["dense"].ravel(), kernels["dense_1"].ravel()])
-    assert np.mean(pruned == 0) == pytest.approx(0.9, abs=0.005)
+    assert np.mean(np.concatenate([k.ravel() for k in kernels.values()]) == 0) == pytest.approx(0.9, abs=0.002)
     assert after["evaluation"]["accuracy"] > 0.90
     assert manifest["summary"]["win"].startswith("size")
     assert manifest["summary"]["sparsity_preserved_in_export"] is True

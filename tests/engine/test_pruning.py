@@ -243,15 +243,18 @@ def test_threshold_prunes_below_theta_with_per_layer_thresholds():
     pruner.detach()
 
 
-def test_global_scope_spares_the_output_layer_and_hits_the_target_over_the_pruned_set():
+def test_global_scope_spares_the_output_layer_and_makes_it_up_elsewhere():
     model = lenet_300_100()
     pruner = Pruner(model, prunable_weights(model), {})
     pruner.prune(PruneStep(method="magnitude", target_sparsity=0.9, scope="global"))
     per_layer = pruner.layer_sparsity()
     assert pruner.spared == ["out/kernel"] and per_layer["out"] == 0.0
-    pruned = [w for w in pruner.weights if w.path != "out"]
-    zeros = sum(int((w.variable.numpy() == 0).sum()) for w in pruned)
-    assert zeros == target_count(0.9, sum(w.size for w in pruned))
+    assert pruner.allocation["out/kernel"] == 0.0
+    zeros = sum(int((w.variable.numpy() == 0).sum()) for w in pruner.weights)
+    # the target holds over all the pruner's weights: the spared output layer is made up by the others
+    assert zeros == target_count(0.9, sum(w.size for w in pruner.weights))
+    for w in pruner.weights:
+        assert pruner.allocation[f"{w.path}/{w.role}"] == pytest.approx(per_layer[w.path])
     assert per_layer["fc1"] != per_layer["fc2"]  # one ranking, not per-layer targets
     assert pruner.sparsity() == pytest.approx(zeros / sum(w.size for w in pruner.weights))
     assert layer_sparsity(pruner.weights) == pytest.approx(per_layer)
@@ -270,8 +273,8 @@ def test_global_scope_spares_tiny_layers_unless_named_and_honours_overrides():
     for w in pruner.weights:
         if w.path in spared or w.role == "depthwise_kernel":
             assert not np.any(w.variable.numpy() == 0), w.path
-    pool = [w for w in pruner.weights if w.path not in spared and w.role != "depthwise_kernel"]
-    assert sum(int((w.variable.numpy() == 0).sum()) for w in pool) == target_count(0.5, sum(w.size for w in pool))
+    assert sum(int((w.variable.numpy() == 0).sum()) for w in pruner.weights) == target_count(
+        0.5, sum(w.size for w in pruner.weights))
     pruner.detach()
 
     model = conv_zoo()
@@ -285,7 +288,9 @@ def test_global_scope_spares_tiny_layers_unless_named_and_honours_overrides():
     (up,) = [w for w in pruner.weights if w.path == "up"]
     assert int((up.variable.numpy() == 0).sum()) == target_count(0.2, up.size)
     pool = [w for w in pruner.weights if w.path in ("conv", "out", "fc") or w.role == "pointwise_kernel"]
-    assert sum(int((w.variable.numpy() == 0).sum()) for w in pool) == target_count(0.5, sum(w.size for w in pool))
+    spared_too = [w for w in pruner.weights if w.role == "depthwise_kernel"]
+    assert sum(int((w.variable.numpy() == 0).sum()) for w in pool) == target_count(
+        0.5, sum(w.size for w in pool + spared_too))
     assert all(np.any(w.variable.numpy() == 0) for w in pool)
     pruner.detach()
 
@@ -405,7 +410,9 @@ def test_detached_model_exports_clean_and_zeros_survive_a_stock_load(tmp_path, m
     loaded = keras.saving.load_model(path)  # stock loader, no custom objects
     for layer in ("fc1", "out"):
         np.testing.assert_array_equal(loaded.get_layer(layer).kernel.numpy(), model.get_layer(layer).kernel.numpy())
-    assert_sparsity({"fc1": loaded.get_layer("fc1").kernel.numpy()}, target_count(0.8, 784 * 64) / (784 * 64))
+    kernels = {name: loaded.get_layer(name).kernel.numpy() for name in ("fc1", "out")}
+    total = sum(k.size for k in kernels.values())
+    assert_sparsity(kernels, target_count(0.8, total) / total)  # the spared output layer is made up by fc1
     assert len(loaded.weights) == len(model.weights)  # no mask variable was saved
     kernel = loaded.get_layer("fc1").kernel.numpy()
     assert not np.any(np.signbit(kernel[kernel == 0]))  # +0.0, not the -0.0 of a masked product
@@ -461,8 +468,153 @@ def test_gradual_pruning_of_lenet_300_100_costs_little_over_plain_fit_and_keeps_
     print(f"\nLeNet-300-100, 2 epochs of 8,000 MNIST digits: plain fit {plain:.2f}s, gradual pruning "
           f"{pruned_time:.2f}s, ratio {ratio:.3f}")
     assert pruner.layer_sparsity()["out"] == 0.0
-    assert pruner.sparsity() == pytest.approx(0.9 * 265_200 / 266_200, abs=1e-4)
+    assert pruner.sparsity() == pytest.approx(0.9, abs=1e-5)  # the spared output layer is made up elsewhere
     acc = model.evaluate(x_test, y_test, verbose=0)[1]
     assert acc > dense_acc - 0.02, (acc, dense_acc)
     assert ratio < 1.5  # the goal is <= 1.05 (met on an idle machine); the bound is loose for a shared 2-core box
     pruner.detach()
+
+
+# --------------------------------------------------------------------------- global allocation (LAMP, floors, targets)
+
+
+def depthwise_residual() -> keras.Model:
+    """A tiny MobileNet-like block stack: depthwise + BatchNorm + 1x1 projections + residual Adds."""
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(16, 3, padding="same", use_bias=False, name="stem")(inp)
+    x = L.ReLU()(L.BatchNormalization()(x))
+    for i in range(2):
+        y = L.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"dw{i}")(x)
+        y = L.ReLU()(L.BatchNormalization()(y))
+        y = L.Conv2D(16, 1, use_bias=False, name=f"pw{i}")(y)
+        x = L.Add()([x, L.BatchNormalization()(y)])
+    x = L.Conv2D(64, 1, use_bias=False, name="head")(x)
+    x = L.GlobalAveragePooling2D()(L.ReLU()(L.BatchNormalization()(x)))
+    return keras.Model(inp, L.Dense(10, name="out")(x), name="dw_residual")
+
+
+def _scale_imbalanced(model) -> keras.Model:
+    """BatchNorm makes a layer's scale meaningless; give the depthwise kernels and the head a tiny one."""
+    for name, scale in (("dw0", 1e-3), ("dw1", 1e-3), ("head", 1e-2), ("pw0", 30.0)):
+        kernel = model.get_layer(name).weights[0]
+        kernel.assign(kernel.numpy() * scale)
+    return model
+
+
+def test_global_scope_never_disconnects_a_layer_of_a_scale_imbalanced_depthwise_residual_model():
+    model = _scale_imbalanced(depthwise_residual())
+    weights = prunable_weights(model)
+    from workers.engine.masks import global_magnitude_masks  # the raw ranking this replaces
+    raw = global_magnitude_masks([w.variable.numpy() for w in weights], 0.8)
+    assert {"dw0", "dw1", "head"} <= {w.path for w, k in zip(weights, raw) if not k.any()}  # the old failure
+    pruner = Pruner(model, weights, {})
+    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.8, scope="global"))
+    assert pruner.spared == []  # nothing is both tiny and within 1% here
+    per_layer = pruner.layer_sparsity()
+    for w in pruner.weights:
+        kept = int(np.count_nonzero(w.variable.numpy()))
+        assert kept >= int(np.ceil(0.25 * 0.2 * w.size)), (w.path, per_layer[w.path])  # the density floor
+        if w.role == "depthwise_kernel":  # and every channel keeps a weight
+            assert np.count_nonzero(w.variable.numpy().reshape(9, -1), axis=0).min() >= 1
+    assert max(per_layer.values()) < 0.98
+    total = sum(w.size for w in pruner.weights)
+    assert pruner.sparsity() == target_count(0.8, total) / total
+    assert pruner.allocation == pytest.approx({f"{w.path}/{w.role}": per_layer[w.path] for w in pruner.weights})
+    pruner.detach()
+
+
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.8, 0.9, 0.95])
+def test_global_target_is_met_over_all_weights_with_spared_layers_made_up(target):
+    model = conv_zoo()
+    pruner = Pruner(model, prunable_weights(model), {})
+    pruner.prune(PruneStep(method="magnitude", target_sparsity=target, scope="global"))
+    assert pruner.spared  # small layers and the output layer are spared ...
+    assert all(pruner.layer_sparsity()[s.split("/")[0]] == 0.0 for s in pruner.spared if s != "sep/depthwise_kernel")
+    total = sum(w.size for w in pruner.weights)
+    assert abs(pruner.sparsity() - target) <= 0.002  # ... and made up by the others
+    assert pruner.sparsity() == target_count(target, total) / total
+    pruner.detach()
+
+
+def test_global_block_target_is_met_over_all_weights_with_spared_layers_made_up():
+    model = conv_zoo()
+    pruner = Pruner(model, prunable_weights(model), {})
+    pruner.prune(PruneStep(method="block", block_shape=[1, 4], target_sparsity=0.8, scope="global"))
+    assert pruner.spared
+    assert abs(pruner.sparsity() - 0.8) <= 0.002
+    pruner.detach()
+
+
+def test_gradual_global_pruning_ends_on_target_with_the_output_layer_spared(mnist, trained_small):
+    model = fresh_small(trained_small)
+    pruner = Pruner(model, prunable_weights(model), {})
+    step = PruneStep(method="magnitude", target_sparsity=0.9, scope="global", epochs=1,
+                     schedule=PolynomialScheduleSpec(frequency=4))
+    cb = pruner.callback(step, 8)
+    compile_(model)
+    model.fit(mnist[0][:512], mnist[1][:512], epochs=1, batch_size=64, verbose=0, callbacks=[cb])
+    assert pruner.spared == ["out/kernel"] and pruner.layer_sparsity()["out"] == 0.0
+    total = sum(w.size for w in pruner.weights)
+    assert cb.sparsity == pruner.sparsity() == target_count(0.9, total) / total
+    assert [s for _, s in cb.updates] == sorted(s for _, s in cb.updates)
+    pruner.detach()
+
+
+def test_floors_refuse_an_unreachable_target_unless_the_layers_are_named_explicitly():
+    def model_():  # 576 depthwise weights in 64 filters (each keeps one: at most 512 zeros) + a 640-weight head
+        return keras.Sequential([keras.Input((2, 2, 64)), L.DepthwiseConv2D(3, padding="same", name="dw"),
+                                 L.GlobalAveragePooling2D(), L.Dense(10, name="out")])
+
+    model = model_()
+    selection = LayerSelection(include=["DepthwiseConv2D", "Dense"])  # matched by class: not named
+    pruner = Pruner(model, prunable_weights(model, selection), {})
+    with pytest.raises(SpecError, match=r"0.95 cannot be reached .* at most 0\.9408") as err:
+        pruner.prune(PruneStep(method="magnitude", target_sparsity=0.95, scope="global"))
+    assert err.value.field == "target_sparsity"
+    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.9, scope="global"))
+    assert pruner.sparsity() == target_count(0.9, 1216) / 1216
+    pruner.detach()
+
+    model = model_()
+    selection = LayerSelection(include=["dw", "out"])  # named: no floor
+    pruner = Pruner(model, prunable_weights(model, selection), {})
+    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.95, scope="global"))
+    assert pruner.sparsity() == target_count(0.95, 1216) / 1216
+    pruner.detach()
+
+
+def test_global_scope_ranks_raw_magnitudes_without_normalization_and_lamp_scores_with_it():
+    from workers.engine.masks import global_magnitude_masks, lamp_allocation
+
+    model = lenet_300_100()  # no normalization: a layer's scale is part of its function, raw |w| compares
+    pruner = Pruner(model, prunable_weights(model), {})
+    assert pruner.score == "magnitude"
+    values = [w.variable.numpy() for w in pruner.weights[:2]]
+    zeros = target_count(0.9, 266_200)  # fc1 and fc2 make up for the spared output layer
+    raw = global_magnitude_masks(values, zeros / sum(v.size for v in values))
+    lamp = lamp_allocation(values, zeros)
+    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.9, scope="global"))
+    per_layer = pruner.layer_sparsity()
+    for w, keep, n_lamp in zip(pruner.weights, raw, lamp):
+        assert per_layer[w.path] == pytest.approx(1 - keep.mean(), abs=0.01)  # raw ranking (fc1 sampled)
+    assert per_layer["fc2"] < lamp[1] / 30_000 - 0.1  # LAMP would prune fc2 much harder
+    pruner.detach()
+
+    model = depthwise_residual()
+    assert Pruner(model, prunable_weights(model), {}).score == "lamp"
+
+
+def test_global_pruning_is_deterministic():
+    def run():
+        keras.utils.set_random_seed(3)
+        model = _scale_imbalanced(depthwise_residual())
+        pruner = Pruner(model, prunable_weights(model), {})
+        pruner.prune(PruneStep(method="magnitude", target_sparsity=0.7, scope="global"))
+        out = pruner.masks()
+        pruner.detach()
+        return out
+
+    first, second = run(), run()
+    assert first.keys() == second.keys()
+    for key in first:
+        np.testing.assert_array_equal(first[key], second[key])

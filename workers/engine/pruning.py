@@ -26,13 +26,34 @@ the constraint is read at trace time. Create the Pruner (and call `hold_zeros`/`
 may change at any time (they are variables read by the traced function), which is how the callback works.
 
 Scopes. `scope="layer"`: every weight reaches its own target (the step's, or `overrides[name]`), count-based
-and exact for magnitude/block. `scope="global"`: one ranking across the weights without a per-layer override,
-so that the overall sparsity of that pruned set equals the target exactly; by default it spares the layers that
-produce a model output when they hold together at most OUTPUT_LAYER_BUDGET (10%) of the pool (a model whose
-output layer holds most of its weights, such as Conv -> Flatten -> Dense(10), must prune it), and the smallest
-tensors holding together at most 1% of the candidates (`masks.spared_small`), unless they are named explicitly (in `layers.include` by name, or given a per-layer
-target). If sparing would leave nothing to prune, nothing is spared. `pruner.spared` lists the weights spared
-by the last plan, as "path/role".
+and exact for magnitude/block. `scope="global"`: the weights without a per-layer override form one pool. By
+default it spares the layers that produce a model output when they hold together at most OUTPUT_LAYER_BUDGET (10%)
+of the pool (a model whose output layer holds most of its weights, such as Conv -> Flatten -> Dense(10), must prune
+it), and the smallest tensors holding together at most 1% of the candidates (`masks.spared_small`), unless they are
+named explicitly (in `layers.include` by name, or given a per-layer target). `pruner.spared` lists them as
+"path/role". The target holds over the whole pool, spared weights included: the others make up for them, so the
+pool ends with exactly target_count(target, pool size) zeros.
+
+Global magnitude allocation (the default). One ranking across the pool decides how many zeros each weight gets
+(`masks.lamp_allocation`), then each weight is masked by exact-count magnitude. What is ranked (`pruner.score`):
+LAMP scores (Lee et al., ICLR 2021) when the model has a normalization layer (BatchNormalization,
+LayerNormalization, GroupNormalization), since a normalized layer's scale says nothing about its importance (raw
+|w| emptied whole MobileNetV2 layers: 11.5 % held-out vs 79 % with LAMP); raw |w| otherwise, where a layer's scale is
+part of its function and the raw ranking is measurably better (LeNet-300-100 at 90 / 95 %: 96.2 / 94.3 % vs 95.5 /
+92.4 % with LAMP, 3 seeds). Rules, measured on MobileNetV2, a BatchNorm ResNet and LeNet-300-100:
+- floor: a weight not named explicitly keeps at least FLOOR_SHARE (1/4) of the pool's average density
+  ((1 - target) / 4, at least one weight), so no layer is disconnected (raw |w| ranking emptied whole layers);
+- depthwise kernels (DepthwiseConv, SeparableConv's depthwise part) keep the largest weight of every filter, so
+  no channel is cut off (a depthwise channel has no other path);
+- 1x1 projections and the output layer: no special case beyond the above; LAMP ranks them by their own
+  distribution (it prunes MobileNetV2's 1x1 expand/project layers most, to ~0.88); a small output layer and the
+  tiny layers stay spared (not sparing them cost MobileNetV2 5.5 points at 80 %);
+- a weight named explicitly has no floor and may be emptied.
+When sparing makes the target unreachable under the floors, nothing is spared; a target the floors still cannot
+reach is refused with a SpecError on `target_sparsity` (stating the most that is reachable) when the step is
+planned, before any training. `pruner.allocation` ("path/role" -> sparsity) holds the per-weight targets of the
+last plan or mask update (spared weights 0.0; layer-scope weights their own target). `block` keeps one raw ranking
+of block means over the pool, its pool target raised to make up for the spared weights (exact up to a block).
 
 Held zeros. `hold_zeros()` records a floor: weights that are zero then stay zero through every later mask
 update (new mask = computed mask AND floor). When an earlier step left more zeros in a layer than the new
@@ -46,6 +67,7 @@ The optimizer step is read from `optimizer.iterations` once per epoch (and befor
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -53,13 +75,16 @@ import keras
 import numpy as np
 
 from workers.engine.errors import SpecError
-from workers.engine.masks import MaskMethod, MaskParams, get_method, spared_small
-from workers.engine.registry import PrunableWeight, output_layer_paths
+from workers.engine.masks import (MaskMethod, MaskParams, count_mask, get_method, lamp_allocation, spared_small,
+                                  target_count)
+from workers.engine.registry import PrunableWeight, output_layer_paths, walk_layers
 from workers.engine.schedules import OneShot, make_schedule
 from workers.spec import LayerOverride, PruneStep
 
 
 OUTPUT_LAYER_BUDGET = 0.10  # global scope spares the output layers only when they hold at most this share
+FLOOR_SHARE = 0.25  # global scope: a layer keeps at least this share of the pool's average density
+NORMALIZATIONS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization, keras.layers.GroupNormalization)
 
 
 class MaskConstraint(keras.constraints.Constraint):
@@ -90,6 +115,9 @@ class _Group:
     indices: tuple[int, ...]
     params: MaskParams
     scope: str  # "layer" | "global"
+    spared: tuple[int, ...] = ()  # global: weights left dense whose size still counts in the target
+    max_zeros: tuple[int, ...] = ()  # global magnitude: per weight, the most zeros it may hold (its floor)
+    filter_axes: tuple[int, ...] = ()  # global magnitude: 2 for depthwise kernels (a weight kept per filter)
 
 
 def _masked(value: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -117,7 +145,11 @@ class Pruner:
         self.weights: list[PrunableWeight] = [
             w for w in weights if not ((o := _override(self.overrides, w)) is not None and o.skip)]
         self.spared: list[str] = []
+        self.allocation: dict[str, float] = {}  # "path/role" -> sparsity planned by the last plan or update
         self._outputs = output_layer_paths(model)
+        # global magnitude ranks LAMP scores in a model with normalization layers, raw |w| in one without
+        self.score = "lamp" if any(isinstance(layer, NORMALIZATIONS) for _, _, layer in walk_layers(model)) \
+            else "magnitude"
         self._floors: list[np.ndarray | None] = [None] * len(self.weights)
         # exact zeros per weight as of the last mask update (what the callback reports without re-reading)
         self._zeros: list[int] = [w.size - int(np.count_nonzero(w.variable.numpy())) for w in self.weights]
@@ -233,9 +265,49 @@ class Pruner:
             candidates = [i for j, i in enumerate(candidates) if j not in small or self.weights[i].explicit]
             if not candidates:  # sparing would leave nothing to prune: spare nothing
                 candidates = pool
-            self.spared = [f"{self.weights[i].path}/{self.weights[i].role}" for i in pool if i not in candidates]
-            groups.append(_Group(tuple(candidates), base, "global"))
+            group = self._global_group(candidates, pool, base, method)
+            self.spared = [f"{self.weights[i].path}/{self.weights[i].role}" for i in group.spared]
+            groups.append(group)
+        self.allocation = {f"{self.weights[i].path}/{self.weights[i].role}": float(g.params.sparsity)
+                           for g in groups if g.params.sparsity is not None for i in g.indices}
+        self.allocation.update({f"{self.weights[i].path}/{self.weights[i].role}": 0.0
+                                for g in groups for i in g.spared})
         return groups
+
+    def _global_group(self, candidates: list[int], pool: list[int], base: MaskParams,
+                      method: MaskMethod) -> _Group:
+        """The global pool with its floors; when sparing makes the target unreachable, nothing is spared, and
+        a target still out of reach of the floors is refused (SpecError on target_sparsity)."""
+        if method.name != "magnitude" or base.sparsity is None:
+            return _Group(tuple(candidates), base, "global", tuple(i for i in pool if i not in candidates))
+        total = sum(self.weights[i].size for i in pool)
+        need = target_count(base.sparsity, total)
+        for cands in (candidates, pool):
+            caps = tuple(self._max_zeros(i, base.sparsity) for i in cands)
+            if sum(caps) >= need:
+                break
+        else:
+            reach = sum(caps) / total if total else 0.0
+            raise SpecError(
+                f"target_sparsity {base.sparsity} cannot be reached by scope 'global' without disconnecting a "
+                f"layer: every layer keeps at least {FLOOR_SHARE:g} of the average density (depthwise kernels "
+                f"one weight per filter), which allows at most {reach:.4f}; name the layers to prune further in "
+                f"layers.include, or use scope 'layer'", field="target_sparsity")
+        axes = tuple(2 if self.weights[i].role == "depthwise_kernel" and not self.weights[i].explicit else 0
+                     for i in cands)
+        return _Group(tuple(cands), base, "global", tuple(i for i in pool if i not in cands), caps, axes)
+
+    def _max_zeros(self, i: int, sparsity: float) -> int:
+        """The most zeros global scope may give weight i: a weight named explicitly may be emptied; any other
+        keeps at least FLOOR_SHARE of the average density (1 - sparsity), and at least one weight (a
+        depthwise kernel: one per filter)."""
+        w = self.weights[i]
+        if w.explicit:
+            return w.size
+        keep = max(1, math.ceil(FLOOR_SHARE * (1.0 - sparsity) * w.size - 1e-9))
+        if w.role == "depthwise_kernel" and len(w.shape) > 2:
+            keep = max(keep, w.shape[-1] * w.shape[-2])
+        return max(0, w.size - keep)
 
     def _layer_params(self, w: PrunableWeight, base: MaskParams) -> MaskParams:
         o = _override(self.overrides, w)
@@ -251,6 +323,13 @@ class Pruner:
     def _apply(self, method: MaskMethod, groups: Sequence[_Group], params: Sequence[MaskParams]) -> None:
         for group, p in zip(groups, params):
             values = [self.weights[i].variable.numpy() for i in group.indices]
+            if group.scope == "global" and group.max_zeros:
+                self._apply_allocated(group, p.sparsity, values)
+                continue
+            if group.scope == "global" and group.spared and p.sparsity is not None:  # block: make up the spared
+                pool = sum(v.size for v in values)
+                zeros = target_count(p.sparsity, pool + sum(self.weights[i].size for i in group.spared))
+                p = replace(p, sparsity=min(1.0, zeros / pool) if pool else 0.0)
             try:
                 keeps = method.masks(values, p, [self.weights[i].input_axis for i in group.indices],
                                      scope=group.scope)
@@ -259,6 +338,25 @@ class Pruner:
                 raise SpecError(f"{e.message} (layer {where})", field=e.field) from None
             for i, keep, value in zip(group.indices, keeps, values):
                 self._set(i, keep, value)
+
+    def _apply_allocated(self, group: _Group, sparsity: float, values: Sequence[np.ndarray]) -> None:
+        """Global magnitude: one ranking (`self.score`: LAMP or raw |w|) decides each weight's count
+        (`masks.lamp_allocation`) so that the pool and its spared weights together hold target_count(sparsity,
+        their size) zeros, within the floors; each weight is then masked by exact-count magnitude."""
+        idx = group.indices
+        total = sum(self.weights[i].size for i in idx + group.spared)
+        spared_zeros = sum(self.weights[i].size - int(np.count_nonzero(self.weights[i].variable.numpy()))
+                           for i in group.spared)  # small: at most ~11% of the pool
+        zeros = target_count(sparsity, total) - spared_zeros
+        caps = []
+        for i, cap in zip(idx, group.max_zeros):
+            floor = self._floors[i]
+            held = 0 if floor is None else floor.size - int(np.count_nonzero(floor))
+            caps.append(max(cap, held))  # zeros held from an earlier step stay, whatever the floor
+        counts = lamp_allocation(values, zeros, caps, self.score)
+        for i, value, count, axes in zip(idx, values, counts, group.filter_axes):
+            self._set(i, count_mask(value, count, axes), value)
+            self.allocation[f"{self.weights[i].path}/{self.weights[i].role}"] = count / max(1, value.size)
 
     # ----------------------------------------------------------------- pruning
 
