@@ -361,7 +361,10 @@ def compress(model_path: str | Path, data_path: str | Path | None, spec: JobSpec
     after = _measure(run, "after", scratch)
 
     progress(Progress(phase="export", message=", ".join(spec.export.formats)))
-    artifacts = _jsonable(export_mod.export_model(run.model, out_dir, spec.export.formats))
+    artifacts = _jsonable(export_mod.export_model(
+        run.model, out_dir, spec.export.formats, calibration=None if data is None else data.x_train,
+        held_out=None if data is None else export_mod.HeldOut(data.x_val, data.y_val,
+                                                              batch_size=max(spec.training.batch_size, 256))))
     shutil.rmtree(scratch, ignore_errors=True)
 
     manifest = {
