@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import tempfile
 import shutil
@@ -167,52 +168,96 @@ def _atomic_write(final: Path, write: Callable[[Path], None]) -> None:
 # --------------------------------------------------------------------------- keras / h5
 
 
-def _deployable_copy(model: keras.Model) -> keras.Model:
-    """A copy with the same weights and compile config, a *fresh* optimizer and `steps_per_execution` 1.
-
-    The engine trains 8 steps per call (model_io.STEPS_PER_EXECUTION), a speed setting of its own that must not
-    change when the user's batch callbacks run. The fresh optimizer is built: Keras builds the optimizer of a
-    compiled model when it loads the file and refuses (with a warning) saved optimizer state whose variable count
-    differs, so the file carries the fresh optimizer's zero slots; they cost almost nothing once deflated.
-    """
+def _fresh_optimizer(model: keras.Model, build: bool):
+    """A new optimizer of the model's class and config, no state; built for the model's trainable variables."""
     optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not model.get_compile_config():
+        return None
+    fresh = type(optimizer).from_config(optimizer.get_config())
+    if build:
+        fresh.build(model.trainable_variables)
+    return fresh
+
+
+@contextlib.contextmanager
+def _optimizer_swapped(model: keras.Model, optimizer):
+    """`model.optimizer` is `optimizer` inside the block and the caller's own again after it."""
+    if optimizer is None:
+        yield
+        return
+    own = model.optimizer
+    model.optimizer = optimizer
+    try:
+        yield
+    finally:
+        model.optimizer = own
+
+
+def _h5_copy(model: keras.Model) -> keras.Model:
+    """A copy with the same weights and compile config, an unbuilt fresh optimizer (the legacy loader builds it
+    without complaint) and `steps_per_execution` 1."""
     config = model.get_compile_config()
-    if optimizer is None or not config:
+    if getattr(model, "optimizer", None) is None or not config:
         return model
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     clone.compile(**keras.saving.deserialize_keras_object({**config, "steps_per_execution": 1}))
-    clone.optimizer.build(clone.trainable_variables)
     return clone
 
 
 def save_model_file(model: keras.Model, path: str | Path) -> Path:
-    """Save `model` (fresh optimizer, no trained state) to a .keras or .h5 path, atomically. Returns the path."""
+    """Save `model` with its compile config and a fresh optimizer (no trained state) to a .keras or .h5 path,
+    atomically; `steps_per_execution` is written as 1. Returns the path.
+
+    .keras: Keras builds the optimizer of a compiled model when it loads the file and refuses (with a warning)
+    saved optimizer state whose variable count differs, so the file carries a fresh *built* optimizer (its slots
+    are zeros) and is deflated: the zeros cost almost nothing. The model is saved as it is, with the fresh
+    optimizer swapped in for the save (no copy of the model: a copy of a big functional model costs seconds).
+    """
     path = Path(path)
     if path.suffix not in (".keras", ".h5"):
         raise ValueError(f"save_model_file writes .keras or .h5 files, not {path.name!r}")
-    copy = _deployable_copy(model)
-    _atomic_write(path, lambda tmp: _save(copy, tmp))
+    if path.suffix == ".h5":
+        copy = _h5_copy(model)
+        _atomic_write(path, lambda tmp: _save_h5(copy, tmp))
+    else:
+        _atomic_write(path, lambda tmp: _save_keras(model, tmp))
     return path
 
 
-def _save(model: keras.Model, tmp: Path) -> None:
-    if tmp.suffix == ".h5":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            keras.saving.save_model(model, tmp)
-        return
-    keras.saving.save_model(model, tmp)
-    _deflate_zip(tmp)
+def _save_h5(model: keras.Model, tmp: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "HDF5 is legacy"
+        keras.saving.save_model(model, tmp)
 
 
-def _deflate_zip(path: Path) -> None:
-    """Rewrite the .keras zip Keras stores uncompressed with every member deflated (level 1: zeros, and the
-    optimizer's zero slots, shrink as much as at level 9 at a fraction of the time)."""
+def _save_keras(model: keras.Model, tmp: Path) -> None:
+    with _optimizer_swapped(model, _fresh_optimizer(model, build=True)):
+        keras.saving.save_model(model, tmp)
+    _deflate_zip(tmp, _one_step_per_execution)
+
+
+def _one_step_per_execution(config_json: bytes) -> bytes:
+    """The engine trains 8 steps per call (model_io.STEPS_PER_EXECUTION), a speed setting of its own that must not
+    change when the user's batch callbacks run: the file says 1."""
+    config = json.loads(config_json)
+    compile_config = config.get("compile_config")
+    if isinstance(compile_config, dict) and compile_config.get("steps_per_execution", 1) != 1:
+        compile_config["steps_per_execution"] = 1
+        return json.dumps(config).encode()
+    return config_json
+
+
+def _deflate_zip(path: Path, edit_config: Callable[[bytes], bytes]) -> None:
+    """Rewrite the .keras zip, which Keras stores uncompressed, with every member deflated (level 1: zeros shrink
+    about as much as at level 9, in a fraction of the time), `config.json` passed through `edit_config`."""
     packed = path.with_name(path.name + ".deflate")
     try:
         with zipfile.ZipFile(path) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as dst:
             for info in src.infolist():
+                if info.filename == "config.json":
+                    dst.writestr("config.json", edit_config(src.read(info)))
+                    continue
                 with src.open(info) as fin, dst.open(info.filename, "w",
                                                       force_zip64=info.file_size > (1 << 31)) as fout:
                     shutil.copyfileobj(fin, fout, 1 << 20)
@@ -222,7 +267,10 @@ def _deflate_zip(path: Path) -> None:
 
 
 def _write_keras_file(model: keras.Model, tmp: Path, calibration=None) -> _Written:
-    _save(_deployable_copy(model), tmp)
+    if tmp.suffix == ".h5":
+        _save_h5(_h5_copy(model), tmp)
+    else:
+        _save_keras(model, tmp)
     return _Written(encoding="float32, deflated zip" if tmp.suffix == ".keras" else "float32")
 
 
@@ -230,6 +278,8 @@ def _measure_keras_file(model: keras.Model, path: Path, held_out: HeldOut | None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # legacy .h5: the "compiled metrics not built" notice
         reloaded = keras.saving.load_model(path, compile=held_out is not None, safe_mode=True)
+    if len(reloaded.outputs) != 1:
+        held_out = None  # scored for single-output models only
     ours, theirs = model.get_weights(), reloaded.get_weights()
     stats = param_stats(reloaded)
     note = ""
@@ -242,14 +292,15 @@ def _measure_keras_file(model: keras.Model, path: Path, held_out: HeldOut | None
                          measured="all weights, reloaded with keras.saving.load_model(safe_mode=True)")
     evaluation = None
     if held_out is not None:
-        n = _sample_count(model, held_out)
-        if not reloaded.compiled:
-            evaluation = {"samples": 0, "note": "the file holds no compile config (loss, metrics)"}
+        config = reloaded.get_compile_config() if reloaded.compiled else None
+        if not config:
+            evaluation = {"samples": 0, "note": "not evaluated: the file holds no compile config (loss, metrics)"}
         else:
-            result = reloaded.evaluate(_head(held_out.x, n), held_out.y[:n], batch_size=held_out.batch_size,
-                                       verbose=0, return_dict=True)
-            evaluation = {**{k: float(v) for k, v in result.items()}, "samples": n,
-                          "how": "the file reloaded with its compile config, keras evaluate()"}
+            n = _sample_count(model, held_out)
+            y_pred = _batched(lambda batch: reloaded(batch, training=False), _head(held_out.x, n), held_out.batch_size)
+            evaluation = {**_score(config, y_pred, held_out.y[:n], held_out.batch_size), "samples": n,
+                          "how": "the file reloaded with its compile config, run eagerly (batched), scored with "
+                                 "its loss and metrics"}
     return measured, evaluation
 
 
@@ -449,20 +500,39 @@ def _evaluate_tflite(model: keras.Model, interpreter, held_out: HeldOut) -> dict
         feeds = arrays if len(names) == len(arrays) == 1 else None
     if feeds is None:
         return {"samples": 0, "note": f"not evaluated: the file's inputs {names} do not match the model's"}
-    outputs = []
-    for i in range(0, n, held_out.batch_size):
-        result = runner(**{name: np.asarray(f[i:i + held_out.batch_size], dtype=runner.get_input_details()[name]
-                                            ["dtype"]) for name, f in zip(names, feeds)})
-        outputs.append(np.asarray(next(iter(result.values())), dtype=np.float32))
-    y_pred = np.concatenate(outputs)
-    compiled = keras.saving.deserialize_keras_object(config)
+    dtypes = {name: detail["dtype"] for name, detail in runner.get_input_details().items()}
+
+    def run(batch):
+        batch = batch if isinstance(batch, list) else [batch]
+        result = runner(**{name: np.asarray(b, dtype=dtypes[name]) for name, b in zip(names, batch)})
+        return next(iter(result.values()))
+
+    y_pred = _batched(run, feeds if len(feeds) > 1 else feeds[0], held_out.batch_size)
+    return {**_score(config, y_pred, held_out.y[:n], held_out.batch_size), "samples": n,
+            "how": "the file run by the LiteRT interpreter (batched), scored with the model's compiled loss and "
+                   "metrics"}
+
+
+def _batched(predict: Callable[[Any], Any], x, batch_size: int) -> np.ndarray:
+    """`predict` on consecutive batches of `x` (an array or a list of arrays), outputs concatenated (float32)."""
+    n = _length(x)
+    parts = [np.asarray(predict(_slice(x, i, i + batch_size)), dtype=np.float32) for i in range(0, n, batch_size)]
+    return np.concatenate(parts)
+
+
+def _slice(x, start: int, stop: int):
+    return [a[start:stop] for a in x] if isinstance(x, (list, tuple)) else x[start:stop]
+
+
+def _score(compile_config: dict, y_pred: np.ndarray, y: np.ndarray, batch_size: int) -> dict:
+    """The compiled loss and metrics of predictions `y_pred` against `y`, computed by Keras itself: an identity
+    model compiled with them is evaluated on the predictions."""
+    compiled = keras.saving.deserialize_keras_object(compile_config)
     inp = keras.Input(shape=y_pred.shape[1:])
     scorer = keras.Model(inp, keras.layers.Identity()(inp))
     scorer.compile(loss=compiled.get("loss"), metrics=compiled.get("metrics"))
-    result = scorer.evaluate(y_pred, held_out.y[:n], batch_size=max(held_out.batch_size, 1024), verbose=0,
-                             return_dict=True)
-    return {**{k: float(v) for k, v in result.items()}, "samples": n,
-            "how": "the file run by the LiteRT interpreter, scored with the model's compiled loss and metrics"}
+    result = scorer.evaluate(y_pred, y, batch_size=max(batch_size, 1024), verbose=0, return_dict=True)
+    return {k: float(v) for k, v in result.items()}
 
 
 FORMATS: dict[str, ExportFormat] = {
