@@ -11,8 +11,8 @@ Public API::
 =============  ==================  =================================================================
 format         file                what it is
 =============  ==================  =================================================================
-keras          model.keras         Keras 3 zip, deflated; compile config kept, a fresh optimizer (no
-                                   trained state): loads with the stock loader without a warning
+keras          model.keras         Keras 3 zip; compile config kept, a fresh optimizer (no trained
+                                   state; its zero slots take no room): loads without a warning
 h5             model.h5            legacy Keras HDF5 (same content, not compressed)
 tflite         model.tflite        TFLite flatbuffer, float32; kernels with zeros stored in TFLite's
                                    sparse format (``Optimize.EXPERIMENTAL_SPARSITY``, read through DENSIFY)
@@ -64,7 +64,7 @@ import keras
 import numpy as np
 
 from workers.engine.errors import SpecError
-from workers.engine.metrics import file_size, macs, param_stats, sha256_file
+from workers.engine.metrics import file_size, macs, param_stats, predict_batched, score_predictions, sha256_file
 
 __all__ = ["ArtifactInfo", "ExportFormat", "FORMATS", "HeldOut", "TfliteKernel", "export_model", "save_model_file",
            "tflite_interpreter", "tflite_kernels"]
@@ -210,9 +210,10 @@ def save_model_file(model: keras.Model, path: str | Path) -> Path:
     atomically; `steps_per_execution` is written as 1. Returns the path.
 
     .keras: Keras builds the optimizer of a compiled model when it loads the file and refuses (with a warning)
-    saved optimizer state whose variable count differs, so the file carries a fresh *built* optimizer (its slots
-    are zeros) and is deflated: the zeros cost almost nothing. The model is saved as it is, with the fresh
-    optimizer swapped in for the save (no copy of the model: a copy of a big functional model costs seconds).
+    saved optimizer state whose variable count differs, so the file carries a fresh *built* optimizer whose
+    zero slots are HDF5 datasets with no data written: they take no room. The model is saved as it is, with a
+    fresh optimizer swapped in for the save (no copy of the model: a copy of a big functional model costs
+    seconds); `config.json` and `model.weights.h5` are then edited in the zip.
     """
     path = Path(path)
     if path.suffix not in (".keras", ".h5"):
@@ -232,9 +233,32 @@ def _save_h5(model: keras.Model, tmp: Path) -> None:
 
 
 def _save_keras(model: keras.Model, tmp: Path) -> None:
-    with _optimizer_swapped(model, _fresh_optimizer(model, build=True)):
+    if _fresh_optimizer(model, build=False) is None:  # not compiled: no optimizer in the file
         keras.saving.save_model(model, tmp)
-    _deflate_zip(tmp, _one_step_per_execution)
+        _rewrite_zip(tmp, _one_step_per_execution)
+        return
+    built = _fresh_optimizer(model, build=True)
+    with _optimizer_swapped(model, _fresh_optimizer(model, build=False)):
+        keras.saving.save_model(model, tmp)  # the unbuilt optimizer: its step and learning rate only
+    _rewrite_zip(tmp, _one_step_per_execution, lambda h5: _store_optimizer(h5, built))
+
+
+def _store_optimizer(h5, optimizer) -> bool:
+    """Write the fresh built `optimizer`'s variables into the weights file in place of the unbuilt one's: an
+    all-zero slot is an HDF5 dataset with no chunk written (it reads as zeros and takes no room; Keras' loader
+    accepts it below its 4 GiB expansion floor). Returns False when the file has no optimizer group."""
+    if "optimizer" not in h5 or "vars" not in h5["optimizer"]:
+        return False
+    group = h5["optimizer"]["vars"]
+    for key in list(group.keys()):
+        del group[key]
+    for i, variable in enumerate(optimizer.variables):
+        value = np.asarray(variable.numpy())
+        if value.ndim and value.size and value.nbytes < (1 << 31) and not value.any():
+            group.create_dataset(str(i), shape=value.shape, dtype=value.dtype, chunks=True, fillvalue=0)
+        else:
+            group.create_dataset(str(i), data=value)
+    return True
 
 
 def _one_step_per_execution(config_json: bytes) -> bytes:
@@ -248,19 +272,28 @@ def _one_step_per_execution(config_json: bytes) -> bytes:
     return config_json
 
 
-def _deflate_zip(path: Path, edit_config: Callable[[bytes], bytes]) -> None:
-    """Rewrite the .keras zip, which Keras stores uncompressed, with every member deflated (level 1: zeros shrink
-    about as much as at level 9, in a fraction of the time), `config.json` passed through `edit_config`."""
-    packed = path.with_name(path.name + ".deflate")
+def _rewrite_zip(path: Path, edit_config: Callable[[bytes], bytes], edit_weights=None) -> None:
+    """Rewrite the .keras zip with `config.json` passed through `edit_config` and `model.weights.h5` opened
+    read-write as `edit_weights(h5py.File)`; members stay uncompressed, as Keras writes them."""
+    import h5py
+
+    packed = path.with_name(path.name + ".rewrite")
     try:
-        with zipfile.ZipFile(path) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as dst:
+        with zipfile.ZipFile(path) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_STORED) as dst:
             for info in src.infolist():
                 if info.filename == "config.json":
                     dst.writestr("config.json", edit_config(src.read(info)))
-                    continue
-                with src.open(info) as fin, dst.open(info.filename, "w",
-                                                      force_zip64=info.file_size > (1 << 31)) as fout:
-                    shutil.copyfileobj(fin, fout, 1 << 20)
+                elif info.filename == "model.weights.h5" and edit_weights is not None:
+                    buffer = io.BytesIO(src.read(info))
+                    with h5py.File(buffer, "r+") as h5:
+                        if not edit_weights(h5):
+                            raise RuntimeError(f"{path.name}: no optimizer variables in model.weights.h5")
+                    with dst.open("model.weights.h5", "w", force_zip64=True) as fout:
+                        fout.write(buffer.getbuffer())
+                else:
+                    with src.open(info) as fin, dst.open(info.filename, "w",
+                                                          force_zip64=info.file_size > (1 << 31)) as fout:
+                        shutil.copyfileobj(fin, fout, 1 << 20)
         os.replace(packed, path)
     finally:
         packed.unlink(missing_ok=True)
@@ -271,7 +304,7 @@ def _write_keras_file(model: keras.Model, tmp: Path, calibration=None) -> _Writt
         _save_h5(_h5_copy(model), tmp)
     else:
         _save_keras(model, tmp)
-    return _Written(encoding="float32, deflated zip" if tmp.suffix == ".keras" else "float32")
+    return _Written(encoding="float32")
 
 
 def _measure_keras_file(model: keras.Model, path: Path, held_out: HeldOut | None) -> tuple[_Measured, dict | None]:
@@ -297,8 +330,9 @@ def _measure_keras_file(model: keras.Model, path: Path, held_out: HeldOut | None
             evaluation = {"samples": 0, "note": "not evaluated: the file holds no compile config (loss, metrics)"}
         else:
             n = _sample_count(model, held_out)
-            y_pred = _batched(lambda batch: reloaded(batch, training=False), _head(held_out.x, n), held_out.batch_size)
-            evaluation = {**_score(config, y_pred, held_out.y[:n], held_out.batch_size), "samples": n,
+            y_pred = predict_batched(lambda batch: reloaded(batch, training=False), _head(held_out.x, n),
+                                     held_out.batch_size)
+            evaluation = {**score_predictions(config, y_pred, held_out.y[:n], held_out.batch_size), "samples": n,
                           "how": "the file reloaded with its compile config, run eagerly (batched), scored with "
                                  "its loss and metrics"}
     return measured, evaluation
@@ -507,32 +541,10 @@ def _evaluate_tflite(model: keras.Model, interpreter, held_out: HeldOut) -> dict
         result = runner(**{name: np.asarray(b, dtype=dtypes[name]) for name, b in zip(names, batch)})
         return next(iter(result.values()))
 
-    y_pred = _batched(run, feeds if len(feeds) > 1 else feeds[0], held_out.batch_size)
-    return {**_score(config, y_pred, held_out.y[:n], held_out.batch_size), "samples": n,
+    y_pred = predict_batched(run, feeds if len(feeds) > 1 else feeds[0], held_out.batch_size)
+    return {**score_predictions(config, y_pred, held_out.y[:n], held_out.batch_size), "samples": n,
             "how": "the file run by the LiteRT interpreter (batched), scored with the model's compiled loss and "
                    "metrics"}
-
-
-def _batched(predict: Callable[[Any], Any], x, batch_size: int) -> np.ndarray:
-    """`predict` on consecutive batches of `x` (an array or a list of arrays), outputs concatenated (float32)."""
-    n = _length(x)
-    parts = [np.asarray(predict(_slice(x, i, i + batch_size)), dtype=np.float32) for i in range(0, n, batch_size)]
-    return np.concatenate(parts)
-
-
-def _slice(x, start: int, stop: int):
-    return [a[start:stop] for a in x] if isinstance(x, (list, tuple)) else x[start:stop]
-
-
-def _score(compile_config: dict, y_pred: np.ndarray, y: np.ndarray, batch_size: int) -> dict:
-    """The compiled loss and metrics of predictions `y_pred` against `y`, computed by Keras itself: an identity
-    model compiled with them is evaluated on the predictions."""
-    compiled = keras.saving.deserialize_keras_object(compile_config)
-    inp = keras.Input(shape=y_pred.shape[1:])
-    scorer = keras.Model(inp, keras.layers.Identity()(inp))
-    scorer.compile(loss=compiled.get("loss"), metrics=compiled.get("metrics"))
-    result = scorer.evaluate(y_pred, y, batch_size=max(batch_size, 1024), verbose=0, return_dict=True)
-    return {k: float(v) for k, v in result.items()}
 
 
 FORMATS: dict[str, ExportFormat] = {

@@ -5,6 +5,9 @@ Public API::
     param_stats(model) -> dict
     macs(model) -> dict
     latency(model, batch_sizes=(1, 32), runs=30, warmup=3, input_fill=32) -> dict
+    evaluate(model, x, y, batch_size=256) -> {loss and metric name: value}
+    predict_batched(predict, x, batch_size) -> np.ndarray
+    score_predictions(compile_config, y_pred, y) -> {loss and metric name: value}
     file_size(path) -> {"bytes", "gzip_bytes"}
     sha256_file(path) -> str
 
@@ -22,6 +25,10 @@ Conventions
   SeparableConv1D/2D. `effective_macs` uses the number of non-zero kernel weights instead of ``kernel.size``:
   what a sparse kernel would cost. Bias additions, activations, normalization and pooling are not counted.
   FLOPs = 2 * MACs. A layer whose spatial size is unknown (None) is listed in `unknown` and left out of totals.
+* `evaluate` gives what ``model.evaluate`` gives for a compiled single-output model without added losses, without
+  tracing the model (seconds for a big one): the model runs eagerly on batches and its compiled loss and metrics
+  score the predictions (an identity model compiled with them is evaluated on them). Other models go through
+  ``model.evaluate``.
 * Latency times ``tf.function(lambda x: model(x, training=False), reduce_retracing=True)`` on the CPU after
   `warmup` untimed calls (the first one traces), waiting for each result; never eager calls. On a host with a
   GPU the timed model is a copy whose variables live in host memory (`cpu_copy`).
@@ -41,7 +48,8 @@ import numpy as np
 
 from workers.engine.registry import prunable_weights, walk_layers
 
-__all__ = ["MAC_RULES", "cpu_copy", "file_size", "latency", "macs", "param_stats", "sha256_file"]
+__all__ = ["MAC_RULES", "cpu_copy", "evaluate", "file_size", "latency", "macs", "param_stats", "predict_batched",
+           "score_predictions", "sha256_file"]
 
 L = keras.layers
 
@@ -218,6 +226,42 @@ def macs(model: keras.Model) -> dict:
         "layers": layers,
         "unknown": unknown,
     }
+
+
+# --------------------------------------------------------------------------- held-out metrics
+
+
+def predict_batched(predict: Callable, x, batch_size: int) -> np.ndarray:
+    """`predict` on consecutive batches of `x` (an array or a list of arrays), outputs concatenated (float32)."""
+    n = len(x[0]) if isinstance(x, (list, tuple)) else len(x)
+    parts = []
+    for i in range(0, n, batch_size):
+        batch = [a[i:i + batch_size] for a in x] if isinstance(x, (list, tuple)) else x[i:i + batch_size]
+        parts.append(np.asarray(predict(batch), dtype=np.float32))
+    return np.concatenate(parts)
+
+
+def score_predictions(compile_config: dict, y_pred: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> dict:
+    """The loss and metrics of a compile config (``model.get_compile_config()``) for predictions `y_pred` against
+    `y`, computed by Keras itself: an identity model compiled with them is evaluated on the predictions."""
+    compiled = keras.saving.deserialize_keras_object(compile_config)
+    inp = keras.Input(shape=y_pred.shape[1:])
+    scorer = keras.Model(inp, keras.layers.Identity()(inp))
+    scorer.compile(loss=compiled.get("loss"), metrics=compiled.get("metrics"))
+    result = scorer.evaluate(y_pred, y, batch_size=max(batch_size, 1024), verbose=0, return_dict=True)
+    return {k: float(v) for k, v in result.items()}
+
+
+def evaluate(model: keras.Model, x, y, batch_size: int = 256) -> dict:
+    """``model.evaluate(x, y, return_dict=True)`` of a compiled model, without tracing it when it can (see above)."""
+    if len(model.outputs) != 1 or model.losses:
+        result = model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
+        return {k: float(v) for k, v in result.items()}
+    y_pred = predict_batched(lambda batch: model(batch, training=False), x, batch_size)
+    if model.losses:  # activity regularizers show up once called
+        result = model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
+        return {k: float(v) for k, v in result.items()}
+    return score_predictions(model.get_compile_config(), y_pred, y, batch_size)
 
 
 # --------------------------------------------------------------------------- latency

@@ -259,9 +259,8 @@ def _evaluate(run: _Run) -> dict | None:
     if run.data is None:
         return None
     model_io.compile_model(run.model, run.spec.training, run.loss, run.metrics)
-    result = run.model.evaluate(run.data.x_val, run.data.y_val, batch_size=max(run.spec.training.batch_size, 256),
-                                verbose=0, return_dict=True)
-    return {k: float(v) for k, v in result.items()}
+    return metrics_mod.evaluate(run.model, run.data.x_val, run.data.y_val,
+                                batch_size=max(run.spec.training.batch_size, 256))
 
 
 def _measure(run: _Run, phase: str, scratch: Path) -> dict:
