@@ -36,7 +36,9 @@ Conventions
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import math
 import time
 import zlib
@@ -244,12 +246,21 @@ def predict_batched(predict: Callable, x, batch_size: int) -> np.ndarray:
 def score_predictions(compile_config: dict, y_pred: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> dict:
     """The loss and metrics of a compile config (``model.get_compile_config()``) for predictions `y_pred` against
     `y`, computed by Keras itself: an identity model compiled with them is evaluated on the predictions."""
-    compiled = keras.saving.deserialize_keras_object(compile_config)
-    inp = keras.Input(shape=y_pred.shape[1:])
-    scorer = keras.Model(inp, keras.layers.Identity()(inp))
-    scorer.compile(loss=compiled.get("loss"), metrics=compiled.get("metrics"))
+    config = {k: compile_config.get(k) for k in ("loss", "metrics", "loss_weights", "weighted_metrics")}
+    scorer = _scorer(json.dumps(config, sort_keys=True, default=str), tuple(y_pred.shape[1:]))
     result = scorer.evaluate(y_pred, y, batch_size=max(batch_size, 1024), verbose=0, return_dict=True)
     return {k: float(v) for k, v in result.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _scorer(config_json: str, shape: tuple) -> keras.Model:
+    """An identity model compiled with a loss and metrics; kept, so its evaluation is traced once per process."""
+    compiled = keras.saving.deserialize_keras_object(json.loads(config_json))
+    inp = keras.Input(shape=shape)
+    scorer = keras.Model(inp, keras.layers.Identity()(inp))
+    scorer.compile(loss=compiled.get("loss"), metrics=compiled.get("metrics"),
+                   loss_weights=compiled.get("loss_weights"), weighted_metrics=compiled.get("weighted_metrics"))
+    return scorer
 
 
 def evaluate(model: keras.Model, x, y, batch_size: int = 256) -> dict:
