@@ -311,8 +311,6 @@ def _measure_keras_file(model: keras.Model, path: Path, held_out: HeldOut | None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # legacy .h5: the "compiled metrics not built" notice
         reloaded = keras.saving.load_model(path, compile=held_out is not None, safe_mode=True)
-    if len(reloaded.outputs) != 1:
-        held_out = None  # scored for single-output models only
     ours, theirs = model.get_weights(), reloaded.get_weights()
     stats = param_stats(reloaded)
     note = ""
@@ -326,7 +324,9 @@ def _measure_keras_file(model: keras.Model, path: Path, held_out: HeldOut | None
     evaluation = None
     if held_out is not None:
         config = reloaded.get_compile_config() if reloaded.compiled else None
-        if not config:
+        if len(reloaded.outputs) != 1:
+            evaluation = {"samples": 0, "note": "not evaluated: only single-output models are scored"}
+        elif not config:
             evaluation = {"samples": 0, "note": "not evaluated: the file holds no compile config (loss, metrics)"}
         else:
             n = _sample_count(model, held_out)
@@ -403,10 +403,10 @@ def _head(x, n: int):
 def _representative(model: keras.Model, calibration):
     n = min(CALIBRATION_SAMPLES, _length(calibration))
 
+    arrays = calibration if isinstance(calibration, (list, tuple)) else [calibration]
+
     def batches():
         for i in range(0, n, CALIBRATION_BATCH):
-            part = _head(calibration, n)
-            arrays = part if isinstance(part, list) else [part]
             yield [np.asarray(a[i:i + CALIBRATION_BATCH], dtype=str(t.dtype)) for a, t in zip(arrays, model.inputs)]
 
     return batches
