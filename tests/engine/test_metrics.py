@@ -155,7 +155,7 @@ def test_cpu_copy_has_host_variables_and_computes_the_same_outputs():
     np.testing.assert_allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
 
 
-def test_file_size_is_the_gzip_level_9_stream_size(tmp_path):
+def test_file_size_is_the_gzip_stream_size_at_gzips_default_level(tmp_path):
     rng = np.random.default_rng(0)
     zeros, noise = tmp_path / "zeros.bin", tmp_path / "noise.bin"
     zeros.write_bytes(bytes(1 << 20))
@@ -165,7 +165,7 @@ def test_file_size_is_the_gzip_level_9_stream_size(tmp_path):
     assert z["gzip_bytes"] < 0.01 * z["bytes"]
     assert n["gzip_bytes"] >= n["bytes"]  # random bytes do not compress
     for path, result in ((zeros, z), (noise, n)):
-        reference = gzip.compress(path.read_bytes(), compresslevel=9, mtime=0)
+        reference = gzip.compress(path.read_bytes(), compresslevel=6, mtime=0)
         assert abs(result["gzip_bytes"] - len(reference)) <= 8  # same deflate stream; headers may differ slightly
 
 
