@@ -1,18 +1,25 @@
-"""Write the compressed model in the requested formats and check what each file really holds.
+"""Write the compressed model in the requested formats, check what each file really holds, and evaluate each file.
 
 Public API::
 
-    export_model(model, out_dir, formats) -> dict[format, ArtifactInfo]
-    save_model_file(model, path)            # an optimizer-free .keras / .h5, written atomically
+    export_model(model, out_dir, formats, *, calibration=None, held_out=None) -> dict[format, ArtifactInfo]
+    HeldOut(x, y, batch_size=256, max_samples=10_000, min_samples=256, mac_budget=2e11)
+    save_model_file(model, path)            # .keras / .h5 with a fresh optimizer, written atomically
+    tflite_interpreter(path) / tflite_kernels(interpreter)
     FORMATS: dict[name, ExportFormat]       # keras, h5, tflite, tflite_int8
 
 =============  ==================  =================================================================
 format         file                what it is
 =============  ==================  =================================================================
-keras          model.keras         Keras 3 zip; compile config kept, optimizer *state* dropped
-h5             model.h5            legacy Keras HDF5 (same content)
-tflite         model.tflite        TFLite flatbuffer, float32 weights
-tflite_int8    model_int8.tflite   TFLite with dynamic-range quantization (int8 weights, float I/O)
+keras          model.keras         Keras 3 zip; compile config kept, a fresh optimizer (no trained
+                                   state; its zero slots take no room): loads without a warning
+h5             model.h5            legacy Keras HDF5 (same content, not compressed)
+tflite         model.tflite        TFLite flatbuffer, float32; kernels with zeros stored in TFLite's
+                                   sparse format (``Optimize.EXPERIMENTAL_SPARSITY``, read through DENSIFY)
+tflite_int8    model_int8.tflite   with `calibration` (training samples): full-integer quantization,
+                                   every op int8, float32 input and output (a drop-in for model.tflite),
+                                   calibrated on CALIBRATION_SAMPLES samples; without: dynamic-range
+                                   quantization (int8 weights, float activations), said in `note`
 =============  ==================  =================================================================
 
 Every file is written to a temporary name in `out_dir`, fsynced, then renamed over the final name
@@ -23,33 +30,44 @@ After writing, each file is read back and its zeros counted, with stock tools on
 * keras / h5: ``keras.saving.load_model(file, safe_mode=True)`` without custom objects. `params` and
   `nonzero_params` cover every weight; `sparsity` is the zero fraction of the prunable kernels;
   `sparsity_preserved` means every weight's zero pattern is exactly the in-memory model's.
-* tflite / tflite_int8: ``tf.lite.Interpreter``. The weight operand of every FULLY_CONNECTED, CONV_2D,
-  CONV_3D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV, CONV_3D_TRANSPOSE, BATCH_MATMUL and GATHER op whose weights
-  are constants (looked through a DEQUANTIZE op) is read back with ``get_tensor``. `params` and
+* tflite / tflite_int8: the LiteRT interpreter (``ai_edge_litert``). The weight operand of every
+  FULLY_CONNECTED, CONV_2D, CONV_3D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV, CONV_3D_TRANSPOSE, BATCH_MATMUL and
+  GATHER op whose weights are constants (looked through DEQUANTIZE and DENSIFY ops) is read back. `params` and
   `nonzero_params` cover those kernels only (biases are not counted; the converter may fold
   BatchNormalization into them). `sparsity_preserved` means the file holds at least as many zero kernel
   weights as the model's prunable kernels: int8 quantization is symmetric, so a zero stays zero, and small
   weights may round to zero too (more zeros, never fewer).
+
+With `held_out`, every file is then *run* on the held-out samples and scored with the in-memory model's compiled
+loss and metrics; the result is the artifact's `evaluation` ({metric: value, "samples": n, "how": ...}). Keras
+files are reloaded with their compile config and evaluated with ``evaluate()``; TFLite files run batched through
+the interpreter's default signature. The sample count is bounded by a MAC budget (`HeldOut`), so a big model's
+evaluation stays a few seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import tempfile
+import shutil
 import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 
 from workers.engine.errors import SpecError
-from workers.engine.metrics import file_size, param_stats, sha256_file
+from workers.engine.metrics import file_size, macs, param_stats, predict_batched, score_predictions, sha256_file
 
-__all__ = ["ArtifactInfo", "ExportFormat", "FORMATS", "export_model", "save_model_file"]
+__all__ = ["ArtifactInfo", "ExportFormat", "FORMATS", "HeldOut", "TfliteKernel", "export_model", "save_model_file",
+           "tflite_interpreter", "tflite_kernels"]
 
 
 @dataclass(frozen=True)
@@ -65,9 +83,28 @@ class ArtifactInfo:
     sparsity_preserved: bool
     measured: str  # what was counted, and how
     note: str = ""
+    encoding: str = ""  # how the weights are stored (tflite: dense / sparse, float32 / int8)
+    evaluation: dict | None = None  # the held-out metrics of this file, computed by running it (see HeldOut)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Held-out samples every artifact is evaluated on, by running the written file.
+
+    Loss and metrics are the in-memory model's compiled ones. At most `max_samples` samples are used, fewer when
+    the model is big: ``samples * MACs per sample <= mac_budget`` (at least `min_samples`), so evaluating the
+    files of a big model costs a bounded few seconds; the evaluation entry says how many were used.
+    """
+
+    x: Any  # an array, or a list of arrays (one per model input)
+    y: np.ndarray
+    batch_size: int = 256
+    max_samples: int = 10_000
+    min_samples: int = 256
+    mac_budget: float = 2e11
 
 
 @dataclass(frozen=True)
@@ -81,10 +118,18 @@ class _Measured:
 
 
 @dataclass(frozen=True)
+class _Written:
+    encoding: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class ExportFormat:
     file_name: str
-    write: Callable[[keras.Model, Path], None]  # writes the artifact to this (temporary) path
-    measure: Callable[[keras.Model, Path], _Measured]  # reads the written file back
+    # writes the artifact to this (temporary) path, given calibration inputs (or None)
+    write: Callable[[keras.Model, Path, Any], _Written]
+    # reads the written file back: what it holds, and its held-out metrics when given held-out data
+    measure: Callable[[keras.Model, Path, "HeldOut | None"], tuple[_Measured, dict | None]]
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -123,47 +168,149 @@ def _atomic_write(final: Path, write: Callable[[Path], None]) -> None:
 # --------------------------------------------------------------------------- keras / h5
 
 
-def _without_optimizer_state(model: keras.Model) -> keras.Model:
-    """A copy with the same weights and compile config but an unbuilt optimizer (no moments in the file) and
-    `steps_per_execution` 1: the engine trains 8 steps per call (model_io.STEPS_PER_EXECUTION), a speed setting
-    of its own that must not change when the user's batch callbacks run."""
+def _fresh_optimizer(model: keras.Model, build: bool):
+    """A new optimizer of the model's class and config, no state; built for the model's trainable variables."""
     optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not model.get_compile_config():
+        return None
+    fresh = type(optimizer).from_config(optimizer.get_config())
+    if build:
+        fresh.build(model.trainable_variables)
+    return fresh
+
+
+@contextlib.contextmanager
+def _optimizer_swapped(model: keras.Model, optimizer):
+    """`model.optimizer` is `optimizer` inside the block and the caller's own again after it."""
+    if optimizer is None:
+        yield
+        return
+    own = model.optimizer
+    model.optimizer = optimizer
+    try:
+        yield
+    finally:
+        model.optimizer = own
+
+
+def _h5_copy(model: keras.Model) -> keras.Model:
+    """A copy with the same weights and compile config, an unbuilt fresh optimizer (the legacy loader builds it
+    without complaint) and `steps_per_execution` 1."""
     config = model.get_compile_config()
-    built = optimizer is not None and getattr(optimizer, "built", False)
-    if not built and config.get("steps_per_execution", 1) == 1:
+    if getattr(model, "optimizer", None) is None or not config:
         return model
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
-    if config:
-        clone.compile(**keras.saving.deserialize_keras_object({**config, "steps_per_execution": 1}))
+    clone.compile(**keras.saving.deserialize_keras_object({**config, "steps_per_execution": 1}))
     return clone
 
 
 def save_model_file(model: keras.Model, path: str | Path) -> Path:
-    """Save `model` (optimizer state dropped) to a .keras or .h5 path, atomically. Returns the path."""
+    """Save `model` with its compile config and a fresh optimizer (no trained state) to a .keras or .h5 path,
+    atomically; `steps_per_execution` is written as 1. Returns the path.
+
+    .keras: Keras builds the optimizer of a compiled model when it loads the file and refuses (with a warning)
+    saved optimizer state whose variable count differs, so the file carries a fresh *built* optimizer whose
+    zero slots are HDF5 datasets with no data written: they take no room. The model is saved as it is, with a
+    fresh optimizer swapped in for the save (no copy of the model: a copy of a big functional model costs
+    seconds); `config.json` and `model.weights.h5` are then edited in the zip.
+    """
     path = Path(path)
     if path.suffix not in (".keras", ".h5"):
         raise ValueError(f"save_model_file writes .keras or .h5 files, not {path.name!r}")
-    copy = _without_optimizer_state(model)
-    _atomic_write(path, lambda tmp: _save(copy, tmp))
+    if path.suffix == ".h5":
+        copy = _h5_copy(model)
+        _atomic_write(path, lambda tmp: _save_h5(copy, tmp))
+    else:
+        _atomic_write(path, lambda tmp: _save_keras(model, tmp))
     return path
 
 
-def _save(model: keras.Model, tmp: Path) -> None:
-    if tmp.suffix == ".h5":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            keras.saving.save_model(model, tmp)  # the copy's optimizer is unbuilt: config, no state
-    else:
+def _save_h5(model: keras.Model, tmp: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "HDF5 is legacy"
         keras.saving.save_model(model, tmp)
 
 
-def _write_keras_file(model: keras.Model, tmp: Path) -> None:
-    _save(_without_optimizer_state(model), tmp)
+def _save_keras(model: keras.Model, tmp: Path) -> None:
+    if _fresh_optimizer(model, build=False) is None:  # not compiled: no optimizer in the file
+        keras.saving.save_model(model, tmp)
+        _rewrite_zip(tmp, _one_step_per_execution)
+        return
+    built = _fresh_optimizer(model, build=True)
+    with _optimizer_swapped(model, _fresh_optimizer(model, build=False)):
+        keras.saving.save_model(model, tmp)  # the unbuilt optimizer: its step and learning rate only
+    _rewrite_zip(tmp, _one_step_per_execution, lambda h5: _store_optimizer(h5, built))
 
 
-def _measure_keras_file(model: keras.Model, path: Path) -> _Measured:
-    reloaded = keras.saving.load_model(path, compile=False, safe_mode=True)
+def _store_optimizer(h5, optimizer) -> bool:
+    """Write the fresh built `optimizer`'s variables into the weights file in place of the unbuilt one's: an
+    all-zero slot is an HDF5 dataset with no chunk written (it reads as zeros and takes no room; Keras' loader
+    accepts it below its 4 GiB expansion floor). Returns False when the file has no optimizer group."""
+    if "optimizer" not in h5 or "vars" not in h5["optimizer"]:
+        return False
+    group = h5["optimizer"]["vars"]
+    for key in list(group.keys()):
+        del group[key]
+    for i, variable in enumerate(optimizer.variables):
+        value = np.asarray(variable.numpy())
+        if value.ndim and value.size and value.nbytes < (1 << 31) and not value.any():
+            group.create_dataset(str(i), shape=value.shape, dtype=value.dtype, chunks=True, fillvalue=0)
+        else:
+            group.create_dataset(str(i), data=value)
+    return True
+
+
+def _one_step_per_execution(config_json: bytes) -> bytes:
+    """The engine trains 8 steps per call (model_io.STEPS_PER_EXECUTION), a speed setting of its own that must not
+    change when the user's batch callbacks run: the file says 1."""
+    config = json.loads(config_json)
+    compile_config = config.get("compile_config")
+    if isinstance(compile_config, dict) and compile_config.get("steps_per_execution", 1) != 1:
+        compile_config["steps_per_execution"] = 1
+        return json.dumps(config).encode()
+    return config_json
+
+
+def _rewrite_zip(path: Path, edit_config: Callable[[bytes], bytes], edit_weights=None) -> None:
+    """Rewrite the .keras zip with `config.json` passed through `edit_config` and `model.weights.h5` opened
+    read-write as `edit_weights(h5py.File)`; members stay uncompressed, as Keras writes them."""
+    import h5py
+
+    packed = path.with_name(path.name + ".rewrite")
+    try:
+        with zipfile.ZipFile(path) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_STORED) as dst:
+            for info in src.infolist():
+                if info.filename == "config.json":
+                    dst.writestr("config.json", edit_config(src.read(info)))
+                elif info.filename == "model.weights.h5" and edit_weights is not None:
+                    buffer = io.BytesIO(src.read(info))
+                    with h5py.File(buffer, "r+") as h5:
+                        if not edit_weights(h5):
+                            raise RuntimeError(f"{path.name}: no optimizer variables in model.weights.h5")
+                    with dst.open("model.weights.h5", "w", force_zip64=True) as fout:
+                        fout.write(buffer.getbuffer())
+                else:
+                    with src.open(info) as fin, dst.open(info.filename, "w",
+                                                          force_zip64=info.file_size > (1 << 31)) as fout:
+                        shutil.copyfileobj(fin, fout, 1 << 20)
+        os.replace(packed, path)
+    finally:
+        packed.unlink(missing_ok=True)
+
+
+def _write_keras_file(model: keras.Model, tmp: Path, calibration=None) -> _Written:
+    if tmp.suffix == ".h5":
+        _save_h5(_h5_copy(model), tmp)
+    else:
+        _save_keras(model, tmp)
+    return _Written(encoding="float32")
+
+
+def _measure_keras_file(model: keras.Model, path: Path, held_out: HeldOut | None) -> tuple[_Measured, dict | None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # legacy .h5: the "compiled metrics not built" notice
+        reloaded = keras.saving.load_model(path, compile=held_out is not None, safe_mode=True)
     ours, theirs = model.get_weights(), reloaded.get_weights()
     stats = param_stats(reloaded)
     note = ""
@@ -171,9 +318,24 @@ def _measure_keras_file(model: keras.Model, path: Path) -> _Measured:
         a.shape == b.shape and np.array_equal(a == 0, b == 0) for a, b in zip(ours, theirs))
     if not preserved:
         note = "the reloaded weights do not have the in-memory model's zero pattern"
-    return _Measured(params=stats["total"], nonzero=stats["nonzero"], sparsity=stats["sparsity"],
-                     preserved=preserved, measured="all weights, reloaded with keras.saving.load_model(safe_mode=True)",
-                     note=note)
+    measured = _Measured(params=stats["total"], nonzero=stats["nonzero"], sparsity=stats["sparsity"],
+                         preserved=preserved, note=note,
+                         measured="all weights, reloaded with keras.saving.load_model(safe_mode=True)")
+    evaluation = None
+    if held_out is not None:
+        config = reloaded.get_compile_config() if reloaded.compiled else None
+        if len(reloaded.outputs) != 1:
+            evaluation = {"samples": 0, "note": "not evaluated: only single-output models are scored"}
+        elif not config:
+            evaluation = {"samples": 0, "note": "not evaluated: the file holds no compile config (loss, metrics)"}
+        else:
+            n = _sample_count(model, held_out)
+            y_pred = predict_batched(lambda batch: reloaded(batch, training=False), _head(held_out.x, n),
+                                     held_out.batch_size)
+            evaluation = {**score_predictions(config, y_pred, held_out.y[:n], held_out.batch_size), "samples": n,
+                          "how": "the file reloaded with its compile config, run eagerly (batched), scored with "
+                                 "its loss and metrics"}
+    return measured, evaluation
 
 
 # --------------------------------------------------------------------------- tflite
@@ -191,79 +353,147 @@ TFLITE_WEIGHT_OPERAND = {
 }
 
 
-def _tflite_bytes(model: keras.Model, quantize: bool) -> bytes:
+CALIBRATION_SAMPLES = 256  # training samples the int8 converter calibrates activation ranges on
+CALIBRATION_BATCH = 16
+
+
+def _tflite_bytes(model: keras.Model, fmt: str, calibration=None) -> tuple[bytes, _Written]:
+    """Convert with the stock converter. tflite: float32, sparse-encoded when any prunable kernel holds zeros.
+    tflite_int8: full-integer (every op int8, float32 input/output) calibrated on `calibration` samples; without
+    them, dynamic-range (int8 weights, float activations)."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if quantize:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # no representative data: dynamic range
+    if fmt == "tflite":
+        sparse = param_stats(model)["sparsity"] > 0
+        if sparse:
+            converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+        written = _Written(encoding="float32, sparse kernels (Optimize.EXPERIMENTAL_SPARSITY)" if sparse
+                           else "float32, dense")
+    elif calibration is not None:
+        # sparse encoding is left out: XNNPACK, the default CPU runtime, fails to prepare sparse int8 kernels
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = _representative(model, calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        written = _Written(encoding="int8 weights and activations (full-integer), float32 input and output, "
+                                    f"calibrated on {min(CALIBRATION_SAMPLES, _length(calibration))} training samples")
+    else:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        written = _Written(encoding="int8 weights, float32 activations (dynamic range)",
+                           note="dynamic-range quantization: the job has no training data to calibrate "
+                                "full-integer quantization on")
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the converter prints the SavedModel it exports
-            return converter.convert()
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the converter prints the SavedModel it exports and warns about it
+            return converter.convert(), written
     except Exception as e:
-        fmt = "tflite_int8" if quantize else "tflite"
         text = " ".join(str(e).split())[:300]
         raise SpecError(f"export.formats includes '{fmt}' but model '{model.name}' cannot be converted to "
                         f"TFLite: {type(e).__name__}: {text}", field="export.formats") from None
 
 
-def _writer(quantize: bool) -> Callable[[keras.Model, Path], None]:
-    def write(model: keras.Model, tmp: Path) -> None:
-        tmp.write_bytes(_tflite_bytes(model, quantize))
+def _length(x) -> int:
+    return len(x[0]) if isinstance(x, (list, tuple)) else len(x)
+
+
+def _head(x, n: int):
+    return [a[:n] for a in x] if isinstance(x, (list, tuple)) else x[:n]
+
+
+def _representative(model: keras.Model, calibration):
+    n = min(CALIBRATION_SAMPLES, _length(calibration))
+
+    arrays = calibration if isinstance(calibration, (list, tuple)) else [calibration]
+
+    def batches():
+        for i in range(0, n, CALIBRATION_BATCH):
+            yield [np.asarray(a[i:i + CALIBRATION_BATCH], dtype=str(t.dtype)) for a, t in zip(arrays, model.inputs)]
+
+    return batches
+
+
+def _writer(fmt: str) -> Callable[[keras.Model, Path, Any], _Written]:
+    def write(model: keras.Model, tmp: Path, calibration=None) -> _Written:
+        content, written = _tflite_bytes(model, fmt, calibration)
+        tmp.write_bytes(content)
+        return written
 
     return write
 
 
 def tflite_interpreter(path_or_bytes: str | Path | bytes):
-    """A tf.lite.Interpreter with tensors allocated (the deprecation warning of TF >= 2.20 silenced)."""
-    import tensorflow as tf
+    """A LiteRT interpreter (``ai_edge_litert``; ``tf.lite.Interpreter``, deprecated, only when LiteRT is not
+    installed) with tensors allocated."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - ai-edge-litert is a dependency
+        import tensorflow as tf
 
+        Interpreter = tf.lite.Interpreter
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if isinstance(path_or_bytes, bytes):
-            interpreter = tf.lite.Interpreter(model_content=path_or_bytes)
+            interpreter = Interpreter(model_content=path_or_bytes)
         else:
-            interpreter = tf.lite.Interpreter(model_path=str(path_or_bytes))
+            interpreter = Interpreter(model_path=str(path_or_bytes))
     interpreter.allocate_tensors()
     return interpreter
 
 
-def tflite_kernels(interpreter) -> dict[str, np.ndarray]:
-    """{tensor name: values} of the constant weight operands of the interpreter's weight ops."""
-    ops = interpreter._get_ops_details()  # the only reader of op operands tf.lite offers
-    produced = {int(t): op for op in ops for t in op["outputs"]}
+@dataclass(frozen=True)
+class TfliteKernel:
+    shape: tuple[int, ...]  # the kernel's dense shape
+    size: int
+    nonzero: int
+    sparse: bool  # stored in TFLite's sparse format (read through a DENSIFY op)
+
+
+def tflite_kernels(interpreter) -> dict[str, TfliteKernel]:
+    """{tensor name: kernel} for the constant weight operands of the interpreter's weight ops, read through
+    DEQUANTIZE (int8 weights) and DENSIFY (sparse weights: the stored values, the dense shape of its output)."""
+    ops = interpreter._get_ops_details()  # the only reader of op operands the interpreter offers
+    # a DELEGATE node stands for graph nodes that are still listed with their own operands: skipped
+    produced = {int(t): op for op in ops if op["op_name"] != "DELEGATE" for t in op["outputs"]}
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
-    kernels: dict[str, np.ndarray] = {}
+    kernels: dict[str, TfliteKernel] = {}
     seen: set[int] = set()
     for op in ops:
         operand = TFLITE_WEIGHT_OPERAND.get(op["op_name"])
         if operand is None or operand >= len(op["inputs"]):
             continue
-        index = int(op["inputs"][operand])
+        index = shape_index = int(op["inputs"][operand])
+        sparse = False
         source = produced.get(index)
-        if source is not None and source["op_name"] == "DEQUANTIZE":
+        while source is not None and source["op_name"] in ("DEQUANTIZE", "DENSIFY"):
+            sparse = sparse or source["op_name"] == "DENSIFY"
             index = int(source["inputs"][0])
-        elif source is not None:
+            source = produced.get(index)
+        if source is not None:
             continue  # computed at run time, not a stored weight
         if index < 0 or index in seen:
             continue
         seen.add(index)
         try:
-            kernels[details[index]["name"] or str(index)] = np.array(interpreter.get_tensor(index))
+            values = np.asarray(interpreter.get_tensor(index))
         except ValueError:  # pragma: no cover - tensor without a buffer
             continue
+        shape = tuple(int(d) for d in details[shape_index]["shape"])
+        kernels[details[index]["name"] or str(index)] = TfliteKernel(
+            shape=shape, size=int(np.prod(shape)), nonzero=int(np.count_nonzero(values)), sparse=sparse)
     return kernels
 
 
-def _measure_tflite(model: keras.Model, path: Path) -> _Measured:
-    kernels = tflite_kernels(tflite_interpreter(path))
-    params = sum(int(k.size) for k in kernels.values())
-    nonzero = sum(int(np.count_nonzero(k)) for k in kernels.values())
+def _measure_tflite(model: keras.Model, path: Path, held_out: HeldOut | None) -> tuple[_Measured, dict | None]:
+    interpreter = tflite_interpreter(path)
+    kernels = tflite_kernels(interpreter)
+    params = sum(k.size for k in kernels.values())
+    nonzero = sum(k.nonzero for k in kernels.values())
     zeros = params - nonzero
     ref = param_stats(model)["prunable"]
     ref_zeros = ref["total"] - ref["nonzero"]
-    measured = (f"{len(kernels)} constant kernel tensor(s) of the weight ops, read with tf.lite.Interpreter; "
-                "biases not counted")
+    n_sparse = sum(k.sparse for k in kernels.values())
+    measured = (f"{len(kernels)} constant kernel tensor(s) of the weight ops ({n_sparse} sparse-encoded), read "
+                "with the LiteRT interpreter; biases not counted")
     note = ""
     if params == ref["total"]:
         preserved = zeros >= ref_zeros
@@ -271,23 +501,71 @@ def _measure_tflite(model: keras.Model, path: Path) -> _Measured:
         note = (f"the file's kernels hold {params} weights, the model's prunable kernels {ref['total']}: "
                 "compared as fractions")
         preserved = params > 0 and zeros / params >= ref_zeros / max(1, ref["total"]) - 1e-9
-    return _Measured(params=params, nonzero=nonzero, sparsity=zeros / params if params else 0.0,
-                     preserved=bool(preserved), measured=measured, note=note)
+    m = _Measured(params=params, nonzero=nonzero, sparsity=zeros / params if params else 0.0,
+                  preserved=bool(preserved), measured=measured, note=note)
+    return m, (_evaluate_tflite(model, interpreter, held_out) if held_out is not None else None)
+
+
+# --------------------------------------------------------------------------- evaluating a file
+
+
+def _sample_count(model: keras.Model, held_out: HeldOut) -> int:
+    n = min(_length(held_out.x), held_out.max_samples)
+    per_sample = max(1, macs(model)["macs"])
+    return int(min(n, max(held_out.min_samples, held_out.mac_budget // per_sample)))
+
+
+def _evaluate_tflite(model: keras.Model, interpreter, held_out: HeldOut) -> dict:
+    """Run the file's default signature on the held-out inputs (batched) and score its outputs with the model's
+    compiled loss and metrics."""
+    if len(model.outputs) != 1:
+        return {"samples": 0, "note": "not evaluated: only single-output models are scored"}
+    config = model.get_compile_config() if getattr(model, "compiled", False) else None
+    if not config:
+        return {"samples": 0, "note": "not evaluated: the model is not compiled (no loss or metrics)"}
+    n = _sample_count(model, held_out)
+    runner = interpreter.get_signature_runner()
+    names = list(runner.get_input_details())
+    inputs = _head(held_out.x, n)
+    arrays = inputs if isinstance(inputs, list) else [inputs]
+    by_name = dict(zip([t.name for t in model.inputs], arrays))
+    feeds = [by_name.get(name) for name in names]
+    if len(names) != len(arrays) or any(f is None for f in feeds):
+        feeds = arrays if len(names) == len(arrays) == 1 else None
+    if feeds is None:
+        return {"samples": 0, "note": f"not evaluated: the file's inputs {names} do not match the model's"}
+    dtypes = {name: detail["dtype"] for name, detail in runner.get_input_details().items()}
+
+    def run(batch):
+        batch = batch if isinstance(batch, list) else [batch]
+        result = runner(**{name: np.asarray(b, dtype=dtypes[name]) for name, b in zip(names, batch)})
+        return next(iter(result.values()))
+
+    y_pred = predict_batched(run, feeds if len(feeds) > 1 else feeds[0], held_out.batch_size)
+    return {**score_predictions(config, y_pred, held_out.y[:n], held_out.batch_size), "samples": n,
+            "how": "the file run by the LiteRT interpreter (batched), scored with the model's compiled loss and "
+                   "metrics"}
 
 
 FORMATS: dict[str, ExportFormat] = {
     "keras": ExportFormat("model.keras", _write_keras_file, _measure_keras_file),
     "h5": ExportFormat("model.h5", _write_keras_file, _measure_keras_file),
-    "tflite": ExportFormat("model.tflite", _writer(quantize=False), _measure_tflite),
-    "tflite_int8": ExportFormat("model_int8.tflite", _writer(quantize=True), _measure_tflite),
+    "tflite": ExportFormat("model.tflite", _writer("tflite"), _measure_tflite),
+    "tflite_int8": ExportFormat("model_int8.tflite", _writer("tflite_int8"), _measure_tflite),
 }
 
 
 # --------------------------------------------------------------------------- entry point
 
 
-def export_model(model: keras.Model, out_dir: str | Path, formats) -> dict[str, ArtifactInfo]:
-    """Write `model` to `out_dir` in each of `formats`, then read every file back and describe it."""
+def export_model(model: keras.Model, out_dir: str | Path, formats, *, calibration=None,
+                 held_out: HeldOut | None = None) -> dict[str, ArtifactInfo]:
+    """Write `model` to `out_dir` in each of `formats`, then read every file back and describe it.
+
+    `calibration`: training inputs (an array, or a list per model input); tflite_int8 then calibrates
+    full-integer quantization on the first CALIBRATION_SAMPLES of them. `held_out`: every file is run on these
+    samples and its metrics recorded as the artifact's `evaluation` (None: not evaluated).
+    """
     out_dir = Path(out_dir)
     formats = list(formats)
     unknown = [f for f in formats if f not in FORMATS]
@@ -299,12 +577,15 @@ def export_model(model: keras.Model, out_dir: str | Path, formats) -> dict[str, 
     for name in dict.fromkeys(formats):
         fmt = FORMATS[name]
         final = out_dir / fmt.file_name
-        _atomic_write(final, lambda tmp, fmt=fmt: fmt.write(model, tmp))
-        m = fmt.measure(model, final)
+        written: list[_Written] = []
+        _atomic_write(final, lambda tmp, fmt=fmt: written.append(fmt.write(model, tmp, calibration)))
+        m, evaluation = fmt.measure(model, final, held_out)
         size = file_size(final)
         artifacts[name] = ArtifactInfo(
             format=name, file=fmt.file_name, bytes=size["bytes"], gzip_bytes=size["gzip_bytes"],
             sha256=sha256_file(final), params=m.params, nonzero_params=m.nonzero, sparsity=m.sparsity,
-            sparsity_preserved=m.preserved, measured=m.measured, note=m.note,
+            sparsity_preserved=m.preserved, measured=m.measured,
+            note="; ".join(n for n in (written[0].note, m.note) if n), encoding=written[0].encoding,
+            evaluation=evaluation,
         )
     return artifacts

@@ -307,9 +307,8 @@ def _evaluate(run: _Run, compile: bool = True) -> dict | None:
         return None
     if compile:  # compile=False reuses the compiled evaluation of the previous call (same model, new values)
         model_io.compile_model(run.model, run.spec.training, run.loss, run.metrics)
-    result = run.model.evaluate(run.data.x_val, run.data.y_val, batch_size=max(run.spec.training.batch_size, 256),
-                                verbose=0, return_dict=True)
-    return {k: float(v) for k, v in result.items()}
+    return metrics_mod.evaluate(run.model, run.data.x_val, run.data.y_val,
+                                batch_size=max(run.spec.training.batch_size, 256))
 
 
 def _measure(run: _Run, phase: str, scratch: Path) -> dict:
@@ -374,7 +373,10 @@ def compress(model_path: str | Path, data_path: str | Path | None, spec: JobSpec
     after = _measure(run, "after", scratch)
 
     progress(Progress(phase="export", message=", ".join(spec.export.formats)))
-    artifacts = _jsonable(export_mod.export_model(run.model, out_dir, spec.export.formats))
+    artifacts = _jsonable(export_mod.export_model(
+        run.model, out_dir, spec.export.formats, calibration=None if data is None else data.x_train,
+        held_out=None if data is None else export_mod.HeldOut(data.x_val, data.y_val,
+                                                              batch_size=max(spec.training.batch_size, 256))))
     shutil.rmtree(scratch, ignore_errors=True)
 
     manifest = {
