@@ -184,8 +184,16 @@ def goals(model: str, entry: dict) -> list[dict]:
     return out
 
 
-def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> dict:
+def run(sides: Sides, quick: bool, command: str, repeats: int | None = None, models: list[str] | None = None) -> dict:
+    """Run the zoo (`models`: a subset of its models, by name); `repeats` is ignored (one seed per point)."""
     cfg = dict(QUICK if quick else FULL)
+    if models:
+        unknown = sorted(set(models) - set(FULL["models"]))
+        if unknown:
+            raise SystemExit(f"unknown zoo model(s) {', '.join(unknown)}; known: {', '.join(FULL['models'])}")
+        cfg["models"] = {name: (QUICK["models"].get(name) or {**FULL["models"][name], "n_train": 1000,
+                                                                "n_test": 500, "pretrain_epochs": 1})
+                         if quick else FULL["models"][name] for name in models}
     payload = header("zoo", command, quick, {**cfg, "optimizer": "adam(1e-3)", "seed": 0,
                                              "disconnected_threshold": 0.98})
     monitor = LoadMonitor()
