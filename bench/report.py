@@ -207,9 +207,10 @@ def zoo_tables(d: dict) -> str:
             tf_note += " (refused: " + ", ".join(wrapping["refused_classes"]) + ")"
         rows.append([name, f"{pre['params']:,}", f"{pre['macs'] / 1e6:.1f} M", pre["layers"],
                      f"{m['n_train']:,} / {m['n_test']:,}", f"{m['pretrain_epochs']} ({pre['train_s']:.0f} s)",
-                     f"{pre['accuracy']:.4f}", tf_note])
+                     f"{pre['accuracy']:.4f}" + (f" ({pre['accuracy_before_settling']:.4f})"
+                                                 if "accuracy_before_settling" in pre else ""), tf_note])
     parts += ["", _md(rows, ["model", "parameters", "MACs / sample", "layers", "digits train / held out",
-                             "pretraining epochs (fit s)", "pretrained acc.", "tfmot wraps"])]
+                             "pretraining epochs (fit s)", "pretrained acc. (before settling BN)", "tfmot wraps"])]
     for name, m in d["models"].items():
         ref = m["reference"]
         plain, bn = ref.get("plain", {}), ref.get("plain+bn", {})
