@@ -226,9 +226,13 @@ def zoo_tables(d: dict) -> str:
             macs = f"{ours['macs_ratio']:.2f}×" if "macs_ratio" in ours else "—"
             walls = " / ".join(f"{a[k]['wall_s']:.0f}" if "wall_s" in a.get(k, {}) else "—"
                                for k in ("secateurs", "tfmot"))
-            rows.append([point, _zoo_cell(ours), _zoo_cell(a.get("tfmot")), _zoo_cell(a.get("tfmot+bn")), macs, walls])
+            claimed = (f"{ours['train_accuracy']:.4f} / {ours['summary']['win']}"
+                       if "train_accuracy" in ours and "summary" in ours else "—")
+            rows.append([point, _zoo_cell(ours), _zoo_cell(a.get("tfmot")), _zoo_cell(a.get("tfmot+bn")), macs,
+                         claimed, walls])
         parts.append(_md(rows, ["point", "Secateurs defaults", "tfmot per layer", "tfmot + re-estimation",
-                                "MACs (Secateurs)", "wall s (Secateurs / tfmot)"]))
+                                "MACs (Secateurs)", "Secateurs: last-epoch train acc. / claimed win",
+                                "wall s (Secateurs / tfmot)"]))
     rows = [[name, g["goal"], g["value"], {True: "met", False: "**missed**", None: "not judged"}[g["met"]]]
             for name, m in d["models"].items() for g in m["goals"]]
     parts += ["", "Goals of issue 9:", "", _md(rows, ["model", "goal", "value", "verdict"])]
