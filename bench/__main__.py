@@ -2,8 +2,8 @@
 
 Parts: overhead (1), accuracy (2), structured (3), service (4), zoo (5: MobileNetV2, a BN ResNet, EfficientNetB0,
 up to an hour on 2 busy cores; not in `all`); `all` runs 1-4 in one command; `report` re-renders the tables of
-docs/BENCHMARKS.md from the JSON results. `--quick` is a smoke run (< 3 minutes per part): fewer repetitions, seeds, models and points;
-its results go to *.quick.json and are never rendered into the doc.
+docs/BENCHMARKS.md from the JSON results. `--quick` is a smoke run (< 3 minutes per part, the zoo's about 4): fewer
+repetitions, seeds, models and points; its results go to *.quick.json and are never rendered into the doc.
 """
 
 from __future__ import annotations
