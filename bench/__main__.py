@@ -1,8 +1,9 @@
 """`python -m bench <part>... [--quick]`: run benchmarks side by side and write bench/results/*.json.
 
-Parts: overhead (1), accuracy (2), structured (3), service (4); `all` runs 1-4 in one command; `report`
-re-renders the tables of docs/BENCHMARKS.md from the JSON results. `--quick` is a smoke run (< 3 minutes):
-fewer repetitions, seeds and points; its results go to *.quick.json and are never rendered into the doc.
+Parts: overhead (1), accuracy (2), structured (3), service (4), zoo (5: MobileNetV2, a BN ResNet, EfficientNetB0,
+up to an hour on 2 busy cores; not in `all`); `all` runs 1-4 in one command; `report` re-renders the tables of
+docs/BENCHMARKS.md from the JSON results. `--quick` is a smoke run (< 3 minutes per part, the zoo's about 4): fewer
+repetitions, seeds, models and points; its results go to *.quick.json and are never rendered into the doc.
 """
 
 from __future__ import annotations
@@ -17,26 +18,30 @@ from bench.common import log
 
 PARTS = {"overhead": "bench.overhead", "accuracy": "bench.accuracy", "structured": "bench.structured",
          "service": "bench.service"}
+EXTRA_PARTS = {"zoo": "bench.zoo"}  # run only when named
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("parts", nargs="+", choices=[*PARTS, "all", "report"])
+    parser.add_argument("parts", nargs="+", choices=[*PARTS, *EXTRA_PARTS, "all", "report"])
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer repetitions (< 3 minutes for all)")
     parser.add_argument("--repeats", type=int, default=None, help="override the number of repetitions")
+    parser.add_argument("--models", default=None, help="zoo only: comma-separated subset of its models")
     args = parser.parse_args(argv)
     command = "python -m bench " + " ".join(shlex.quote(a) for a in argv)
-    parts = list(PARTS) if "all" in args.parts else [p for p in args.parts if p != "report"]
+    named = [p for p in args.parts if p not in ("report", "all")]
+    parts = [*PARTS, *(p for p in named if p in EXTRA_PARTS)] if "all" in args.parts else named
     started = time.monotonic()
     from bench.harness import Sides
 
     with Sides() as sides:
         for part in parts:
             t0 = time.monotonic()
-            module = importlib.import_module(PARTS[part])
-            module.run(sides, quick=args.quick, command=command, repeats=args.repeats)
+            module = importlib.import_module({**PARTS, **EXTRA_PARTS}[part])
+            extra = {"models": args.models.split(",")} if part == "zoo" and args.models else {}
+            module.run(sides, quick=args.quick, command=command, repeats=args.repeats, **extra)
             log(f"{part}: done in {time.monotonic() - t0:.0f} s")
     if "report" in args.parts or (parts and not args.quick):
         from bench import report

@@ -1,7 +1,15 @@
 """Model builders shared by both sides. Each takes the Keras module to build with (`keras` 3 or `tf_keras`), so
-Secateurs and tfmot train exactly the same architecture with the same (copied) weights."""
+Secateurs and tfmot train exactly the same architecture with the same (copied) weights.
+
+The zoo's image nets (`keras.applications`, `weights=None`) take 32x32 RGB; `digits(name, ...)` gives every model the
+MNIST digits in the form its input expects (`INPUT_FORMS`).
+"""
 
 from __future__ import annotations
+
+import functools
+
+import numpy as np
 
 
 def tutorial_cnn(K):
@@ -29,7 +37,7 @@ def lenet_300_100(K):
     ], name="lenet_300_100")
 
 
-def resnet_bn(K, width: int = 32):
+def resnet_bn(K, width: int = 32, name: str = "resnet_bn"):
     """A small residual conv net with BatchNorm: stem, two residual stages (Add), global pooling, Dense head."""
     L = K.layers
 
@@ -53,10 +61,49 @@ def resnet_bn(K, width: int = 32):
     x = block(x, 2 * width, "s2b2")
     x = L.GlobalAveragePooling2D(name="gap")(x)
     out = L.Dense(10, activation="softmax", name="probs")(x)
-    return K.Model(inp, out, name="resnet_bn")
+    return K.Model(inp, out, name=name)
 
 
-BUILDERS = {"tutorial_cnn": tutorial_cnn, "lenet_300_100": lenet_300_100, "resnet_bn": resnet_bn}
+def resnet_bn16(K):
+    """`resnet_bn` at width 16 (stages of 16 and 32 filters): the zoo's BN ResNet, a quarter of the MACs."""
+    return resnet_bn(K, width=16, name="resnet_bn16")
+
+
+def mobilenet_v2(K):
+    """`keras.applications.MobileNetV2`, alpha 0.35, 32x32x3, 10 classes, random init: depthwise convolutions,
+    ReLU6, inverted residuals (Add) and BatchNorm after every convolution."""
+    return K.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10)
+
+
+def efficientnet_b0(K):
+    """`keras.applications.EfficientNetB0`, 32x32x3, 10 classes, random init: swish, squeeze-excite (`Multiply`),
+    depthwise convolutions, BatchNorm, dropout; its own Rescaling(1/255) + Normalization stem (inputs 0..255)."""
+    return K.applications.EfficientNetB0(input_shape=(32, 32, 3), weights=None, classes=10)
+
+
+BUILDERS = {"tutorial_cnn": tutorial_cnn, "lenet_300_100": lenet_300_100, "resnet_bn": resnet_bn,
+            "resnet_bn16": resnet_bn16, "mobilenet_v2": mobilenet_v2, "efficientnet_b0": efficientnet_b0}
+
+# the input each model expects: "gray28" (28x28 in [0, 1]) or "rgb32" (padded to 32x32, grey repeated to RGB), and
+# the pixel scale (EfficientNet rescales 0..255 itself)
+INPUT_FORMS = {"mobilenet_v2": ("rgb32", 1.0), "efficientnet_b0": ("rgb32", 255.0)}
+
+
+@functools.cache
+def digits(name: str, n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The first `n_train` training and the first `n_test` held-out digits of `bench.common.load_mnist`, shaped
+    for model `name`: (x_train, y_train, x_test, y_test), float32 images and int64 labels."""
+    from bench.common import load_mnist
+
+    x, y, xt, yt = load_mnist()
+    form, scale = INPUT_FORMS.get(name, ("gray28", 1.0))
+
+    def shape(a: np.ndarray) -> np.ndarray:
+        if form == "rgb32":
+            a = np.repeat(np.pad(a, ((0, 0), (2, 2), (2, 2)))[..., None], 3, axis=-1)
+        return np.ascontiguousarray(a * np.float32(scale), dtype="float32")
+
+    return shape(x[:n_train]), y[:n_train], shape(xt[:n_test]), yt[:n_test]
 
 
 def build(name: str, K):

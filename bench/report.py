@@ -179,8 +179,68 @@ def service_tables(d: dict) -> str:
     return "\n".join(parts)
 
 
+def _zoo_cell(r: dict | None) -> str:
+    if not r:
+        return "—"
+    if "error" in r:
+        return f"failed: {r['error'][:80]}"
+    if "skipped" in r:
+        return "skipped (no re-estimation)"
+    if "sparsity" not in r:
+        return f"{r['accuracy']:.4f}"
+    return f"{r['accuracy']:.4f} ({r['sparsity']:.3f}; {r['layers_over_98']})"
+
+
+def zoo_tables(d: dict) -> str:
+    cfg = d["config"]
+    parts = [_run_line(d), "",
+             f"Fine-tune {cfg['epochs']} epoch{'s' if cfg['epochs'] != 1 else ''}, batch {cfg['batch_size']}, "
+             f"Adam 1e-3, seed 0; tfmot frequency {cfg['tfmot_frequency']}. Cells: held-out accuracy (sparsity of "
+             "the prunable kernels; layers over 98 % sparse). Wall time: seconds from load to the scored model "
+             "(the engine's includes its evaluations and export)."]
+    rows = []
+    for name, m in d["models"].items():
+        pre = m["pretrained"]
+        wrapping = next((r["arms"]["tfmot"].get("wrapping") for r in m["rows"] if "tfmot" in r["arms"]), None) or {}
+        tf_note = wrapping.get("mode", "—")
+        if wrapping.get("refused_classes"):
+            tf_note += " (refused: " + ", ".join(wrapping["refused_classes"]) + ")"
+        rows.append([name, f"{pre['params']:,}", f"{pre['macs'] / 1e6:.1f} M", pre["layers"],
+                     f"{m['n_train']:,} / {m['n_test']:,}", f"{m['pretrain_epochs']} ({pre['train_s']:.0f} s)",
+                     f"{pre['accuracy']:.4f}" + (f" ({pre['accuracy_before_settling']:.4f})"
+                                                 if "accuracy_before_settling" in pre else ""), tf_note])
+    parts += ["", _md(rows, ["model", "parameters", "MACs / sample", "layers", "digits train / held out",
+                             "pretraining epochs (fit s)", "pretrained acc. (before settling BN)", "tfmot wraps"])]
+    for name, m in d["models"].items():
+        ref = m["reference"]
+        plain, bn = ref.get("plain", {}), ref.get("plain+bn", {})
+        stand_in = " (a stand-in, not the engine's)" if bn.get("stand_in") else ""
+        parts += ["", f"**{name}**: plain fine-tune (the reference) {_zoo_cell(plain)}; with BatchNorm re-estimation"
+                  f"{stand_in} {_zoo_cell(bn)}", ""]
+        rows = []
+        for r in m["rows"]:
+            point = (f"{r['value']:.0%} unstructured" if r["kind"] == "unstructured"
+                     else f"keep {r['value']:g} structured")
+            a = r["arms"]
+            ours = a.get("secateurs", {})
+            macs = f"{ours['macs_ratio']:.2f}×" if "macs_ratio" in ours else "—"
+            walls = " / ".join(f"{a[k]['wall_s']:.0f}" if "wall_s" in a.get(k, {}) else "—"
+                               for k in ("secateurs", "tfmot"))
+            claimed = (f"{ours['train_accuracy']:.4f} / {ours['summary']['win']}"
+                       if "train_accuracy" in ours and "summary" in ours else "—")
+            rows.append([point, _zoo_cell(ours), _zoo_cell(a.get("tfmot")), _zoo_cell(a.get("tfmot+bn")), macs,
+                         claimed, walls])
+        parts.append(_md(rows, ["point", "Secateurs defaults", "tfmot per layer", "tfmot + re-estimation",
+                                "MACs (Secateurs)", "Secateurs: last-epoch train acc. / claimed win",
+                                "wall s (Secateurs / tfmot)"]))
+    rows = [[name, g["goal"], g["value"], {True: "met", False: "**missed**", None: "not judged"}[g["met"]]]
+            for name, m in d["models"].items() for g in m["goals"]]
+    parts += ["", "Goals of issue 9:", "", _md(rows, ["model", "goal", "value", "verdict"])]
+    return "\n".join(parts)
+
+
 RENDERERS = {"overhead": overhead_tables, "accuracy": accuracy_tables, "structured": structured_tables,
-             "service": service_tables}
+             "service": service_tables, "zoo": zoo_tables}
 
 
 def render(doc: Path = DOC, quick: bool = False) -> Path:

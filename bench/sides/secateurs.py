@@ -303,3 +303,8 @@ def mask_update_cost(model_file: str, epochs: int, target: float, batch_size: in
 
 
 TASKS["mask_update_cost"] = mask_update_cost
+
+
+from bench.sides.zoo_secateurs import TASKS as _ZOO_TASKS  # noqa: E402 - part 5 (bench.zoo)
+
+TASKS.update(_ZOO_TASKS)

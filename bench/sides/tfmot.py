@@ -97,3 +97,8 @@ def info() -> dict:
 
 
 TASKS = {"prepare": prepare, "plain_job": plain_job, "prune_job": prune_job, "info": info}
+
+
+from bench.sides.zoo_tfmot import TASKS as _ZOO_TASKS  # noqa: E402 - part 5 (bench.zoo)
+
+TASKS.update(_ZOO_TASKS)
