@@ -125,3 +125,13 @@ def test_the_big_config_passes_when_given_time(big_config):
 def test_the_deadline_must_be_a_positive_finite_number(timeout_s, model_path):
     with pytest.raises(ValueError, match="timeout_s"):
         inspect_model_isolated(model_path, timeout_s=timeout_s)
+
+
+def test_the_child_inherits_no_credentials_from_the_caller(monkeypatch):
+    from workers.engine.inspection.isolated import _child_env
+
+    monkeypatch.setenv("SECATEURS_STORE__URL", "postgresql+psycopg://user:secret@db/jobs")
+    monkeypatch.setenv("HDF5_PLUGIN_PATH", "/tmp/plugins")
+    env = _child_env()
+    assert "SECATEURS_STORE__URL" not in env and "HDF5_PLUGIN_PATH" not in env
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(Path(__file__).resolve().parents[3])

@@ -6,7 +6,8 @@ alone: `inspect_model_isolated` and `inspect_npz_isolated` run the inspection in
 imports numpy and h5py, never TensorFlow or Keras: a start costs a few tenths of a second), wait at most
 `timeout_s`, and kill it on expiry. The child reports a small JSON summary on stdout (never the parsed config, and
 never a pickle); whatever it allocated is returned to the system when it exits. The child also arms an alarm of its
-own, so it ends even if its caller dies first.
+own, so it ends even if its caller dies first, and it inherits none of the caller's environment but what Python
+needs to start (no credentials).
 
 Errors come back as the engine's own classes with the child's message: ModelRejected / UnsupportedFile for models,
 DataError / UnsupportedFile for datasets; a deadline or a crash (a signal) raises the kind's refusal class naming
@@ -63,9 +64,14 @@ def inspect_npz_isolated(path: str | Path, limits=None, *, timeout_s: float, lim
     return {name: (tuple(shape), np.dtype(dtype)) for name, (shape, dtype) in result.items()}
 
 
+# The child sees only what Python needs to start and find its packages: none of the caller's credentials (store
+# URLs, keys), no HDF5_PLUGIN_PATH or other variable that makes a parser load code.
+_CHILD_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "PYTHONUSERBASE", "PYTHONNOUSERSITE")
+
+
 def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
+    env = {name: os.environ[name] for name in _CHILD_ENV if name in os.environ}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
     return env
 
 
