@@ -319,8 +319,9 @@ def test_unterminated_strings_of_escaped_quotes_are_refused_in_linear_time(gener
     assert time.perf_counter() - started < 1.0
 
 
-@pytest.mark.parametrize("text, depth", [('{"a": [1, {"b": "x]]]\\"[["}]}', 3), ('"open [[[', 0), ('["a\\\\", [[]]]', 3),
-                                         ('[["\\\\"]]', 2), ('"' + '\\"' * 10, 0), ('[' * 50 + '"\\', 50), ("{}", 1)])
+@pytest.mark.parametrize("text, depth", [('{"a": [1, {"b": "x]]]\\"[["}]}', 3), ('"open [[[', 0),
+                                         ('["a\\\\", [[]]]', 3), ('[["\\\\"]]', 2), ('"' + '\\"' * 10, 0),
+                                         ('[' * 50 + '"\\', 50), ("{}", 1)])
 def test_json_depth_counts_brackets_outside_strings_only(text, depth):
     assert json_depth(text) == depth
 
