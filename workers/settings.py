@@ -73,7 +73,8 @@ class LimitSettings(BaseModel):
                                        "(nested ones included). Keras rebuilds a Sequential model after each layer "
                                        "it adds while loading it, so loading takes time growing with the square of "
                                        "this number (~36 s for 200, ~150 s for 400; docs/CONFIG.md); more is "
-                                       "refused with 422 at submit. A functional model loads in linear time.")
+                                       "refused with 422 at submit. A functional model of the same layers loads far "
+                                       "faster.")
     max_epoch_samples: int = Field(50_000_000, ge=1, description="Training budget per job: total epochs of the "
                                    "spec times rows of x_train; larger jobs are refused with 422 at submit.")
     job_wall_seconds: float = Field(3600.0, gt=0, description="Wall-clock limit of one job attempt; the job "

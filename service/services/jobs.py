@@ -361,7 +361,7 @@ def _model_format(limits: LimitSettings, path) -> str:
             f"the model's Sequential models hold {found.sequential_layers} layers; the limit is "
             f"{limits.max_sequential_layers} (limits.max_sequential_layers): Keras rebuilds a Sequential model after "
             "each layer it adds while loading it, so loading takes time growing with the square of its depth. Save "
-            "it as a functional model (keras.Model(inputs, outputs)), which loads in linear time, or raise the "
+            "it as a functional model (keras.Model(inputs, outputs)), which loads far faster, or raise the "
             "limit", field="limits.max_sequential_layers")
     return found.format
 
