@@ -307,6 +307,82 @@ def keras_weights_external_link(tmp_dir: Path, canary: Path) -> Path:
     return write_zip(Path(tmp_dir) / "external_weights.keras", members)
 
 
+def keras_escaped_quotes_config(tmp_dir: Path, canary: Path) -> Path:
+    """config.json is one unterminated string of 64,000 escaped quotes (a 385-byte upload once deflated): a string
+    pattern that retries from every quote scans the rest of the text each time, quadratic time (48 s)."""
+    members = [(n, d) for n, d in _saved_keras_members() if n != "config.json"]
+    config = b'"' + b'\\"' * 64_000
+    return write_zip(Path(tmp_dir) / "escaped_quotes.keras", [("config.json", config)] + members,
+                     compression=zipfile.ZIP_DEFLATED)
+
+
+def keras_escaped_quotes_metadata(tmp_dir: Path, canary: Path) -> Path:
+    """The same unterminated string of escaped quotes (32,000 of them) in metadata.json (12 s)."""
+    members = [(n, d) for n, d in _saved_keras_members() if n != "metadata.json"]
+    metadata = b'"' + b'\\"' * 32_000
+    return write_zip(Path(tmp_dir) / "escaped_quotes_metadata.keras", members + [("metadata.json", metadata)],
+                     compression=zipfile.ZIP_DEFLATED)
+
+
+def _keras_with_weights(tmp_dir: Path, name: str, edit: Callable[[h5py.File], None]) -> Path:
+    """Save a real model, edit its model.weights.h5 with h5py, and zip it back up."""
+    members = []
+    for member, data in _saved_keras_members():
+        if member == "model.weights.h5":
+            buf = io.BytesIO(data)
+            with h5py.File(buf, "r+") as f:
+                edit(f)
+            data = buf.getvalue()
+        members.append((member, data))
+    return write_zip(Path(tmp_dir) / name, members)
+
+
+LOOP = "layers/dense/loop"  # a group hard-linked into itself
+
+
+def _self_linked_group(f: h5py.File, at: str = LOOP) -> None:
+    group = f.create_group(at)
+    group["loop"] = group
+
+
+def keras_weights_link_maze(tmp_dir: Path, canary: Path, depth: int = 100_000, links: int = 4) -> Path:
+    """A valid model whose weights also hold a group hard-linked to itself and soft links whose targets walk that
+    cycle `depth` levels deep (~500 KB each): following the targets costs one object open per level (180 s per
+    inspection), and every target resolves inside the file."""
+    def edit(f):
+        _self_linked_group(f)
+        for i in range(links):
+            f[f"maze_{i}"] = h5py.SoftLink("/" + LOOP + "/loop" * depth)
+    return _keras_with_weights(tmp_dir, "link_maze.keras", edit)
+
+
+def keras_weights_self_linked_group(tmp_dir: Path, canary: Path) -> Path:
+    """A weights file whose group /layers/dense/loop holds a hard link to itself (a cycle for naive walkers)."""
+    return _keras_with_weights(tmp_dir, "self_linked.keras", _self_linked_group)
+
+
+def keras_deep_sequential(tmp_dir: Path, canary: Path, layers: int = 4_000) -> Path:
+    """A Sequential model of `layers` Dense(4) layers (2.4 MB): within max_layers, but Keras rebuilds a Sequential
+    after each layer it adds while loading, so loading it takes hours. Not a MODEL_ATTACKS entry: inspection itself
+    passes it and reports `sequential_layers`; the service bounds that (limits.max_sequential_layers)."""
+    import keras
+
+    path = Path(tmp_dir) / "deep_sequential.keras"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, name="dense")]).save(path)
+    with zipfile.ZipFile(path) as zf:
+        members = [(info.filename, zf.read(info)) for info in zf.infolist()]
+    config = json.loads(dict(members)["config.json"])
+    dense = _layers(config)[1]
+    clones = []
+    for i in range(layers):
+        clone = copy.deepcopy(dense)
+        clone["config"]["name"] = f"dense_{i}"
+        clones.append(clone)
+    config["config"]["layers"][1:] = clones
+    members = [(n, json.dumps(config).encode() if n == "config.json" else d) for n, d in members]
+    return write_zip(path, members)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Legacy .h5 attacks (a real Keras-saved .h5, then rewritten with h5py)
 # ---------------------------------------------------------------------------------------------------------------
@@ -397,6 +473,22 @@ def h5_soft_link_outside(tmp_dir: Path, canary: Path) -> Path:
     with h5py.File(path, "r+") as f:
         del f[KERNEL]
         f[KERNEL] = h5py.SoftLink("/model_weights/../../etc/secret")
+    return path
+
+
+def h5_self_linked_group(tmp_dir: Path, canary: Path) -> Path:
+    """A legacy .h5 whose model_weights/dense group holds a hard link to itself."""
+    path = _saved_h5(tmp_dir, "self_linked.h5")
+    with h5py.File(path, "r+") as f:
+        _self_linked_group(f, "model_weights/dense/loop")
+    return path
+
+
+def h5_long_soft_link(tmp_dir: Path, canary: Path) -> Path:
+    """A legacy .h5 with a soft link whose target is a megabyte long."""
+    path = _saved_h5(tmp_dir, "long_soft_link.h5")
+    with h5py.File(path, "r+") as f:
+        f["model_weights/alias"] = h5py.SoftLink("/model_weights" + "/dense" * 200_000)
     return path
 
 
@@ -494,6 +586,13 @@ MODEL_ATTACKS: dict[str, Hostile] = {
                                       "member 'config.json' appears more than once"),
     "keras_weights_external_link": Hostile(keras_weights_external_link, ModelRejected,
                                            "'/layers/dense/vars' is an external link"),
+    "keras_escaped_quotes_config": Hostile(keras_escaped_quotes_config, ModelRejected,
+                                           "config.json is not valid JSON"),
+    "keras_escaped_quotes_metadata": Hostile(keras_escaped_quotes_metadata, ModelRejected,
+                                             "metadata.json is not valid JSON"),
+    "keras_weights_link_maze": Hostile(keras_weights_link_maze, ModelRejected, "HDF5 soft link '/maze_0'"),
+    "keras_weights_self_linked_group": Hostile(keras_weights_self_linked_group, ModelRejected,
+                                               f"'/{LOOP}/loop' is a second hard link to '/{LOOP}'"),
     "h5_lambda": Hostile(h5_lambda, ModelRejected, "layer 'lambda_1' (Lambda) is not allowed"),
     "h5_training_config_function": Hostile(h5_training_config_function, ModelRejected, "'os.system'"),
     "h5_oversized_tensor": Hostile(h5_oversized_tensor, ModelRejected, f"'/{KERNEL}' declares shape"),
@@ -501,6 +600,10 @@ MODEL_ATTACKS: dict[str, Hostile] = {
     "h5_external_storage": Hostile(h5_external_storage, ModelRejected, f"'/{KERNEL}' uses external storage"),
     "h5_virtual_dataset": Hostile(h5_virtual_dataset, ModelRejected, f"'/{KERNEL}' is a virtual dataset"),
     "h5_soft_link_outside": Hostile(h5_soft_link_outside, ModelRejected, f"soft link '/{KERNEL}'"),
+    "h5_self_linked_group": Hostile(h5_self_linked_group, ModelRejected,
+                                    "'/model_weights/dense/loop/loop' is a second hard link"),
+    "h5_long_soft_link": Hostile(h5_long_soft_link, ModelRejected,
+                                 "HDF5 soft link '/model_weights/alias' (to a 1200015-byte target"),
     "pickle_model": Hostile(pickle_model, UnsupportedFile, "a Python pickle"),
     "saved_model_dir": Hostile(saved_model_dir, UnsupportedFile, "a directory (a TensorFlow SavedModel?)"),
     "tflite_model": Hostile(tflite_model, UnsupportedFile, "a TensorFlow Lite flatbuffer"),

@@ -63,8 +63,18 @@ class LimitSettings(BaseModel):
                                                  "jobs) one tenant may keep; at the limit new jobs are refused "
                                                  "with 429 until some jobs are deleted.")
     max_concurrent_inspections: int = Field(2, ge=1, le=64, description="Uploads one API process inspects at the "
-                                            "same time (inspecting the largest accepted config takes a few hundred "
-                                            "MiB); more wait their turn, up to a minute, then get 503.")
+                                            "same time, each in a child process (inspecting the largest accepted "
+                                            "config takes a few hundred MiB there); more wait their turn, up to a "
+                                            "minute, then get 503.")
+    inspection_seconds: float = Field(30.0, gt=0, le=600, description="Time limit of inspecting one uploaded file "
+                                      "(run in a child process, killed on expiry): a file that takes longer is "
+                                      "refused with 422 naming this limit.")
+    max_sequential_layers: int = Field(250, ge=1, description="Layers of Sequential models in one uploaded model "
+                                       "(nested ones included). Keras rebuilds a Sequential model after each layer "
+                                       "it adds while loading it, so loading takes time growing with the square of "
+                                       "this number (~36 s for 200, ~150 s for 400; docs/CONFIG.md); more is "
+                                       "refused with 422 at submit. A functional model of the same layers loads far "
+                                       "faster.")
     max_epoch_samples: int = Field(50_000_000, ge=1, description="Training budget per job: total epochs of the "
                                    "spec times rows of x_train; larger jobs are refused with 422 at submit.")
     job_wall_seconds: float = Field(3600.0, gt=0, description="Wall-clock limit of one job attempt; the job "

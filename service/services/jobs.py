@@ -21,9 +21,9 @@ from starlette.requests import Request
 
 from workers.artifacts import ArtifactStore, valid_name
 from workers.dispatch import Dispatcher
-from workers.engine.errors import DataError, EngineError
+from workers.engine.errors import DataError, EngineError, ModelRejected
 from workers.jobs import ACTIVE, TERMINAL, EventKind, InputFile, JobEvent, JobRecord, JobStatus, NewJob
-from workers.settings import Settings
+from workers.settings import LimitSettings, Settings
 from workers.spec import JobSpec, load_spec
 from workers.store import JobStore, QuotaExceeded, TenantQuota
 
@@ -75,8 +75,8 @@ class JobService:
             max_body_bytes=settings.limits.max_upload_bytes,
             text_limit_names={"spec": "limits.max_spec_bytes"},
         )
-        # inspections run on their own few threads: memory freed by one is reused by the next (with any thread of
-        # the request pool, each would grow its own malloc arena and the API's memory with the number of threads)
+        # inspections run in child processes (bounded in time, their memory returned when they exit), waited for on
+        # a few threads of their own
         n = settings.limits.max_concurrent_inspections
         self._inspections = threading.BoundedSemaphore(n)
         self._inspector = ThreadPoolExecutor(max_workers=n, thread_name_prefix="secateurs-inspect")
@@ -142,12 +142,12 @@ class JobService:
         if data is not None and data.bytes == 0:
             raise Unprocessable("the data file is empty (form field 'data', an .npz file)", field="data")
         with self._inspection_slot():
-            model_format = self._inspect("model", _model_format, model.path)
+            model_format = self._inspect("model", model.path)
             if data is None and spec.trains:
                 raise Unprocessable("this spec trains (or ranks units on activations) and needs a dataset: send "
                                     "form field 'data' (.npz with x_train, y_train)", field="data")
             if data is not None:
-                arrays = self._inspect("data", _archive().inspect_npz, data.path)
+                arrays = self._inspect("data", data.path)
                 self._check_data(arrays, spec)
         webhook_url = self._check_webhook(upload.fields.get("webhook_url"))
 
@@ -215,10 +215,12 @@ class JobService:
         finally:
             self._inspections.release()
 
-    def _inspect(self, field: str, inspect, path):
-        """Run an inspection on an inspector thread (within an inspection slot); name the form field in errors."""
+    def _inspect(self, field: str, path):
+        """Inspect the model (its format is returned) or the dataset (its arrays' shapes and dtypes) of form field
+        `field` in a child process killed after limits.inspection_seconds, waited for on an inspector thread
+        (within an inspection slot): no upload can hold the API's event loop or GIL. Errors name the form field."""
         try:
-            return self._inspector.submit(inspect, path).result()
+            return self._inspector.submit(_INSPECTIONS[field], self.settings.limits, path).result()
         except EngineError as e:
             e.field = e.field or field
             if not e.message.startswith(f"{field}:"):
@@ -348,16 +350,30 @@ class JobService:
         return Artifact(name=name, bytes=info.bytes, sha256=info.sha256, chunks=chunks)
 
 
-def _archive():
-    from workers.engine import archive
+def _model_format(limits: LimitSettings, path) -> str:
+    """Inspect a model file in a child process; bound what loading it will cost; keep only its format."""
+    from workers.engine.inspection.isolated import inspect_model_isolated
 
-    return archive
+    found = inspect_model_isolated(path, timeout_s=limits.inspection_seconds,
+                                   limit_name="limits.inspection_seconds")
+    if found.sequential_layers > limits.max_sequential_layers:
+        raise ModelRejected(
+            f"the model's Sequential models hold {found.sequential_layers} layers; the limit is "
+            f"{limits.max_sequential_layers} (limits.max_sequential_layers): Keras rebuilds a Sequential model after "
+            "each layer it adds while loading it, so loading takes time growing with the square of its depth. Save "
+            "it as a functional model (keras.Model(inputs, outputs)), which loads far faster, or raise the "
+            "limit", field="limits.max_sequential_layers")
+    return found.format
 
 
-def _model_format(path) -> str:
-    """Inspect a model file; keep only its format: the parsed config (up to a few hundred MiB of objects for the
-    largest accepted one) is freed on the inspector thread, before the next inspection may start."""
-    return _archive().inspect_model_file(path).format
+def _data_arrays(limits: LimitSettings, path) -> dict:
+    """Inspect a dataset .npz in a child process: {array name: (shape, dtype)}."""
+    from workers.engine.inspection.isolated import inspect_npz_isolated
+
+    return inspect_npz_isolated(path, timeout_s=limits.inspection_seconds, limit_name="limits.inspection_seconds")
+
+
+_INSPECTIONS = {"model": _model_format, "data": _data_arrays}
 
 
 def prepare_data_dir(settings: Settings, store: JobStore, artifacts: ArtifactStore, *, orphan_age_s: float = 300.0

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -22,8 +23,10 @@ import keras
 import numpy as np
 import pytest
 
+from tests import hostile
 from tests.hostile import DATASET_ATTACKS, HOSTILE, MODEL_ATTACKS, write_zip
 from workers.engine.archive import InspectLimits, ModelInspection, inspect_model_file, inspect_npz
+from workers.engine.inspection.jsontext import json_depth
 from workers.engine.errors import DataError, EngineError, ModelRejected, UnsupportedFile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,6 +175,19 @@ def test_benign_model_saved_by_keras3_passes_with_keras_counts(saved, name, ext)
 
 
 @pytest.mark.parametrize("ext", ["keras", "h5"])
+def test_sequential_layers_count_the_entries_of_every_sequential_model(saved, ext):
+    """What a load will cost: Keras rebuilds a Sequential after each layer it adds, so its layers are counted."""
+    counts = {name: inspect_model_file(saved[name, ext][0]).sequential_layers for name in BENIGN}
+    assert counts == {"sequential": 4, "functional": 0, "nested": 3, "zoo": 0, "recurrent": 0}  # InputLayer too
+
+
+def test_a_deep_sequential_passes_inspection_and_reports_its_depth(tmp_path, canary):
+    path = hostile.keras_deep_sequential(tmp_path, canary, layers=600)
+    found = inspect_model_file(path)
+    assert (found.sequential_layers, found.layer_count) == (601, 600)
+
+
+@pytest.mark.parametrize("ext", ["keras", "h5"])
 def test_compile_config_of_adam_sparse_crossentropy_accuracy_is_returned(saved, ext):
     path, _ = saved["functional", ext]
     cc = inspect_model_file(path).compile_config
@@ -221,12 +237,47 @@ def test_optimizer_schedule_loss_and_metric_objects_pass(tmp_path):
     assert cc["optimizer"]["config"]["learning_rate"]["class_name"] == "ExponentialDecay"
 
 
-def test_soft_link_to_an_object_inside_the_file_is_accepted(saved, tmp_path):
+def test_soft_link_even_to_an_object_inside_the_file_is_refused(saved, tmp_path):
+    """Keras writes no links: a soft link is refused wherever it points (its target is named when short)."""
     path = tmp_path / "soft.h5"
     path.write_bytes(saved["sequential", "h5"][0].read_bytes())
     with h5py.File(path, "r+") as f:
         f["alias"] = h5py.SoftLink("/model_weights/fc1")
-    assert inspect_model_file(path).format == "h5"
+    with pytest.raises(ModelRejected, match=r"HDF5 soft link '/alias' \(to '/model_weights/fc1'\) is not accepted"):
+        inspect_model_file(path)
+
+
+@pytest.mark.parametrize("ext", ["keras", "h5"])
+def test_a_second_hard_link_to_a_dataset_is_refused(saved, ext, tmp_path):
+    path = tmp_path / f"alias.{ext}"
+    src = saved["sequential", ext][0]
+    if ext == "h5":
+        path.write_bytes(src.read_bytes())
+        with h5py.File(path, "r+") as f:
+            f["alias"] = f["model_weights/fc1/seq/fc1/kernel"]
+        expected = "'/model_weights/fc1/seq/fc1/kernel' is a second hard link to '/alias'"
+    else:
+        with zipfile.ZipFile(src) as zf:
+            members = {info.filename: zf.read(info) for info in zf.infolist()}
+        buf = io.BytesIO(members["model.weights.h5"])
+        with h5py.File(buf, "r+") as f:
+            f["alias"] = f["layers/dense/vars/0"]
+        members["model.weights.h5"] = buf.getvalue()
+        write_zip(path, list(members.items()))
+        expected = "'/layers/dense/vars/0' is a second hard link to '/alias'"
+    with pytest.raises(ModelRejected) as info:
+        inspect_model_file(path)
+    assert expected in info.value.message
+
+
+def test_a_link_maze_is_refused_without_walking_it(tmp_path, canary):
+    """A self-linked group plus soft links 100,000 levels deep into it: refused from the link records alone, in
+    well under a second (following the targets took 180 s per inspection)."""
+    path = hostile.keras_weights_link_maze(tmp_path, canary)
+    started = time.perf_counter()
+    with pytest.raises(ModelRejected, match="HDF5 soft link '/maze_0' \\(to a 500019-byte target"):
+        inspect_model_file(path)
+    assert time.perf_counter() - started < 1.0
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -255,6 +306,32 @@ def test_hostile_dataset_is_refused_naming_the_offender(name, tmp_path, canary):
         inspect_npz(path)
     assert fragment in info.value.message
     assert not canary.exists()
+
+
+@pytest.mark.parametrize("generate, member", [(hostile.keras_escaped_quotes_config, "config.json"),
+                                              (hostile.keras_escaped_quotes_metadata, "metadata.json")])
+def test_unterminated_strings_of_escaped_quotes_are_refused_in_linear_time(generate, member, tmp_path, canary):
+    """'"' + '\\"' * 64000 took a quadratic string pattern 48 s (12 s for 32,000 in metadata.json)."""
+    path = generate(tmp_path, canary)
+    started = time.perf_counter()
+    with pytest.raises(ModelRejected, match=f"{member} is not valid JSON"):
+        inspect_model_file(path)
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("text, depth", [('{"a": [1, {"b": "x]]]\\"[["}]}', 3), ('"open [[[', 0),
+                                         ('["a\\\\", [[]]]', 3), ('[["\\\\"]]', 2), ('"' + '\\"' * 10, 0),
+                                         ('[' * 50 + '"\\', 50), ("{}", 1)])
+def test_json_depth_counts_brackets_outside_strings_only(text, depth):
+    assert json_depth(text) == depth
+
+
+def test_json_depth_scales_linearly_with_unterminated_strings():
+    """A megabyte of escaped quotes (an hour for the quadratic pattern) is scanned in well under a second."""
+    text = '"' + '\\"' * 2**19
+    started = time.perf_counter()
+    assert json_depth(text) == 0
+    assert time.perf_counter() - started < 1.0
 
 
 def test_registry_covers_every_attack_class_with_an_engine_error():

@@ -19,10 +19,15 @@ What is accepted
   than its own; serialized functions may only name stock losses, metrics and activations; ``__lambda__`` and
   other special objects that execute or import anything are refused; activation strings must be stock names; no
   string anywhere may look like a file path or URL (file-backed layer state).
-* HDF5: the signature is checked; the file is opened read-only with locking off and the default driver; every
-  link is examined without being followed (no external or user-defined links; soft links only to objects inside
-  the file); datasets must be stored in the file (no external raw storage, no virtual datasets), numeric, with
-  known filters, and within the element limits; all judged from object headers before any data is read.
+* HDF5 (`workers.engine.inspection.hdf5`): the signature is checked; the file is opened read-only with locking
+  off and the default driver; every link is examined without being followed: only hard links, each object reached
+  once (no soft, external or user-defined links, no link cycles or aliases: Keras writes none); datasets must be
+  stored in the file (no external raw storage, no virtual datasets), numeric, with known filters, and within the
+  element limits; all judged from object headers before any data is read.
+* Every JSON document is scanned in time linear in its length (`workers.engine.inspection.jsontext`).
+* Load cost: Keras rebuilds a Sequential model after every layer it adds while loading it, so its load time grows
+  with the square of its layer count; `ModelInspection.sequential_layers` counts the layers of all Sequential
+  models in the config so that a caller can bound it before loading (the service: limits.max_sequential_layers).
 * ``inspect_npz``: a dataset archive of plain ``NAME.npy`` members whose headers declare a numeric dtype and a
   shape within the limits, and whose sizes match those headers exactly (so no pickle can hide in them).
 
@@ -35,7 +40,6 @@ uploaded name. h5py parses attacker bytes in C; where possible run inspection in
 from __future__ import annotations
 
 import io
-import json
 import math
 import re
 import struct
@@ -50,6 +54,8 @@ from typing import Any
 import numpy as np
 
 from workers.engine.errors import DataError, EngineError, ModelRejected, UnsupportedFile
+from workers.engine.inspection.hdf5 import check_h5, h5_file, malformed, plain_numeric, read_h5_text_attr
+from workers.engine.inspection.jsontext import json_depth, parse_json
 
 __all__ = ["InspectLimits", "ModelInspection", "inspect_model_file", "inspect_npz"]
 
@@ -106,6 +112,9 @@ class ModelInspection:
     weight_count: int  # declared model weight elements (optimizer state not counted)
     keras_version: str | None
     class_names: frozenset[str] = field(default_factory=frozenset)  # every class named in the configs
+    # entries of the `layers` lists of every Sequential model in the config (nested ones included): Keras rebuilds
+    # a Sequential model after each layer it adds while loading it, so its load time grows with this number squared
+    sequential_layers: int = 0
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -274,6 +283,7 @@ class _ConfigWalk:
     layer_objects: int = 0
     compute_layers: int = 0
     declared_params: int = 0  # largest weights of Dense/Conv/Embedding layers, estimated from their configs
+    sequential_layers: int = 0  # entries of the layers lists of all Sequential models
     class_names: set[str] = field(default_factory=set)
 
     def fail(self, where: str, message: str) -> None:
@@ -378,6 +388,8 @@ class _ConfigWalk:
             self.compute_layers += 1
         if category == "model" and class_name != "Model" and not isinstance(config.get("layers"), list):
             self.fail(ctx, f"model at {path or 'the top level'} has no 'layers' list")
+        if class_name == "Sequential":
+            self.sequential_layers += len(config["layers"])
         if class_name == "Model" and not {"layers", "input_layers", "output_layers"} <= config.keys():
             self.fail(ctx, "only functional Model configs (layers, input_layers, output_layers) are accepted")
         check = CLASS_CHECKS.get(class_name)
@@ -550,47 +562,16 @@ def walk_compile_config(walk: _ConfigWalk, config: Any, path: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# JSON under limits
+# JSON under limits (workers.engine.inspection.jsontext: linear-time depth scan)
 # --------------------------------------------------------------------------------------------------------------
 
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-
-
-def _json_depth(text: str) -> int:
-    """Deepest nesting of [ and { outside strings (computed without recursion)."""
-    skeleton = _JSON_STRING.sub("", text).encode("ascii", "ignore")
-    if not skeleton:
-        return 0
-    b = np.frombuffer(skeleton, dtype=np.uint8)
-    step = ((b == ord("{")) | (b == ord("["))).astype(np.int32) - ((b == ord("}")) | (b == ord("]")))
-    return int(np.cumsum(step).max(initial=0))
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
+_json_depth = json_depth
 
 
 def _parse_json(raw: bytes | str, source: str, limits: InspectLimits, max_bytes: int | None = None,
                 error: type[EngineError] = ModelRejected) -> Any:
-    max_bytes = limits.max_config_bytes if max_bytes is None else max_bytes
-    if len(raw) > max_bytes:
-        raise error(f"{source} is {len(raw)} bytes; the limit is {max_bytes} (max_config_bytes)")
-    try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-    except UnicodeDecodeError as e:
-        raise error(f"{source} is not UTF-8 text: {e}") from None
-    depth = _json_depth(text)
-    if depth > limits.max_json_depth:
-        raise error(f"{source} nests {depth} levels deep; the limit is {limits.max_json_depth} (max_json_depth)")
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
-    except (ValueError, RecursionError) as e:
-        raise error(f"{source} is not valid JSON: {str(e)[:200]}") from None
+    return parse_json(raw, source, max_bytes=limits.max_config_bytes if max_bytes is None else max_bytes,
+                      max_depth=limits.max_json_depth, error=error)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -781,176 +762,11 @@ def _member_file(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# HDF5
+# HDF5 (workers.engine.inspection.hdf5)
 # --------------------------------------------------------------------------------------------------------------
 
-# Filters HDF5 applies itself (deflate, shuffle, fletcher32, scale-offset, n-bit) plus h5py's LZF.
-KNOWN_H5_FILTERS = frozenset({1, 2, 3, 4, 5, 6, 32000})
-
-
-def _plain_numeric(dtype: np.dtype) -> bool:
-    """bool, signed/unsigned integers, float16/32/64: no objects, strings, records, sub-arrays, long doubles."""
-    if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None:
-        return False
-    return dtype.kind in "biu" or (dtype.kind == "f" and dtype.itemsize in (2, 4, 8))
-
-
-@dataclass
-class _H5Summary:
-    datasets: int = 0
-    weight_elements: int = 0  # datasets outside the optimizer groups
-    total_bytes: int = 0
-
-
-@contextmanager
-def _malformed(name: str, kind: str, error: type[EngineError] = ModelRejected) -> Iterator[None]:
-    """Turn a parser's own exception on a damaged file into `error` (ours pass through untouched)."""
-    try:
-        yield
-    except EngineError:
-        raise
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as e:
-        raise error(f"{name}: damaged {kind}: {type(e).__name__}: {str(e)[:200]}") from None
-
-
-def _h5_file(source, name: str):
-    import h5py
-
-    try:
-        return h5py.File(source, "r", locking=False)
-    except (OSError, ValueError) as e:
-        raise ModelRejected(f"{name}: not a readable HDF5 file: {str(e)[:200]}") from None
-
-
-def _check_h5(f, name: str, limits: InspectLimits, optimizer_groups: tuple[str, ...]) -> _H5Summary:
-    """Walk every link of an open HDF5 file from metadata alone; refuse anything Keras must not follow."""
-    import h5py
-
-    summary = _H5Summary()
-    seen: set = set()
-    soft_links: list[tuple[str, str]] = []
-    count = 0
-    stack: list[tuple[Any, str]] = [(f, "/")]
-    while stack:
-        group, gpath = stack.pop()
-        for key in group:  # link names: iterating resolves nothing
-            count += 1
-            if count > limits.max_h5_objects:
-                raise ModelRejected(f"{name}: more than {limits.max_h5_objects} HDF5 links (max_h5_objects)")
-            child = f"{gpath.rstrip('/')}/{key}"
-            try:
-                link = group.get(key, getlink=True)
-            except (TypeError, KeyError, OSError) as e:
-                raise ModelRejected(f"{name}: HDF5 link {child!r} is of an unsupported kind: {e}") from None
-            if isinstance(link, h5py.ExternalLink):
-                raise ModelRejected(f"{name}: HDF5 link {child!r} is an external link to "
-                                    f"{link.filename!r}:{link.path!r}; external links are not accepted")
-            if isinstance(link, h5py.SoftLink):
-                soft_links.append((child, link.path))
-                continue
-            if not isinstance(link, h5py.HardLink):
-                raise ModelRejected(f"{name}: HDF5 link {child!r} is of an unsupported kind "
-                                    f"({type(link).__name__})")
-            obj = group[key]
-            _check_h5_attributes(obj, child, name, limits)
-            if obj.id in seen:
-                continue  # a second hard link to an object already checked
-            seen.add(obj.id)
-            if isinstance(obj, h5py.Group):
-                stack.append((obj, child))
-            elif isinstance(obj, h5py.Dataset):
-                _check_h5_dataset(obj, child, name, limits, summary,
-                                  in_optimizer=child.split("/")[1] in optimizer_groups)
-            else:
-                raise ModelRejected(f"{name}: HDF5 object {child!r} is a {type(obj).__name__}; only groups and "
-                                    "datasets are accepted")
-    _check_h5_attributes(f, "/", name, limits)
-    for link_path, target in soft_links:
-        _check_soft_link(f, link_path, target, name)
-    return summary
-
-
-def _check_soft_link(f, link_path: str, target: str, name: str) -> None:
-    """A soft link may only name, through hard links alone, an object inside this file."""
-    import h5py
-
-    base = link_path.rsplit("/", 1)[0] or "/"
-    full = target if target.startswith("/") else f"{base.rstrip('/')}/{target}"
-    node = f
-    for part in [p for p in full.split("/") if p and p != "."]:
-        if part == ".." or not isinstance(node, h5py.Group) or part not in node.keys():
-            raise ModelRejected(f"{name}: HDF5 soft link {link_path!r} points to {target!r}, which is not an "
-                                "object inside this file")
-        link = node.get(part, getlink=True)
-        if not isinstance(link, h5py.HardLink):
-            raise ModelRejected(f"{name}: HDF5 soft link {link_path!r} points to {target!r} through another "
-                                f"link ({type(link).__name__}); only links to objects inside this file are "
-                                "accepted")
-        node = node[part]
-
-
-def _check_h5_dataset(ds, path: str, name: str, limits: InspectLimits, summary: _H5Summary,
-                      in_optimizer: bool) -> None:
-    import h5py
-
-    dcpl = ds.id.get_create_plist()
-    if dcpl.get_layout() == h5py.h5d.VIRTUAL or ds.is_virtual:
-        raise ModelRejected(f"{name}: HDF5 dataset {path!r} is a virtual dataset (data mapped from other "
-                            "files); not accepted")
-    if dcpl.get_external_count() > 0:
-        raise ModelRejected(f"{name}: HDF5 dataset {path!r} uses external storage ({ds.external[0][0]!r}); "
-                            "data must be stored inside the file")
-    for i in range(dcpl.get_nfilters()):
-        code = dcpl.get_filter(i)[0]
-        if code not in KNOWN_H5_FILTERS:
-            raise ModelRejected(f"{name}: HDF5 dataset {path!r} uses filter {code}; only built-in filters are "
-                                "accepted")
-    dtype = ds.dtype
-    if not _plain_numeric(dtype):
-        raise ModelRejected(f"{name}: HDF5 dataset {path!r} has dtype {dtype}; only numeric dtypes are accepted")
-    shape = ds.shape or ()
-    elements = math.prod(shape)
-    if elements > limits.max_tensor_elements:
-        raise ModelRejected(f"{name}: HDF5 dataset {path!r} declares shape {shape} ({elements} elements); the "
-                            f"limit is {limits.max_tensor_elements} (max_tensor_elements)")
-    summary.datasets += 1
-    summary.total_bytes += elements * dtype.itemsize
-    if summary.total_bytes > limits.max_total_bytes:
-        raise ModelRejected(f"{name}: HDF5 datasets declare more than {limits.max_total_bytes} bytes in all "
-                            "(max_total_bytes)")
-    if not in_optimizer:
-        summary.weight_elements += elements
-        if summary.weight_elements > limits.max_params:
-            raise ModelRejected(f"{name}: the model declares more than {limits.max_params} weights "
-                                "(max_params)")
-
-
-def _check_h5_attributes(obj, path: str, name: str, limits: InspectLimits) -> None:
-    """Attribute dataspaces must be small; attribute types plain (numbers or strings)."""
-    for key in obj.attrs:
-        attr = obj.attrs.get_id(key)
-        shape = attr.shape or ()
-        elements = math.prod(shape)
-        if elements > limits.max_tensor_elements or elements * attr.dtype.itemsize > limits.max_config_bytes:
-            raise ModelRejected(f"{name}: HDF5 attribute {key!r} of {path!r} declares shape {shape} "
-                                f"({attr.dtype}); larger than max_config_bytes / max_tensor_elements allow")
-
-
-def _read_h5_text_attr(f, key: str, name: str, limits: InspectLimits) -> str | None:
-    import h5py
-
-    if key not in f.attrs:
-        return None
-    attr = f.attrs.get_id(key)
-    if (attr.shape or ()) != () or not (h5py.check_string_dtype(attr.dtype) or attr.dtype.kind == "S"):
-        raise ModelRejected(f"{name}: HDF5 attribute {key!r} must be a single string")
-    value = f.attrs[key]
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    if len(value) > limits.max_config_bytes:
-        raise ModelRejected(f"{name}: HDF5 attribute {key!r} is {len(value)} bytes; the limit is "
-                            f"{limits.max_config_bytes} (max_config_bytes)")
-    return str(value)
+_plain_numeric, _malformed, _h5_file, _check_h5 = plain_numeric, malformed, h5_file, check_h5
+_read_h5_text_attr = read_h5_text_attr
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1057,6 +873,7 @@ def _inspect_keras(path: Path, limits: InspectLimits) -> ModelInspection:
         weight_count=summary.weight_elements,
         keras_version=keras_version,
         class_names=frozenset(walk.class_names),
+        sequential_layers=walk.sequential_layers,
     )
 
 
@@ -1088,6 +905,7 @@ def _inspect_h5(path: Path, limits: InspectLimits) -> ModelInspection:
         weight_count=summary.weight_elements,
         keras_version=keras_version,
         class_names=frozenset(walk.class_names),
+        sequential_layers=walk.sequential_layers,
     )
 
 
