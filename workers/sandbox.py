@@ -70,16 +70,23 @@ class SandboxLimits:
                    cancel_poll_interval=settings.worker.cancel_poll_interval)
 
 
-def threads_per_job(concurrency: int) -> int:
-    """TensorFlow threads for each of `concurrency` jobs sharing this host: its cores divided among them.
+def threads_per_job(concurrency: int, *, cgroup_root: Path | None = None, proc_cgroup: Path | None = None) -> int:
+    """TensorFlow threads for each of `concurrency` jobs sharing this host: its usable CPUs divided among them.
 
-    By default every TensorFlow process sizes its pools to all the cores, so two jobs on two cores run four or
-    more busy threads and the API waits behind them (status p99 of 30-40 ms instead of 11-16 ms with two jobs
-    on two cores; bench/service.py, docs/BENCHMARKS.md)."""
+    The usable CPUs are the cores this process may run on (`sched_getaffinity`), fewer when the container's
+    cgroup has a CPU quota (`docker run --cpus`, a Kubernetes limit, or replicas of `--scale worker=N` each given
+    a share): the quota rounded down, at least 1. By default every TensorFlow process sizes its pools to all the
+    cores, so two jobs on two cores run four or more busy threads and the API waits behind them (status p99 of
+    30-40 ms instead of 11-16 ms with two jobs on two cores; bench/service.py, docs/BENCHMARKS.md)."""
+    from workers import cgroup
+
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
+    quota = cgroup.cpu_limit(cgroup_root or cgroup.CGROUP_ROOT, proc_cgroup or cgroup.PROC_SELF_CGROUP)
+    if quota is not None:
+        cores = min(cores, max(1, int(quota)))
     return max(1, cores // max(1, concurrency))
 
 
