@@ -122,7 +122,7 @@ class PeakMemory:
     """The peak resident memory of a child process. Its resource usage at exit (wait4's ru_maxrss) is exact but
     also counts the parent's own peak before the child's exec (Linux carries the old address space's high-water
     mark over an exec): above the parent's peak it is the child's; otherwise the child's high-water mark polled
-    from /proc/PID/status (VmHWM, counted from the exec) stands in, a lower bound."""
+    from /proc/PID/status (VmHWM, counted from the exec) stands in."""
 
     def __init__(self):
         import resource
@@ -141,9 +141,12 @@ class PeakMemory:
             pass
 
     def at_exit(self, ru_maxrss_bytes: int | None) -> int | None:
+        """The child's peak: exact above the parent's peak; else the polled one, or, for a child that died before
+        it was polled, ru_maxrss itself (an upper bound: never below the truth, so never a false "far from the
+        limit")."""
         if ru_maxrss_bytes is not None and ru_maxrss_bytes > self.parent_peak:
             return ru_maxrss_bytes
-        return self.polled
+        return self.polled if self.polled is not None else ru_maxrss_bytes
 
 
 def reap_child(proc: subprocess.Popen) -> tuple[int | None, int | None]:

@@ -26,15 +26,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from workers.jobs import JobStatus, error_dict
-from workers.postmortem import (  # noqa: F401 - explain_death and MemoryFacts are part of this module's interface
+from workers.postmortem import (
     EXIT_PARENT_GONE,
     MemoryFacts,
     PeakMemory,
+    death_is_retryable,
+    explain_death,
     gib,
     memory_facts,
     reap_child,
-    death_is_retryable,
-    explain_death,
 )
 
 CANCEL_FLAG = "cancel.flag"
@@ -153,6 +153,8 @@ def child_environment(scratch: Path, base: dict[str, str] | None = None) -> dict
             "TF_CPP_MIN_LOG_LEVEL": base.get("TF_CPP_MIN_LOG_LEVEL", "2"), "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": python_path, "PYTHONUSERBASE": base.get("PYTHONUSERBASE") or site.getuserbase()}
 
+
+# --------------------------------------------------------------------------- parent side
 
 
 def run_sandboxed(job: SandboxJob, limits: SandboxLimits, hooks: Hooks | None = None, *,

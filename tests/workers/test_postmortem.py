@@ -63,3 +63,15 @@ def test_the_peak_memory_of_a_killed_child_is_its_own_not_its_parents():
     rc, ru_maxrss = reaped
     assert rc == -signal.SIGKILL and proc.wait() == -signal.SIGKILL and proc.returncode == -signal.SIGKILL
     assert 200 * 2**20 <= peak.at_exit(ru_maxrss) < 300 * 2**20
+
+
+def test_a_child_killed_before_it_was_polled_gets_an_upper_bound_of_its_peak():
+    """ru_maxrss at or below the parent's own peak may be the parent's: the polled high-water mark is the child's,
+    and without one ru_maxrss stands in (too high at worst, so a kill is never wrongly called far from a limit)."""
+    peak = PeakMemory()
+    peak.parent_peak = 500 * 2**20
+    assert peak.at_exit(400 * 2**20) == 400 * 2**20
+    assert peak.at_exit(None) is None
+    peak.polled = 100 * 2**20
+    assert peak.at_exit(400 * 2**20) == 100 * 2**20
+    assert peak.at_exit(600 * 2**20) == 600 * 2**20  # above the parent's peak: the child's own
