@@ -26,13 +26,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from workers.jobs import JobStatus, error_dict
+from workers.postmortem import (
+    EXIT_PARENT_GONE,
+    MemoryFacts,
+    PeakMemory,
+    death_is_retryable,
+    explain_death,
+    gib,
+    memory_facts,
+    reap_child,
+)
 
 CANCEL_FLAG = "cancel.flag"
 LOG_NAME = "job.log"
 REQUEST_NAME = "request.json"
 OUT_DIR = "out"
 CANCEL_GRACE_SECONDS = 20.0  # a cancelled child that does not reach a batch boundary in time is killed
-_EXIT_PARENT_GONE = 70
 # Job processes train at a lower CPU priority than the API and the workers' bookkeeping, so that status
 # requests stay fast while jobs saturate the cores (measured in bench/service.py, docs/BENCHMARKS.md).
 JOB_NICE = 19
@@ -70,16 +79,23 @@ class SandboxLimits:
                    cancel_poll_interval=settings.worker.cancel_poll_interval)
 
 
-def threads_per_job(concurrency: int) -> int:
-    """TensorFlow threads for each of `concurrency` jobs sharing this host: its cores divided among them.
+def threads_per_job(concurrency: int, *, cgroup_root: Path | None = None, proc_cgroup: Path | None = None) -> int:
+    """TensorFlow threads for each of `concurrency` jobs sharing this host: its usable CPUs divided among them.
 
-    By default every TensorFlow process sizes its pools to all the cores, so two jobs on two cores run four or
-    more busy threads and the API waits behind them (status p99 of 30-40 ms instead of 11-16 ms with two jobs
-    on two cores; bench/service.py, docs/BENCHMARKS.md)."""
+    The usable CPUs are the cores this process may run on (`sched_getaffinity`), fewer when the container's
+    cgroup has a CPU quota (`docker run --cpus`, a Kubernetes limit, or replicas of `--scale worker=N` each given
+    a share): the quota rounded down, at least 1. By default every TensorFlow process sizes its pools to all the
+    cores, so two jobs on two cores run four or more busy threads and the API waits behind them (status p99 of
+    30-40 ms instead of 11-16 ms with two jobs on two cores; bench/service.py, docs/BENCHMARKS.md)."""
+    from workers import cgroup
+
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
+    quota = cgroup.cpu_limit(cgroup_root or cgroup.CGROUP_ROOT, proc_cgroup or cgroup.PROC_SELF_CGROUP)
+    if quota is not None:
+        cores = min(cores, max(1, int(quota)))
     return max(1, cores // max(1, concurrency))
 
 
@@ -100,6 +116,8 @@ class SandboxResult:
     log_tail: str = ""
     wall_s: float = 0.0
     events: int = field(default=0)
+    retryable: bool = False  # killed from outside (not a limit): worth another attempt
+    memory: MemoryFacts | None = None
 
 
 @dataclass
@@ -112,18 +130,6 @@ class Hooks:
     on_tick: Callable[[], bool] = lambda: True  # heartbeat; False: this attempt no longer owns the job
     on_log: Callable[[str], None] = lambda m: None
     tick_interval: float = 2.0
-
-
-def _signal_name(num: int) -> str:
-    try:
-        return signal.Signals(num).name
-    except ValueError:
-        return f"signal {num}"
-
-
-def _gib(n: int) -> str:
-    """A memory limit as configured (bytes) and readable: '4294967296 bytes (4.00 GiB)'."""
-    return f"{n} bytes ({n / 2**30:.2f} GiB)"
 
 
 def child_environment(scratch: Path, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -148,37 +154,18 @@ def child_environment(scratch: Path, base: dict[str, str] | None = None) -> dict
             "PYTHONPATH": python_path, "PYTHONUSERBASE": base.get("PYTHONUSERBASE") or site.getuserbase()}
 
 
-def explain_death(returncode: int, limits: SandboxLimits) -> dict:
-    """An error dict for a child that ended without reporting a result."""
-    if returncode < 0:
-        sig = -returncode
-        name = _signal_name(sig)
-        if sig == signal.SIGXCPU:
-            return error_dict("resource_limit", f"the job process exceeded the CPU-time limit of "
-                                                f"{limits.cpu_seconds} s (limits.job_cpu_seconds) and was killed")
-        if sig == signal.SIGXFSZ:
-            return error_dict("resource_limit", f"the job process exceeded the file-size limit of "
-                                                f"{limits.file_bytes} bytes (limits.job_file_bytes)")
-        if sig == signal.SIGKILL:
-            return error_dict("crashed", f"the job process was killed ({name}); this is usually the kernel's "
-                                         f"out-of-memory killer (job memory limit {_gib(limits.memory_bytes)}, "
-                                         "limits.job_memory_bytes)")
-        if sig in (signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS):
-            return error_dict("crashed", f"the job process crashed ({name}); a failed allocation under the "
-                                         f"memory limit of {_gib(limits.memory_bytes)} (limits.job_memory_bytes) "
-                                         "is the usual cause")
-        return error_dict("crashed", f"the job process was killed by {name}")
-    if returncode == _EXIT_PARENT_GONE:
-        return error_dict("interrupted", "the job process stopped because its worker went away")
-    return error_dict("crashed", f"the job process exited with status {returncode} without a result")
-
-
 # --------------------------------------------------------------------------- parent side
 
 
-def run_sandboxed(job: SandboxJob, limits: SandboxLimits, hooks: Hooks | None = None) -> SandboxResult:
-    """Run one attempt in a child process and wait for it; never raises for what the child does."""
+def run_sandboxed(job: SandboxJob, limits: SandboxLimits, hooks: Hooks | None = None, *,
+                  cgroup_root: Path | None = None) -> SandboxResult:
+    """Run one attempt in a child process and wait for it; never raises for what the child does. `cgroup_root`:
+    where the container's cgroup files are read (the OOM-kill count before and after; tests give fake ones)."""
+    from workers import cgroup
+
     hooks = hooks or Hooks()
+    cgroup_root = cgroup_root or cgroup.CGROUP_ROOT
+    oom_before = cgroup.oom_kills(cgroup_root)
     scratch = Path(job.scratch)
     out_dir = scratch / OUT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -188,6 +175,7 @@ def run_sandboxed(job: SandboxJob, limits: SandboxLimits, hooks: Hooks | None = 
 
     rfd, wfd = os.pipe()
     env = child_environment(scratch)
+    peak = PeakMemory()
     started = time.monotonic()
     with open(log_path, "ab") as log:
         try:
@@ -199,7 +187,8 @@ def run_sandboxed(job: SandboxJob, limits: SandboxLimits, hooks: Hooks | None = 
         finally:
             os.close(wfd)
     try:
-        result = _supervise(proc, rfd, job, limits, hooks, started)
+        result = _supervise(proc, rfd, job, limits, hooks, started, peak,
+                            lambda peak_bytes: memory_facts(cgroup_root, oom_before, peak_bytes))
     finally:
         os.close(rfd)
         if proc.poll() is None:
@@ -218,7 +207,7 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _supervise(proc, rfd, job, limits, hooks, started) -> SandboxResult:
+def _supervise(proc, rfd, job, limits, hooks, started, peak: PeakMemory, facts_at_death) -> SandboxResult:
     sel = selectors.DefaultSelector()
     sel.register(rfd, selectors.EVENT_READ)
     buf = b""
@@ -228,6 +217,7 @@ def _supervise(proc, rfd, job, limits, hooks, started) -> SandboxResult:
     next_cancel_poll = next_tick = 0.0
     eof = False
     exited_at = 0.0
+    peak_rss: int | None = None
     verdict: SandboxResult | None = None
 
     def handle(line: bytes):
@@ -259,7 +249,11 @@ def _supervise(proc, rfd, job, limits, hooks, started) -> SandboxResult:
                         handle(line)
         else:
             time.sleep(0.05)
-        if proc.poll() is not None:
+        if proc.returncode is None:
+            peak.poll(proc.pid)
+            _rc, rss = reap_child(proc)
+            peak_rss = peak.at_exit(rss) if _rc is not None else None
+        if proc.returncode is not None:
             exited_at = exited_at or time.monotonic()
             if eof or final is not None or time.monotonic() - exited_at > 1.0:
                 break
@@ -304,7 +298,9 @@ def _supervise(proc, rfd, job, limits, hooks, started) -> SandboxResult:
     if cancel_sent_at is not None:
         return SandboxResult(JobStatus.CANCELLED, error_dict("cancelled", "the job was cancelled"),
                              returncode=rc, events=n_events)
-    return SandboxResult(JobStatus.FAILED, explain_death(rc, limits), returncode=rc, events=n_events)
+    memory = facts_at_death(peak_rss) if rc == -signal.SIGKILL else None
+    return SandboxResult(JobStatus.FAILED, explain_death(rc, limits, memory), returncode=rc, events=n_events,
+                         retryable=death_is_retryable(rc, limits, memory), memory=memory)
 
 
 _NOISE = re.compile(r"^(?:[IW]\d{4} |WARNING: All log messages before absl)")
@@ -360,7 +356,7 @@ def _watch_parent(parent_pid: int) -> None:
     def watch():
         while True:
             if os.getppid() != parent_pid:
-                os._exit(_EXIT_PARENT_GONE)
+                os._exit(EXIT_PARENT_GONE)
             time.sleep(1.0)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
@@ -409,7 +405,7 @@ def classify_exception(exc: BaseException, limits: dict) -> dict:
         oom = _TF_OOM.search(str(exc))  # TensorFlow's message buries the allocation under a traceback
         detail = oom.group(0) if oom else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         return error_dict("resource_limit", f"the job ran out of memory under the limit of "
-                                            f"{_gib(int(limits['memory_bytes']))} (limits.job_memory_bytes): "
+                                            f"{gib(int(limits['memory_bytes']))} (limits.job_memory_bytes): "
                                             f"{detail}")
     os_err = _os_error_in_chain(exc)
     if os_err is not None:

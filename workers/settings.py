@@ -101,6 +101,10 @@ class WorkerSettings(BaseModel):
     heartbeat_interval: float = Field(2.0, gt=0, description="Seconds between heartbeats of a running job.")
     heartbeat_timeout: float = Field(30.0, gt=0, description="A running job without a heartbeat for this long "
                                      "is considered interrupted (its worker died): re-queued or failed.")
+    heartbeat_max_missed: int = Field(3, ge=1, le=100, description="A running attempt stops (and publishes "
+                                      "nothing) after this many failed heartbeats in a row (the store unreachable "
+                                      "or the claim lost), or once worker.heartbeat_timeout passed without one "
+                                      "that succeeded: by then the sweep may have given its job to another worker.")
     cancel_poll_interval: float = Field(0.5, gt=0, le=10, description="How often a running job checks its cancel "
                                         "flag (seconds).")
     tf_threads: int = Field(0, ge=0, description="Intra-/inter-op threads of TensorFlow in a job; 0 = the host's "

@@ -132,7 +132,7 @@ def test_a_job_submitted_over_http_runs_on_a_celery_worker_and_its_artifact_is_s
         assert download.status_code == 200
         assert hashlib.sha256(download.content).hexdigest() == artifact["sha256"]
         assert len(download.content) == artifact["bytes"]
-        head = s3_client(topology.moto).head_object(Bucket=BUCKET, Key=f"e2e/{job['id']}/outputs/model.keras")
+        head = s3_client(topology.moto).head_object(Bucket=BUCKET, Key=f"e2e/{job['id']}/attempts/1/model.keras")
         assert head["Metadata"]["sha256"] == artifact["sha256"]
         # nothing but PostgreSQL, Redis and S3 is shared: no artifact directory on either side
         for data_dir in (topology.api.data_dir, worker.data_dir):

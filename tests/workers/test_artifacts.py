@@ -92,6 +92,34 @@ def test_delete_outputs_keeps_the_inputs(any_store, tmp_path):
     assert store.input_path("job_1", "model.keras").stat().st_size == 1000 and store.job_ids() == {"job_1"}
 
 
+def test_a_stale_attempt_writing_late_never_replaces_the_served_outputs_of_a_newer_attempt(any_store, tmp_path):
+    """Attempt 1 lost its claim (its worker was cut off), attempt 2 finished the job; then attempt 1 uploads its
+    outputs under the same names. The served bytes stay attempt 2's, which its recorded sha256 describes."""
+    store = any_store()
+    winner = store.put_output("job_1", "model.keras", random_file(tmp_path / "winner", 5000), attempt=2)
+    stale_src = random_file(tmp_path / "stale", 7000)
+    stale = store.put_output("job_1", "model.keras", stale_src, attempt=1)  # after the winner: a late upload
+    assert stale.sha256 != winner.sha256
+    served = b"".join(store.open_output("job_1", "model.keras"))
+    assert hashlib.sha256(served).hexdigest() == winner.sha256 and len(served) == winner.bytes
+    assert hashlib.sha256(store.output_path("job_1", "model.keras").read_bytes()).hexdigest() == winner.sha256
+    assert store.published_attempt("job_1") == 2 and store.output_attempts("job_1") == [1, 2]
+    assert b"".join(store.open_output("job_1", "model.keras", attempt=1)) == stale_src.read_bytes()
+    store.delete_outputs("job_1", attempt=1)  # the stale attempt removes what it wrote
+    assert store.output_attempts("job_1") == [2] and store.output_path("job_1", "model.keras", attempt=1) is None
+    assert hashlib.sha256(b"".join(store.open_output("job_1", "model.keras"))).hexdigest() == winner.sha256
+    store.delete_outputs("job_1")
+    assert store.output_attempts("job_1") == [] and store.output_path("job_1", "model.keras") is None
+    assert temp_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("attempt", [0, -1, True, "1"])
+def test_an_invalid_attempt_number_is_refused(any_store, tmp_path, attempt):
+    store = any_store()
+    with pytest.raises(ValueError, match="attempt"):
+        store.put_output("job_1", "model.keras", random_file(tmp_path / "f", 10), attempt=attempt)
+
+
 @pytest.mark.parametrize("name", ["../escape", ".hidden", "a/b", "", "x" * 200, "..", "a..b"])
 def test_names_that_are_not_plain_file_names_are_refused(any_store, tmp_path, name):
     store = any_store()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import os
 import shutil
 import threading
 import time
@@ -17,6 +18,7 @@ from workers.jobs import EventKind, InputFile, JobStatus, NewJob, worker_identit
 from workers.runner import RunContext, run_job
 from workers.settings import Settings
 from workers.spec import JobSpec
+from workers.store import StoreUnavailable
 
 
 def sha256(path) -> str:
@@ -47,7 +49,9 @@ def submit(ctx: RunContext, tmp_path, model, data=None, spec: dict = QUICK_SPEC,
 
 
 def outputs_dir(ctx, job_id):
-    return ctx.settings.artifacts_root / job_id / "outputs"
+    """Where the served outputs of a job lie (its newest attempt's); None when no attempt wrote any."""
+    attempt = ctx.artifacts.published_attempt(job_id)
+    return None if attempt is None else ctx.settings.artifacts_root / job_id / "attempts" / str(attempt)
 
 
 @pytest.mark.slow
@@ -96,7 +100,7 @@ def test_a_dataset_that_does_not_fit_fails_with_the_array_named(tmp_path, job_fi
     assert run_job(job_id, ctx) is JobStatus.FAILED
     job = ctx.store.get_job(job_id)
     assert job.error["type"] == "data_error" and "x_train" in job.error["message"]
-    assert job.artifacts == [] and not outputs_dir(ctx, job_id).exists()
+    assert job.artifacts == [] and outputs_dir(ctx, job_id) is None
 
 
 @pytest.mark.slow
@@ -107,7 +111,7 @@ def test_a_write_over_the_file_size_limit_fails_the_job_and_leaves_no_files(tmp_
     error = ctx.store.get_job(job_id).error
     assert error["type"] == "resource_limit"
     assert "limits.job_file_bytes" in error["message"] and "50000" in error["message"]
-    assert not outputs_dir(ctx, job_id).exists()
+    assert outputs_dir(ctx, job_id) is None
     assert not list(ctx.settings.scratch_dir.iterdir())
 
 
@@ -120,7 +124,7 @@ def test_a_full_artifact_store_fails_the_job_and_removes_partial_outputs(tmp_pat
     error = ctx.store.get_job(job_id).error
     assert error["type"] == "resource_limit"
     assert "artifacts.max_total_bytes" in error["message"] and "artifact store full" in error["message"]
-    assert not outputs_dir(ctx, job_id).exists()
+    assert outputs_dir(ctx, job_id) is None
     leftovers = [p for p in (ctx.settings.artifacts_root / job_id).rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
 
@@ -223,7 +227,7 @@ def test_a_finished_job_posts_a_signed_webhook(tmp_path, job_files):
     assert "X-Secateurs-Signature" in headers
 
 
-def _job_process(scratch_root, job_id, timeout=30.0) -> int:
+def _job_process(scratch_root, job_id, attempt=1, timeout=30.0) -> int:
     from pathlib import Path
 
     deadline = time.monotonic() + timeout
@@ -234,29 +238,190 @@ def _job_process(scratch_root, job_id, timeout=30.0) -> int:
                     line = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
                 except OSError:
                     continue
-                if "workers.sandbox" in line and f"{scratch_root}/{job_id}." in line:
+                if "workers.sandbox" in line and f"{scratch_root}/{job_id}.{attempt}/" in line:
                     return int(p.name)
         time.sleep(0.1)
     raise AssertionError("no job process found")
 
 
 @pytest.mark.slow
-def test_a_job_process_that_dies_fails_the_job_with_the_signal_named_and_the_worker_carries_on(tmp_path, job_files):
+def test_a_job_process_killed_from_outside_is_retried_while_attempts_remain_and_the_worker_carries_on(tmp_path,
+                                                                                                     job_files):
+    """A SIGKILL far from the memory limits (an operator's kill -9, not the out-of-memory killer) is named as such
+    and the job runs again as its next attempt; the last attempt's death fails the job, saying it is not retried."""
     import os
     import signal
 
-    ctx = make_ctx(tmp_path)
+    ctx = make_ctx(tmp_path, worker__max_attempts=2)
     job_id = submit(ctx, tmp_path, job_files.model, job_files.data, spec=LONG_SPEC)
     thread, result = _run_in_thread(job_id, ctx)
-    _wait_for_training(ctx, job_id)
-    os.kill(_job_process(ctx.settings.scratch_dir, job_id), signal.SIGKILL)
-    thread.join(30)
+    os.kill(_job_process(ctx.settings.scratch_dir, job_id, attempt=1), signal.SIGKILL)
+    os.kill(_job_process(ctx.settings.scratch_dir, job_id, attempt=2, timeout=60), signal.SIGKILL)
+    thread.join(60)
     assert result["status"] is JobStatus.FAILED
-    error = ctx.store.get_job(job_id).error
-    assert error["type"] == "crashed" and "SIGKILL" in error["message"]
-    assert "limits.job_memory_bytes" in error["message"]
+    job = ctx.store.get_job(job_id)
+    assert job.attempts == 2
+    assert job.error["type"] == "crashed" and "SIGKILL" in job.error["message"]
+    assert "not by a memory limit" in job.error["message"] and "peak memory" in job.error["message"]
+    assert "not retried: that was attempt 2 of 2 (worker.max_attempts)" in job.error["message"]
+    statuses = [e.data for e in ctx.store.events(job_id) if e.kind is EventKind.STATUS]
+    assert [e["status"] for e in statuses] == ["queued", "running", "running", "failed"]
+    assert statuses[2]["attempt"] == 2 and "attempt 1 ended: the job process was killed (SIGKILL)" in \
+        statuses[2]["reason"]
     second = submit(ctx, tmp_path, job_files.model, job_files.data)  # the same worker runs the next job
     assert run_job(second, ctx) is JobStatus.SUCCEEDED
+
+
+# -- fencing: an attempt that lost its claim publishes nothing ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moto():
+    from tests.e2e.servers import MotoServer
+
+    server = MotoServer().start()
+    yield server
+    server.stop()
+
+
+def _artifact_settings(kind: str, request) -> dict:
+    if kind == "local":
+        return {}
+    moto = request.getfixturevalue("moto")
+    return {"artifacts__url": f"s3://fence-{os.urandom(4).hex()}/jobs", "artifacts__s3": {
+        "endpoint_url": moto.endpoint_url, "region": "us-east-1", "access_key_id": "testing",
+        "secret_access_key": "testing"}}
+
+
+class _RevokedBeforeItPublishes:
+    """The artifact store of worker A, whose job is taken from it just before its first output write: the sweep
+    re-queues the job (as when A is cut off from the job store and its heartbeats stop) and worker B runs it to
+    the end. A then goes on writing its own outputs, marked so that their bytes differ from B's."""
+
+    def __init__(self, inner, take_over):
+        self.inner, self.take_over, self.stale_digests = inner, take_over, set()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def put_output(self, job_id, name, src, **kw):
+        if self.take_over is not None:
+            take_over, self.take_over = self.take_over, None
+            take_over()
+        src.write_bytes(src.read_bytes() + b"\n(stale attempt)\n")
+        self.stale_digests.add(sha256(src))
+        return self.inner.put_output(job_id, name, src, **kw)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("artifacts", ["local", "s3"])  # s3: a real moto server on 127.0.0.1
+def test_a_stale_attempt_that_lost_its_claim_never_replaces_the_served_artifacts(tmp_path, job_files, request,
+                                                                                artifacts):
+    from datetime import timedelta
+
+    from workers.jobs import utcnow
+
+    ctx_a = make_ctx(tmp_path, **_artifact_settings(artifacts, request))
+    ctx_b = RunContext.from_settings(ctx_a.settings, worker_identity("other"))
+    job_id = submit(ctx_a, tmp_path, job_files.model, job_files.data)
+
+    def take_over():
+        swept = ctx_b.store.sweep_stale(utcnow() + timedelta(seconds=1))
+        assert [(r.job_id, r.status) for r in swept] == [(job_id, JobStatus.QUEUED)]
+        assert run_job(job_id, ctx_b) is JobStatus.SUCCEEDED
+
+    ctx_a.artifacts = stale = _RevokedBeforeItPublishes(ctx_a.artifacts, take_over)
+    assert run_job(job_id, ctx_a) is None  # A's attempt was fenced off
+    assert stale.take_over is None and stale.stale_digests  # A did reach its publish step
+
+    job = ctx_b.store.get_job(job_id)
+    assert job.status is JobStatus.SUCCEEDED and job.attempts == 2 and job.worker_id == ctx_b.worker_id
+    served = {a.name: b"".join(ctx_b.artifacts.open_output(job_id, a.name)) for a in job.artifacts}
+    for art in job.artifacts:  # what the API serves is what finish recorded
+        digest = hashlib.sha256(served[art.name]).hexdigest()
+        assert digest == art.sha256 and len(served[art.name]) == art.bytes, art.name
+        assert digest not in stale.stale_digests
+    recorded = job.manifest["artifacts"]
+    for entry in recorded.values() if isinstance(recorded, dict) else recorded:  # and what the manifest says
+        assert hashlib.sha256(served[entry["file"]]).hexdigest() == entry["sha256"], entry["file"]
+    assert ctx_b.artifacts.output_attempts(job_id) == [2]  # the stale attempt published nothing, left nothing
+    assert run_job(job_id, ctx_a) is None
+
+
+class _CutOff:
+    """The job store as a worker cut off from it sees it: every heartbeat fails (the rest still works, so the test
+    can look)."""
+
+    def __init__(self, inner):
+        self.inner, self.heartbeats = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def heartbeat(self, claim):
+        self.heartbeats += 1
+        raise StoreUnavailable("the job store is unavailable (postgresql): connection refused")
+
+
+@pytest.mark.slow
+def test_an_attempt_whose_heartbeats_keep_failing_is_stopped_and_publishes_nothing(tmp_path, job_files):
+    ctx = make_ctx(tmp_path, worker__heartbeat_max_missed=3)  # heartbeats every 0.5 s
+    ctx.store = cut_off = _CutOff(ctx.store)
+    job_id = submit(ctx, tmp_path, job_files.model, job_files.data)
+    started = time.monotonic()
+    assert run_job(job_id, ctx) is None
+    assert time.monotonic() - started < 10 and cut_off.heartbeats == 3
+    job = cut_off.inner.get_job(job_id)
+    assert job.status is JobStatus.QUEUED and job.attempts == 0 and job.artifacts == []  # released, not spent
+    assert outputs_dir(ctx, job_id) is None and not list(ctx.settings.scratch_dir.iterdir())
+    reason = [e.data for e in cut_off.inner.events(job_id) if e.kind is EventKind.STATUS][-1]["reason"]
+    assert "3 heartbeats in a row failed" in reason and "worker.heartbeat_max_missed" in reason
+
+
+class _FlakyHeartbeats:
+    def __init__(self, inner):
+        self.inner, self.failing = inner, False
+
+    def heartbeat(self, claim):
+        if self.failing:
+            raise StoreUnavailable("connection refused")
+        return self.inner.heartbeat(claim)
+
+
+def test_a_lease_survives_a_passing_outage_but_not_a_lasting_one_nor_a_lost_claim(store):
+    from datetime import timedelta
+
+    from tests.workers.test_store import new_job
+    from workers.jobs import utcnow
+    from workers.runner import ClaimLost, Lease
+
+    job, _ = store.create_job(new_job(), max_attempts=2)
+    claim = store.claim(job.id, "w1@h:1")
+    now = [0.0]
+    flaky = _FlakyHeartbeats(store)
+    lease = Lease(flaky, claim, max_missed=3, timeout=30.0, clock=lambda: now[0])
+    flaky.failing = True
+    assert lease.renew() and lease.renew()  # two failures in a row: still held
+    flaky.failing = False
+    assert lease.renew() and lease.missed == 0  # a success resets the count
+    flaky.failing = True
+    assert lease.renew() and lease.renew() and not lease.renew()  # the third failure in a row loses it
+    assert "3 heartbeats in a row failed" in lease.lost
+    flaky.failing = False
+    assert not lease.renew()  # lost for good
+    with pytest.raises(ClaimLost):
+        lease.check()
+
+    slow = Lease(flaky, claim, max_missed=100, timeout=30.0, clock=lambda: now[0])
+    assert slow.renew()
+    flaky.failing, now[0] = True, 31.0
+    assert not slow.renew()  # one failure, but no successful heartbeat for longer than the timeout
+
+    flaky.failing = False
+    gone = Lease(flaky, claim, max_missed=3, timeout=30.0, clock=lambda: now[0])
+    assert gone.renew()
+    store.sweep_stale(utcnow() + timedelta(seconds=1))  # the job is given to another worker
+    assert not gone.renew() and "lost its claim" in gone.lost  # at once
 
 
 def _swap_for_hostile(path, tmp_path, canary):

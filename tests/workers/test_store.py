@@ -145,6 +145,25 @@ def test_release_requeues_without_spending_the_attempt(store):
     assert store.claim(job.id, "w2@h:2").attempt == 1
 
 
+def test_retry_runs_the_next_attempt_for_the_owner_only_while_attempts_remain(store):
+    job, _ = store.create_job(new_job(), max_attempts=2)
+    claim1 = store.claim(job.id, "w1@h:1")
+    claim2 = store.retry(claim1, "the job process was killed (SIGKILL) from outside")
+    assert claim2 is not None and claim2.attempt == 2 and claim2.worker_id == "w1@h:1"
+    running = store.get_job(job.id)
+    assert running.status is JobStatus.RUNNING and running.attempts == 2
+    assert store.heartbeat(claim1) is False and store.heartbeat(claim2) is True  # the old attempt is fenced off
+    assert store.retry(claim1, "again") is None  # not the owner any more
+    assert store.retry(claim2, "again") is None  # no attempt left
+    assert store.finish(claim2, JobStatus.FAILED, error={"type": "crashed", "message": "x"}) is True
+    assert statuses(store, job.id) == ["queued", "running", "running", "failed"]
+    assert "attempt 1 ended: the job process was killed (SIGKILL)" in store.events(job.id)[2].data["reason"]
+    cancelled, _ = store.create_job(new_job(), max_attempts=3)
+    claim = store.claim(cancelled.id, "w1@h:1")
+    store.request_cancel(cancelled.id)
+    assert store.retry(claim, "killed") is None  # a cancel request is not retried
+
+
 def test_cancel_of_a_queued_job_is_immediate_and_of_a_running_job_sets_the_flag(store):
     queued, _ = store.create_job(new_job(), max_attempts=2)
     cancelled = store.request_cancel(queued.id)

@@ -1,4 +1,13 @@
-"""The artifact store protocol: a job's uploaded inputs and its outputs, written atomically, read as streams."""
+"""The artifact store protocol: a job's uploaded inputs and its outputs, written atomically, read as streams.
+
+Outputs are fenced by attempt. Each attempt of a job writes its outputs under its own attempt number
+(`<job>/attempts/<n>/<name>`) and never under another's, and the attempt's conditional `finish` in the job store is
+what publishes them. Readers are served the newest attempt's outputs: the attempt that finished a job is always the
+last one claimed (a claim needs a queued job, and a finished job is never queued again), while an attempt that lost
+its claim (a worker cut off from the job store, whose job the sweep re-queued) has a lower number. So a stale
+attempt that uploads late writes beside the served files, never over them, and the served bytes keep matching the
+sha256 recorded at `finish`. (An attempt number is reused only after `release`, whose attempt publishes nothing.)
+"""
 
 from __future__ import annotations
 
@@ -13,6 +22,18 @@ from workers.jobs import ArtifactInfo
 from workers.store.base import StoreUnavailable
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+ATTEMPTS_DIR = "attempts"  # <job>/attempts/<n>/<name>: the outputs of attempt n
+
+
+def attempt_dir_name(attempt: int) -> str:
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        raise ValueError(f"invalid attempt number {attempt!r}")
+    return str(attempt)
+
+
+def parse_attempt(name: str) -> int | None:
+    """The attempt number a directory (or key prefix) name stands for; None for anything else."""
+    return int(name) if name.isascii() and name.isdigit() and len(name) <= 9 and int(name) >= 1 else None
 
 
 class ArtifactStoreUnavailable(StoreUnavailable, OSError):
@@ -55,15 +76,26 @@ class ArtifactStore(Protocol):
     def input_path(self, job_id: str, name: str) -> Path:
         """A local path a job process can read the input from."""
 
-    def put_output(self, job_id: str, name: str, src: Path) -> ArtifactInfo:
-        """Copy a file into the job's outputs (atomically, hashing it); raises ResourceLimit when full."""
+    def put_output(self, job_id: str, name: str, src: Path, *, attempt: int | None = None) -> ArtifactInfo:
+        """Copy a file into the outputs of the job's attempt (atomically, hashing it); raises ResourceLimit when
+        full. Without an attempt, into the legacy unfenced place (kept for tests and old jobs)."""
 
-    def output_path(self, job_id: str, name: str) -> Path | None: ...
+    def output_path(self, job_id: str, name: str, *, attempt: int | None = None) -> Path | None:
+        """A local copy of an output; without an attempt, of the served one (the newest attempt's)."""
 
-    def open_output(self, job_id: str, name: str, chunk_size: int = 1 << 20) -> Iterator[bytes]: ...
+    def open_output(self, job_id: str, name: str, chunk_size: int = 1 << 20, *, attempt: int | None = None
+                    ) -> Iterator[bytes]:
+        """The output's bytes in chunks; without an attempt, the served one (the newest attempt's)."""
 
-    def delete_outputs(self, job_id: str) -> None:
-        """Remove a job's outputs (a failed publish leaves none behind); inputs stay."""
+    def output_attempts(self, job_id: str) -> list[int]:
+        """The attempts that wrote outputs of the job, ascending."""
+
+    def published_attempt(self, job_id: str) -> int | None:
+        """The attempt whose outputs are served (the newest), None when no attempt wrote any."""
+
+    def delete_outputs(self, job_id: str, *, attempt: int | None = None) -> None:
+        """Remove one attempt's outputs (a failed or fenced-off publish leaves none behind), or, without an
+        attempt, all of the job's outputs; inputs stay."""
 
     def delete_job(self, job_id: str) -> None: ...
 

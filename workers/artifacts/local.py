@@ -1,4 +1,9 @@
-"""Artifacts in a local directory: `<root>/<job_id>/inputs/<name>` and `<root>/<job_id>/outputs/<name>`.
+"""Artifacts in a local directory: `<root>/<job_id>/inputs/<name>` and each attempt's outputs in
+`<root>/<job_id>/attempts/<attempt>/<name>` (`<root>/<job_id>/outputs/<name>` when written without an attempt, as
+before attempts were fenced).
+
+An attempt writes only under its own number, so an attempt that lost its claim (a stale worker) can never replace
+the files of the attempt that finished the job; readers are served the newest attempt's files (see base.py).
 
 Every write goes to a temp file in the destination directory, is fsynced and then renamed into place, so a
 reader (or a restart) never sees half a file. A failed write (disk full, file-size limit, the store's own size
@@ -15,7 +20,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from workers.artifacts.base import check_room, valid_name
+from workers.artifacts.base import ATTEMPTS_DIR, attempt_dir_name, check_room, parse_attempt, valid_name
 from workers.engine.errors import ResourceLimit
 from workers.jobs import ArtifactInfo
 
@@ -49,6 +54,30 @@ class LocalArtifactStore:
             raise ValueError(f"invalid artifact name {name!r}")
         return self._job_dir(job_id) / kind / name
 
+    def _outputs_dir(self, job_id: str, attempt: int | None) -> Path:
+        """Where an attempt's outputs go; None: the legacy (unfenced) directory."""
+        if attempt is None:
+            return self._job_dir(job_id) / "outputs"
+        return self._job_dir(job_id) / ATTEMPTS_DIR / attempt_dir_name(attempt)
+
+    def _output_file(self, job_id: str, name: str, attempt: int | None) -> Path:
+        if not valid_name(name):
+            raise ValueError(f"invalid artifact name {name!r}")
+        if attempt is None:  # the reader's view: the newest attempt's outputs, else the legacy directory
+            attempt = self.published_attempt(job_id)
+        return self._outputs_dir(job_id, attempt) / name
+
+    def output_attempts(self, job_id: str) -> list[int]:
+        try:
+            entries = list((self._job_dir(job_id) / ATTEMPTS_DIR).iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(n for n in (parse_attempt(p.name) for p in entries if p.is_dir()) if n is not None)
+
+    def published_attempt(self, job_id: str) -> int | None:
+        attempts = self.output_attempts(job_id)
+        return attempts[-1] if attempts else None
+
     # -- inputs -------------------------------------------------------------------------------------------------
 
     def adopt_input(self, job_id: str, name: str, src: Path) -> Path:
@@ -69,23 +98,26 @@ class LocalArtifactStore:
 
     # -- outputs ------------------------------------------------------------------------------------------------
 
-    def put_output(self, job_id: str, name: str, src: Path) -> ArtifactInfo:
-        dest = self._file(job_id, "outputs", name)
+    def put_output(self, job_id: str, name: str, src: Path, *, attempt: int | None = None) -> ArtifactInfo:
+        if not valid_name(name):
+            raise ValueError(f"invalid artifact name {name!r}")
+        dest = self._outputs_dir(job_id, attempt) / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         size = Path(src).stat().st_size
         check_room(self, name, size)
         digest = self._copy_atomic(Path(src), dest, what=f"artifact {name}")
         return ArtifactInfo(name=name, bytes=size, sha256=digest)
 
-    def output_path(self, job_id: str, name: str) -> Path | None:
+    def output_path(self, job_id: str, name: str, *, attempt: int | None = None) -> Path | None:
         try:
-            path = self._file(job_id, "outputs", name)
+            path = self._output_file(job_id, name, attempt)
         except ValueError:
             return None
         return path if path.is_file() else None
 
-    def open_output(self, job_id: str, name: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        path = self.output_path(job_id, name)
+    def open_output(self, job_id: str, name: str, chunk_size: int = 1 << 20, *, attempt: int | None = None
+                    ) -> Iterator[bytes]:
+        path = self.output_path(job_id, name, attempt=attempt)
         if path is None:
             raise FileNotFoundError(name)
         f = open(path, "rb")  # opened now so a missing file fails before the response starts
@@ -99,8 +131,12 @@ class LocalArtifactStore:
 
     # -- housekeeping -------------------------------------------------------------------------------------------
 
-    def delete_outputs(self, job_id: str) -> None:
-        shutil.rmtree(self._job_dir(job_id) / "outputs", ignore_errors=True)
+    def delete_outputs(self, job_id: str, *, attempt: int | None = None) -> None:
+        if attempt is not None:
+            shutil.rmtree(self._outputs_dir(job_id, attempt), ignore_errors=True)
+            return
+        shutil.rmtree(self._outputs_dir(job_id, None), ignore_errors=True)
+        shutil.rmtree(self._job_dir(job_id) / ATTEMPTS_DIR, ignore_errors=True)
 
     def delete_job(self, job_id: str) -> None:
         shutil.rmtree(self._job_dir(job_id), ignore_errors=True)

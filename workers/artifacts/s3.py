@@ -1,5 +1,9 @@
 """Artifacts in an S3-compatible bucket (AWS S3, MinIO, ...): `s3://bucket/prefix` holds
-`<prefix>/<job_id>/inputs/<name>` and `<prefix>/<job_id>/outputs/<name>`.
+`<prefix>/<job_id>/inputs/<name>` and each attempt's outputs in `<prefix>/<job_id>/attempts/<attempt>/<name>`
+(`<prefix>/<job_id>/outputs/<name>` when written without an attempt, as before attempts were fenced).
+
+- **Fenced by attempt.** An attempt uploads only under its own number, so a stale attempt (one that lost its claim)
+  never replaces the objects of the attempt that finished the job; readers get the newest attempt's (base.py).
 
 - **Atomic from the reader's view.** A PUT, and the completion of a multipart upload, make an object visible all at
   once: a reader sees the whole previous object, nothing, or the whole new one, never part of one. So files are
@@ -29,7 +33,15 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from workers.artifacts.base import ArtifactStoreUnavailable, check_room, sha256_file, valid_name
+from workers.artifacts.base import (
+    ATTEMPTS_DIR,
+    ArtifactStoreUnavailable,
+    attempt_dir_name,
+    check_room,
+    parse_attempt,
+    sha256_file,
+    valid_name,
+)
 from workers.jobs import ArtifactInfo
 
 MiB = 2**20
@@ -91,6 +103,12 @@ class S3ArtifactStore:
         if not valid_name(name):
             raise ValueError(f"invalid artifact name {name!r}")
         return f"{self._job_prefix(job_id)}{kind}/{name}"
+
+    def _outputs_kind(self, job_id: str, attempt: int | None) -> str:
+        """The key part between the job and the name: 'outputs' (legacy) or 'attempts/<n>'; None: the served one."""
+        if attempt is None:
+            attempt = self.published_attempt(job_id)
+        return "outputs" if attempt is None else f"{ATTEMPTS_DIR}/{attempt_dir_name(attempt)}"
 
     def _url(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -220,18 +238,36 @@ class S3ArtifactStore:
 
     # -- outputs ----------------------------------------------------------------------------------------------
 
-    def put_output(self, job_id: str, name: str, src: Path) -> ArtifactInfo:
-        key = self._key(job_id, "outputs", name)
+    def put_output(self, job_id: str, name: str, src: Path, *, attempt: int | None = None) -> ArtifactInfo:
+        kind = "outputs" if attempt is None else f"{ATTEMPTS_DIR}/{attempt_dir_name(attempt)}"
+        key = self._key(job_id, kind, name)
         check_room(self, name, Path(src).stat().st_size)
         digest, size = sha256_file(Path(src))
         self._upload(Path(src), key, digest)
         return ArtifactInfo(name=name, bytes=size, sha256=digest)
 
-    def output_path(self, job_id: str, name: str) -> Path | None:
+    def output_attempts(self, job_id: str) -> list[int]:
+        prefix = f"{self._job_prefix(job_id)}{ATTEMPTS_DIR}/"
+        found = set()
+        for page in self._list(prefix, Delimiter="/"):
+            for p in page.get("CommonPrefixes", []):
+                n = parse_attempt(p["Prefix"][len(prefix):].rstrip("/"))
+                if n is not None:
+                    found.add(n)
+        return sorted(found)
+
+    def published_attempt(self, job_id: str) -> int | None:
+        attempts = self.output_attempts(job_id)
+        return attempts[-1] if attempts else None
+
+    def output_path(self, job_id: str, name: str, *, attempt: int | None = None) -> Path | None:
         """A local copy of the output (downloaded into the cache), or None when there is no such output."""
         try:
-            key = self._key(job_id, "outputs", name)
-            cached = self._cached(job_id, "outputs", name)
+            if not valid_name(name):
+                return None
+            kind = self._outputs_kind(job_id, attempt)
+            key = self._key(job_id, kind, name)
+            cached = self._cached(job_id, kind, name)
         except ValueError:
             return None
         try:
@@ -240,15 +276,18 @@ class S3ArtifactStore:
             return None
         return cached
 
-    def output_sha256(self, job_id: str, name: str) -> str | None:
+    def output_sha256(self, job_id: str, name: str, *, attempt: int | None = None) -> str | None:
         """The sha256 kept in the object's metadata (None when the object has none); FileNotFoundError if missing."""
-        key = self._key(job_id, "outputs", name)
+        key = self._key(job_id, self._outputs_kind(job_id, attempt), name)
         with self._errors("read", key):
             return (self.client.head_object(Bucket=self.bucket, Key=key).get("Metadata") or {}).get(SHA256_KEY)
 
-    def open_output(self, job_id: str, name: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    def open_output(self, job_id: str, name: str, chunk_size: int = 1 << 20, *, attempt: int | None = None
+                    ) -> Iterator[bytes]:
         try:
-            key = self._key(job_id, "outputs", name)
+            if not valid_name(name):
+                raise ValueError(name)
+            key = self._key(job_id, self._outputs_kind(job_id, attempt), name)
         except ValueError:
             raise FileNotFoundError(name) from None
         with self._errors("download", key):  # requested now, so a missing object fails before a response starts
@@ -265,9 +304,15 @@ class S3ArtifactStore:
 
     # -- housekeeping -----------------------------------------------------------------------------------------
 
-    def delete_outputs(self, job_id: str) -> None:
-        self._delete_prefix(f"{self._job_prefix(job_id)}outputs/")
-        shutil.rmtree(self.cache_dir / job_id / "outputs", ignore_errors=True)
+    def delete_outputs(self, job_id: str, *, attempt: int | None = None) -> None:
+        if attempt is not None:
+            kind = f"{ATTEMPTS_DIR}/{attempt_dir_name(attempt)}"
+            self._delete_prefix(f"{self._job_prefix(job_id)}{kind}/")
+            shutil.rmtree(self.cache_dir / job_id / kind, ignore_errors=True)
+            return
+        for kind in ("outputs", ATTEMPTS_DIR):
+            self._delete_prefix(f"{self._job_prefix(job_id)}{kind}/")
+            shutil.rmtree(self.cache_dir / job_id / kind, ignore_errors=True)
 
     def delete_job(self, job_id: str) -> None:
         prefix = self._job_prefix(job_id)

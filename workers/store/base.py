@@ -93,6 +93,10 @@ class JobStore(Protocol):
                artifacts: list[ArtifactInfo] | None = None) -> bool:
         """running -> terminal, only for the attempt that owns the job."""
 
+    def retry(self, claim: Claim, reason: str) -> Claim | None:
+        """running -> running as the next attempt of the same worker (the ended attempt is spent), only for the
+        attempt that owns the job, while attempts remain and no cancel was requested; None otherwise."""
+
     def release(self, claim: Claim, reason: str) -> bool:
         """running -> queued without spending the attempt (graceful worker shutdown)."""
 

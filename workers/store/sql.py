@@ -398,6 +398,23 @@ class SqlJobStore:
             self._status_event(conn, claim.job.id, status, now, **extra)
         return True
 
+    def retry(self, claim: Claim, reason: str) -> Claim | None:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            result = conn.execute(update(jobs).where(
+                *self._owned(claim), jobs.c.attempts < jobs.c.max_attempts, jobs.c.cancel_requested.is_(False),
+            ).values(attempts=jobs.c.attempts + 1, started_at=now, heartbeat_at=now, updated_at=now, progress=None))
+            if result.rowcount != 1:
+                return None
+            max_attempts = conn.execute(select(jobs.c.max_attempts).where(jobs.c.id == claim.job.id)).scalar_one()
+            self._status_event(conn, claim.job.id, JobStatus.RUNNING, now, attempt=claim.attempt + 1,
+                               max_attempts=max_attempts, worker=claim.worker_id,
+                               reason=f"attempt {claim.attempt} ended: {reason}; retrying")
+        job = self.get_job(claim.job.id)
+        if job is None:  # pragma: no cover - deleted in between
+            return None
+        return Claim(job=job, attempt=claim.attempt + 1, worker_id=claim.worker_id)
+
     def release(self, claim: Claim, reason: str) -> bool:
         now = utcnow()
         with self.engine.begin() as conn:
