@@ -72,7 +72,17 @@ def sweep(store: JobStore, settings: Settings) -> list[SweepResult]:
 
 
 def worker_loop(ctx, *, max_jobs: int | None = None) -> int:
-    """Pull and run queued jobs until ctx says stop (or `max_jobs` ran). Returns the number of jobs run."""
+    """Pull and run queued jobs until ctx says stop (or `max_jobs` ran). Returns the number of jobs run.
+
+    A finished job's webhook is queued for this process's sender threads (workers/webhooks.py): the loop takes
+    the next job at once. On the way out it gives webhooks still queued one delivery budget to go out."""
+    try:
+        return _worker_loop(ctx, max_jobs)
+    finally:
+        _drain_webhooks()
+
+
+def _worker_loop(ctx, max_jobs: int | None) -> int:
     from workers.runner import cleanup_scratch, run_job
 
     settings = ctx.settings
@@ -121,6 +131,14 @@ def _worker_process(settings: Settings, name: str, parent_pid: int) -> None:
         worker_loop(ctx)
     finally:
         ctx.store.close()
+
+
+def _drain_webhooks() -> None:
+    """At a graceful stop: give webhooks still queued in this process one delivery budget to go out."""
+    from workers import webhooks
+
+    if not webhooks.drain():
+        log.warning("stopping with webhooks still queued; they are not sent")
 
 
 class NullDispatcher:
