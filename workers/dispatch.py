@@ -11,8 +11,12 @@
 The store is the queue, or with Celery the truth behind it: a job is saved (row committed) before its id is sent,
 so a restart or a lost broker loses nothing that was accepted. A CeleryDispatcher sends every queued job at
 start-up, and sweeps periodically: jobs of dead workers are re-queued (or failed once out of attempts) and sent
-again, and ids that could not be sent (broker unreachable at submit: the submit still answers 202, the job stays
-queued) are sent again until the broker takes them. A duplicate message is harmless: the claim is conditional.
+again, and ids that could not be sent (broker unreachable: the submit still answers 202, the job stays queued) are
+sent again until the broker takes them. Only the dispatcher's own thread talks to the broker, so a submit never
+waits for it; /readyz is 503 while the broker was never reached or is failing. A duplicate message is harmless:
+the claim is conditional.
+
+A finished job's webhook never holds a worker: it goes to the process's webhook sender threads (workers/webhooks.py).
 """
 
 from __future__ import annotations
