@@ -36,9 +36,10 @@ answer (3xx, 4xx) or a URL refused by the checks ends the delivery at once. The 
 line and headers), not a per-read timeout: a receiver that trickles its answer one byte at a time is cut off when
 the deadline passes, like one that says nothing. The request runs on httpx's async client under `asyncio.timeout`,
 which cancels it wherever it waits. The address checks (and so the DNS lookup) come before the deadline starts and
-are bounded by the resolver's own timeouts. One delivery therefore ends within `delivery_budget(...)` seconds:
-`attempts * timeout` plus the pauses between attempts. `deliver` blocks for that long: call it from a sender thread
-(workers/webhooks.py), never from a worker loop or an event loop.
+are bounded by the resolver's own timeouts. One delivery therefore takes at most `delivery_budget(...)` seconds,
+`attempts * timeout` plus the pauses between attempts, and those lookups and the client's set-up (a fraction of a
+second). `deliver` blocks for that long: call it from a sender thread (workers/webhooks.py), never from a worker
+loop or an event loop.
 """
 
 from __future__ import annotations
@@ -316,8 +317,8 @@ def deliver(url: str, payload: dict, *, secret: str | None, timeout: float = 5.0
     `event` (default: `payload["event"]`, else "job.updated") goes in `X-Secateurs-Event`. The URL is checked
     again before every attempt and the request pinned to the checked address; at most `1 + retries` attempts, each
     cut off `timeout` seconds (wall clock) after it starts, `backoff * 2**n` seconds between attempts: the call
-    returns within `delivery_budget(timeout, 1 + retries, backoff)` seconds. Blocking: call it from a thread without
-    a running event loop. Never raises: every failure is logged and returns False.
+    returns after about `delivery_budget(timeout, 1 + retries, backoff)` seconds at most (plus the DNS lookups).
+    Blocking: call it from a thread without a running event loop. Never raises: every failure is logged and returns False.
     """
     try:
         body = _encode(payload)

@@ -7,7 +7,7 @@
 A worker that finishes a job hands its webhook to this process's sender and takes the next job at once: a slow
 or unreachable receiver costs the sender's threads, never a worker. The sender is a few daemon threads reading one
 bounded queue (`webhooks.queue_size`): when the queue is full, the webhook is dropped with a warning rather than
-holding up a job. Each delivery ends within `budget(settings)` seconds (every attempt has a wall-clock deadline,
+holding up a job. Each delivery ends after about `budget(settings)` seconds at most (every attempt has a deadline,
 see workers/notify.py). The queue is in memory: a webhook queued by a process that is killed is lost (webhooks are
 at most once per terminal state; receivers can poll the job). On a graceful stop, workers and the API wait up to
 one delivery budget for the queue to drain.
