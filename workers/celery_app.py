@@ -14,6 +14,8 @@
 - A task that cannot reach the job store or the artifact store rejects its message with requeue after a pause
   (REQUEUE_PAUSE_S), so an outage never strands a queued job.
 - Never eager: `secateurs worker` runs a real Celery worker (prefork pool, `worker.concurrency` processes).
+- A finished job's webhook is sent by the pool process's sender threads (workers/webhooks.py): the task returns as
+  soon as the job ends; a pool process that stops gives its queued webhooks one delivery budget to go out.
 
 Nothing is built at import: `create_celery_app(settings)` is the factory; `celery -A workers.celery_app worker`
 finds a lazily created `app` (settings from the environment).
