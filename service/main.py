@@ -53,6 +53,9 @@ async def lifespan(app: FastAPI):
         dispatcher.stop()
         app.state.jobs.close()
         store.close()
+        from workers import webhooks
+
+        webhooks.drain()  # webhooks of jobs cancelled before they ran are sent from this process
 
 
 def create_app(settings: Settings | None = None, *, workers: int | None = None) -> FastAPI:

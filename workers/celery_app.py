@@ -14,6 +14,8 @@
 - A task that cannot reach the job store or the artifact store rejects its message with requeue after a pause
   (REQUEUE_PAUSE_S), so an outage never strands a queued job.
 - Never eager: `secateurs worker` runs a real Celery worker (prefork pool, `worker.concurrency` processes).
+- A finished job's webhook is sent by the pool process's sender threads (workers/webhooks.py): the task returns as
+  soon as the job ends; a pool process that stops gives its queued webhooks one delivery budget to go out.
 
 Nothing is built at import: `create_celery_app(settings)` is the factory; `celery -A workers.celery_app worker`
 finds a lazily created `app` (settings from the environment).
@@ -181,10 +183,20 @@ def _on_worker_shutting_down(**_kw) -> None:
         _SHUTDOWN[0].set()
 
 
+def _on_process_shutdown(**_kw) -> None:
+    """In a pool process that stops: webhooks it queued get one delivery budget to go out (workers/webhooks.py)."""
+    from workers import webhooks
+
+    if not webhooks.drain():
+        log.warning("pool process %s stops with webhooks still queued; they are not sent", os.getpid())
+
+
 @lru_cache(maxsize=1)
 def _connect_worker_signals() -> None:
     from celery import signals
 
+    signals.worker_process_shutdown.connect(_on_process_shutdown, weak=False,
+                                            dispatch_uid="secateurs.process_shutdown")
     signals.worker_init.connect(_on_worker_init, weak=False, dispatch_uid="secateurs.worker_init")
     signals.worker_shutting_down.connect(_on_worker_shutting_down, weak=False,
                                          dispatch_uid="secateurs.shutting_down")

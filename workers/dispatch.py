@@ -11,8 +11,12 @@
 The store is the queue, or with Celery the truth behind it: a job is saved (row committed) before its id is sent,
 so a restart or a lost broker loses nothing that was accepted. A CeleryDispatcher sends every queued job at
 start-up, and sweeps periodically: jobs of dead workers are re-queued (or failed once out of attempts) and sent
-again, and ids that could not be sent (broker unreachable at submit: the submit still answers 202, the job stays
-queued) are sent again until the broker takes them. A duplicate message is harmless: the claim is conditional.
+again, and ids that could not be sent (broker unreachable: the submit still answers 202, the job stays queued) are
+sent again until the broker takes them. Only the dispatcher's own thread talks to the broker, so a submit never
+waits for it; /readyz is 503 while the broker was never reached or is failing. A duplicate message is harmless:
+the claim is conditional.
+
+A finished job's webhook never holds a worker: it goes to the process's webhook sender threads (workers/webhooks.py).
 """
 
 from __future__ import annotations
@@ -72,7 +76,17 @@ def sweep(store: JobStore, settings: Settings) -> list[SweepResult]:
 
 
 def worker_loop(ctx, *, max_jobs: int | None = None) -> int:
-    """Pull and run queued jobs until ctx says stop (or `max_jobs` ran). Returns the number of jobs run."""
+    """Pull and run queued jobs until ctx says stop (or `max_jobs` ran). Returns the number of jobs run.
+
+    A finished job's webhook is queued for this process's sender threads (workers/webhooks.py): the loop takes
+    the next job at once. On the way out it gives webhooks still queued one delivery budget to go out."""
+    try:
+        return _worker_loop(ctx, max_jobs)
+    finally:
+        _drain_webhooks()
+
+
+def _worker_loop(ctx, max_jobs: int | None) -> int:
     from workers.runner import cleanup_scratch, run_job
 
     settings = ctx.settings
@@ -121,6 +135,14 @@ def _worker_process(settings: Settings, name: str, parent_pid: int) -> None:
         worker_loop(ctx)
     finally:
         ctx.store.close()
+
+
+def _drain_webhooks() -> None:
+    """At a graceful stop: give webhooks still queued in this process one delivery budget to go out."""
+    from workers import webhooks
+
+    if not webhooks.drain():
+        log.warning("stopping with webhooks still queued; they are not sent")
 
 
 class NullDispatcher:
@@ -216,9 +238,17 @@ class LocalDispatcher:
 
 class CeleryDispatcher:
     """Sends saved jobs' ids to the Celery queue; Celery workers (`secateurs worker`) run them. `concurrency` is
-    ignored: the API starts no workers of its own."""
+    ignored: the API starts no workers of its own.
+
+    Only the dispatcher's own thread talks to the broker: `notify` (called by a submit) adds the id to the pending
+    set and wakes that thread, so a submit never waits for the broker, reachable or not. The thread sends pending
+    ids at once when woken, sweeps every `celery.redispatch_interval` seconds, and while the broker is failing tries
+    again once per interval. It also checks the broker at start-up and, when nothing is pending, once per interval,
+    so `describe()["broker"]` and `healthy()` (used by /readyz) tell whether the broker was ever reached and whether
+    it is failing now."""
 
     START_UP_LIMIT = 100_000  # queued jobs sent at start-up
+    NOT_REACHED = "not reached yet"
 
     def __init__(self, settings: Settings, concurrency: int | None = None):
         self.settings = settings
@@ -226,11 +256,13 @@ class CeleryDispatcher:
         self._store: JobStore | None = None
         self._pending: set[str] = set()
         self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
+        self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.sent = 0
-        self.broker_error: str | None = None
+        self.broker_error: str | None = None  # the last failure, None once the broker answered again
+        self._reached = False  # the broker answered at least once since start-up
+        self._failed_at: float | None = None  # monotonic time of the last failure (None: not failing)
 
     def start(self) -> None:
         from workers.celery_app import create_celery_app
@@ -242,24 +274,45 @@ class CeleryDispatcher:
         with self._lock:
             self._pending.update(left)
         log.info("celery dispatcher: %d queued jobs to send", len(left))
-        self._thread = threading.Thread(target=self._run, name="celery-redispatch", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="celery-dispatch", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while True:
+        interval = self.settings.celery.redispatch_interval
+        next_sweep = 0.0
+        while not self._stopping.is_set():
+            self._wake.clear()
             try:
-                self.redispatch()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + interval
+                    self.redispatch()
+                elif self._may_contact_broker():
+                    self.send_pending()
             except Exception:  # a failed round (database busy) is retried on the next one
                 log.exception("celery dispatcher: sweep failed")
-            if self._stopping.wait(self.settings.celery.redispatch_interval):
-                return
+            self._wake.wait(max(0.0, next_sweep - time.monotonic()))
+
+    def _may_contact_broker(self) -> bool:
+        """False while the broker is failing and its last failure is less than one interval old."""
+        with self._lock:
+            failed_at = self._failed_at
+        return failed_at is None or time.monotonic() - failed_at >= self.settings.celery.redispatch_interval
 
     def redispatch(self) -> list[str]:
         """One sweep: re-queue jobs of dead workers (fail those out of attempts), then send every pending id until
-        the broker refuses one. Returns the ids sent."""
+        the broker refuses one (with nothing to send, check that the broker answers). Returns the ids sent."""
         results = sweep(self._store, self.settings)
         with self._lock:
             self._pending.update(r.job_id for r in results if r.status is JobStatus.QUEUED)
+            idle = not self._pending
+        if idle:
+            self._check_broker()
+            return []
+        return self.send_pending()
+
+    def send_pending(self) -> list[str]:
+        """Send every pending id, oldest first, until the broker refuses one. Returns the ids sent."""
+        with self._lock:
             pending = sorted(self._pending)
         sent = []
         for job_id in pending:
@@ -268,32 +321,51 @@ class CeleryDispatcher:
             sent.append(job_id)
         return sent
 
+    def _check_broker(self) -> bool:
+        """Connect to the broker once (no retries, `celery.publish_timeout`) and record the outcome."""
+        try:
+            with self._app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=0, timeout=self.settings.celery.publish_timeout)
+        except Exception as e:
+            self._failed(e, "broker check failed")
+            return False
+        self._answered()
+        return True
+
     def _send(self, job_id: str) -> bool:
         from workers.celery_app import TASK_NAME
 
         try:
-            with self._send_lock:
-                self._app.send_task(TASK_NAME, args=[job_id], queue=self.settings.celery.queue, retry=False)
+            self._app.send_task(TASK_NAME, args=[job_id], queue=self.settings.celery.queue, retry=False)
         except Exception as e:  # the broker is unreachable: the job stays queued and is sent again later
-            with self._lock:
-                self._pending.add(job_id)
-                self.broker_error = f"{type(e).__name__}: {e}"
-            log.warning("job %s saved but not sent: broker unreachable (%s); sent again within %s s", job_id,
-                        self.broker_error, self.settings.celery.redispatch_interval)
+            self._failed(e, f"job {job_id} saved but not sent")
             return False
         with self._lock:
             self._pending.discard(job_id)
             self.sent += 1
-            self.broker_error = None
+        self._answered()
         return True
 
+    def _failed(self, e: Exception, what: str) -> None:
+        with self._lock:
+            first = self._failed_at is None
+            self.broker_error = f"{type(e).__name__}: {e}"
+            self._failed_at = time.monotonic()
+        (log.warning if first else log.debug)("%s: broker unreachable (%s); tried again every %s s", what,
+                                              self.broker_error, self.settings.celery.redispatch_interval)
+
+    def _answered(self) -> None:
+        with self._lock:
+            if self._failed_at is not None:
+                log.info("broker reachable again")
+            self._reached, self.broker_error, self._failed_at = True, None, None
+
     def notify(self, job_id: str) -> None:
-        """Called after the job row was committed: send its id now (never raises; a failure leaves it pending)."""
-        if self._app is None:
-            with self._lock:
-                self._pending.add(job_id)
-            return
-        self._send(job_id)
+        """Called after the job row was committed: the id is sent by the dispatcher's thread, which this wakes.
+        Returns at once, whatever the broker's state (a submit never waits for the broker)."""
+        with self._lock:
+            self._pending.add(job_id)
+        self._wake.set()
 
     def pending(self) -> set[str]:
         with self._lock:
@@ -301,6 +373,7 @@ class CeleryDispatcher:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stopping.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
         if self._store is not None:
@@ -308,14 +381,22 @@ class CeleryDispatcher:
         if self._app is not None:
             self._app.close()
 
+    def broker_state(self) -> str:
+        """"ok", "not reached yet", "never reached: <error>" or "unreachable: <error>"."""
+        with self._lock:
+            if self.broker_error is not None:
+                return f"{'unreachable' if self._reached else 'never reached'}: {self.broker_error}"
+            return "ok" if self._reached else self.NOT_REACHED
+
     def healthy(self) -> bool:
-        return True  # jobs are accepted while the broker is down: they are saved and sent when it is back
+        """True while the broker answers. Jobs are still accepted (saved, and sent once it is back) when it does
+        not; readiness says so."""
+        return self.broker_state() == "ok"
 
     def describe(self) -> dict:
+        broker = self.broker_state()
         with self._lock:
-            return {"kind": "celery", "queue": self.settings.celery.queue,
-                    "broker": (f"unreachable: {self.broker_error}" if self.broker_error is not None
-                               else "ok" if self.sent else "not contacted yet"),
+            return {"kind": "celery", "queue": self.settings.celery.queue, "broker": broker,
                     "pending": len(self._pending), "sent": self.sent}
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workers import webhooks
 from workers.artifacts import ArtifactStore, ArtifactStoreUnavailable, open_artifacts
 from workers.artifacts.base import sha256_file
 from workers.engine.errors import EngineError
@@ -66,7 +67,7 @@ def run_job(job_id: str, ctx: RunContext) -> JobStatus | None:
         if outcome is None:
             return None
         log.info("job %s: %s", job_id, outcome)
-        _notify(ctx, job_id)
+        webhooks.send_when_finished(ctx.settings, ctx.store, job_id)  # sent by another thread
         return outcome
     return None
 
@@ -259,38 +260,6 @@ def _publish(claim: Claim, artifacts: ArtifactStore, out_dir: Path, lease: Lease
         lease.check()
         published.append(artifacts.put_output(claim.job.id, name, out_dir / name, attempt=claim.attempt))
     return manifest, published
-
-
-def _notify(ctx: RunContext, job_id: str) -> None:
-    job = ctx.store.get_job(job_id)
-    if job is not None and job.webhook_url:
-        deliver_webhook(ctx.settings, job)
-
-
-def webhook_payload(job: JobRecord) -> dict:
-    return {
-        "event": f"job.{job.status}",
-        "job": {"id": job.id, "status": str(job.status), "error": job.error,
-                "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-                "artifacts": [a.to_dict() for a in job.artifacts],
-                "summary": (job.manifest or {}).get("summary")},
-    }
-
-
-def deliver_webhook(settings: Settings, job: JobRecord) -> bool:
-    """Deliver the terminal-state webhook through workers.notify when it is installed; never raises."""
-    try:
-        from workers import notify
-    except ImportError:
-        log.warning("job %s: webhook not sent (workers.notify is not available)", job.id)
-        return False
-    try:
-        return bool(notify.deliver(job.webhook_url, webhook_payload(job), secret=settings.webhooks.secret,
-                                   timeout=settings.webhooks.timeout, retries=settings.webhooks.max_attempts - 1,
-                                   allow_private=settings.webhooks.allow_private))
-    except Exception:  # a webhook must never break the worker
-        log.exception("job %s: webhook delivery failed", job.id)
-        return False
 
 
 def cleanup_scratch(settings: Settings, store: JobStore) -> list[str]:

@@ -127,8 +127,12 @@ class CelerySettings(BaseModel):
 class WebhookSettings(BaseModel):
     secret: str | None = Field(None, description="HMAC secret used to sign webhook deliveries.")
     allow_private: bool = Field(False, description="Allow webhook URLs that resolve to private/loopback addresses.")
-    timeout: float = Field(5.0, gt=0, description="Seconds per webhook delivery attempt.")
-    max_attempts: int = Field(3, ge=1, description="Delivery attempts per webhook.")
+    timeout: float = Field(5.0, gt=0, le=300, description="Wall-clock deadline of one webhook delivery attempt "
+                           "in seconds (connect, send, receive the answer's headers), however slowly the receiver "
+                           "answers.")
+    max_attempts: int = Field(3, ge=1, le=10, description="Delivery attempts per webhook.")
+    queue_size: int = Field(1000, ge=1, le=1_000_000, description="Webhooks one process keeps waiting for its "
+                            "sender threads; more are dropped with a warning (a job never waits for a webhook).")
 
 
 class Settings(BaseSettings):

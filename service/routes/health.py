@@ -31,9 +31,11 @@ def readyz(request: Request):
         except Exception as e:  # a readiness probe reports, it does not raise
             checks[name] = f"failed: {type(e).__name__}: {e}"
             failed.append(name)
-    checks["dispatcher"] = state.dispatcher.describe()
+    dispatcher = checks["dispatcher"] = state.dispatcher.describe()
+    if "broker" in dispatcher:  # celery: "ok", "not reached yet", "never reached: ..." or "unreachable: ..."
+        checks["broker"] = dispatcher["broker"]
     if not state.dispatcher.healthy():
-        failed.append("dispatcher")
+        failed.append("broker" if "broker" in dispatcher else "dispatcher")
     if failed:
         return problem(503, "not_ready", "not ready: " + ", ".join(f"{n} ({checks[n]})" for n in failed),
                        instance="/readyz")

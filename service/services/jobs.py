@@ -318,10 +318,9 @@ class JobService:
         if job is None:  # pragma: no cover - deleted in between
             raise NotFound(f"no job '{job_id}'", field="job_id")
         if job.status is JobStatus.CANCELLED and job.webhook_url:  # it never reaches a worker: notify from here
-            from workers.runner import deliver_webhook
+            from workers import webhooks
 
-            threading.Thread(target=deliver_webhook, args=(self.settings, job), name=f"webhook-{job.id}",
-                             daemon=True).start()
+            webhooks.send(self.settings, job)  # queued for this process's sender threads
         return job
 
     def delete_job(self, job_id: str, who: Principal) -> None:

@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.workers.receivers import TrickleReceiver
 from workers import notify
 from workers.notify import (
     DELIVERY_HEADER,
@@ -331,6 +332,31 @@ def test_slow_receiver_times_out_and_returns_false():
         assert deliver(rx.url(), {}, secret=None, retries=0, timeout=0.2, allow_private=True) is False
         assert time.monotonic() - start < 0.9
     assert len(rx.requests) == 1
+
+
+@pytest.fixture
+def trickle():
+    rx = TrickleReceiver()
+    yield rx
+    rx.close()
+
+
+def test_a_receiver_trickling_its_answer_is_cut_off_at_the_deadline_of_each_attempt(trickle):
+    """The answer would take 0.25 s x 90 bytes = 22 s per attempt, each read arriving well within the timeout; the
+    deadline covers the whole attempt, so two attempts of 1 s end in about 2 s."""
+    start = time.monotonic()
+    assert deliver(trickle.url(), {"a": 1}, secret="s", timeout=1.0, retries=1, backoff=0.05,
+                   allow_private=True) is False
+    took = time.monotonic() - start
+    assert took < notify.delivery_budget(1.0, 2, 0.05) + 1.0
+    assert took >= 2 * 1.0  # both attempts ran to their deadline
+    assert trickle.connections == 2
+
+
+def test_delivery_budget_is_every_attempt_deadline_plus_the_capped_pauses():
+    assert notify.delivery_budget(5.0, 3, 0.5) == 5.0 * 3 + 0.5 + 1.0
+    assert notify.delivery_budget(2.0, 1, 0.5) == 2.0
+    assert notify.delivery_budget(1.0, 3, 100.0) == 3.0 + 2 * notify.MAX_BACKOFF_S
 
 
 @pytest.mark.parametrize("url,payload", [

@@ -210,6 +210,8 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
 
 
 def test_a_finished_job_posts_a_signed_webhook(tmp_path, job_files):
+    from workers import webhooks
+
     server = http.server.HTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     _Receiver.received = []
@@ -219,6 +221,7 @@ def test_a_finished_job_posts_a_signed_webhook(tmp_path, job_files):
         url = f"http://127.0.0.1:{server.server_port}/hook"
         job_id = submit(ctx, tmp_path, job_files.model, job_files.data, webhook_url=url)
         assert run_job(job_id, ctx) is JobStatus.FAILED
+        assert webhooks.drain(30)  # sent by this process's sender thread, not by run_job
     finally:
         server.shutdown()
     [(headers, payload)] = _Receiver.received

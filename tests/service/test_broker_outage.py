@@ -1,0 +1,97 @@
+"""A Celery API whose broker (the local Redis, behind a TCP proxy that refuses connections while down) has never been
+reached: submits still answer 202 at once, /readyz is 503 and names the broker, and the saved jobs are sent as soon
+as the broker can be reached."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.e2e.servers import TcpProxy, redis_space
+from tests.service.conftest import ROOT, Server, submit
+from tests.workers.jobfiles import QUICK_SPEC
+
+
+def serve_unready(api: Server, timeout: float = 90.0) -> Server:
+    """Start `api` and wait until it answers /healthz (Server.start waits for a 200 from /readyz)."""
+    api.data_dir.mkdir(parents=True, exist_ok=True)
+    api.log = open(api.log_path, "ab")
+    api.proc = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "serve", "--host", "127.0.0.1", "--port", str(api.port), "--workers",
+         "0"], cwd=ROOT, env=api.env, stdout=api.log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert api.proc.poll() is None, api.log_tail()
+        try:
+            if httpx.get(f"{api.url}/healthz", timeout=2).status_code == 200:
+                return api
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"server not up in {timeout} s:\n{api.log_tail()}")
+
+
+def wait_for(predicate, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"not true after {timeout} s: {predicate}")
+
+
+@pytest.mark.services
+def test_submits_answer_at_once_while_the_broker_is_unreachable_and_readyz_names_it(tmp_path, job_files):
+    with redis_space() as redis:
+        host_port, db = redis.url.removeprefix("redis://").split("/")
+        proxy = TcpProxy("127.0.0.1", int(host_port.rsplit(":", 1)[1]))  # down: connections are refused
+        api = Server(tmp_path / "data", workers=0, env={
+            "SECATEURS_WORKER__DISPATCHER": "celery",
+            "SECATEURS_CELERY__BROKER_URL": f"redis://127.0.0.1:{proxy.port}/{db}",
+            "SECATEURS_CELERY__KEY_PREFIX": redis.prefix, "SECATEURS_CELERY__QUEUE": "jobs",
+            "SECATEURS_CELERY__REDISPATCH_INTERVAL": "0.5", "SECATEURS_CELERY__PUBLISH_TIMEOUT": "2"})
+        serve_unready(api)
+        try:
+            with api.client() as c:
+                ready = c.get("/readyz")
+                assert ready.status_code == 503 and "broker" in ready.json()["detail"], ready.text
+                wait_for(lambda: "never reached" in c.get("/readyz").json()["detail"])  # the first check failed
+
+                answers: dict[int, tuple[float, httpx.Response]] = {}
+
+                def one(i: int) -> None:
+                    with api.client() as own:
+                        started = time.monotonic()
+                        r = submit(own, job_files, QUICK_SPEC)
+                        answers[i] = (time.monotonic() - started, r)
+
+                threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(120)
+                assert [r.status_code for _, r in answers.values()] == [202] * 3, [r.text for _, r in answers.values()]
+                took = sorted(s for s, _ in answers.values())
+                assert took[-1] < 1.5, took  # before: 6, 12 and 18 s, one broker timeout after another
+                ids = {r.json()["id"] for _, r in answers.values()}
+                assert redis.queued_messages("jobs") == []
+                not_ready = c.get("/readyz")
+                assert not_ready.status_code == 503, not_ready.text
+                assert not_ready.json()["detail"].startswith("not ready: broker (never reached: ")
+
+                proxy.up()
+                messages = wait_for(lambda: len(redis.queued_messages("jobs")) == 3 and redis.queued_messages("jobs"))
+                assert {m["args"][0] for m in messages} == ids
+                wait_for(lambda: c.get("/readyz").status_code == 200)
+                ready = c.get("/readyz")
+                assert ready.json()["checks"]["broker"] == "ok"
+                assert ready.json()["checks"]["dispatcher"]["pending"] == 0
+        finally:
+            api.stop()
+            proxy.down()
