@@ -65,8 +65,15 @@ class LimitSettings(BaseModel):
     max_concurrent_inspections: int = Field(2, ge=1, le=64, description="Uploads one API process inspects at the "
                                             "same time (inspecting the largest accepted config takes a few hundred "
                                             "MiB); more wait their turn, up to a minute, then get 503.")
-    max_epoch_samples: int = Field(50_000_000, ge=1, description="Training budget per job: total epochs of the "
-                                   "spec times rows of x_train; larger jobs are refused with 422 at submit.")
+    max_epoch_samples: int = Field(50_000_000, ge=1, description="Training budget per job, in samples: each epoch "
+                                   "of the spec is charged max(rows of x_train, limits.min_epoch_samples) plus "
+                                   "limits.step_cost_samples per optimizer step; larger jobs are refused with 422 "
+                                   "at submit.")
+    min_epoch_samples: int = Field(50_000, ge=0, description="Least an epoch is charged against "
+                                   "limits.max_epoch_samples, however few rows the data has: an epoch has a fixed "
+                                   "cost (validation, callbacks, progress), so 1,000 epochs of 4 rows are not cheap.")
+    step_cost_samples: int = Field(8, ge=0, description="Charged per optimizer step (batch) on top of its rows: a "
+                                   "batch of 1 costs about as much as a batch of 8 to 20.")
     job_wall_seconds: float = Field(3600.0, gt=0, description="Wall-clock limit of one job attempt; the job "
                                     "process is killed and the job fails when it runs longer.")
     job_memory_bytes: int = Field(16 * GiB, ge=256 * MiB, description="Address-space limit (RLIMIT_AS) of the job "
