@@ -137,8 +137,8 @@ def cmd_keys_create(args) -> int:
     except ValueError as e:
         print(f"secateurs: error: {e}", file=sys.stderr)
         return 2
-    kind = "admin key" if record.admin else "key"
-    print(f"created {kind} {record.id} for tenant {record.tenant}; the key is shown only now:", file=sys.stderr)
+    admin = " (an admin key: it may read /metrics)" if record.admin else ""
+    print(f"created {record.id} for tenant {record.tenant}{admin}; the key is shown only now:", file=sys.stderr)
     print(plaintext)
     return 0
 
