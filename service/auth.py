@@ -2,10 +2,12 @@
 
 Keys are required on every route but /healthz and /readyz as soon as any key exists (revoked ones count, so
 revoking every key never silently opens the service) or when SECATEURS_AUTH_REQUIRED=true. Without keys every
-caller is the tenant `default` (and an admin: every job is theirs). Service-wide data (/metrics: every tenant's
-counts) needs an admin key (`secateurs keys create --tenant T --admin`) once keys exist. While no key exists, a request without a key is let through from a cached
-answer (`KeyPresence`, re-checked at most once a second) instead of a database query per request: a key created
-by `secateurs keys create` in another process is enforced within that second.
+caller is the tenant `default` (and an admin: every job is theirs). While no key exists, a request without a key
+is let through from a cached answer (`KeyPresence`, re-checked at most once a second) instead of a database query
+per request: a key created by `secateurs keys create` in another process is enforced within that second.
+
+Service-wide data (/metrics: every tenant's counts) needs an admin key once keys exist: `secateurs keys create
+--tenant T --admin` (`Principal.admin`; service.deps.Admin answers 403 to any other key).
 """
 
 from __future__ import annotations
