@@ -71,9 +71,10 @@ class LimitSettings(BaseModel):
                                    "at submit.")
     min_epoch_samples: int = Field(50_000, ge=0, description="Least an epoch is charged against "
                                    "limits.max_epoch_samples, however few rows the data has: an epoch has a fixed "
-                                   "cost (validation, callbacks, progress), so 1,000 epochs of 4 rows are not cheap.")
-    step_cost_samples: int = Field(8, ge=0, description="Charged per optimizer step (batch) on top of its rows: a "
-                                   "batch of 1 costs about as much as a batch of 8 to 20.")
+                                   "cost (validation, callbacks, progress), so 1,000 epochs of 4 rows are not cheap "
+                                   "(python -m bench.epoch_cost).")
+    step_cost_samples: int = Field(20, ge=0, description="Charged per optimizer step (batch) on top of its rows: "
+                                   "a step costs about as much as 20 samples (python -m bench.epoch_cost).")
     job_wall_seconds: float = Field(3600.0, gt=0, description="Wall-clock limit of one job attempt; the job "
                                     "process is killed and the job fails when it runs longer.")
     job_memory_bytes: int = Field(16 * GiB, ge=256 * MiB, description="Address-space limit (RLIMIT_AS) of the job "
