@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from workers.settings import Settings
 
 from service.auth import DEFAULT_TENANT, KeyPresence, Principal, authenticate
+from service.errors import Forbidden
 from service.services.jobs import JobService
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `secateurs keys create`.")
@@ -44,10 +45,22 @@ async def principal(
         presence: KeyPresence = request.app.state.key_presence
         # no key and none exists: the default tenant, without a thread hop and a query per request
         if presence.known_absent() or not await run_in_threadpool(presence.refresh):
-            return Principal(DEFAULT_TENANT)
+            return Principal(DEFAULT_TENANT, admin=True)
     return await run_in_threadpool(authenticate, request.app.state.store, key, required=settings.auth_required)
 
 
 Who = Annotated[Principal, Depends(principal)]
 """The caller (tenant) of a route; 401 before the route runs when no valid key is presented."""
 Jobs = Annotated[JobService, Depends(get_jobs)]
+
+
+def admin(who: Who) -> Principal:
+    """The caller, when an admin (an admin key, or anyone while the service has no keys); else 403."""
+    if not who.admin:
+        raise Forbidden(f"API key {who.key_id} (tenant '{who.tenant}') is not an admin key; service-wide data needs "
+                        "one: secateurs keys create --tenant T --admin", field="authorization")
+    return who
+
+
+Admin = Annotated[Principal, Depends(admin)]
+"""An admin caller: 401 without a valid key, 403 with a key that is not an admin key."""

@@ -48,12 +48,22 @@ class Unauthorized(ServiceError):
         super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="secateurs"'}, **kw)
 
 
+class Forbidden(ServiceError):
+    code, http_status = "forbidden", 403
+
+
 class NotFound(ServiceError):
     code, http_status = "not_found", 404
 
 
 class Conflict(ServiceError):
     code, http_status = "conflict", 409
+
+
+class IdempotencyKeyReused(ServiceError):
+    """An Idempotency-Key sent again with a different request (IETF draft-ietf-httpapi-idempotency-key-header)."""
+
+    code, http_status = "idempotency_key_reused", 422
 
 
 class PayloadTooLarge(ServiceError):

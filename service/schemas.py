@@ -115,6 +115,7 @@ PROBLEM_RESPONSES = {
     status: {"model": Problem, "content": {"application/problem+json": {}}, "description": desc}
     for status, desc in {
         401: "Missing, unknown or revoked API key",
+        403: "The API key may not do this (an admin key is needed)",
         404: "Unknown job (or another tenant's)",
         409: "The job is in a state that does not allow this",
         413: "Upload over the size limit",

@@ -122,9 +122,11 @@ def _worker_loop(ctx, max_jobs: int | None) -> int:
 def _worker_process(settings: Settings, name: str, parent_pid: int) -> None:
     """Entry point of a local worker process (spawned). SIGTERM stops it gracefully: a running job is stopped and
     released back to the queue without spending its attempt."""
+    from workers import redact
     from workers.jobs import worker_identity
     from workers.runner import RunContext
 
+    redact.install()  # a spawned process: the parent's log record factory is not inherited
     logging.basicConfig(level=settings.log_level.upper(), format=f"%(asctime)s {name} %(levelname)s %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the API process, which stops us gracefully

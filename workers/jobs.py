@@ -103,6 +103,7 @@ class NewJob:
     id: str = field(default_factory=new_job_id)
     webhook_url: str | None = None
     idempotency_key: str | None = None
+    fingerprint: str | None = None  # sha256 of the request (see service.services.jobs.request_fingerprint)
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ class JobRecord:
     artifacts: list[ArtifactInfo] = field(default_factory=list)
     webhook_url: str | None = None
     idempotency_key: str | None = None
+    request_fingerprint: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -158,6 +160,7 @@ class ApiKeyRecord:
     name: str | None
     created_at: datetime
     revoked_at: datetime | None = None
+    admin: bool = False
 
     @property
     def active(self) -> bool:

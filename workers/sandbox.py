@@ -303,11 +303,23 @@ def _supervise(proc, rfd, job, limits, hooks, started, peak: PeakMemory, facts_a
                          retryable=death_is_retryable(rc, limits, memory), memory=memory)
 
 
-_NOISE = re.compile(r"^(?:[IW]\d{4} |WARNING: All log messages before absl)")
+# TensorFlow / XLA / CUDA start-up chatter: absl (glog) lines of any severity ("E0000 00:00:... cuda_executor.cc"),
+# the older "2026-01-01 10:00:00.000000: W tensorflow/..." form, and absl's banner
+_NOISE = re.compile(r"^(?:[IWEF]\d{4} \d\d:\d\d:\d\d|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] "
+                    r"|WARNING: All log messages before absl|To enable the following instructions: )")
+
+
+def _install_paths() -> list[tuple[str, str]]:
+    """Where Python, its packages and this package are installed, longest first, and what a log shows instead."""
+    places = {p: "<site-packages>" for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    places.update({str(Path(__file__).resolve().parents[1]): "<secateurs>", sys.prefix: "<python>",
+                   sys.base_prefix: "<python>"})
+    return sorted(((p.rstrip("/"), name) for p, name in places.items() if p and p != "/"), key=lambda x: -len(x[0]))
 
 
 def _tail(path: Path, limit: int = 4000) -> str:
-    """The end of the child's output, without TensorFlow's start-up chatter."""
+    """The end of the child's output, without TensorFlow's start-up chatter and without the host's install paths
+    (shown as <site-packages>, <python>, <secateurs>, <job>): what the job itself said, for its owner."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -316,8 +328,10 @@ def _tail(path: Path, limit: int = 4000) -> str:
             text = f.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    lines = [line for line in text.splitlines() if not _NOISE.match(line)]
-    return "\n".join(lines)[-limit:]
+    text = "\n".join(line for line in text.splitlines() if not _NOISE.match(line))
+    for place, name in [(str(path.parent.resolve()), "<job>"), *_install_paths()]:
+        text = text.replace(place, name)
+    return text[-limit:]
 
 
 # --------------------------------------------------------------------------- child side

@@ -3,7 +3,8 @@
     secateurs serve [--host H] [--port P] [--workers N]   API + N local worker processes (embedded default)
     secateurs worker [--name NAME]                         one standalone worker process (dispatcher `none`),
                                                            or a Celery worker (dispatcher `celery`)
-    secateurs keys create --tenant T [--name N]            prints the new API key once
+    secateurs keys create --tenant T [--name N] [--admin]  prints the new API key once (--admin: it may also read
+                                                           /metrics, whose counts cover every tenant)
     secateurs keys revoke KEY_ID | keys list
 
 Settings come from SECATEURS_* environment variables (docs/CONFIG.md); flags override host, port and workers.
@@ -36,6 +37,7 @@ def register(subparsers) -> None:
     k = ksub.add_parser("create", help="create a key for a tenant and print it once")
     k.add_argument("--tenant", required=True)
     k.add_argument("--name", help="a label for the key")
+    k.add_argument("--admin", action="store_true", help="an admin key: may also read /metrics (every tenant's counts)")
     k.set_defaults(func=cmd_keys_create)
     k = ksub.add_parser("revoke", help="revoke a key by its id (key_...)")
     k.add_argument("key_id")
@@ -63,6 +65,10 @@ def _settings(args=None):
 
 
 def _logging(settings) -> None:
+    """The service's log lines, credentials of URLs (store, broker) masked in every one (workers.redact)."""
+    from workers import redact
+
+    redact.install()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
@@ -103,7 +109,10 @@ def cmd_worker(args) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     ctx = RunContext.from_settings(settings, worker_identity(args.name), stop=stop)
-    logging.getLogger("secateurs.worker").info("worker %s pulling jobs from %s", ctx.worker_id, settings.store_url)
+    from workers.redact import redact
+
+    logging.getLogger("secateurs.worker").info("worker %s pulling jobs from %s", ctx.worker_id,
+                                               redact(settings.store_url))
     try:
         worker_loop(ctx)
     finally:
@@ -124,11 +133,12 @@ def cmd_keys_create(args) -> int:
 
     store = _store()
     try:
-        record, plaintext = create_key(store, args.tenant, args.name)
+        record, plaintext = create_key(store, args.tenant, args.name, admin=args.admin)
     except ValueError as e:
         print(f"secateurs: error: {e}", file=sys.stderr)
         return 2
-    print(f"created {record.id} for tenant {record.tenant}; the key is shown only now:", file=sys.stderr)
+    admin = " (an admin key: it may read /metrics)" if record.admin else ""
+    print(f"created {record.id} for tenant {record.tenant}{admin}; the key is shown only now:", file=sys.stderr)
     print(plaintext)
     return 0
 
@@ -145,13 +155,13 @@ def cmd_keys_revoke(args) -> int:
 def cmd_keys_list(args) -> int:
     keys = _store().list_api_keys()
     rows = [{"id": k.id, "tenant": k.tenant, "name": k.name, "created_at": k.created_at.isoformat(),
-             "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None} for k in keys]
+             "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None, "admin": k.admin} for k in keys]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for r in rows:
         state = f"revoked {r['revoked_at']}" if r["revoked_at"] else "active"
-        print(f"{r['id']}  {r['tenant']:<20} {state:<40} {r['name'] or ''}")
+        print(f"{r['id']}  {r['tenant']:<20} {state:<40} {'admin ' if r['admin'] else ''}{r['name'] or ''}")
     return 0
 
 

@@ -75,8 +75,16 @@ class LimitSettings(BaseModel):
                                        "this number (~36 s for 200, ~150 s for 400; docs/CONFIG.md); more is "
                                        "refused with 422 at submit. A functional model of the same layers loads far "
                                        "faster.")
-    max_epoch_samples: int = Field(50_000_000, ge=1, description="Training budget per job: total epochs of the "
-                                   "spec times rows of x_train; larger jobs are refused with 422 at submit.")
+    max_epoch_samples: int = Field(50_000_000, ge=1, description="Training budget per job, in samples: each epoch "
+                                   "of the spec is charged max(rows of x_train, limits.min_epoch_samples) plus "
+                                   "limits.step_cost_samples per optimizer step; larger jobs are refused with 422 "
+                                   "at submit.")
+    min_epoch_samples: int = Field(50_000, ge=0, description="Least an epoch is charged against "
+                                   "limits.max_epoch_samples, however few rows the data has: an epoch has a fixed "
+                                   "cost (validation, callbacks, progress), so 1,000 epochs of 4 rows are not cheap "
+                                   "(python -m bench.epoch_cost).")
+    step_cost_samples: int = Field(20, ge=0, description="Charged per optimizer step (batch) on top of its rows: "
+                                   "a step costs about as much as 20 samples (python -m bench.epoch_cost).")
     job_wall_seconds: float = Field(3600.0, gt=0, description="Wall-clock limit of one job attempt; the job "
                                     "process is killed and the job fails when it runs longer.")
     job_memory_bytes: int = Field(16 * GiB, ge=256 * MiB, description="Address-space limit (RLIMIT_AS) of the job "

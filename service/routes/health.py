@@ -1,4 +1,5 @@
-"""/healthz (the process answers), /readyz (store, artifact store and workers usable), /metrics (Prometheus)."""
+"""/healthz (the process answers), /readyz (store, artifact store and workers usable), /metrics (Prometheus, for
+admin keys only: its counts cover every tenant)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import Who
+from service.deps import Admin
 from service.errors import problem
-from service.schemas import Health
+from service.schemas import Health, problem_responses
 
 router = APIRouter(tags=["health"])
 
@@ -42,7 +43,8 @@ def readyz(request: Request):
     return JSONResponse(Health(status="ready", checks=checks).model_dump())
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-def metrics(request: Request, _who: Who) -> Response:
+@router.get("/metrics", summary="Prometheus metrics (admin keys only: the counts cover every tenant)",
+            response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, **problem_responses(401, 403)})
+def metrics(request: Request, _admin: Admin) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

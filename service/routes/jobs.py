@@ -16,7 +16,8 @@ from workers.spec import json_schema
 
 from service.deps import Jobs, Who, base_url
 from service.schemas import JobList, JobRead, problem_responses
-from service.services.jobs import MAX_WAIT_SECONDS
+from service.errors import Unprocessable
+from service.services.jobs import MAX_EVENT_SEQ, MAX_WAIT_SECONDS
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -74,7 +75,9 @@ SUBMIT_OPENAPI = {
     summary="Submit a compression job",
     description="Multipart upload of `model`, `data` and `spec`; answers 202 with the job and a `Location` "
                 "header. Works with a plain `curl -F` line. Send an `Idempotency-Key` header to make retries safe: "
-                "a repeated key answers the job it created (header `Idempotent-Replayed: true`).",
+                "a repeated key with the same request (files, spec, webhook_url) answers the job it created "
+                "(header `Idempotent-Replayed: true`); with a different request it is a 422 "
+                "(`idempotency_key_reused`).",
     responses=problem_responses(401, 413, 415, 422, 429, 507),
 )
 async def submit_job(
@@ -129,20 +132,36 @@ async def get_job(
     return JobRead.of(job, base_url(request))
 
 
+AFTER = Query(0, ge=0, le=MAX_EVENT_SEQ, description="Only events after this sequence number.")
+
+
+def _resume_from(last_event_id: str | None, after: int) -> int:
+    """Where an SSE stream resumes: Last-Event-ID (an event's `id`, sent back by a reconnecting EventSource) wins
+    over `after`. Anything but a sequence number in range is a 422 naming the header (ids we send always are)."""
+    if last_event_id is None or not last_event_id.strip():
+        return after
+    value = last_event_id.strip()
+    if not (value.isascii() and value.isdecimal() and len(value) <= 10 and int(value) <= MAX_EVENT_SEQ):
+        raise Unprocessable(f"Last-Event-ID must be an event id (an integer from 0 to {MAX_EVENT_SEQ}), not "
+                            f"{value[:40]!r}", field="Last-Event-ID")
+    return int(value)
+
+
 def _event_payload(ev: JobEvent) -> dict:
     return {"event": str(ev.kind), "id": str(ev.seq), "data": json.dumps(ev.to_dict())}
 
 
 @router.get("/jobs/{job_id}/events", summary="Server-Sent Events: status and progress until the job ends",
-            response_class=EventSourceResponse, responses=problem_responses(401, 404))
+            response_class=EventSourceResponse, responses=problem_responses(401, 404, 422))
 async def job_events(
     who: Who,
     jobs: Jobs,
     job_id: str,
-    after: int = Query(0, ge=0, description="Only events after this sequence number (or send Last-Event-ID)."),
-    last_event_id: str | None = Header(None, alias="Last-Event-ID"),
+    after: int = Query(0, ge=0, le=MAX_EVENT_SEQ,
+                       description="Only events after this sequence number (or send Last-Event-ID)."),
+    last_event_id: str | None = Header(None, alias="Last-Event-ID", max_length=256),
 ):
-    start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+    start = _resume_from(last_event_id, after)
     await run_in_threadpool(jobs.get_job, job_id, who)  # 404 before the stream starts
 
     async def stream():
@@ -161,12 +180,12 @@ def _log_line(ev: JobEvent) -> str:
 
 
 @router.get("/jobs/{job_id}/logs", response_class=PlainTextResponse, summary="The job's log as text",
-            responses=problem_responses(401, 404))
+            responses=problem_responses(401, 404, 422))
 def job_logs(
     who: Who,
     jobs: Jobs,
     job_id: str,
-    after: int = Query(0, ge=0),
+    after: int = AFTER,
 ) -> PlainTextResponse:
     events = jobs.logs(job_id, who, after)
     return PlainTextResponse("".join(_log_line(e) + "\n" for e in events))

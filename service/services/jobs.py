@@ -7,7 +7,10 @@ the queue: a job is saved (inputs in place, row committed) first and only then h
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pydantic import ValidationError
+from pydantic_core import from_json
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
@@ -31,6 +35,7 @@ from service.auth import Principal
 from service.errors import (
     RETRY_AFTER_SECONDS,
     Conflict,
+    IdempotencyKeyReused,
     NotFound,
     TooManyRequests,
     Unavailable,
@@ -48,6 +53,7 @@ MAX_WAIT_SECONDS = 60.0
 MAX_WEBHOOK_URL_BYTES = 2048
 INSPECTION_WAIT_SECONDS = 60.0  # an upload waits this long for an inspection slot, then gets 503
 POLL_SECONDS = 0.25
+MAX_EVENT_SEQ = 2**31 - 1  # event sequence numbers are 32-bit (PostgreSQL SERIAL): `after` and Last-Event-ID
 
 
 @dataclass(frozen=True)
@@ -94,18 +100,25 @@ class JobService:
     # -- submit -------------------------------------------------------------------------------------------------
 
     async def submit_job(self, request: Request, who: Principal, idempotency_key: str | None) -> Submitted:
+        """Save and dispatch a new job. A repeated Idempotency-Key answers the job it created when the request is
+        the same (same files, spec and webhook: `request_fingerprint`), and 422 when it is not (IETF
+        draft-ietf-httpapi-idempotency-key-header, "reuse with a different request payload")."""
+        existing = None
         if idempotency_key is not None:
             if not 1 <= len(idempotency_key) <= 255:
                 raise Unprocessable("Idempotency-Key must be 1 to 255 characters", field="Idempotency-Key")
             existing = await run_in_threadpool(self.store.find_by_idempotency_key, who.tenant, idempotency_key)
-            if existing is not None:
-                return Submitted(existing, created=False)
         try:
-            await run_in_threadpool(self._precheck_quota, who.tenant)
+            if existing is None:  # a replay is answered even when the tenant is at a limit now
+                await run_in_threadpool(self._precheck_quota, who.tenant)
             upload = await receive_multipart(request, self.settings.tmp_dir, self.rules)
             try:
                 self.metrics.upload_bytes.inc(upload.total_bytes)
-                result = await run_in_threadpool(self._save, upload, who, idempotency_key)
+                fingerprint = request_fingerprint(upload)
+                if existing is not None:
+                    result = Submitted(_same_request(existing, fingerprint), created=False)
+                else:
+                    result = await run_in_threadpool(self._save, upload, who, idempotency_key, fingerprint)
             finally:
                 upload.cleanup()
         except Exception:
@@ -133,7 +146,8 @@ class JobService:
                                   f"(limits.max_stored_artifacts_per_tenant) is {lim.max_stored_artifacts_per_tenant}: "
                                   "delete old jobs", field="limits.max_stored_artifacts_per_tenant")
 
-    def _save(self, upload: ParsedUpload, who: Principal, idempotency_key: str | None) -> Submitted:
+    def _save(self, upload: ParsedUpload, who: Principal, idempotency_key: str | None,
+              fingerprint: str | None = None) -> Submitted:
         spec = self._parse_spec(upload)
         model = upload.files.get("model")
         if model is None or model.bytes == 0:
@@ -156,7 +170,7 @@ class JobService:
         if data is not None:
             inputs["data"] = InputFile("data", DATA_NAME, data.filename or "data.npz", data.bytes, data.sha256)
         new = NewJob(tenant=who.tenant, spec=spec.model_dump(mode="json"), inputs=inputs, webhook_url=webhook_url,
-                     idempotency_key=idempotency_key)
+                     idempotency_key=idempotency_key, fingerprint=fingerprint)
         # save first: inputs in place, then the row; only then dispatch. Whatever fails removes what was saved.
         try:
             self.artifacts.adopt_input(new.id, inputs["model"].name, model.path)
@@ -169,9 +183,9 @@ class JobService:
         except BaseException:
             self._discard_inputs(new.id)
             raise
-        if not created:
+        if not created:  # a concurrent submit with the same key saved first
             self._discard_inputs(new.id)
-            return Submitted(job, created=False)
+            return Submitted(_same_request(job, fingerprint), created=False)
         try:
             self.dispatcher.notify(job.id)
         except Exception:  # the job is saved and queued: the dispatcher's sweep hands it out later
@@ -236,12 +250,19 @@ class JobService:
         if arrays["y_train"][0] and arrays["y_train"][0][0] != rows:
             raise DataError(f"data: x_train has {rows} rows but y_train has {arrays['y_train'][0][0]}",
                             field="data.y_train")
-        budget = self.settings.limits.max_epoch_samples
-        cost = spec.total_epochs * rows
+        lim = self.settings.limits
+        budget = lim.max_epoch_samples
+        # an epoch costs its rows, but never less than a fixed minimum (validation, callbacks and progress cost the
+        # same for 4 rows as for 4,000), plus a charge per optimizer step (a batch of 1 is not 1/128 of a batch)
+        steps = math.ceil(rows / spec.training.batch_size) if rows else 0
+        per_epoch = max(rows, lim.min_epoch_samples) + steps * lim.step_cost_samples
+        cost = spec.total_epochs * per_epoch
         if cost > budget:
             raise Unprocessable(
-                f"the job's training budget is too large: {spec.total_epochs} epochs x {rows} samples of x_train = "
-                f"{cost} exceeds the limit of {budget} (limits.max_epoch_samples)", field="limits.max_epoch_samples")
+                f"the job's training budget is too large: {spec.total_epochs} epochs x {per_epoch} samples per epoch "
+                f"= {cost} exceeds the limit of {budget} (limits.max_epoch_samples); an epoch of the {rows} rows of "
+                f"x_train is charged max({rows}, limits.min_epoch_samples = {lim.min_epoch_samples}) + {steps} steps "
+                f"x limits.step_cost_samples = {lim.step_cost_samples}", field="limits.max_epoch_samples")
 
     def _check_webhook(self, url: str | None) -> str | None:
         if url is None or not url.strip():
@@ -303,6 +324,7 @@ class JobService:
                 await asyncio.sleep(POLL_SECONDS)
 
     def logs(self, job_id: str, who: Principal, after: int = 0) -> list[JobEvent]:
+        """The job's events after sequence number `after` (0 <= after <= MAX_EVENT_SEQ, checked by the route)."""
         self.get_job(job_id, who)
         return self.store.events(job_id, after=after, limit=100_000)
 
@@ -347,6 +369,33 @@ class JobService:
             raise NotFound(f"artifact '{name}' of job '{job_id}' is missing from the artifact store",
                            field="name") from None
         return Artifact(name=name, bytes=info.bytes, sha256=info.sha256, chunks=chunks)
+
+
+def request_fingerprint(upload: ParsedUpload) -> str:
+    """sha256 of what a submit asks for: the uploaded files' sha256, the spec (as parsed JSON, so that key order
+    and white space do not matter; as text when it is not JSON) and the webhook URL."""
+    spec_text = upload.fields.get("spec") or ""
+    try:
+        spec = from_json(spec_text)  # linear and depth-limited, unlike json.loads
+    except ValueError:
+        spec = spec_text
+    parts = {
+        "files": {name: f.sha256 for name, f in sorted(upload.files.items()) if f.bytes},
+        "spec": spec,
+        "webhook_url": (upload.fields.get("webhook_url") or "").strip() or None,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _same_request(job: JobRecord, fingerprint: str) -> JobRecord:
+    """The job an Idempotency-Key created, when this request is the one that created it (a job saved before
+    fingerprints were kept is taken as the same)."""
+    if job.request_fingerprint is not None and job.request_fingerprint != fingerprint:
+        raise IdempotencyKeyReused(
+            f"Idempotency-Key '{job.idempotency_key}' was already used for job '{job.id}' with a different request "
+            "(other files, spec or webhook_url); send a new key for a new job, or the same request to get that "
+            "job", field="Idempotency-Key")
+    return job
 
 
 def _model_format(limits: LimitSettings, path) -> str:

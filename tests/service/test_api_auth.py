@@ -118,3 +118,20 @@ def test_a_revoked_key_is_401_at_once(server, job_files):
 def test_keys_create_refuses_a_bad_tenant_name(server):
     r = keys(server, "create", "--tenant", "../etc")
     assert r.returncode == 2 and "tenant" in r.stderr
+
+
+def test_metrics_need_an_admin_key_a_tenant_key_is_403(server, tenants):
+    """/metrics counts every tenant's jobs: a tenant key may not read them, a key made with --admin may."""
+    with server.client(headers=bearer(tenants["globex"])) as c:
+        r = c.get("/metrics")
+        assert r.status_code == 403 and r.json()["code"] == "forbidden"
+        assert "admin" in r.json()["detail"] and "secateurs_jobs" not in r.text
+    created = keys(server, "create", "--tenant", "ops", "--name", "prometheus", "--admin")
+    assert created.returncode == 0 and "admin" in created.stderr
+    with server.client(headers=bearer(created.stdout.strip())) as c:
+        r = c.get("/metrics")
+        assert r.status_code == 200 and 'secateurs_jobs{status="queued"}' in r.text
+        assert c.get("/v1/jobs").json()["items"] == []  # an admin key is still a tenant's key for jobs
+    listed = keys(server, "list", "--json")
+    admins = {k["tenant"]: k["admin"] for k in __import__("json").loads(listed.stdout)}
+    assert admins["ops"] is True and admins["acme"] is False

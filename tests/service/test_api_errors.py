@@ -166,7 +166,8 @@ def test_a_training_budget_over_the_limit_is_422_naming_the_limit(client, job_fi
     spec = {**QUICK_SPEC, "steps": [{"kind": "finetune", "epochs": 1000}]}
     r = submit(client, job_files, spec)
     body = assert_problem(r, 422, "validation_error", field="limits.max_epoch_samples", says="1000 epochs")
-    assert f"{1000 * job_files.samples}" in body["detail"] and str(BUDGET) in body["detail"]
+    per_epoch = 50_000 + 8 * 20  # limits.min_epoch_samples (more than 512 rows) + 8 steps of 64 x step_cost_samples
+    assert f"{1000 * per_epoch}" in body["detail"] and str(BUDGET) in body["detail"]
 
 
 def test_a_webhook_to_a_private_address_is_422(client, job_files):

@@ -266,3 +266,46 @@ def test_a_sqlite_file_store_is_in_wal_mode_for_every_connection_and_pools_like_
         assert engine.pool.size() == SQLITE_POOL_SIZE >= 40  # anyio's default thread pool: 40 threads
     finally:
         engine.dispose()
+
+
+def test_the_request_fingerprint_is_kept_with_the_job_and_found_by_its_idempotency_key(store):
+    job, _ = store.create_job(new_job(key="fp", fingerprint="f" * 64), max_attempts=1)
+    assert job.request_fingerprint == "f" * 64
+    assert store.find_by_idempotency_key("t1", "fp").request_fingerprint == "f" * 64
+    # a concurrent create with the same key answers the first job, with the first request's fingerprint
+    again, created = store.create_job(new_job(key="fp", fingerprint="0" * 64), max_attempts=1)
+    assert not created and again.id == job.id and again.request_fingerprint == "f" * 64
+
+
+def test_an_admin_key_is_stored_as_one(store):
+    store.create_api_key("key_a", "ops", "a" * 64, "prometheus", admin=True)
+    store.create_api_key("key_t", "acme", "t" * 64)
+    assert store.find_api_key("a" * 64)[0].admin is True and store.find_api_key("t" * 64)[0].admin is False
+
+
+def test_a_store_made_before_the_added_columns_gets_them_at_start_up_and_keeps_its_rows(store_url, store):
+    """Stores of an earlier release lack jobs.request_fingerprint and api_keys.admin: opening one adds them (no
+    migration tool), and its rows read as 'no fingerprint' and 'not an admin'."""
+    from sqlalchemy import inspect
+
+    from workers.store import open_store
+    from workers.store.sql import ADDED_COLUMNS
+
+    job, _ = store.create_job(new_job(key="old"), max_attempts=1)
+    store.create_api_key("key_old", "acme", "o" * 64)
+    with store.engine.begin() as conn:
+        for table, names in ADDED_COLUMNS.items():
+            for name in names:
+                conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {name}")
+    assert "request_fingerprint" not in {c["name"] for c in inspect(store.engine).get_columns("jobs")}
+    reopened = open_store(store_url)
+    try:
+        assert reopened.find_by_idempotency_key("t1", "old").request_fingerprint is None
+        assert reopened.find_api_key("o" * 64)[0].admin is False
+    finally:
+        reopened.close()
+    third = open_store(store_url)  # a second start finds them present
+    try:
+        assert third.get_job(job.id).id == job.id
+    finally:
+        third.close()

@@ -121,7 +121,8 @@ class JobStore(Protocol):
     def events(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[JobEvent]: ...
 
     # API keys --------------------------------------------------------------------------------------------------
-    def create_api_key(self, key_id: str, tenant: str, key_hash: str, name: str | None = None) -> ApiKeyRecord: ...
+    def create_api_key(self, key_id: str, tenant: str, key_hash: str, name: str | None = None, *,
+                       admin: bool = False) -> ApiKeyRecord: ...
 
     def find_api_key(self, key_hash: str) -> tuple[ApiKeyRecord, str] | None:
         """(record, stored hash) for a hash, revoked or not."""

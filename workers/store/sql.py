@@ -94,6 +94,8 @@ jobs = Table(
     Column("artifacts", JSON),
     Column("webhook_url", Text),
     Column("idempotency_key", String(256)),
+    # sha256 of what the submit sent (files' sha256, spec, webhook): a reused Idempotency-Key must send the same
+    Column("request_fingerprint", String(64)),
     UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
     Index("ix_jobs_status_id", "status", "id"),
     Index("ix_jobs_tenant_id", "tenant", "id"),
@@ -119,7 +121,12 @@ api_keys = Table(
     Column("key_hash", String(128), nullable=False, unique=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("revoked_at", UTCDateTime),
+    Column("admin", Boolean),  # may read service-wide data (/metrics); NULL: not an admin
 )
+
+# Columns added after the first release, nullable: a store created before them gets them at start-up (ALTER TABLE
+# ... ADD COLUMN), without a migration tool.
+ADDED_COLUMNS = {"jobs": ("request_fingerprint",), "api_keys": ("admin",)}
 
 ACTIVE_STATUSES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
@@ -173,6 +180,27 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     return engine
 
 
+def add_missing_columns(engine: Engine) -> None:
+    """Add the ADDED_COLUMNS a store created by an earlier release lacks (each is nullable). Two processes starting
+    at once may both try: a failed ALTER is fine when the column exists afterwards."""
+    from sqlalchemy import inspect
+
+    for table_name, names in ADDED_COLUMNS.items():
+        table = metadata.tables[table_name]
+        present = {c["name"] for c in inspect(engine).get_columns(table_name)}
+        for name in names:
+            if name in present:
+                continue
+            column = table.c[name]
+            ddl = f"ALTER TABLE {table_name} ADD COLUMN {name} {column.type.compile(engine.dialect)}"
+            try:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(ddl)
+            except Exception:
+                if name not in {c["name"] for c in inspect(engine).get_columns(table_name)}:
+                    raise
+
+
 def _job(row) -> JobRecord:
     m = row._mapping
     return JobRecord(
@@ -196,13 +224,14 @@ def _job(row) -> JobRecord:
         artifacts=[ArtifactInfo(**a) for a in (m["artifacts"] or [])],
         webhook_url=m["webhook_url"],
         idempotency_key=m["idempotency_key"],
+        request_fingerprint=m["request_fingerprint"],
     )
 
 
 def _key(row) -> ApiKeyRecord:
     m = row._mapping
     return ApiKeyRecord(id=m["id"], tenant=m["tenant"], name=m["name"], created_at=m["created_at"],
-                        revoked_at=m["revoked_at"])
+                        revoked_at=m["revoked_at"], admin=bool(m["admin"]))
 
 
 class SqlJobStore:
@@ -212,6 +241,7 @@ class SqlJobStore:
         self.dialect = self.engine.dialect.name
         if create:
             metadata.create_all(self.engine)
+            add_missing_columns(self.engine)
 
     # -- helpers ------------------------------------------------------------------------------------------------
 
@@ -239,7 +269,7 @@ class SqlJobStore:
                     id=new.id, tenant=new.tenant, status=JobStatus.QUEUED.value, spec=new.spec,
                     inputs={role: f.to_dict() for role, f in new.inputs.items()}, created_at=now, updated_at=now,
                     attempts=0, max_attempts=max_attempts, cancel_requested=False, webhook_url=new.webhook_url,
-                    idempotency_key=new.idempotency_key,
+                    idempotency_key=new.idempotency_key, request_fingerprint=new.fingerprint,
                 ))
                 if quota is not None:
                     self._check_quota(conn, new.tenant, quota)
@@ -519,12 +549,13 @@ class SqlJobStore:
 
     # -- API keys -----------------------------------------------------------------------------------------------
 
-    def create_api_key(self, key_id: str, tenant: str, key_hash: str, name: str | None = None) -> ApiKeyRecord:
+    def create_api_key(self, key_id: str, tenant: str, key_hash: str, name: str | None = None, *,
+                       admin: bool = False) -> ApiKeyRecord:
         now = utcnow()
         with self.engine.begin() as conn:
             conn.execute(insert(api_keys).values(id=key_id, tenant=tenant, name=name, key_hash=key_hash,
-                                                 created_at=now))
-        return ApiKeyRecord(id=key_id, tenant=tenant, name=name, created_at=now)
+                                                 created_at=now, admin=admin))
+        return ApiKeyRecord(id=key_id, tenant=tenant, name=name, created_at=now, admin=admin)
 
     def find_api_key(self, key_hash: str) -> tuple[ApiKeyRecord, str] | None:
         with self.engine.connect() as conn:
