@@ -96,6 +96,23 @@ def write_zip(dst: Path, members: list[tuple[str, bytes]], compression: int = zi
                 zf.writestr(info, data)
     return dst
 
+def big_config_model(directory: Path) -> Path:
+    """A model that passes inspection but whose config.json is about 9 MiB: a StringLookup with an inline
+    vocabulary of a million words. Inspecting it takes some 100 MiB and a second or two."""
+    import keras
+
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense")]).save(directory / "small.keras")
+    with zipfile.ZipFile(directory / "small.keras") as zf:
+        members = [(info.filename, zf.read(info)) for info in zf.infolist()]
+    config = json.loads(dict(members)["config.json"])
+    lookup = copy.deepcopy(config["config"]["layers"][-1])
+    lookup.update(class_name="StringLookup", name="lookup",
+                  config={"name": "lookup", "vocabulary": [f"{i:x}" for i in range(1_000_000)], "num_oov_indices": 1})
+    config["config"]["layers"].append(lookup)
+    members = [(n, json.dumps(config).encode() if n == "config.json" else d) for n, d in members]
+    return write_zip(directory / "big_config.keras", members)
+
+
 
 def _keras_with_config(tmp_dir: Path, name: str, edit: Callable[[dict], None], with_lambda: bool = False,
                        extra: list[tuple[str, bytes]] = ()) -> Path:

@@ -161,6 +161,13 @@ def submit(client: httpx.Client, job_files, spec: dict | str, *, data=True, head
             f[1].close()
 
 
+def remove_all_jobs(client: httpx.Client) -> None:
+    """Cancel and delete every job the client can see (a fixture's clean-up between tests)."""
+    for job in client.get("/v1/jobs", params={"limit": 200}).json()["items"]:
+        client.post(f"/v1/jobs/{job['id']}/cancel")
+        client.delete(f"/v1/jobs/{job['id']}")
+
+
 def wait_status(client: httpx.Client, job_id: str, statuses, timeout: float = 120.0, **kw) -> dict:
     """Long-poll until the job is in one of `statuses`."""
     statuses = {statuses} if isinstance(statuses, str) else set(statuses)

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.service.conftest import Server, submit
+from tests.service.conftest import Server, remove_all_jobs, submit
 from tests.service.test_api_errors import assert_problem
 from tests.workers.jobfiles import QUICK_SPEC
 
@@ -27,9 +27,7 @@ def server(tmp_path_factory):
 def client(server):
     with server.client() as c:
         yield c
-        for job in c.get("/v1/jobs", params={"limit": 200}).json()["items"]:
-            c.post(f"/v1/jobs/{job['id']}/cancel")
-            c.delete(f"/v1/jobs/{job['id']}")
+        remove_all_jobs(c)
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,10 @@ MiB measured over a whole hostile run.
 
 from __future__ import annotations
 
-import copy
 import json
 import tarfile
 import threading
 import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -183,21 +181,8 @@ ONE_SHOT = {"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity"
 
 @pytest.fixture(scope="module")
 def big_config_model(tmp_path_factory) -> Path:
-    """A model that passes inspection but whose config.json is about 9 MiB: a StringLookup with an inline
-    vocabulary of a million words. Inspecting it takes some 100 MiB and a second or two."""
-    import keras
-
-    directory = tmp_path_factory.mktemp("big-config")
-    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense")]).save(directory / "small.keras")
-    with zipfile.ZipFile(directory / "small.keras") as zf:
-        members = [(info.filename, zf.read(info)) for info in zf.infolist()]
-    config = json.loads(dict(members)["config.json"])
-    lookup = copy.deepcopy(config["config"]["layers"][-1])
-    lookup.update(class_name="StringLookup", name="lookup",
-                  config={"name": "lookup", "vocabulary": [f"{i:x}" for i in range(1_000_000)], "num_oov_indices": 1})
-    config["config"]["layers"].append(lookup)
-    members = [(n, json.dumps(config).encode() if n == "config.json" else d) for n, d in members]
-    return hostile.write_zip(directory / "big_config.keras", members)
+    """A model that passes inspection but whose config.json is about 9 MiB (see hostile.big_config_model)."""
+    return hostile.big_config_model(tmp_path_factory.mktemp("big-config"))
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,8 @@ process behind and refuses the file naming the limit.
 
 from __future__ import annotations
 
-import copy
-import json
 import os
 import time
-import zipfile
 from pathlib import Path
 
 import keras
@@ -50,19 +47,8 @@ def model_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def big_config(tmp_path_factory) -> Path:
-    """A model that passes inspection but whose config.json is about 9 MiB (a StringLookup with a million inline
-    words): inspecting it takes a second or more."""
-    directory = tmp_path_factory.mktemp("big")
-    keras.Sequential([keras.Input((4,)), L.Dense(2, name="dense")]).save(directory / "small.keras")
-    with zipfile.ZipFile(directory / "small.keras") as zf:
-        members = [(info.filename, zf.read(info)) for info in zf.infolist()]
-    config = json.loads(dict(members)["config.json"])
-    lookup = copy.deepcopy(config["config"]["layers"][-1])
-    lookup.update(class_name="StringLookup", name="lookup",
-                  config={"name": "lookup", "vocabulary": [f"{i:x}" for i in range(1_000_000)], "num_oov_indices": 1})
-    config["config"]["layers"].append(lookup)
-    members = [(n, json.dumps(config).encode() if n == "config.json" else d) for n, d in members]
-    return hostile.write_zip(directory / "big_config.keras", members)
+    """A model that passes inspection but whose config.json is about 9 MiB (see hostile.big_config_model)."""
+    return hostile.big_config_model(tmp_path_factory.mktemp("big"))
 
 
 def test_a_model_summary_is_what_the_in_process_inspection_finds(model_path):
