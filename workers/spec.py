@@ -308,7 +308,8 @@ class ExportSpec(_Strict):
 class EvaluationSpec(_Strict):
     latency: bool = Field(True, description="Measure compiled CPU latency (batch 1 and 32) before and after.")
     latency_runs: int = Field(
-        30, ge=3, le=1000, description="Timed runs per batch size; median and spread (p10..p90) are reported. A "
+        30, ge=3, le=1000, description="Timed runs per batch size at most (timing stops after 2 s once 8 runs are in; "
+        "the manifest records how many were taken); median and spread (p10..p90) are reported. A "
         "speed win needs the medians' ratio >= 1.10 and the interquartile ranges of before and after not to overlap."
     )
     max_accuracy_drop: float = Field(

@@ -137,6 +137,15 @@ def test_latency_reports_positive_median_and_spread_per_batch_size():
         assert r["mean"] > 0
 
 
+def test_latency_stops_at_its_time_budget_once_enough_runs_are_in_and_records_how_many():
+    model = _seq((64, 64, 3), L.Conv2D(32, 3), L.Conv2D(32, 3), L.Flatten(), L.Dense(10))
+    budgeted = metrics.latency(model, batch_sizes=(8,), runs=1000, budget_s=0.0)["batch_8"]
+    assert budgeted["runs"] == metrics.LATENCY_MIN_RUNS  # a zero budget still takes enough runs for a spread
+    assert budgeted["p25"] <= budgeted["median"] <= budgeted["p75"]
+    unbounded = metrics.latency(model, batch_sizes=(8,), runs=12, budget_s=60.0)["batch_8"]
+    assert unbounded["runs"] == 12  # within its budget every requested run is taken
+
+
 def test_latency_handles_integer_and_multiple_inputs():
     a = keras.Input((5,), dtype="int32")
     b = keras.Input((None, 2))

@@ -278,6 +278,10 @@ def evaluate(model: keras.Model, x, y, batch_size: int = 256) -> dict:
 # --------------------------------------------------------------------------- latency
 
 
+LATENCY_BUDGET_S = 2.0  # seconds of timed runs per batch size, once LATENCY_MIN_RUNS are in
+LATENCY_MIN_RUNS = 8  # enough for an interquartile range
+
+
 def _example_inputs(model: keras.Model, batch: int, fill: int, rng: np.random.Generator) -> list:
     xs = []
     for t in model.inputs:
@@ -290,8 +294,12 @@ def _example_inputs(model: keras.Model, batch: int, fill: int, rng: np.random.Ge
     return xs
 
 
-def latency(model: keras.Model, batch_sizes=(1, 32), runs: int = 30, warmup: int = 3, input_fill: int = 32) -> dict:
-    """Milliseconds of a compiled forward pass on the CPU, per batch size: median and spread of `runs` timings.
+def latency(model: keras.Model, batch_sizes=(1, 32), runs: int = 30, warmup: int = 2, input_fill: int = 32,
+            budget_s: float = LATENCY_BUDGET_S) -> dict:
+    """Milliseconds of a compiled forward pass on the CPU, per batch size: median and spread of up to `runs` timings.
+
+    Timing a batch size stops after `budget_s` seconds once LATENCY_MIN_RUNS timings are in (a big model would
+    otherwise spend most of a job's overhead here); "runs" records how many were taken.
 
     Returns {"batch_<b>": {"batch_size", "median", "p10", "p25", "p75", "p90", "mean", "min", "runs"}} (percentiles
     by linear interpolation; p25..p75 is the interquartile range the summary compares before claiming a speed win).
@@ -314,15 +322,18 @@ def latency(model: keras.Model, batch_sizes=(1, 32), runs: int = 30, warmup: int
             for _ in range(warmup):
                 _materialize(fn(x))
             times = []
+            started = time.perf_counter()
             for _ in range(runs):
                 t0 = time.perf_counter()
                 _materialize(fn(x))
                 times.append((time.perf_counter() - t0) * 1000.0)
+                if len(times) >= LATENCY_MIN_RUNS and time.perf_counter() - started >= budget_s:
+                    break
             a = np.asarray(times)
             p10, p25, p75, p90 = (float(v) for v in np.percentile(a, [10, 25, 75, 90]))
             out[f"batch_{int(b)}"] = {"batch_size": int(b), "median": float(np.median(a)), "p10": p10, "p25": p25,
                                       "p75": p75, "p90": p90, "mean": float(a.mean()), "min": float(a.min()),
-                                      "runs": int(runs)}
+                                      "runs": len(times)}
     return out
 
 
