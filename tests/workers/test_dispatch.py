@@ -211,6 +211,8 @@ def test_the_celery_dispatcher_sends_jobs_left_queued_at_start_up_then_each_save
         job_id = new_job(store)  # the API commits the row, then notifies
         dispatcher.notify(job_id)  # wakes the dispatcher's thread, which sends it at once
         wait_for(lambda: [m["args"] for m in redis.queued_messages("jobs")][-1] == [job_id], timeout=5)
+        # the message reaches Redis just before the dispatcher's thread marks it sent
+        wait_for(lambda: dispatcher.describe()["pending"] == 0, timeout=5)
         assert dispatcher.describe() == {"kind": "celery", "queue": "jobs", "broker": "ok", "pending": 0,
                                          "sent": len(left) + 1}
         assert dispatcher.healthy()
