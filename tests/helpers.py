@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -57,3 +58,14 @@ def assert_sparsity(model_or_weights, expected: float, tol: float = 0.0) -> floa
         f"sparsity {measured:.6f} != expected {expected:.6f} (tol {tol}); per layer: {layer_sparsity(model_or_weights)}"
     )
     return measured
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):
+    """Poll `predicate` until it returns something truthy (returned); AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"not true after {timeout} s: {predicate}")

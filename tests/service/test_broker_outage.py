@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.e2e.servers import TcpProxy, redis_space
+from tests.helpers import wait_for
 from tests.service.conftest import ROOT, Server, submit
 from tests.workers.jobfiles import QUICK_SPEC
 
@@ -36,16 +37,6 @@ def serve_unready(api: Server, timeout: float = 90.0) -> Server:
     raise AssertionError(f"server not up in {timeout} s:\n{api.log_tail()}")
 
 
-def wait_for(predicate, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"not true after {timeout} s: {predicate}")
-
-
 @pytest.mark.services
 def test_submits_answer_at_once_while_the_broker_is_unreachable_and_readyz_names_it(tmp_path, job_files):
     with redis_space() as redis:
@@ -61,7 +52,7 @@ def test_submits_answer_at_once_while_the_broker_is_unreachable_and_readyz_names
             with api.client() as c:
                 ready = c.get("/readyz")
                 assert ready.status_code == 503 and "broker" in ready.json()["detail"], ready.text
-                wait_for(lambda: "never reached" in c.get("/readyz").json()["detail"])  # the first check failed
+                wait_for(lambda: "never reached" in c.get("/readyz").json()["detail"], 30.0)  # the first check failed
 
                 answers: dict[int, tuple[float, httpx.Response]] = {}
 
@@ -86,9 +77,10 @@ def test_submits_answer_at_once_while_the_broker_is_unreachable_and_readyz_names
                 assert not_ready.json()["detail"].startswith("not ready: broker (never reached: ")
 
                 proxy.up()
-                messages = wait_for(lambda: len(redis.queued_messages("jobs")) == 3 and redis.queued_messages("jobs"))
+                messages = wait_for(lambda: len(redis.queued_messages("jobs")) == 3 and redis.queued_messages("jobs"),
+                                    30.0)
                 assert {m["args"][0] for m in messages} == ids
-                wait_for(lambda: c.get("/readyz").status_code == 200)
+                wait_for(lambda: c.get("/readyz").status_code == 200, 30.0)
                 ready = c.get("/readyz")
                 assert ready.json()["checks"]["broker"] == "ok"
                 assert ready.json()["checks"]["dispatcher"]["pending"] == 0

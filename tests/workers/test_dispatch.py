@@ -17,6 +17,7 @@ import time
 import pytest
 
 from tests.e2e.servers import TcpProxy, redis_space
+from tests.helpers import wait_for
 from tests.workers.jobfiles import QUICK_SPEC
 from workers.dispatch import (
     DISPATCHERS,
@@ -155,16 +156,6 @@ def celery_settings(settings: Settings, redis, broker_url: str | None = None, **
                                        "celery": settings.celery.model_copy(update={
                                            "broker_url": broker_url or redis.url, "key_prefix": redis.prefix,
                                            "queue": "jobs", **celery})})
-
-
-def wait_for(predicate, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not true after {timeout} s: {predicate}")
 
 
 def new_job(store, max_attempts: int = 2) -> str:
