@@ -44,7 +44,7 @@ from workers.engine.pruning import Pruner
 from workers.engine.registry import prunable_weights
 from workers.engine.regularizers import attach_regularization
 from workers.engine.summary import summarize as _summary
-from workers.engine.surgery import structured_prune
+from workers.engine.structured import structured_prune
 from workers.spec import FinetuneStep, JobSpec, PruneStep, RegularizeStep, StructuredStep
 
 MANIFEST_NAME = "manifest.json"
@@ -269,7 +269,7 @@ def _run_prune(run: _Run, index: int, step: PruneStep) -> dict:
 def _run_structured(run: _Run, index: int, step: StructuredStep) -> dict:
     if step.criterion in ("mean_activation", "apoz"):
         _require_data(run, f"step {index} (structured, criterion {step.criterion})")
-    # with data, every criterion also folds the removed channels' mean contribution back (surgery._compensation)
+    # with data, every criterion also folds the removed channels' mean contribution back (rebuild.compensation)
     x_calib = run.data.x_train[: step.calibration_samples] if run.data is not None else None
     run.progress(Progress(phase="structured", step_index=index, message=f"ranking units by {step.criterion}"))
     new_model, report = structured_prune(
