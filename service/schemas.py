@@ -146,6 +146,7 @@ class PreflightTotals(BaseModel):
     prunable_params: int
     macs: int
     flops: int
+    effective_macs: int = Field(..., description="MACs counting only non-zero kernel weights.")
     unknown_macs: list[str]
     groups: int
     size_bytes: int = Field(..., description="The weights stored densely (the .keras file adds its config and ~2 KiB "

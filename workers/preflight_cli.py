@@ -89,7 +89,7 @@ def print_preflight(result: dict, console: Console | None = None) -> None:
         steps = Table(title="What the spec would leave (each step applied once, no training)")
         for name in ("step", "parameters", "non-zero", "MACs", "effective MACs", "bytes", "gzip bytes"):
             steps.add_column(name, justify="left" if name == "step" else "right")
-        steps.add_row("before", _n(t["params"]), _n(t["nonzero"]), _n(t["macs"]), _n(t["macs"]),
+        steps.add_row("before", _n(t["params"]), _n(t["nonzero"]), _n(t["macs"]), _n(t["effective_macs"]),
                       _n(t["size_bytes"]), _n(t["gzip_bytes"]))
         for s in result["steps"]:
             steps.add_row(f"{s['index'] + 1}. {s['kind']}", _n(s["params"]), _n(s["nonzero"]), _n(s["macs"]),

@@ -34,7 +34,8 @@ EXAMPLE_ANSWER = {
                                "relu2", "up", "head_conv"],
                 "units": 16, "removable_units": 16, "selected": True}],
     "totals": {"layers": 17, "prunable_layers": 6, "params": 11188, "trainable": 11092, "nonzero": 11088,
-               "prunable_params": 10896, "macs": 1014432, "flops": 2028864, "unknown_macs": [], "groups": 4,
+               "prunable_params": 10896, "macs": 1014432, "flops": 2028864, "effective_macs": 1014432, "unknown_macs": [],
+               "groups": 4,
                "size_bytes": 44752, "gzip_bytes": 40851},
     "steps": [
         {"index": 0, "kind": "prune", "estimate": "magnitude pruning applied once to the current weights",

@@ -248,6 +248,7 @@ def layer_table(model: keras.Model, selection=None) -> dict:
         "layers": len(rows), "prunable_layers": sum(r["prunable"] for r in rows),
         "params": int(stats["total"]), "trainable": int(stats["trainable"]), "nonzero": int(stats["nonzero"]),
         "prunable_params": sum(kernels.values()), "macs": int(compute["macs"]), "flops": int(compute["flops"]),
+        "effective_macs": int(compute["effective_macs"]),
         "unknown_macs": list(compute["unknown"]), "groups": len(structure.groups),
         **weights_size(model),
     }
