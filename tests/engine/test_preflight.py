@@ -93,7 +93,8 @@ def test_custom_and_quantized_layers_are_not_prunable_and_say_why():
     model.get_layer("int8_dense").quantize("int8")
     r = rows(layer_table(model))
     assert not r["int8_dense"]["prunable"] and r["int8_dense"]["reason"].startswith("quantized kernel (int8)")
-    assert not r["scale"]["prunable"] and r["scale"]["reason"] == "custom layer class 'Scale': not in the pruning registry"
+    assert not r["scale"]["prunable"]
+    assert r["scale"]["reason"] == "custom layer class 'Scale': not in the pruning registry"
     assert r["hidden"]["prunable"] and "structured" in r["hidden"]["methods"]
 
 
@@ -193,7 +194,8 @@ def test_weights_size_gzips_the_weights_and_samples_large_ones(monkeypatch, tmp_
     assert 0.8 * exact["size_bytes"] < exact["gzip_bytes"] < exact["size_bytes"]  # random floats barely compress
     model.save(tmp_path / "m.keras")
     on_disk = metrics.file_size(tmp_path / "m.keras")
-    assert exact["size_bytes"] < on_disk["bytes"] and exact["gzip_bytes"] == pytest.approx(on_disk["gzip_bytes"], rel=0.1)
+    assert exact["size_bytes"] < on_disk["bytes"]
+    assert exact["gzip_bytes"] == pytest.approx(on_disk["gzip_bytes"], rel=0.1)
     monkeypatch.setattr(preflight_mod, "GZIP_SAMPLE_BYTES", 64 * 1024)
     monkeypatch.setattr(preflight_mod, "GZIP_CHUNK_BYTES", 8 * 1024)
     sampled = weights_size(model)
