@@ -75,6 +75,9 @@ def preflight_file(model_path: str | Path, spec=None) -> dict:
                            saved_loss=saved.loss if saved else None)
     if task is not None:
         result["task"] = task
+        if spec.trains:
+            result["notes"].append("this spec trains (or ranks units on activations): a job with it needs a "
+                                   "dataset (.npz with x_train, y_train)")
     elif saved is None or not saved.usable:
         result["notes"].append("the model holds no loss a job can train with: a job's spec must set training.loss"
                                + (f" ({saved.reason})" if saved is not None and saved.reason else ""))

@@ -58,9 +58,6 @@ class PreflightService:
             result = run_isolated(model.path, spec.model_dump(mode="json") if spec is not None else None,
                                   self.limits, upload.tmp_dir / SCRATCH)
         result["model"]["file"] = model.filename or result["model"]["file"]
-        if spec is not None and spec.trains:
-            result["notes"].append("this spec trains (or ranks units on activations): a job with it needs form "
-                                   "field 'data' (.npz with x_train, y_train)")
         return result
 
     @contextmanager

@@ -141,7 +141,7 @@ def test_prune_estimates_follow_the_targets_and_hold_earlier_zeros():
     assert first["gzip_bytes"] < 0.45 * weights_size(residual_functional())["gzip_bytes"]
     assert second["nonzero"] <= first["nonzero"]  # a lower target later: the zeros made before stay
     assert {k: third[k] for k in ("params", "nonzero", "macs")} == {k: second[k] for k in ("params", "nonzero", "macs")}
-    assert third["estimate"] == "no pruning: unchanged"
+    assert third["estimate"] == "trains only: unchanged"
 
 
 def test_structured_estimate_has_the_counts_of_the_data_ranked_step():

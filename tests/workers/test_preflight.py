@@ -40,6 +40,7 @@ def test_preflight_file_loads_the_model_and_estimates_the_spec(residual_file):
     assert result["task"] == {"loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]}
     assert [s["kind"] for s in result["steps"]] == ["prune", "structured"]
     assert result["steps"][1]["params"] < result["steps"][0]["params"] == result["totals"]["params"]
+    assert any("needs a dataset" in note for note in result["notes"])  # the prune step trains for 2 epochs
     json.dumps(result)  # plain JSON all the way
 
 

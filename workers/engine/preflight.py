@@ -31,8 +31,9 @@ engine's own code, and measure the result: a prune step runs the `Pruner` to its
 allocation, floors, spared layers and per-layer overrides included; zeros of an earlier prune step are held, as
 the pipeline does), a structured step runs `surgery.structured_prune` and rebuilds the smaller model (data criteria
 rank by l1 instead: the counts are the same with scope "layer"; with scope "global" they depend on the ranking).
-Training steps leave the estimate unchanged. So parameters, non-zeros and MACs follow the targets exactly; which
-weights and units go, and a threshold's count, will differ after training. Sizes (`weights_size`): ``size_bytes``
+Training steps (regularize, finetune) leave the estimate unchanged, and so does, saying so, a step of any other
+kind. So parameters, non-zeros and MACs follow the targets exactly; which weights and units go, and a threshold's
+count, will differ after training. Sizes (`weights_size`): ``size_bytes``
 is the weights stored densely at their dtype (the .keras file adds its config and about 2 KiB of HDF5 headers per
 variable; pruning leaves it unchanged), ``gzip_bytes`` those bytes gzipped at `metrics.GZIP_LEVEL` (measured on up
 to GZIP_SAMPLE_BYTES of evenly spread chunks and scaled when the weights are larger): what zeros save once
@@ -59,6 +60,7 @@ GZIP_SAMPLE_BYTES = 8 * 2**20  # weights larger than this are gzipped in evenly 
 GZIP_CHUNK_BYTES = 64 * 2**10
 UNSTRUCTURED = tuple(MASK_METHODS)  # magnitude, threshold, n_m, block
 DATA_CRITERIA = frozenset({"mean_activation", "apoz"})
+TRAINING_KINDS = frozenset({"regularize", "finetune"})  # steps that train without pruning
 
 
 @dataclass(frozen=True)
@@ -345,8 +347,10 @@ def estimate_steps(model: keras.Model, steps: Sequence[StepTarget], selection=No
             record["estimate"] = (f"units removed by {criterion} on the current weights"
                                   + (f" (the job ranks by {step.criterion} on data)" if criterion != step.criterion
                                      else ""))
+        elif step.kind in TRAINING_KINDS:
+            record["estimate"] = "trains only: unchanged"
         else:
-            record["estimate"] = "no pruning: unchanged"
+            record["estimate"] = f"not estimated (a {step.kind} step's result depends on training and data): unchanged"
         out.append({**record, **_measure(model)})
     return out
 
