@@ -140,9 +140,11 @@ def _spared(model, weights, selection) -> dict[str, str]:
     try:
         # planning only: no mask is computed and no weight changes; the masks are dropped again by detach()
         pruner._plan(StepTarget("prune", target_sparsity=0.5), get_method("magnitude"))
-        spared = {s.rsplit("/", 1)[0] for s in pruner.spared}
+        left = set(pruner.spared)
     finally:
         pruner.detach()
+    paths = {w.path for w in weights}
+    spared = {p for p in paths if all(f"{w.path}/{w.role}" in left for w in weights if w.path == p)}
     outputs = output_layer_paths(model)
     return {path: ("output layer: a global magnitude step spares it (the output layers hold at most 10% of the "
                    "pool); scope 'layer' or naming it in layers.include prunes it") if path in outputs else
