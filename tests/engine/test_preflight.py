@@ -201,3 +201,13 @@ def test_weights_size_gzips_the_weights_and_samples_large_ones(monkeypatch, tmp_
     sampled = weights_size(model)
     assert sampled["size_bytes"] == exact["size_bytes"]
     assert sampled["gzip_bytes"] == pytest.approx(exact["gzip_bytes"], rel=0.05)
+
+
+def test_a_spec_that_prunes_per_layer_spares_no_layer():
+    per_layer = preflight(residual_functional(), [StepTarget("prune", target_sparsity=0.5, scope="layer")])
+    out = rows(per_layer)["out"]
+    assert out["prunable"] and out["reason"] is None and out["spared"] is None
+    assert per_layer["steps"][0]["spared"] == []
+    ranked = preflight(residual_functional(), [StepTarget("prune", target_sparsity=0.5),
+                                               StepTarget("prune", method="n_m", n=2, m=4)])
+    assert rows(ranked)["out"]["reason"].startswith("spared: output layer")

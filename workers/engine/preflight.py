@@ -19,7 +19,8 @@ One row per leaf layer (nested models are walked, paths "outer/inner"; InputLaye
 * ``prunable``: whether a prune step with the spec's defaults (magnitude, scope global) prunes the layer, or a
   structured step can remove its units. ``reason`` says why not: no prunable kernel, a custom layer class, a
   quantized kernel, the layer selection (include / exclude / overrides skip), or the global scope sparing it
-  (an output layer holding at most 10 % of the pool, the smallest layers holding 1 %: the pruner's own plan).
+  (an output layer holding at most 10 % of the pool, the smallest layers holding 1 %: the pruner's own plan; with
+  steps none of which ranks globally, nothing is spared).
   ``spared`` repeats the sparing when the layer stays prunable by structured pruning.
 * ``group``: the id of the structured group the layer belongs to, as a producer or as a layer resliced with it
   (BatchNorm, depthwise, ...): the coupled layers are cut together (`surgery`: Add branches, Concatenate,
@@ -201,11 +202,12 @@ def _structured_reason(path: str, prefix: tuple[str, ...], structure: _Structure
             or "its units are not traced by structured pruning")
 
 
-def layer_table(model: keras.Model, selection=None) -> dict:
+def layer_table(model: keras.Model, selection=None, *, global_scope: bool = True) -> dict:
     """One row per leaf layer, the structured groups and the totals (see the module docstring).
 
     `selection`: the spec's LayerSelection (include / exclude / overrides) or None for every layer. Raises SpecError
-    when it names no layer of the model, as a job would.
+    when it names no layer of the model, as a job would. `global_scope=False`: the spec prunes with no global
+    ranking (scope "layer", threshold, n_m), so no layer is spared.
     """
     selected = prunable_weights(model, selection)  # validates the selection's names like a job does
     everything = prunable_weights(model)
@@ -213,7 +215,7 @@ def layer_table(model: keras.Model, selection=None) -> dict:
     for w in selected:
         kernels[w.path] = kernels.get(w.path, 0) + w.size
     registered = {w.path for w in everything}
-    spared = _spared(model, selected, selection)
+    spared = _spared(model, selected, selection) if global_scope else {}
     stats = metrics.param_stats(model)
     compute = metrics.macs(model)
     walked = [(p, prefix, layer) for p, prefix, layer in walk_layers(model)
@@ -358,8 +360,11 @@ def estimate_steps(model: keras.Model, steps: Sequence[StepTarget], selection=No
 
 
 def preflight(model: keras.Model, steps: Sequence[StepTarget] = (), selection=None) -> dict:
-    """The layer table, and when `steps` are given their estimates (which prune `model` itself)."""
-    table = layer_table(model, selection)
+    """The layer table, and when `steps` are given their estimates (which prune `model` itself). The table's sparing
+    follows the steps: without a prune step ranking globally (magnitude or block, scope global), none is spared."""
+    prunes = [s for s in steps if s.kind == "prune"]
+    ranked = any(s.scope == "global" and s.method in ("magnitude", "block") for s in prunes)
+    table = layer_table(model, selection, global_scope=ranked or not prunes)
     result = {"model": {"name": model.name, "class": type(model).__name__}, **table, "steps": [], "notes": []}
     if steps:
         result["steps"] = estimate_steps(model, steps, selection)
