@@ -7,8 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from tests.engine.models import mlp_sequential, residual_functional
-from workers.engine import metrics, surgery
+from tests.engine.structured.models import mlp_sequential, residual_functional
+from workers.engine import metrics
+from workers.engine.structured import structured_prune
 from workers.engine.errors import SpecError
 from workers.engine.masks import target_count
 from workers.engine.preflight import StepTarget, estimate_steps, layer_table, preflight, weights_size
@@ -149,8 +150,8 @@ def test_structured_estimate_has_the_counts_of_the_data_ranked_step():
     structured step ranking by APoZ on data leaves."""
     model = residual_functional()
     x = np.random.default_rng(0).standard_normal((32, 10, 10, 3)).astype("float32")
-    real, _ = surgery.structured_prune(copy_of(model), criterion="apoz", keep_ratio=0.5, scope="layer", round_to=4,
-                                       x_calib=x)
+    real, _ = structured_prune(copy_of(model), criterion="apoz", keep_ratio=0.5, scope="layer", round_to=4,
+                               x_calib=x)
     (estimate,) = estimate_steps(model, [StepTarget("structured", criterion="apoz", keep_ratio=0.5, scope="layer",
                                                     round_to=4)])
     assert estimate["params"] == real.count_params() < 0.5 * residual_functional().count_params()

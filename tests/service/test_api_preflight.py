@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests import hostile
-from tests.engine.models import residual_functional
+from tests.engine.structured.models import residual_functional
 from tests.service.conftest import ROOT, Server
 from tests.service.test_hostile_uploads import loads_tensorflow
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests import hostile
-from tests.engine.models import residual_functional
+from tests.engine.structured.models import residual_functional
 from workers.engine.errors import ModelRejected, ResourceLimit, SpecError
 from workers.engine.pipeline import compress
 from workers.preflight import PreflightLimits, preflight_file, run_isolated

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests import hostile
-from tests.engine.models import residual_functional
+from tests.engine.structured.models import residual_functional
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "COLUMNS": "200"}
 SPEC = {"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.8},

@@ -23,14 +23,14 @@ One row per leaf layer (nested models are walked, paths "outer/inner"; InputLaye
   steps none of which ranks globally, nothing is spared).
   ``spared`` repeats the sparing when the layer stays prunable by structured pruning.
 * ``group``: the id of the structured group the layer belongs to, as a producer or as a layer resliced with it
-  (BatchNorm, depthwise, ...): the coupled layers are cut together (`surgery`: Add branches, Concatenate,
+  (BatchNorm, depthwise, ...): the coupled layers are cut together (`structured`: Add branches, Concatenate,
   Flatten -> Dense, depthwise). ``structured_reason``: why a layer with a kernel has no units to remove (it reaches
   a model output, feeds a barrier, is coupled with an excluded layer, ...).
 
 Estimates per step (`estimate_steps`) apply each step once to the weights as they are, in order, with the
 engine's own code, and measure the result: a prune step runs the `Pruner` to its final target (the global
 allocation, floors, spared layers and per-layer overrides included; zeros of an earlier prune step are held, as
-the pipeline does), a structured step runs `surgery.structured_prune` and rebuilds the smaller model (data criteria
+the pipeline does), a structured step runs `structured.structured_prune` and rebuilds the smaller model (data criteria
 rank by l1 instead: the counts are the same with scope "layer"; with scope "global" they depend on the ranking).
 Training steps (regularize, finetune) leave the estimate unchanged, and so does, saying so, a step of any other
 kind. So parameters, non-zeros and MACs follow the targets exactly; which weights and units go, and a threshold's
@@ -51,11 +51,15 @@ from dataclasses import dataclass, fields
 import keras
 import numpy as np
 
-from workers.engine import metrics, surgery
+from workers.engine import metrics
 from workers.engine.errors import ModelRejected, SpecError
 from workers.engine.masks import MASK_METHODS, get_method
 from workers.engine.pruning import Pruner
 from workers.engine.registry import output_layer_paths, prunable_weights, roles_for, walk_layers
+from workers.engine.selection import Selector
+from workers.engine.structured import structured_prune
+from workers.engine.structured.graph import Graph
+from workers.engine.structured.groups import dependents, find_groups, layers_by_class
 
 GZIP_SAMPLE_BYTES = 8 * 2**20  # weights larger than this are gzipped in evenly spread chunks and scaled
 GZIP_CHUNK_BYTES = 64 * 2**10
@@ -118,21 +122,6 @@ def _no_kernel_reason(layer, roles) -> str:
     return f"no prunable kernel: {name} holds {names}, which unstructured pruning never zeroes"
 
 
-def _selection_reason(path: str, prefix: tuple[str, ...], layer, selection) -> str | None:
-    """Why the spec's layer selection leaves the layer out (the registry's rules), or None."""
-    if selection is None:
-        return None
-    keys = {path, layer.name, type(layer).__name__, *prefix}
-    if selection.include is not None and not keys & set(selection.include):
-        return "not in layers.include"
-    if keys & set(selection.exclude):
-        return "in layers.exclude"
-    override = selection.overrides.get(path) or selection.overrides.get(layer.name)
-    if override is not None and override.skip:
-        return "layers.overrides skip=true"
-    return None
-
-
 def _spared(model, weights, selection) -> dict[str, str]:
     """path -> why a global magnitude step leaves the layer dense: the pruner's own plan for such a step."""
     if not weights:
@@ -163,23 +152,23 @@ class _Structure:
 
 
 def _structure(model, selection_reasons: dict[str, str | None]) -> _Structure:
-    """The structured groups of `model` (`surgery`'s graph), with the selection applied as structured_prune does:
-    a group is pruned only when every member is selected."""
+    """The structured groups of `model` (the `structured` package's graph), with the selection applied as
+    structured_prune does: a group is pruned only when every member is selected."""
     try:
-        g = surgery._Graph(model)
+        g = Graph(model)
     except ModelRejected as e:  # a subclassed model: no graph to rebuild
         return _Structure({}, {}, {}, {"*": e.message}, [])
-    groups, skipped = surgery._groups(g)
+    groups, skipped = find_groups(g)
     reasons = {name: why.removeprefix("not pruned: ") for name, why in skipped.items()}
     reasons.update({name: f"it is a barrier: {why}" for name, why in g.blocked_producers.items()})
-    by_class = surgery._layers_by_class(g)
+    by_class = layers_by_class(g)
     out = _Structure({}, {}, {}, reasons, [])
     for i, grp in enumerate(groups, start=1):
         gid = f"g{i}"
         blocked = {n: selection_reasons[n] for n in grp.members if selection_reasons.get(n)}
-        dependents = surgery._dependents(g, by_class, grp.classes, grp.members)
+        followers = dependents(g, by_class, grp.classes, grp.members)
         out.member_of.update(dict.fromkeys(grp.members, gid))
-        for name in dependents:
+        for name in followers:
             if name not in g.producers:
                 out.follows.setdefault(name, gid)
         out.selectable[gid] = not blocked
@@ -187,7 +176,7 @@ def _structure(model, selection_reasons: dict[str, str | None]) -> _Structure:
             if blocked:
                 out.reasons[n] = blocked[n] if n in blocked else \
                     f"coupled with {', '.join(sorted(blocked))} ({'; '.join(sorted(set(blocked.values())))})"
-        out.groups.append({"id": gid, "layers": list(grp.members), "dependents": dependents,
+        out.groups.append({"id": gid, "layers": list(grp.members), "dependents": followers,
                            "units": int(grp.all_classes), "removable_units": int(len(grp.classes)),
                            "selected": not blocked})
     return out
@@ -220,7 +209,8 @@ def layer_table(model: keras.Model, selection=None, *, global_scope: bool = True
     compute = metrics.macs(model)
     walked = [(p, prefix, layer) for p, prefix, layer in walk_layers(model)
               if not isinstance(layer, (keras.Model, keras.layers.InputLayer))]
-    selection_reasons = {p: _selection_reason(p, prefix, layer, selection) for p, prefix, layer in walked}
+    selector = Selector.of(selection)
+    selection_reasons = {p: selector.reason(p, prefix, layer) for p, prefix, layer in walked}
     structure = _structure(model, selection_reasons)
     rows = []
     for path, prefix, layer in walked:
@@ -344,7 +334,7 @@ def estimate_steps(model: keras.Model, steps: Sequence[StepTarget], selection=No
             record["estimate"] = f"{step.method} pruning applied once to the current weights"
         elif step.kind == "structured":
             criterion = "l1" if step.criterion in DATA_CRITERIA else step.criterion
-            model, report = surgery.structured_prune(
+            model, report = structured_prune(
                 model, criterion=criterion, keep_ratio=step.keep_ratio, scope=step.scope, round_to=step.round_to,
                 selection=selection, overrides=overrides)
             record["groups_pruned"] = len(report.groups)
