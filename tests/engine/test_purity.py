@@ -11,7 +11,8 @@ FORBIDDEN = ("fastapi", "starlette", "uvicorn", "sqlalchemy", "celery", "kombu",
 
 def test_engine_imports_no_web_queue_or_db_modules():
     code = (
-        "import sys, json; import workers.engine.pipeline, workers.engine.archive, workers.cli; "
+        "import sys, json; import workers.engine.pipeline, workers.engine.archive, workers.engine.preflight, "
+        "workers.cli; "
         "print(json.dumps(sorted(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
