@@ -25,7 +25,7 @@ import pytest
 
 from tests import hostile
 from tests.hostile import DATASET_ATTACKS, HOSTILE, MODEL_ATTACKS, write_zip
-from workers.engine.archive import InspectLimits, ModelInspection, inspect_model_file, inspect_npz
+from workers.engine.inspection import InspectLimits, ModelInspection, inspect_model_file, inspect_npz
 from workers.engine.inspection.jsontext import json_depth
 from workers.engine.errors import DataError, EngineError, ModelRejected, UnsupportedFile
 
@@ -638,7 +638,7 @@ def test_damaged_files_raise_engine_errors_only(ext, saved, tmp_path):
 
 def test_inspection_does_not_import_keras_or_tensorflow(saved):
     path, _ = saved["functional", "keras"]
-    code = ("import sys; from workers.engine.archive import inspect_model_file as i; "
+    code = ("import sys; from workers.engine.inspection import inspect_model_file as i; "
             f"r = i({str(path)!r}); print(r.layer_count, 'keras' in sys.modules, 'tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.stdout.split()[1:] == ["False", "False"], out.stderr[-2000:]
