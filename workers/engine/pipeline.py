@@ -43,11 +43,10 @@ from workers.engine.progress import CancelFn, Progress, ProgressFn, never_cancel
 from workers.engine.pruning import Pruner
 from workers.engine.registry import prunable_weights
 from workers.engine.regularizers import attach_regularization
+from workers.engine.summary import MANIFEST_NAME
 from workers.engine.summary import summarize as _summary
 from workers.engine.surgery import structured_prune
 from workers.spec import FinetuneStep, JobSpec, PruneStep, RegularizeStep, StructuredStep
-
-MANIFEST_NAME = "manifest.json"
 
 
 @dataclass
