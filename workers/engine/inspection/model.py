@@ -18,8 +18,8 @@ from typing import Any
 
 from workers.engine.errors import ModelRejected, UnsupportedFile
 from workers.engine.inspection.common import malformed
-from workers.engine.inspection.config import walk_compile_config, walk_model_config
-from workers.engine.inspection.hdf5 import check_h5, h5_file, read_h5_text_attr
+from workers.engine.inspection.config import ConfigWalk, walk_compile_config, walk_model_config
+from workers.engine.inspection.hdf5 import H5Summary, check_h5, h5_file, read_h5_text_attr
 from workers.engine.inspection.jsontext import parse_json
 from workers.engine.inspection.limits import InspectLimits
 from workers.engine.inspection.sniff import HDF5_SIGNATURE, describe, is_zip, sniff
@@ -109,17 +109,7 @@ def _inspect_keras(path: Path, limits: InspectLimits) -> ModelInspection:
             with malformed(WEIGHTS_MEMBER, "HDF5 file"), h5_file(weights, WEIGHTS_MEMBER) as f:
                 summary = check_h5(f, WEIGHTS_MEMBER, limits, optimizer_groups=("optimizer",))
 
-    compile_config = config.get("compile_config")
-    return ModelInspection(
-        format="keras",
-        model_config=config,
-        compile_config=compile_config if isinstance(compile_config, dict) and compile_config else None,
-        layer_count=walk.compute_layers,
-        weight_count=summary.weight_elements,
-        keras_version=keras_version,
-        class_names=frozenset(walk.class_names),
-        sequential_layers=walk.sequential_layers,
-    )
+    return _passed("keras", config, config.get("compile_config"), walk, summary, keras_version)
 
 
 def _inspect_h5(path: Path, limits: InspectLimits) -> ModelInspection:
@@ -142,10 +132,16 @@ def _inspect_h5(path: Path, limits: InspectLimits) -> ModelInspection:
         walk_compile_config(walk, training_config, "training_config")
     if not has_model_weights:
         raise ModelRejected(f"{path.name}: the HDF5 file has no model_weights group")
+    return _passed("h5", config, training_config, walk, summary, keras_version)
+
+
+def _passed(fmt: str, config: dict, compile_config: Any, walk: ConfigWalk, summary: H5Summary,
+            keras_version: str | None) -> ModelInspection:
+    """What a model file that passed every check declares (an empty compile config counts as none)."""
     return ModelInspection(
-        format="h5",
+        format=fmt,
         model_config=config,
-        compile_config=training_config if isinstance(training_config, dict) and training_config else None,
+        compile_config=compile_config if isinstance(compile_config, dict) and compile_config else None,
         layer_count=walk.compute_layers,
         weight_count=summary.weight_elements,
         keras_version=keras_version,
