@@ -20,7 +20,6 @@ metric fell beyond the spec's tolerance.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import time
@@ -39,15 +38,15 @@ from workers.engine import export as export_mod
 from workers.engine import metrics as metrics_mod
 from workers.engine import model_io
 from workers.engine.errors import Cancelled, SpecError
+from workers.engine.fileio import atomic_write
 from workers.engine.progress import CancelFn, Progress, ProgressFn, never_cancel, no_progress
 from workers.engine.pruning import Pruner
 from workers.engine.registry import prunable_weights
 from workers.engine.regularizers import attach_regularization
+from workers.engine.summary import MANIFEST_NAME
 from workers.engine.summary import summarize as _summary
 from workers.engine.structured import structured_prune
 from workers.spec import FinetuneStep, JobSpec, PruneStep, RegularizeStep, StructuredStep
-
-MANIFEST_NAME = "manifest.json"
 
 
 @dataclass
@@ -394,9 +393,8 @@ def compress(model_path: str | Path, data_path: str | Path | None, spec: JobSpec
         "wall_time_s": time.perf_counter() - started,
     }
     manifest = _jsonable(manifest)
-    tmp = out_dir / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp, out_dir / MANIFEST_NAME)
+    text = json.dumps(manifest, indent=2, sort_keys=True)
+    atomic_write(out_dir / MANIFEST_NAME, lambda tmp: tmp.write_text(text))
     progress(Progress(phase="done", message="finished"))
     return manifest
 
