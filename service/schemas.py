@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from workers.engine.report import REPORT_NAME
 from workers.jobs import JobRecord, JobStatus
 from workers.spec import JobSpec
 
@@ -67,6 +68,8 @@ class JobRead(BaseModel):
     error: ErrorRead | None = None
     artifacts: list[ArtifactRead] = Field(default_factory=list)
     webhook_url: str | None = None
+    report: str | None = Field(None, description="URL of report.html, the job's report for people, once it "
+                                                "succeeded.")
     links: JobLinks
 
     @classmethod
@@ -84,6 +87,7 @@ class JobRead(BaseModel):
             artifacts=[ArtifactRead(name=a.name, bytes=a.bytes, sha256=a.sha256, url=f"{url}/artifacts/{a.name}")
                        for a in job.artifacts],
             webhook_url=job.webhook_url,
+            report=next((f"{url}/artifacts/{a.name}" for a in job.artifacts if a.name == REPORT_NAME), None),
             links=JobLinks(self=url, events=f"{url}/events", logs=f"{url}/logs", cancel=f"{url}/cancel"),
         )
 

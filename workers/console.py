@@ -95,6 +95,11 @@ def print_summary(manifest: dict, out_dir: Path, console: Console | None = None)
         preserved = "sparsity preserved" if info.get("sparsity_preserved", True) else "SPARSITY LOST"
         console.print(f"  {info.get('file', fmt)}  {_fmt(info.get('bytes'))} B, gzip {_fmt(info.get('gzip_bytes'))} B,"
                       f" {preserved}")
+    report = manifest.get("report") or {}
+    if report.get("file"):
+        console.print(f"  {escape(report['file'])}  the report: open it in a browser")
+    elif report.get("error"):
+        console.print(f"  note: {escape(report['error'])}", style="bold red")
     for i, note in enumerate(summary.get("notes", [])):
         # the quality note comes first when the held-out metric fell beyond the tolerance: printed in red
         style = "bold red" if collapsed and i == 0 else "default"

@@ -2,7 +2,7 @@
 
 `compress()` is the one entry point used by the CLI and by the service's runner. It reports progress through a
 callback, checks for cancellation at every batch, and returns the metrics manifest (also written to
-`out_dir/manifest.json`).
+`out_dir/manifest.json`, with `report.html` beside it: `report.render_report`).
 
 Invariant between steps: once any prune step has run, every later training step holds the zeros of the
 prunable weights (masks = w != 0, applied inside the compiled train step), including after a structured
@@ -37,6 +37,7 @@ from workers.engine import data as data_mod
 from workers.engine import export as export_mod
 from workers.engine import metrics as metrics_mod
 from workers.engine import model_io
+from workers.engine import report as report_mod
 from workers.engine.errors import Cancelled, SpecError
 from workers.engine.fileio import atomic_write
 from workers.engine.progress import CancelFn, Progress, ProgressFn, never_cancel, no_progress
@@ -47,6 +48,8 @@ from workers.engine.summary import MANIFEST_NAME
 from workers.engine.summary import summarize as _summary
 from workers.engine.structured import structured_prune
 from workers.spec import FinetuneStep, JobSpec, PruneStep, RegularizeStep, StructuredStep
+
+SENSITIVITY_NAME = "sensitivity.json"
 
 
 @dataclass
@@ -393,10 +396,27 @@ def compress(model_path: str | Path, data_path: str | Path | None, spec: JobSpec
         "wall_time_s": time.perf_counter() - started,
     }
     manifest = _jsonable(manifest)
+    manifest["report"] = _write_report(run, out_dir, manifest)
     text = json.dumps(manifest, indent=2, sort_keys=True)
     atomic_write(out_dir / MANIFEST_NAME, lambda tmp: tmp.write_text(text))
     progress(Progress(phase="done", message="finished"))
     return manifest
+
+
+def _write_report(run: _Run, out_dir: Path, manifest: dict) -> dict:
+    """Render report.html from the manifest (and sensitivity.json when a step wrote one) into `out_dir`; returns
+    the manifest's "report" record. A report that cannot be drawn does not lose the finished job: the record
+    then holds the error instead of the file."""
+    run.progress(Progress(phase="report", message=f"writing {report_mod.REPORT_NAME}"))
+    started = time.perf_counter()
+    try:
+        sensitivity_path = out_dir / SENSITIVITY_NAME
+        sensitivity = json.loads(sensitivity_path.read_text()) if sensitivity_path.is_file() else None
+        html = report_mod.render_report(manifest, sensitivity).encode("utf-8")
+    except Exception as e:  # noqa: BLE001 - recorded in the manifest, the job's other outputs stand
+        return {"file": None, "error": f"the report could not be rendered: {type(e).__name__}: {e}"}
+    atomic_write(out_dir / report_mod.REPORT_NAME, lambda tmp: tmp.write_bytes(html))
+    return {"file": report_mod.REPORT_NAME, "bytes": len(html), "render_s": time.perf_counter() - started}
 
 
 def _package_version() -> str:
