@@ -15,6 +15,9 @@ statistics of its input over `training.batchnorm_samples` training samples (`bat
 step's record holds {"layers", "samples", "batches", "before", "after"} under "batchnorm", with the held-out
 metrics before and after the re-estimation. The summary (`summary.summarize`) claims no win when the held-out
 metric fell beyond the spec's tolerance.
+
+This facade reads the JobSpec; the modules below it take plain values, which `config` builds from the spec
+(training settings, the layer selection, each prune step's settings).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import keras
 import numpy as np
 
 from workers.engine import batchnorm as batchnorm_mod
+from workers.engine import config
 from workers.engine import data as data_mod
 from workers.engine import export as export_mod
 from workers.engine import metrics as metrics_mod
@@ -40,10 +44,12 @@ from workers.engine import model_io
 from workers.engine import report as report_mod
 from workers.engine.errors import Cancelled, SpecError
 from workers.engine.fileio import atomic_write
+from workers.engine.model_io import TrainingSettings
 from workers.engine.progress import CancelFn, Progress, ProgressFn, never_cancel, no_progress
 from workers.engine.pruning import Pruner
 from workers.engine.registry import prunable_weights
 from workers.engine.regularizers import attach_regularization
+from workers.engine.selection import LayerSelection
 from workers.engine.summary import MANIFEST_NAME
 from workers.engine.summary import summarize as _summary
 from workers.engine.structured import structured_prune
@@ -57,6 +63,8 @@ class _Run:
     """Mutable state shared by the steps of one job."""
 
     spec: JobSpec
+    training: TrainingSettings  # config.training_settings(spec.training)
+    layers: LayerSelection  # config.layer_selection(spec.layers)
     model: keras.Model
     loss: str
     metrics: list[str]
@@ -162,7 +170,7 @@ def _fit(run: _Run, phase: str, index: int, epochs: int, pruner: Pruner | None,
          extra_callbacks: list | None = None) -> dict:
     """Compile afresh (so attached masks/penalties are traced in) and train; returns per-epoch history."""
     data = _require_data(run, f"step {index} ({phase})")
-    spec = run.spec.training
+    spec = run.training
     model_io.compile_model(run.model, spec, run.loss, run.metrics)
     steps_per_epoch = int(np.ceil(len(data.x_train) / spec.batch_size))
     cb = _ProgressCallback(run, phase, index, epochs, steps_per_epoch,
@@ -177,8 +185,8 @@ def _fit(run: _Run, phase: str, index: int, epochs: int, pruner: Pruner | None,
 
 
 def _pruner(run: _Run) -> Pruner:
-    weights = prunable_weights(run.model, run.spec.layers)
-    return Pruner(run.model, weights, run.spec.layers.overrides)
+    weights = prunable_weights(run.model, run.layers)
+    return Pruner(run.model, weights, run.layers.overrides)
 
 
 def _train_holding_zeros(run: _Run, phase: str, index: int, epochs: int, setup=None) -> dict:
@@ -186,7 +194,7 @@ def _train_holding_zeros(run: _Run, phase: str, index: int, epochs: int, setup=N
     pruner = _pruner(run) if run.hold_zeros else None
     if pruner is not None:
         pruner.hold_zeros()
-    handle = setup(prunable_weights(run.model, run.spec.layers)) if setup else None
+    handle = setup(prunable_weights(run.model, run.layers)) if setup else None
     try:
         return _fit(run, phase, index, epochs, pruner)
     finally:
@@ -231,7 +239,7 @@ def _run_regularize(run: _Run, index: int, step: RegularizeStep) -> dict:
 
 def _check_threshold(run: _Run, step: PruneStep) -> None:
     """Refuse a threshold that zeroes every selected weight (it is above the largest |w|)."""
-    largest = max((float(np.max(np.abs(w.variable.numpy()))) for w in prunable_weights(run.model, run.spec.layers)
+    largest = max((float(np.max(np.abs(w.variable.numpy()))) for w in prunable_weights(run.model, run.layers)
                    if w.size), default=0.0)
     if step.threshold > largest:
         raise SpecError(f"prune threshold {step.threshold:g} is above the largest |w| of the selected kernels "
@@ -248,7 +256,7 @@ def _run_prune(run: _Run, index: int, step: PruneStep) -> dict:
     try:
         history = None
         if schedule.kind == "one_shot":
-            pruner.prune(step)
+            pruner.prune(config.prune_settings(step))
             run.progress(Progress(phase="prune", step_index=index, sparsity=pruner.sparsity(),
                                   message=f"pruned once ({step.method})"))
             if step.epochs:
@@ -257,7 +265,7 @@ def _run_prune(run: _Run, index: int, step: PruneStep) -> dict:
             data = _require_data(run, f"step {index} (gradual prune)")
             steps_per_epoch = int(np.ceil(len(data.x_train) / run.spec.training.batch_size))
             history = _fit(run, "prune", index, step.epochs, pruner,
-                           extra_callbacks=[pruner.callback(step, steps_per_epoch)])
+                           extra_callbacks=[pruner.callback(config.prune_settings(step), steps_per_epoch)])
         layer_sparsity = pruner.layer_sparsity()
         sparsity = pruner.sparsity()
     finally:
@@ -276,7 +284,7 @@ def _run_structured(run: _Run, index: int, step: StructuredStep) -> dict:
     run.progress(Progress(phase="structured", step_index=index, message=f"ranking units by {step.criterion}"))
     new_model, report = structured_prune(
         run.model, criterion=step.criterion, keep_ratio=step.keep_ratio, scope=step.scope,
-        round_to=step.round_to, selection=run.spec.layers, x_calib=x_calib, overrides=run.spec.layers.overrides,
+        round_to=step.round_to, selection=run.layers, x_calib=x_calib, overrides=run.layers.overrides,
     )
     run.model = new_model
     out = {"report": _jsonable(report)}
@@ -308,7 +316,7 @@ def _evaluate(run: _Run, compile: bool = True) -> dict | None:
     if run.data is None:
         return None
     if compile:  # compile=False reuses the compiled evaluation of the previous call (same model, new values)
-        model_io.compile_model(run.model, run.spec.training, run.loss, run.metrics)
+        model_io.compile_model(run.model, run.training, run.loss, run.metrics)
     return metrics_mod.evaluate(run.model, run.data.x_val, run.data.y_val,
                                 batch_size=max(run.spec.training.batch_size, 256))
 
@@ -347,14 +355,15 @@ def compress(model_path: str | Path, data_path: str | Path | None, spec: JobSpec
 
     progress(Progress(phase="load", message=f"loading {model_path.name}"))
     loaded = model_io.load_model(model_path)
-    loss, metrics = model_io.resolve_training(loaded, spec.training)
+    training = config.training_settings(spec.training)
+    loss, metrics = model_io.resolve_training(loaded, training)
     data = None
     if data_path is not None:
-        data = data_mod.load_dataset(data_path, loaded.model, loss, spec.training, spec.seed)
+        data = data_mod.load_dataset(data_path, loaded.model, loss, training.validation_fraction, spec.seed)
     elif spec.trains:
         raise SpecError("this spec trains or uses activations; it needs a dataset (.npz with x_train, y_train)")
-    run = _Run(spec=spec, model=loaded.model, loss=loss, metrics=list(metrics), data=data,
-               progress=progress, should_cancel=should_cancel)
+    run = _Run(spec=spec, training=training, layers=config.layer_selection(spec.layers), model=loaded.model,
+               loss=loss, metrics=list(metrics), data=data, progress=progress, should_cancel=should_cancel)
     inputs = {"model": {"file": model_path.name, "sha256": metrics_mod.sha256_file(model_path),
                         "bytes": model_path.stat().st_size, "format": loaded.format}}
     if data_path is not None:
