@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import threading
 import time
@@ -63,10 +62,6 @@ def new_job_id() -> str:
         _last_us = max(time.time_ns() // 1000, _last_us + 1)
         stamp = _last_us
     return f"job_{stamp:014x}{secrets.token_hex(8)}"
-
-
-def worker_identity(name: str = "worker") -> str:
-    return f"{name}@{os.uname().nodename}:{os.getpid()}"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
 
 
@@ -89,12 +88,6 @@ def cmd_serve(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    import threading
-
-    from workers.dispatch import worker_loop
-    from workers.jobs import worker_identity
-    from workers.runner import RunContext
-
     settings = _settings()
     _logging(settings)
     if settings.worker.dispatcher == "celery":
@@ -105,18 +98,9 @@ def cmd_worker(args) -> int:
         except ValueError as e:
             print(f"secateurs: error: {e}", file=sys.stderr)
             return 2
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    ctx = RunContext.from_settings(settings, worker_identity(args.name), stop=stop)
-    from workers.redact import redact
+    from workers.worker import run_worker
 
-    logging.getLogger("secateurs.worker").info("worker %s pulling jobs from %s", ctx.worker_id,
-                                               redact(settings.store_url))
-    try:
-        worker_loop(ctx)
-    finally:
-        ctx.store.close()
+    run_worker(settings, args.name)
     return 0
 
 
