@@ -2,6 +2,7 @@
 
     secateurs compress MODEL --data D.npz --spec S.json --out DIR
     secateurs schema
+    secateurs submit | status | wait | download | cancel ...   (a client of a server: workers/client_cli.py)
     secateurs serve | worker | keys ...   (the service commands, when the service package is installed)
 
 Bad input ends with exit status 2 and one line on stderr that names the problem.
@@ -97,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the JobSpec JSON Schema")
     p.set_defaults(func=cmd_schema)
+
+    from workers.client_cli import register as register_client  # submit | status | wait | download | cancel
+
+    register_client(sub)
 
     try:
         from workers.service_cli import register
