@@ -9,6 +9,7 @@ import json
 import os
 import pty
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -235,3 +236,42 @@ def test_budget_submits_a_budget_step_keeping_the_specs_other_settings(tmp_path)
     assert spec["steps"] == [{"kind": "budget", "max_drop": 0.01}]
     assert spec["training"] == QUICK_SPEC["training"] and spec["evaluation"] == QUICK_SPEC["evaluation"]
     assert _spec(Namespace(spec=None, budget=0.02)) == {"steps": [{"kind": "budget", "max_drop": 0.02}]}
+
+
+def documented_commands(text: str) -> list[str]:
+    """Every `secateurs ...` command in docs/CI.md: shell blocks (with continuation lines) and YAML `run`/`script`."""
+    import yaml
+
+    out = []
+    for lang, body in re.findall(r"```(\w+)\n(.*?)```", text, re.S):
+        if lang == "bash":
+            joined = body.replace("\\\n", " ")
+            out += [line.split("#")[0] for line in joined.splitlines() if line.startswith("secateurs ")]
+        elif lang == "yaml":
+            def walk(node):
+                if isinstance(node, dict):
+                    for v in node.values():
+                        walk(v)
+                elif isinstance(node, list):
+                    for v in node:
+                        walk(v)
+                elif isinstance(node, str) and node.strip().startswith("secateurs "):
+                    out.append(node)
+            walk(yaml.safe_load(body))
+    return out
+
+
+def test_the_ci_guide_commands_parse_and_its_exit_codes_are_the_clis():
+    from workers import client_cli
+    from workers.cli import build_parser
+
+    text = (ROOT / "docs" / "CI.md").read_text()
+    commands = documented_commands(text)
+    assert len(commands) >= 6 and any("--job-file" in c for c in commands)
+    parser = build_parser()
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[1:])  # an unknown flag exits here
+        assert args.command in ("submit", "wait", "status", "download", "cancel"), command
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", text, re.M)}
+    assert documented == {client_cli.EXIT_OK, client_cli.EXIT_FAILED, client_cli.EXIT_BAD_INPUT, client_cli.EXIT_GATE,
+                          client_cli.EXIT_UNREACHABLE, client_cli.EXIT_CANCELLED}
