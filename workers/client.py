@@ -329,7 +329,8 @@ class Client:
     def wait(self, job: str | Job, timeout: float | None = None,
              on_event: Callable[[Event], None] | None = None) -> Job:
         """Follow the job's event stream (SSE) until it ends; answers the final job document. A dropped stream is
-        resumed where it stopped (Last-Event-ID). WaitTimeout after `timeout` seconds (None: no limit)."""
+        resumed where it stopped. WaitTimeout after `timeout` seconds (None: no limit; a quiet job is noticed at the
+        server's next keep-alive, at most 15 s late)."""
         job_id = job.id if isinstance(job, Job) else job
         deadline = None if timeout is None else time.monotonic() + timeout
         seq, status, drops = 0, None, 0
@@ -364,22 +365,36 @@ class Client:
                 time.sleep(self.retry.pause(1))
 
     def _events(self, job_id: str, after: int, deadline: float | None) -> Iterator[Event]:
-        from httpx_sse import EventSource
-
+        """The job's events after `after`, parsed from its text/event-stream. Parsed here rather than with httpx-sse
+        because the clock must be checked on every line, the server's keep-alive comments (pings) included: a job
+        that stays quiet past the deadline still ends the wait on time."""
         # the server pings every 15 s: a read timeout of 45 s means the connection is gone
         read = 45.0 if deadline is None else max(0.5, min(45.0, deadline - time.monotonic() + 0.5))
         resp = self._send("GET", f"/v1/jobs/{quote(job_id, safe='')}/events", replay_safe=True, stream=True,
                           params={"after": after}, headers={"Accept": "text/event-stream"},
                           timeout=httpx.Timeout(self._http.timeout.connect or 10.0, read=read))
+        kind, data, last_id = "message", [], None
         try:
-            for sse in EventSource(resp).iter_sse():
-                if not sse.data:
-                    continue
-                data = json.loads(sse.data)
-                yield Event(kind=sse.event, seq=int(sse.id or data.get("seq") or 0), data=data)
+            for line in resp.iter_lines():
+                if deadline is not None and time.monotonic() >= deadline:
+                    return  # the caller sees the deadline
+                if not line:  # a blank line dispatches the event (WHATWG HTML, server-sent events)
+                    if data:
+                        payload = json.loads("\n".join(data))
+                        yield Event(kind=kind, seq=int(last_id or payload.get("seq") or 0), data=payload)
+                    kind, data = "message", []
+                elif not line.startswith(":"):  # ":" starts a comment: the keep-alive pings
+                    name, _, value = line.partition(":")
+                    value = value[1:] if value.startswith(" ") else value
+                    if name == "event":
+                        kind = value
+                    elif name == "data":
+                        data.append(value)
+                    elif name == "id":
+                        last_id = value
         except httpx.ReadTimeout:
             if deadline is not None and time.monotonic() >= deadline:
-                return  # the caller sees the deadline
+                return
             raise
         finally:
             resp.close()
