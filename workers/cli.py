@@ -6,6 +6,7 @@ Schema, run a worker. The `secateurs` entry point is service/cli.py, which adds 
     secateurs preflight MODEL [--spec S.json] [--json]   what can be pruned, before any training
     secateurs worker [--name NAME]   one standalone worker process that pulls jobs from the store (dispatcher
                                      `none`), or a Celery worker (dispatcher `celery`)
+    secateurs submit | status | wait | download | cancel ...   (a client of a server: workers/client_cli.py)
 
 Settings come from SECATEURS_* environment variables (docs/CONFIG.md). Bad input ends with exit status 2 and one
 line on stderr that names the problem. Nothing heavy is imported until a command runs.
@@ -153,6 +154,10 @@ def build_parser(*more: Callable[[argparse._SubParsersAction], None]) -> argpars
                        "worker with worker.concurrency processes when worker.dispatcher is celery)")
     p.add_argument("--name", default="worker", help="a name for logs and the job's worker id")
     p.set_defaults(func=cmd_worker)
+
+    from workers.client_cli import register as register_client  # submit | status | wait | download | cancel
+
+    register_client(sub)
 
     for register in more:
         register(sub)
