@@ -31,7 +31,7 @@ async def lifespan(app: FastAPI):
     from workers.store import open_store
 
     from service.auth import KeyPresence
-    from service.metrics import ServiceMetrics
+    from service.prometheus import ServiceMetrics
     from service.services.jobs import JobService, prepare_data_dir
     from service.services.preflight import PreflightService
 
