@@ -1,8 +1,10 @@
-"""The service's own error classes and the one place that turns every error into RFC 9457 problem+json.
+"""The service's own error classes, the one map from error codes to HTTP statuses, and the one place that turns
+every error into RFC 9457 problem+json.
 
 A problem body: {"type": "urn:secateurs:problem:<code>", "title", "status", "detail", "code", "instance"} plus
-`errors` ([{"field", "message"}]) when fields are at fault. Engine errors (workers.engine.errors) carry their own
-code and HTTP status and are rendered the same way.
+`errors` ([{"field", "message"}]) when fields are at fault. Every error the project raises on purpose is a
+`SecateursError` with a `code` (workers/errors.py); `STATUS` below gives each code its HTTP status, and is the only
+place that does.
 """
 
 from __future__ import annotations
@@ -15,79 +17,108 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from workers.engine.errors import EngineError
-from workers.store import StoreUnavailable
+from workers.errors import ArtifactStoreUnavailable, SecateursError, StoreUnavailable
+from workers.spec import field_path
 
 log = logging.getLogger("secateurs.service")
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:secateurs:problem:"
 
+# error code -> HTTP status; a code not named here is a 500
+STATUS: dict[str, int] = {
+    # the service's own (below)
+    "bad_request": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "idempotency_key_reused": 422,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "validation_error": 422,
+    "too_many_requests": 429,
+    "unavailable": 503,
+    "insufficient_storage": 507,
+    # the engine's (workers/engine/errors.py)
+    "model_rejected": 422,
+    "unsupported_file": 415,
+    "data_error": 422,
+    "spec_error": 422,
+    "resource_limit": 413,
+    "cancelled": 409,
+    # the stores' (workers/errors.py)
+    "store_unavailable": 503,
+    "quota_exceeded": 429,
+}
 
-class ServiceError(Exception):
-    code = "error"
-    http_status = 500
+
+def status_of(exc: SecateursError) -> int:
+    """The HTTP status that answers an error (500 for a code the table does not name)."""
+    return STATUS.get(exc.code, 500)
+
+
+class ServiceError(SecateursError):
+    """An error of the HTTP layer itself; may name several fields (`errors`) and add response headers."""
 
     def __init__(self, message: str, *, field: str | None = None, errors: list[dict] | None = None,
                  headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.message = message
-        self.field = field
+        super().__init__(message, field=field)
         self.errors = errors
         self.headers = headers
 
 
 class BadRequest(ServiceError):
-    code, http_status = "bad_request", 400
+    code = "bad_request"
 
 
 class Unauthorized(ServiceError):
-    code, http_status = "unauthorized", 401
+    code = "unauthorized"
 
     def __init__(self, message: str, **kw):
         super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="secateurs"'}, **kw)
 
 
 class Forbidden(ServiceError):
-    code, http_status = "forbidden", 403
+    code = "forbidden"
 
 
 class NotFound(ServiceError):
-    code, http_status = "not_found", 404
+    code = "not_found"
 
 
 class Conflict(ServiceError):
-    code, http_status = "conflict", 409
+    code = "conflict"
 
 
 class IdempotencyKeyReused(ServiceError):
     """An Idempotency-Key sent again with a different request (IETF draft-ietf-httpapi-idempotency-key-header)."""
 
-    code, http_status = "idempotency_key_reused", 422
+    code = "idempotency_key_reused"
 
 
 class PayloadTooLarge(ServiceError):
-    code, http_status = "payload_too_large", 413
+    code = "payload_too_large"
 
 
 class UnsupportedMediaType(ServiceError):
-    code, http_status = "unsupported_media_type", 415
+    code = "unsupported_media_type"
 
 
 class Unprocessable(ServiceError):
-    code, http_status = "validation_error", 422
+    code = "validation_error"
 
 
 class TooManyRequests(ServiceError):
-    code, http_status = "too_many_requests", 429
+    code = "too_many_requests"
 
 
 class Unavailable(ServiceError):
-    code, http_status = "unavailable", 503
+    code = "unavailable"
 
 
 class InsufficientStorage(ServiceError):
-    code, http_status = "insufficient_storage", 507
+    code = "insufficient_storage"
 
 
 RETRY_AFTER_SECONDS = 5  # what a 503 for an unavailable job store suggests
@@ -117,14 +148,12 @@ def _field_errors(field: str | None, message: str, errors: list[dict] | None) ->
 
 def validation_errors(exc, prefix: str = "") -> list[dict]:
     """pydantic / FastAPI validation errors as [{"field": "a.b.0", "message": ...}]."""
-    from workers.spec import _UNION_TAGS
-
     out = []
     for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if str(p) not in _UNION_TAGS]
+        loc = err.get("loc", ())
         if loc and loc[0] in ("body", "query", "path", "header"):
             loc = loc[1:]
-        out.append({"field": ".".join(filter(None, [prefix, *loc])) or prefix or "request",
+        out.append({"field": ".".join(filter(None, [prefix, field_path(loc)])) or "request",
                     "message": err.get("msg", "invalid")})
     return out
 
@@ -142,23 +171,19 @@ def _allowed_methods(request: Request) -> list[str]:
 
 
 def install_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, exc: ServiceError):
-        return problem(exc.http_status, exc.code, exc.message, instance=request.url.path,
-                       errors=_field_errors(exc.field, exc.message, exc.errors), headers=exc.headers)
-
-    @app.exception_handler(EngineError)
-    async def _engine_error(request: Request, exc: EngineError):
-        return problem(exc.http_status, exc.code, exc.message, instance=request.url.path,
-                       errors=_field_errors(exc.field, exc.message, None))
-
     @app.exception_handler(StoreUnavailable)
     async def _store_unavailable(request: Request, exc: StoreUnavailable):
         log.error("job store unavailable on %s %s: %s", request.method, request.url.path, exc)
         # the reason (host, port, file) stays in the log: clients learn nothing about the deployment
-        which = "artifact store" if isinstance(exc, OSError) else "job store"  # ArtifactStoreUnavailable is both
-        return problem(503, "store_unavailable", f"the {which} is unavailable right now; nothing was saved, retry "
+        which = "artifact store" if isinstance(exc, ArtifactStoreUnavailable) else "job store"
+        return problem(status_of(exc), exc.code, f"the {which} is unavailable right now; nothing was saved, retry "
                        "later", instance=request.url.path, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    @app.exception_handler(SecateursError)
+    async def _error(request: Request, exc: SecateursError):
+        errors = getattr(exc, "errors", None)
+        return problem(status_of(exc), exc.code, exc.message, instance=request.url.path,
+                       errors=_field_errors(exc.field, exc.message, errors), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):

@@ -32,7 +32,7 @@ async def lifespan(app: FastAPI):
     from workers.worker import sweep
 
     from service.auth import KeyPresence
-    from service.metrics import ServiceMetrics
+    from service.prometheus import ServiceMetrics
     from service.services.jobs import JobService, prepare_data_dir
     from service.services.preflight import PreflightService
 

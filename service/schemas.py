@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from workers.engine.report import REPORT_NAME
-from workers.jobs import JobRecord, JobStatus
+from workers.jobs import JobRecord, JobStatus, public_error
 from workers.spec import JobSpec
 
 
@@ -26,8 +26,10 @@ class ArtifactRead(BaseModel):
 
 
 class ErrorRead(BaseModel):
-    type: str = Field(..., description="A stable code: model_rejected, data_error, spec_error, resource_limit, "
+    code: str = Field(..., description="A stable code: model_rejected, data_error, spec_error, resource_limit, "
                       "crashed, interrupted, cancelled, internal_error, ...")
+    type: str = Field(..., deprecated=True, description="The same value as `code` (its name before `code`); "
+                      "deprecated, use `code`.")
     message: str
     field: str | None = None
 
@@ -83,7 +85,7 @@ class JobRead(BaseModel):
             inputs={role: InputRead(filename=f.filename, bytes=f.bytes, sha256=f.sha256) for role, f in job.inputs.items()},
             progress=ProgressRead.model_validate(progress) if progress else None,
             manifest=job.manifest,
-            error=ErrorRead.model_validate(job.error) if job.error else None,
+            error=ErrorRead.model_validate(public_error(job.error)) if job.error else None,
             artifacts=[ArtifactRead(name=a.name, bytes=a.bytes, sha256=a.sha256, url=f"{url}/artifacts/{a.name}")
                        for a in job.artifacts],
             webhook_url=job.webhook_url,

@@ -30,6 +30,12 @@ def _fail(message: str, status: int = EXIT_BAD_INPUT) -> int:
     return status
 
 
+def _exit_status(error) -> int:
+    """A SecateursError's exit status: 1 for an internal failure (the bare `engine_error`), 2 for what the input
+    caused (a rejected model, bad data, a spec that does not fit, a limit)."""
+    return EXIT_FAILED if error.code == "engine_error" else EXIT_BAD_INPUT
+
+
 def _read_spec(path: str):
     from pydantic import ValidationError
 
@@ -61,7 +67,7 @@ def cmd_compress(args) -> int:
     from workers.console import ProgressDisplay, import_tensorflow_quietly, print_summary
 
     import_tensorflow_quietly()
-    from workers.engine.errors import Cancelled, EngineError
+    from workers.errors import Cancelled, EngineError
     from workers.engine.pipeline import compress
 
     display = ProgressDisplay(enabled=not args.quiet, total_epochs=spec.total_epochs)
@@ -71,7 +77,7 @@ def cmd_compress(args) -> int:
     except Cancelled as e:
         return _fail(e.message, EXIT_CANCELLED)
     except EngineError as e:
-        return _fail(f"{e.code}: {e.message}", EXIT_BAD_INPUT if e.http_status < 500 else EXIT_FAILED)
+        return _fail(f"{e.code}: {e.message}", _exit_status(e))
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_CANCELLED)
     if args.json:

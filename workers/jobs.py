@@ -147,7 +147,9 @@ class JobEvent:
     created_at: datetime
 
     def to_dict(self) -> dict:
-        return {"seq": self.seq, "kind": str(self.kind), "at": self.created_at.isoformat(), **self.data}
+        """The event as the API shows it (a status event's error with its `type` alias, see `public_error`)."""
+        data = {**self.data, "error": public_error(self.data["error"])} if self.data.get("error") else self.data
+        return {"seq": self.seq, "kind": str(self.kind), "at": self.created_at.isoformat(), **data}
 
 
 @dataclass(frozen=True)
@@ -165,5 +167,16 @@ class ApiKeyRecord:
 
 
 def error_dict(code: str, message: str, **extra) -> dict:
-    """The error of a failed job as stored and shown: {"type": code, "message": ...}."""
-    return {"type": code, "message": message, **extra}
+    """The error of a failed job as stored: {"code": code, "message": ...} and "field" where one is at fault (the
+    same shape as `SecateursError.to_dict()`)."""
+    return {"code": code, "message": message, **extra}
+
+
+def public_error(error: dict | None) -> dict | None:
+    """A job's error as the API, its events and webhooks show it: `code`, and `type` with the same value, a
+    deprecated alias kept because the API documented error {type, message} before `code` (docs/SERVICE.md). Errors
+    stored before the rename carry `type` only; they are shown the same way."""
+    if not error:
+        return error
+    code = error.get("code", error.get("type"))
+    return {"code": code, "type": code, **{k: v for k, v in error.items() if k not in ("code", "type")}}

@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from workers.engine import errors
+from workers import errors
 
 RESULT_NAME = "preflight.json"
 _RETURNED = {cls.__name__: cls for cls in (errors.ModelRejected, errors.UnsupportedFile, errors.SpecError,

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from workers.cli import EXIT_BAD_INPUT, EXIT_FAILED, _BadInput, _fail, _read_spec
+from workers.cli import _BadInput, _exit_status, _fail, _read_spec
 
 
 def cmd_preflight(args) -> int:
@@ -29,13 +29,13 @@ def cmd_preflight(args) -> int:
     from workers.console import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from workers.engine.errors import EngineError
+    from workers.errors import EngineError
     from workers.preflight import preflight_file
 
     try:
         result = preflight_file(args.model, spec)
     except EngineError as e:
-        return _fail(f"{e.code}: {e.message}", EXIT_BAD_INPUT if e.http_status < 500 else EXIT_FAILED)
+        return _fail(f"{e.code}: {e.message}", _exit_status(e))
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workers import notify
-from workers.artifacts import ArtifactStore, ArtifactStoreUnavailable, open_artifacts
+from workers.artifacts import ArtifactStore, open_artifacts
 from workers.artifacts.base import sha256_file
-from workers.engine.errors import EngineError
 from workers.engine.summary import MANIFEST_NAME
+from workers.errors import ArtifactStoreUnavailable, EngineError
 from workers.jobs import ArtifactInfo, EventKind, JobRecord, JobStatus, error_dict
 from workers.sandbox import Hooks, SandboxJob, SandboxLimits, SandboxResult, run_sandboxed
 from workers.settings import Settings
@@ -174,9 +174,7 @@ def verify_inputs(job: JobRecord, artifacts: ArtifactStore) -> dict | None:
             path = Path(artifacts.input_path(job.id, recorded.name))
             size = path.stat().st_size
             digest = sha256_file(path)[0] if size == recorded.bytes else None
-        except ArtifactStoreUnavailable:  # not the file's fault: the attempt ends and the job is retried
-            raise
-        except OSError as e:
+        except OSError as e:  # (an unavailable artifact store is not the file's fault: it ends the attempt, retried)
             return error_dict(kind, f"{what} cannot be read from the artifact store: {e.strerror or e}", field=role)
         if size != recorded.bytes or digest != recorded.sha256:
             now = f"{size} bytes" if digest is None else f"sha256 {digest[:16]}..."
@@ -236,7 +234,7 @@ def _conclude(claim: Claim, ctx: RunContext, result: SandboxResult, lease: Lease
         return result.status, None, result.error, []
     try:
         manifest, artifacts = _publish(claim, ctx.artifacts, result.out_dir, lease)
-    except (EngineError, OSError) as e:
+    except (EngineError, ArtifactStoreUnavailable, OSError) as e:  # a full disk, an unreachable S3: the job fails
         ctx.artifacts.delete_outputs(job_id, attempt=claim.attempt)
         error = e.to_dict() if isinstance(e, EngineError) else error_dict(
             "internal_error", f"could not store the job's artifacts: {e}")

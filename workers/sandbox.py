@@ -415,9 +415,9 @@ _MEMORY_MESSAGES = re.compile(r"failed to map segment|cannot allocate memory|std
 
 def classify_exception(exc: BaseException, limits: dict) -> dict:
     """The error dict for an exception raised in the child."""
-    from workers.engine.errors import EngineError
+    from workers.errors import SecateursError
 
-    if isinstance(exc, EngineError):
+    if isinstance(exc, SecateursError):
         return exc.to_dict()
     if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError" \
             or _MEMORY_MESSAGES.search(str(exc)):
@@ -440,7 +440,7 @@ def inspect_inputs(model_path: str, data_path: str | None) -> None:
     depth: the API inspected them at submit, but a file can be damaged or replaced in the artifact store since).
     Raises the engine's ModelRejected / UnsupportedFile / DataError naming the member, layer or array."""
     from workers.engine.inspection import inspect_model_file, inspect_npz
-    from workers.engine.errors import EngineError
+    from workers.errors import EngineError
 
     for field, path, inspect in (("model", model_path, inspect_model_file), ("data", data_path, inspect_npz)):
         if path is None:
@@ -461,7 +461,7 @@ def child_main(request_path: str, fd: int) -> int:
     channel = _Channel(fd)
     try:
         _set_limits(limits)
-        from workers.engine.errors import Cancelled
+        from workers.errors import Cancelled
         from workers.spec import JobSpec
 
         spec = JobSpec.model_validate(job["spec"])

@@ -8,7 +8,8 @@ name the field and the allowed range, so bad input is refused before any work st
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal, Union
+from collections.abc import Iterable
+from typing import Annotated, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -334,11 +335,18 @@ def schema_text() -> str:
 
 def describe_validation_error(exc) -> str:
     """One line naming each offending field of a pydantic ValidationError: 'steps.0.keep_ratio: ...; ...'."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in _UNION_TAGS)
-        parts.append(f"{loc or 'spec'}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts)
+    return "; ".join(f"{field_path(err.get('loc', ())) or 'spec'}: {err.get('msg', 'invalid')}" for err in exc.errors())
 
 
-_UNION_TAGS = {"regularize", "prune", "structured", "finetune", "polynomial", "constant", "one_shot"}
+def _kinds(union) -> frozenset[str]:
+    """The `kind` values of a discriminated union of models."""
+    return frozenset(member.model_fields["kind"].default for member in get_args(get_args(union)[0]))
+
+
+# the tags pydantic puts into an error's location for the member of a discriminated union it validated against
+UNION_TAGS = _kinds(Step) | _kinds(ScheduleSpec)
+
+
+def field_path(loc: Iterable) -> str:
+    """A pydantic error location as the field a person writes: 'steps.0.keep_ratio' (no union tags)."""
+    return ".".join(str(p) for p in loc if str(p) not in UNION_TAGS)

@@ -1,1 +1,1 @@
-"""Use cases behind the routes (they raise service/engine errors; the app turns them into problem+json)."""
+"""Use cases behind the routes (they raise SecateursErrors; service/errors.py turns them into problem+json)."""

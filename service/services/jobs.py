@@ -1,6 +1,6 @@
 """Job use cases behind the routes: submit, read, list, wait, follow, cancel, delete, download.
 
-Routes validate and call one method; methods raise the service's (or the engine's) error classes. The store is
+Routes validate and call one method; methods raise SecateursErrors (the service's own or workers'). The store is
 the queue: a job is saved (inputs in place, row committed) first and only then handed to the dispatcher.
 """
 
@@ -26,12 +26,12 @@ from starlette.requests import Request
 
 from workers import notify
 from workers.artifacts import ArtifactStore, valid_name
-from workers.engine.errors import DataError, EngineError, ModelRejected
+from workers.errors import DataError, EngineError, ModelRejected, QuotaExceeded
 from workers.jobs import ACTIVE, TERMINAL, EventKind, InputFile, JobEvent, JobRecord, JobStatus, NewJob
 from workers.notify.urls import validate_webhook_url
 from workers.settings import LimitSettings, Settings
 from workers.spec import JobSpec, load_spec
-from workers.store import JobStore, QuotaExceeded, TenantQuota
+from workers.store import JobStore, TenantQuota
 
 from service.auth import Principal
 from service.errors import (
@@ -44,7 +44,7 @@ from service.errors import (
     Unprocessable,
     validation_errors,
 )
-from service.metrics import ServiceMetrics
+from service.prometheus import ServiceMetrics
 from service.services.uploads import FormRules, ParsedUpload, receive_multipart
 
 if TYPE_CHECKING:

@@ -180,7 +180,7 @@ def test_cancel_while_running_stops_the_job_and_later_cancels_are_idempotent(cli
     r = client.post(f"/v1/jobs/{job['id']}/cancel")
     assert r.status_code == 202 and r.json()["cancel_requested"] is True and r.json()["status"] == "running"
     done = wait_status(client, job["id"], "cancelled", timeout=60)
-    assert done["error"]["type"] == "cancelled" and done["artifacts"] == []
+    assert done["error"]["code"] == done["error"]["type"] == "cancelled" and done["artifacts"] == []
     again = client.post(f"/v1/jobs/{job['id']}/cancel")
     assert again.status_code == 200 and again.json()["status"] == "cancelled"
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.e2e.servers import MotoServer
 from workers.artifacts import ArtifactStoreUnavailable, open_artifacts
-from workers.engine.errors import ResourceLimit
+from workers.errors import ResourceLimit, SecateursError
 from workers.settings import Settings
 from workers.store import StoreUnavailable
 
@@ -172,7 +172,7 @@ def test_a_full_disk_while_writing_an_artifact_is_a_resource_limit_and_leaves_no
 import json, resource, signal, sys
 from pathlib import Path
 from workers.artifacts import open_artifacts
-from workers.engine.errors import ResourceLimit
+from workers.errors import ResourceLimit
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, resource.RLIM_INFINITY))
 store = open_artifacts({str(tmp_path / "store")!r})
@@ -183,7 +183,7 @@ except ResourceLimit as e:
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     error = json.loads(out.stdout.strip().splitlines()[-1])
-    assert error["type"] == "resource_limit"
+    assert error["code"] == "resource_limit"
     assert "disk full while writing artifact big.bin" in error["message"]
     assert temp_files(tmp_path / "store") == []
     assert not (tmp_path / "store" / "job_1" / "outputs" / "big.bin").exists()
@@ -290,5 +290,6 @@ def test_an_unreachable_s3_server_is_named_and_answers_as_unavailable(tmp_path):
         open_artifacts(settings)
     assert time.monotonic() - started < 20
     assert "s3://nowhere/" in str(e.value) and closed in str(e.value)
-    # an OSError for the runner's publish step, a StoreUnavailable (503, retry later) for the API
-    assert isinstance(e.value, OSError) and isinstance(e.value, StoreUnavailable)
+    # a StoreUnavailable: the API answers 503 (retry later); the runner names it where it fails a job
+    assert isinstance(e.value, StoreUnavailable) and e.value.code == "store_unavailable"
+    assert isinstance(e.value, SecateursError) and not isinstance(e.value, OSError)

@@ -21,7 +21,7 @@ GiB = 2**30
 def test_a_sigkill_far_from_every_memory_limit_is_blamed_on_no_limit_and_is_retryable():
     memory = MemoryFacts(peak_rss_bytes=300 * 2**20, cgroup_limit_bytes=8 * GiB, oom_kills=0)
     error = explain_death(-signal.SIGKILL, LIMITS, memory)
-    assert error["type"] == "crashed" and "SIGKILL" in error["message"] and "from outside" in error["message"]
+    assert error["code"] == "crashed" and "SIGKILL" in error["message"] and "from outside" in error["message"]
     assert "not by a memory limit" in error["message"] and "peak memory 0.29 GiB" in error["message"]
     assert "out-of-memory killer" not in error["message"]
     assert death_is_retryable(-signal.SIGKILL, LIMITS, memory)
@@ -34,7 +34,7 @@ def test_a_sigkill_far_from_every_memory_limit_is_blamed_on_no_limit_and_is_retr
 ])
 def test_a_sigkill_at_a_memory_limit_is_the_out_of_memory_killer_and_is_not_retried(memory, says):
     error = explain_death(-signal.SIGKILL, LIMITS, memory)
-    assert error["type"] == "resource_limit" and "out-of-memory killer" in error["message"]
+    assert error["code"] == "resource_limit" and "out-of-memory killer" in error["message"]
     assert says in error["message"] and "SIGKILL" in error["message"]
     assert not death_is_retryable(-signal.SIGKILL, LIMITS, memory)
 

@@ -100,7 +100,7 @@ def test_a_dataset_that_does_not_fit_fails_with_the_array_named(tmp_path, job_fi
     job_id = submit(ctx, tmp_path, job_files.model, bad)
     assert run_job(job_id, ctx) is JobStatus.FAILED
     job = ctx.store.get_job(job_id)
-    assert job.error["type"] == "data_error" and "x_train" in job.error["message"]
+    assert job.error["code"] == "data_error" and "x_train" in job.error["message"]
     assert job.artifacts == [] and outputs_dir(ctx, job_id) is None
 
 
@@ -110,7 +110,7 @@ def test_a_write_over_the_file_size_limit_fails_the_job_and_leaves_no_files(tmp_
     job_id = submit(ctx, tmp_path, job_files.model, job_files.data)
     assert run_job(job_id, ctx) is JobStatus.FAILED
     error = ctx.store.get_job(job_id).error
-    assert error["type"] == "resource_limit"
+    assert error["code"] == "resource_limit"
     assert "limits.job_file_bytes" in error["message"] and "50000" in error["message"]
     assert outputs_dir(ctx, job_id) is None
     assert not list(ctx.settings.scratch_dir.iterdir())
@@ -123,7 +123,7 @@ def test_a_full_artifact_store_fails_the_job_and_removes_partial_outputs(tmp_pat
     job_id = submit(ctx, tmp_path, job_files.model, job_files.data)
     assert run_job(job_id, ctx) is JobStatus.FAILED
     error = ctx.store.get_job(job_id).error
-    assert error["type"] == "resource_limit"
+    assert error["code"] == "resource_limit"
     assert "artifacts.max_total_bytes" in error["message"] and "artifact store full" in error["message"]
     assert outputs_dir(ctx, job_id) is None
     leftovers = [p for p in (ctx.settings.artifacts_root / job_id).rglob("*")
@@ -159,7 +159,7 @@ def test_cancel_while_running_stops_the_child_at_a_batch_boundary(tmp_path, job_
     assert result["status"] is JobStatus.CANCELLED
     assert time.monotonic() - asked < 15
     job = ctx.store.get_job(job_id)
-    assert job.status is JobStatus.CANCELLED and job.error["type"] == "cancelled" and job.artifacts == []
+    assert job.status is JobStatus.CANCELLED and job.error["code"] == "cancelled" and job.artifacts == []
 
 
 @pytest.mark.slow
@@ -184,7 +184,7 @@ def test_the_wall_time_limit_stops_the_job_and_names_the_limit(tmp_path, job_fil
     assert run_job(job_id, ctx) is JobStatus.FAILED
     assert time.monotonic() - started < 10
     error = ctx.store.get_job(job_id).error
-    assert error["type"] == "resource_limit" and "limits.job_wall_seconds" in error["message"]
+    assert error["code"] == "resource_limit" and "limits.job_wall_seconds" in error["message"]
 
 
 def test_the_memory_limit_fails_the_job_with_the_limit_named(tmp_path, job_files):
@@ -192,7 +192,7 @@ def test_the_memory_limit_fails_the_job_with_the_limit_named(tmp_path, job_files
     job_id = submit(ctx, tmp_path, job_files.model, job_files.data)
     assert run_job(job_id, ctx) is JobStatus.FAILED
     error = ctx.store.get_job(job_id).error
-    assert error["type"] in ("resource_limit", "crashed")
+    assert error["code"] in ("resource_limit", "crashed")
     assert "memory" in error["message"] and "limits.job_memory_bytes" in error["message"]
     logs = [e.data["message"] for e in ctx.store.events(job_id) if e.kind is EventKind.LOG]
     assert logs and "job process output" in logs[-1]
@@ -228,7 +228,8 @@ def test_a_finished_job_posts_a_signed_webhook(tmp_path, job_files):
         server.shutdown()
     [(headers, payload)] = _Receiver.received
     assert payload["event"] == "job.failed" and payload["job"]["id"] == job_id
-    assert payload["job"]["error"]["type"] == "resource_limit"
+    error = payload["job"]["error"]
+    assert error["code"] == "resource_limit" and error["type"] == "resource_limit"  # `type`: the deprecated alias
     assert "X-Secateurs-Signature" in headers
 
 
@@ -266,7 +267,7 @@ def test_a_job_process_killed_from_outside_is_retried_while_attempts_remain_and_
     assert result["status"] is JobStatus.FAILED
     job = ctx.store.get_job(job_id)
     assert job.attempts == 2
-    assert job.error["type"] == "crashed" and "SIGKILL" in job.error["message"]
+    assert job.error["code"] == "crashed" and "SIGKILL" in job.error["message"]
     assert "not by a memory limit" in job.error["message"] and "peak memory" in job.error["message"]
     assert "not retried: that was attempt 2 of 2 (worker.max_attempts)" in job.error["message"]
     statuses = [e.data for e in ctx.store.events(job_id) if e.kind is EventKind.STATUS]
@@ -473,7 +474,7 @@ def test_an_input_changed_after_submit_fails_the_job_before_anything_loads_it(tm
     assert run_job(job_id, ctx) is JobStatus.FAILED
     assert time.monotonic() - started < 5  # refused before a job process (and TensorFlow) was started
     job = ctx.store.get_job(job_id)
-    assert job.error["type"] == kind and job.error["field"] == role
+    assert job.error["code"] == kind and job.error["field"] == role
     assert says in job.error["message"] and f"({stored})" in job.error["message"]
     assert job.artifacts == [] and not canary.exists()
     assert not list(ctx.settings.scratch_dir.iterdir())

@@ -30,12 +30,12 @@ LIMITS = SandboxLimits(memory_bytes=2 * 2**30, file_bytes=1000, cpu_seconds=60)
 ])
 def test_a_child_killed_by_a_signal_is_explained(sig, kind, says):
     error = explain_death(-int(sig), LIMITS)
-    assert error["type"] == kind and says in error["message"]
+    assert error["code"] == kind and says in error["message"]
 
 
 def test_a_child_exiting_without_a_result_is_explained():
     assert "status 3" in explain_death(3, LIMITS)["message"]
-    assert explain_death(70, LIMITS)["type"] == "interrupted"
+    assert explain_death(70, LIMITS)["code"] == "interrupted"
 
 
 @pytest.mark.parametrize("exc, kind, says", [
@@ -51,7 +51,7 @@ def test_a_child_exiting_without_a_result_is_explained():
 ])
 def test_exceptions_in_the_child_are_classified(exc, kind, says):
     error = classify_exception(exc, {"memory_bytes": 2**30, "file_bytes": 1000})
-    assert error["type"] == kind and says in error["message"]
+    assert error["code"] == kind and says in error["message"]
 
 
 def test_a_wrapped_disk_full_error_is_found_in_the_exception_chain():
@@ -62,7 +62,7 @@ def test_a_wrapped_disk_full_error_is_found_in_the_exception_chain():
             raise ValueError("saving failed") from inner
     except ValueError as outer:
         error = classify_exception(outer, {"memory_bytes": 2**30})
-    assert error["type"] == "resource_limit" and "disk full" in error["message"]
+    assert error["code"] == "resource_limit" and "disk full" in error["message"]
 
 
 @pytest.mark.slow

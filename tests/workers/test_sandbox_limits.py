@@ -66,7 +66,7 @@ def test_tensorflow_cannot_start_under_the_inspection_limit(tmp_path, job_files)
     result = run_sandboxed(SandboxJob(str(job_files.model), str(job_files.data), QUICK_SPEC, str(tmp_path / "s")),
                            NO_TENSORFLOW)
     assert result.status is JobStatus.FAILED
-    assert result.error["type"] in ("resource_limit", "crashed") and "limits.job_memory_bytes" in result.error["message"]
+    assert result.error["code"] in ("resource_limit", "crashed") and "limits.job_memory_bytes" in result.error["message"]
 
 
 @pytest.mark.parametrize("name", CHILD_ATTACKS)
@@ -76,7 +76,7 @@ def test_the_job_process_refuses_a_hostile_input_before_tensorflow_is_imported(n
     started = time.monotonic()
     result = run_sandboxed(SandboxJob(str(model), str(data), QUICK_SPEC, str(tmp_path / "s")), NO_TENSORFLOW)
     assert result.status is JobStatus.FAILED, result.log_tail
-    assert result.error["type"] == attack.error.code, result.error  # not a memory failure: TensorFlow never loaded
+    assert result.error["code"] == attack.error.code, result.error  # not a memory failure: TensorFlow never loaded
     assert attack.fragment in result.error["message"]
     assert result.error["field"] == ("model" if name in hostile.MODEL_ATTACKS else "data")
     assert not canary.exists()
@@ -91,7 +91,7 @@ def test_a_tensorflow_out_of_memory_error_is_reported_with_the_allocation_and_th
                "tensor with shape[1024,896,896,1] and type float on /job:localhost/replica:0/task:0/device:CPU:0 by "
                "allocator mklcpu\n\t [[{{node sequential_1/inflate_1/Repeat_1/Tile}}]]")
     error = classify_exception(tf.errors.ResourceExhaustedError(None, None, message), {"memory_bytes": 3 * 2**30})
-    assert error["type"] == "resource_limit"
+    assert error["code"] == "resource_limit"
     assert error["message"] == ("the job ran out of memory under the limit of 3221225472 bytes (3.00 GiB) "
                                 "(limits.job_memory_bytes): OOM when allocating tensor with shape[1024,896,896,1] "
                                 "and type float")

@@ -7,7 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from workers.spec import MAX_THRESHOLD, JobSpec, describe_validation_error, load_spec
+from workers.spec import MAX_THRESHOLD, UNION_TAGS, JobSpec, describe_validation_error, field_path, load_spec
 
 
 def _error(text: str) -> str:
@@ -71,3 +71,14 @@ def test_tolerances_and_batchnorm_defaults():
 def test_out_of_range_settings_are_named(section, field, value):
     message = _error(json.dumps({"steps": [{"kind": "finetune"}], section: {field: value}}))
     assert message.startswith(f"{section}.{field}:")
+
+
+def test_union_tags_are_the_kinds_of_steps_and_schedules_and_field_paths_leave_them_out():
+    assert UNION_TAGS == {"regularize", "prune", "structured", "finetune", "polynomial", "constant", "one_shot"}
+    assert field_path(("steps", 0, "prune", "schedule", "polynomial", "end")) == "steps.0.schedule.end"
+    assert field_path(()) == ""
+    spec = {"kind": "prune", "method": "magnitude", "target_sparsity": 0.5, "epochs": 2,
+            "schedule": {"kind": "polynomial", "unit": "epoch", "begin": 0, "end": "x"}}
+    with pytest.raises(ValidationError) as info:
+        load_spec(json.dumps({"steps": [spec]}))
+    assert [field_path(e["loc"]) for e in info.value.errors()] == ["steps.0.schedule.end"]

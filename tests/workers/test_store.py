@@ -100,7 +100,7 @@ def test_stale_job_out_of_attempts_is_failed_as_interrupted(store):
     assert [r.status for r in swept] == [JobStatus.FAILED]
     failed = store.get_job(job.id)
     assert failed.status is JobStatus.FAILED
-    assert failed.error["type"] == "interrupted"
+    assert failed.error["code"] == "interrupted"
     assert "attempt 1 of 1" in failed.error["message"] and "max_attempts" in failed.error["message"]
     assert store.claim(job.id, "w2@h:2") is None
 
@@ -132,7 +132,7 @@ def test_queued_job_that_used_every_attempt_is_failed_not_redelivered(store):
         conn.execute(update(jobs).where(jobs.c.id == job.id).values(status="queued"))
     assert store.claim(job.id, "w2@h:2") is None
     assert [r.status for r in store.fail_exhausted()] == [JobStatus.FAILED]
-    assert store.get_job(job.id).error["type"] == "interrupted"
+    assert store.get_job(job.id).error["code"] == "interrupted"
     assert claim.attempt == 1
 
 
@@ -155,7 +155,7 @@ def test_retry_runs_the_next_attempt_for_the_owner_only_while_attempts_remain(st
     assert store.heartbeat(claim1) is False and store.heartbeat(claim2) is True  # the old attempt is fenced off
     assert store.retry(claim1, "again") is None  # not the owner any more
     assert store.retry(claim2, "again") is None  # no attempt left
-    assert store.finish(claim2, JobStatus.FAILED, error={"type": "crashed", "message": "x"}) is True
+    assert store.finish(claim2, JobStatus.FAILED, error={"code": "crashed", "message": "x"}) is True
     assert statuses(store, job.id) == ["queued", "running", "running", "failed"]
     assert "attempt 1 ended: the job process was killed (SIGKILL)" in store.events(job.id)[2].data["reason"]
     cancelled, _ = store.create_job(new_job(), max_attempts=3)
@@ -176,7 +176,7 @@ def test_cancel_of_a_queued_job_is_immediate_and_of_a_running_job_sets_the_flag(
     flagged = store.request_cancel(running.id)
     assert flagged.status is JobStatus.RUNNING and flagged.cancel_requested
     assert store.cancel_requested(running.id) is True
-    assert store.finish(claim, JobStatus.CANCELLED, error={"type": "cancelled", "message": "x"})
+    assert store.finish(claim, JobStatus.CANCELLED, error={"code": "cancelled", "message": "x"})
     assert store.get_job(running.id).status is JobStatus.CANCELLED
 
 
@@ -227,7 +227,7 @@ def test_counts_and_durations_feed_the_metrics(store):
     a, _ = store.create_job(new_job(), max_attempts=1)
     store.create_job(new_job(), max_attempts=1)
     claim = store.claim(a.id, "w@h:1")
-    store.finish(claim, JobStatus.FAILED, error={"type": "x", "message": "y"})
+    store.finish(claim, JobStatus.FAILED, error={"code": "x", "message": "y"})
     counts = store.counts_by_status()
     assert counts[JobStatus.QUEUED] == 1 and counts[JobStatus.FAILED] == 1 and counts[JobStatus.RUNNING] == 0
     [(status, seconds)] = store.durations()

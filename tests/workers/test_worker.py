@@ -50,7 +50,7 @@ def test_the_worker_loop_runs_queued_jobs_oldest_first_through_run_job(settings,
     ids = queue_jobs(ctx, job_files, 3, tmp_path)
     assert worker_loop(ctx, max_jobs=3) == 3
     jobs = [ctx.store.get_job(i) for i in ids]
-    assert all(j.status is JobStatus.FAILED and j.error["type"] == "resource_limit" for j in jobs)
+    assert all(j.status is JobStatus.FAILED and j.error["code"] == "resource_limit" for j in jobs)
     assert [j.started_at for j in jobs] == sorted(j.started_at for j in jobs)
 
 

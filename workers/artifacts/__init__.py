@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from workers.artifacts.base import ArtifactStore, ArtifactStoreUnavailable, valid_name
+from workers.artifacts.base import ArtifactStore, valid_name
+from workers.errors import ArtifactStoreUnavailable
 
 if TYPE_CHECKING:
     from workers.settings import Settings

@@ -17,9 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from workers.engine.errors import ResourceLimit
+from workers.errors import ResourceLimit
 from workers.jobs import ArtifactInfo
-from workers.store.base import StoreUnavailable
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ATTEMPTS_DIR = "attempts"  # <job>/attempts/<n>/<name>: the outputs of attempt n
@@ -34,12 +33,6 @@ def attempt_dir_name(attempt: int) -> str:
 def parse_attempt(name: str) -> int | None:
     """The attempt number a directory (or key prefix) name stands for; None for anything else."""
     return int(name) if name.isascii() and name.isdigit() and len(name) <= 9 and int(name) >= 1 else None
-
-
-class ArtifactStoreUnavailable(StoreUnavailable, OSError):
-    """A remote artifact store (S3) cannot be reached or refused the request. An OSError, so a worker that fails to
-    publish treats it like a full disk (the job fails with the reason); a StoreUnavailable, so the API answers 503
-    (nothing was saved, retry later) when it happens during a submit."""
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from workers.artifacts.base import ATTEMPTS_DIR, attempt_dir_name, check_room, parse_attempt, valid_name
-from workers.engine.errors import ResourceLimit
 from workers.engine.fileio import atomic_write, fsync_dir
+from workers.errors import ResourceLimit
 from workers.jobs import ArtifactInfo
 
 _FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}

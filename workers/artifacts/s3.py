@@ -16,7 +16,7 @@
 - **Local cache.** A job process needs a local file: `input_path` downloads the input once into
   `<data dir>/cache/<job_id>/inputs/` (temp file, then rename). Cached jobs untouched for `cache_seconds` are
   removed (by default longer than a job attempt may run, so a running job never loses its files).
-- **Errors.** A request the server refuses or cannot answer raises ArtifactStoreUnavailable (an OSError and a
+- **Errors.** A request the server refuses or cannot answer raises ArtifactStoreUnavailable (a
   StoreUnavailable) naming the bucket, the key and the operation; a missing object raises FileNotFoundError.
 """
 
@@ -35,7 +35,6 @@ from pathlib import Path
 
 from workers.artifacts.base import (
     ATTEMPTS_DIR,
-    ArtifactStoreUnavailable,
     attempt_dir_name,
     check_room,
     parse_attempt,
@@ -43,6 +42,7 @@ from workers.artifacts.base import (
     valid_name,
 )
 from workers.engine.fileio import atomic_write
+from workers.errors import ArtifactStoreUnavailable
 from workers.jobs import ArtifactInfo
 
 MiB = 2**20

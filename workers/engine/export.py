@@ -2,7 +2,7 @@
 
 Public API::
 
-    export_model(model, out_dir, formats, *, calibration=None, held_out=None) -> dict[format, ArtifactInfo]
+    export_model(model, out_dir, formats, *, calibration=None, held_out=None) -> dict[format, ExportedFile]
     HeldOut(x, y, batch_size=256, max_samples=10_000, min_samples=256, mac_budget=2e11)
     save_model_file(model, path)            # .keras / .h5 with a fresh optimizer, written atomically
     tflite_interpreter(path) / tflite_kernels(interpreter)
@@ -66,12 +66,14 @@ from workers.engine.errors import SpecError
 from workers.engine.fileio import atomic_write
 from workers.engine.metrics import file_size, macs, param_stats, predict_batched, score_predictions, sha256_file
 
-__all__ = ["ArtifactInfo", "ExportFormat", "FORMATS", "HeldOut", "TfliteKernel", "export_model", "save_model_file",
+__all__ = ["ExportedFile", "ExportFormat", "FORMATS", "HeldOut", "TfliteKernel", "export_model", "save_model_file",
            "tflite_interpreter", "tflite_kernels"]
 
 
 @dataclass(frozen=True)
-class ArtifactInfo:
+class ExportedFile:
+    """One exported model file and what was measured in it (not a job's stored artifact: workers.jobs.ArtifactInfo)."""
+
     format: str
     file: str  # file name inside out_dir
     bytes: int
@@ -526,7 +528,7 @@ FORMATS: dict[str, ExportFormat] = {
 
 
 def export_model(model: keras.Model, out_dir: str | Path, formats, *, calibration=None,
-                 held_out: HeldOut | None = None) -> dict[str, ArtifactInfo]:
+                 held_out: HeldOut | None = None) -> dict[str, ExportedFile]:
     """Write `model` to `out_dir` in each of `formats`, then read every file back and describe it.
 
     `calibration`: training inputs (an array, or a list per model input); tflite_int8 then calibrates
@@ -540,7 +542,7 @@ def export_model(model: keras.Model, out_dir: str | Path, formats, *, calibratio
         raise SpecError(f"export.formats {unknown} are not supported; allowed: {', '.join(FORMATS)}",
                         field="export.formats")
     out_dir.mkdir(parents=True, exist_ok=True)
-    artifacts: dict[str, ArtifactInfo] = {}
+    artifacts: dict[str, ExportedFile] = {}
     for name in dict.fromkeys(formats):
         fmt = FORMATS[name]
         final = out_dir / fmt.file_name
@@ -548,7 +550,7 @@ def export_model(model: keras.Model, out_dir: str | Path, formats, *, calibratio
         atomic_write(final, lambda tmp, fmt=fmt: written.append(fmt.write(model, tmp, calibration)))
         m, evaluation = fmt.measure(model, final, held_out)
         size = file_size(final)
-        artifacts[name] = ArtifactInfo(
+        artifacts[name] = ExportedFile(
             format=name, file=fmt.file_name, bytes=size["bytes"], gzip_bytes=size["gzip_bytes"],
             sha256=sha256_file(final), params=m.params, nonzero_params=m.nonzero, sparsity=m.sparsity,
             sparsity_preserved=m.preserved, measured=m.measured,

@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 
-from workers.jobs import JobRecord
+from workers.jobs import JobRecord, public_error
 from workers.settings import Settings
 
 log = logging.getLogger("secateurs.webhooks")
@@ -37,7 +37,7 @@ def webhook_payload(job: JobRecord) -> dict:
     """The JSON body of a job's terminal-state webhook."""
     return {
         "event": f"job.{job.status}",
-        "job": {"id": job.id, "status": str(job.status), "error": job.error,
+        "job": {"id": job.id, "status": str(job.status), "error": public_error(job.error),
                 "finished_at": job.finished_at.isoformat() if job.finished_at else None,
                 "artifacts": [a.to_dict() for a in job.artifacts],
                 "summary": (job.manifest or {}).get("summary")},

@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
-from workers.store.base import (
-    Claim,
-    JobStore,
-    Page,
-    QuotaExceeded,
-    StoreError,
-    StoreUnavailable,
-    SweepResult,
-    TenantQuota,
-)
+from workers.errors import QuotaExceeded, StoreError, StoreUnavailable
+from workers.store.base import Claim, JobStore, Page, SweepResult, TenantQuota
 
 
 def open_store(url: str, *, echo: bool = False) -> JobStore:

@@ -10,23 +10,6 @@ from typing import Protocol
 from workers.jobs import ApiKeyRecord, ArtifactInfo, EventKind, JobEvent, JobRecord, JobStatus, NewJob
 
 
-class StoreError(Exception):
-    """Base of the store's own errors."""
-
-
-class StoreUnavailable(StoreError):
-    """The store cannot be reached or used right now (connection refused or lost, database file unavailable,
-    locked for too long). Nothing was changed; the caller may retry later (the service answers 503)."""
-
-
-class QuotaExceeded(StoreError):
-    """A per-tenant limit refused a new job; `limit` names the setting, `value` its configured value."""
-
-    def __init__(self, limit: str, value: int, message: str):
-        super().__init__(message)
-        self.limit, self.value, self.message = limit, value, message
-
-
 @dataclass(frozen=True)
 class TenantQuota:
     max_active_jobs: int

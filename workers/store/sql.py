@@ -52,7 +52,8 @@ from workers.jobs import (
     error_dict,
     utcnow,
 )
-from workers.store.base import Claim, Page, QuotaExceeded, StoreUnavailable, SweepResult, TenantQuota
+from workers.errors import QuotaExceeded, StoreUnavailable
+from workers.store.base import Claim, Page, SweepResult, TenantQuota
 
 
 class UTCDateTime(TypeDecorator):
@@ -144,7 +145,7 @@ def _leaving(old: JobStatus, new: JobStatus):
 
 def _unavailable_errors(engine: Engine) -> None:
     """Errors that mean "the store cannot be used now" (refused or lost connection, unopenable or locked database
-    file) surface as StoreUnavailable, so that callers can say so (503) instead of failing obscurely. Constraint
+    file) surface as StoreUnavailable, so that callers can say so (retry later) instead of failing obscurely. Constraint
     violations and SQL errors stay what they are. A failed pre-ping is left to the pool, which reconnects."""
 
     @event.listens_for(engine, "handle_error")

@@ -118,7 +118,8 @@ def test_hostile_model_file_is_refused_naming_the_offender(name, tmp_path, canar
     with pytest.raises(error) as info:
         inspect_model_file(path)
     assert fragment in info.value.message
-    assert isinstance(info.value, EngineError) and info.value.http_status in (413, 415, 422)
+    assert isinstance(info.value, EngineError) and info.value.code in ("resource_limit", "unsupported_file",
+                                                                     "model_rejected")
     assert not canary.exists()
 
 

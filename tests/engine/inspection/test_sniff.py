@@ -21,4 +21,4 @@ def test_unsupported_files_are_named(content, fragment, tmp_path):
     with pytest.raises(UnsupportedFile) as info:
         inspect_model_file(path)
     assert fragment in info.value.message
-    assert info.value.http_status == 415
+    assert info.value.code == "unsupported_file"

@@ -30,7 +30,7 @@ def finished_job(settings: Settings, webhook_url: str | None):
     try:
         job, _ = store.create_job(NewJob(tenant="t", spec={}, inputs={}, webhook_url=webhook_url), max_attempts=1)
         claim = store.claim(job.id, "w@test:1")
-        assert store.finish(claim, JobStatus.FAILED, error={"type": "internal_error", "message": "boom"})
+        assert store.finish(claim, JobStatus.FAILED, error={"code": "internal_error", "message": "boom"})
         return store.get_job(job.id)
     finally:
         store.close()

@@ -11,7 +11,7 @@ needs to start (no credentials).
 
 Errors come back as the engine's own classes with the child's message: ModelRejected / UnsupportedFile for models,
 DataError / UnsupportedFile for datasets; a deadline or a crash (a signal) raises the kind's refusal class naming
-what happened; anything else the child raised is an EngineError (an internal error, HTTP 500).
+what happened; anything else the child raised is an EngineError (an internal error, code engine_error).
 """
 
 from __future__ import annotations
