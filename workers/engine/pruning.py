@@ -3,8 +3,10 @@
 Public API (used by `pipeline`)::
 
     pruner = Pruner(model, weights: list[PrunableWeight], overrides: dict[str, LayerOverride] | None = None)
-    pruner.prune(step: PruneStep) -> None                    one-shot: masks to the step's final target
-    pruner.callback(step: PruneStep, steps_per_epoch: int) -> PruningCallback   gradual pruning during fit
+    pruner.prune(step: PruneStep, targets=None) -> None      one-shot: masks to the step's final target
+    pruner.callback(step: PruneStep, steps_per_epoch: int, targets=None) -> PruningCallback   gradual pruning
+    pruner.keys() -> list[str]                               "path/role" of every weight, in order
+    pruner.max_zeros(sparsity) -> dict[str, int]             global scope's floors at a target (see below)
     pruner.hold_zeros() -> None                              mask = (w != 0): hold zeros made earlier
     pruner.sparsity() -> float                               zeros / size over all the pruner's weights
     pruner.layer_sparsity() -> dict[str, float]              the same per layer path
@@ -49,6 +51,8 @@ part of its function and the raw ranking is measurably better (LeNet-300-100 at 
   distribution (it prunes MobileNetV2's 1x1 expand/project layers most, to ~0.88); a small output layer and the
   tiny layers stay spared (not sparing them cost MobileNetV2 5.5 points at 80 %);
 - a weight named explicitly has no floor and may be emptied.
+`targets` ("path/role" -> sparsity, e.g. from `allocation.allocate` on a sensitivity analysis) gives those weights
+their own exact targets, as per-layer overrides would; the other weights are planned as usual.
 When sparing makes the target unreachable under the floors, nothing is spared; a target the floors still cannot
 reach is refused with a SpecError on `target_sparsity` (stating the most that is reachable) when the step is
 planned, before any training. `pruner.allocation` ("path/role" -> sparsity) holds the per-weight targets of the
@@ -242,12 +246,23 @@ class Pruner:
 
     # ----------------------------------------------------------------- planning
 
-    def _plan(self, step: PruneStep, method: MaskMethod) -> list[_Group]:
+    def keys(self) -> list[str]:
+        return [f"{w.path}/{w.role}" for w in self.weights]
+
+    def max_zeros(self, sparsity: float) -> dict[str, int]:
+        """Per weight, the most zeros global scope gives it at `sparsity` (its floor; see the module docstring)."""
+        return {key: self._max_zeros(i, sparsity) for i, key in enumerate(self.keys())}
+
+    def _plan(self, step: PruneStep, method: MaskMethod, targets: Mapping[str, float] | None = None) -> list[_Group]:
         """Split the weights into groups: per-layer targets, and for global scope one pool (minus spared)."""
         base = _step_params(step)
         groups: list[_Group] = []
         pool: list[int] = []
         for i, w in enumerate(self.weights):
+            target = None if targets is None else targets.get(f"{w.path}/{w.role}")
+            if target is not None:
+                groups.append(_Group((i,), replace(base, sparsity=float(target)), "layer"))
+                continue
             params = self._layer_params(w, base)
             # a method without a global ranking (threshold, N:M) applies its per-tensor rule everywhere
             if step.scope == "layer" or method.global_ is None or params != base:
@@ -360,14 +375,16 @@ class Pruner:
 
     # ----------------------------------------------------------------- pruning
 
-    def prune(self, step: PruneStep) -> None:
-        """Prune once to the step's final targets (method, scope and per-layer overrides from the spec)."""
+    def prune(self, step: PruneStep, targets: Mapping[str, float] | None = None) -> None:
+        """Prune once to the step's final targets (method, scope and per-layer overrides from the spec; `targets`
+        per "path/role" first)."""
         self._check_attached()
         method = get_method(step.method)
-        groups = self._plan(step, method)
+        groups = self._plan(step, method, targets)
         self._apply(method, groups, [g.params for g in groups])
 
-    def callback(self, step: PruneStep, steps_per_epoch: int) -> PruningCallback:
+    def callback(self, step: PruneStep, steps_per_epoch: int,
+                 targets: Mapping[str, float] | None = None) -> PruningCallback:
         """A Keras callback that prunes on the step's schedule over its `epochs` epochs of `steps_per_epoch`.
 
         Compile the model after creating it if the model was compiled before (see the module docstring).
@@ -378,7 +395,7 @@ class Pruner:
         if spec.kind != "one_shot" and not method.gradual:
             raise SpecError(f"method '{step.method}' prunes once; a {spec.kind} schedule cannot ramp it",
                             field="schedule")
-        groups = self._plan(step, method)
+        groups = self._plan(step, method, targets)
         schedules = [make_schedule(spec, g.params.sparsity, steps_per_epoch, max(step.epochs, 1))
                      if method.gradual else OneShot(0.0) for g in groups]
         return PruningCallback(self, method, groups, schedules)
