@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -127,11 +127,16 @@ class PruneStep(_Strict):
         "smallest predicted drop of the held-out metric. Needs method magnitude, scope global and data."
     )
 
+    @field_validator("allocation")
+    @classmethod
+    def _allocation_fits(cls, v, info: ValidationInfo):
+        if v == "sensitivity" and (info.data.get("method") != "magnitude" or info.data.get("scope") != "global"):
+            raise ValueError("allocation 'sensitivity' needs method 'magnitude' and scope 'global'")
+        return v
+
     @model_validator(mode="after")
     def _method_fields(self):
         m = self.method
-        if self.allocation == "sensitivity" and (m != "magnitude" or self.scope != "global"):
-            raise ValueError("allocation 'sensitivity' needs method 'magnitude' and scope 'global'")
         if m in ("magnitude", "block") and self.target_sparsity is None:
             raise ValueError(f"method '{m}' needs target_sparsity (0 <= s < 1)")
         if m == "threshold":
@@ -266,25 +271,26 @@ class BudgetStep(_Strict):
         ..., ge=0.0, le=10.0, description="Tolerated drop: absolute for accuracy-like metrics (0.01 = 1 point), "
         "relative for losses and errors (0.05 = 5% higher)."
     )
-    objective: Literal["nonzero_params", "size", "macs", "latency"] = Field(
-        "nonzero_params", description="What 'most compressed' means when choosing among trials within budget: "
-        "non-zero parameters, gzipped .keras bytes, MACs (zero-skipping for magnitude) or batch-1 CPU latency."
-    )
     method: Literal["magnitude", "structured"] = Field(
         "magnitude", description="magnitude: unstructured zeros (level = sparsity of the prunable weights); "
         "structured: whole units removed and the model rebuilt (level = keep ratio of the units)."
+    )
+    objective: Literal["nonzero_params", "size", "macs", "latency"] = Field(
+        "nonzero_params", description="What 'most compressed' means when choosing among trials within budget: "
+        "non-zero parameters, gzipped .keras bytes, MACs (zero-skipping for magnitude) or batch-1 CPU latency."
     )
     epochs: int = Field(2, ge=0, le=100, description="Fine-tuning epochs of each trial (zeros held).")
     max_trials: int = Field(6, ge=1, le=30, description="Trials (levels tried) at most.")
     criterion: Literal["l1", "l2"] = Field("l1", description="structured: how units are ranked within a group.")
     round_to: int = Field(1, ge=1, le=256, description="structured: kept counts rounded up to a multiple of this.")
 
-    @model_validator(mode="after")
-    def _objective_fits(self):
-        if self.method == "magnitude" and self.objective == "latency":
+    @field_validator("objective")
+    @classmethod
+    def _objective_fits(cls, v, info: ValidationInfo):
+        if v == "latency" and info.data.get("method") == "magnitude":
             raise ValueError("objective 'latency' needs method 'structured': unstructured zeros do not make dense "
                              "kernels faster")
-        return self
+        return v
 
 
 Step = Annotated[Union[RegularizeStep, PruneStep, StructuredStep, FinetuneStep, SensitivityStep, BudgetStep],
@@ -426,12 +432,13 @@ class JobSpec(_Strict):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
-    @model_validator(mode="after")
-    def _one_search(self):
+    @field_validator("steps")
+    @classmethod
+    def _one_search(cls, steps):
         for kind in ("sensitivity", "budget"):
-            if sum(s.kind == kind for s in self.steps) > 1:
+            if sum(s.kind == kind for s in steps) > 1:
                 raise ValueError(f"at most one {kind} step per job")
-        return self
+        return steps
 
     @property
     def trains(self) -> bool:
