@@ -9,6 +9,7 @@ Pure numpy, plain values. Public API::
     weight_targets(weights, held, caps, layer_curves, total) -> {"path/role": sparsity}   unstructured, exact
     unit_keeps(units, current, unit_curves, keep_ratio, round_to) -> {"group": units kept}  structured
     highest_target(pool, max_zeros, upper) -> float                the largest sparsity the floors allow
+    keep_overrides(units, unit_curves, keep_ratio, round_to, current) -> {layer: {"keep_ratio"}}  for the surgery
 
 A curve says how much the held-out metric dropped when one layer alone lost a fraction `levels[k]` of its `size`
 elements (weights for unstructured pruning, units for structured pruning): `drops[k]`. Between the measured
@@ -36,7 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Curve", "allocate", "highest_target", "predicted_drop", "total_for_drop", "unit_keeps", "weight_targets"]
+__all__ = ["Curve", "allocate", "highest_target", "keep_overrides", "predicted_drop", "total_for_drop", "unit_keeps",
+           "weight_targets"]
 
 
 @dataclass(frozen=True)
@@ -228,3 +230,19 @@ def highest_target(pool: Mapping[str, int], max_zeros: Callable[[float], Mapping
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if reachable(mid) else (lo, mid)
     return lo
+
+
+def keep_overrides(units: Sequence[Mapping], unit_curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                   keep_ratio: float, round_to: int = 1,
+                   current: Mapping[str, int] | None = None) -> dict[str, dict[str, float]]:
+    """Structured: a {"keep_ratio": r} override per member layer of each unit ({"name", "layers", "size"} of a
+    sensitivity analysis) so that the groups keep keep_ratio of their units overall (`unit_keeps`); r is relative
+    to the `current` units of a group (some may have been removed already), as the surgery applies it."""
+    sizes = {u["name"]: u["size"] for u in units}
+    current = current or sizes
+    keeps = unit_keeps(sizes, current, unit_curves, keep_ratio, round_to)
+    out: dict[str, dict[str, float]] = {}
+    for u in units:
+        ratio = min(1.0, keeps[u["name"]] / max(1, current.get(u["name"], u["size"])))
+        out.update({layer: {"keep_ratio": ratio} for layer in u["layers"]})
+    return out

@@ -43,7 +43,6 @@ from workers.engine import metrics as metrics_mod
 from workers.engine import model_io
 from workers.engine import sensitivity as sensitivity_mod
 from workers.engine.errors import Cancelled, SpecError
-from workers.engine.masks import target_count
 from workers.engine.progress import CancelFn, Progress, ProgressFn, never_cancel, no_progress
 from workers.engine.pruning import Pruner
 from workers.engine.registry import prunable_weights
@@ -257,8 +256,8 @@ def _run_prune(run: _Run, index: int, step: PruneStep) -> dict:
         targets = None
         if step.allocation == "sensitivity":
             result = _sensitivity_for(run, index, "magnitude")
-            targets = _magnitude_targets(run, pruner, step.target_sparsity, result, f"steps.{index}.target_sparsity",
-                                         hold=run.hold_zeros)
+            targets = pruner.sensitivity_targets(step.target_sparsity, sensitivity_mod.curves(result),
+                                                 hold=run.hold_zeros, field=f"steps.{index}.target_sparsity")
         history = None
         if schedule.kind == "one_shot":
             pruner.prune(step, targets)
@@ -291,7 +290,8 @@ def _run_structured(run: _Run, index: int, step: StructuredStep) -> dict:
     if step.allocation == "sensitivity":
         result = _sensitivity_for(run, index, "structured",
                                   criterion=step.criterion if step.criterion in ("l1", "l2") else "l1")
-        keeps = _structured_keeps(run, result, step.keep_ratio, step.round_to)
+        keeps = allocation_mod.keep_overrides(result["units"], sensitivity_mod.curves(result), step.keep_ratio,
+                                              step.round_to)
         overrides.update(keeps)
         out["allocation"] = {name: o["keep_ratio"] for name, o in keeps.items()}
     run.progress(Progress(phase="structured", step_index=index, message=f"ranking units by {step.criterion}"))
@@ -379,50 +379,6 @@ def _run_sensitivity(run: _Run, index: int, step: SensitivityStep) -> dict:
                                    "artifacts") if k in result}
 
 
-def _allocation_pool(run: _Run, pruner: Pruner) -> dict[str, int]:
-    """The pruner's weights a sensitivity allocation distributes the target over ("path/role" -> size): all but
-    those with a per-layer target_sparsity override (they keep their own target)."""
-    overrides = run.spec.layers.overrides
-    pool = {}
-    for key, w in zip(pruner.keys(), pruner.weights):
-        o = overrides.get(w.path) or overrides.get(w.name)
-        if o is None or o.target_sparsity is None:
-            pool[key] = w.size
-    return pool
-
-
-def _magnitude_targets(run: _Run, pruner: Pruner, target: float, result: dict, field: str,
-                       hold: bool) -> dict[str, float]:
-    """Per-weight sparsities from the sensitivity curves that hold exactly target_count(target, pool) zeros (the
-    zeros there are now stay when `hold`)."""
-    pool = _allocation_pool(run, pruner)
-    held = {k: w.size - int(np.count_nonzero(w.variable.numpy())) for k, w in zip(pruner.keys(), pruner.weights)
-            if k in pool} if hold else {}
-    try:
-        return allocation_mod.weight_targets(pool, held, pruner.max_zeros(target), sensitivity_mod.curves(result),
-                                             target_count(target, sum(pool.values())))
-    except KeyError as e:  # a layer the analysis did not measure (it was made before the model changed)
-        raise SpecError(f"the sensitivity analysis has no curve for layer {e}; run the sensitivity step after "
-                        "the steps that change the model", field=field) from None
-    except ValueError as e:
-        raise SpecError(f"target {target:g} cannot be allocated without disconnecting a layer: {e}",
-                        field=field) from None
-
-
-def _structured_keeps(run: _Run, result: dict, keep_ratio: float, round_to: int,
-                      current: dict[str, int] | None = None) -> dict[str, dict]:
-    """keep_ratio overrides per member layer: the groups of the analysis keep keep_ratio of their units overall
-    with the smallest predicted drop (relative to `current` units per group when some were removed already)."""
-    units = {u["name"]: u["size"] for u in result["units"]}
-    current = current or units
-    keeps = allocation_mod.unit_keeps(units, current, sensitivity_mod.curves(result), keep_ratio, round_to)
-    out = {}
-    for u in result["units"]:
-        ratio = min(1.0, keeps[u["name"]] / max(1, current.get(u["name"], u["size"])))
-        out.update({layer: {"keep_ratio": ratio} for layer in u["layers"]})
-    return out
-
-
 def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
     data = _require_data(run, f"step {index} (budget)")
     field = f"steps.{index}.metric"
@@ -438,7 +394,7 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
         states: dict[int, tuple[keras.Model, dict[str, int]]] = {}
     else:
         probe = _pruner(run)
-        pool = _allocation_pool(run, probe)
+        pool = probe.pool()
         total, highest = sum(pool.values()), allocation_mod.highest_target(pool, probe.max_zeros, HIGHEST_SPARSITY)
         probe.detach()
         states: dict[int, list[np.ndarray]] = {}  # type: ignore[no-redef]
@@ -455,7 +411,8 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
                                       f"{'keep ratio' if structured else 'sparsity'} {level:.4f}"))
         if structured:
             model, current = states[start] if start is not None else (original_model, sizes)
-            overrides = {**run.spec.layers.overrides, **_structured_keeps(run, result, level, step.round_to, current)}
+            overrides = {**run.spec.layers.overrides, **allocation_mod.keep_overrides(
+                result["units"], sensitivity_mod.curves(result), level, step.round_to, current)}
             run.model, report = structured_prune(
                 model, criterion=step.criterion, keep_ratio=1.0, round_to=step.round_to, selection=run.spec.layers,
                 x_calib=x_calib, overrides=overrides)
@@ -469,7 +426,8 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
             pruner = _pruner(run)
             pruner.hold_zeros()
             try:
-                targets = _magnitude_targets(run, pruner, removed, result, f"steps.{index}", hold=True)
+                targets = pruner.sensitivity_targets(removed, sensitivity_mod.curves(result), hold=True,
+                                                     field=f"steps.{index}")
                 pruner.prune(PruneStep(method="magnitude", target_sparsity=removed), targets)
                 if step.epochs:
                     _fit(run, "budget", index, step.epochs, pruner)

@@ -7,6 +7,8 @@ Public API (used by `pipeline`)::
     pruner.callback(step: PruneStep, steps_per_epoch: int, targets=None) -> PruningCallback   gradual pruning
     pruner.keys() -> list[str]                               "path/role" of every weight, in order
     pruner.max_zeros(sparsity) -> dict[str, int]             global scope's floors at a target (see below)
+    pruner.pool() -> dict[str, int]                          the weights a global target is spread over
+    pruner.sensitivity_targets(sparsity, layer_curves, hold=, field=) -> targets   from a sensitivity analysis
     pruner.hold_zeros() -> None                              mask = (w != 0): hold zeros made earlier
     pruner.sparsity() -> float                               zeros / size over all the pruner's weights
     pruner.layer_sparsity() -> dict[str, float]              the same per layer path
@@ -78,6 +80,7 @@ from dataclasses import dataclass, replace
 import keras
 import numpy as np
 
+from workers.engine.allocation import weight_targets
 from workers.engine.errors import SpecError
 from workers.engine.masks import (MaskMethod, MaskParams, count_mask, get_method, lamp_allocation, spared_small,
                                   target_count)
@@ -252,6 +255,30 @@ class Pruner:
     def max_zeros(self, sparsity: float) -> dict[str, int]:
         """Per weight, the most zeros global scope gives it at `sparsity` (its floor; see the module docstring)."""
         return {key: self._max_zeros(i, sparsity) for i, key in enumerate(self.keys())}
+
+    def pool(self) -> dict[str, int]:
+        """"path/role" -> size of the weights a global target is spread over: all but those with their own
+        target_sparsity override."""
+        return {key: w.size for key, w in zip(self.keys(), self.weights)
+                if (o := _override(self.overrides, w)) is None or o.target_sparsity is None}
+
+    def sensitivity_targets(self, sparsity: float, layer_curves: Mapping, *, hold: bool, field: str) -> dict[str, float]:
+        """Per-weight targets from sensitivity curves ("path" -> (fractions, drops), `sensitivity.curves`) that put
+        exactly target_count(sparsity, pool) zeros in the pool with the smallest predicted drop, within the global
+        floors (`allocation.weight_targets`); the zeros there are now stay when `hold`. Pass the result to
+        `prune` / `callback` as `targets`. SpecError on `field` when a layer has no curve or the floors forbid it."""
+        pool = self.pool()
+        held = {k: w.size - int(np.count_nonzero(w.variable.numpy())) for k, w in zip(self.keys(), self.weights)
+                if k in pool} if hold else {}
+        try:
+            return weight_targets(pool, held, self.max_zeros(sparsity), layer_curves,
+                                  target_count(sparsity, sum(pool.values())))
+        except KeyError as e:  # a layer the analysis did not measure (it was made before the model changed)
+            raise SpecError(f"the sensitivity analysis has no curve for layer {e}; run it after the steps that "
+                            "change the model", field=field) from None
+        except ValueError as e:
+            raise SpecError(f"sparsity {sparsity:g} cannot be allocated without disconnecting a layer: {e}",
+                            field=field) from None
 
     def _plan(self, step: PruneStep, method: MaskMethod, targets: Mapping[str, float] | None = None) -> list[_Group]:
         """Split the weights into groups: per-layer targets, and for global scope one pool (minus spared)."""
