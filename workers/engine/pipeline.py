@@ -15,6 +15,12 @@ statistics of its input over `training.batchnorm_samples` training samples (`bat
 step's record holds {"layers", "samples", "batches", "before", "after"} under "batchnorm", with the held-out
 metrics before and after the re-estimation. The summary (`summary.summarize`) claims no win when the held-out
 metric fell beyond the spec's tolerance.
+
+Sensitivity and budget steps (`sensitivity`, `allocation`, `budget` do the work on plain values): a sensitivity
+analysis is kept on the run per method and written as sensitivity.json / .csv; a prune or structured step with
+allocation "sensitivity" and a budget step use the latest one, or run one first. The budget step's trials are run
+here (prune with the allocation, fine-tune, re-estimate BatchNorm, measure) and its record becomes manifest.budget;
+it is judged against the uploaded model's held-out metric (manifest.before), like the summary.
 """
 
 from __future__ import annotations
