@@ -19,7 +19,8 @@ metric fell beyond the spec's tolerance.
 Sensitivity and budget steps (`sensitivity`, `allocation`, `budget` do the work on plain values): a sensitivity
 analysis is kept on the run per method and written as sensitivity.json / .csv; a prune or structured step with
 allocation "sensitivity" and a budget step use the latest one, or run one first. The budget step's trials are run
-here (prune with the allocation, fine-tune, re-estimate BatchNorm, measure) and its record becomes manifest.budget;
+here (magnitude: the allocated sparsity ramped polynomially over the first TRIAL_RAMP_END of the trial's epochs
+from the warm start's zeros, then fine-tuned; structured: rebuild, fine-tune; then re-estimate BatchNorm, measure) and its record becomes manifest.budget;
 it is judged against the uploaded model's held-out metric (manifest.before), like the summary.
 """
 
@@ -55,8 +56,8 @@ from workers.engine.registry import prunable_weights
 from workers.engine.regularizers import attach_regularization
 from workers.engine.summary import summarize as _summary
 from workers.engine.surgery import structured_prune
-from workers.spec import (DEFAULT_SENSITIVITY_LEVELS, BudgetStep, FinetuneStep, JobSpec, PruneStep, RegularizeStep,
-                          SensitivityStep, StructuredStep)
+from workers.spec import (DEFAULT_SENSITIVITY_LEVELS, BudgetStep, FinetuneStep, JobSpec, PolynomialScheduleSpec,
+                          PruneStep, RegularizeStep, SensitivityStep, StructuredStep)
 
 MANIFEST_NAME = "manifest.json"
 
@@ -327,6 +328,7 @@ def _run_finetune(run: _Run, index: int, step: FinetuneStep) -> dict:
 BUDGET_MAGNITUDE_LEVELS = (*DEFAULT_SENSITIVITY_LEVELS, 0.98)  # a budget search often ends past 0.95
 HIGHEST_SPARSITY = 0.995  # the budget search never goes further
 LOWEST_KEEP = 0.02
+TRIAL_RAMP_END = 0.5  # a magnitude trial ramps its sparsity over this fraction of its epochs (Zhu & Gupta)
 FIRST_AT_LEAST = 0.2  # the first trial removes at least this fraction (the prediction, without fine-tuning, is cautious)
 
 
@@ -434,9 +436,14 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
             try:
                 targets = pruner.sensitivity_targets(removed, sensitivity_mod.curves(result), hold=True,
                                                      field=f"steps.{index}")
-                pruner.prune(PruneStep(method="magnitude", target_sparsity=removed), targets)
                 if step.epochs:
-                    _fit(run, "budget", index, step.epochs, pruner)
+                    spe = int(np.ceil(len(data.x_train) / run.spec.training.batch_size))
+                    ramp = PruneStep(method="magnitude", target_sparsity=removed, epochs=step.epochs,
+                                     schedule=PolynomialScheduleSpec(end=TRIAL_RAMP_END))
+                    _fit(run, "budget", index, step.epochs, pruner,
+                         extra_callbacks=[pruner.callback(ramp, spe, targets)])
+                else:
+                    pruner.prune(PruneStep(method="magnitude", target_sparsity=removed), targets)
             finally:
                 pruner.detach()
         _reestimate_batchnorm(run, "budget", index, evaluate=False)
