@@ -13,6 +13,7 @@ from workers.settings import Settings
 from service.auth import DEFAULT_TENANT, KeyPresence, Principal, authenticate
 from service.errors import Forbidden
 from service.services.jobs import JobService
+from service.services.preflight import PreflightService
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `secateurs keys create`.")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The same API key, as a header.")
@@ -24,6 +25,10 @@ def get_settings(request: Request) -> Settings:
 
 def get_jobs(request: Request) -> JobService:
     return request.app.state.jobs
+
+
+def get_preflight(request: Request) -> PreflightService:
+    return request.app.state.preflight
 
 
 def base_url(request: Request) -> str:
@@ -52,6 +57,7 @@ async def principal(
 Who = Annotated[Principal, Depends(principal)]
 """The caller (tenant) of a route; 401 before the route runs when no valid key is presented."""
 Jobs = Annotated[JobService, Depends(get_jobs)]
+Preflight = Annotated[PreflightService, Depends(get_preflight)]
 
 
 def admin(who: Who) -> Principal:

@@ -33,6 +33,7 @@ async def lifespan(app: FastAPI):
     from service.auth import KeyPresence
     from service.metrics import ServiceMetrics
     from service.services.jobs import JobService, prepare_data_dir
+    from service.services.preflight import PreflightService
 
     settings: Settings = app.state.settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -45,6 +46,7 @@ async def lifespan(app: FastAPI):
     metrics = ServiceMetrics(store)
     app.state.store, app.state.artifacts, app.state.dispatcher, app.state.metrics = store, artifacts, dispatcher, metrics
     app.state.jobs = JobService(settings, store, artifacts, dispatcher, metrics)
+    app.state.preflight = PreflightService(settings, app.state.jobs)
     app.state.key_presence = KeyPresence(store)
     dispatcher.start()
     try:
@@ -61,17 +63,19 @@ async def lifespan(app: FastAPI):
 def create_app(settings: Settings | None = None, *, workers: int | None = None) -> FastAPI:
     """Build the app. `workers` overrides settings.worker.concurrency for the local dispatcher."""
     from service.errors import install_handlers
-    from service.routes import health, jobs
+    from service.routes import health, jobs, preflight
 
     settings = settings or get_settings()
     app = FastAPI(title="Secateurs", version="1", description=DESCRIPTION, lifespan=lifespan,
                   openapi_tags=[{"name": "jobs", "description": "Submit and follow compression jobs"},
+                                {"name": "preflight", "description": "What can be pruned, before any compute"},
                                 {"name": "schema", "description": "The JobSpec contract"},
                                 {"name": "health", "description": "Probes and metrics"}])
     app.state.settings = settings
     app.state.workers = workers
     install_handlers(app)
     app.include_router(jobs.router)
+    app.include_router(preflight.router)
     app.include_router(jobs.schema_router)
     app.include_router(health.router)
     _add_jobspec_to_openapi(app)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from workers.engine.report import REPORT_NAME
 from workers.jobs import JobRecord, JobStatus
 from workers.spec import JobSpec
 
@@ -67,6 +68,8 @@ class JobRead(BaseModel):
     error: ErrorRead | None = None
     artifacts: list[ArtifactRead] = Field(default_factory=list)
     webhook_url: str | None = None
+    report: str | None = Field(None, description="URL of report.html, the job's report for people, once it "
+                                                "succeeded.")
     links: JobLinks
 
     @classmethod
@@ -84,6 +87,7 @@ class JobRead(BaseModel):
             artifacts=[ArtifactRead(name=a.name, bytes=a.bytes, sha256=a.sha256, url=f"{url}/artifacts/{a.name}")
                        for a in job.artifacts],
             webhook_url=job.webhook_url,
+            report=next((f"{url}/artifacts/{a.name}" for a in job.artifacts if a.name == REPORT_NAME), None),
             links=JobLinks(self=url, events=f"{url}/events", logs=f"{url}/logs", cancel=f"{url}/cancel"),
         )
 
@@ -92,6 +96,92 @@ class JobList(BaseModel):
     items: list[JobRead]
     next_cursor: str | None = Field(None, description="Pass as ?cursor= to get the next page; null on the last page.")
     next: str | None = Field(None, description="The next page's URL.")
+
+
+class PreflightModel(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str
+    model_class: str = Field(..., alias="class", description="Functional, Sequential, ...")
+    file: str | None = None
+    bytes: int | None = None
+    format: str | None = Field(None, description="keras or h5, as inspected (never from the file name).")
+    saved_loss: str | None = Field(None, description="The loss the model was saved with, when a job can use it.")
+
+
+class PreflightLayer(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str = Field(..., description="The layer's path: its name, prefixed by enclosing models ('outer/inner').")
+    layer_class: str = Field(..., alias="class")
+    params: int
+    nonzero: int
+    prunable_params: int = Field(..., description="Elements of its kernels that pruning may zero (under the "
+                                 "spec's layer selection).")
+    macs: int | None = Field(..., description="Multiply-accumulates per sample; null when a size is unknown.")
+    prunable: bool = Field(..., description="A prune step with the defaults (magnitude, scope global) prunes it, or "
+                           "a structured step can remove its units.")
+    reason: str | None = Field(None, description="Why it is not prunable (no kernel, custom layer, layer selection, "
+                               "spared by the global scope, ...).")
+    spared: str | None = Field(None, description="A global magnitude step leaves it dense (output or small layer), "
+                               "though it stays prunable by structured pruning.")
+    methods: list[str] = Field(..., description="Methods that can prune it: magnitude, threshold, n_m, block, "
+                               "structured.")
+    group: str | None = Field(None, description="The structured group it belongs to (as a producer or resliced "
+                              "with it): coupled layers are cut together.")
+    structured_reason: str | None = Field(None, description="Why structured pruning removes none of its units.")
+
+
+class PreflightGroup(BaseModel):
+    id: str
+    layers: list[str] = Field(..., description="The producers whose units are removed together.")
+    dependents: list[str] = Field(..., description="Layers resliced with them (BatchNorm, depthwise, consumers).")
+    units: int
+    removable_units: int
+    selected: bool = Field(..., description="Every member is selected by the spec's layers (else none is cut).")
+
+
+class PreflightTotals(BaseModel):
+    layers: int
+    prunable_layers: int
+    params: int
+    trainable: int
+    nonzero: int
+    prunable_params: int
+    macs: int
+    flops: int
+    effective_macs: int = Field(..., description="MACs counting only non-zero kernel weights.")
+    unknown_macs: list[str]
+    groups: int
+    size_bytes: int = Field(..., description="The weights stored densely (the .keras file adds its config and ~2 KiB "
+                            "per variable).")
+    gzip_bytes: int = Field(..., description="Those bytes gzipped (level 6; sampled above 8 MiB).")
+
+
+class PreflightStep(BaseModel):
+    index: int
+    kind: str
+    estimate: str = Field(..., description="How the numbers were obtained (each step applied once, no training).")
+    params: int
+    nonzero: int
+    sparsity: float = Field(..., description="Fraction of zeros in the prunable kernels.")
+    macs: int
+    effective_macs: int = Field(..., description="MACs counting only non-zero kernel weights.")
+    size_bytes: int
+    gzip_bytes: int
+    spared: list[str] | None = None
+    groups_pruned: int | None = None
+
+
+class PreflightRead(BaseModel):
+    model: PreflightModel
+    layers: list[PreflightLayer]
+    groups: list[PreflightGroup]
+    totals: PreflightTotals
+    steps: list[PreflightStep] = Field(default_factory=list, description="With a spec: what each step would leave.")
+    task: dict[str, Any] | None = Field(None, description="With a spec: the loss and metrics a job would use.")
+    notes: list[str] = Field(default_factory=list)
+    wall_time_s: float
 
 
 class Health(BaseModel):

@@ -2,6 +2,7 @@
 
     secateurs compress MODEL --data D.npz --spec S.json --out DIR
     secateurs schema
+    secateurs preflight MODEL [--spec S.json] [--json]   what can be pruned, before any training
     secateurs serve | worker | keys ...   (the service commands, when the service package is installed)
 
 Bad input ends with exit status 2 and one line on stderr that names the problem.
@@ -82,6 +83,12 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def cmd_preflight(args) -> int:
+    from workers.preflight_cli import cmd_preflight as run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secateurs", description="Prune, regularize and compress Keras 3 models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the JobSpec JSON Schema")
     p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("preflight", help="what can be pruned in a model, and what a spec would leave (no training)")
+    p.add_argument("model", help="a .keras or legacy .h5 model file")
+    p.add_argument("--spec", help="job spec JSON: the job's checks and what each step would leave")
+    p.add_argument("--json", action="store_true", help="print the whole answer as JSON instead of tables")
+    p.set_defaults(func=cmd_preflight)
 
     try:
         from workers.service_cli import register

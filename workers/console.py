@@ -95,6 +95,11 @@ def print_summary(manifest: dict, out_dir: Path, console: Console | None = None)
         preserved = "sparsity preserved" if info.get("sparsity_preserved", True) else "SPARSITY LOST"
         console.print(f"  {info.get('file', fmt)}  {_fmt(info.get('bytes'))} B, gzip {_fmt(info.get('gzip_bytes'))} B,"
                       f" {preserved}")
+    report = manifest.get("report") or {}
+    if report.get("file"):
+        console.print(f"  {escape(report['file'])}  the report: open it in a browser")
+    elif report.get("error"):
+        console.print(f"  note: {escape(report['error'])}", style="bold red")
     budget = manifest.get("budget")
     if budget:
         chosen = budget["trials"][budget["chosen"]]

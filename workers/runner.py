@@ -22,14 +22,13 @@ from workers import webhooks
 from workers.artifacts import ArtifactStore, ArtifactStoreUnavailable, open_artifacts
 from workers.artifacts.base import sha256_file
 from workers.engine.errors import EngineError
+from workers.engine.summary import MANIFEST_NAME
 from workers.jobs import ArtifactInfo, EventKind, JobRecord, JobStatus, error_dict, worker_identity
 from workers.sandbox import Hooks, SandboxJob, SandboxLimits, SandboxResult, run_sandboxed
 from workers.settings import Settings
 from workers.store import Claim, JobStore, open_store
 
 log = logging.getLogger("secateurs.runner")
-
-MANIFEST_NAME = "manifest.json"
 
 
 @dataclass

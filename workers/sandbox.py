@@ -434,7 +434,7 @@ def inspect_inputs(model_path: str, data_path: str | None) -> None:
     """Inspect the input files again in the job process, in plain Python, before Keras touches them (defence in
     depth: the API inspected them at submit, but a file can be damaged or replaced in the artifact store since).
     Raises the engine's ModelRejected / UnsupportedFile / DataError naming the member, layer or array."""
-    from workers.engine.archive import inspect_model_file, inspect_npz
+    from workers.engine.inspection import inspect_model_file, inspect_npz
     from workers.engine.errors import EngineError
 
     for field, path, inspect in (("model", model_path, inspect_model_file), ("data", data_path, inspect_npz)):

@@ -92,6 +92,14 @@ class LimitSettings(BaseModel):
     job_file_bytes: int = Field(0, ge=0, description="Largest file the job process may write (RLIMIT_FSIZE); "
                                 "0 = unlimited.")
     job_cpu_seconds: int = Field(0, ge=0, description="CPU-time limit of the job process (RLIMIT_CPU); 0 = none.")
+    preflight_seconds: float = Field(60.0, gt=0, le=3600, description="Time limit of one POST /v1/preflight "
+                                     "after the upload is inspected: loading the model with TensorFlow and building "
+                                     "its table in a child process, killed on expiry (422 naming this limit).")
+    preflight_memory_bytes: int = Field(8 * GiB, ge=256 * MiB, description="Address-space limit (RLIMIT_AS) of the "
+                                        "preflight child process (TensorFlow needs about 3 GiB of it to start).")
+    max_concurrent_preflights: int = Field(2, ge=1, le=64, description="Preflights one API process runs at the "
+                                           "same time (each a TensorFlow child process); more wait their turn, up "
+                                           "to a minute, then get 503.")
 
 
 class WorkerSettings(BaseModel):

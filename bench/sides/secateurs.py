@@ -220,7 +220,7 @@ def structured_job(model_file: str, keep_ratio: float, finetune: list, criterion
     ratio of medians.
     """
     from workers.engine import metrics
-    from workers.engine.surgery import structured_prune
+    from workers.engine.structured import structured_prune
 
     original = keras.saving.load_model(model_file)
     before = _measure_model(original, _TMP / "before.keras")

@@ -11,6 +11,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
+from workers.engine.report_html import CSP as REPORT_CSP
 from workers.jobs import JobEvent, JobStatus
 from workers.spec import json_schema
 
@@ -20,6 +21,10 @@ from service.errors import Unprocessable
 from service.services.jobs import MAX_EVENT_SEQ, MAX_WAIT_SECONDS
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
+
+# every artifact is served under the report's policy (no script, no load but inline styles and data: images) and
+# in a sandbox, so that a downloaded file can never act as a page of this origin
+ARTIFACT_CSP = f"{REPORT_CSP}; sandbox"
 
 EXAMPLE_SPEC = {
     "steps": [
@@ -224,20 +229,26 @@ def delete_job(job_id: str, who: Who, jobs: Jobs) -> Response:
 
 @router.get("/jobs/{job_id}/artifacts/{name}", summary="Download an artifact (streamed, with its sha256)",
             response_class=StreamingResponse,
-            responses={200: {"content": {"application/octet-stream": {}},
+            description="Streams the file with its sha256. `report.html` is served as `text/html` for a browser, "
+                        "under a Content-Security-Policy that forbids scripts and external loads.",
+            responses={200: {"content": {"application/octet-stream": {}, "text/html": {}},
                              "headers": {"X-Checksum-SHA256": {"schema": {"type": "string"}},
                                          "Repr-Digest": {"schema": {"type": "string"}}}},
                        **problem_responses(401, 404)})
 def download_artifact(job_id: str, name: str, who: Who, jobs: Jobs) -> StreamingResponse:
     art = jobs.open_artifact(job_id, name, who)
     b64 = base64.b64encode(bytes.fromhex(art.sha256)).decode()
-    media = "application/json" if name.endswith(".json") else "application/octet-stream"
+    html = name.endswith(".html")  # report.html opens in the browser; its CSP forbids scripts and any load
+    media = ("text/html; charset=utf-8" if html else
+             "application/json" if name.endswith(".json") else "application/octet-stream")
     headers = {
         "Content-Length": str(art.bytes),
-        "Content-Disposition": f'attachment; filename="{art.name}"',
+        "Content-Disposition": f'{"inline" if html else "attachment"}; filename="{art.name}"',
         "ETag": f'"{art.sha256}"',
         "X-Checksum-SHA256": art.sha256,
         "Repr-Digest": f"sha-256=:{b64}:",
+        "Content-Security-Policy": ARTIFACT_CSP,
+        "X-Content-Type-Options": "nosniff",
     }
     return StreamingResponse(art.chunks, media_type=media, headers=headers)
 

@@ -180,8 +180,9 @@ async def receive_multipart(request: Request, tmp_root: Path, rules: FormRules) 
     """Stream the request body into a fresh directory under `tmp_root`. The caller must call `cleanup()`."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or not params.get(b"boundary"):
-        raise UnsupportedMediaType("POST /v1/jobs takes multipart/form-data (e.g. curl -F model=@m.keras "
-                                   "-F data=@d.npz -F spec=@spec.json)", field="content-type")
+        data = " -F data=@d.npz" if "data" in rules.file_fields else ""
+        raise UnsupportedMediaType(f"{request.method} {request.url.path} takes multipart/form-data (e.g. curl -F "
+                                   f"model=@m.keras{data} -F spec=@spec.json)", field="content-type")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > rules.max_body_bytes:
         raise _too_large(rules)

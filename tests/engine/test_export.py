@@ -13,7 +13,6 @@ import keras
 import numpy as np
 import pytest
 
-from workers.engine import export
 from workers.engine.errors import SpecError
 from workers.engine.export import (FORMATS, HeldOut, export_model, save_model_file, tflite_interpreter,
                                    tflite_kernels)
@@ -228,20 +227,6 @@ def test_export_writes_only_the_requested_files_and_replaces_old_ones(trained, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]  # no temporary file left behind
     assert artifacts["keras"].sha256 != hashlib.sha256(b"an old artifact").hexdigest()
     assert keras.saving.load_model(stale).count_params() == trained["dense"].count_params()
-
-
-def test_an_interrupted_write_keeps_the_previous_file(tmp_path):
-    final = tmp_path / "model.tflite"
-    final.write_bytes(b"previous")
-
-    def crash(tmp):
-        tmp.write_bytes(b"half a fi")
-        raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        export._atomic_write(final, crash)
-    assert final.read_bytes() == b"previous"
-    assert [p.name for p in tmp_path.iterdir()] == ["model.tflite"]
 
 
 def test_save_model_file_drops_optimizer_state_and_is_loadable(trained, tmp_path):

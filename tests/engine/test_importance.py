@@ -65,7 +65,7 @@ def test_apoz_score_is_one_minus_the_fraction_of_zeros():
 
 @pytest.mark.parametrize("name", DATA_CRITERIA)
 def test_data_criteria_combine_over_batches_as_a_row_weighted_mean(name):
-    """surgery streams calibration data batch by batch; the weighted mean must equal the one-shot score."""
+    """structured pruning streams calibration data batch by batch; the weighted mean must equal the one-shot score."""
     rng = np.random.default_rng(3)
     acts = np.maximum(rng.normal(size=(11, 3, 3, 4)), 0.0)  # relu-like: real zeros for APoZ
     crit = importance.get_criterion(name)

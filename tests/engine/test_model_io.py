@@ -12,7 +12,7 @@ import pytest
 
 from tests import hostile
 from workers.engine import model_io
-from workers.engine.archive import InspectLimits
+from workers.engine.inspection import InspectLimits
 from workers.engine.errors import ModelRejected, SpecError, UnsupportedFile
 from workers.engine.model_io import CompileInfo, compile_model, load_model, read_compile_info, resolve_training
 from workers.spec import TrainingSpec

@@ -179,6 +179,11 @@ def test_regularize_prune_structured_finetune_pipeline(tmp_path, mnist_files):
     # with training data the removed units' mean contribution went into the next layers' biases (l1 criterion too)
     report = saved["steps"][3]["report"]
     assert report["compensated"] == ["dense_1", "predictions"] and "shifts" not in report
+    # the report for people: written beside the manifest, with the kept widths and every step's curves
+    assert saved["report"]["file"] == "report.html" and saved["report"]["bytes"] == (out / "report.html").stat().st_size
+    html = (out / "report.html").read_text()
+    assert "Units (Dense) or filters (Conv) of each layer" in html  # the captions of the plots
+    assert "Fraction of exact zeros in each layer" in html and "Loss and accuracy per epoch" in html
 
 
 def test_group_lasso_then_structured_mean_activation(tmp_path, mnist_files):
@@ -366,6 +371,23 @@ def test_collapsed_accuracy_is_not_reported_as_a_win(tmp_path, mnist_files):
     assert summary["win"] == "none" and summary["within_tolerance"] is False
     assert summary["notes"][0].startswith("QUALITY COLLAPSED: held-out accuracy fell from")
     assert summary["quality"]["accuracy"]["after"] < manifest["before"]["evaluation"]["accuracy"] - 0.05
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert 'class="verdict bad"' in html and "No win: the held-out quality fell beyond the tolerance." in html
+
+
+def test_the_report_includes_a_sensitivity_json_found_in_the_output(tmp_path, mnist_files):
+    out = tmp_path / "out"
+    out.mkdir()
+    rows = [{"layer": "dense_1", "level": lv, "metric": 0.9, "drop": lv / 10, "params": 8256, "macs": 8192}
+            for lv in (0.5, 0.9)]
+    (out / "sensitivity.json").write_text(json.dumps({"metric": "accuracy", "baseline": 0.95, "rows": rows}))
+    manifest, _ = _run(tmp_path, mnist_files, {
+        "steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.5}], "evaluation": NO_LATENCY,
+    })
+    html = (out / "report.html").read_text()
+    assert manifest["report"]["file"] == "report.html" and manifest["report"]["render_s"] < 10
+    assert '<section id="sensitivity">' in html and "drop at 0.9" in html
+    assert '<section id="layers">' in html and "No step trained." in html
 
 
 def test_prune_record_lists_what_was_spared(tmp_path, mnist_files):

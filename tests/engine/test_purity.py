@@ -11,7 +11,8 @@ FORBIDDEN = ("fastapi", "starlette", "uvicorn", "sqlalchemy", "celery", "kombu",
 
 def test_engine_imports_no_web_queue_or_db_modules():
     code = (
-        "import sys, json; import workers.engine.pipeline, workers.engine.archive, workers.cli; "
+        "import sys, json; import workers.engine.pipeline, workers.engine.inspection, workers.engine.preflight, "
+        "workers.cli; "
         "print(json.dumps(sorted(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -22,7 +23,7 @@ def test_engine_imports_no_web_queue_or_db_modules():
     assert "keras" in loaded and "workers.engine.pipeline" in loaded
 
 
-def test_archive_inspection_does_not_import_tensorflow():
-    code = "import sys, workers.engine.archive; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+def test_upload_inspection_does_not_import_tensorflow():
+    code = "import sys, workers.engine.inspection; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

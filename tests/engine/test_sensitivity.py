@@ -9,14 +9,14 @@ import keras
 import numpy as np
 import pytest
 
-from tests.engine.models import cnn_sequential, residual_functional
+from tests.engine.structured.models import cnn_sequential, residual_functional
 from workers.engine import metrics as metrics_mod
 from workers.engine.batchnorm import reestimate_batchnorm
 from workers.engine.errors import Cancelled, SpecError
 from workers.engine.registry import prunable_weights
 from workers.engine.sensitivity import (analyze, curves, magnitude_units, metric_drop, resolve_metric,
                                         structured_units, write_artifacts)
-from workers.engine.surgery import structured_prune
+from workers.engine.structured import structured_prune
 
 L = keras.layers
 LEVELS = [0.5, 0.9, 0.98]

@@ -58,8 +58,9 @@ def test_keys_are_stored_hashed_and_listed_without_the_secret(server, tenants):
     assert tenants["acme"].encode() not in db
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("GET", "/v1/jobs/job_x"),
-                                          ("GET", "/metrics"), ("GET", "/v1/schema/jobspec")])
+@pytest.mark.parametrize("method, path", [("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("POST", "/v1/preflight"),
+                                          ("GET", "/v1/jobs/job_x"), ("GET", "/metrics"),
+                                          ("GET", "/v1/schema/jobspec")])
 def test_every_route_but_the_probes_needs_a_key_once_keys_exist(server, tenants, method, path):
     with server.client() as c:
         r = c.request(method, path)

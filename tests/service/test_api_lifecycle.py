@@ -81,7 +81,7 @@ def test_full_lifecycle_with_curl_submit_sse_progress_metrics_download_and_delet
     assert done["manifest"]["summary"]["sparsity_after"] == pytest.approx(0.5, abs=0.02)
     assert done["progress"]["phase"] == "done"
     arts = {a["name"]: a for a in done["artifacts"]}
-    assert {"model.keras", "manifest.json"} <= set(arts)
+    assert {"model.keras", "manifest.json", "report.html"} <= set(arts)
 
     r = client.get(arts["model.keras"]["url"])
     assert r.status_code == 200
@@ -111,6 +111,33 @@ def test_full_lifecycle_with_curl_submit_sse_progress_metrics_download_and_delet
     assert client.get(location).status_code == 404
     assert client.get(arts["model.keras"]["url"]).status_code == 404
     assert not (server.data_dir / "artifacts" / job["id"]).exists()
+
+
+def test_the_report_is_an_inert_html_page_linked_from_the_job_document(client, job_files):
+    submitted = submit(client, job_files, ONE_SHOT, data=False).json()
+    assert submitted["report"] is None  # nothing to link before the job succeeded
+    job = wait_status(client, submitted["id"], "succeeded")
+    arts = {a["name"]: a for a in job["artifacts"]}
+    assert job["report"] == arts["report.html"]["url"] == f"{job['links']['self']}/artifacts/report.html"
+    assert job["manifest"]["report"]["file"] == "report.html"
+
+    page = client.get(job["report"])
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    assert page.headers["content-disposition"].startswith("inline;")  # opens in the browser
+    assert page.headers["x-content-type-options"] == "nosniff"
+    policy = {d.split()[0]: d.split()[1:] for d in page.headers["content-security-policy"].split(";") if d.strip()}
+    assert policy["default-src"] == ["'none'"] and policy["img-src"] == ["data:"]  # no script-src: none either
+    assert policy["style-src"] == ["'unsafe-inline'"] and "sandbox" in policy
+    digest = hashlib.sha256(page.content).hexdigest()
+    assert digest == page.headers["x-checksum-sha256"] == arts["report.html"]["sha256"]
+    assert '<section id="verdict"' in page.text and "quality of the compressed model was not checked" in page.text
+    assert "prune · no dataset" in page.text  # the subtitle: the steps and the data
+
+    model = client.get(arts["model.keras"]["url"])  # the other artifacts stay downloads, under the same policy
+    assert model.headers["content-disposition"].startswith("attachment;")
+    assert model.headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in model.headers["content-security-policy"]
 
 
 def test_idempotency_key_makes_a_retried_submit_return_the_same_job(client, job_files):

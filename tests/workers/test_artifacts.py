@@ -48,7 +48,7 @@ def any_store(request, tmp_path):
 
 
 def temp_files(root):
-    return [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+    return [p for p in root.rglob("*") if p.name.startswith(".") and ".tmp" in p.name]
 
 
 def random_file(path, size: int):

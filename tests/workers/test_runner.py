@@ -125,7 +125,8 @@ def test_a_full_artifact_store_fails_the_job_and_removes_partial_outputs(tmp_pat
     assert error["type"] == "resource_limit"
     assert "artifacts.max_total_bytes" in error["message"] and "artifact store full" in error["message"]
     assert outputs_dir(ctx, job_id) is None
-    leftovers = [p for p in (ctx.settings.artifacts_root / job_id).rglob("*") if p.name.endswith(".tmp")]
+    leftovers = [p for p in (ctx.settings.artifacts_root / job_id).rglob("*")
+                 if p.name.startswith(".") and ".tmp" in p.name]
     assert leftovers == []
 
 

@@ -22,20 +22,10 @@ from pathlib import Path
 
 from workers.artifacts.base import ATTEMPTS_DIR, attempt_dir_name, check_room, parse_attempt, valid_name
 from workers.engine.errors import ResourceLimit
+from workers.engine.fileio import atomic_write, fsync_dir
 from workers.jobs import ArtifactInfo
 
 _FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalArtifactStore:
@@ -90,7 +80,7 @@ class LocalArtifactStore:
                 raise
             self._copy_atomic(Path(src), dest, what=f"input {name}")
             Path(src).unlink(missing_ok=True)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return dest
 
     def input_path(self, job_id: str, name: str) -> Path:
@@ -170,23 +160,18 @@ class LocalArtifactStore:
     # -- internals ----------------------------------------------------------------------------------------------
 
     def _copy_atomic(self, src: Path, dest: Path, *, what: str) -> str:
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
         h = hashlib.sha256()
-        try:
+
+        def copy(tmp: Path) -> None:
             with open(src, "rb") as fin, open(tmp, "wb") as fout:
                 while chunk := fin.read(1 << 20):
                     h.update(chunk)
                     fout.write(chunk)
-                fout.flush()
-                os.fsync(fout.fileno())
-            os.replace(tmp, dest)
+
+        try:
+            atomic_write(dest, copy)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             if e.errno in _FULL_ERRNOS:
                 raise ResourceLimit(f"disk full while writing {what} to the artifact store: {e.strerror}") from e
             raise
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(dest.parent)
         return h.hexdigest()

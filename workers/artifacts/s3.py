@@ -42,6 +42,7 @@ from workers.artifacts.base import (
     sha256_file,
     valid_name,
 )
+from workers.engine.fileio import atomic_write
 from workers.jobs import ArtifactInfo
 
 MiB = 2**20
@@ -166,10 +167,9 @@ class S3ArtifactStore:
                                     Config=config)
 
     def _download(self, key: str, dest: Path) -> None:
-        """Stream an object into `dest` (temp file, fsync, rename), checking its sha256 metadata."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
-        try:
+        """Stream an object into `dest` (atomic_write: temp file, fsync, rename), checking its sha256 metadata."""
+
+        def fetch(tmp: Path) -> None:
             with self._errors("download", key):
                 obj = self.client.get_object(Bucket=self.bucket, Key=key)
                 expected = (obj.get("Metadata") or {}).get(SHA256_KEY)
@@ -178,14 +178,11 @@ class S3ArtifactStore:
                     for chunk in obj["Body"].iter_chunks(1 << 20):
                         h.update(chunk)
                         f.write(chunk)
-                    f.flush()
-                    os.fsync(f.fileno())
             if expected and h.hexdigest() != expected:
                 raise ArtifactStoreUnavailable(f"{self._url(key)} is corrupt: its sha256 is {h.hexdigest()}, its "
                                                f"metadata says {expected}")
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
+
+        atomic_write(dest, fetch)
 
     def _list(self, prefix: str, **kw) -> Iterator[dict]:
         with self._errors("list", prefix):

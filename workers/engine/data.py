@@ -5,7 +5,7 @@ Public API::
     load_dataset(path, model, loss, training: TrainingSpec, seed) -> Dataset
     ARRAY_NAMES = ("x_train", "y_train", "x_val", "y_val")
 
-The file is first checked by `archive.inspect_npz` (plain numeric .npy members, headers within limits; no pickle
+The file is first checked by `inspection.inspect_npz` (plain numeric .npy members, headers within limits; no pickle
 can hide in it) and then read with ``np.load(allow_pickle=False)``.
 
 Rules (each violation raises a DataError naming the array and what is wrong):
@@ -46,7 +46,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from workers.engine.archive import InspectLimits, inspect_npz
+from workers.engine.inspection import InspectLimits, inspect_npz
 from workers.engine.errors import DataError
 from workers.engine.model_io import LOSSES, output_activation, output_units
 from workers.spec import TrainingSpec

@@ -23,7 +23,7 @@ tflite_int8    model_int8.tflite   with `calibration` (training samples): full-i
 =============  ==================  =================================================================
 
 Every file is written to a temporary name in `out_dir`, fsynced, then renamed over the final name
-(``os.replace``), so a reader never sees half a file and an interrupted export leaves the old file intact.
+(`fileio.atomic_write`), so a reader never sees half a file and an interrupted export leaves the old file intact.
 
 After writing, each file is read back and its zeros counted, with stock tools only:
 
@@ -51,7 +51,6 @@ import contextlib
 import io
 import json
 import os
-import tempfile
 import shutil
 import warnings
 import zipfile
@@ -64,6 +63,7 @@ import keras
 import numpy as np
 
 from workers.engine.errors import SpecError
+from workers.engine.fileio import atomic_write
 from workers.engine.metrics import file_size, macs, param_stats, predict_batched, score_predictions, sha256_file
 
 __all__ = ["ArtifactInfo", "ExportFormat", "FORMATS", "HeldOut", "TfliteKernel", "export_model", "save_model_file",
@@ -132,39 +132,6 @@ class ExportFormat:
     measure: Callable[[keras.Model, Path, "HeldOut | None"], tuple[_Measured, dict | None]]
 
 
-# --------------------------------------------------------------------------- atomic files
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(final: Path, write: Callable[[Path], None]) -> None:
-    """Run `write(tmp)` on a temporary path next to `final` (same suffix), fsync it, then rename it into place."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(final.parent)
-
-
 # --------------------------------------------------------------------------- keras / h5
 
 
@@ -220,9 +187,9 @@ def save_model_file(model: keras.Model, path: str | Path) -> Path:
         raise ValueError(f"save_model_file writes .keras or .h5 files, not {path.name!r}")
     if path.suffix == ".h5":
         copy = _h5_copy(model)
-        _atomic_write(path, lambda tmp: _save_h5(copy, tmp))
+        atomic_write(path, lambda tmp: _save_h5(copy, tmp))
     else:
-        _atomic_write(path, lambda tmp: _save_keras(model, tmp))
+        atomic_write(path, lambda tmp: _save_keras(model, tmp))
     return path
 
 
@@ -578,7 +545,7 @@ def export_model(model: keras.Model, out_dir: str | Path, formats, *, calibratio
         fmt = FORMATS[name]
         final = out_dir / fmt.file_name
         written: list[_Written] = []
-        _atomic_write(final, lambda tmp, fmt=fmt: written.append(fmt.write(model, tmp, calibration)))
+        atomic_write(final, lambda tmp, fmt=fmt: written.append(fmt.write(model, tmp, calibration)))
         m, evaluation = fmt.measure(model, final, held_out)
         size = file_size(final)
         artifacts[name] = ArtifactInfo(

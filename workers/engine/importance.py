@@ -3,12 +3,12 @@
 Each criterion is a pure numpy function in a registry keyed by name:
 
 * weight criteria ("l1", "l2") take a producer's kernel, whose last axis is the output units, and score each
-  unit by the norm of its incoming weights (`surgery` then multiplies by |gamma| / sigma of a BatchNorm that
+  unit by the norm of its incoming weights (`structured` then multiplies by |gamma| / sigma of a BatchNorm that
   follows the producer, which divides the kernel's scale out);
 * activation criteria ("mean_activation", "apoz") take activations whose last axis is the units (any leading
   axes: samples, positions) and score each unit by a mean over every leading axis. Because they are means,
   scores computed batch by batch combine exactly as an average weighted by the rows of each batch
-  (`rows(activations)`), which is how `surgery` streams calibration data without keeping it in memory.
+  (`rows(activations)`), which is how `structured` streams calibration data without keeping it in memory.
 
 `normalize` makes scores of different layers comparable (mean 1), used to aggregate the members of a coupled
 group and to rank units globally.

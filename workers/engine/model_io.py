@@ -8,7 +8,7 @@ Public API::
     output_activation(model) -> str | None
     LOSSES: dict[name, LossKind]        OPTIMIZERS: dict[name, optimizer class]
 
-Loading always inspects the file first (`archive.inspect_model_file`: allow-listed classes, sizes, HDF5 and zip
+Loading always inspects the file first (`inspection.inspect_model_file`: allow-listed classes, sizes, HDF5 and zip
 metadata), then calls ``keras.saving.load_model(path, compile=False, safe_mode=True)``, choosing the loader from
 the *inspected* format, never from the file name. ``compile=False`` means Keras never deserializes the saved
 loss, metric or optimizer objects; we read their *names* from the inspected compile config (``.keras``) or
@@ -34,7 +34,7 @@ from typing import Any
 
 import keras
 
-from workers.engine.archive import InspectLimits, ModelInspection, inspect_model_file
+from workers.engine.inspection import InspectLimits, ModelInspection, inspect_model_file
 from workers.engine.errors import ModelRejected, SpecError
 from workers.spec import ALLOWED_LOSSES, ALLOWED_METRICS, TrainingSpec
 

@@ -2,7 +2,7 @@
 
 `compress()` is the one entry point used by the CLI and by the service's runner. It reports progress through a
 callback, checks for cancellation at every batch, and returns the metrics manifest (also written to
-`out_dir/manifest.json`).
+`out_dir/manifest.json`, with `report.html` beside it: `report.render_report`).
 
 Invariant between steps: once any prune step has run, every later training step holds the zeros of the
 prunable weights (masks = w != 0, applied inside the compiled train step), including after a structured
@@ -16,19 +16,16 @@ step's record holds {"layers", "samples", "batches", "before", "after"} under "b
 metrics before and after the re-estimation. The summary (`summary.summarize`) claims no win when the held-out
 metric fell beyond the spec's tolerance.
 
-Sensitivity and budget steps (`sensitivity`, `allocation`, `budget` do the work on plain values): a sensitivity
-analysis is kept on the run per method and written as sensitivity.json / .csv; a prune or structured step with
-allocation "sensitivity" and a budget step use the latest one, or run one first. The budget step's trials are run
-here (magnitude: the allocated sparsity ramped polynomially over the first TRIAL_RAMP_END of the trial's epochs
-from the warm start's zeros, then fine-tuned; structured: rebuild, fine-tune; then re-estimate BatchNorm, measure) and its record becomes manifest.budget;
-it is judged against the uploaded model's held-out metric (manifest.before), like the summary.
+Sensitivity and budget steps (the work is in `sensitivity`, `allocation` and `budget`, on plain values): an
+analysis is kept per method and written as sensitivity.json / .csv; allocation "sensitivity" and the budget step
+use the latest one or run one first. Budget trials (prune with the allocation, ramped over the first half of the
+trial's epochs, or rebuild; fine-tune; re-estimate BatchNorm; measure) are judged against manifest.before.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import shutil
 import time
@@ -48,18 +45,22 @@ from workers.engine import data as data_mod
 from workers.engine import export as export_mod
 from workers.engine import metrics as metrics_mod
 from workers.engine import model_io
+from workers.engine import report as report_mod
 from workers.engine import sensitivity as sensitivity_mod
 from workers.engine.errors import Cancelled, SpecError
+from workers.engine.fileio import atomic_write
 from workers.engine.progress import CancelFn, Progress, ProgressFn, never_cancel, no_progress
 from workers.engine.pruning import Pruner
 from workers.engine.registry import prunable_weights
 from workers.engine.regularizers import attach_regularization
+from workers.engine.selection import override_for
+from workers.engine.summary import MANIFEST_NAME
 from workers.engine.summary import summarize as _summary
-from workers.engine.surgery import structured_prune
+from workers.engine.structured import structured_prune
 from workers.spec import (DEFAULT_SENSITIVITY_LEVELS, BudgetStep, FinetuneStep, JobSpec, PolynomialScheduleSpec,
                           PruneStep, RegularizeStep, SensitivityStep, StructuredStep)
 
-MANIFEST_NAME = "manifest.json"
+SENSITIVITY_NAME = "sensitivity.json"
 
 
 @dataclass
@@ -290,7 +291,7 @@ def _run_prune(run: _Run, index: int, step: PruneStep) -> dict:
 def _run_structured(run: _Run, index: int, step: StructuredStep) -> dict:
     if step.criterion in ("mean_activation", "apoz"):
         _require_data(run, f"step {index} (structured, criterion {step.criterion})")
-    # with data, every criterion also folds the removed channels' mean contribution back (surgery._compensation)
+    # with data, every criterion also folds the removed channels' mean contribution back (rebuild.compensation)
     x_calib = run.data.x_train[: step.calibration_samples] if run.data is not None else None
     overrides: dict = dict(run.spec.layers.overrides)
     out: dict[str, Any] = {}
@@ -329,7 +330,7 @@ BUDGET_MAGNITUDE_LEVELS = (*DEFAULT_SENSITIVITY_LEVELS, 0.98)  # a budget search
 HIGHEST_SPARSITY = 0.995  # the budget search never goes further
 LOWEST_KEEP = 0.02
 TRIAL_RAMP_END = 0.5  # a magnitude trial ramps its sparsity over this fraction of its epochs (Zhu & Gupta)
-FIRST_AT_LEAST = 0.2  # the first trial removes at least this fraction (the prediction, without fine-tuning, is cautious)
+FIRST_AT_LEAST = 0.2  # the first trial removes at least this (the prediction, without fine-tuning, is cautious)
 
 
 def _metric_names(run: _Run) -> list[str]:
@@ -343,8 +344,7 @@ def _sensitivity(run: _Run, index: int, method: str, *, levels, criterion: str =
     metric = sensitivity_mod.resolve_metric(_metric_names(run), metric, f"{field_prefix}metric")  # compiles
     if method == "magnitude":
         weights = [w for w in prunable_weights(run.model, run.spec.layers)
-                   if not ((o := run.spec.layers.overrides.get(w.path) or run.spec.layers.overrides.get(w.name))
-                           and o.skip)]
+                   if not ((o := override_for(run.spec.layers.overrides, w.path, w.name)) and o.skip)]
         units = sensitivity_mod.magnitude_units(run.model, weights)
     else:
         units = sensitivity_mod.structured_units(run.model, criterion=criterion, selection=run.spec.layers,
@@ -593,11 +593,27 @@ def compress(model_path: str | Path, data_path: str | Path | None, spec: JobSpec
     if run.budget is not None:
         manifest["budget"] = run.budget
     manifest = _jsonable(manifest)
-    tmp = out_dir / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp, out_dir / MANIFEST_NAME)
+    manifest["report"] = _write_report(run, out_dir, manifest)
+    text = json.dumps(manifest, indent=2, sort_keys=True)
+    atomic_write(out_dir / MANIFEST_NAME, lambda tmp: tmp.write_text(text))
     progress(Progress(phase="done", message="finished"))
     return manifest
+
+
+def _write_report(run: _Run, out_dir: Path, manifest: dict) -> dict:
+    """Render report.html from the manifest (and sensitivity.json when a step wrote one) into `out_dir`; returns
+    the manifest's "report" record. A report that cannot be drawn does not lose the finished job: the record
+    then holds the error instead of the file."""
+    run.progress(Progress(phase="report", message=f"writing {report_mod.REPORT_NAME}"))
+    started = time.perf_counter()
+    try:
+        sensitivity_path = out_dir / SENSITIVITY_NAME
+        sensitivity = json.loads(sensitivity_path.read_text()) if sensitivity_path.is_file() else None
+        html = report_mod.render_report(manifest, sensitivity).encode("utf-8")
+    except Exception as e:  # noqa: BLE001 - recorded in the manifest, the job's other outputs stand
+        return {"file": None, "error": f"the report could not be rendered: {type(e).__name__}: {e}"}
+    atomic_write(out_dir / report_mod.REPORT_NAME, lambda tmp: tmp.write_bytes(html))
+    return {"file": report_mod.REPORT_NAME, "bytes": len(html), "render_s": time.perf_counter() - started}
 
 
 def _package_version() -> str:

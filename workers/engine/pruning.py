@@ -86,6 +86,7 @@ from workers.engine.masks import (MaskMethod, MaskParams, count_mask, get_method
                                   target_count)
 from workers.engine.registry import PrunableWeight, output_layer_paths, walk_layers
 from workers.engine.schedules import OneShot, make_schedule
+from workers.engine.selection import override_for
 from workers.spec import LayerOverride, PruneStep
 
 
@@ -132,11 +133,6 @@ def _masked(value: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return (value * keep + value.dtype.type(0)).astype(value.dtype, copy=False)
 
 
-def _override(overrides: Mapping[str, LayerOverride], w: PrunableWeight) -> LayerOverride | None:
-    o = overrides.get(w.path)
-    return o if o is not None else overrides.get(w.name)
-
-
 def _step_params(step: PruneStep) -> MaskParams:
     return MaskParams(sparsity=step.target_sparsity, threshold=step.threshold, n=step.n, m=step.m,
                       block_shape=tuple(step.block_shape) if step.block_shape is not None else None)
@@ -150,7 +146,7 @@ class Pruner:
         self.model = model
         self.overrides = dict(overrides or {})
         self.weights: list[PrunableWeight] = [
-            w for w in weights if not ((o := _override(self.overrides, w)) is not None and o.skip)]
+            w for w in weights if not ((o := override_for(self.overrides, w.path, w.name)) is not None and o.skip)]
         self.spared: list[str] = []
         self.allocation: dict[str, float] = {}  # "path/role" -> sparsity planned by the last plan or update
         self._outputs = output_layer_paths(model)
@@ -260,9 +256,10 @@ class Pruner:
         """"path/role" -> size of the weights a global target is spread over: all but those with their own
         target_sparsity override."""
         return {key: w.size for key, w in zip(self.keys(), self.weights)
-                if (o := _override(self.overrides, w)) is None or o.target_sparsity is None}
+                if (o := override_for(self.overrides, w.path, w.name)) is None or o.target_sparsity is None}
 
-    def sensitivity_targets(self, sparsity: float, layer_curves: Mapping, *, hold: bool, field: str) -> dict[str, float]:
+    def sensitivity_targets(self, sparsity: float, layer_curves: Mapping, *, hold: bool,
+                            field: str) -> dict[str, float]:
         """Per-weight targets from sensitivity curves ("path" -> (fractions, drops), `sensitivity.curves`) that put
         exactly target_count(sparsity, pool) zeros in the pool with the smallest predicted drop, within the global
         floors (`allocation.weight_targets`); the zeros there are now stay when `hold`. Pass the result to
@@ -352,7 +349,7 @@ class Pruner:
         return max(0, w.size - keep)
 
     def _layer_params(self, w: PrunableWeight, base: MaskParams) -> MaskParams:
-        o = _override(self.overrides, w)
+        o = override_for(self.overrides, w.path, w.name)
         if o is None:
             return base
         changes = {}

@@ -29,12 +29,12 @@ Layers are looked up along their class's MRO, so subclasses of these layers are 
 (and wrapper layers such as TimeDistributed) are walked recursively; a weight's `path` is the layer name,
 prefixed by the names of the enclosing models: "outer/inner". A layer shared by several call sites appears once.
 
-Selection (`workers.spec.LayerSelection`): `include` / `exclude` entries match a layer's path, its name, its
-class name, or the name of an enclosing nested model (which selects everything inside it); `overrides[name]`
-matches a path or a layer name, and `skip=True` removes the layer. Entries that name no layer of the model are
-refused with a SpecError that lists the names available. As in the structured-pruning surgery, a Keras layer
-class name is accepted even when the model has no such layer (``exclude: ["Embedding"]`` is meaningful for any
-model), but an `include` that ends up selecting nothing prunable is refused.
+Selection (`workers.spec.LayerSelection`) follows the one rule of `selection.Selector`: `include` / `exclude`
+entries match a layer's path, its name, its class name, or the name of an enclosing nested model (which selects
+everything inside it); `overrides[name]` matches a path or a layer name, and `skip=True` removes the layer.
+Entries that name no layer of the model are refused with a SpecError that lists the names available; a Keras
+layer class name is accepted even when the model has no such layer (``exclude: ["Embedding"]`` is meaningful for
+any model), but an `include` that ends up selecting nothing prunable is refused.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import keras
 
 from workers.engine.errors import SpecError
+from workers.engine.selection import Selector
 from workers.spec import LayerSelection
 
 L = keras.layers
@@ -215,42 +216,7 @@ def output_layer_paths(model) -> set[str]:
     return found
 
 
-# --------------------------------------------------------------------------- selection
-
-
-def _keys(path: str, prefix: tuple[str, ...], layer) -> set[str]:
-    return {path, layer.name, type(layer).__name__, *prefix}
-
-
-def _check_names(model, selection: LayerSelection, layers: list[tuple[str, tuple[str, ...], object]]) -> None:
-    names = {n for path, _, layer in layers for n in (path, layer.name)}
-    classes = {type(layer).__name__ for _, _, layer in layers}
-
-    def available() -> str:
-        shown = sorted(names)
-        more = f" (+{len(shown) - 40} more)" if len(shown) > 40 else ""
-        return ", ".join(shown[:40]) + more + "; classes: " + ", ".join(sorted(classes))
-
-    for key in ("include", "exclude"):
-        unknown = [e for e in (getattr(selection, key) or [])
-                   if e not in names and e not in classes and not _is_keras_layer_class(e)]
-        if unknown:
-            raise SpecError(f"layers.{key} names {unknown}, which match no layer or layer class of model "
-                            f"'{model.name}'; available layers: {available()}", field=f"layers.{key}")
-    unknown = [n for n in selection.overrides if n not in names]
-    if unknown:
-        raise SpecError(f"layers.overrides names {unknown}, which match no layer of model '{model.name}'; "
-                        f"available layers: {available()}", field="layers.overrides")
-
-
-def _is_keras_layer_class(name: str) -> bool:
-    cls = getattr(L, name, None)
-    return isinstance(cls, type) and issubclass(cls, L.Layer)
-
-
-def _override(selection: LayerSelection, path: str, name: str):
-    o = selection.overrides.get(path)
-    return o if o is not None else selection.overrides.get(name)
+# --------------------------------------------------------------------------- prunable weights
 
 
 def prunable_weights(model, selection: LayerSelection | None = None) -> list[PrunableWeight]:
@@ -259,26 +225,17 @@ def prunable_weights(model, selection: LayerSelection | None = None) -> list[Pru
     Raises SpecError when a selection entry names nothing in the model, or when `include` selects no
     prunable weight.
     """
-    selection = selection or LayerSelection()
+    selector = Selector.of(selection)
     layers = list(walk_layers(model))
-    _check_names(model, selection, layers)
-    include = set(selection.include) if selection.include is not None else None
-    exclude = set(selection.exclude)
+    selector.check(model.name, layers)
     found: list[PrunableWeight] = []
     seen: set[int] = set()
     for path, prefix, layer in layers:
         roles = roles_for(layer)
-        if not roles:
+        if not roles or selector.reason(path, prefix, layer) is not None:
             continue
-        keys = _keys(path, prefix, layer)
-        if include is not None and not keys & include:
-            continue
-        if keys & exclude:
-            continue
-        override = _override(selection, path, layer.name)
-        if override is not None and override.skip:
-            continue
-        explicit = bool(include and {path, layer.name} & include) or (
+        override = selector.override(path, layer.name)
+        explicit = selector.named(path, layer.name) or (
             override is not None and (override.target_sparsity is not None or override.threshold is not None))
         for role in roles:
             variable = _layer_variable(layer, role.variable_name)
@@ -288,8 +245,8 @@ def prunable_weights(model, selection: LayerSelection | None = None) -> list[Pru
             found.append(PrunableWeight(path=path, layer=layer, variable=variable, layer_type=type(layer).__name__,
                                         role=role.role, input_axis=role.input_axis, unit_axis=role.unit_axis,
                                         explicit=explicit))
-    if include is not None and not found:
+    if selector.include is not None and not found:
         prunable = sorted({p for p, _, layer in layers if roles_for(layer)})
-        raise SpecError(f"layers.include {sorted(include)} selects no prunable layer of model '{model.name}'; "
-                        f"prunable layers: {', '.join(prunable) or 'none'}", field="layers.include")
+        raise SpecError(f"layers.include {sorted(selector.include)} selects no prunable layer of model "
+                        f"'{model.name}'; prunable layers: {', '.join(prunable) or 'none'}", field="layers.include")
     return found

@@ -42,7 +42,7 @@ from workers.engine import metrics as metrics_mod
 from workers.engine.batchnorm import BatchNormEstimator, batchnorm_layers
 from workers.engine.errors import Cancelled, SpecError
 from workers.engine.masks import magnitude_mask
-from workers.engine.surgery import masked_reference, structured_prune
+from workers.engine.structured import masked_reference, structured_prune
 
 __all__ = ["HeldOutScorer", "Unit", "analyze", "higher_is_better", "magnitude_units", "metric_drop",
            "resolve_metric", "structured_units", "write_artifacts"]

@@ -27,8 +27,9 @@ import math
 
 SPEED_WIN = 1.10  # latency must improve by at least 10% at some batch size to be called a speed win
 SIZE_WIN = 0.90  # gzipped size must shrink by at least 10% to be called a size win
+MANIFEST_NAME = "manifest.json"  # the job's manifest in its output directory; the summary is one of its fields
 
-__all__ = ["SIZE_WIN", "SPEED_WIN", "quality_check", "summarize"]
+__all__ = ["MANIFEST_NAME", "SIZE_WIN", "SPEED_WIN", "quality_check", "summarize"]
 
 
 def _is_accuracy(name: str) -> bool:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests import hostile
-from workers.engine.archive import inspect_model_file, inspect_npz
+from workers.engine.inspection import inspect_model_file, inspect_npz
 from workers.engine.errors import DataError, EngineError, ModelRejected
 from workers.engine.inspection.isolated import ModelSummary, inspect_model_isolated, inspect_npz_isolated
 
@@ -82,7 +82,7 @@ def test_refusals_come_back_as_the_same_engine_error_and_message(name, tmp_path)
 
 
 def test_limits_are_passed_to_the_child(model_path):
-    from workers.engine.archive import InspectLimits
+    from workers.engine.inspection import InspectLimits
 
     with pytest.raises(ModelRejected, match="max_layers"):
         inspect_model_isolated(model_path, InspectLimits(max_layers=2), timeout_s=60)

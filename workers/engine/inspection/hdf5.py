@@ -14,18 +14,12 @@ by exactly one hard link and there are no soft, external or user-defined links. 
 from __future__ import annotations
 
 import math
-import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
-
-from workers.engine.errors import EngineError, ModelRejected
-
-if TYPE_CHECKING:
-    from workers.engine.archive import InspectLimits
+from workers.engine.errors import ModelRejected
+from workers.engine.inspection.common import plain_numeric
+from workers.engine.inspection.limits import InspectLimits
 
 # Filters HDF5 applies itself (deflate, shuffle, fletcher32, scale-offset, n-bit) plus h5py's LZF.
 KNOWN_H5_FILTERS = frozenset({1, 2, 3, 4, 5, 6, 32000})
@@ -33,29 +27,11 @@ KNOWN_H5_FILTERS = frozenset({1, 2, 3, 4, 5, 6, 32000})
 MAX_LINK_TARGET_BYTES = 1024
 
 
-def plain_numeric(dtype: np.dtype) -> bool:
-    """bool, signed/unsigned integers, float16/32/64: no objects, strings, records, sub-arrays, long doubles."""
-    if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None:
-        return False
-    return dtype.kind in "biu" or (dtype.kind == "f" and dtype.itemsize in (2, 4, 8))
-
-
 @dataclass
 class H5Summary:
     datasets: int = 0
     weight_elements: int = 0  # datasets outside the optimizer groups
     total_bytes: int = 0
-
-
-@contextmanager
-def malformed(name: str, kind: str, error: type[EngineError] = ModelRejected) -> Iterator[None]:
-    """Turn a parser's own exception on a damaged file into `error` (ours pass through untouched)."""
-    try:
-        yield
-    except EngineError:
-        raise
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as e:
-        raise error(f"{name}: damaged {kind}: {type(e).__name__}: {str(e)[:200]}") from None
 
 
 def h5_file(source, name: str):

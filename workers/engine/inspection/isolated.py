@@ -50,7 +50,7 @@ class ModelSummary:
 
 def inspect_model_isolated(path: str | Path, limits=None, *, timeout_s: float,
                            limit_name: str = "timeout_s") -> ModelSummary:
-    """`archive.inspect_model_file` in a child process that is killed after `timeout_s` seconds."""
+    """`inspection.inspect_model_file` in a child process that is killed after `timeout_s` seconds."""
     result = _run("model", Path(path), limits, timeout_s, limit_name)
     return ModelSummary(format=result["format"], layer_count=result["layer_count"],
                         weight_count=result["weight_count"], sequential_layers=result["sequential_layers"],
@@ -59,7 +59,7 @@ def inspect_model_isolated(path: str | Path, limits=None, *, timeout_s: float,
 
 def inspect_npz_isolated(path: str | Path, limits=None, *, timeout_s: float, limit_name: str = "timeout_s"
                          ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """`archive.inspect_npz` in a child process that is killed after `timeout_s` seconds."""
+    """`inspection.inspect_npz` in a child process that is killed after `timeout_s` seconds."""
     result = _run("npz", Path(path), limits, timeout_s, limit_name)
     return {name: (tuple(shape), np.dtype(dtype)) for name, (shape, dtype) in result.items()}
 
@@ -104,7 +104,7 @@ def _run(kind: str, path: Path, limits, timeout_s: float, limit_name: str) -> An
 def _child() -> int:
     request = json.loads(sys.stdin.read())
     signal.alarm(int(request["alarm_s"]))  # default action: the process ends, even inside a C call
-    from workers.engine.archive import InspectLimits, inspect_model_file, inspect_npz
+    from workers.engine.inspection import InspectLimits, inspect_model_file, inspect_npz
 
     limits = InspectLimits(**request["limits"]) if request["limits"] else InspectLimits()
     try:

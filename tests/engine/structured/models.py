@@ -1,4 +1,4 @@
-"""Small model builders for the structured pruning tests: every dependency pattern the surgery must handle.
+"""Small model builders for the structured pruning tests: every dependency pattern the rebuild must handle.
 
 Each builder returns a freshly built, untrained model with deterministic weights (the autouse fixture resets the
 seed) and BatchNormalization moving statistics set to non-trivial values, so that a wrong slice shows.

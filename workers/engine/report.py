@@ -1,0 +1,468 @@
+"""report.html: one self-contained page that says what a job gained and lost, for people rather than programs.
+
+Public API::
+
+    render_report(manifest, sensitivity=None) -> str      the HTML document
+    REPORT_NAME = "report.html"
+
+Pure: the manifest dict built by `pipeline.compress` (and the `sensitivity.json` dict when the job made one) in,
+an HTML string out. The page fetches nothing: the plots are matplotlib SVG documents inlined as data: images, the
+CSS is inline, there is no script, and a Content-Security-Policy meta tag forbids any other load. It reflows on a
+phone and prints on paper. Every string taken from the manifest is escaped (layer names are chosen by whoever
+built the uploaded model); the plots get cleaned, shortened labels (`plots.label`).
+
+Sections, each present when the manifest holds its data: the verdict in words (the summary's win, the held-out
+quality against its tolerance, the size, parameter, MAC and latency changes, the budget when one was set, and the
+summary's notes), the before/after table, one row per exported file, the budget search (its trials and the
+accuracy-versus-size Pareto front with the chosen trial starred), the per-layer sensitivity curves, per-layer
+sparsity and kept width before and after, and the training curves of every step.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from html import escape
+
+from workers.engine import plots
+from workers.engine.report_html import CSP, page, table
+
+REPORT_NAME = "report.html"
+MAX_LAYERS = 150  # per-layer plots show at most this many layers (the largest by parameters)
+
+__all__ = ["CSP", "REPORT_NAME", "render_report"]
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _accuracy_like(name: str) -> bool:
+    return "accuracy" in str(name)
+
+
+def _int(v) -> str:
+    return f"{int(v):,}" if _finite(v) else "—"
+
+
+def _bytes(v) -> str:
+    if not _finite(v):
+        return "—"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(v) >= size:
+            return f"{v / size:.1f} {unit}"
+    return f"{int(v)} B"
+
+
+def _pct(v) -> str:
+    return f"{v:.1%}" if _finite(v) else "—"
+
+
+def _metric(name: str, v) -> str:
+    if not _finite(v):
+        return "—"
+    return f"{v:.2%}" if _accuracy_like(name) else f"{v:.4g}"
+
+
+def _ratio_change(b, a, smaller: str = "smaller", larger: str = "larger") -> str:
+    if not (_finite(b) and _finite(a)) or b == 0:
+        return ""
+    if a == b:
+        return "unchanged"
+    r = a / b
+    return f"{1 - r:.0%} {smaller}" if r < 1 else f"{r - 1:.0%} {larger}"
+
+
+def _metric_change(name: str, b, a) -> str:
+    if not (_finite(b) and _finite(a)):
+        return ""
+    if _accuracy_like(name):
+        return f"{(a - b) * 100:+.1f} points"
+    return f"{(a - b) / abs(b):+.1%}" if b else f"{a - b:+.4g}"
+
+
+def _e(v) -> str:
+    return escape(str(v), quote=True)
+
+
+def _dict(v) -> dict:
+    return v if isinstance(v, dict) else {}
+
+
+def _list(v) -> list:
+    return v if isinstance(v, list) else []
+
+
+def _figure(svg: bytes | None, alt: str, caption: str) -> str:
+    if not svg:
+        return ""
+    data = base64.b64encode(svg).decode("ascii")
+    return (f'<figure><img src="data:image/svg+xml;base64,{data}" alt="{_e(alt)}">'
+            f"<figcaption>{caption}</figcaption></figure>")
+
+
+# --------------------------------------------------------------------------- the verdict
+
+
+def _quality_sentences(summary: dict) -> list[str]:
+    quality = _dict(summary.get("quality"))
+    if summary.get("within_tolerance") is None:
+        return ["No held-out data: the quality of the compressed model was not checked."]
+    out = []
+    for name, q in quality.items():
+        q = _dict(q)
+        b, a = q.get("before"), q.get("after")
+        if q.get("kind") == "accuracy":
+            tol = f"tolerance {q['max_drop'] * 100:.1f} points" if _finite(q.get("max_drop")) else ""
+        else:
+            tol = f"tolerance +{q['max_increase']:.0%}" if _finite(q.get("max_increase")) else ""
+        ok = "within" if q.get("ok") else "<strong>beyond</strong>"
+        out.append(f"Held-out {_e(name)}: {_metric(name, b)} → {_metric(name, a)} "
+                   f"({_metric_change(name, b, a)}; {ok} the {tol}).")
+    return out
+
+
+def _gain_sentences(m: dict) -> list[str]:
+    before, after, summary = _dict(m.get("before")), _dict(m.get("after")), _dict(m.get("summary"))
+    out = []
+    fb, fa = _dict(before.get("file")), _dict(after.get("file"))
+    if _finite(fb.get("gzip_bytes")) and _finite(fa.get("gzip_bytes")):
+        out.append(f"The gzipped .keras file went from {_bytes(fb['gzip_bytes'])} to {_bytes(fa['gzip_bytes'])} "
+                   f"({_ratio_change(fb['gzip_bytes'], fa['gzip_bytes'])}).")
+    pb, pa = _dict(before.get("params")), _dict(after.get("params"))
+    if _finite(pb.get("nonzero")) and _finite(pa.get("nonzero")):
+        s = (f"Non-zero parameters: {_int(pb['nonzero'])} → {_int(pa['nonzero'])} "
+             f"({_ratio_change(pb['nonzero'], pa['nonzero'], 'fewer', 'more')})")
+        if pb.get("total") != pa.get("total"):
+            s += f"; all parameters {_int(pb.get('total'))} → {_int(pa.get('total'))} (units removed)"
+        out.append(s + ".")
+    cb, ca = _dict(before.get("compute")), _dict(after.get("compute"))
+    if _finite(cb.get("macs")) and _finite(ca.get("macs")):
+        s = f"MACs per sample: {_int(cb['macs'])} → {_int(ca['macs'])}"
+        if _finite(ca.get("effective_macs")) and ca.get("effective_macs") != ca["macs"]:
+            s += f" ({_int(ca['effective_macs'])} if zeros were skipped)"
+        out.append(s + ".")
+    speed = _dict(summary.get("latency_speedup"))
+    beyond = _dict(summary.get("latency_speedup_beyond_spread"))
+    for key, ratio in speed.items():
+        b = _dict(_dict(before.get("latency_ms")).get(key)).get("median")
+        a = _dict(_dict(after.get("latency_ms")).get(key)).get("median")
+        if _finite(ratio) and _finite(b) and _finite(a):
+            claim = "a speed win" if beyond.get(key) else "not claimed: within the measurement spread or under 10%"
+            how = f"{ratio:.2f}× faster" if ratio >= 1 else f"{1 / ratio:.2f}× slower"
+            out.append(f"CPU latency at {_e(key.replace('_', ' '))}: {b:.3g} ms → {a:.3g} ms ({how}; {claim}).")
+    if summary.get("sparsity_preserved_in_export") is False:
+        out.append("<strong>An exported file lost the sparsity</strong> (see the files table).")
+    return out
+
+
+def _verdict(m: dict) -> str:
+    summary = _dict(m.get("summary"))
+    win = str(summary.get("win", "none"))
+    if summary.get("within_tolerance") is False:
+        cls, head = "bad", "No win: the held-out quality fell beyond the tolerance."
+    elif win != "none":
+        words = {"size": "smaller", "speed": "faster"}
+        cls = "good"
+        head = "Win: the model is " + " and ".join(words.get(k, k) for k in win.split("+")) + "."
+    else:
+        cls, head = "neutral", "No win claimed: the model did not get clearly smaller or faster."
+    items = _quality_sentences(summary) + _gain_sentences(m) + _budget_sentences(_dict(m.get("budget")))
+    notes = "".join(f"<li>{_e(n)}</li>" for n in _list(summary.get("notes")))
+    return (f'<section id="verdict" class="verdict {cls}"><h2>Verdict</h2><p class="headline">{_e(head)} '
+            f'<span class="badge">win: {_e(win)}</span></p><ul>{"".join(f"<li>{s}</li>" for s in items)}</ul>'
+            + (f'<h3>Notes</h3><ul class="notes">{notes}</ul>' if notes else "") + "</section>")
+
+
+# --------------------------------------------------------------------------- before / after
+
+
+def _eval_names(before: dict, after: dict) -> list[str]:
+    names = {*_dict(before.get("evaluation")), *_dict(after.get("evaluation"))}
+    return sorted(names, key=lambda k: (not _accuracy_like(k), k))
+
+
+def _before_after(m: dict) -> str:
+    before, after = _dict(m.get("before")), _dict(m.get("after"))
+    rows = []
+    eb, ea = _dict(before.get("evaluation")), _dict(after.get("evaluation"))
+    for k in _eval_names(before, after):
+        rows.append((f"held-out {k}", _metric(k, eb.get(k)), _metric(k, ea.get(k)),
+                     _metric_change(k, eb.get(k), ea.get(k))))
+    pb, pa = _dict(before.get("params")), _dict(after.get("params"))
+    rows += [
+        ("parameters", _int(pb.get("total")), _int(pa.get("total")), _ratio_change(pb.get("total"), pa.get("total"))),
+        ("non-zero parameters", _int(pb.get("nonzero")), _int(pa.get("nonzero")),
+         _ratio_change(pb.get("nonzero"), pa.get("nonzero"), "fewer", "more")),
+        ("sparsity of the prunable kernels", _pct(pb.get("sparsity")), _pct(pa.get("sparsity")), ""),
+    ]
+    cb, ca = _dict(before.get("compute")), _dict(after.get("compute"))
+    rows += [("MACs per sample", _int(cb.get("macs")), _int(ca.get("macs")),
+              _ratio_change(cb.get("macs"), ca.get("macs"), "fewer", "more")),
+             ("MACs if zeros were skipped", _int(cb.get("effective_macs")), _int(ca.get("effective_macs")),
+              _ratio_change(cb.get("effective_macs"), ca.get("effective_macs"), "fewer", "more"))]
+    fb, fa = _dict(before.get("file")), _dict(after.get("file"))
+    rows += [(".keras size", _bytes(fb.get("bytes")), _bytes(fa.get("bytes")),
+              _ratio_change(fb.get("bytes"), fa.get("bytes"))),
+             (".keras size gzipped", _bytes(fb.get("gzip_bytes")), _bytes(fa.get("gzip_bytes")),
+              _ratio_change(fb.get("gzip_bytes"), fa.get("gzip_bytes")))]
+    lb, la = _dict(before.get("latency_ms")), _dict(after.get("latency_ms"))
+    for key in lb:
+        b, a = _dict(lb.get(key)), _dict(la.get(key))
+        rows.append((f"CPU latency, {key.replace('_', ' ')} (median ms, p25–p75)", _latency(b), _latency(a),
+                     _ratio_change(b.get("median"), a.get("median"), "faster", "slower")))
+    if not lb:
+        rows.append(("CPU latency", "not measured", "not measured", ""))
+    return ('<section id="before-after"><h2>Before and after</h2>'
+            + table(["", "before", "after", "change"], rows) + _files(m) + "</section>")
+
+
+def _latency(d: dict) -> str:
+    if not _finite(d.get("median")):
+        return "—"
+    spread = f" ({d['p25']:.3g}–{d['p75']:.3g})" if _finite(d.get("p25")) and _finite(d.get("p75")) else ""
+    return f"{d['median']:.3g}{spread}"
+
+
+def _files(m: dict) -> str:
+    artifacts = _dict(m.get("artifacts"))
+    if not artifacts:
+        return ""
+    names = _eval_names({}, {"evaluation": {k: 1 for a in artifacts.values()
+                                            for k in _dict(_dict(a).get("evaluation")) if k not in ("how", "samples")}})
+    rows = []
+    for fmt, a in artifacts.items():
+        a = _dict(a)
+        ev = _dict(a.get("evaluation"))
+        rows.append((a.get("file", fmt), a.get("encoding", ""), _bytes(a.get("bytes")), _bytes(a.get("gzip_bytes")),
+                     _int(a.get("params")), _int(a.get("nonzero_params")),
+                     *(_metric(k, ev.get(k)) for k in names),
+                     "yes" if a.get("sparsity_preserved", True) else "NO"))
+    head = ["file", "encoding", "size", "gzipped", "parameters", "non-zero", *(f"held-out {k}" for k in names),
+            "sparsity kept"]
+    return ('<h3 id="artifacts">Exported files</h3><p class="small">Each file was reloaded and run on the held-out '
+            "data; its own metrics are shown.</p>" + table(head, rows, left=2))
+
+
+# --------------------------------------------------------------------------- per layer
+
+
+def _largest(names: list[str], params: dict) -> tuple[list[str], str]:
+    if len(names) <= MAX_LAYERS:
+        return names, ""
+    keep = set(sorted(names, key=lambda n: -(_dict(params.get(n)).get("params") or 0))[:MAX_LAYERS])
+    return [n for n in names if n in keep], f" The {MAX_LAYERS} largest of {len(names)} layers are shown."
+
+
+def _layers(m: dict) -> str:
+    steps = [_dict(s) for s in _list(m.get("steps"))]
+    lb = _dict(_dict(_dict(m.get("before")).get("params")).get("layers"))
+    la = _dict(_dict(_dict(m.get("after")).get("params")).get("layers"))
+    parts = []
+    pruned = [n for s in steps if s.get("kind") == "prune" for n in _dict(s.get("layer_sparsity"))]
+    names = list(dict.fromkeys(pruned)) or [n for n in {**lb, **la}
+                                             if (_dict(la.get(n)).get("sparsity") or 0) > 0]
+    if names:
+        names, note = _largest(names, lb)
+        rows = [(n, _dict(lb.get(n)).get("sparsity"), _dict(la.get(n)).get("sparsity")) for n in names]
+        svg = plots.layer_bars(rows, title="Sparsity per layer", xlabel="fraction of weights that are zero",
+                               fraction=True)
+        parts.append(_figure(svg, "Bar chart of the sparsity of each pruned layer before and after",
+                             "Fraction of exact zeros in each layer's weights, before and after." + _e(note)))
+    widths: dict[str, list] = {}
+    skipped: dict[str, str] = {}
+    for s in steps:
+        report = _dict(s.get("report"))
+        for g in _list(report.get("groups")):
+            g = _dict(g)
+            for name in _list(g.get("layers")):
+                entry = widths.setdefault(str(name), [g.get("units_before"), None])
+                entry[1] = g.get("units_after")
+        skipped.update({str(k): str(v) for k, v in _dict(report.get("skipped")).items()})
+    if widths:
+        names, note = _largest(list(widths), lb)
+        svg = plots.layer_bars([(n, *widths[n]) for n in names], title="Kept width per layer",
+                               xlabel="units or filters", fraction=False)
+        parts.append(_figure(svg, "Bar chart of the units or filters of each layer before and after structured "
+                                  "pruning", "Units (Dense) or filters (Conv) of each layer, before and after "
+                                             "structured pruning: the after bar is labelled kept/before." + _e(note)))
+        if skipped:
+            rows = [(k, v) for k, v in skipped.items()]
+            parts.append("<h3>Layers left whole by structured pruning</h3>" + table(["layer", "why"], rows, left=2))
+    if not parts:
+        return ""
+    return '<section id="layers"><h2>Per layer</h2>' + "".join(parts) + "</section>"
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _training(m: dict) -> str:
+    steps = [_dict(s) for s in _list(m.get("steps"))]
+    if not steps:
+        return ""
+    histories = [(f"{int(s.get('index', i)) + 1}. {s.get('kind', 'step')}", _dict(s.get("history")))
+                 for i, s in enumerate(steps)]
+    keys = [k for _, h in histories for k in h if not k.startswith("val_") and k != "loss"]
+    wanted = [k for k in _list(_dict(m.get("task")).get("metrics")) if k in keys]
+    metric = (wanted or sorted(keys, key=lambda k: not _accuracy_like(k)) or [None])[0]
+    svg = plots.training_curves(histories, metric)
+    rows = []
+    for i, s in enumerate(steps):
+        h = _dict(s.get("history"))
+        epochs = max((len(v) for v in h.values() if isinstance(v, list)), default=0)
+        bn = _dict(s.get("batchnorm"))
+        bn_text = ""
+        if bn.get("before") or bn.get("after"):
+            k = next(iter(_eval_names(_dict(bn.get("after")), _dict(bn.get("before")))), None)
+            if k:
+                bn_text = f"{_metric(k, _dict(bn.get('before')).get(k))} → {_metric(k, _dict(bn.get('after')).get(k))}"
+        wall = s.get("wall_time_s")
+        rows.append((str(int(s.get("index", i)) + 1), s.get("kind", ""), str(epochs),
+                     _pct(s.get("sparsity")) if "sparsity" in s else "",
+                     bn_text, f"{wall:.1f} s" if _finite(wall) else "—"))
+    body = _figure(svg, "Line charts of the training and held-out loss per epoch across the steps",
+                   "Loss" + (f" and {_e(metric)}" if metric else "") + " per epoch of every step that trained: "
+                   "training solid, held-out dashed.") if svg else "<p>No step trained.</p>"
+    return ('<section id="training"><h2>Steps and training</h2>' + body
+            + table(["step", "kind", "epochs", "sparsity", "BatchNorm re-estimation (held-out)", "time"], rows,
+                    left=2) + "</section>")
+
+
+# --------------------------------------------------------------------------- budget and sensitivity
+
+
+def _chosen_index(chosen, trials: list[dict]) -> int | None:
+    """The chosen trial: an index into the trials, a trial (matched by its level) or a level."""
+    if isinstance(chosen, dict):
+        chosen = chosen.get("level")
+    elif isinstance(chosen, int) and not isinstance(chosen, bool) and 0 <= chosen < len(trials):
+        return chosen
+    if _finite(chosen):
+        return next((i for i, t in enumerate(trials) if t.get("level") == chosen), None)
+    return None
+
+
+def _budget_limit(budget: dict, trials: list[dict]) -> tuple[float | None, bool]:
+    """The metric value at the budget's limit and whether higher is better, read from how the trials' drops are
+    defined (baseline - metric for an accuracy, metric - baseline for a loss)."""
+    base, max_drop = budget.get("baseline"), budget.get("max_drop")
+    higher = not any(w in str(budget.get("metric", "")) for w in ("loss", "error"))
+    pairs = [(t["metric"], t["drop"]) for t in trials if _finite(t.get("metric")) and _finite(t.get("drop"))]
+    if _finite(base) and pairs:
+        if all(math.isclose(d, base - v, rel_tol=1e-6, abs_tol=1e-9) for v, d in pairs):
+            higher = True
+        elif all(math.isclose(d, v - base, rel_tol=1e-6, abs_tol=1e-9) for v, d in pairs):
+            higher = False
+    if not (_finite(base) and _finite(max_drop)):
+        return None, higher
+    return (base - max_drop if higher else base + max_drop), higher
+
+
+def _budget_sentences(budget: dict) -> list[str]:
+    if not budget:
+        return []
+    trials = [_dict(t) for t in _list(budget.get("trials"))]
+    metric = str(budget.get("metric", "metric"))
+    met = budget.get("met")
+    words = "met" if met else ("<strong>not met</strong>" if met is False else "not judged")
+    s = (f"Budget: held-out {_e(metric)} at most {_e(_fmt_drop(metric, budget.get('max_drop')))} below the "
+         f"baseline {_metric(metric, budget.get('baseline'))}, objective {_e(budget.get('objective', '—'))}: {words}")
+    i = _chosen_index(budget.get("chosen"), trials)
+    if i is not None:
+        t = trials[i]
+        s += (f"; chose level {_e(t.get('level'))} ({_metric(metric, t.get('metric'))}, "
+              f"{_bytes(t.get('size_bytes'))}, {_int(t.get('nonzero_params'))} non-zero parameters)")
+    return [s + f" after {len(trials)} trials."]
+
+
+def _fmt_drop(metric: str, v) -> str:
+    if not _finite(v):
+        return "—"
+    return f"{v * 100:.1f} points" if _accuracy_like(metric) else f"{v:.4g}"
+
+
+def _budget(m: dict) -> str:
+    budget = _dict(m.get("budget"))
+    if not budget:
+        return ""
+    trials = [_dict(t) for t in _list(budget.get("trials"))]
+    metric = str(budget.get("metric", "metric"))
+    chosen = _chosen_index(budget.get("chosen"), trials)
+    limit, higher = _budget_limit(budget, trials)
+    by_size = any(_finite(t.get("size_bytes")) for t in trials)
+    svg = plots.pareto_front(trials, metric=metric, baseline=budget.get("baseline"), floor=limit,
+                             higher_better=higher, chosen=chosen,
+                             x_key="size_bytes" if by_size else "nonzero_params",
+                             x_label="model size (bytes)" if by_size else "non-zero parameters")
+    rows = []
+    for i, t in enumerate(trials):
+        lat = t.get("latency_ms")
+        rows.append(("★" if i == chosen else "", t.get("level", ""), _metric(metric, t.get("metric")),
+                     _fmt_drop(metric, t.get("drop")), _int(t.get("nonzero_params")), _bytes(t.get("size_bytes")),
+                     _int(t.get("macs")), f"{lat:.3g}" if _finite(lat) else "—",
+                     {True: "yes", False: "no"}.get(t.get("within_budget"), "—"), t.get("epochs", "")))
+    fig = _figure(svg, f"Scatter plot of held-out {metric} against model size for each budget trial",
+                  f"Held-out {_e(metric)} against size for every trial; the step line is the Pareto front, the "
+                  "star the chosen trial, the dashed line the budget's limit.")
+    return ('<section id="budget"><h2>Budget search</h2>' + "".join(f"<p>{s}</p>" for s in _budget_sentences(budget))
+            + fig + table(["chosen", "level", metric, "drop", "non-zero", "size", "MACs", "latency (ms)",
+                           "within budget", "epochs"], rows,
+                          row_class=lambda i: "chosen" if i == chosen else "")
+            + "</section>")
+
+
+def _sensitivity(sens: dict) -> str:
+    rows = [_dict(r) for r in _list(sens.get("rows"))]
+    if not rows:
+        return ""
+    metric = str(sens.get("metric", "metric"))
+    svg = plots.sensitivity_curves(rows, metric)
+    levels = sorted({r["level"] for r in rows if _finite(r.get("level"))})
+    drops: dict[str, dict] = {}
+    params: dict[str, object] = {}
+    for r in rows:
+        name = str(r.get("layer"))
+        drops.setdefault(name, {})[r.get("level")] = r.get("drop")
+        params.setdefault(name, r.get("params"))
+    order = sorted(drops, key=lambda n: -max((d for d in drops[n].values() if _finite(d)), default=-math.inf))
+    shown = order[:60]
+    body = [(n, _int(params[n]), *(_fmt_drop(metric, drops[n].get(lv)) for lv in levels)) for n in shown]
+    more = f" The {len(shown)} most sensitive of {len(order)} layers are listed." if len(order) > len(shown) else ""
+    base = sens.get("baseline")
+    return ('<section id="sensitivity"><h2>Per-layer sensitivity</h2>'
+            f"<p>Each layer pruned alone to each level, the rest of the model untouched; the drop is measured from "
+            f"the baseline held-out {_e(metric)} of {_metric(metric, base)}.{_e(more)}</p>"
+            + _figure(svg, f"Line chart of the drop in held-out {metric} per pruning level for each layer",
+                      f"Drop in held-out {_e(metric)} when one layer is pruned to each level.")
+            + table(["layer", "parameters", *(f"drop at {lv:g}" for lv in levels)], body)
+            + "</section>")
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def render_report(manifest: dict, sensitivity: dict | None = None) -> str:
+    """The report of one finished job as a self-contained HTML document (see the module docstring)."""
+    m = _dict(manifest)
+    sens = _dict(sensitivity) or _dict(m.get("sensitivity"))
+    inputs = _dict(m.get("inputs"))
+    model = _dict(inputs.get("model"))
+    steps = " → ".join(str(_dict(s).get("kind", "?")) for s in _list(m.get("steps"))) or "no steps"
+    meta = _dict(m.get("secateurs"))
+    data = _dict(inputs.get("data"))
+    subtitle = (f"{_e(model.get('file', 'model'))} · {_e(steps)}"
+                + (f" · {_int(data.get('train_samples'))} training and {_int(data.get('val_samples'))} held-out "
+                   "samples" if data else " · no dataset"))
+    versions = _dict(m.get("versions"))
+    wall = m.get("wall_time_s")
+    footer = (f"Secateurs {_e(meta.get('version', ''))}, {_e(meta.get('created_at', ''))}; seed {_e(m.get('seed'))}; "
+              + ", ".join(f"{_e(k)} {_e(v)}" for k, v in versions.items())
+              + (f"; the job took {wall:.1f} s" if _finite(wall) else "") + ".")
+    body = (_verdict(m) + _before_after(m) + _budget(m) + (_sensitivity(sens) if sens else "") + _layers(m)
+            + _training(m))
+    return page(title=f"Secateurs report: {model.get('file', 'model')}", subtitle=subtitle, body=body,
+                footer=footer)
