@@ -155,7 +155,8 @@ def test_cancelling_mid_search_stops_before_the_next_trial(tmp_path, mlp_files):
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
-def test_structured_budget_rebuilds_a_smaller_model_within_budget(tmp_path, mnist):
+@pytest.fixture(scope="module")
+def cnn_files(tmp_path_factory, mnist):
     x, y, xv, yv = mnist
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((28, 28)), L.Reshape((28, 28, 1)), L.Conv2D(8, 3, name="c1"),
@@ -164,9 +165,34 @@ def test_structured_budget_rebuilds_a_smaller_model_within_budget(tmp_path, mnis
                               L.Dense(10, activation="softmax", name="out")])
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x[:4000], y[:4000], epochs=3, batch_size=64, verbose=0)
-    model.save(tmp_path / "cnn.keras")
-    np.savez(tmp_path / "d.npz", x_train=x[:4000], y_train=y[:4000], x_val=xv[:1000], y_val=yv[:1000])
-    manifest, out = _run(tmp_path, (tmp_path / "cnn.keras", tmp_path / "d.npz"), {
+    d = tmp_path_factory.mktemp("cnn")
+    model.save(d / "cnn.keras")
+    np.savez(d / "d.npz", x_train=x[:4000], y_train=y[:4000], x_val=xv[:1000], y_val=yv[:1000])
+    return d / "cnn.keras", d / "d.npz"
+
+
+def test_structured_allocation_keeps_the_ratio_overall_where_it_costs_least(tmp_path, cnn_files):
+    manifest, out = _run(tmp_path, cnn_files, {
+        "steps": [{"kind": "sensitivity", "method": "structured", "levels": [0.25, 0.5, 0.75]},
+                  {"kind": "structured", "keep_ratio": 0.5, "allocation": "sensitivity"}],
+        "evaluation": QUIET})
+    analysis = json.loads((out / "sensitivity.json").read_text())
+    sizes = {u["name"]: u["size"] for u in analysis["units"]}
+    assert analysis["method"] == "structured" and sizes == {"c1": 8, "c2": 16}
+    rebuilt = keras.saving.load_model(out / "model.keras")
+    kept = {"c1": rebuilt.get_layer("c1").filters, "c2": rebuilt.get_layer("c2").filters}
+    assert sum(kept.values()) == math.ceil(0.5 * 24)  # the overall keep ratio, exactly
+    allocation = manifest["steps"][1]["allocation"]
+    assert allocation == {name: pytest.approx(kept[name] / size) for name, size in sizes.items()}
+    drops = {r["layer"]: r["drop"] for r in analysis["rows"] if r["level"] == 0.25}
+    if drops["c1"] != drops["c2"]:  # the group that loses more alone keeps the larger share
+        sensitive, other = sorted(drops, key=drops.get, reverse=True)
+        assert kept[sensitive] / sizes[sensitive] >= kept[other] / sizes[other]
+
+
+def test_structured_budget_rebuilds_a_smaller_model_within_budget(tmp_path, cnn_files):
+    original = keras.saving.load_model(cnn_files[0])
+    manifest, out = _run(tmp_path, cnn_files, {
         "steps": [{"kind": "budget", "method": "structured", "objective": "macs", "max_drop": 0.05, "epochs": 1,
                    "max_trials": 2}],
         "training": {"batch_size": 64}, "evaluation": QUIET})
@@ -178,6 +204,6 @@ def test_structured_budget_rebuilds_a_smaller_model_within_budget(tmp_path, mnis
     assert manifest["after"]["compute"]["macs"] == chosen["macs"]
     assert budget["met"] == any(t["within_budget"] for t in trials)
     rebuilt = keras.saving.load_model(out / "model.keras")
-    assert rebuilt.count_params() < model.count_params()
+    assert rebuilt.count_params() < original.count_params()
     analysis = json.loads((out / "sensitivity.json").read_text())
     assert analysis["method"] == "structured" and {u["name"] for u in analysis["units"]} == {"c1", "c2"}
