@@ -99,14 +99,18 @@ class HeldOutScorer:
             index = np.sort(np.random.default_rng(seed).choice(n, max_samples, replace=False))
             x = [np.asarray(a)[index] for a in x] if isinstance(x, (list, tuple)) else np.asarray(x)[index]
             y = np.asarray(y)[index]
-        self.x, self.y, self.metric, self.batch_size = x, y, metric, batch_size
+        self.model, self.x, self.y, self.metric, self.batch_size = model, x, y, metric, batch_size
         self.samples = len(y)
         self.config = model.get_compile_config()
-        signature = tf.nest.map_structure(lambda a: tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)), x)
-        self._predict = tf.function(lambda batch: model(batch, training=False), input_signature=[signature],
-                                    autograph=False)
+        self._predict = None
+        if len(model.outputs) == 1 and not model.losses:  # else: the compiled model.evaluate (metrics.evaluate)
+            signature = tf.nest.map_structure(lambda a: tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)), x)
+            self._predict = tf.function(lambda batch: model(batch, training=False), input_signature=[signature],
+                                        autograph=False)
 
     def __call__(self) -> float:
+        if self._predict is None:
+            return float(metrics_mod.evaluate(self.model, self.x, self.y, self.batch_size)[self.metric])
         y_pred = metrics_mod.predict_batched(self._predict, self.x, self.batch_size)
         scores = metrics_mod.score_predictions(self.config, y_pred, self.y, self.batch_size)
         return float(scores[self.metric])
