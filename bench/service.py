@@ -100,8 +100,12 @@ class Server:
         root = Path(root) if root is not None else ROOT
         if root != ROOT:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-        # `secateurs serve`, imported from `root` (the current directory comes first on sys.path with -c)
-        cmd = [sys.executable, "-c", "import sys; from workers.cli import main; sys.exit(main())"]
+        # `secateurs serve`, imported from `root` (the current directory comes first on sys.path with -c); a revision
+        # older than service/cli.py registered `serve` in workers/cli.py
+        entry = ("import sys, importlib.util\n"
+                 "cli = 'service.cli' if importlib.util.find_spec('service.cli') else 'workers.cli'\n"
+                 "sys.exit(importlib.import_module(cli).main())")
+        cmd = [sys.executable, "-c", entry]
         self.log = open(self.dir / "serve.log", "w")
         self.proc = subprocess.Popen([*cmd, "serve", "--port", str(self.port), "--workers", str(workers)],
                                      cwd=root, env=env, stdout=self.log, stderr=subprocess.STDOUT)

@@ -27,8 +27,9 @@ Submit with one `curl -F` line (`model`, `data`, `spec`), follow `GET /v1/jobs/{
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     from workers.artifacts import open_artifacts
-    from workers.dispatch import make_dispatcher, sweep
+    from workers.dispatch import make_dispatcher
     from workers.store import open_store
+    from workers.worker import sweep
 
     from service.auth import KeyPresence
     from service.metrics import ServiceMetrics
@@ -55,9 +56,9 @@ async def lifespan(app: FastAPI):
         dispatcher.stop()
         app.state.jobs.close()
         store.close()
-        from workers import webhooks
+        from workers import notify
 
-        webhooks.drain()  # webhooks of jobs cancelled before they ran are sent from this process
+        notify.drain()  # webhooks of jobs cancelled before they ran are sent from this process
 
 
 def create_app(settings: Settings | None = None, *, workers: int | None = None) -> FastAPI:

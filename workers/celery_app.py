@@ -9,12 +9,12 @@
   message of a running job is never handed to a second worker.
 - A worker that is stopped (SIGTERM) stops its running jobs, which release their claim without spending an
   attempt; their messages are rejected with requeue, so another worker picks them up. A worker that is killed
-  leaves its job `running` with a dead worker: the API's sweep (workers/dispatch.py, CeleryDispatcher) re-queues
+  leaves its job `running` with a dead worker: the API's CeleryDispatcher sweeps (workers/worker.py) and re-queues
   it, or fails it as interrupted once it used `worker.max_attempts`, and sends it again.
 - A task that cannot reach the job store or the artifact store rejects its message with requeue after a pause
   (REQUEUE_PAUSE_S), so an outage never strands a queued job.
 - Never eager: `secateurs worker` runs a real Celery worker (prefork pool, `worker.concurrency` processes).
-- A finished job's webhook is sent by the pool process's sender threads (workers/webhooks.py): the task returns as
+- A finished job's webhook is sent by the pool process's sender threads (workers/notify/): the task returns as
   soon as the job ends; a pool process that stops gives its queued webhooks one delivery budget to go out.
 
 Nothing is built at import: `create_celery_app(settings)` is the factory; `celery -A workers.celery_app worker`
@@ -136,9 +136,10 @@ def run_job_task(task, job_id: str) -> str | None:
     from celery.exceptions import Reject
 
     from workers.artifacts import open_artifacts
-    from workers.jobs import JobStatus, worker_identity
+    from workers.jobs import JobStatus
     from workers.runner import RunContext, run_job
     from workers.store import open_store
+    from workers.worker import worker_identity
 
     settings: Settings = task.app.secateurs_settings
     state = _process_state()
@@ -184,10 +185,10 @@ def _on_worker_shutting_down(**_kw) -> None:
 
 
 def _on_process_shutdown(**_kw) -> None:
-    """In a pool process that stops: webhooks it queued get one delivery budget to go out (workers/webhooks.py)."""
-    from workers import webhooks
+    """In a pool process that stops: webhooks it queued get one delivery budget to go out (workers/notify/)."""
+    from workers import notify
 
-    if not webhooks.drain():
+    if not notify.drain():
         log.warning("pool process %s stops with webhooks still queued; they are not sent", os.getpid())
 
 
@@ -211,8 +212,8 @@ def run_worker(settings: Settings, *, name: str = "celery") -> int:
     if settings.worker.concurrency < 1:
         raise ValueError(f"worker.concurrency is {settings.worker.concurrency}: a Celery worker needs at least 1")
     from workers.artifacts import open_artifacts
-    from workers.runner import cleanup_scratch
     from workers.store import open_store
+    from workers.worker import cleanup_scratch
 
     store = open_store(settings.store_url, echo=settings.store.echo)  # fail now, not at the first job
     try:

@@ -1,11 +1,15 @@
-"""`secateurs` command line: compress a model locally, print the spec's JSON Schema, run the service.
+"""`secateurs` command line, the commands that need no service: compress a model locally, print the spec's JSON
+Schema, run a worker. The `secateurs` entry point is service/cli.py, which adds the service's commands (serve, keys).
 
     secateurs compress MODEL --data D.npz --spec S.json --out DIR
     secateurs schema
     secateurs preflight MODEL [--spec S.json] [--json]   what can be pruned, before any training
-    secateurs serve | worker | keys ...   (the service commands, when the service package is installed)
+    secateurs worker [--name NAME]   one standalone worker process that pulls jobs from the store (dispatcher
+                                     `none`), or a Celery worker (dispatcher `celery`)
+    secateurs submit | status | wait | download | cancel ...   (a client of a server: workers/client_cli.py)
 
-Bad input ends with exit status 2 and one line on stderr that names the problem.
+Settings come from SECATEURS_* environment variables (docs/CONFIG.md). Bad input ends with exit status 2 and one
+line on stderr that names the problem. Nothing heavy is imported until a command runs.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
@@ -89,7 +94,41 @@ def cmd_preflight(args) -> int:
     return run(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def load_settings(**overrides):
+    """Settings from the environment, `overrides` (flags given on the command line) applied; a bad configuration
+    ends the command with one line naming it."""
+    from pydantic import ValidationError
+
+    from workers.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        raise SystemExit(f"secateurs: error: invalid configuration: {e}") from None
+    updates = {k: v for k, v in overrides.items() if v is not None}
+    return settings.model_copy(update=updates) if updates else settings
+
+
+def cmd_worker(args) -> int:
+    from workers import redact
+
+    settings = load_settings()
+    redact.configure_logging(settings.log_level)
+    if settings.worker.dispatcher == "celery":
+        from workers.celery_app import run_worker as run_celery_worker
+
+        try:
+            return run_celery_worker(settings, name=args.name)
+        except ValueError as e:
+            return _fail(str(e))
+    from workers.worker import run_worker
+
+    run_worker(settings, args.name)
+    return 0
+
+
+def build_parser(*more: Callable[[argparse._SubParsersAction], None]) -> argparse.ArgumentParser:
+    """The commands of this module; each of `more` registers further ones (service/cli.py: serve, keys)."""
     parser = argparse.ArgumentParser(prog="secateurs", description="Prune, regularize and compress Keras 3 models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -111,11 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the whole answer as JSON instead of tables")
     p.set_defaults(func=cmd_preflight)
 
-    try:
-        from workers.service_cli import register
-    except ImportError:  # the service commands are optional for library-only use
-        pass
-    else:
+    p = sub.add_parser("worker", help="run one worker process that pulls jobs from the store (a Celery "
+                       "worker with worker.concurrency processes when worker.dispatcher is celery)")
+    p.add_argument("--name", default="worker", help="a name for logs and the job's worker id")
+    p.set_defaults(func=cmd_worker)
+
+    from workers.client_cli import register as register_client  # submit | status | wait | download | cancel
+
+    register_client(sub)
+
+    for register in more:
         register(sub)
     return parser
 

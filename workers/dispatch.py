@@ -1,9 +1,10 @@
-"""Dispatchers: how saved jobs reach `runner.run_job`. Every one of them ends in that single function.
+"""Dispatchers: how saved jobs reach a worker, which runs each through `runner.run_job` (workers/worker.py runs
+them; this module only sends them).
 
-- `local` (embedded default): `secateurs serve` starts N worker processes. Each pulls the oldest queued job ids
-  from the store and calls `run_job`, whose conditional claim makes sure one worker wins each job. Workers sweep
-  the store for running jobs whose heartbeat stopped (their worker died): re-queued, or failed when out of
-  attempts. A supervisor thread in the API process restarts a worker process that died.
+- `local` (embedded default): `secateurs serve` starts N worker processes (`worker.local_worker_process`). Each
+  pulls the oldest queued job ids from the store and calls `run_job`, whose conditional claim makes sure one worker
+  wins each job. Workers sweep the store for running jobs whose heartbeat stopped (their worker died): re-queued,
+  or failed when out of attempts. A supervisor thread in the API process restarts a worker process that died.
 - `none`: the API only saves jobs; standalone `secateurs worker` processes (same loop) run them.
 - `celery`: the API sends each saved job's id to a Celery queue (workers/celery_app.py) and `secateurs worker`
   processes are Celery workers whose one task calls `run_job`.
@@ -15,8 +16,6 @@ again, and ids that could not be sent (broker unreachable: the submit still answ
 sent again until the broker takes them. Only the dispatcher's own thread talks to the broker, so a submit never
 waits for it; /readyz is 503 while the broker was never reached or is failing. A duplicate message is harmless:
 the claim is conditional.
-
-A finished job's webhook never holds a worker: it goes to the process's webhook sender threads (workers/webhooks.py).
 """
 
 from __future__ import annotations
@@ -24,15 +23,14 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import signal
 import threading
 import time
-from datetime import timedelta
 from typing import Protocol
 
-from workers.jobs import JobStatus, utcnow
+from workers.jobs import JobStatus
 from workers.settings import Settings
-from workers.store import JobStore, SweepResult
+from workers.store import JobStore
+from workers.worker import local_worker_process, sweep
 
 log = logging.getLogger("secateurs.dispatch")
 
@@ -42,109 +40,12 @@ class Dispatcher(Protocol):
 
     def stop(self, timeout: float = 30.0) -> None: ...
 
-    def notify(self, job_id: str) -> None:
-        """A job was saved (committed) and may be run now."""
+    def wake(self, job_id: str) -> None:
+        """A job was saved (committed) and may be run now: wake what hands it to a worker. Never waits."""
 
     def healthy(self) -> bool: ...
 
     def describe(self) -> dict: ...
-
-
-def local_worker_dead(worker_id: str) -> bool:
-    """True when `worker_id` (name@host:pid) names a process on this host that no longer exists."""
-    _name, _, where = worker_id.rpartition("@")
-    host, _, pid = where.rpartition(":")
-    if host != os.uname().nodename or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def sweep(store: JobStore, settings: Settings) -> list[SweepResult]:
-    """Handle running jobs whose worker died (no heartbeat, or a local pid that is gone) and queued jobs that
-    used every attempt. Called at start-up and periodically by every worker."""
-    cutoff = utcnow() - timedelta(seconds=settings.worker.heartbeat_timeout)
-    results = store.sweep_stale(cutoff, dead_worker=local_worker_dead) + store.fail_exhausted()
-    for r in results:
-        log.warning("sweep: job %s was interrupted -> %s", r.job_id, r.status)
-    return results
-
-
-def worker_loop(ctx, *, max_jobs: int | None = None) -> int:
-    """Pull and run queued jobs until ctx says stop (or `max_jobs` ran). Returns the number of jobs run.
-
-    A finished job's webhook is queued for this process's sender threads (workers/webhooks.py): the loop takes
-    the next job at once. On the way out it gives webhooks still queued one delivery budget to go out."""
-    try:
-        return _worker_loop(ctx, max_jobs)
-    finally:
-        _drain_webhooks()
-
-
-def _worker_loop(ctx, max_jobs: int | None) -> int:
-    from workers.runner import cleanup_scratch, run_job
-
-    settings = ctx.settings
-    cleanup_scratch(settings, ctx.store)
-    sweep_every = max(0.5, settings.worker.heartbeat_timeout / 3)
-    next_sweep = 0.0
-    ran = 0
-    while not ctx.should_stop() and (max_jobs is None or ran < max_jobs):
-        now = time.monotonic()
-        if now >= next_sweep:
-            next_sweep = now + sweep_every
-            try:
-                sweep(ctx.store, settings)
-            except Exception:  # a failed sweep (database busy) is retried on the next round
-                log.exception("sweep failed")
-        picked = False
-        try:
-            for job_id in ctx.store.queued_job_ids(limit=10):
-                if ctx.should_stop():
-                    break
-                if run_job(job_id, ctx) is not None:
-                    ran += 1
-                    picked = True
-                    break
-        except Exception:
-            log.exception("worker %s: error while running jobs", ctx.worker_id)
-            time.sleep(settings.worker.poll_interval)
-        if not picked:
-            ctx.stop.wait(settings.worker.poll_interval)
-    return ran
-
-
-def _worker_process(settings: Settings, name: str, parent_pid: int) -> None:
-    """Entry point of a local worker process (spawned). SIGTERM stops it gracefully: a running job is stopped and
-    released back to the queue without spending its attempt."""
-    from workers import redact
-    from workers.jobs import worker_identity
-    from workers.runner import RunContext
-
-    redact.install()  # a spawned process: the parent's log record factory is not inherited
-    logging.basicConfig(level=settings.log_level.upper(), format=f"%(asctime)s {name} %(levelname)s %(message)s")
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the API process, which stops us gracefully
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    ctx = RunContext.from_settings(settings, worker_identity(name), stop=stop,
-                                   alive=lambda: os.getppid() == parent_pid)
-    try:
-        worker_loop(ctx)
-    finally:
-        ctx.store.close()
-
-
-def _drain_webhooks() -> None:
-    """At a graceful stop: give webhooks still queued in this process one delivery budget to go out."""
-    from workers import webhooks
-
-    if not webhooks.drain():
-        log.warning("stopping with webhooks still queued; they are not sent")
 
 
 class NullDispatcher:
@@ -159,7 +60,7 @@ class NullDispatcher:
     def stop(self, timeout: float = 30.0) -> None:
         return None
 
-    def notify(self, job_id: str) -> None:
+    def wake(self, job_id: str) -> None:
         return None
 
     def healthy(self) -> bool:
@@ -183,7 +84,7 @@ class LocalDispatcher:
         self.restarts = 0
 
     def _spawn(self, name: str) -> None:
-        p = self._mp.Process(target=_worker_process, args=(self.settings, name, os.getpid()),
+        p = self._mp.Process(target=local_worker_process, args=(self.settings, name, os.getpid()),
                              name=f"secateurs-{name}", daemon=False)
         p.start()
         self._procs[name] = p
@@ -221,12 +122,8 @@ class LocalDispatcher:
                     p.kill()
                     p.join(5)
 
-    def notify(self, job_id: str) -> None:
+    def wake(self, job_id: str) -> None:
         return None  # workers poll the store every worker.poll_interval seconds
-
-    def pids(self) -> dict[str, int | None]:
-        with self._lock:
-            return {name: p.pid for name, p in self._procs.items()}
 
     def healthy(self) -> bool:
         with self._lock:
@@ -242,7 +139,7 @@ class CeleryDispatcher:
     """Sends saved jobs' ids to the Celery queue; Celery workers (`secateurs worker`) run them. `concurrency` is
     ignored: the API starts no workers of its own.
 
-    Only the dispatcher's own thread talks to the broker: `notify` (called by a submit) adds the id to the pending
+    Only the dispatcher's own thread talks to the broker: `wake` (called by a submit) adds the id to the pending
     set and wakes that thread, so a submit never waits for the broker, reachable or not. The thread sends pending
     ids at once when woken, sweeps every `celery.redispatch_interval` seconds, and while the broker is failing tries
     again once per interval. It also checks the broker at start-up and, when nothing is pending, once per interval,
@@ -258,7 +155,7 @@ class CeleryDispatcher:
         self._store: JobStore | None = None
         self._pending: set[str] = set()
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self._woken = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.sent = 0
@@ -283,7 +180,7 @@ class CeleryDispatcher:
         interval = self.settings.celery.redispatch_interval
         next_sweep = 0.0
         while not self._stopping.is_set():
-            self._wake.clear()
+            self._woken.clear()
             try:
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + interval
@@ -292,7 +189,7 @@ class CeleryDispatcher:
                     self.send_pending()
             except Exception:  # a failed round (database busy) is retried on the next one
                 log.exception("celery dispatcher: sweep failed")
-            self._wake.wait(max(0.0, next_sweep - time.monotonic()))
+            self._woken.wait(max(0.0, next_sweep - time.monotonic()))
 
     def _may_contact_broker(self) -> bool:
         """False while the broker is failing and its last failure is less than one interval old."""
@@ -362,12 +259,12 @@ class CeleryDispatcher:
                 log.info("broker reachable again")
             self._reached, self.broker_error, self._failed_at = True, None, None
 
-    def notify(self, job_id: str) -> None:
+    def wake(self, job_id: str) -> None:
         """Called after the job row was committed: the id is sent by the dispatcher's thread, which this wakes.
         Returns at once, whatever the broker's state (a submit never waits for the broker)."""
         with self._lock:
             self._pending.add(job_id)
-        self._wake.set()
+        self._woken.set()
 
     def pending(self) -> set[str]:
         with self._lock:
@@ -375,7 +272,7 @@ class CeleryDispatcher:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stopping.set()
-        self._wake.set()
+        self._woken.set()
         if self._thread is not None:
             self._thread.join(timeout)
         if self._store is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import threading
 import time
@@ -27,6 +26,8 @@ class JobStatus(StrEnum):
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 
+# Every status change a job can go through; the job store's conditional updates take their status conditions from
+# this table (workers/store/sql.py `_leaving`) and refuse any change it does not list.
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
     # running -> queued: an interrupted attempt is re-queued (the next claim counts another attempt)
@@ -63,10 +64,6 @@ def new_job_id() -> str:
         _last_us = max(time.time_ns() // 1000, _last_us + 1)
         stamp = _last_us
     return f"job_{stamp:014x}{secrets.token_hex(8)}"
-
-
-def worker_identity(name: str = "worker") -> str:
-    return f"{name}@{os.uname().nodename}:{os.getpid()}"
 
 
 @dataclass(frozen=True)

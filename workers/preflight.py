@@ -57,7 +57,7 @@ class PreflightLimits:
 def preflight_file(model_path: str | Path, spec=None) -> dict:
     """Load the model at `model_path` as a job does and return the engine's preflight (with `spec`: its checks and
     per-step estimates). `spec` is a workers.spec.JobSpec or None."""
-    from workers.engine import model_io
+    from workers.engine import config, model_io
     from workers.engine.preflight import StepTarget, preflight
 
     started = time.perf_counter()
@@ -65,10 +65,11 @@ def preflight_file(model_path: str | Path, spec=None) -> dict:
     loaded = model_io.load_model(path)
     steps, selection, task = (), None, None
     if spec is not None:
-        loss, metrics = model_io.resolve_training(loaded, spec.training)  # a job's first check: what it trains for
+        # a job's first check: what it trains for
+        loss, metrics = model_io.resolve_training(loaded, config.training_settings(spec.training))
         task = {"loss": loss, "metrics": list(metrics)}
         steps = [StepTarget.of(step.model_dump()) for step in spec.steps]
-        selection = spec.layers
+        selection = config.layer_selection(spec.layers)
     result = preflight(loaded.model, steps, selection)
     saved = loaded.compile
     result["model"].update(file=path.name, bytes=path.stat().st_size, format=loaded.format,

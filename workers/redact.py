@@ -3,7 +3,8 @@
 `redact(text)` masks the user-info password of every URL in a text (a user-info without a password, such as a
 token in `https://TOKEN@host`, is masked whole). `install()` makes every log record of the process redacted, from
 any logger and whatever handler or formatter writes it (Celery and uvicorn install their own): the message, its
-arguments, a formatted exception and a stack are redacted when the record is made.
+arguments, a formatted exception and a stack are redacted when the record is made. `configure_logging(level)`
+does that and sets up the process's log lines (the CLI's commands, a spawned worker).
 """
 
 from __future__ import annotations
@@ -60,3 +61,9 @@ def install() -> None:
 
     logging.setLogRecordFactory(factory)
     _installed = True
+
+
+def configure_logging(level: str, fmt: str = "%(asctime)s %(name)s %(levelname)s %(message)s") -> None:
+    """A process's log lines (the CLI's commands, a spawned worker): redacted (`install`), at `level`, in `fmt`."""
+    install()
+    logging.basicConfig(level=level.upper(), format=fmt)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import threading
 import time
@@ -18,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workers import webhooks
+from workers import notify
 from workers.artifacts import ArtifactStore, ArtifactStoreUnavailable, open_artifacts
 from workers.artifacts.base import sha256_file
 from workers.engine.errors import EngineError
 from workers.engine.summary import MANIFEST_NAME
-from workers.jobs import ArtifactInfo, EventKind, JobRecord, JobStatus, error_dict, worker_identity
+from workers.jobs import ArtifactInfo, EventKind, JobRecord, JobStatus, error_dict
 from workers.sandbox import Hooks, SandboxJob, SandboxLimits, SandboxResult, run_sandboxed
 from workers.settings import Settings
 from workers.store import Claim, JobStore, open_store
@@ -43,11 +42,11 @@ class RunContext:
     alive: Callable[[], bool] = lambda: True  # False when the process that owns this worker is gone
 
     @classmethod
-    def from_settings(cls, settings: Settings, worker_id: str | None = None, **kw) -> RunContext:
+    def from_settings(cls, settings: Settings, worker_id: str, **kw) -> RunContext:
+        """A context with its own store and artifact store clients; `worker_id` from `worker.worker_identity`."""
         store = open_store(settings.store_url, echo=settings.store.echo)
         artifacts = open_artifacts(settings)
-        return cls(settings=settings, store=store, artifacts=artifacts,
-                   worker_id=worker_id or worker_identity(), **kw)
+        return cls(settings=settings, store=store, artifacts=artifacts, worker_id=worker_id, **kw)
 
     def should_stop(self) -> bool:
         return self.stop.is_set() or not self.alive()
@@ -66,7 +65,7 @@ def run_job(job_id: str, ctx: RunContext) -> JobStatus | None:
         if outcome is None:
             return None
         log.info("job %s: %s", job_id, outcome)
-        webhooks.send_when_finished(ctx.settings, ctx.store, job_id)  # sent by another thread
+        notify.send_when_finished(ctx.settings, ctx.store, job_id)  # sent by another thread
         return outcome
     return None
 
@@ -259,19 +258,3 @@ def _publish(claim: Claim, artifacts: ArtifactStore, out_dir: Path, lease: Lease
         lease.check()
         published.append(artifacts.put_output(claim.job.id, name, out_dir / name, attempt=claim.attempt))
     return manifest, published
-
-
-def cleanup_scratch(settings: Settings, store: JobStore) -> list[str]:
-    """Remove attempt directories that no running attempt owns (left by a crash); returns what was removed."""
-    root = settings.scratch_dir
-    root.mkdir(parents=True, exist_ok=True)
-    os.chmod(root, 0o700)
-    removed = []
-    for p in root.iterdir():
-        job_id, _, attempt = p.name.rpartition(".")
-        job = store.get_job(job_id) if job_id else None
-        if job is not None and job.status is JobStatus.RUNNING and str(job.attempts) == attempt:
-            continue
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        removed.append(p.name)
-    return removed

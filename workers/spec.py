@@ -12,6 +12,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from workers.engine.names import ALLOWED_LOSSES, ALLOWED_METRICS  # the engine's stock names (no Keras import)
+
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -344,35 +346,6 @@ class TrainingSpec(_Strict):
         if len(v) > 8:
             raise ValueError("at most 8 metrics")
         return v
-
-
-ALLOWED_LOSSES = frozenset(
-    {
-        "sparse_categorical_crossentropy",
-        "categorical_crossentropy",
-        "binary_crossentropy",
-        "mse",
-        "mean_squared_error",
-        "mae",
-        "mean_absolute_error",
-        "huber",
-    }
-)
-ALLOWED_METRICS = frozenset(
-    {
-        "accuracy",
-        "sparse_categorical_accuracy",
-        "categorical_accuracy",
-        "binary_accuracy",
-        "top_k_categorical_accuracy",
-        "sparse_top_k_categorical_accuracy",
-        "mse",
-        "mae",
-        "mean_squared_error",
-        "mean_absolute_error",
-        "root_mean_squared_error",
-    }
-)
 
 
 class LayerOverride(_Strict):

@@ -1,8 +1,9 @@
 """The Secateurs side: Keras 3 (TensorFlow backend) and the engine in workers/engine.
 
 The pruning job is what the pipeline's gradual prune step does, without the evaluation, latency and export
-around it: `prunable_weights` -> `Pruner` -> `pruner.callback(step, steps_per_epoch)` -> `compile_model` (after
-attaching the Pruner) -> `fit` -> `detach` -> save.
+around it: `prunable_weights` -> `Pruner` -> `pruner.callback(settings, steps_per_epoch)` -> `compile_model` (after
+attaching the Pruner) -> `fit` -> `detach` -> save, with the spec's values turned into the engine's by
+`workers.engine.config` as a job does.
 
 Training *variants* try what Keras 3 offers on top of the engine's defaults (see VARIANTS); the benchmark
 reports each one so that only what measurably helps is kept.
@@ -100,11 +101,11 @@ def plain_job(model_file: str, epochs: int, batch_size: int, lr: float = 1e-3, s
 def _engine_compile(model, lr: float, batch_size: int, extra: dict) -> str:
     """The engine's compile (`model_io.compile_model`), then the variant's overrides of its settings (a compile
     again from the same config). Returns a description of what was done."""
-    from workers.engine import model_io
+    from workers.engine import config, model_io
     from workers.spec import TrainingSpec
 
-    training = TrainingSpec(batch_size=batch_size, optimizer="adam", learning_rate=lr,
-                            loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    training = config.training_settings(TrainingSpec(batch_size=batch_size, optimizer="adam", learning_rate=lr,
+                                                     loss="sparse_categorical_crossentropy", metrics=["accuracy"]))
     model_io.compile_model(model, training, training.loss, training.metrics)
     if not extra:
         return "model_io.compile_model"
@@ -123,6 +124,7 @@ def prune_job(model_file: str, epochs: int, batch_size: int, target: float, lr: 
               variant: str = "default", step: dict | None = None, selection: dict | None = None) -> dict:
     """Load, attach a Pruner (engine defaults: global scope, polynomial schedule), compile, fit with the pruning
     callback, detach, save: the pipeline's gradual prune step without evaluation/latency/export."""
+    from workers.engine import config
     from workers.engine.pruning import Pruner
     from workers.engine.registry import prunable_weights
     from workers.spec import LayerSelection
@@ -134,9 +136,9 @@ def prune_job(model_file: str, epochs: int, batch_size: int, target: float, lr: 
     spec = prune_step(target, epochs, **(step or {}))
     sw = Stopwatch()
     model = keras.saving.load_model(model_file)
-    selection = LayerSelection(**(selection or {}))
+    selection = config.layer_selection(LayerSelection(**(selection or {})))
     pruner = Pruner(model, prunable_weights(model, selection), selection.overrides)
-    callback = pruner.callback(spec, int(np.ceil(len(x) / batch_size)))
+    callback = pruner.callback(config.prune_settings(spec), int(np.ceil(len(x) / batch_size)))
     compiled_by = _engine_compile(model, lr, batch_size, extra)
     sw.mark("compiled")
     model.fit(**inputs, epochs=epochs, verbose=0, callbacks=[callback])
@@ -174,15 +176,15 @@ def _measure_model(model, path: Path) -> dict:
 def _finetune(model, phases: list, batch_size: int, seed: int) -> float:
     """Fine-tune through the engine's compile (`model_io.compile_model`), one phase per (epochs, learning rate),
     each phase a fresh optimizer as in a job's consecutive steps. Returns the seconds spent in `fit`."""
-    from workers.engine import model_io
+    from workers.engine import config, model_io
     from workers.spec import TrainingSpec
 
     keras.utils.set_random_seed(seed)
     x, y, _, _ = data()
     seconds = 0.0
     for epochs, lr in phases:
-        training = TrainingSpec(batch_size=batch_size, learning_rate=lr, loss="sparse_categorical_crossentropy",
-                                metrics=["accuracy"])
+        training = config.training_settings(TrainingSpec(
+            batch_size=batch_size, learning_rate=lr, loss="sparse_categorical_crossentropy", metrics=["accuracy"]))
         model_io.compile_model(model, training, training.loss, training.metrics)
         sw = Stopwatch()
         model.fit(x, y, batch_size=batch_size, epochs=int(epochs), verbose=0, shuffle=True)
@@ -266,7 +268,7 @@ def mask_update_cost(model_file: str, epochs: int, target: float, batch_size: in
     separately from the fit, plus one plain fit of the same epochs for scale."""
     import time
 
-    from workers.engine import pruning
+    from workers.engine import config, pruning
     from workers.engine.registry import prunable_weights
 
     x, y, _, _ = data()
@@ -287,7 +289,7 @@ def mask_update_cost(model_file: str, epochs: int, target: float, batch_size: in
     keras.utils.set_random_seed(seed)
     model = keras.saving.load_model(model_file)
     pruner = pruning.Pruner(model, prunable_weights(model))
-    callback = pruner.callback(prune_step(target, epochs), int(np.ceil(len(x) / batch_size)))
+    callback = pruner.callback(config.prune_settings(prune_step(target, epochs)), int(np.ceil(len(x) / batch_size)))
     _compile_plain(model, 1e-3, {})
     pruning.PruningCallback._update = timed
     try:

@@ -17,16 +17,18 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from pydantic_core import from_json
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from workers import notify
 from workers.artifacts import ArtifactStore, valid_name
-from workers.dispatch import Dispatcher
 from workers.engine.errors import DataError, EngineError, ModelRejected
 from workers.jobs import ACTIVE, TERMINAL, EventKind, InputFile, JobEvent, JobRecord, JobStatus, NewJob
+from workers.notify.urls import validate_webhook_url
 from workers.settings import LimitSettings, Settings
 from workers.spec import JobSpec, load_spec
 from workers.store import JobStore, QuotaExceeded, TenantQuota
@@ -44,6 +46,9 @@ from service.errors import (
 )
 from service.metrics import ServiceMetrics
 from service.services.uploads import FormRules, ParsedUpload, receive_multipart
+
+if TYPE_CHECKING:
+    from workers.dispatch import Dispatcher
 
 log = logging.getLogger("secateurs.service")
 
@@ -187,7 +192,7 @@ class JobService:
             self._discard_inputs(new.id)
             return Submitted(_same_request(job, fingerprint), created=False)
         try:
-            self.dispatcher.notify(job.id)
+            self.dispatcher.wake(job.id)
         except Exception:  # the job is saved and queued: the dispatcher's sweep hands it out later
             log.exception("job %s saved but not handed to the dispatcher now; it stays queued", job.id)
         log.info("job %s queued for tenant %s", job.id, who.tenant)
@@ -269,13 +274,7 @@ class JobService:
             return None
         url = url.strip()
         try:
-            from workers import notify
-        except ImportError:  # pragma: no cover - notify not installed: plain scheme check
-            if not url.startswith(("http://", "https://")):
-                raise Unprocessable(f"webhook_url {url!r}: only http and https URLs", field="webhook_url") from None
-            return url
-        try:
-            return notify.validate_webhook_url(url, allow_private=self.settings.webhooks.allow_private)
+            return validate_webhook_url(url, allow_private=self.settings.webhooks.allow_private)
         except ValueError as e:
             raise Unprocessable(str(e), field="webhook_url") from None
 
@@ -340,9 +339,7 @@ class JobService:
         if job is None:  # pragma: no cover - deleted in between
             raise NotFound(f"no job '{job_id}'", field="job_id")
         if job.status is JobStatus.CANCELLED and job.webhook_url:  # it never reaches a worker: notify from here
-            from workers import webhooks
-
-            webhooks.send(self.settings, job)  # queued for this process's sender threads
+            notify.send(self.settings, job)  # queued for this process's sender threads
         return job
 
     def delete_job(self, job_id: str, who: Principal) -> None:

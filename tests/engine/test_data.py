@@ -11,8 +11,8 @@ import pytest
 from tests import hostile
 from workers.engine import model_io
 from workers.engine.data import ARRAY_NAMES, load_dataset
-from workers.engine.errors import DataError
-from workers.spec import ALLOWED_LOSSES, TrainingSpec
+from workers.engine.errors import DataError, SpecError
+from workers.engine.names import ALLOWED_LOSSES
 
 L = keras.layers
 SPARSE = "sparse_categorical_crossentropy"
@@ -53,7 +53,7 @@ def _npz(tmp_path, name="data.npz", **arrays):
 
 
 def _load(path, model, loss=SPARSE, fraction=0.2, seed=0):
-    return load_dataset(path, model, loss, TrainingSpec(validation_fraction=fraction), seed)
+    return load_dataset(path, model, loss, fraction, seed)
 
 
 def test_given_validation_arrays_are_used_as_given(tmp_path, mnist, models):
@@ -82,6 +82,14 @@ def test_held_out_split_is_seeded_disjoint_and_complete(tmp_path, models, n, fra
     assert np.all(np.diff(train_ids) > 0) and np.all(np.diff(val_ids) > 0)  # file order kept
     again = _load(path, models["regression"], loss="mse", fraction=fraction, seed=3)
     np.testing.assert_array_equal(again.x_val, ds.x_val)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.2, True])
+def test_a_validation_fraction_outside_zero_to_one_is_refused(tmp_path, models, fraction):
+    path = _npz(tmp_path, x_train=np.zeros((10, 8), dtype="float32"), y_train=np.zeros(10))
+    with pytest.raises(SpecError) as err:
+        _load(path, models["regression"], loss="mse", fraction=fraction)
+    assert err.value.field == "training.validation_fraction"
 
 
 def test_a_different_seed_holds_out_different_samples(tmp_path, models):
@@ -130,7 +138,7 @@ def test_labels_are_checked_and_typed_by_loss(tmp_path, models, loss):
     assert ds.y_train.dtype.kind == expected_kind
     if form in ("regression", "binary"):
         assert ds.y_train.shape[1:] == (1,)  # (n,) targets take the output's shape (n, 1)
-    model_io.compile_model(model, TrainingSpec(), loss, [])
+    model_io.compile_model(model, model_io.TrainingSettings(), loss, [])
     assert np.isfinite(model.evaluate(ds.x_val, ds.y_val, verbose=0))  # Keras accepts what we produce
 
 

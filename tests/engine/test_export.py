@@ -247,11 +247,10 @@ def test_unknown_formats_are_refused_naming_the_field(tmp_path):
 def test_the_engines_steps_per_execution_is_not_exported(trained, tmp_path):
     """The engine trains several steps per call (model_io.STEPS_PER_EXECUTION); the file keeps the user's 1."""
     from workers.engine import model_io
-    from workers.spec import TrainingSpec
 
     model = keras.models.clone_model(trained["dense"])
     model.set_weights(trained["dense"].get_weights())
-    model_io.compile_model(model, TrainingSpec(), "sparse_categorical_crossentropy", ["accuracy"])
+    model_io.compile_model(model, model_io.TrainingSettings(), "sparse_categorical_crossentropy", ["accuracy"])
     assert model.get_compile_config()["steps_per_execution"] == model_io.STEPS_PER_EXECUTION > 1
     path = save_model_file(model, tmp_path / "m.keras")  # compiled, optimizer not built: no training ran
     reloaded = keras.saving.load_model(path)

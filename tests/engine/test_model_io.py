@@ -14,8 +14,8 @@ from tests import hostile
 from workers.engine import model_io
 from workers.engine.inspection import InspectLimits
 from workers.engine.errors import ModelRejected, SpecError, UnsupportedFile
-from workers.engine.model_io import CompileInfo, compile_model, load_model, read_compile_info, resolve_training
-from workers.spec import TrainingSpec
+from workers.engine.model_io import (CompileInfo, TrainingSettings, compile_model, load_model, read_compile_info,
+                                     resolve_training)
 
 L = keras.layers
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -124,11 +124,11 @@ def test_uncompiled_model_needs_a_loss_in_the_spec(saved):
     loaded = load_model(models["uncompiled"][0] / "uncompiled.keras")
     assert loaded.compile is None
     with pytest.raises(SpecError, match="saved without a loss; set training.loss") as err:
-        resolve_training(loaded, TrainingSpec())
+        resolve_training(loaded, TrainingSettings())
     assert err.value.field == "training.loss"
-    assert resolve_training(loaded, TrainingSpec(loss="categorical_crossentropy")) == (
+    assert resolve_training(loaded, TrainingSettings(loss="categorical_crossentropy")) == (
         "categorical_crossentropy", ["accuracy"])
-    assert resolve_training(loaded, TrainingSpec(loss="huber")) == ("huber", ["mae"])
+    assert resolve_training(loaded, TrainingSettings(loss="huber")) == ("huber", ["mae"])
 
 
 @pytest.mark.parametrize("ext", ["keras", "h5"])
@@ -138,18 +138,18 @@ def test_a_stock_loss_outside_the_allow_list_is_marked_unusable(saved, ext):
     assert loaded.compile is not None and not loaded.compile.usable
     assert "poisson" in loaded.compile.reason
     with pytest.raises(SpecError, match="poisson.*set training.loss"):
-        resolve_training(loaded, TrainingSpec())
-    assert resolve_training(loaded, TrainingSpec(loss="mse"))[0] == "mse"
+        resolve_training(loaded, TrainingSettings())
+    assert resolve_training(loaded, TrainingSettings(loss="mse"))[0] == "mse"
 
 
 def test_spec_overrides_the_saved_loss_and_metrics(saved):
     models, _ = saved
     loaded = load_model(models["sequential"][0] / "sequential.keras")
-    assert resolve_training(loaded, TrainingSpec()) == ("sparse_categorical_crossentropy", ["accuracy"])
-    spec = TrainingSpec(loss="categorical_crossentropy", metrics=["categorical_accuracy", "mae"])
+    assert resolve_training(loaded, TrainingSettings()) == ("sparse_categorical_crossentropy", ["accuracy"])
+    spec = TrainingSettings(loss="categorical_crossentropy", metrics=["categorical_accuracy", "mae"])
     assert resolve_training(loaded, spec) == ("categorical_crossentropy", ["categorical_accuracy", "mae"])
     # a new loss alone keeps the saved metrics
-    assert resolve_training(loaded, TrainingSpec(loss="mse")) == ("mse", ["accuracy"])
+    assert resolve_training(loaded, TrainingSettings(loss="mse")) == ("mse", ["accuracy"])
 
 
 def _fn(name):
@@ -243,7 +243,7 @@ def test_a_file_keras_cannot_build_is_rejected_with_the_reason(tmp_path):
 @pytest.mark.parametrize("optimizer", sorted(model_io.OPTIMIZERS))
 def test_compile_model_builds_the_spec_optimizer_and_trains(optimizer):
     model = _sequential()
-    spec = TrainingSpec(optimizer=optimizer, learning_rate=0.05)
+    spec = TrainingSettings(optimizer=optimizer, learning_rate=0.05)
     compile_model(model, spec, "sparse_categorical_crossentropy", ["accuracy"])
     assert isinstance(model.optimizer, model_io.OPTIMIZERS[optimizer])
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.05)
@@ -259,7 +259,7 @@ def test_compile_model_builds_the_spec_optimizer_and_trains(optimizer):
 def test_compile_model_accepts_every_allowed_loss(loss):
     units = 1 if model_io.LOSSES[loss].label_form in ("regression", "binary") else 3
     model = keras.Sequential([keras.Input((4,)), L.Dense(units, activation="sigmoid" if units == 1 else "softmax")])
-    compile_model(model, TrainingSpec(), loss, list(model_io.LOSSES[loss].default_metrics))
+    compile_model(model, TrainingSettings(), loss, list(model_io.LOSSES[loss].default_metrics))
     x = np.random.default_rng(0).random((8, 4), dtype="float32")
     labels = {"sparse": np.arange(8) % 3, "onehot": np.eye(3, dtype="float32")[np.arange(8) % 3],
               "binary": (np.arange(8) % 2).astype("float32")[:, None],
@@ -283,9 +283,9 @@ def test_compile_model_accepts_every_allowed_loss(loss):
 def test_cross_entropy_from_logits_follows_the_output_activation(build, activation, from_logits):
     model = build()
     assert model_io.output_activation(model) == activation
-    compile_model(model, TrainingSpec(), "categorical_crossentropy", ["accuracy"])
+    compile_model(model, TrainingSettings(), "categorical_crossentropy", ["accuracy"])
     assert model.loss.get_config()["from_logits"] is from_logits
-    compile_model(model, TrainingSpec(), "categorical_crossentropy", [], from_logits=not from_logits)
+    compile_model(model, TrainingSettings(), "categorical_crossentropy", [], from_logits=not from_logits)
     assert model.loss.get_config()["from_logits"] is (not from_logits)
 
 
@@ -298,5 +298,27 @@ def _two_branch_add():
                                                   ("mse", ["auc"], "training.metrics")])
 def test_compile_model_refuses_names_off_the_allow_list(loss, metrics, field):
     with pytest.raises(SpecError) as err:
-        compile_model(_sequential(), TrainingSpec(), loss, metrics)
+        compile_model(_sequential(), TrainingSettings(), loss, metrics)
     assert err.value.field == field
+
+
+def test_compile_model_refuses_an_optimizer_off_the_list():
+    with pytest.raises(SpecError, match="'lion' is not supported.*adam") as err:
+        compile_model(_sequential(), TrainingSettings(optimizer="lion"), "mse", [])
+    assert err.value.field == "training.optimizer"
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"batch_size": 0}, "training.batch_size"), ({"batch_size": 2.0}, "training.batch_size"),
+    ({"learning_rate": 0.0}, "training.learning_rate"), ({"validation_fraction": 1.0}, "training.validation_fraction"),
+    ({"batchnorm_samples": True}, "training.batchnorm_samples"),
+])
+def test_training_settings_refuse_values_out_of_range_naming_the_field(values, field):
+    with pytest.raises(SpecError) as err:
+        TrainingSettings(**values)
+    assert err.value.field == field and field in err.value.message
+
+
+def test_training_settings_hold_metrics_as_a_tuple():
+    assert TrainingSettings(metrics=["accuracy", "mae"]).metrics == ("accuracy", "mae")
+    assert TrainingSettings().metrics is None and TrainingSettings().loss is None

@@ -13,7 +13,7 @@ from workers.engine.structured import structured_prune
 from workers.engine.errors import SpecError
 from workers.engine.masks import target_count
 from workers.engine.preflight import StepTarget, estimate_steps, layer_table, preflight, weights_size
-from workers.spec import LayerSelection
+from workers.engine.selection import LayerSelection
 
 L = keras.layers
 UNSTRUCTURED = ["magnitude", "threshold", "n_m", "block"]

@@ -16,20 +16,21 @@ import pytest
 
 from tests.helpers import assert_sparsity, layer_sparsity
 from workers.engine.errors import SpecError
-from workers.engine.masks import target_count
-from workers.engine.pruning import MaskConstraint, Pruner
+from workers.engine.masks import MaskParams, target_count
+from workers.engine.pruning import MaskConstraint, Pruner, PruneSettings
 from workers.engine.registry import prunable_weights
-from workers.engine.schedules import make_schedule
-from workers.spec import (
-    ConstantScheduleSpec,
-    LayerOverride,
-    LayerSelection,
-    OneShotScheduleSpec,
-    PolynomialScheduleSpec,
-    PruneStep,
-)
+from workers.engine.schedules import ONE_SHOT, ScheduleSettings, make_schedule
+from workers.engine.selection import LayerOverride, LayerSelection
 
 L = keras.layers
+
+
+def prune_step(method: str = "magnitude", *, scope: str = "global", target_sparsity=None, threshold=None, n=None,
+               m=None, block_shape=None, schedule: ScheduleSettings = ONE_SHOT, epochs: int = 0) -> PruneSettings:
+    """A prune step's settings, with the job spec's field names and defaults (schedule: one-shot unless given)."""
+    params = MaskParams(sparsity=target_sparsity, threshold=threshold, n=n, m=m,
+                        block_shape=tuple(block_shape) if block_shape is not None else None)
+    return PruneSettings(method=method, params=params, scope=scope, schedule=schedule, epochs=epochs)
 
 OPTIMIZERS = {
     "adam": lambda: keras.optimizers.Adam(1e-3),
@@ -107,7 +108,7 @@ def test_masks_hold_exact_zeros_after_every_update_for_every_optimizer(optimizer
     model = fresh_small(trained_small)
     weights = prunable_weights(model)
     pruner = Pruner(model, weights, {})
-    pruner.prune(PruneStep(scope="layer", method="magnitude", target_sparsity=0.8))
+    pruner.prune(prune_step(scope="layer", method="magnitude", target_sparsity=0.8))
     pruned = {w.path: w.variable.numpy() == 0 for w in weights}
     before = {w.path: w.variable.numpy().copy() for w in weights}
     compile_(model, optimizer)  # compiled after the constraints are attached
@@ -131,12 +132,12 @@ def test_constraints_only_reach_a_train_function_traced_after_attaching_so_calle
     compile_(model)
     model.fit(x, y, epochs=1, batch_size=64, verbose=0)  # traces the train function without constraints
     pruner = Pruner(model, prunable_weights(model), {})
-    pruner.prune(PruneStep(scope="layer", method="magnitude", target_sparsity=0.5))
+    pruner.prune(prune_step(scope="layer", method="magnitude", target_sparsity=0.5))
     fc1 = model.get_layer("fc1").kernel
     zeros = fc1.numpy() == 0
     model.fit(x, y, epochs=1, batch_size=64, verbose=0)  # stale trace: the zeros drift
     assert np.count_nonzero(fc1.numpy()[zeros]) > 0.5 * zeros.sum()
-    pruner.prune(PruneStep(scope="layer", method="magnitude", target_sparsity=0.5))
+    pruner.prune(prune_step(scope="layer", method="magnitude", target_sparsity=0.5))
     zeros = fc1.numpy() == 0
     compile_(model)  # retrace: now the constraint runs after every update
     model.fit(x, y, epochs=1, batch_size=64, verbose=0)
@@ -153,7 +154,7 @@ def test_mask_constraint_composes_with_a_layer_constraint_and_detach_restores_it
     pruner = Pruner(model, weights, {})
     fc = weights[0].variable
     assert isinstance(fc.constraint, MaskConstraint) and fc.constraint.inner is nonneg
-    pruner.prune(PruneStep(scope="layer", method="magnitude", target_sparsity=0.5))
+    pruner.prune(prune_step(scope="layer", method="magnitude", target_sparsity=0.5))
     zeros = fc.numpy() == 0
     compile_(model, "sgd")
     model.fit(mnist[0][:2048], mnist[1][:2048], epochs=1, batch_size=64, verbose=0)
@@ -164,7 +165,7 @@ def test_mask_constraint_composes_with_a_layer_constraint_and_detach_restores_it
     assert not pruner.attached
     pruner.detach()  # idempotent
     with pytest.raises(RuntimeError, match="detached"):
-        pruner.prune(PruneStep(scope="layer", method="magnitude", target_sparsity=0.5))
+        pruner.prune(prune_step(scope="layer", method="magnitude", target_sparsity=0.5))
 
 
 def test_hold_zeros_keeps_zeros_made_elsewhere_through_training_and_later_pruning(mnist, trained_small):
@@ -180,11 +181,12 @@ def test_hold_zeros_keeps_zeros_made_elsewhere_through_training_and_later_prunin
     compile_(model)
     model.fit(mnist[0][:2048], mnist[1][:2048], epochs=1, batch_size=64, verbose=0)
     assert np.all(fc1.kernel.numpy()[held] == 0)
-    pruner.prune(PruneStep(scope="layer", method="magnitude", target_sparsity=0.1))  # below the held 25%: the floor wins
+    # below the held 25%: the floor wins
+    pruner.prune(prune_step(scope="layer", method="magnitude", target_sparsity=0.1))
     assert np.all(fc1.kernel.numpy()[held] == 0)
     assert pruner.layer_sparsity()["fc1"] == pytest.approx(held.mean())
     assert pruner.layer_sparsity()["out"] == pytest.approx(0.1)
-    pruner.prune(PruneStep(scope="layer", method="magnitude", target_sparsity=0.5))  # above it: exact target
+    pruner.prune(prune_step(scope="layer", method="magnitude", target_sparsity=0.5))  # above it: exact target
     assert pruner.layer_sparsity()["fc1"] == 0.5
     pruner.detach()
 
@@ -205,7 +207,7 @@ def test_layer_scope_gives_every_layer_its_exact_target_including_overrides(meth
     overrides = {"fc": LayerOverride(target_sparsity=0.3)}
     pruner = Pruner(model, prunable_weights(model), overrides)
     extra = {"block_shape": (1, 2)} if method == "block" else {}
-    pruner.prune(PruneStep(scope="layer", method=method, target_sparsity=0.6, **extra))
+    pruner.prune(prune_step(scope="layer", method=method, target_sparsity=0.6, **extra))
     for w in pruner.weights:
         value = w.variable.numpy()
         target = 0.3 if w.path == "fc" else 0.6
@@ -223,7 +225,7 @@ def test_layer_scope_gives_every_layer_its_exact_target_including_overrides(meth
 def test_n_m_prunes_every_layer_type_along_its_input_axis():
     for model in (conv_zoo(), token_model()):
         pruner = Pruner(model, prunable_weights(model), {})
-        pruner.prune(PruneStep(method="n_m", n=2, m=4))
+        pruner.prune(prune_step(method="n_m", n=2, m=4))
         for w in pruner.weights:
             value = w.variable.numpy()
             assert _padded_groups_ok(value, w.input_axis, 2, 4), w.path
@@ -236,7 +238,7 @@ def test_threshold_prunes_below_theta_with_per_layer_thresholds():
     model = token_model()
     original = {w.path: w.variable.numpy() for w in prunable_weights(model)}
     pruner = Pruner(model, prunable_weights(model), {"out": LayerOverride(threshold=0.2)})
-    pruner.prune(PruneStep(method="threshold", threshold=0.03))
+    pruner.prune(prune_step(method="threshold", threshold=0.03))
     for w in pruner.weights:
         theta = 0.2 if w.path == "out" else 0.03
         np.testing.assert_array_equal(w.variable.numpy() == 0, np.abs(original[w.path]) < theta)
@@ -246,7 +248,7 @@ def test_threshold_prunes_below_theta_with_per_layer_thresholds():
 def test_global_scope_spares_the_output_layer_and_makes_it_up_elsewhere():
     model = lenet_300_100()
     pruner = Pruner(model, prunable_weights(model), {})
-    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.9, scope="global"))
+    pruner.prune(prune_step(method="magnitude", target_sparsity=0.9, scope="global"))
     per_layer = pruner.layer_sparsity()
     assert pruner.spared == ["out/kernel"] and per_layer["out"] == 0.0
     assert pruner.allocation["out/kernel"] == 0.0
@@ -265,7 +267,7 @@ def test_global_scope_spares_tiny_layers_unless_named_and_honours_overrides():
     model = conv_zoo()
     weights = prunable_weights(model)
     pruner = Pruner(model, weights, {})
-    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.5, scope="global"))
+    pruner.prune(prune_step(method="magnitude", target_sparsity=0.5, scope="global"))
     # 'out' produces the output; of the 75,640 other weights the kernels of dw (144), sep's depthwise (144) and
     # conv (216) are the smallest and hold 504 <= 1% together (adding sep's pointwise, 256, would exceed 1%)
     assert pruner.spared == ["conv/kernel", "dw/depthwise_kernel", "sep/depthwise_kernel", "out/kernel"]
@@ -282,7 +284,7 @@ def test_global_scope_spares_tiny_layers_unless_named_and_honours_overrides():
                                         "Dense"], overrides={"up": LayerOverride(target_sparsity=0.2)})
     weights = prunable_weights(model, selection)
     pruner = Pruner(model, weights, selection.overrides)
-    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.5, scope="global"))
+    pruner.prune(prune_step(method="magnitude", target_sparsity=0.5, scope="global"))
     # conv and out are named: pruned; dw and sep are matched by class only: still spared when tiny
     assert pruner.spared == ["dw/depthwise_kernel", "sep/depthwise_kernel"]
     (up,) = [w for w in pruner.weights if w.path == "up"]
@@ -298,7 +300,7 @@ def test_global_scope_spares_tiny_layers_unless_named_and_honours_overrides():
 def test_global_scope_with_only_an_output_layer_prunes_it_rather_than_nothing():
     model = keras.Sequential([keras.Input((30,)), L.Dense(10, name="only")])
     pruner = Pruner(model, prunable_weights(model), {})
-    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.5, scope="global"))
+    pruner.prune(prune_step(method="magnitude", target_sparsity=0.5, scope="global"))
     assert pruner.spared == [] and pruner.sparsity() == 0.5
     pruner.detach()
 
@@ -311,7 +313,7 @@ def test_skip_overrides_are_never_touched_and_nested_models_are_pruned_by_path(m
     weights = prunable_weights(model)
     pruner = Pruner(model, weights, {"head": LayerOverride(skip=True)})
     assert [w.path for w in pruner.weights] == ["enc/a"]
-    pruner.prune(PruneStep(scope="layer", method="magnitude", target_sparsity=0.7))
+    pruner.prune(prune_step(scope="layer", method="magnitude", target_sparsity=0.7))
     zeros = inner.get_layer("a").kernel.numpy() == 0
     compile_(model)
     model.fit(mnist[0][:1024], mnist[1][:1024], epochs=1, batch_size=64, verbose=0)
@@ -325,9 +327,9 @@ def test_skip_overrides_are_never_touched_and_nested_models_are_pruned_by_path(m
 
 
 SCHEDULES = {
-    "polynomial": PolynomialScheduleSpec(initial_sparsity=0.2, begin=0.1, end=0.7, frequency=7),
-    "constant": ConstantScheduleSpec(begin=0.2, end=0.9, frequency=9),
-    "one_shot": OneShotScheduleSpec(),
+    "polynomial": ScheduleSettings("polynomial", initial_sparsity=0.2, begin=0.1, end=0.7, frequency=7),
+    "constant": ScheduleSettings("constant", begin=0.2, end=0.9, frequency=9),
+    "one_shot": ONE_SHOT,
 }
 
 
@@ -339,7 +341,7 @@ def test_gradual_pruning_updates_masks_only_on_schedule_steps_and_ends_exactly_o
     model = fresh_small(trained_small)
     weights = prunable_weights(model)
     extra = {"block_shape": (1, 4)} if method == "block" else {}
-    step = PruneStep(scope="layer", method=method, target_sparsity=0.75, schedule=SCHEDULES[kind], epochs=2, **extra)
+    step = prune_step(scope="layer", method=method, target_sparsity=0.75, schedule=SCHEDULES[kind], epochs=2, **extra)
     steps_per_epoch = 4096 // 128
     pruner = Pruner(model, weights, {})
     cb = pruner.callback(step, steps_per_epoch)
@@ -365,8 +367,8 @@ def test_gradual_pruning_updates_masks_only_on_schedule_steps_and_ends_exactly_o
 def test_callback_with_steps_per_execution_catches_up_on_skipped_update_steps(mnist, trained_small):
     model = fresh_small(trained_small)
     weights = prunable_weights(model)
-    schedule = PolynomialScheduleSpec(begin=0.0, end=1.0, frequency=3)
-    step = PruneStep(scope="layer", method="magnitude", target_sparsity=0.6, schedule=schedule, epochs=1)
+    schedule = ScheduleSettings("polynomial", begin=0.0, end=1.0, frequency=3)
+    step = prune_step(scope="layer", method="magnitude", target_sparsity=0.6, schedule=schedule, epochs=1)
     pruner = Pruner(model, weights, {})
     cb = pruner.callback(step, 16)
     model.compile("adam", "sparse_categorical_crossentropy", steps_per_execution=4)
@@ -382,10 +384,10 @@ def test_callback_with_steps_per_execution_catches_up_on_skipped_update_steps(mn
 def test_threshold_and_n_m_callbacks_prune_once_before_training():
     model = fresh_small(small_mlp().get_weights())
     pruner = Pruner(model, prunable_weights(model), {})
-    cb = pruner.callback(PruneStep(method="n_m", n=1, m=4, epochs=1), 10)
+    cb = pruner.callback(prune_step(method="n_m", n=1, m=4, epochs=1), 10)
     assert cb.update_steps == [0]
-    step = PruneStep.model_construct(method="threshold", threshold=0.1, target_sparsity=None, n=None, m=None,
-                                     block_shape=None, scope="layer", epochs=2, schedule=PolynomialScheduleSpec())
+    step = prune_step(method="threshold", threshold=0.1, scope="layer", epochs=2,
+                      schedule=ScheduleSettings("polynomial", end=0.75))
     with pytest.raises(SpecError, match="prunes once"):
         pruner.callback(step, 10)
     pruner.detach()
@@ -397,7 +399,7 @@ def test_threshold_and_n_m_callbacks_prune_once_before_training():
 def test_detached_model_exports_clean_and_zeros_survive_a_stock_load(tmp_path, mnist, trained_small):
     model = fresh_small(trained_small)
     pruner = Pruner(model, prunable_weights(model), {})
-    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.8, scope="global"))
+    pruner.prune(prune_step(method="magnitude", target_sparsity=0.8, scope="global"))
     compile_(model)
     model.fit(mnist[0][:1024], mnist[1][:1024], epochs=1, batch_size=64, verbose=0)
     pruner.detach()
@@ -423,7 +425,7 @@ def test_detached_model_exports_clean_and_zeros_survive_a_stock_load(tmp_path, m
 def test_pruner_used_as_a_context_manager_detaches_on_exit():
     model = token_model()
     with Pruner(model, prunable_weights(model), {}) as pruner:
-        pruner.prune(PruneStep(scope="layer", method="magnitude", target_sparsity=0.5))
+        pruner.prune(prune_step(scope="layer", method="magnitude", target_sparsity=0.5))
         assert isinstance(model.get_layer("emb").embeddings.constraint, MaskConstraint)
     assert model.get_layer("emb").embeddings.constraint is None
     assert pruner.layer_sparsity() == {"emb": 0.5, "out": 0.5}
@@ -448,8 +450,8 @@ def test_gradual_pruning_of_lenet_300_100_costs_little_over_plain_fit_and_keeps_
         callbacks, pruner = [], None
         if prune:
             pruner = Pruner(model, prunable_weights(model), {})
-            step = PruneStep(method="magnitude", target_sparsity=0.9, scope="global", epochs=2,
-                             schedule=PolynomialScheduleSpec(end=0.75, frequency=10))
+            step = prune_step(method="magnitude", target_sparsity=0.9, scope="global", epochs=2,
+                             schedule=ScheduleSettings("polynomial", end=0.75, frequency=10))
             callbacks = [pruner.callback(step, int(np.ceil(len(x) / 128)))]
         compile_(model)
         start = time.perf_counter()
@@ -508,7 +510,7 @@ def test_global_scope_never_disconnects_a_layer_of_a_scale_imbalanced_depthwise_
     raw = global_magnitude_masks([w.variable.numpy() for w in weights], 0.8)
     assert {"dw0", "dw1", "head"} <= {w.path for w, k in zip(weights, raw) if not k.any()}  # the old failure
     pruner = Pruner(model, weights, {})
-    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.8, scope="global"))
+    pruner.prune(prune_step(method="magnitude", target_sparsity=0.8, scope="global"))
     assert pruner.spared == []  # nothing is both tiny and within 1% here
     per_layer = pruner.layer_sparsity()
     for w in pruner.weights:
@@ -527,7 +529,7 @@ def test_global_scope_never_disconnects_a_layer_of_a_scale_imbalanced_depthwise_
 def test_global_target_is_met_over_all_weights_with_spared_layers_made_up(target):
     model = conv_zoo()
     pruner = Pruner(model, prunable_weights(model), {})
-    pruner.prune(PruneStep(method="magnitude", target_sparsity=target, scope="global"))
+    pruner.prune(prune_step(method="magnitude", target_sparsity=target, scope="global"))
     assert pruner.spared  # small layers and the output layer are spared ...
     assert all(pruner.layer_sparsity()[s.split("/")[0]] == 0.0 for s in pruner.spared if s != "sep/depthwise_kernel")
     total = sum(w.size for w in pruner.weights)
@@ -539,7 +541,7 @@ def test_global_target_is_met_over_all_weights_with_spared_layers_made_up(target
 def test_global_block_target_is_met_over_all_weights_with_spared_layers_made_up():
     model = conv_zoo()
     pruner = Pruner(model, prunable_weights(model), {})
-    pruner.prune(PruneStep(method="block", block_shape=[1, 4], target_sparsity=0.8, scope="global"))
+    pruner.prune(prune_step(method="block", block_shape=[1, 4], target_sparsity=0.8, scope="global"))
     assert pruner.spared
     assert abs(pruner.sparsity() - 0.8) <= 0.002
     pruner.detach()
@@ -548,8 +550,8 @@ def test_global_block_target_is_met_over_all_weights_with_spared_layers_made_up(
 def test_gradual_global_pruning_ends_on_target_with_the_output_layer_spared(mnist, trained_small):
     model = fresh_small(trained_small)
     pruner = Pruner(model, prunable_weights(model), {})
-    step = PruneStep(method="magnitude", target_sparsity=0.9, scope="global", epochs=1,
-                     schedule=PolynomialScheduleSpec(frequency=4))
+    step = prune_step(method="magnitude", target_sparsity=0.9, scope="global", epochs=1,
+                     schedule=ScheduleSettings("polynomial", end=0.75, frequency=4))
     cb = pruner.callback(step, 8)
     compile_(model)
     model.fit(mnist[0][:512], mnist[1][:512], epochs=1, batch_size=64, verbose=0, callbacks=[cb])
@@ -569,16 +571,16 @@ def test_floors_refuse_an_unreachable_target_unless_the_layers_are_named_explici
     selection = LayerSelection(include=["DepthwiseConv2D", "Dense"])  # matched by class: not named
     pruner = Pruner(model, prunable_weights(model, selection), {})
     with pytest.raises(SpecError, match=r"0.95 cannot be reached .* at most 0\.9408") as err:
-        pruner.prune(PruneStep(method="magnitude", target_sparsity=0.95, scope="global"))
+        pruner.prune(prune_step(method="magnitude", target_sparsity=0.95, scope="global"))
     assert err.value.field == "target_sparsity"
-    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.9, scope="global"))
+    pruner.prune(prune_step(method="magnitude", target_sparsity=0.9, scope="global"))
     assert pruner.sparsity() == target_count(0.9, 1216) / 1216
     pruner.detach()
 
     model = model_()
     selection = LayerSelection(include=["dw", "out"])  # named: no floor
     pruner = Pruner(model, prunable_weights(model, selection), {})
-    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.95, scope="global"))
+    pruner.prune(prune_step(method="magnitude", target_sparsity=0.95, scope="global"))
     assert pruner.sparsity() == target_count(0.95, 1216) / 1216
     pruner.detach()
 
@@ -593,7 +595,7 @@ def test_global_scope_ranks_raw_magnitudes_without_normalization_and_lamp_scores
     zeros = target_count(0.9, 266_200)  # fc1 and fc2 make up for the spared output layer
     raw = global_magnitude_masks(values, zeros / sum(v.size for v in values))
     lamp = lamp_allocation(values, zeros)
-    pruner.prune(PruneStep(method="magnitude", target_sparsity=0.9, scope="global"))
+    pruner.prune(prune_step(method="magnitude", target_sparsity=0.9, scope="global"))
     per_layer = pruner.layer_sparsity()
     for w, keep, n_lamp in zip(pruner.weights, raw, lamp):
         assert per_layer[w.path] == pytest.approx(1 - keep.mean(), abs=0.01)  # raw ranking (fc1 sampled)
@@ -609,7 +611,7 @@ def test_global_pruning_is_deterministic():
         keras.utils.set_random_seed(3)
         model = _scale_imbalanced(depthwise_residual())
         pruner = Pruner(model, prunable_weights(model), {})
-        pruner.prune(PruneStep(method="magnitude", target_sparsity=0.7, scope="global"))
+        pruner.prune(prune_step(method="magnitude", target_sparsity=0.7, scope="global"))
         out = pruner.masks()
         pruner.detach()
         return out

@@ -1,12 +1,29 @@
-"""The engine is a pure library: importing it loads no web, queue or database module."""
+"""The engine is a pure library: importing it loads no web, queue or database module, and below the facade
+(`pipeline`, with its spec converter `config`) no pydantic and no job spec either."""
 
+import ast
 import json
 import os
+import pkgutil
 import subprocess
 import sys
+from pathlib import Path
+
+import workers.engine
 
 FORBIDDEN = ("fastapi", "starlette", "uvicorn", "sqlalchemy", "celery", "kombu", "redis", "psycopg", "httpx",
              "boto3", "service", "workers.store", "workers.dispatch", "workers.runner")
+FACADE = ("workers.engine.pipeline", "workers.engine.config")  # the only engine modules that read workers.spec
+CONTRACT = ("pydantic", "workers.spec")
+
+
+def _below_facade() -> list[str]:
+    found = pkgutil.walk_packages(workers.engine.__path__, "workers.engine.")
+    return sorted(m.name for m in found if m.name not in FACADE)
+
+
+def _loads(module: str, prefixes) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
 
 
 def test_engine_imports_no_web_queue_or_db_modules():
@@ -27,3 +44,31 @@ def test_upload_inspection_does_not_import_tensorflow():
     code = "import sys, workers.engine.inspection; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_engine_below_the_facade_imports_no_pydantic_and_no_job_spec():
+    modules = _below_facade()
+    assert {"workers.engine.model_io", "workers.engine.data", "workers.engine.registry", "workers.engine.schedules",
+            "workers.engine.pruning", "workers.engine.structured.prune", "workers.engine.preflight"} <= set(modules)
+    code = (f"import importlib, json, sys; [importlib.import_module(m) for m in {modules!r}]; "
+            "print(json.dumps(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(modules) <= set(loaded)
+    assert [m for m in loaded if _loads(m, CONTRACT)] == []
+
+
+def test_no_engine_module_below_the_facade_imports_the_contract_even_lazily():
+    root = Path(workers.engine.__file__).parent
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        module = ".".join(("workers", *path.relative_to(root.parent).with_suffix("").parts)).removesuffix(".__init__")
+        if module in FACADE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            offenders += [f"{module}: {n}" for n in names if _loads(n, CONTRACT)]
+    assert offenders == []

@@ -8,7 +8,7 @@ import pytest
 
 from workers.engine.errors import SpecError
 from workers.engine.registry import LAYER_REGISTRY, output_layer_paths, prunable_weights, roles_for
-from workers.spec import LayerOverride, LayerSelection
+from workers.engine.selection import LayerOverride, LayerSelection
 
 L = keras.layers
 

@@ -1,4 +1,4 @@
-"""Pruning schedules: the polynomial formula, update steps, exact end values, spec conversion and validation."""
+"""Pruning schedules: the polynomial formula, update steps, exact end values, settings conversion and validation."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from workers.engine.schedules import (
     ConstantSparsity,
     OneShot,
     PolynomialDecay,
+    ScheduleSettings,
     make_schedule,
     ramp_frequency,
     to_steps,
 )
-from workers.spec import ConstantScheduleSpec, OneShotScheduleSpec, PolynomialScheduleSpec
+
+POLYNOMIAL = ScheduleSettings("polynomial", end=0.75)  # the job spec's default polynomial window
 
 
 def formula(t, s_i, s_f, t0, t1, power):
@@ -115,13 +117,14 @@ def test_invalid_arguments_are_refused_with_the_field_and_range_named(make, fiel
     assert any(token in err.value.message for token in ("<=", ">=", "<", ">"))
 
 
-# --------------------------------------------------------------------------- from the spec
+# --------------------------------------------------------------------------- from schedule settings
 
 
 def test_fraction_and_epoch_units_convert_to_the_same_steps():
     spe, epochs = 50, 4  # 200 steps
-    by_fraction = make_schedule(PolynomialScheduleSpec(begin=0.25, end=0.75, frequency=5), 0.9, spe, epochs)
-    by_epoch = make_schedule(PolynomialScheduleSpec(begin=1, end=3, unit="epoch", frequency=5), 0.9, spe, epochs)
+    by_fraction = make_schedule(ScheduleSettings("polynomial", begin=0.25, end=0.75, frequency=5), 0.9, spe, epochs)
+    by_epoch = make_schedule(ScheduleSettings("polynomial", begin=1, end=3, unit="epoch", frequency=5), 0.9, spe,
+                             epochs)
     assert (by_fraction.begin_step, by_fraction.end_step) == (50, 150)
     assert by_fraction == by_epoch
 
@@ -136,14 +139,14 @@ def test_to_steps_rounds_half_up_and_clips_to_training(value, unit, expected):
 
 
 def test_make_schedule_caps_initial_sparsity_at_a_lower_layer_target():
-    sched = make_schedule(PolynomialScheduleSpec(initial_sparsity=0.5), 0.3, 10, 2)
+    sched = make_schedule(ScheduleSettings("polynomial", end=0.75, initial_sparsity=0.5), 0.3, 10, 2)
     assert sched.initial_sparsity == 0.3 and sched.final_sparsity == 0.3
 
 
 @pytest.mark.parametrize("spec_frequency", [100, 1000])
 def test_a_frequency_as_large_as_the_window_is_clamped_so_the_ramp_is_not_one_shot(spec_frequency):
     # tfmot's default (frequency 100) on 8,000 samples, batch 128, 2 epochs: a 94-step window
-    sched = make_schedule(PolynomialScheduleSpec(frequency=spec_frequency), 0.9, 63, 2)
+    sched = make_schedule(ScheduleSettings("polynomial", end=0.75, frequency=spec_frequency), 0.9, 63, 2)
     steps = sched.update_steps()
     assert sched.end_step == 95 and len(steps) >= MIN_RAMP_UPDATES
     values = [sched(t) for t in steps]
@@ -156,17 +159,18 @@ def test_frequency_is_only_ever_lowered_and_tiny_windows_update_every_step():
     assert ramp_frequency(100, 94) == 94 // MIN_RAMP_UPDATES
     assert ramp_frequency(10, 3) == 1
     assert ramp_frequency(10, 0) == 1
-    sched = make_schedule(ConstantScheduleSpec(begin=0.0, end=1.0, frequency=50), 0.5, 4, 1)  # 4 steps
+    sched = make_schedule(ScheduleSettings("constant", begin=0.0, end=1.0, frequency=50), 0.5, 4, 1)  # 4 steps
     assert sched.update_steps() == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize(
-    "spec",
-    [PolynomialScheduleSpec(frequency=3), ConstantScheduleSpec(frequency=3), OneShotScheduleSpec()],
+    "settings",
+    [ScheduleSettings("polynomial", end=0.75, frequency=3), ScheduleSettings("constant", frequency=3),
+     ScheduleSettings("one_shot")],
     ids=["polynomial", "constant", "one_shot"],
 )
-def test_make_schedule_builds_every_kind_and_reaches_the_target_at_its_last_update(spec):
-    sched = make_schedule(spec, 0.6, 20, 3)
+def test_make_schedule_builds_every_kind_and_reaches_the_target_at_its_last_update(settings):
+    sched = make_schedule(settings, 0.6, 20, 3)
     last = sched.update_steps()[-1]
     assert sched(last) == 0.6
     assert 0 <= last <= 60
@@ -178,7 +182,26 @@ def test_make_schedule_builds_every_kind_and_reaches_the_target_at_its_last_upda
      ({"epochs": 0}, "epochs")],
 )
 def test_make_schedule_refuses_bad_arguments_naming_them(kwargs, field):
-    args = {"spec": PolynomialScheduleSpec(), "target": 0.5, "steps_per_epoch": 10, "epochs": 2, **kwargs}
+    args = {"settings": POLYNOMIAL, "target": 0.5, "steps_per_epoch": 10, "epochs": 2, **kwargs}
     with pytest.raises(SpecError) as err:
         make_schedule(**args)
     assert err.value.field == field and field in err.value.message
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"kind": "cosine"}, "schedule.kind"), ({"unit": "step"}, "schedule.unit"), ({"begin": 1.5}, "schedule.begin"),
+     ({"begin": -1, "unit": "epoch"}, "schedule.begin"), ({"begin": 0.6, "end": 0.5}, "schedule.end"),
+     ({"frequency": 0}, "schedule.frequency"), ({"frequency": 2.5}, "schedule.frequency"),
+     ({"initial_sparsity": 1.0}, "schedule.initial_sparsity")],
+)
+def test_schedule_settings_refuse_values_out_of_range_naming_the_field(kwargs, field):
+    with pytest.raises(SpecError) as err:
+        ScheduleSettings(**{"kind": "polynomial", **kwargs})
+    assert err.value.field == field and field in err.value.message
+
+
+def test_one_shot_settings_ignore_the_window_and_epoch_windows_may_end_past_one():
+    assert make_schedule(ScheduleSettings("one_shot", begin=5.0, unit="step"), 0.4, 10, 0).update_steps() == [0]
+    sched = make_schedule(ScheduleSettings("constant", begin=1, end=2, unit="epoch", frequency=1), 0.4, 10, 3)
+    assert (sched.begin_step, sched.end_step) == (10, 20)

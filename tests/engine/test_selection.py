@@ -9,8 +9,7 @@ import pytest
 
 from workers.engine.errors import SpecError
 from workers.engine.registry import walk_layers
-from workers.engine.selection import Selector, override_for
-from workers.spec import LayerOverride, LayerSelection
+from workers.engine.selection import LayerOverride, LayerSelection, Selector, override_for
 
 L = keras.layers
 
@@ -67,12 +66,33 @@ def test_overrides_match_the_path_first_then_the_name():
     assert Selector(overrides=overrides).override("decoder/a") is by_name
 
 
-def test_explicit_overrides_replace_the_selections_and_plain_values_work():
-    selection = SimpleNamespace(include=["pre"], exclude=[], overrides={"pre": SimpleNamespace(skip=True)})
+def test_explicit_overrides_replace_the_selections():
+    selection = LayerSelection(include=["pre"], overrides={"pre": LayerOverride(skip=True)})
     assert Selector.of(selection).override("pre").skip is True
-    replaced = Selector.of(selection, overrides={})
-    assert replaced.include == frozenset({"pre"}) and replaced.overrides == {}
+    replaced = Selector.of(selection, overrides={"out": {"keep_ratio": 0.5}})
+    assert replaced.include == frozenset({"pre"}) and replaced.overrides == {"out": LayerOverride(keep_ratio=0.5)}
     assert Selector.of(None) == Selector()
+
+
+def test_a_selection_holds_tuples_and_layer_overrides_whatever_it_was_given():
+    selection = LayerSelection(include=["a", "b"], exclude=iter(["c"]),
+                               overrides={"a": {"target_sparsity": 0.3}, "b": SimpleNamespace(
+                                   target_sparsity=None, threshold=None, keep_ratio=0.5, skip=False)})
+    assert selection.include == ("a", "b") and selection.exclude == ("c",)
+    assert selection.overrides == {"a": LayerOverride(target_sparsity=0.3), "b": LayerOverride(keep_ratio=0.5)}
+    assert LayerSelection() == LayerSelection(include=None, exclude=[], overrides={})
+    assert LayerSelection().include is None
+
+
+@pytest.mark.parametrize("value, field", [
+    ({"target_sparsity": 1.0}, "target_sparsity"), ({"target_sparsity": -0.1}, "target_sparsity"),
+    ({"threshold": -1.0}, "threshold"), ({"keep_ratio": 0.0}, "keep_ratio"), ({"keep_ratio": 1.5}, "keep_ratio"),
+    ({"skip": "yes"}, "skip"), ({"keep_ratio": 0.5, "sparsity": 0.2}, "sparsity"),
+])
+def test_layer_overrides_out_of_range_or_unknown_are_refused_naming_the_field(value, field):
+    with pytest.raises(SpecError) as err:
+        LayerOverride.of(value)
+    assert err.value.field == field and field in err.value.message
 
 
 def test_named_means_named_in_include_by_path_or_name_only():

@@ -14,7 +14,7 @@ ONE_SHOT = {"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity"
 
 
 def keys(server: Server, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "workers.cli", "keys", *args], cwd=ROOT, env=server.env,
+    return subprocess.run([sys.executable, "-m", "service.cli", "keys", *args], cwd=ROOT, env=server.env,
                           capture_output=True, text=True, timeout=60)
 
 

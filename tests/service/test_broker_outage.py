@@ -23,7 +23,7 @@ def serve_unready(api: Server, timeout: float = 90.0) -> Server:
     api.data_dir.mkdir(parents=True, exist_ok=True)
     api.log = open(api.log_path, "ab")
     api.proc = subprocess.Popen(
-        [sys.executable, "-m", "workers.cli", "serve", "--host", "127.0.0.1", "--port", str(api.port), "--workers",
+        [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(api.port), "--workers",
          "0"], cwd=ROOT, env=api.env, stdout=api.log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

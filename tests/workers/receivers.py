@@ -1,9 +1,12 @@
-"""A webhook receiver that answers too slowly for any per-read timeout to notice (tests of the delivery deadline)."""
+"""Webhook receivers on 127.0.0.1: one that answers scripted statuses and records each request, and one that
+answers too slowly for any per-read timeout to notice (tests of the delivery deadline)."""
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class TrickleReceiver:
@@ -50,3 +53,53 @@ class TrickleReceiver:
         except OSError:
             pass
         self.listener.close()
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 in a thread; answers POSTs with the next scripted status and records them."""
+
+    def __init__(self, statuses=(200,), headers=None, delay_s: float = 0.0):
+        self.statuses = list(statuses)
+        self.extra_headers = headers or {}
+        self.delay_s = delay_s
+        self.requests: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                if outer.delay_s:
+                    time.sleep(outer.delay_s)
+                status = outer.statuses.pop(0) if len(outer.statuses) > 1 else outer.statuses[0]
+                try:
+                    self.send_response(status)
+                    for k, v in outer.extra_headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (the timeout test)
+
+            do_GET = do_POST
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
+                                       daemon=True)
+
+    def url(self, path="/hook", host="127.0.0.1"):
+        return f"http://{host}:{self.port}{path}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from tests.workers.jobfiles import LONG_SPEC, QUICK_SPEC
-from workers.jobs import EventKind, InputFile, JobStatus, NewJob, worker_identity
+from workers.jobs import EventKind, InputFile, JobStatus, NewJob
 from workers.runner import RunContext, run_job
 from workers.settings import Settings
 from workers.spec import JobSpec
 from workers.store import StoreUnavailable
+from workers.worker import worker_identity
 
 
 def sha256(path) -> str:
@@ -211,7 +212,7 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
 
 
 def test_a_finished_job_posts_a_signed_webhook(tmp_path, job_files):
-    from workers import webhooks
+    from workers import notify
 
     server = http.server.HTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -222,7 +223,7 @@ def test_a_finished_job_posts_a_signed_webhook(tmp_path, job_files):
         url = f"http://127.0.0.1:{server.server_port}/hook"
         job_id = submit(ctx, tmp_path, job_files.model, job_files.data, webhook_url=url)
         assert run_job(job_id, ctx) is JobStatus.FAILED
-        assert webhooks.drain(30)  # sent by this process's sender thread, not by run_job
+        assert notify.drain(30)  # sent by this process's sender thread, not by run_job
     finally:
         server.shutdown()
     [(headers, payload)] = _Receiver.received

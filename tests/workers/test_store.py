@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from workers.jobs import EventKind, InputFile, JobStatus, NewJob, utcnow
+from workers.jobs import TRANSITIONS, EventKind, InputFile, JobStatus, NewJob, can_transition, utcnow
 from workers.store import QuotaExceeded, TenantQuota
 
 MODEL = InputFile("model", "model.keras", "m.keras", 10, "ab" * 32)
@@ -309,3 +309,34 @@ def test_a_store_made_before_the_added_columns_gets_them_at_start_up_and_keeps_i
         assert third.get_job(job.id).id == job.id
     finally:
         third.close()
+
+
+
+def test_every_status_change_of_a_job_is_one_jobs_transitions_allows(store):
+    """Jobs through every kind of change the store makes; each change between status events is in TRANSITIONS."""
+    job, _ = store.create_job(new_job(), max_attempts=3)
+    assert store.release(store.claim(job.id, "w@h:1"), reason="stopping")
+    store.claim(job.id, "w@h:1")
+    assert store.sweep_stale(utcnow() + timedelta(seconds=1))  # its worker stopped: queued again
+    claim = store.retry(store.claim(job.id, "w@h:1"), reason="killed")
+    assert store.finish(claim, JobStatus.SUCCEEDED)
+    cancelled, _ = store.create_job(new_job(), max_attempts=1)
+    store.request_cancel(cancelled.id)
+    exhausted, _ = store.create_job(new_job(), max_attempts=1)
+    store.claim(exhausted.id, "w@h:1")
+    assert store.sweep_stale(utcnow() + timedelta(seconds=1))  # out of attempts: failed
+    for job_id in (job.id, cancelled.id, exhausted.id):
+        seen = [JobStatus(s) for s in statuses(store, job_id)]
+        changes = [(a, b) for a, b in zip(seen, seen[1:]) if a != b]
+        assert changes and all(can_transition(a, b) for a, b in changes), changes
+    assert statuses(store, job.id) == ["queued", "running", "queued", "running", "queued", "running", "running",
+                                       "succeeded"]
+
+
+def test_the_store_refuses_a_status_change_that_transitions_does_not_list(store, monkeypatch):
+    job, _ = store.create_job(new_job(), max_attempts=1)
+    monkeypatch.setitem(TRANSITIONS, JobStatus.QUEUED, frozenset({JobStatus.CANCELLED}))
+    with pytest.raises(ValueError, match="from queued to running"):
+        store.claim(job.id, "w@h:1")
+    assert store.get_job(job.id).status is JobStatus.QUEUED
+    assert store.request_cancel(job.id).status is JobStatus.CANCELLED

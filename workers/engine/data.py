@@ -2,7 +2,7 @@
 
 Public API::
 
-    load_dataset(path, model, loss, training: TrainingSpec, seed) -> Dataset
+    load_dataset(path, model, loss, validation_fraction, seed) -> Dataset
     ARRAY_NAMES = ("x_train", "y_train", "x_val", "y_val")
 
 The file is first checked by `inspection.inspect_npz` (plain numeric .npy members, headers within limits; no pickle
@@ -14,7 +14,7 @@ Rules (each violation raises a DataError naming the array and what is wrong):
   Any other array is **refused** (not ignored): a misspelt ``x_valid`` would otherwise silently fall back to a
   held-out split and the reported accuracy would be measured on different data than the user meant.
 * Without ``x_val``/``y_val`` a held-out set is taken from the training arrays: a permutation seeded by the job
-  seed, ``round(n * training.validation_fraction)`` samples (at least 1, leaving at least 1 to train on). Both
+  seed, ``round(n * validation_fraction)`` samples (at least 1, leaving at least 1 to train on). Both
   parts keep the file's order. ``Dataset.split`` records which case applied.
 * Inputs: integer or float arrays (no bool); the sample shape must equal the model input's shape, where a
   ``None`` dimension of the model matches anything. Float models get float32 (uint8 images are cast *as
@@ -47,9 +47,8 @@ import keras
 import numpy as np
 
 from workers.engine.inspection import InspectLimits, inspect_npz
-from workers.engine.errors import DataError
+from workers.engine.errors import DataError, SpecError
 from workers.engine.model_io import LOSSES, output_activation, output_units
-from workers.spec import TrainingSpec
 
 __all__ = ["ARRAY_NAMES", "Dataset", "load_dataset"]
 
@@ -312,10 +311,15 @@ def _held_out_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
     return x[train_idx], y[train_idx], x[val_idx], y[val_idx]
 
 
-def load_dataset(path: str | Path, model: keras.Model, loss: str, training: TrainingSpec, seed: int,
+def load_dataset(path: str | Path, model: keras.Model, loss: str, validation_fraction: float, seed: int,
                  limits: InspectLimits | None = None) -> Dataset:
-    """Read and validate `path` against `model` and `loss`; split off a validation set when none is given."""
+    """Read and validate `path` against `model` and `loss`; split off a validation set when none is given
+    (`validation_fraction` of x_train, 0 < f < 1, chosen by a permutation seeded by `seed`)."""
     path = Path(path)
+    if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, (int, float)) \
+            or not 0 < validation_fraction < 1:
+        raise SpecError(f"training.validation_fraction must satisfy 0 < f < 1, got {validation_fraction!r}",
+                        field="training.validation_fraction")
     kind = LOSSES.get(loss)
     if kind is None:
         raise DataError(f"cannot check labels for loss '{loss}'; supported: {', '.join(sorted(LOSSES))}")
@@ -336,7 +340,7 @@ def load_dataset(path: str | Path, model: keras.Model, loss: str, training: Trai
             _pair("x_val", x_val, "y_val", y_val)
             split = "given"
         else:
-            x_train, y_train, x_val, y_val = _held_out_split(x_train, y_train, training.validation_fraction, seed)
+            x_train, y_train, x_val, y_val = _held_out_split(x_train, y_train, validation_fraction, seed)
             split = "held_out"
     return Dataset(x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, label_form=kind.label_form,
                    num_classes=_num_classes(kind.label_form, target), split=split)

@@ -2,9 +2,10 @@
 
 Public API::
 
+    TrainingSettings(batch_size=128, optimizer="adam", learning_rate=1e-3, loss=None, metrics=None, ...)
     load_model(path, limits=None) -> LoadedModel
-    resolve_training(loaded, training: TrainingSpec) -> (loss name, metric names)
-    compile_model(model, training, loss, metrics, *, from_logits=None) -> model
+    resolve_training(loaded, training: TrainingSettings) -> (loss name, metric names)
+    compile_model(model, training: TrainingSettings, loss, metrics, *, from_logits=None) -> model
     output_activation(model) -> str | None
     LOSSES: dict[name, LossKind]        OPTIMIZERS: dict[name, optimizer class]
 
@@ -12,9 +13,9 @@ Loading always inspects the file first (`inspection.inspect_model_file`: allow-l
 metadata), then calls ``keras.saving.load_model(path, compile=False, safe_mode=True)``, choosing the loader from
 the *inspected* format, never from the file name. ``compile=False`` means Keras never deserializes the saved
 loss, metric or optimizer objects; we read their *names* from the inspected compile config (``.keras``) or
-training config (legacy ``.h5``) and accept only the stock names of ``workers.spec.ALLOWED_LOSSES`` /
-``ALLOWED_METRICS``. A saved loss we cannot use is recorded in `CompileInfo.reason`; it only matters when the
-spec does not set ``training.loss``.
+training config (legacy ``.h5``) and accept only the stock names of ``names.ALLOWED_LOSSES`` /
+``ALLOWED_METRICS`` (the job spec validates against the same sets). A saved loss we cannot use is recorded in
+`CompileInfo.reason`; it only matters when the job does not set ``training.loss``.
 
 Cross-entropy losses are compiled with ``from_logits`` matching the model's output: a linear output (no softmax
 or sigmoid) is treated as logits, unless the caller says otherwise.
@@ -36,11 +37,11 @@ import keras
 
 from workers.engine.inspection import InspectLimits, ModelInspection, inspect_model_file
 from workers.engine.errors import ModelRejected, SpecError
-from workers.spec import ALLOWED_LOSSES, ALLOWED_METRICS, TrainingSpec
+from workers.engine.names import ALLOWED_LOSSES, ALLOWED_METRICS
 
 __all__ = [
-    "CompileInfo", "LoadedModel", "LossKind", "LOSSES", "OPTIMIZERS", "compile_model", "load_model",
-    "output_activation", "output_units", "resolve_training",
+    "CompileInfo", "LoadedModel", "LossKind", "LOSSES", "OPTIMIZERS", "TrainingSettings", "compile_model",
+    "load_model", "output_activation", "output_units", "resolve_training",
 ]
 
 # --------------------------------------------------------------------------- registries
@@ -102,6 +103,44 @@ _PASS_THROUGH = tuple(
         "AlphaDropout", "ActivityRegularization", "Reshape", "Flatten", "Permute", "Identity",
     ) if hasattr(keras.layers, n)
 )
+
+# --------------------------------------------------------------------------- settings
+
+
+def _positive(name: str, value, *, integer: bool = False, below: float | None = None) -> None:
+    kinds = (int,) if integer else (int, float)
+    ok = not isinstance(value, bool) and isinstance(value, kinds) and value > 0 and (below is None or value < below)
+    if not ok:
+        bound = f"0 < {name} < {below:g}" if below is not None else f"{name} > 0"
+        raise SpecError(f"training.{name} must be {'an integer with ' if integer else ''}{bound}, got {value!r}",
+                        field=f"training.{name}")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How every training step of a job trains, as plain values (`config.training_settings` builds it from the
+    job spec). `loss` / `metrics` None: the saved model's (see `resolve_training`). `validation_fraction`: the
+    held-out share taken from x_train when the dataset has no x_val (`data.load_dataset`). BatchNorm statistics
+    are re-estimated on `batchnorm_samples` training samples when `batchnorm_reestimation`."""
+
+    batch_size: int = 128
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    loss: str | None = None
+    metrics: tuple[str, ...] | None = None
+    validation_fraction: float = 0.2
+    shuffle: bool = True
+    batchnorm_reestimation: bool = True
+    batchnorm_samples: int = 2048
+
+    def __post_init__(self):
+        if self.metrics is not None:
+            object.__setattr__(self, "metrics", tuple(self.metrics))
+        _positive("batch_size", self.batch_size, integer=True)
+        _positive("learning_rate", self.learning_rate)
+        _positive("validation_fraction", self.validation_fraction, below=1.0)
+        _positive("batchnorm_samples", self.batchnorm_samples, integer=True)
+
 
 # --------------------------------------------------------------------------- results
 
@@ -274,8 +313,8 @@ def read_compile_info(config: dict | None) -> CompileInfo | None:
 # --------------------------------------------------------------------------- training settings
 
 
-def resolve_training(loaded: LoadedModel, training: TrainingSpec) -> tuple[str, list[str]]:
-    """The loss and metrics to train and evaluate with: the spec's when set, else the saved ones.
+def resolve_training(loaded: LoadedModel, training: TrainingSettings) -> tuple[str, list[str]]:
+    """The loss and metrics to train and evaluate with: the job's when set, else the saved ones.
 
     Metrics fall back to the loss's defaults (accuracy for classification, mae for regression).
     """
@@ -354,9 +393,9 @@ def output_units(model: keras.Model) -> int | None:
 STEPS_PER_EXECUTION = 8
 
 
-def compile_model(model: keras.Model, training: TrainingSpec, loss: str, metrics: list[str] | tuple[str, ...], *,
-                  from_logits: bool | None = None, steps_per_execution: int = STEPS_PER_EXECUTION) -> keras.Model:
-    """Compile `model` with a fresh optimizer from the spec and a stock loss.
+def compile_model(model: keras.Model, training: TrainingSettings, loss: str, metrics: list[str] | tuple[str, ...],
+                  *, from_logits: bool | None = None, steps_per_execution: int = STEPS_PER_EXECUTION) -> keras.Model:
+    """Compile `model` with a fresh optimizer from the training settings and a stock loss.
 
     `from_logits` (cross-entropy only) defaults to whether the output is linear (logits) rather than a
     softmax / sigmoid. `steps_per_execution`: see STEPS_PER_EXECUTION (1 runs batch callbacks after every step).

@@ -16,6 +16,9 @@ step's record holds {"layers", "samples", "batches", "before", "after"} under "b
 metrics before and after the re-estimation. The summary (`summary.summarize`) claims no win when the held-out
 metric fell beyond the spec's tolerance.
 
+This facade reads the JobSpec; the modules below it take plain values, which `config` builds from the spec
+(training settings, the layer selection, each prune step's settings).
+
 Sensitivity and budget steps (the work is in `sensitivity`, `allocation` and `budget`, on plain values): an
 analysis is kept per method and written as sensitivity.json / .csv; allocation "sensitivity" and the budget step
 use the latest one or run one first. Budget trials (prune with the allocation, ramped over the first half of the
@@ -41,6 +44,7 @@ import numpy as np
 from workers.engine import allocation as allocation_mod
 from workers.engine import batchnorm as batchnorm_mod
 from workers.engine import budget as budget_mod
+from workers.engine import config
 from workers.engine import data as data_mod
 from workers.engine import export as export_mod
 from workers.engine import metrics as metrics_mod
@@ -49,16 +53,19 @@ from workers.engine import report as report_mod
 from workers.engine import sensitivity as sensitivity_mod
 from workers.engine.errors import Cancelled, SpecError
 from workers.engine.fileio import atomic_write
+from workers.engine.model_io import TrainingSettings
 from workers.engine.progress import CancelFn, Progress, ProgressFn, never_cancel, no_progress
-from workers.engine.pruning import Pruner
+from workers.engine.masks import MaskParams
+from workers.engine.pruning import Pruner, PruneSettings
 from workers.engine.registry import prunable_weights
 from workers.engine.regularizers import attach_regularization
-from workers.engine.selection import override_for
+from workers.engine.schedules import ScheduleSettings
+from workers.engine.selection import LayerSelection, override_for
 from workers.engine.summary import MANIFEST_NAME
 from workers.engine.summary import summarize as _summary
 from workers.engine.structured import structured_prune
-from workers.spec import (DEFAULT_SENSITIVITY_LEVELS, BudgetStep, FinetuneStep, JobSpec, PolynomialScheduleSpec,
-                          PruneStep, RegularizeStep, SensitivityStep, StructuredStep)
+from workers.spec import (DEFAULT_SENSITIVITY_LEVELS, BudgetStep, FinetuneStep, JobSpec, PruneStep, RegularizeStep,
+                          SensitivityStep, StructuredStep)
 
 SENSITIVITY_NAME = "sensitivity.json"
 
@@ -68,6 +75,8 @@ class _Run:
     """Mutable state shared by the steps of one job."""
 
     spec: JobSpec
+    training: TrainingSettings  # config.training_settings(spec.training)
+    layers: LayerSelection  # config.layer_selection(spec.layers)
     model: keras.Model
     loss: str
     metrics: list[str]
@@ -177,7 +186,7 @@ def _fit(run: _Run, phase: str, index: int, epochs: int, pruner: Pruner | None,
          extra_callbacks: list | None = None) -> dict:
     """Compile afresh (so attached masks/penalties are traced in) and train; returns per-epoch history."""
     data = _require_data(run, f"step {index} ({phase})")
-    spec = run.spec.training
+    spec = run.training
     model_io.compile_model(run.model, spec, run.loss, run.metrics)
     steps_per_epoch = int(np.ceil(len(data.x_train) / spec.batch_size))
     cb = _ProgressCallback(run, phase, index, epochs, steps_per_epoch,
@@ -192,8 +201,8 @@ def _fit(run: _Run, phase: str, index: int, epochs: int, pruner: Pruner | None,
 
 
 def _pruner(run: _Run) -> Pruner:
-    weights = prunable_weights(run.model, run.spec.layers)
-    return Pruner(run.model, weights, run.spec.layers.overrides)
+    weights = prunable_weights(run.model, run.layers)
+    return Pruner(run.model, weights, run.layers.overrides)
 
 
 def _train_holding_zeros(run: _Run, phase: str, index: int, epochs: int, setup=None) -> dict:
@@ -201,7 +210,7 @@ def _train_holding_zeros(run: _Run, phase: str, index: int, epochs: int, setup=N
     pruner = _pruner(run) if run.hold_zeros else None
     if pruner is not None:
         pruner.hold_zeros()
-    handle = setup(prunable_weights(run.model, run.spec.layers)) if setup else None
+    handle = setup(prunable_weights(run.model, run.layers)) if setup else None
     try:
         return _fit(run, phase, index, epochs, pruner)
     finally:
@@ -246,7 +255,7 @@ def _run_regularize(run: _Run, index: int, step: RegularizeStep) -> dict:
 
 def _check_threshold(run: _Run, step: PruneStep) -> None:
     """Refuse a threshold that zeroes every selected weight (it is above the largest |w|)."""
-    largest = max((float(np.max(np.abs(w.variable.numpy()))) for w in prunable_weights(run.model, run.spec.layers)
+    largest = max((float(np.max(np.abs(w.variable.numpy()))) for w in prunable_weights(run.model, run.layers)
                    if w.size), default=0.0)
     if step.threshold > largest:
         raise SpecError(f"prune threshold {step.threshold:g} is above the largest |w| of the selected kernels "
@@ -268,7 +277,7 @@ def _run_prune(run: _Run, index: int, step: PruneStep) -> dict:
                                                  hold=run.hold_zeros, field=f"steps.{index}.target_sparsity")
         history = None
         if schedule.kind == "one_shot":
-            pruner.prune(step, targets)
+            pruner.prune(config.prune_settings(step), targets)
             run.progress(Progress(phase="prune", step_index=index, sparsity=pruner.sparsity(),
                                   message=f"pruned once ({step.method})"))
             if step.epochs:
@@ -277,7 +286,7 @@ def _run_prune(run: _Run, index: int, step: PruneStep) -> dict:
             data = _require_data(run, f"step {index} (gradual prune)")
             steps_per_epoch = int(np.ceil(len(data.x_train) / run.spec.training.batch_size))
             history = _fit(run, "prune", index, step.epochs, pruner,
-                           extra_callbacks=[pruner.callback(step, steps_per_epoch, targets)])
+                           extra_callbacks=[pruner.callback(config.prune_settings(step), steps_per_epoch, targets)])
         layer_sparsity = pruner.layer_sparsity()
         sparsity = pruner.sparsity()
     finally:
@@ -293,7 +302,7 @@ def _run_structured(run: _Run, index: int, step: StructuredStep) -> dict:
         _require_data(run, f"step {index} (structured, criterion {step.criterion})")
     # with data, every criterion also folds the removed channels' mean contribution back (rebuild.compensation)
     x_calib = run.data.x_train[: step.calibration_samples] if run.data is not None else None
-    overrides: dict = dict(run.spec.layers.overrides)
+    overrides: dict = dict(run.layers.overrides)
     out: dict[str, Any] = {}
     if step.allocation == "sensitivity":
         result = _sensitivity_for(run, index, "structured",
@@ -305,7 +314,7 @@ def _run_structured(run: _Run, index: int, step: StructuredStep) -> dict:
     run.progress(Progress(phase="structured", step_index=index, message=f"ranking units by {step.criterion}"))
     new_model, report = structured_prune(
         run.model, criterion=step.criterion, keep_ratio=step.keep_ratio, scope=step.scope,
-        round_to=step.round_to, selection=run.spec.layers, x_calib=x_calib, overrides=overrides,
+        round_to=step.round_to, selection=run.layers, x_calib=x_calib, overrides=overrides,
     )
     run.model = new_model
     out["report"] = _jsonable(report)
@@ -343,12 +352,12 @@ def _sensitivity(run: _Run, index: int, method: str, *, levels, criterion: str =
     data = _require_data(run, f"step {index} (sensitivity)")
     metric = sensitivity_mod.resolve_metric(_metric_names(run), metric, f"{field_prefix}metric")  # compiles
     if method == "magnitude":
-        weights = [w for w in prunable_weights(run.model, run.spec.layers)
-                   if not ((o := override_for(run.spec.layers.overrides, w.path, w.name)) and o.skip)]
+        weights = [w for w in prunable_weights(run.model, run.layers)
+                   if not ((o := override_for(run.layers.overrides, w.path, w.name)) and o.skip)]
         units = sensitivity_mod.magnitude_units(run.model, weights)
     else:
-        units = sensitivity_mod.structured_units(run.model, criterion=criterion, selection=run.spec.layers,
-                                                 overrides=run.spec.layers.overrides)
+        units = sensitivity_mod.structured_units(run.model, criterion=criterion, selection=run.layers,
+                                                 overrides=run.layers.overrides)
     if not units:
         raise SpecError(f"step {index}: the model has nothing to prune by {method} (no selected prunable layer)")
 
@@ -358,8 +367,8 @@ def _sensitivity(run: _Run, index: int, method: str, *, levels, criterion: str =
 
     result = sensitivity_mod.analyze(
         run.model, units, levels, method=method, metric=metric, x_val=data.x_val, y_val=data.y_val,
-        x_train=data.x_train if run.spec.training.batchnorm_reestimation else None, samples=samples,
-        batchnorm_samples=batchnorm_samples, batch_size=max(run.spec.training.batch_size, 256), seed=run.spec.seed,
+        x_train=data.x_train if run.training.batchnorm_reestimation else None, samples=samples,
+        batchnorm_samples=batchnorm_samples, batch_size=max(run.training.batch_size, 256), seed=run.spec.seed,
         progress=progress, should_cancel=run.should_cancel)
     other = next((m for m in run.sensitivity if m != method), None)
     if run.out_dir is not None:
@@ -419,10 +428,10 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
                                       f"{'keep ratio' if structured else 'sparsity'} {level:.4f}"))
         if structured:
             model, current = states[start] if start is not None else (original_model, sizes)
-            overrides = {**run.spec.layers.overrides, **allocation_mod.keep_overrides(
+            overrides = {**run.layers.overrides, **allocation_mod.keep_overrides(
                 result["units"], sensitivity_mod.curves(result), level, step.round_to, current)}
             run.model, report = structured_prune(
-                model, criterion=step.criterion, keep_ratio=1.0, round_to=step.round_to, selection=run.spec.layers,
+                model, criterion=step.criterion, keep_ratio=1.0, round_to=step.round_to, selection=run.layers,
                 x_calib=x_calib, overrides=overrides)
             cut = {"+".join(g.layers): g.units_before - g.units_after for g in report.groups}
             current = {name: n - cut.get(name, 0) for name, n in current.items()}
@@ -437,13 +446,13 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
                 targets = pruner.sensitivity_targets(removed, sensitivity_mod.curves(result), hold=True,
                                                      field=f"steps.{index}")
                 if step.epochs:
-                    spe = int(np.ceil(len(data.x_train) / run.spec.training.batch_size))
-                    ramp = PruneStep(method="magnitude", target_sparsity=removed, epochs=step.epochs,
-                                     schedule=PolynomialScheduleSpec(end=TRIAL_RAMP_END))
+                    spe = int(np.ceil(len(data.x_train) / run.training.batch_size))
+                    ramp = PruneSettings(params=MaskParams(sparsity=removed), epochs=step.epochs,
+                                         schedule=ScheduleSettings("polynomial", end=TRIAL_RAMP_END))
                     _fit(run, "budget", index, step.epochs, pruner,
                          extra_callbacks=[pruner.callback(ramp, spe, targets)])
                 else:
-                    pruner.prune(PruneStep(method="magnitude", target_sparsity=removed), targets)
+                    pruner.prune(PruneSettings(params=MaskParams(sparsity=removed)), targets)
             finally:
                 pruner.detach()
         _reestimate_batchnorm(run, "budget", index, evaluate=False)
@@ -502,7 +511,7 @@ def _evaluate(run: _Run, compile: bool = True) -> dict | None:
     if run.data is None:
         return None
     if compile:  # compile=False reuses the compiled evaluation of the previous call (same model, new values)
-        model_io.compile_model(run.model, run.spec.training, run.loss, run.metrics)
+        model_io.compile_model(run.model, run.training, run.loss, run.metrics)
     return metrics_mod.evaluate(run.model, run.data.x_val, run.data.y_val,
                                 batch_size=max(run.spec.training.batch_size, 256))
 
@@ -541,14 +550,16 @@ def compress(model_path: str | Path, data_path: str | Path | None, spec: JobSpec
 
     progress(Progress(phase="load", message=f"loading {model_path.name}"))
     loaded = model_io.load_model(model_path)
-    loss, metrics = model_io.resolve_training(loaded, spec.training)
+    training = config.training_settings(spec.training)
+    loss, metrics = model_io.resolve_training(loaded, training)
     data = None
     if data_path is not None:
-        data = data_mod.load_dataset(data_path, loaded.model, loss, spec.training, spec.seed)
+        data = data_mod.load_dataset(data_path, loaded.model, loss, training.validation_fraction, spec.seed)
     elif spec.trains:
         raise SpecError("this spec trains or uses activations; it needs a dataset (.npz with x_train, y_train)")
-    run = _Run(spec=spec, model=loaded.model, loss=loss, metrics=list(metrics), data=data,
-               progress=progress, should_cancel=should_cancel, out_dir=out_dir)
+    run = _Run(spec=spec, training=training, layers=config.layer_selection(spec.layers), model=loaded.model,
+               loss=loss, metrics=list(metrics), data=data, progress=progress, should_cancel=should_cancel,
+               out_dir=out_dir)
     inputs = {"model": {"file": model_path.name, "sha256": metrics_mod.sha256_file(model_path),
                         "bytes": model_path.stat().st_size, "format": loaded.format}}
     if data_path is not None:

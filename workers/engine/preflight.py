@@ -53,10 +53,10 @@ import numpy as np
 
 from workers.engine import metrics
 from workers.engine.errors import ModelRejected, SpecError
-from workers.engine.masks import MASK_METHODS, get_method
-from workers.engine.pruning import Pruner
+from workers.engine.masks import MASK_METHODS, MaskParams, get_method
+from workers.engine.pruning import Pruner, PruneSettings
 from workers.engine.registry import output_layer_paths, prunable_weights, roles_for, walk_layers
-from workers.engine.selection import Selector
+from workers.engine.selection import LayerSelection, Selector
 from workers.engine.structured import structured_prune
 from workers.engine.structured.graph import Graph
 from workers.engine.structured.groups import dependents, find_groups, layers_by_class
@@ -94,6 +94,11 @@ class StepTarget:
             kept["block_shape"] = tuple(kept["block_shape"])
         return cls(**kept)
 
+    def prune_settings(self) -> PruneSettings:
+        """A prune step's settings for the `Pruner` (applied once: no schedule)."""
+        return PruneSettings(method=self.method, scope=self.scope, params=MaskParams(
+            sparsity=self.target_sparsity, threshold=self.threshold, n=self.n, m=self.m, block_shape=self.block_shape))
+
 
 # --------------------------------------------------------------------------- the table
 
@@ -122,14 +127,14 @@ def _no_kernel_reason(layer, roles) -> str:
     return f"no prunable kernel: {name} holds {names}, which unstructured pruning never zeroes"
 
 
-def _spared(model, weights, selection) -> dict[str, str]:
+def _spared(model, weights, selection: LayerSelection | None) -> dict[str, str]:
     """path -> why a global magnitude step leaves the layer dense: the pruner's own plan for such a step."""
     if not weights:
         return {}
-    pruner = Pruner(model, weights, getattr(selection, "overrides", None))
+    pruner = Pruner(model, weights, selection.overrides if selection is not None else None)
     try:
         # planning only: no mask is computed and no weight changes; the masks are dropped again by detach()
-        pruner._plan(StepTarget("prune", target_sparsity=0.5), get_method("magnitude"))
+        pruner._plan(PruneSettings("magnitude", MaskParams(sparsity=0.5)), get_method("magnitude"))
         left = set(pruner.spared)
     finally:
         pruner.detach()
@@ -191,10 +196,10 @@ def _structured_reason(path: str, prefix: tuple[str, ...], structure: _Structure
             or "its units are not traced by structured pruning")
 
 
-def layer_table(model: keras.Model, selection=None, *, global_scope: bool = True) -> dict:
+def layer_table(model: keras.Model, selection: LayerSelection | None = None, *, global_scope: bool = True) -> dict:
     """One row per leaf layer, the structured groups and the totals (see the module docstring).
 
-    `selection`: the spec's LayerSelection (include / exclude / overrides) or None for every layer. Raises SpecError
+    `selection`: a `selection.LayerSelection` (include / exclude / overrides) or None for every layer. Raises SpecError
     when it names no layer of the model, as a job would. `global_scope=False`: the spec prunes with no global
     ranking (scope "layer", threshold, n_m), so no layer is spared.
     """
@@ -308,12 +313,13 @@ def _measure(model) -> dict:
             "macs": int(compute["macs"]), "effective_macs": int(compute["effective_macs"]), **weights_size(model)}
 
 
-def estimate_steps(model: keras.Model, steps: Sequence[StepTarget], selection=None) -> list[dict]:
+def estimate_steps(model: keras.Model, steps: Sequence[StepTarget],
+                   selection: LayerSelection | None = None) -> list[dict]:
     """What each step would leave, applied once and in order to `model` itself (its weights change and a structured
     step replaces it: pass a copy to keep yours). One dict per step: params, nonzero, sparsity (of the prunable
     kernels), macs, effective_macs, size_bytes, gzip_bytes, and "estimate" saying how it was obtained. Raises the
     SpecError / ModelRejected a job would raise for these targets on this model."""
-    overrides = getattr(selection, "overrides", None)
+    overrides = selection.overrides if selection is not None else None
     held = False
     out = []
     for index, step in enumerate(steps):
@@ -326,7 +332,7 @@ def estimate_steps(model: keras.Model, steps: Sequence[StepTarget], selection=No
             try:
                 if held:
                     pruner.hold_zeros()
-                pruner.prune(step)
+                pruner.prune(step.prune_settings())
                 record["spared"] = list(pruner.spared)
             finally:
                 pruner.detach()
@@ -349,7 +355,7 @@ def estimate_steps(model: keras.Model, steps: Sequence[StepTarget], selection=No
     return out
 
 
-def preflight(model: keras.Model, steps: Sequence[StepTarget] = (), selection=None) -> dict:
+def preflight(model: keras.Model, steps: Sequence[StepTarget] = (), selection: LayerSelection | None = None) -> dict:
     """The layer table, and when `steps` are given their estimates (which prune `model` itself). The table's sparing
     follows the steps: without a prune step ranking globally (magnitude or block, scope global), none is spared."""
     prunes = [s for s in steps if s.kind == "prune"]

@@ -2,9 +2,10 @@
 
 Public API (used by `pipeline`)::
 
+    PruneSettings(method, params: MaskParams, scope="global", schedule=ONE_SHOT, epochs=0)   one step, plain values
     pruner = Pruner(model, weights: list[PrunableWeight], overrides: dict[str, LayerOverride] | None = None)
-    pruner.prune(step: PruneStep, targets=None) -> None      one-shot: masks to the step's final target
-    pruner.callback(step: PruneStep, steps_per_epoch: int, targets=None) -> PruningCallback   gradual pruning
+    pruner.prune(step: PruneSettings, targets=None) -> None  one-shot: masks to the step's final target
+    pruner.callback(step: PruneSettings, steps_per_epoch: int, targets=None) -> PruningCallback   gradual pruning
     pruner.keys() -> list[str]                               "path/role" of every weight, in order
     pruner.max_zeros(sparsity) -> dict[str, int]             global scope's floors at a target (see below)
     pruner.pool() -> dict[str, int]                          the weights a global target is spread over
@@ -85,9 +86,8 @@ from workers.engine.errors import SpecError
 from workers.engine.masks import (MaskMethod, MaskParams, count_mask, get_method, lamp_allocation, spared_small,
                                   target_count)
 from workers.engine.registry import PrunableWeight, output_layer_paths, walk_layers
-from workers.engine.schedules import OneShot, make_schedule
-from workers.engine.selection import override_for
-from workers.spec import LayerOverride, PruneStep
+from workers.engine.schedules import ONE_SHOT, OneShot, ScheduleSettings, make_schedule
+from workers.engine.selection import LayerOverride, override_for
 
 
 OUTPUT_LAYER_BUDGET = 0.10  # global scope spares the output layers only when they hold at most this share
@@ -133,9 +133,27 @@ def _masked(value: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return (value * keep + value.dtype.type(0)).astype(value.dtype, copy=False)
 
 
-def _step_params(step: PruneStep) -> MaskParams:
-    return MaskParams(sparsity=step.target_sparsity, threshold=step.threshold, n=step.n, m=step.m,
-                      block_shape=tuple(step.block_shape) if step.block_shape is not None else None)
+SCOPES = ("layer", "global")
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """One unstructured prune step as plain values: the mask method and its parameters (`masks.MaskParams`:
+    sparsity for magnitude and block, threshold, n and m, block_shape), the scope, and for gradual pruning the
+    schedule and the epochs it spans (`config.prune_settings` builds it from the job spec, default schedule
+    included)."""
+
+    method: str = "magnitude"
+    params: MaskParams = MaskParams()
+    scope: str = "global"
+    schedule: ScheduleSettings = ONE_SHOT
+    epochs: int = 0
+
+    def __post_init__(self):
+        if self.scope not in SCOPES:
+            raise SpecError(f"unknown scope '{self.scope}'; allowed: {', '.join(SCOPES)}", field="scope")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
+            raise SpecError(f"epochs must be an integer >= 0, got {self.epochs!r}", field="epochs")
 
 
 class Pruner:
@@ -144,7 +162,7 @@ class Pruner:
     def __init__(self, model, weights: Sequence[PrunableWeight],
                  overrides: Mapping[str, LayerOverride] | None = None):
         self.model = model
-        self.overrides = dict(overrides or {})
+        self.overrides = {k: LayerOverride.of(v) for k, v in (overrides or {}).items()}
         self.weights: list[PrunableWeight] = [
             w for w in weights if not ((o := override_for(self.overrides, w.path, w.name)) is not None and o.skip)]
         self.spared: list[str] = []
@@ -277,9 +295,10 @@ class Pruner:
             raise SpecError(f"sparsity {sparsity:g} cannot be allocated without disconnecting a layer: {e}",
                             field=field) from None
 
-    def _plan(self, step: PruneStep, method: MaskMethod, targets: Mapping[str, float] | None = None) -> list[_Group]:
+    def _plan(self, step: PruneSettings, method: MaskMethod,
+              targets: Mapping[str, float] | None = None) -> list[_Group]:
         """Split the weights into groups: per-layer targets, and for global scope one pool (minus spared)."""
-        base = _step_params(step)
+        base = step.params
         groups: list[_Group] = []
         pool: list[int] = []
         for i, w in enumerate(self.weights):
@@ -399,15 +418,15 @@ class Pruner:
 
     # ----------------------------------------------------------------- pruning
 
-    def prune(self, step: PruneStep, targets: Mapping[str, float] | None = None) -> None:
-        """Prune once to the step's final targets (method, scope and per-layer overrides from the spec; `targets`
+    def prune(self, step: PruneSettings, targets: Mapping[str, float] | None = None) -> None:
+        """Prune once to the step's final targets (its method and scope, and the per-layer overrides; `targets`
         per "path/role" first)."""
         self._check_attached()
         method = get_method(step.method)
         groups = self._plan(step, method, targets)
         self._apply(method, groups, [g.params for g in groups])
 
-    def callback(self, step: PruneStep, steps_per_epoch: int,
+    def callback(self, step: PruneSettings, steps_per_epoch: int,
                  targets: Mapping[str, float] | None = None) -> PruningCallback:
         """A Keras callback that prunes on the step's schedule over its `epochs` epochs of `steps_per_epoch`.
 
@@ -415,12 +434,12 @@ class Pruner:
         """
         self._check_attached()
         method = get_method(step.method)
-        spec = step.effective_schedule
-        if spec.kind != "one_shot" and not method.gradual:
-            raise SpecError(f"method '{step.method}' prunes once; a {spec.kind} schedule cannot ramp it",
+        schedule = step.schedule
+        if schedule.kind != "one_shot" and not method.gradual:
+            raise SpecError(f"method '{step.method}' prunes once; a {schedule.kind} schedule cannot ramp it",
                             field="schedule")
         groups = self._plan(step, method, targets)
-        schedules = [make_schedule(spec, g.params.sparsity, steps_per_epoch, max(step.epochs, 1))
+        schedules = [make_schedule(schedule, g.params.sparsity, steps_per_epoch, max(step.epochs, 1))
                      if method.gradual else OneShot(0.0) for g in groups]
         return PruningCallback(self, method, groups, schedules)
 

@@ -29,7 +29,7 @@ Layers are looked up along their class's MRO, so subclasses of these layers are 
 (and wrapper layers such as TimeDistributed) are walked recursively; a weight's `path` is the layer name,
 prefixed by the names of the enclosing models: "outer/inner". A layer shared by several call sites appears once.
 
-Selection (`workers.spec.LayerSelection`) follows the one rule of `selection.Selector`: `include` / `exclude`
+Selection (`selection.LayerSelection`, plain values) follows the one rule of `selection.Selector`: `include` / `exclude`
 entries match a layer's path, its name, its class name, or the name of an enclosing nested model (which selects
 everything inside it); `overrides[name]` matches a path or a layer name, and `skip=True` removes the layer.
 Entries that name no layer of the model are refused with a SpecError that lists the names available; a Keras
@@ -46,8 +46,7 @@ from dataclasses import dataclass
 import keras
 
 from workers.engine.errors import SpecError
-from workers.engine.selection import Selector
-from workers.spec import LayerSelection
+from workers.engine.selection import LayerSelection, Selector
 
 L = keras.layers
 

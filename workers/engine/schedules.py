@@ -5,7 +5,8 @@ Public API::
     PolynomialDecay(initial_sparsity, final_sparsity, begin_step, end_step, frequency, power=3)
     ConstantSparsity(target, begin_step, end_step, frequency)
     OneShot(target)
-    make_schedule(spec: ScheduleSpec, target: float, steps_per_epoch: int, epochs: int) -> Schedule
+    ScheduleSettings(kind, begin=0, end=1, unit="fraction", frequency=10, initial_sparsity=0, power=3)
+    make_schedule(settings: ScheduleSettings, target: float, steps_per_epoch: int, epochs: int) -> Schedule
 
 A schedule is a small frozen value, validated in its constructor. `schedule(step)` returns the sparsity to
 prune to at optimizer step `step`, or None when masks are not updated at that step. `step` counts the
@@ -21,7 +22,7 @@ The polynomial decay is Zhu & Gupta (2017):
 Degenerate windows (`make_schedule` only; the dataclasses take their arguments literally). A gradual
 schedule whose `frequency` is as large as its window would collapse into a single one-shot update at
 `end_step` (this is what tfmot's default frequency of 100 does on small datasets, and it costs 20+ accuracy
-points at high sparsity). `make_schedule` therefore treats `spec.frequency` as an upper bound and clamps it
+points at high sparsity). `make_schedule` therefore treats `settings.frequency` as an upper bound and clamps it
 to `window // MIN_RAMP_UPDATES` (at least 1), so that a window of w steps gets min(w, MIN_RAMP_UPDATES) or more
 ramp updates after `begin_step`. A window of 0 steps (begin == end) is a single update to the final value.
 """
@@ -33,7 +34,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from workers.engine.errors import SpecError
-from workers.spec import ConstantScheduleSpec, OneShotScheduleSpec, PolynomialScheduleSpec
 
 MIN_RAMP_UPDATES = 8
 
@@ -159,7 +159,46 @@ class OneShot:
         return [0]
 
 
-# --------------------------------------------------------------------------- from the job spec
+# --------------------------------------------------------------------------- from training-relative settings
+
+UNITS = ("fraction", "epoch")
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    """A schedule as a job states it, before the step count is known: its kind ("polynomial", "constant",
+    "one_shot"), the window `begin`..`end` in fractions of the step's training or in epochs (`unit`), the update
+    `frequency` (an upper bound, see the module docstring) and, for "polynomial", `initial_sparsity` and `power`.
+    A one-shot schedule reads none of the other fields. `config.schedule_settings` builds it from the job spec."""
+
+    kind: str
+    begin: float = 0.0
+    end: float = 1.0
+    unit: str = "fraction"
+    frequency: int = 10
+    initial_sparsity: float = 0.0
+    power: float = 3.0
+
+    def __post_init__(self):
+        if self.kind not in SCHEDULE_BUILDERS:
+            raise SpecError(f"unknown schedule.kind '{self.kind}'; allowed: {', '.join(SCHEDULE_BUILDERS)}",
+                            field="schedule.kind")
+        if self.kind == "one_shot":
+            return
+        if self.unit not in UNITS:
+            raise SpecError(f"schedule.unit must be one of {', '.join(UNITS)}, got {self.unit!r}",
+                            field="schedule.unit")
+        upper = 1.0 if self.unit == "fraction" else math.inf
+        for name in ("begin", "end"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= upper:
+                bound = "0 <= value <= 1 (unit fraction)" if self.unit == "fraction" else "value >= 0"
+                raise SpecError(f"schedule.{name} must satisfy {bound}, got {value!r}", field=f"schedule.{name}")
+        if self.end < self.begin:
+            raise SpecError(f"schedule.end ({self.end}) must be >= schedule.begin ({self.begin})",
+                            field="schedule.end")
+        _check_int("schedule.frequency", self.frequency, 1)
+        _check_fraction("schedule.initial_sparsity", self.initial_sparsity)
 
 
 def to_steps(value: float, unit: str, steps_per_epoch: int, epochs: int) -> int:
@@ -175,20 +214,20 @@ def ramp_frequency(frequency: int, window: int) -> int:
     return max(1, min(frequency, window // MIN_RAMP_UPDATES))
 
 
-def _build_polynomial(spec: PolynomialScheduleSpec, target: float, steps_per_epoch: int, epochs: int):
-    begin, end = (to_steps(v, spec.unit, steps_per_epoch, epochs) for v in (spec.begin, spec.end))
-    return PolynomialDecay(initial_sparsity=min(spec.initial_sparsity, target), final_sparsity=target,
-                           begin_step=begin, end_step=end, frequency=ramp_frequency(spec.frequency, end - begin),
-                           power=spec.power)
+def _build_polynomial(s: ScheduleSettings, target: float, steps_per_epoch: int, epochs: int):
+    begin, end = (to_steps(v, s.unit, steps_per_epoch, epochs) for v in (s.begin, s.end))
+    return PolynomialDecay(initial_sparsity=min(s.initial_sparsity, target), final_sparsity=target,
+                           begin_step=begin, end_step=end, frequency=ramp_frequency(s.frequency, end - begin),
+                           power=s.power)
 
 
-def _build_constant(spec: ConstantScheduleSpec, target: float, steps_per_epoch: int, epochs: int):
-    begin, end = (to_steps(v, spec.unit, steps_per_epoch, epochs) for v in (spec.begin, spec.end))
+def _build_constant(s: ScheduleSettings, target: float, steps_per_epoch: int, epochs: int):
+    begin, end = (to_steps(v, s.unit, steps_per_epoch, epochs) for v in (s.begin, s.end))
     return ConstantSparsity(target=target, begin_step=begin, end_step=end,
-                            frequency=ramp_frequency(spec.frequency, end - begin))
+                            frequency=ramp_frequency(s.frequency, end - begin))
 
 
-def _build_one_shot(spec: OneShotScheduleSpec, target: float, steps_per_epoch: int, epochs: int):
+def _build_one_shot(s: ScheduleSettings, target: float, steps_per_epoch: int, epochs: int):
     return OneShot(target=target)
 
 
@@ -197,33 +236,32 @@ SCHEDULE_BUILDERS = {
     "constant": _build_constant,
     "one_shot": _build_one_shot,
 }
+ONE_SHOT = ScheduleSettings("one_shot")
 
 
-def make_schedule(spec, target: float, steps_per_epoch: int, epochs: int):
-    """Turn a spec schedule (begin/end in fractions of training or in epochs) into a step-based schedule.
+def make_schedule(settings: ScheduleSettings, target: float, steps_per_epoch: int, epochs: int):
+    """Turn schedule settings (begin/end in fractions of training or in epochs) into a step-based schedule.
 
-    `initial_sparsity` is capped at `target` (a layer given a lower target than the spec's initial sparsity
+    `initial_sparsity` is capped at `target` (a layer given a lower target than the settings' initial sparsity
     ramps from its own target). See the module docstring for the frequency clamp.
     """
     _check_int("steps_per_epoch", steps_per_epoch, 1)
     _check_int("epochs", epochs, 0)
     _check_fraction("target_sparsity", target)
-    builder = SCHEDULE_BUILDERS.get(spec.kind)
-    if builder is None:
-        raise SpecError(f"unknown schedule kind '{spec.kind}'; allowed: {', '.join(SCHEDULE_BUILDERS)}",
-                        field="schedule.kind")
-    if spec.kind != "one_shot" and epochs < 1:
-        raise SpecError(f"a {spec.kind} schedule needs epochs >= 1, got {epochs}", field="epochs")
-    return builder(spec, target, steps_per_epoch, epochs)
+    if settings.kind != "one_shot" and epochs < 1:
+        raise SpecError(f"a {settings.kind} schedule needs epochs >= 1, got {epochs}", field="epochs")
+    return SCHEDULE_BUILDERS[settings.kind](settings, target, steps_per_epoch, epochs)
 
 
 __all__ = [
     "ConstantSparsity",
     "MIN_RAMP_UPDATES",
+    "ONE_SHOT",
     "OneShot",
     "PolynomialDecay",
     "SCHEDULE_BUILDERS",
     "Schedule",
+    "ScheduleSettings",
     "make_schedule",
     "ramp_frequency",
     "to_steps",

@@ -2,7 +2,9 @@
 
 Public API (used by `registry`, `pruning` and `structured`)::
 
-    selector = Selector.of(selection, overrides=None)   from a LayerSelection-like value (include, exclude, overrides)
+    LayerSelection(include=None, exclude=(), overrides={})   which layers, as plain values (the facade builds it)
+    LayerOverride(target_sparsity=None, threshold=None, keep_ratio=None, skip=False)   one layer's own settings
+    selector = Selector.of(selection, overrides=None)   from a LayerSelection (or None: every layer)
     selector.check(model_name, layers)                   SpecError unless every entry names something in the model
     selector.reason(path, prefix, layer) -> str | None   why the layer is left out, None when it is selected
     selector.override(path, name=None)                   the per-layer override of a layer (path first, then name)
@@ -28,14 +30,15 @@ The rule, the same for every step:
   a SpecError naming the layer; entries that only leave layers alone (`exclude`, `skip`) are accepted, since they
   are honoured anyway.
 
-Plain values only: overrides are read through their attributes (`skip`, `keep_ratio`, `target_sparsity`,
-`threshold`), so the selector takes the spec's LayerOverride or any object with those attributes.
+Plain values only: the selection and its overrides are frozen dataclasses of this module (`config.layer_selection`
+builds them from the job spec). `LayerOverride.of` also takes a mapping ({"keep_ratio": 0.5}) or any object with
+the four attributes, so an allocation's computed overrides merge with the user's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import keras
@@ -43,6 +46,67 @@ import keras
 from workers.engine.errors import SpecError
 
 LayerEntry = tuple[str, tuple[str, ...], Any]  # (path, enclosing names, layer)
+
+
+def _check_range(name: str, value, low: float, high: float, *, low_open: bool = False, high_open: bool = False):
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+    if not ok:
+        bounds = f"{low:g} {'<' if low_open else '<='} {name} {'<' if high_open else '<='} {high:g}"
+        raise SpecError(f"layer override {name} must satisfy {bounds}, got {value!r}", field=name)
+
+
+@dataclass(frozen=True)
+class LayerOverride:
+    """One layer's own settings: a prune target or threshold, a structured keep ratio, or `skip` (left alone)."""
+
+    target_sparsity: float | None = None
+    threshold: float | None = None
+    keep_ratio: float | None = None
+    skip: bool = False
+
+    def __post_init__(self):
+        _check_range("target_sparsity", self.target_sparsity, 0.0, 1.0, high_open=True)
+        _check_range("threshold", self.threshold, 0.0, float("inf"))
+        _check_range("keep_ratio", self.keep_ratio, 0.0, 1.0, low_open=True)
+        if not isinstance(self.skip, bool):
+            raise SpecError(f"layer override skip must be true or false, got {self.skip!r}", field="skip")
+
+    @classmethod
+    def of(cls, value) -> LayerOverride:
+        """A LayerOverride from itself, a mapping of its fields, or an object with its four attributes."""
+        if isinstance(value, cls):
+            return value
+        names = [f.name for f in fields(cls)]
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - set(names))
+            if unknown:
+                raise SpecError(f"layer override has unknown field(s) {unknown}; allowed: {', '.join(names)}",
+                                field=unknown[0])
+            return cls(**value)
+        return cls(**{n: getattr(value, n) for n in names if hasattr(value, n)})
+
+
+def _overrides(values: Mapping[str, Any] | None) -> dict[str, LayerOverride]:
+    return {str(k): LayerOverride.of(v) for k, v in (values or {}).items()}
+
+
+@dataclass(frozen=True)
+class LayerSelection:
+    """Which layers a step may act on: `include` (None: every layer), `exclude`, and per-layer `overrides` by
+    path or name. Sequences become tuples and override values LayerOverrides (see `LayerOverride.of`)."""
+
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    overrides: Mapping[str, LayerOverride] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.include is not None:
+            object.__setattr__(self, "include", tuple(self.include))
+        object.__setattr__(self, "exclude", tuple(self.exclude or ()))
+        object.__setattr__(self, "overrides", _overrides(self.overrides))
 
 
 def override_for(overrides: Mapping[str, Any], path: str, name: str | None = None) -> Any | None:
@@ -65,19 +129,20 @@ def layer_keys(path: str, prefix: tuple[str, ...], layer) -> set[str]:
 class Selector:
     include: frozenset[str] | None = None  # None: every layer
     exclude: frozenset[str] = frozenset()
-    overrides: Mapping[str, Any] = field(default_factory=dict)
+    overrides: Mapping[str, LayerOverride] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, selection=None, overrides: Mapping[str, Any] | None = None) -> Selector:
-        """From a value with `include`, `exclude` and `overrides` attributes (the spec's LayerSelection) or None
-        (every layer); `overrides`, when given, replaces the selection's."""
-        include = getattr(selection, "include", None)
+    def of(cls, selection: LayerSelection | None = None, overrides: Mapping[str, Any] | None = None) -> Selector:
+        """From a LayerSelection, or None (every layer); `overrides`, when given, replaces the selection's (its
+        values go through `LayerOverride.of`)."""
+        include = selection.include if selection is not None else None
         if overrides is None:
-            overrides = getattr(selection, "overrides", None) or {}
+            overrides = selection.overrides if selection is not None else {}
         return cls(include=frozenset(include) if include is not None else None,
-                   exclude=frozenset(getattr(selection, "exclude", None) or ()), overrides=dict(overrides))
+                   exclude=frozenset(selection.exclude if selection is not None else ()),
+                   overrides=_overrides(overrides))
 
-    def override(self, path: str, name: str | None = None) -> Any | None:
+    def override(self, path: str, name: str | None = None) -> LayerOverride | None:
         return override_for(self.overrides, path, name)
 
     def reason(self, path: str, prefix: tuple[str, ...], layer) -> str | None:
@@ -88,7 +153,7 @@ class Selector:
         if keys & self.exclude:
             return "in layers.exclude"
         o = self.override(path, layer.name)
-        if o is not None and getattr(o, "skip", False):
+        if o is not None and o.skip:
             return "layers.overrides skip=true"
         return None
 

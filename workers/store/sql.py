@@ -2,7 +2,9 @@
 
 Every state change is one conditional UPDATE whose WHERE clause states the transition it expects (status,
 owner attempt, heartbeat), so concurrent API processes, workers and sweeps can never move a job twice. The status
-event of a change is written in the same transaction.
+part of each clause comes from `_leaving(old, new)`, which refuses a change `jobs.TRANSITIONS` does not list: that
+table is the one list of the status changes a job can go through. The status event of a change is written in the
+same transaction.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from workers.jobs import (
     JobRecord,
     JobStatus,
     NewJob,
+    can_transition,
     error_dict,
     utcnow,
 )
@@ -129,6 +132,14 @@ api_keys = Table(
 ADDED_COLUMNS = {"jobs": ("request_fingerprint",), "api_keys": ("admin",)}
 
 ACTIVE_STATUSES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+
+
+def _leaving(old: JobStatus, new: JobStatus):
+    """The status condition of an UPDATE that moves a job from `old` to `new`; ValueError unless jobs.TRANSITIONS
+    allows that change (a bug in the caller, never an outside input)."""
+    if not can_transition(old, new):
+        raise ValueError(f"a job cannot go from {old} to {new} (jobs.TRANSITIONS)")
+    return jobs.c.status == old.value
 
 
 def _unavailable_errors(engine: Engine) -> None:
@@ -387,7 +398,7 @@ class SqlJobStore:
         with self.engine.begin() as conn:
             result = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value,
+                .where(jobs.c.id == job_id, _leaving(JobStatus.QUEUED, JobStatus.RUNNING),
                        jobs.c.attempts < jobs.c.max_attempts, jobs.c.cancel_requested.is_(False))
                 .values(status=JobStatus.RUNNING.value, attempts=jobs.c.attempts + 1, worker_id=worker_id,
                         started_at=now, heartbeat_at=now, updated_at=now, progress=None)
@@ -403,9 +414,10 @@ class SqlJobStore:
             return None
         return Claim(job=job, attempt=attempts, worker_id=worker_id)
 
-    def _owned(self, claim: Claim):
-        return (jobs.c.id == claim.job.id, jobs.c.status == JobStatus.RUNNING.value,
-                jobs.c.worker_id == claim.worker_id, jobs.c.attempts == claim.attempt)
+    def _owned(self, claim: Claim, to: JobStatus | None = None):
+        """The job still runs the claim's attempt (and may now move `to` that status)."""
+        running = jobs.c.status == JobStatus.RUNNING.value if to is None else _leaving(JobStatus.RUNNING, to)
+        return jobs.c.id == claim.job.id, running, jobs.c.worker_id == claim.worker_id, jobs.c.attempts == claim.attempt
 
     def heartbeat(self, claim: Claim) -> bool:
         now = utcnow()
@@ -418,7 +430,7 @@ class SqlJobStore:
             raise ValueError(f"finish() needs a terminal status, not {status}")
         now = utcnow()
         with self.engine.begin() as conn:
-            result = conn.execute(update(jobs).where(*self._owned(claim)).values(
+            result = conn.execute(update(jobs).where(*self._owned(claim, to=JobStatus(status))).values(
                 status=str(status), finished_at=now, updated_at=now, manifest=manifest, error=error,
                 artifacts=[a.to_dict() for a in artifacts or []],
             ))
@@ -448,7 +460,7 @@ class SqlJobStore:
     def release(self, claim: Claim, reason: str) -> bool:
         now = utcnow()
         with self.engine.begin() as conn:
-            result = conn.execute(update(jobs).where(*self._owned(claim)).values(
+            result = conn.execute(update(jobs).where(*self._owned(claim, to=JobStatus.QUEUED)).values(
                 status=JobStatus.QUEUED.value, attempts=jobs.c.attempts - 1, worker_id=None, heartbeat_at=None,
                 updated_at=now, progress=None))
             if result.rowcount != 1:
@@ -467,8 +479,6 @@ class SqlJobStore:
         out = []
         for job_id, attempts, max_attempts, beat, worker, cancel in stale:
             now = utcnow()
-            where = (jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value, jobs.c.heartbeat_at == beat,
-                     jobs.c.attempts == attempts)
             reason = f"interrupted: worker {worker} stopped during attempt {attempts} of {max_attempts}"
             if cancel:
                 status, values = JobStatus.CANCELLED, {"finished_at": now}
@@ -479,6 +489,8 @@ class SqlJobStore:
                 values = {"finished_at": now, "error": error_dict(
                     "interrupted", f"the job was interrupted: its worker stopped during attempt {attempts} of "
                     f"{max_attempts} (worker.max_attempts) and it is not retried again")}
+            where = (jobs.c.id == job_id, _leaving(JobStatus.RUNNING, status), jobs.c.heartbeat_at == beat,
+                     jobs.c.attempts == attempts)
             with self.engine.begin() as conn:
                 result = conn.execute(update(jobs).where(*where).values(status=str(status), updated_at=now, **values))
                 if result.rowcount == 1:
@@ -498,7 +510,8 @@ class SqlJobStore:
                                               "(worker.max_attempts); it is not retried again")
             with self.engine.begin() as conn:
                 result = conn.execute(update(jobs).where(
-                    jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value, jobs.c.attempts >= jobs.c.max_attempts,
+                    jobs.c.id == job_id, _leaving(JobStatus.QUEUED, JobStatus.FAILED),
+                    jobs.c.attempts >= jobs.c.max_attempts,
                 ).values(status=JobStatus.FAILED.value, finished_at=now, updated_at=now, error=error))
                 if result.rowcount == 1:
                     self._status_event(conn, job_id, JobStatus.FAILED, now, error=error)
@@ -509,7 +522,7 @@ class SqlJobStore:
         now = utcnow()
         scope = [jobs.c.id == job_id] + ([jobs.c.tenant == tenant] if tenant is not None else [])
         with self.engine.begin() as conn:
-            result = conn.execute(update(jobs).where(*scope, jobs.c.status == JobStatus.QUEUED.value).values(
+            result = conn.execute(update(jobs).where(*scope, _leaving(JobStatus.QUEUED, JobStatus.CANCELLED)).values(
                 status=JobStatus.CANCELLED.value, cancel_requested=True, finished_at=now, updated_at=now))
             if result.rowcount == 1:
                 self._status_event(conn, job_id, JobStatus.CANCELLED, now, reason="cancelled while queued")

@@ -19,8 +19,8 @@ import tensorflow as tf
 from tests.engine.structured import models as M
 from tests.engine.structured.helpers import prune, units
 from workers.engine.errors import SpecError
+from workers.engine.selection import LayerOverride, LayerSelection
 from workers.engine.structured import structured_prune
-from workers.spec import LayerOverride, LayerSelection
 
 L = keras.layers
 

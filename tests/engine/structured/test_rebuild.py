@@ -10,8 +10,8 @@ import pytest
 from tests.engine.structured import models as M
 from tests.engine.structured.helpers import assert_same_outputs, kept, outputs, prune, sample_inputs, units
 from workers.engine.importance import CRITERIA
+from workers.engine.selection import LayerSelection
 from workers.engine.structured import masked_reference
-from workers.spec import LayerSelection
 
 L = keras.layers
 CRITERION_NAMES = sorted(CRITERIA)

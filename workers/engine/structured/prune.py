@@ -22,12 +22,11 @@ import numpy as np
 from workers.engine import importance
 from workers.engine.errors import SpecError
 from workers.engine.registry import walk_layers
-from workers.engine.selection import Selector
+from workers.engine.selection import LayerOverride, LayerSelection, Selector
 from workers.engine.structured.graph import Graph, keep_indices
 from workers.engine.structured.groups import SCOPES, Group, dependents, find_groups, layers_by_class
 from workers.engine.structured.rebuild import compensation, rebuild
 from workers.engine.structured.scoring import group_scores, member_scores
-from workers.spec import LayerOverride, LayerSelection
 
 NESTED = "structured pruning treats nested models as barriers and removes no unit inside them"
 
@@ -75,10 +74,8 @@ def _check_arguments(keep_ratio, scope: str, round_to) -> int:
 
 def _selector(model, selection: LayerSelection | None,
               overrides: Mapping[str, LayerOverride] | None) -> Selector:
-    """The step's selector; SpecError for entries that name nothing, or ask to prune inside a nested model."""
-    if overrides is not None:
-        overrides = {k: v if isinstance(v, LayerOverride) else LayerOverride.model_validate(v)
-                     for k, v in overrides.items()}
+    """The step's selector; SpecError for entries that name nothing, or ask to prune inside a nested model.
+    Override values may be LayerOverrides or mappings of their fields (`LayerOverride.of`)."""
     selector = Selector.of(selection, overrides)
     layers = list(walk_layers(model))
     selector.check(model.name, layers)

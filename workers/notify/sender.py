@@ -8,12 +8,12 @@ A worker that finishes a job hands its webhook to this process's sender and take
 or unreachable receiver costs the sender's threads, never a worker. The sender is a few daemon threads reading one
 bounded queue (`webhooks.queue_size`): when the queue is full, the webhook is dropped with a warning rather than
 holding up a job. Each delivery ends after about `budget(settings)` seconds at most (every attempt has a deadline,
-see workers/notify.py). The queue is in memory: a webhook queued by a process that is killed is lost (webhooks are
+see delivery.py). The queue is in memory: a webhook queued by a process that is killed is lost (webhooks are
 at most once per terminal state; receivers can poll the job). On a graceful stop, workers and the API wait up to
 one delivery budget for the queue to drain.
 
 The sender is created per process on first use (after a fork, a child builds its own: threads do not survive a
-fork). This module imports nothing heavy; workers/notify.py (httpx) is imported by the sender thread.
+fork). This module imports nothing heavy: delivery.py (httpx) is imported by the sender thread.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from workers.settings import Settings
 log = logging.getLogger("secateurs.webhooks")
 
 SENDER_THREADS = 4  # deliveries in flight per process: one slow receiver does not hold up the others
-BACKOFF_S = 0.5  # first pause between attempts (doubled each time; see workers/notify.py)
+BACKOFF_S = 0.5  # first pause between attempts (doubled each time; see delivery.py)
 
 
 def webhook_payload(job: JobRecord) -> dict:
@@ -46,7 +46,7 @@ def webhook_payload(job: JobRecord) -> dict:
 
 def budget(settings: Settings) -> float:
     """The most seconds one delivery takes: `webhooks.max_attempts` deadlines of `webhooks.timeout` and the pauses."""
-    from workers.notify import delivery_budget
+    from workers.notify.delivery import delivery_budget
 
     return delivery_budget(settings.webhooks.timeout, settings.webhooks.max_attempts, BACKOFF_S)
 
@@ -55,11 +55,11 @@ def deliver_webhook(settings: Settings, job: JobRecord) -> bool:
     """Deliver the terminal-state webhook of `job` now, in this thread (blocking for up to `budget(settings)`
     seconds). True when the receiver answered 2xx; never raises."""
     try:
-        from workers import notify
+        from workers.notify.delivery import deliver
 
-        return bool(notify.deliver(job.webhook_url, webhook_payload(job), secret=settings.webhooks.secret,
-                                   timeout=settings.webhooks.timeout, retries=settings.webhooks.max_attempts - 1,
-                                   backoff=BACKOFF_S, allow_private=settings.webhooks.allow_private))
+        return bool(deliver(job.webhook_url, webhook_payload(job), secret=settings.webhooks.secret,
+                            timeout=settings.webhooks.timeout, retries=settings.webhooks.max_attempts - 1,
+                            backoff=BACKOFF_S, allow_private=settings.webhooks.allow_private))
     except Exception:  # a webhook must never break the sender
         log.exception("job %s: webhook delivery failed", job.id)
         return False
@@ -121,7 +121,7 @@ _SENDER: dict[int, WebhookSender] = {}  # by pid: a forked child never uses its 
 _SENDER_LOCK = threading.Lock()
 
 
-def sender(settings: Settings | None = None) -> WebhookSender:
+def process_sender(settings: Settings | None = None) -> WebhookSender:
     """This process's sender, started on first use (with `settings.webhooks.queue_size`)."""
     pid = os.getpid()
     with _SENDER_LOCK:
@@ -139,7 +139,7 @@ def send(settings: Settings, job: JobRecord) -> bool:
     if not job.webhook_url:
         return False
     try:
-        return sender(settings).submit(settings, job)
+        return process_sender(settings).submit(settings, job)
     except Exception:  # pragma: no cover - a webhook must never break the job that sends it
         log.exception("job %s: webhook not queued", job.id)
         return False

@@ -1,8 +1,6 @@
-"""The service's commands for `secateurs` (registered by workers/cli.py):
+"""The `secateurs` entry point: workers/cli.py's commands (compress, schema, worker, ...) plus the service's.
 
     secateurs serve [--host H] [--port P] [--workers N]   API + N local worker processes (embedded default)
-    secateurs worker [--name NAME]                         one standalone worker process (dispatcher `none`),
-                                                           or a Celery worker (dispatcher `celery`)
     secateurs keys create --tenant T [--name N] [--admin]  prints the new API key once (--admin: it may also read
                                                            /metrics, whose counts cover every tenant)
     secateurs keys revoke KEY_ID | keys list
@@ -13,24 +11,21 @@ Nothing heavy is imported until a command runs.
 
 from __future__ import annotations
 
+import argparse
 import json
-import logging
 import os
-import signal
 import sys
+
+from workers import cli as engine_cli
 
 
 def register(subparsers) -> None:
+    """Add serve and keys to the `secateurs` parser."""
     p = subparsers.add_parser("serve", help="run the HTTP API and local workers (SQLite + local artifacts by default)")
     p.add_argument("--host", help="listen address (default: SECATEURS_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default: SECATEURS_PORT or 8000)")
     p.add_argument("--workers", type=int, help="local worker processes (default: SECATEURS_WORKER__CONCURRENCY or 2)")
     p.set_defaults(func=cmd_serve)
-
-    p = subparsers.add_parser("worker", help="run one worker process that pulls jobs from the store (a Celery "
-                              "worker with worker.concurrency processes when worker.dispatcher is celery)")
-    p.add_argument("--name", default="worker", help="a name for logs and the job's worker id")
-    p.set_defaults(func=cmd_worker)
 
     keys = subparsers.add_parser("keys", help="manage API keys (hashed in the job store)")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
@@ -47,38 +42,24 @@ def register(subparsers) -> None:
     k.set_defaults(func=cmd_keys_list)
 
 
-def _settings(args=None):
-    from pydantic import ValidationError
-
-    from workers.settings import Settings
-
-    try:
-        settings = Settings()
-    except ValidationError as e:
-        raise SystemExit(f"secateurs: error: invalid configuration: {e}") from None
-    updates = {}
-    if args is not None:
-        for flag, field in (("host", "host"), ("port", "port")):
-            if getattr(args, flag, None) is not None:
-                updates[field] = getattr(args, flag)
-    return settings.model_copy(update=updates) if updates else settings
+def build_parser() -> argparse.ArgumentParser:
+    return engine_cli.build_parser(register)
 
 
-def _logging(settings) -> None:
-    """The service's log lines, credentials of URLs (store, broker) masked in every one (workers.redact)."""
-    from workers import redact
-
-    redact.install()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
 
 
 def cmd_serve(args) -> int:
     import uvicorn
 
+    from workers import redact
+
     from service.main import create_app
 
-    settings = _settings(args)
-    _logging(settings)
+    settings = engine_cli.load_settings(host=args.host, port=args.port)
+    redact.configure_logging(settings.log_level)
     if args.workers is not None and args.workers < 0:
         print("secateurs: error: --workers must be >= 0", file=sys.stderr)
         return 2
@@ -88,42 +69,10 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def cmd_worker(args) -> int:
-    import threading
-
-    from workers.dispatch import worker_loop
-    from workers.jobs import worker_identity
-    from workers.runner import RunContext
-
-    settings = _settings()
-    _logging(settings)
-    if settings.worker.dispatcher == "celery":
-        from workers.celery_app import run_worker
-
-        try:
-            return run_worker(settings, name=args.name)
-        except ValueError as e:
-            print(f"secateurs: error: {e}", file=sys.stderr)
-            return 2
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    ctx = RunContext.from_settings(settings, worker_identity(args.name), stop=stop)
-    from workers.redact import redact
-
-    logging.getLogger("secateurs.worker").info("worker %s pulling jobs from %s", ctx.worker_id,
-                                               redact(settings.store_url))
-    try:
-        worker_loop(ctx)
-    finally:
-        ctx.store.close()
-    return 0
-
-
 def _store():
     from workers.store import open_store
 
-    settings = _settings()
+    settings = engine_cli.load_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return open_store(settings.store_url)
 
@@ -167,6 +116,4 @@ def cmd_keys_list(args) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from workers.cli import main
-
     sys.exit(main())

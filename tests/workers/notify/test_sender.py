@@ -1,6 +1,6 @@
 """Job webhooks off the worker loop: the payload, the per-process sender threads with their bounded queue, the
-drain at shutdown, and a module light enough for the cancel path. (Delivery itself: test_notify.py; a worker that
-takes its next job while a slow receiver trickles: test_dispatch.py.)"""
+drain at shutdown, and a package light enough for the cancel path. (Delivery itself: test_delivery.py; a worker
+that takes its next job while a slow receiver trickles: tests/workers/test_worker.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import time
 import pytest
 
 from tests.workers.receivers import TrickleReceiver
-from workers import webhooks
+from workers import notify
+from workers.notify.sender import BACKOFF_S, WebhookSender, budget, webhook_payload
 from workers.jobs import JobStatus, NewJob
 from workers.settings import Settings
 from workers.store import open_store
@@ -45,7 +46,7 @@ def hook_settings(tmp_path) -> Settings:
 
 def test_the_payload_names_the_event_status_error_and_artifacts(hook_settings):
     job = finished_job(hook_settings, "http://127.0.0.1:9/hook")
-    payload = webhooks.webhook_payload(job)
+    payload = webhook_payload(job)
     assert payload["event"] == "job.failed"
     assert payload["job"]["id"] == job.id and payload["job"]["status"] == "failed"
     assert payload["job"]["error"]["message"] == "boom" and payload["job"]["artifacts"] == []
@@ -54,11 +55,11 @@ def test_the_payload_names_the_event_status_error_and_artifacts(hook_settings):
 
 def test_the_budget_is_every_attempt_deadline_plus_the_pauses():
     settings = Settings(webhooks={"timeout": 5.0, "max_attempts": 3})
-    assert webhooks.budget(settings) == 3 * 5.0 + webhooks.BACKOFF_S + 2 * webhooks.BACKOFF_S
+    assert budget(settings) == 3 * 5.0 + BACKOFF_S + 2 * BACKOFF_S
 
 
 def test_a_full_queue_drops_the_webhook_at_once_instead_of_waiting(hook_settings, slow_receiver):
-    sender = webhooks.WebhookSender(queue_size=1, threads=1)
+    sender = WebhookSender(queue_size=1, threads=1)
     job = finished_job(hook_settings, slow_receiver.url())
     assert sender.submit(hook_settings, job)  # taken by the one sender thread, which waits on the receiver
     deadline = time.monotonic() + 5
@@ -69,13 +70,13 @@ def test_a_full_queue_drops_the_webhook_at_once_instead_of_waiting(hook_settings
     assert sender.submit(hook_settings, job) is False  # the queue is full: dropped, not waited for
     assert time.monotonic() - started < 0.1
     assert sender.dropped == 1
-    assert sender.drain(webhooks.budget(hook_settings) * 2 + 2)  # both tried, each cut off at its deadline
+    assert sender.drain(budget(hook_settings) * 2 + 2)  # both tried, each cut off at its deadline
     assert (sender.delivered, sender.failed) == (0, 2)
     assert slow_receiver.connections == 2
 
 
 def test_drain_gives_up_after_its_timeout_and_succeeds_once_the_queue_is_empty(hook_settings, slow_receiver):
-    sender = webhooks.WebhookSender(queue_size=10, threads=1)
+    sender = WebhookSender(queue_size=10, threads=1)
     assert sender.submit(hook_settings, finished_job(hook_settings, slow_receiver.url()))
     started = time.monotonic()
     assert sender.drain(0.1) is False
@@ -85,12 +86,12 @@ def test_drain_gives_up_after_its_timeout_and_succeeds_once_the_queue_is_empty(h
 
 
 def test_send_skips_a_job_without_a_webhook_url(hook_settings):
-    assert webhooks.send(hook_settings, finished_job(hook_settings, None)) is False
+    assert notify.send(hook_settings, finished_job(hook_settings, None)) is False
 
 
-def test_the_webhook_module_imports_neither_the_runner_nor_the_http_client():
-    """Cancelling a queued job sends its webhook from the API: that path imports this module only."""
-    code = ("import sys, workers.webhooks; "
+def test_the_notify_package_imports_neither_the_runner_nor_the_http_client():
+    """Cancelling a queued job sends its webhook from the API: that path imports this package only."""
+    code = ("import sys, workers.notify; "
             "print(*[m in sys.modules for m in ('workers.runner', 'workers.sandbox', 'httpx', 'keras')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == ["False"] * 4

@@ -1,8 +1,7 @@
-"""Webhooks: URL checks against SSRF, DNS-rebinding pinning, signatures, retries and no redirects.
+"""Webhook delivery: signatures, bounded retries, deadlines, no redirects, and DNS-rebinding pinning.
 
-Traffic only ever goes to a real HTTP server on 127.0.0.1 (delivery with allow_private=True or an allowed host).
-Public addresses appear only in validation, where nothing is sent; names that must resolve to a chosen address
-use a resolver patched in the test (`fake_dns`).
+Traffic only ever goes to a real HTTP server on 127.0.0.1 (delivery with allow_private=True or an allowed host);
+names that must resolve to a chosen address use a resolver patched in the test (`fake_dns`).
 """
 
 from __future__ import annotations
@@ -11,219 +10,24 @@ import hashlib
 import hmac
 import json
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.workers.receivers import TrickleReceiver
-from workers import notify
-from workers.notify import (
+from tests.workers.notify import PUBLIC_V4
+from tests.workers.receivers import Receiver, TrickleReceiver
+from workers.notify import delivery
+from workers.notify.delivery import (
     DELIVERY_HEADER,
     EVENT_HEADER,
     SIGNATURE_HEADER,
     deliver,
     sign,
-    validate_webhook_url,
     verify_signature,
 )
+from workers.notify.urls import check_url, validate_webhook_url
 
-PUBLIC_V4 = "93.184.216.34"  # only ever validated, never contacted
-PUBLIC_V6 = "2606:2800:220:1:248:1893:25c8:1946"
 FAST = dict(timeout=2.0, backoff=0.01)
-
-
-# -- a real receiver -------------------------------------------------------------------------------------------
-
-
-class Receiver:
-    """An HTTP server on 127.0.0.1 in a thread; answers POSTs with the next scripted status and records them."""
-
-    def __init__(self, statuses=(200,), headers=None, delay_s: float = 0.0):
-        self.statuses = list(statuses)
-        self.extra_headers = headers or {}
-        self.delay_s = delay_s
-        self.requests: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                outer.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                if outer.delay_s:
-                    time.sleep(outer.delay_s)
-                status = outer.statuses.pop(0) if len(outer.statuses) > 1 else outer.statuses[0]
-                try:
-                    self.send_response(status)
-                    for k, v in outer.extra_headers.items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Length", "2")
-                    self.end_headers()
-                    self.wfile.write(b"ok")
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (the timeout test)
-
-            do_GET = do_POST
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
-                                       daemon=True)
-
-    def url(self, path="/hook", host="127.0.0.1"):
-        return f"http://{host}:{self.port}{path}"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def fake_dns(monkeypatch):
-    """Make chosen names resolve to chosen addresses (a list, or a function of the call number); others resolve
-    for real. Returns the table and records every lookup of a chosen name in `table.calls`."""
-    real = socket.getaddrinfo
-
-    class Table(dict):
-        def __init__(self):
-            super().__init__()
-            self.calls: list[str] = []
-
-    table = Table()
-
-    def getaddrinfo(host, port, *args, **kwargs):
-        if host in table:
-            table.calls.append(host)
-            answer = table[host]
-            addresses = answer(len(table.calls)) if callable(answer) else answer
-            if isinstance(addresses, Exception):
-                raise addresses
-            out = []
-            for a in addresses:
-                if ":" in a:
-                    out.append((socket.AF_INET6, socket.SOCK_STREAM, 6, "", (a, port or 0, 0, 0)))
-                else:
-                    out.append((socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port or 0)))
-            return out
-        return real(host, port, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    return table
-
-
-# -- validation --------------------------------------------------------------------------------------------------
-
-REFUSED_BY_DEFAULT = {
-    "http://127.0.0.1/hook": "loopback",
-    "http://localhost:8080/hook": "loopback",
-    "http://10.1.2.3/hook": "private",
-    "http://192.168.0.10/hook": "private",
-    "http://172.16.5.4/hook": "private",
-    "http://169.254.169.254/latest/meta-data/": "link-local",
-    "http://[::1]/hook": "loopback",
-    "http://[::ffff:127.0.0.1]/hook": "loopback",
-    "http://[::ffff:169.254.169.254]/": "link-local",
-    "http://0.0.0.0/hook": "unspecified",
-    "http://[::]/hook": "unspecified",
-    "http://224.0.0.1/hook": "multicast",
-    "http://240.0.0.1/hook": "reserved",
-    "http://[fe80::1]/hook": "link-local",
-    "http://[fd00::1]/hook": "private",
-    "http://100.64.0.1/hook": "not globally routable",
-    "http://2130706433/hook": "loopback",  # decimal spelling of 127.0.0.1
-    "http://0x7f000001/hook": "loopback",  # hex spelling
-    "http://127.1/hook": "loopback",  # short spelling
-    "http://[2002:7f00:1::1]/hook": "loopback",  # 6to4 wrapping 127.0.0.1
-    "http://[64:ff9b::a00:1]/hook": "private",  # NAT64 wrapping 10.0.0.1
-}
-
-
-@pytest.mark.parametrize("url,reason", REFUSED_BY_DEFAULT.items(), ids=list(REFUSED_BY_DEFAULT))
-def test_non_public_addresses_are_refused_by_default_naming_url_and_reason(url, reason):
-    with pytest.raises(ValueError) as info:
-        validate_webhook_url(url)
-    assert url in str(info.value)
-    assert f"({reason}" in str(info.value)
-
-
-@pytest.mark.parametrize("url", ["http://127.0.0.1:9/x", "http://localhost/x", "http://10.0.0.1/x",
-                                 "http://169.254.169.254/", "http://[::1]/x", "http://[::ffff:127.0.0.1]/x"])
-def test_allow_private_accepts_non_public_addresses(url):
-    assert validate_webhook_url(url, allow_private=True) == url
-
-
-BAD_FORM = {
-    "ftp://example.com/hook": "scheme 'ftp'",
-    "file:///etc/passwd": "scheme 'file'",
-    "gopher://example.com/": "scheme 'gopher'",
-    "example.com/hook": "scheme",
-    "https://user:secret@example.com/hook": "credentials",
-    "https://token@example.com/hook": "credentials",
-    "http:///hook": "no host",
-    "http://example.com:99999/hook": "port 99999",
-    "http://exa mple.com/hook": "not a valid host name",
-    "": "empty",
-}
-
-
-@pytest.mark.parametrize("url,reason", BAD_FORM.items(), ids=list(BAD_FORM))
-def test_bad_schemes_credentials_hosts_and_ports_are_refused_even_when_private_is_allowed(url, reason, fake_dns):
-    fake_dns["example.com"] = [PUBLIC_V4]
-    with pytest.raises(ValueError) as info:
-        validate_webhook_url(url, allow_private=True, allowed_hosts=frozenset({"example.com"}))
-    assert reason in str(info.value)
-    assert repr(url) in str(info.value)
-    assert fake_dns.calls == []  # refused before any lookup
-
-
-def test_hostname_resolving_to_loopback_is_refused(fake_dns):
-    fake_dns["evil.example"] = ["127.0.0.1"]
-    with pytest.raises(ValueError, match=r"'evil.example' resolves to 127.0.0.1, which is not public \(loopback"):
-        validate_webhook_url("https://evil.example/hook")
-
-
-def test_every_resolved_address_is_checked_not_just_the_first(fake_dns):
-    fake_dns["mixed.example"] = [PUBLIC_V4, PUBLIC_V6, "10.0.0.7"]
-    with pytest.raises(ValueError, match=r"resolves to 10.0.0.7, which is not public \(private"):
-        validate_webhook_url("https://mixed.example/hook")
-
-
-def test_hostname_resolving_to_metadata_address_is_refused(fake_dns):
-    fake_dns["metadata.example"] = ["169.254.169.254"]
-    with pytest.raises(ValueError, match="link-local"):
-        validate_webhook_url("http://metadata.example/")
-
-
-def test_public_addresses_and_names_are_accepted(fake_dns):
-    fake_dns["hooks.example.com"] = [PUBLIC_V4, PUBLIC_V6]
-    for url in (f"http://{PUBLIC_V4}/x", f"https://[{PUBLIC_V6}]:8443/x", "https://hooks.example.com/x?token=1"):
-        assert validate_webhook_url(url) == url
-
-
-def test_unresolvable_host_is_refused_naming_it(fake_dns):
-    fake_dns["nowhere.example"] = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-    with pytest.raises(ValueError, match="'nowhere.example' does not resolve"):
-        validate_webhook_url("https://nowhere.example/hook")
-
-
-def test_allowed_hosts_lifts_the_address_check_for_that_host_only(fake_dns):
-    fake_dns["receiver.internal"] = ["10.0.0.5"]
-    fake_dns["other.internal"] = ["10.0.0.6"]
-    allowed = frozenset({"Receiver.Internal."})  # compared case-insensitively, trailing dot ignored
-    assert validate_webhook_url("http://receiver.internal/x", allowed_hosts=allowed) == "http://receiver.internal/x"
-    with pytest.raises(ValueError, match="other.internal"):
-        validate_webhook_url("http://other.internal/x", allowed_hosts=allowed)
-    with pytest.raises(ValueError, match="loopback"):
-        validate_webhook_url("http://127.0.0.1/x", allowed_hosts=allowed)
 
 
 # -- signatures --------------------------------------------------------------------------------------------------
@@ -348,15 +152,15 @@ def test_a_receiver_trickling_its_answer_is_cut_off_at_the_deadline_of_each_atte
     assert deliver(trickle.url(), {"a": 1}, secret="s", timeout=1.0, retries=1, backoff=0.05,
                    allow_private=True) is False
     took = time.monotonic() - start
-    assert took < notify.delivery_budget(1.0, 2, 0.05) + 1.0
+    assert took < delivery.delivery_budget(1.0, 2, 0.05) + 1.0
     assert took >= 2 * 1.0  # both attempts ran to their deadline
     assert trickle.connections == 2
 
 
 def test_delivery_budget_is_every_attempt_deadline_plus_the_capped_pauses():
-    assert notify.delivery_budget(5.0, 3, 0.5) == 5.0 * 3 + 0.5 + 1.0
-    assert notify.delivery_budget(2.0, 1, 0.5) == 2.0
-    assert notify.delivery_budget(1.0, 3, 100.0) == 3.0 + 2 * notify.MAX_BACKOFF_S
+    assert delivery.delivery_budget(5.0, 3, 0.5) == 5.0 * 3 + 0.5 + 1.0
+    assert delivery.delivery_budget(2.0, 1, 0.5) == 2.0
+    assert delivery.delivery_budget(1.0, 3, 100.0) == 3.0 + 2 * delivery.MAX_BACKOFF_S
 
 
 @pytest.mark.parametrize("url,payload", [
@@ -411,9 +215,9 @@ def test_https_request_carries_the_original_name_for_sni(monkeypatch, fake_dns):
     fake_dns["secure.example"] = [PUBLIC_V4]
     import httpx
 
-    target = notify._check("https://secure.example:8443/hook?x=1", False, frozenset())
+    target = check_url("https://secure.example:8443/hook?x=1", False, frozenset())
     with httpx.Client() as client:
-        request = notify._pinned_request(client, target, target.addresses[0], b"{}", {})
+        request = delivery._pinned_request(client, target, target.addresses[0], b"{}", {})
     assert request.url.host == PUBLIC_V4
     assert request.url.port == 8443
     assert request.url.raw_path == b"/hook?x=1"
