@@ -132,3 +132,22 @@ def test_structured_rows_equal_the_rebuilt_model_with_batchnorm_reestimated(buil
     assert row["macs"] == metrics_mod.macs(rebuilt)["macs"]
     assert row["metric"] == pytest.approx(metrics_mod.evaluate(rebuilt, x, y)["loss"], rel=1e-4)
     assert curves(result)[units[0].name][0] == (0.75, 0.5)  # fractions removed = 1 - keep ratio
+
+
+def test_a_model_with_two_outputs_is_scored_by_its_compiled_evaluation():
+    inp = keras.Input((8,))
+    hidden = L.Dense(16, activation="relu", name="hidden")(inp)
+    model = keras.Model(inp, [L.Dense(1, name="a")(hidden), L.Dense(2, name="b")(hidden)])
+    model.compile("adam", loss=["mse", "mse"])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    y = [rng.normal(size=(64, 1)).astype("float32"), rng.normal(size=(64, 2)).astype("float32")]
+    result = analyze(model, magnitude_units(model, prunable_weights(model)), [0.9], method="magnitude",
+                     metric="loss", x_val=x, y_val=y, samples=None)
+    assert result["samples"] == 64
+    assert result["baseline"] == pytest.approx(model.evaluate(x, y, verbose=0, return_dict=True)["loss"], rel=1e-5)
+    subset = analyze(model, magnitude_units(model, prunable_weights(model))[:1], [0.9], method="magnitude",
+                     metric="loss", x_val=x, y_val=y, samples=20)
+    assert subset["samples"] == 20 and np.isfinite(subset["baseline"])
+    assert [r["layer"] for r in result["rows"]] == ["hidden", "a", "b"]
+    assert all(np.isfinite(r["metric"]) for r in result["rows"])

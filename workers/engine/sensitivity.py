@@ -94,13 +94,12 @@ class HeldOutScorer:
                  max_samples: int | None = None, seed: int = 0):
         import tensorflow as tf
 
-        n = len(y)
+        n = _length(y)
         if max_samples is not None and n > max_samples:
             index = np.sort(np.random.default_rng(seed).choice(n, max_samples, replace=False))
-            x = [np.asarray(a)[index] for a in x] if isinstance(x, (list, tuple)) else np.asarray(x)[index]
-            y = np.asarray(y)[index]
+            x, y = _take(x, index), _take(y, index)
         self.model, self.x, self.y, self.metric, self.batch_size = model, x, y, metric, batch_size
-        self.samples = len(y)
+        self.samples = _length(y)
         self.config = model.get_compile_config()
         self._predict = None
         if len(model.outputs) == 1 and not model.losses:  # else: the compiled model.evaluate (metrics.evaluate)
@@ -114,6 +113,21 @@ class HeldOutScorer:
         y_pred = metrics_mod.predict_batched(self._predict, self.x, self.batch_size)
         scores = metrics_mod.score_predictions(self.config, y_pred, self.y, self.batch_size)
         return float(scores[self.metric])
+
+
+def _length(a) -> int:
+    """Samples in an array, or in a list / dict of arrays (several inputs or outputs)."""
+    if isinstance(a, dict):
+        return len(next(iter(a.values())))
+    return len(a[0]) if isinstance(a, (list, tuple)) else len(a)
+
+
+def _take(a, index: np.ndarray):
+    if isinstance(a, dict):
+        return {k: np.asarray(v)[index] for k, v in a.items()}
+    if isinstance(a, (list, tuple)):
+        return [np.asarray(v)[index] for v in a]
+    return np.asarray(a)[index]
 
 
 # --------------------------------------------------------------------------- units
