@@ -29,7 +29,7 @@ TFMOT_ARMS = {
     "tfmot:poly-f10": {"schedule": "polynomial", "frequency": 10},
     "tfmot:const-f100": {"schedule": "constant", "frequency": 100},
 }
-# label -> (worker side, task arguments); a side "secateurs+<patch>" runs the engine with bench/patches/<patch>.diff
+# label -> (worker side, task arguments); a side "secateurs@<rev>" runs the engine of that git revision
 SECATEURS_ARMS = {
     "secateurs": ("secateurs", {}),
     "secateurs:layer": ("secateurs", {"step": {"scope": "layer"}}),

@@ -7,6 +7,7 @@ then summarized by their median.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,36 +24,30 @@ class Arm:
 
 
 class Sides:
-    """The worker processes, started lazily, closed together. A name "secateurs+<patch>[+<patch>...]" is the
-    Secateurs side running on a copy of the tree with those bench/patches applied (`bench.patching`)."""
+    """The worker processes, started lazily, closed together. A name "secateurs@<rev>" is the Secateurs side
+    running on that git revision, checked out into a temporary worktree (`bench.revisions`)."""
 
     def __init__(self):
         self._sides: dict[str, Side] = {}
-        self._trees: list = []
+        self._trees = ExitStack()
 
     def __getitem__(self, name: str) -> Side:
         if name not in self._sides:
             log(f"starting the {name} worker")
-            base, *patches = name.split("+")
+            base, _, rev = name.partition("@")
             root = None
-            if patches:
-                from bench.patching import patched_tree
+            if rev:
+                from bench.revisions import checkout
 
-                root = patched_tree(patches)
+                root = self._trees.enter_context(checkout(rev))
             self._sides[name] = Side(base, root=root, label=name)
-            if root is not None:
-                self._trees.append(root)
         return self._sides[name]
 
     def close(self) -> None:
-        import shutil
-
         for side in self._sides.values():
             side.close()
         self._sides.clear()
-        for tree in self._trees:
-            shutil.rmtree(tree, ignore_errors=True)
-        self._trees.clear()
+        self._trees.close()
 
     def __enter__(self):
         return self

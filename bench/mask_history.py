@@ -1,26 +1,29 @@
 """Before/after of the engine's mask updates: `python -m bench.mask_history REV [REV ...]`.
 
-For each git revision, workers/engine/masks.py of that revision is put into a copy of the working tree and a
-Secateurs worker on that copy runs `mask_update_cost` (a 4-epoch gradual prune of LeNet-300-100 to 80 %, every
-mask update timed) in interleaved repetitions. Written to bench/results/mask_history.json.
+For each git revision, a worktree of the current commit (HEAD) gets workers/engine/masks.py of that revision
+(`bench.revisions.checkout`), so that only the mask code differs, and a Secateurs worker there runs
+`mask_update_cost` (a 4-epoch gradual prune of LeNet-300-100 to 80 %, every mask update timed) in interleaved
+repetitions. Written to bench/results/mask_history.json.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
+from contextlib import ExitStack
+from pathlib import Path
 
 from bench.common import LoadMonitor, ROOT, header, log, summarize, write_result
 from bench.harness import Sides, pretrained
-from bench.patching import patched_tree
+from bench.revisions import checkout
 from bench.worker import Side
 
 
-def tree_at(rev: str):
-    tree = patched_tree([])
+def tree_at(rev: str, stack: ExitStack) -> Path:
+    """A worktree of HEAD with workers/engine/masks.py of `rev`, removed when `stack` closes."""
     text = subprocess.run(["git", "show", f"{rev}:workers/engine/masks.py"], cwd=ROOT, capture_output=True,
                           text=True, check=True).stdout
+    tree = stack.enter_context(checkout("HEAD"))
     (tree / "workers" / "engine" / "masks.py").write_text(text)
     return tree
 
@@ -32,10 +35,10 @@ def main(revs: list[str], repeats: int = 5) -> dict:
     monitor = LoadMonitor()
     with Sides() as sides:
         pre = pretrained(sides, "lenet_300_100", epochs=10, tfmot=False)
-    trees = {rev: tree_at(rev) for rev in revs}
-    workers = {rev: Side("secateurs", root=tree, label=f"secateurs@{rev}") for rev, tree in trees.items()}
     results: dict[str, list[dict]] = {rev: [] for rev in revs}
-    try:
+    with ExitStack() as trees:  # worktrees and workers, closed in reverse order
+        workers = {rev: trees.enter_context(Side("secateurs", root=tree_at(rev, trees), label=f"secateurs@{rev}"))
+                   for rev in revs}
         for rep in range(repeats + 1):  # the first round warms up
             for rev in revs:
                 monitor.sample()
@@ -43,11 +46,6 @@ def main(revs: list[str], repeats: int = 5) -> dict:
                 if rep:
                     results[rev].append(r)
             log(f"mask_history: round {rep}/{repeats}")
-    finally:
-        for w in workers.values():
-            w.close()
-        for tree in trees.values():
-            shutil.rmtree(tree, ignore_errors=True)
     payload["revisions"] = {rev: {k: summarize([r[k] for r in rs]) for k in rs[0] if k != "updates"} |
                             {"updates": rs[0]["updates"]} for rev, rs in results.items()}
     payload["load"] = monitor.summary()

@@ -139,6 +139,13 @@ def structured_tables(d: dict) -> str:
     return "\n".join(parts)
 
 
+def _variant(v: dict) -> str:
+    """How a service variant's server differs: the revision it ran (a git worktree) and settings it was given."""
+    parts = [f"`{v['revision']}` ({v['commit'][:7]})"] if "revision" in v else []
+    parts += [f"`{k.removeprefix('SECATEURS_')}={value}`" for k, value in v.get("settings", {}).items()]
+    return ", ".join(parts) or "—"
+
+
 def service_tables(d: dict) -> str:
     cfg = d["config"]
     s = d["dispatch"]["summary"]
@@ -156,11 +163,13 @@ def service_tables(d: dict) -> str:
                   ["… of which job process start, TensorFlow import, storing results",
                    _spread(s["process_and_store_s"])]], ["seconds", "median (range)"])]
     sl = d["status_load"]["summary"]
+    patched = any("patches" in v for v in sl.values())  # results measured with bench/patches (since removed)
     rows = []
     for name in [n for n in cfg["variants"] if n in sl]:
         v = sl[name]
         p, c, sat = v["paced"], v["paced_jobs_paused"], v["saturating"]
-        rows.append([name, ", ".join(v["patches"]) or "—", f"{p['p50_ms']['median']:.1f}", f"{p['p90_ms']['median']:.1f}",
+        rows.append([name, (", ".join(v.get("patches", ())) or "—") if patched else _variant(v),
+                     f"{p['p50_ms']['median']:.1f}", f"{p['p90_ms']['median']:.1f}",
                      f"**{p['p99_ms']['median']:.1f}** ({p['p99_ms']['min']:.1f}–{p['p99_ms']['max']:.1f})",
                      f"{c['p99_ms']['median']:.1f}", f"{sat['throughput_rps']['median']:.0f}",
                      f"{sat['p99_ms']['median']:.0f}", p["errors"] + sat["errors"],
@@ -169,7 +178,7 @@ def service_tables(d: dict) -> str:
               f"({cfg['paced_seconds']} s) while two jobs train, then back to back ({cfg['saturate_seconds']} s); "
               f"control: paced again with the two job processes paused. {cfg['rounds']} rounds per variant, "
               "interleaved, a fresh server each; medians over rounds (range).", "",
-              _md(rows, ["server", "patches", "p50 ms", "p90 ms", "p99 ms", "p99 ms, jobs paused",
+              _md(rows, ["server", "patches" if patched else "revision, settings", "p50 ms", "p90 ms", "p99 ms", "p99 ms, jobs paused",
                          "saturating req/s", "saturating p99 ms", "errors", "training steps/s (2 jobs)"])]
     u = d["upload_memory"]
     parts += ["", f"Upload of {u['upload_bytes'] / 2**20:.0f} MiB (one `.npz`) in {u['upload_s']:.2f} s "

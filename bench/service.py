@@ -11,8 +11,9 @@ One command starts a fresh service (temporary data directory, free port, two wor
 3. status latency under load: while two jobs train, 100 concurrent clients poll GET /v1/jobs/{id}: *paced*
    (each client polls every second, random phase: ~100 requests/s) and *saturating* (no think time: the
    server's throughput). p50/p90/p99 of the client-side request time. Control: the paced load again with the
-   job processes paused. Measured for the current tree and for variants with landed patches reverted
-   (bench/patches), a fresh server each, interleaved by round.
+   job processes paused. Measured for the current tree and for variants: the server of an older revision (a git
+   worktree, bench/revisions.py) or this one with an operating choice set otherwise (SECATEURS_* settings), a
+   fresh server each, interleaved by round.
 4. API memory while streaming a 200 MB upload: RSS of the API process (not its worker children), sampled every
    5 ms before, during and after the request, and the kernel's peak RSS (VmHWM, reset just before the upload).
 """
@@ -25,35 +26,43 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import LoadMonitor, ROOT, header, load_mnist, log, percentile, summarize, write_result
+from bench.common import LoadMonitor, header, load_mnist, log, percentile, summarize, write_result
 from bench.harness import Sides, pretrained
+from workers.testing.servers import Server
 
-# status-load variants: label -> bench/patches applied to a copy of the tree for that server ("-name": reversed).
-# job-nice, tf-threads-per-job, sqlite-connections and auth-fast-path have landed: the "before" variants rebuild
-# the tree without them, for the before/after record in docs/BENCHMARKS.md.
-LANDED = ("job-nice", "tf-threads-per-job", "sqlite-connections", "auth-fast-path")
-VARIANTS = {
-    "current": (),
-    "before (all four reverted)": tuple(f"-{p}" for p in LANDED),
-    "without job-nice": ("-job-nice",),
-    "without tf-threads-per-job": ("-tf-threads-per-job",),
-}
+# The commit before "Service under load: ..." (6ba69ba), which made job processes nice 19, sized TensorFlow's
+# threads to cores / concurrent jobs, pooled 40 SQLite connections with WAL set once, and cached the answer "no
+# API key exists".
+BEFORE_SERVICE_FIXES = "6ba69ba^"
 FULL = {"dispatch_jobs": 5, "job_epochs": 2, "clients": 100, "paced_seconds": 20, "control_seconds": 10,
-        "saturate_seconds": 5, "poll_interval": 1.0, "upload_mb": 200, "rounds": 3, "variants": VARIANTS}
+        "saturate_seconds": 5, "poll_interval": 1.0, "upload_mb": 200, "rounds": 3}
 QUICK = {"dispatch_jobs": 1, "job_epochs": 1, "clients": 100, "paced_seconds": 5, "control_seconds": 3,
-         "saturate_seconds": 2, "poll_interval": 1.0, "upload_mb": 200, "rounds": 1,
-         "variants": {"current": ()}}
+         "saturate_seconds": 2, "poll_interval": 1.0, "upload_mb": 200, "rounds": 1}
+
+
+def variants() -> dict[str, dict]:
+    """Status-load variants: label -> how its server differs from this checkout's defaults: "revision", run the
+    server of that commit (a temporary git worktree), and/or "settings", SECATEURS_* variables of the server.
+    Operating choices are compared as settings; the rest of the fixes (SQLite connection handling) only as the
+    older revision. Without job nice: nice 0. Without TensorFlow threads per job: every job sized to all the cores,
+    as TensorFlow sizes its pools by default."""
+    cores = str(len(os.sched_getaffinity(0)))
+    return {
+        "current": {},
+        "before (all four reverted)": {"revision": BEFORE_SERVICE_FIXES},
+        "without job-nice": {"settings": {"SECATEURS_WORKER__JOB_NICE": "0"}},
+        "without tf-threads-per-job": {"settings": {"SECATEURS_WORKER__TF_THREADS": cores}},
+    }
 
 
 def _autogroup_enabled() -> bool | None:
@@ -61,12 +70,6 @@ def _autogroup_enabled() -> bool | None:
         return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
     except OSError:
         return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rss_kib(pid: int) -> dict:
@@ -86,61 +89,19 @@ def _reset_peak(pid: int) -> bool:
         return False
 
 
-class Server:
-    """`secateurs serve` in a fresh data directory on a free port."""
-
-    def __init__(self, workers: int = 2, extra_env: dict | None = None, root: Path | None = None):
-        """`root`: a (patched) copy of the tree to run instead of this one (`bench.patching`)."""
-        self.dir = Path(tempfile.mkdtemp(prefix="bench-service-"))
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, SECATEURS_DATA_DIR=str(self.dir / "data"), SECATEURS_LOG_LEVEL="warning",
-                   TF_CPP_MIN_LOG_LEVEL="2", **(extra_env or {}))
-        env.pop("TF_USE_LEGACY_KERAS", None)
-        root = Path(root) if root is not None else ROOT
-        if root != ROOT:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-        # `secateurs serve`, imported from `root` (the current directory comes first on sys.path with -c); a revision
-        # older than service/cli.py registered `serve` in workers/cli.py
-        entry = ("import sys, importlib.util\n"
-                 "cli = 'service.cli' if importlib.util.find_spec('service.cli') else 'workers.cli'\n"
-                 "sys.exit(importlib.import_module(cli).main())")
-        cmd = [sys.executable, "-c", entry]
-        self.log = open(self.dir / "serve.log", "w")
-        self.proc = subprocess.Popen([*cmd, "serve", "--port", str(self.port), "--workers", str(workers)],
-                                     cwd=root, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 120) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"secateurs serve exited ({self.proc.returncode}); see {self.dir / 'serve.log'}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"secateurs serve not ready after {timeout} s; see {self.dir / 'serve.log'}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+@contextmanager
+def serve(workers: int = 2, root: Path | None = None, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """`secateurs serve` (workers/testing/servers.py) in a fresh data directory on a free port, removed afterwards.
+    `root`: another revision's checkout to run. The server stays in the benchmark's session (and, on Linux, its
+    scheduling autogroup), beside the load-generating client, as in every measurement in docs/BENCHMARKS.md."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-service-"))
+    server = Server(tmp / "data", workers=workers, root=root, env=env, new_session=False,
+                    log_path=tmp / "serve.log")
+    try:
+        with server.start(timeout=120):
+            yield server
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- jobs
@@ -288,27 +249,6 @@ async def _clients(url: str, ids: list[str], n: int, seconds: float, interval: f
             "max_ms": max(ms) if ms else None, "mean_ms": statistics.fmean(ms) if ms else None}
 
 
-def _job_processes(server: Server) -> list[int]:
-    """The job (sandbox child) processes below the server."""
-    children: dict[int, list[int]] = {}
-    for status in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = status.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(status.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    found, stack = [], [server.proc.pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            stack.append(child)
-            try:
-                if b"workers.sandbox" in Path(f"/proc/{child}/cmdline").read_bytes():
-                    found.append(child)
-            except OSError:
-                pass
-    return found
-
-
 def _start_training(client, files) -> list[str]:
     ids = [_submit(client, files, _spec(400, latency=False))["id"] for _ in range(2)]
     for job_id in ids:  # running and past start-up: a progress report from training
@@ -348,7 +288,7 @@ def measure_status_load(server: Server, client, files, cfg: dict) -> dict:
     out["saturating"] = asyncio.run(_clients(server.url, ids, cfg["clients"], cfg["saturate_seconds"], None))
     states = [client.get(f"/v1/jobs/{j}").json()["status"] for j in ids]
     out["jobs_running_throughout"] = all(s == "running" for s in states)
-    jobs = _job_processes(server)
+    jobs = server.job_pids()
     for pid in jobs:
         os.kill(pid, signal.SIGSTOP)
     try:
@@ -367,31 +307,30 @@ def measure_status_load(server: Server, client, files, cfg: dict) -> dict:
 
 
 def status_variants(files, cfg: dict, monitor: LoadMonitor) -> dict:
-    """The status-under-load measurement for the current tree and each patched variant, interleaved by round
-    (a fresh server per measurement)."""
+    """The status-under-load measurement for the current tree and each variant, interleaved by round (a fresh
+    server per measurement)."""
     import httpx
 
-    from bench.patching import patched_tree
+    from bench.revisions import checkout, resolve
 
-    trees = {name: (patched_tree(patches) if patches else None) for name, patches in cfg["variants"].items()}
-    runs: dict[str, list[dict]] = {name: [] for name in trees}
-    try:
+    runs: dict[str, list[dict]] = {name: [] for name in cfg["variants"]}
+    with ExitStack() as trees:
+        roots = {name: trees.enter_context(checkout(v["revision"])) if "revision" in v else None
+                 for name, v in cfg["variants"].items()}
         for rnd in range(cfg["rounds"]):
-            for name, root in trees.items():
+            for name, v in cfg["variants"].items():
                 monitor.sample()
-                with Server(workers=2, root=root) as server, httpx.Client(base_url=server.url, timeout=120) as client:
+                with serve(root=roots[name], env=v.get("settings")) as server, \
+                        httpx.Client(base_url=server.url, timeout=120) as client:
                     r = measure_status_load(server, client, files, cfg)
                 runs[name].append(r)
                 log(f"service: status [{name}] round {rnd + 1}: paced p50 {r['paced']['p50_ms']:.1f} ms, p99 "
                     f"{r['paced']['p99_ms']:.1f} ms (jobs paused: p99 {r['paced_jobs_paused']['p99_ms']:.1f} ms); "
                     f"saturating {r['saturating']['throughput_rps']:.0f} req/s")
-    finally:
-        for root in trees.values():
-            if root is not None:
-                shutil.rmtree(root, ignore_errors=True)
     summary = {}
     for name, rs in runs.items():
-        summary[name] = {"patches": cfg["variants"][name]}
+        v = cfg["variants"][name]
+        summary[name] = {**v, **({"commit": resolve(v["revision"])} if "revision" in v else {})}
         for phase in ("paced", "paced_jobs_paused", "saturating"):
             summary[name][phase] = {k: summarize([r[phase][k] for r in rs])
                                     for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "throughput_rps")}
@@ -460,7 +399,7 @@ def measure_upload_memory(server: Server, client, model: Path, cfg: dict, workdi
 def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> dict:
     import httpx
 
-    cfg = dict(QUICK if quick else FULL)
+    cfg = {**(QUICK if quick else FULL), "variants": {"current": {}} if quick else variants()}
     if repeats:
         cfg["dispatch_jobs"] = repeats
     payload = header("service", command, quick, {**cfg, "service_workers": 2, "store": "sqlite",
@@ -476,7 +415,7 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
         model = workdir / "tutorial_cnn.keras"
         shutil.copy(pre["keras"], model)
         files = {"model": model, "data": data}
-        with Server(workers=2) as server, httpx.Client(base_url=server.url, timeout=120) as client:
+        with serve() as server, httpx.Client(base_url=server.url, timeout=120) as client:
             monitor.sample()
             payload["dispatch"] = measure_dispatch(client, files, cfg)
             monitor.sample()

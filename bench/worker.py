@@ -31,7 +31,8 @@ class Side:
     """Orchestrator handle of one worker subprocess."""
 
     def __init__(self, name: str, extra_env: dict | None = None, root: Path | None = None, label: str | None = None):
-        """`root`: the tree whose `bench` and `workers` the worker imports (a patched copy; default: this one)."""
+        """`root`: the tree whose `bench` and `workers` the worker imports (another revision's worktree, see
+        `bench.revisions`; default: this one)."""
         if name not in SIDE_ENV:
             raise ValueError(f"unknown side '{name}'; known: {', '.join(SIDE_ENV)}")
         self.name = label or name
@@ -45,7 +46,7 @@ class Side:
                 env[k] = v
         here = Path(__file__).resolve().parents[1]
         root = Path(root) if root is not None else here
-        if root != here:  # a patched copy: its imports first, the shared data where it always is
+        if root != here:  # another revision: its imports first, the shared data where it always is
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
             env.setdefault("SECATEURS_MNIST_DIR", str(here.parent / "shared" / "data" / "mnist"))
         self.stderr_path = here / "bench" / ".cache" / f"worker-{self.name}.log"

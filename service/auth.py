@@ -3,8 +3,9 @@
 Keys are required on every route but /healthz and /readyz as soon as any key exists (revoked ones count, so
 revoking every key never silently opens the service) or when SECATEURS_AUTH_REQUIRED=true. Without keys every
 caller is the tenant `default` (and an admin: every job is theirs). While no key exists, a request without a key
-is let through from a cached answer (`KeyPresence`, re-checked at most once a second) instead of a database query
-per request: a key created by `secateurs keys create` in another process is enforced within that second.
+is let through from a cached answer (`KeyPresence`, re-checked at most every SECATEURS_AUTH_CACHE_SECONDS, one
+second by default) instead of a database query per request: a key created by `secateurs keys create` in another
+process is enforced within that time.
 
 Service-wide data (/metrics: every tenant's counts) needs an admin key once keys exist: `secateurs keys create
 --tenant T --admin` (`Principal.admin`; service.deps.Admin answers 403 to any other key).

@@ -48,7 +48,7 @@ async def lifespan(app: FastAPI):
     app.state.store, app.state.artifacts, app.state.dispatcher, app.state.metrics = store, artifacts, dispatcher, metrics
     app.state.jobs = JobService(settings, store, artifacts, dispatcher, metrics)
     app.state.preflight = PreflightService(settings, app.state.jobs)
-    app.state.key_presence = KeyPresence(store)
+    app.state.key_presence = KeyPresence(store, ttl=settings.auth_cache_seconds)
     dispatcher.start()
     try:
         yield

@@ -42,15 +42,19 @@ LOG_NAME = "job.log"
 REQUEST_NAME = "request.json"
 OUT_DIR = "out"
 CANCEL_GRACE_SECONDS = 20.0  # a cancelled child that does not reach a batch boundary in time is killed
-# Job processes train at a lower CPU priority than the API and the workers' bookkeeping, so that status
-# requests stay fast while jobs saturate the cores (measured in bench/service.py, docs/BENCHMARKS.md).
+# Job processes train at a lower CPU priority than the API and the workers' bookkeeping by default, so that status
+# requests stay fast while jobs saturate the cores (worker.job_nice; measured in bench/service.py,
+# docs/BENCHMARKS.md).
 JOB_NICE = 19
 
 
-def _lower_priority(nice: int) -> None:
-    """Lower this process's CPU priority. The job runs in its own session (start_new_session), which on Linux
-    with autogrouping (kernel.sched_autogroup_enabled=1, the default on desktop and many server kernels) is its
-    own scheduling group: a plain nice only ranks threads *inside* that group, so the group's nice is set too."""
+def lower_priority(nice: int) -> None:
+    """Lower this process's CPU priority by `nice` (0: leave it). The job runs in its own session
+    (start_new_session), which on Linux with autogrouping (kernel.sched_autogroup_enabled=1, the default on desktop
+    and many server kernels) is its own scheduling group: a plain nice only ranks threads *inside* that group, so
+    the group's nice is set too."""
+    if nice <= 0:
+        return
     try:
         os.nice(nice)
     except OSError:  # pragma: no cover - not permitted: train at the normal priority
@@ -69,6 +73,7 @@ class SandboxLimits:
     cpu_seconds: int = 0  # 0: unlimited
     tf_threads: int = 0  # 0: TensorFlow's default (from_settings picks cores // concurrent jobs instead)
     cancel_poll_interval: float = 0.5
+    job_nice: int = JOB_NICE  # 0: the worker's own CPU priority
 
     @classmethod
     def from_settings(cls, settings) -> SandboxLimits:
@@ -76,7 +81,7 @@ class SandboxLimits:
         tf_threads = settings.worker.tf_threads or threads_per_job(settings.worker.concurrency)
         return cls(wall_seconds=lim.job_wall_seconds, memory_bytes=lim.job_memory_bytes, file_bytes=lim.job_file_bytes,
                    cpu_seconds=lim.job_cpu_seconds, tf_threads=tf_threads,
-                   cancel_poll_interval=settings.worker.cancel_poll_interval)
+                   cancel_poll_interval=settings.worker.cancel_poll_interval, job_nice=settings.worker.job_nice)
 
 
 def threads_per_job(concurrency: int, *, cgroup_root: Path | None = None, proc_cgroup: Path | None = None) -> int:
@@ -451,7 +456,7 @@ def inspect_inputs(model_path: str, data_path: str | None) -> None:
 def child_main(request_path: str, fd: int) -> int:
     request = json.loads(Path(request_path).read_text())
     limits, job = request["limits"], request["job"]
-    _lower_priority(JOB_NICE)
+    lower_priority(int(limits.get("job_nice", JOB_NICE)))
     _watch_parent(int(request["parent_pid"]))
     channel = _Channel(fd)
     try:

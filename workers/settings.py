@@ -125,6 +125,9 @@ class WorkerSettings(BaseModel):
                                         "flag (seconds).")
     tf_threads: int = Field(0, ge=0, description="Intra-/inter-op threads of TensorFlow in a job; 0 = the host's "
                             "cores divided among the concurrent jobs (at least 1).")
+    job_nice: int = Field(19, ge=0, le=19, description="CPU priority (nice) of job processes, autogroup included: "
+                          "19 lets the API and the workers' bookkeeping run first while jobs saturate the cores; "
+                          "0 = the worker's own priority.")
 
 
 class CelerySettings(BaseModel):
@@ -160,6 +163,10 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="Log level of the service and workers.")
     auth_required: bool = Field(False, description="Require an API key on every route but /healthz and /readyz, "
                                 "even before any key exists (keys are always required once one exists).")
+    auth_cache_seconds: float = Field(1.0, ge=0, le=60, description="While no API key exists, how long the "
+                                      "answer 'no key exists' is reused for requests without a key before the store "
+                                      "is asked again: a key created in another process is enforced within this time. "
+                                      "0 = ask the store on every such request.")
     public_url: str | None = Field(None, description="Base URL used in links and webhooks; default: from the request.")
 
     store: StoreSettings = Field(default_factory=StoreSettings)

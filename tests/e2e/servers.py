@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,13 +19,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from workers.testing.servers import free_port, wait_until_up
+
 REDIS_URL = os.environ.get("SECATEURS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def unreachable(message: str) -> None:
@@ -91,25 +86,18 @@ class MotoServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> MotoServer:
-        import httpx
-
         try:
             import moto.server  # noqa: F401
         except ImportError:
             unreachable("moto[server] is not installed (pip install -e '.[test]')")
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto server exited with {self.proc.returncode}")
-            try:
-                httpx.get(f"{self.endpoint_url}/moto-api/", timeout=1)
-                return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"moto server not ready in {timeout} s")
+        try:
+            wait_until_up(f"{self.endpoint_url}/moto-api/", self.proc, timeout, status=None)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

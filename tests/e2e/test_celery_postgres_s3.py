@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 from tests.e2e.servers import MotoServer, TcpProxy, redis_space
 from tests.service.conftest import ROOT, Server, alive, children, wait_status, wait_training
 from tests.workers.pg import fresh_database
+from workers.testing.servers import start_worker
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -52,9 +52,8 @@ class Topology:
     def start_worker(self, name: str) -> subprocess.Popen:
         data_dir = self.tmp / f"{name}-data"
         log = open(self.tmp / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--name", name], cwd=ROOT,
-                                env={**self.worker_env, "SECATEURS_DATA_DIR": str(data_dir)},
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = start_worker("--name", name, env={**self.worker_env, "SECATEURS_DATA_DIR": str(data_dir)},
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         proc.data_dir, proc.log_path = data_dir, self.tmp / f"{name}.log"
         self.workers.append(proc)
         return proc

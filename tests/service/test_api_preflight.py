@@ -29,7 +29,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def auth(server) -> dict[str, str]:
-    made = subprocess.run([sys.executable, "-m", "workers.cli", "keys", "create", "--tenant", "pre"], cwd=ROOT,
+    made = subprocess.run([sys.executable, "-m", "service.cli", "keys", "create", "--tenant", "pre"], cwd=ROOT,
                           env=server.env, capture_output=True, text=True, timeout=60)
     assert made.returncode == 0, made.stderr
     return {"Authorization": f"Bearer {made.stdout.strip()}"}

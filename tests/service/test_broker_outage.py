@@ -4,8 +4,6 @@ as the broker can be reached."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 
@@ -14,27 +12,8 @@ import pytest
 
 from tests.e2e.servers import TcpProxy, redis_space
 from tests.helpers import wait_for
-from tests.service.conftest import ROOT, Server, submit
+from tests.service.conftest import Server, submit
 from tests.workers.jobfiles import QUICK_SPEC
-
-
-def serve_unready(api: Server, timeout: float = 90.0) -> Server:
-    """Start `api` and wait until it answers /healthz (Server.start waits for a 200 from /readyz)."""
-    api.data_dir.mkdir(parents=True, exist_ok=True)
-    api.log = open(api.log_path, "ab")
-    api.proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(api.port), "--workers",
-         "0"], cwd=ROOT, env=api.env, stdout=api.log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert api.proc.poll() is None, api.log_tail()
-        try:
-            if httpx.get(f"{api.url}/healthz", timeout=2).status_code == 200:
-                return api
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"server not up in {timeout} s:\n{api.log_tail()}")
 
 
 @pytest.mark.services
@@ -47,7 +26,7 @@ def test_submits_answer_at_once_while_the_broker_is_unreachable_and_readyz_names
             "SECATEURS_CELERY__BROKER_URL": f"redis://127.0.0.1:{proxy.port}/{db}",
             "SECATEURS_CELERY__KEY_PREFIX": redis.prefix, "SECATEURS_CELERY__QUEUE": "jobs",
             "SECATEURS_CELERY__REDISPATCH_INTERVAL": "0.5", "SECATEURS_CELERY__PUBLISH_TIMEOUT": "2"})
-        serve_unready(api)
+        api.start(ready="/healthz")  # /readyz stays 503 while the broker is unreachable
         try:
             with api.client() as c:
                 ready = c.get("/readyz")

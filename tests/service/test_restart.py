@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -15,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.conftest import Server, alive, cmdline, free_port, submit, wait_gone, wait_status, wait_training
+from tests.e2e.servers import TcpProxy
+from tests.service.conftest import Server, alive, cmdline, submit, wait_gone, wait_status, wait_training
 from tests.workers.jobfiles import QUICK_SPEC
 
 MEDIUM_SPEC = {  # a few seconds of training: long enough to interrupt, short enough to run again
@@ -246,61 +246,6 @@ def test_an_unreachable_sqlite_store_at_submit_is_503_and_keeps_nothing(tmp_path
         assert [j["id"] for j in c.get("/v1/jobs").json()["items"]] == [again.json()["id"], first.json()["id"]]
 
 
-class TcpProxy:
-    """Forwards 127.0.0.1:<port> to a real server; `down()` resets every connection and refuses new ones (the
-    network to the database is gone), `up()` restores it."""
-
-    def __init__(self, target: tuple[str, int]):
-        self.target, self.port = target, free_port()
-        self.conns: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.running = threading.Event()
-
-    def up(self) -> TcpProxy:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen()
-        listener.settimeout(0.1)
-        self.running.set()
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-        return self
-
-    def _accept(self, listener: socket.socket) -> None:
-        with listener:
-            while self.running.is_set():
-                try:
-                    client, _ = listener.accept()
-                except TimeoutError:
-                    continue
-                client.settimeout(None)
-                upstream = socket.create_connection(self.target)
-                with self.lock:
-                    self.conns += [client, upstream]
-                for src, dst in ((client, upstream), (upstream, client)):
-                    threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-
-    def down(self) -> None:
-        self.running.clear()
-        time.sleep(0.3)  # the listener closes
-        with self.lock:
-            conns, self.conns = self.conns, []
-        for s in conns:
-            for step in (lambda: s.shutdown(socket.SHUT_RDWR), s.close):
-                try:
-                    step()
-                except OSError:
-                    pass
-
-
 @pytest.mark.services
 def test_a_postgresql_store_lost_during_an_upload_is_503_and_leaves_no_upload_behind(tmp_path, job_files):
     """The API's store is PostgreSQL behind a TCP proxy; the network to it is cut while a submit streams its body
@@ -312,7 +257,7 @@ def test_a_postgresql_store_lost_during_an_upload_is_503_and_leaves_no_upload_be
 
     with fresh_database("secateurs_outage") as url:
         pg = make_url(url)
-        proxy = TcpProxy((pg.host or "127.0.0.1", pg.port or 5432)).up()
+        proxy = TcpProxy(pg.host or "127.0.0.1", pg.port or 5432).up()
         via_proxy = pg.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
         srv = Server(tmp_path / "data", workers=0, env={"SECATEURS_STORE__URL": via_proxy}).start()
         try:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 
 import pytest
 
-from tests.service.conftest import ROOT, Server, submit, wait_status
+from tests.service.conftest import Server, submit, wait_status
 from tests.workers.jobfiles import QUICK_SPEC
 from tests.workers.pg import fresh_database
+from workers.testing.servers import start_worker
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
@@ -32,9 +32,8 @@ def test_a_standalone_worker_runs_jobs_saved_by_an_api_without_workers(tmp_path,
             assert c.get("/readyz").json()["checks"]["dispatcher"] == {"kind": "none", "workers": 0}
             job = submit(c, job_files, QUICK_SPEC).json()
             assert c.get(f"/v1/jobs/{job['id']}", params={"wait": 1}).json()["status"] == "queued"
-            worker = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--name", "standalone"],
-                                      cwd=ROOT, env=api.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                      text=True)
+            worker = start_worker("--name", "standalone", env=api.env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
             done = wait_status(c, job["id"], "succeeded", timeout=180)
             assert done["manifest"]["summary"]["sparsity_after"] == pytest.approx(0.5, abs=0.02)
             running = [line for line in c.get(f"/v1/jobs/{job['id']}/logs").text.splitlines()

@@ -11,6 +11,7 @@ import pytest
 
 from tests.service.conftest import ROOT
 from workers.redact import redact
+from workers.testing.servers import start_worker
 
 SECRET = "s3cr3t-Pa55"
 
@@ -70,8 +71,7 @@ def test_a_brokerless_worker_logs_its_store_url_without_the_password(pg_url, tmp
     env = {k: v for k, v in os.environ.items() if not k.startswith("SECATEURS_")}
     env.update({"SECATEURS_STORE__URL": url, "SECATEURS_WORKER__DISPATCHER": "none", "SECATEURS_LOG_LEVEL": "info",
                 "SECATEURS_DATA_DIR": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "3"})
-    proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--name", "redact-test"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_worker("--name", "redact-test", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
         deadline = time.monotonic() + 120

@@ -110,3 +110,16 @@ def test_tensorflow_threads_divide_the_cores_among_the_concurrent_jobs(settings)
     assert SandboxLimits.from_settings(settings).tf_threads == threads_per_job(settings.worker.concurrency)
     explicit = settings.model_copy(update={"worker": settings.worker.model_copy(update={"tf_threads": 3})})
     assert SandboxLimits.from_settings(explicit).tf_threads == 3
+
+
+@pytest.mark.parametrize("nice", [0, 7, JOB_NICE])
+def test_a_job_process_runs_at_the_configured_nice_level(settings, nice):
+    """worker.job_nice reaches the job process's limits, and lower_priority sets exactly that nice (0: unchanged)."""
+    chosen = settings.model_copy(update={"worker": settings.worker.model_copy(update={"job_nice": nice})})
+    limits = SandboxLimits.from_settings(chosen)
+    assert limits.job_nice == nice
+    code = "import os; from workers.sandbox import lower_priority; before = os.nice(0); " \
+           f"lower_priority({limits.job_nice}); print(before, os.nice(0))"
+    before, after = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                            check=True).stdout.split())
+    assert after == min(19, before + nice)
