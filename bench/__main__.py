@@ -2,7 +2,8 @@
 
 Parts: overhead (1), accuracy (2), structured (3), service (4), zoo (5: MobileNetV2, a BN ResNet, EfficientNetB0,
 up to an hour on 2 busy cores; not in `all`), zoo_setup (5b: the zoo's goal points at issue 9's own
-setup, 8,000 digits, Secateurs and plain fine-tuning only; not in `all`); `all` runs 1-4 in one command; `report` re-renders the tables of
+setup, 8,000 digits, Secateurs and plain fine-tuning only; not in `all`), budget (6: the smallest LeNet-300-100 and
+tutorial CNN within 1 point; not in `all`); `all` runs 1-4 in one command; `report` re-renders the tables of
 docs/BENCHMARKS.md from the JSON results. `--quick` is a smoke run (< 3 minutes per part, the zoo's about 4): fewer
 repetitions, seeds, models and points; its results go to *.quick.json and are never rendered into the doc.
 """
@@ -19,7 +20,7 @@ from bench.common import log
 
 PARTS = {"overhead": "bench.overhead", "accuracy": "bench.accuracy", "structured": "bench.structured",
          "service": "bench.service"}
-EXTRA_PARTS = {"zoo": "bench.zoo", "zoo_setup": "bench.zoo_setup"}  # run only when named
+EXTRA_PARTS = {"zoo": "bench.zoo", "zoo_setup": "bench.zoo_setup", "budget": "bench.budget"}  # run only when named
 
 
 def main(argv: list[str] | None = None) -> int:

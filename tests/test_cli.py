@@ -98,3 +98,19 @@ def test_collapsed_job_exits_zero_and_prints_the_quality_note_in_red(small_job, 
     assert red in note_line and "held-out accuracy fell from" in note_line
     summary = json.loads((tmp_path / "o" / "manifest.json").read_text())["summary"]
     assert summary["within_tolerance"] is False and summary["notes"][0].startswith("QUALITY COLLAPSED")
+
+
+def test_compress_runs_a_budget_search_and_prints_whether_it_met_the_budget(small_job, tmp_path):
+    spec = {"steps": [{"kind": "budget", "max_drop": 0.05, "epochs": 0, "max_trials": 2}],
+            "evaluation": {"latency": False}}
+    (tmp_path / "s.json").write_text(json.dumps(spec))
+    r = subprocess.run([sys.executable, "-m", "workers.cli", "compress", str(small_job / "m.keras"), "--data",
+                        str(small_job / "d.npz"), "--spec", str(tmp_path / "s.json"), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, env={**ENV, "COLUMNS": "200"}, timeout=600)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    budget = manifest["budget"]
+    assert len(budget["trials"]) == 2 and manifest["summary"]["budget_met"] == budget["met"]
+    line = next(line for line in r.stdout.splitlines() if line.startswith("budget "))
+    assert ("NOT met" not in line) == budget["met"] and f"trial {budget['chosen'] + 1} of 2" in line
+    assert (tmp_path / "o" / "sensitivity.json").exists() and (tmp_path / "o" / "sensitivity.csv").exists()

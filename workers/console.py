@@ -100,6 +100,13 @@ def print_summary(manifest: dict, out_dir: Path, console: Console | None = None)
         console.print(f"  {escape(report['file'])}  the report: open it in a browser")
     elif report.get("error"):
         console.print(f"  note: {escape(report['error'])}", style="bold red")
+    budget = manifest.get("budget")
+    if budget:
+        chosen = budget["trials"][budget["chosen"]]
+        met = "[bold]met[/bold]" if budget["met"] else "[bold red]NOT met[/bold red]"
+        console.print(f"budget {met}: trial {budget['chosen'] + 1} of {len(budget['trials'])}, level "
+                      f"{chosen['level']:.4f}, held-out {escape(budget['metric'])} {chosen['metric']:.4g} "
+                      f"(drop {chosen['drop']:+.4f}, max {budget['max_drop']:g})")
     for i, note in enumerate(summary.get("notes", [])):
         # the quality note comes first when the held-out metric fell beyond the tolerance: printed in red
         style = "bold red" if collapsed and i == 0 else "default"

@@ -1,6 +1,6 @@
 """JobSpec: the one contract shared by the HTTP API, the CLI and the workers.
 
-A job is an ordered list of steps (regularize, prune, structured, finetune) plus shared training
+A job is an ordered list of steps (regularize, prune, structured, finetune, sensitivity, budget) plus shared training
 settings, layer selection and export options. Every field is validated here, with messages that
 name the field and the allowed range, so bad input is refused before any work starts.
 """
@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable
 from typing import Annotated, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from workers.engine.names import ALLOWED_LOSSES, ALLOWED_METRICS  # the engine's stock names (no Keras import)
 
@@ -123,6 +123,19 @@ class PruneStep(_Strict):
         None, description="How sparsity grows during the step's epochs. Default: polynomial when epochs > 0, else one-shot."
     )
     epochs: int = Field(0, ge=0, le=1000, description="Fine-tuning epochs during/after pruning; zeros are held.")
+    allocation: Literal["ranking", "sensitivity"] = Field(
+        "ranking", description="How global scope splits target_sparsity across layers. ranking (default): one "
+        "ranking of the weights (LAMP or |w|); sensitivity: per-layer targets from a sensitivity analysis (a prior "
+        "sensitivity step of the job, else one is run first) that meet the overall target exactly with the "
+        "smallest predicted drop of the held-out metric. Needs method magnitude, scope global and data."
+    )
+
+    @field_validator("allocation")
+    @classmethod
+    def _allocation_fits(cls, v, info: ValidationInfo):
+        if v == "sensitivity" and (info.data.get("method") != "magnitude" or info.data.get("scope") != "global"):
+            raise ValueError("allocation 'sensitivity' needs method 'magnitude' and scope 'global'")
+        return v
 
     @model_validator(mode="after")
     def _method_fields(self):
@@ -190,6 +203,12 @@ class StructuredStep(_Strict):
         "back into the next layer's bias or BatchNorm."
     )
     epochs: int = Field(0, ge=0, le=1000, description="Fine-tuning epochs of the rebuilt model.")
+    allocation: Literal["ranking", "sensitivity"] = Field(
+        "ranking", description="ranking (default): units kept per `scope`; sensitivity: per-group keep ratios from "
+        "a structured sensitivity analysis (a prior sensitivity step with method structured, else one is run "
+        "first) that keep keep_ratio of the units overall (up to round_to) with the smallest predicted drop; "
+        "`scope` is then not used. Needs data."
+    )
 
 
 class FinetuneStep(_Strict):
@@ -199,7 +218,86 @@ class FinetuneStep(_Strict):
     epochs: int = Field(1, ge=1, le=1000, description="Fine-tuning epochs.")
 
 
-Step = Annotated[Union[RegularizeStep, PruneStep, StructuredStep, FinetuneStep], Field(discriminator="kind")]
+DEFAULT_SENSITIVITY_LEVELS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)  # sparsities; structured: keep ratios 1 - level
+
+
+class SensitivityStep(_Strict):
+    """Prune each layer (or structured group) alone at each level, without fine-tuning, and measure the held-out
+    metric: artifacts sensitivity.json and sensitivity.csv. The model itself is left unchanged."""
+
+    kind: Literal["sensitivity"] = "sensitivity"
+    method: Literal["magnitude", "structured"] = Field(
+        "magnitude", description="magnitude: each prunable layer's smallest |w| zeroed to each level (a sparsity); "
+        "structured: each group of coupled layers keeps each level (a keep ratio) of its units."
+    )
+    levels: list[Annotated[float, Field(gt=0.0, lt=1.0)]] | None = Field(
+        None, min_length=1, max_length=12, description="Sparsities (magnitude) or keep ratios (structured), each "
+        "within (0, 1). Default: 0.3, 0.5, 0.7, 0.8, 0.9, 0.95 (structured: keep 0.7, 0.5, 0.3, 0.2, 0.1, 0.05)."
+    )
+    criterion: Literal["l1", "l2"] = Field("l1", description="structured: how units are ranked within a group.")
+    metric: str | None = Field(
+        None, min_length=1, max_length=64, description="Held-out metric measured (a name the model reports, e.g. "
+        "'accuracy' or 'loss'). Default: the first accuracy-like metric, else the loss."
+    )
+    samples: int = Field(2000, ge=10, le=100_000, description="Held-out samples evaluated per measurement (a "
+                         "seeded subset when there are more).")
+    batchnorm_samples: int = Field(512, ge=1, le=100_000, description="Training samples that re-estimate "
+                                   "BatchNorm statistics before each measurement (models with BatchNorm only).")
+
+    @field_validator("levels")
+    @classmethod
+    def _unique_levels(cls, v):
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("levels has duplicates")
+        return None if v is None else sorted(v)
+
+    @property
+    def effective_levels(self) -> list[float]:
+        if self.levels is not None:
+            return list(self.levels)
+        if self.method == "structured":
+            return sorted(round(1.0 - x, 6) for x in DEFAULT_SENSITIVITY_LEVELS)
+        return list(DEFAULT_SENSITIVITY_LEVELS)
+
+
+class BudgetStep(_Strict):
+    """Find the most compressed model whose held-out metric stays within max_drop of the original: sensitivity-based
+    allocation per layer, a search over the global level (each trial fine-tuned `epochs`, warm-started from the best
+    model so far), the best trial within budget returned. Nothing within budget: the closest trial, met = false."""
+
+    kind: Literal["budget"] = "budget"
+    metric: str | None = Field(
+        None, min_length=1, max_length=64, description="Held-out metric the budget is on (e.g. 'accuracy', "
+        "'loss'). Default: the first accuracy-like metric, else the loss."
+    )
+    max_drop: float = Field(
+        ..., ge=0.0, le=10.0, description="Tolerated drop: absolute for accuracy-like metrics (0.01 = 1 point), "
+        "relative for losses and errors (0.05 = 5% higher)."
+    )
+    method: Literal["magnitude", "structured"] = Field(
+        "magnitude", description="magnitude: unstructured zeros (level = sparsity of the prunable weights); "
+        "structured: whole units removed and the model rebuilt (level = keep ratio of the units)."
+    )
+    objective: Literal["nonzero_params", "size", "macs", "latency"] = Field(
+        "nonzero_params", description="What 'most compressed' means when choosing among trials within budget: "
+        "non-zero parameters, gzipped .keras bytes, MACs (zero-skipping for magnitude) or batch-1 CPU latency."
+    )
+    epochs: int = Field(2, ge=0, le=100, description="Fine-tuning epochs of each trial (zeros held).")
+    max_trials: int = Field(6, ge=1, le=30, description="Trials (levels tried) at most.")
+    criterion: Literal["l1", "l2"] = Field("l1", description="structured: how units are ranked within a group.")
+    round_to: int = Field(1, ge=1, le=256, description="structured: kept counts rounded up to a multiple of this.")
+
+    @field_validator("objective")
+    @classmethod
+    def _objective_fits(cls, v, info: ValidationInfo):
+        if v == "latency" and info.data.get("method") == "magnitude":
+            raise ValueError("objective 'latency' needs method 'structured': unstructured zeros do not make dense "
+                             "kernels faster")
+        return v
+
+
+Step = Annotated[Union[RegularizeStep, PruneStep, StructuredStep, FinetuneStep, SensitivityStep, BudgetStep],
+                 Field(discriminator="kind")]
 
 # --------------------------------------------------------------------------- shared settings
 
@@ -308,16 +406,26 @@ class JobSpec(_Strict):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
+    @field_validator("steps")
+    @classmethod
+    def _one_search(cls, steps):
+        for kind in ("sensitivity", "budget"):
+            if sum(s.kind == kind for s in steps) > 1:
+                raise ValueError(f"at most one {kind} step per job")
+        return steps
+
     @property
     def trains(self) -> bool:
         """Whether any step needs training data (every job evaluates, so data is always used when given)."""
         return any(getattr(s, "epochs", 0) > 0 for s in self.steps) or any(
-            s.kind == "structured" and s.criterion in ("mean_activation", "apoz") for s in self.steps
+            (s.kind == "structured" and s.criterion in ("mean_activation", "apoz"))
+            or s.kind in ("sensitivity", "budget") or getattr(s, "allocation", "ranking") == "sensitivity"
+            for s in self.steps
         )
 
     @property
     def total_epochs(self) -> int:
-        return sum(getattr(s, "epochs", 0) for s in self.steps)
+        return sum(getattr(s, "epochs", 0) * getattr(s, "max_trials", 1) for s in self.steps)
 
 
 def load_spec(text: str | bytes) -> JobSpec:

@@ -310,3 +310,6 @@ TASKS["mask_update_cost"] = mask_update_cost
 from bench.sides.zoo_secateurs import TASKS as _ZOO_TASKS  # noqa: E402 - part 5 (bench.zoo)
 
 TASKS.update(_ZOO_TASKS)
+from bench.sides.budget_secateurs import TASKS as _BUDGET_TASKS  # noqa: E402 - bench.budget
+
+TASKS.update(_BUDGET_TASKS)

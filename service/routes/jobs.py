@@ -46,6 +46,13 @@ SPEC_EXAMPLES = {
     "one_shot_no_training": {"summary": "One-shot pruning without training (data optional)", "value": {
         "steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.5}],
         "evaluation": {"latency": False}}},
+    "budget_within_one_point": {"summary": "The smallest model within 1 point of held-out accuracy", "value": {
+        "steps": [{"kind": "budget", "metric": "accuracy", "max_drop": 0.01, "objective": "nonzero_params",
+                   "method": "magnitude", "epochs": 2, "max_trials": 6}]}},
+    "sensitivity_then_allocate": {"summary": "Per-layer sensitivity, then 90% sparsity where it costs least", "value": {
+        "steps": [{"kind": "sensitivity", "levels": [0.5, 0.8, 0.9, 0.95]},
+                  {"kind": "prune", "method": "magnitude", "target_sparsity": 0.9, "allocation": "sensitivity",
+                   "epochs": 2}]}},
 }
 
 SUBMIT_OPENAPI = {

@@ -74,7 +74,8 @@ def test_out_of_range_settings_are_named(section, field, value):
 
 
 def test_union_tags_are_the_kinds_of_steps_and_schedules_and_field_paths_leave_them_out():
-    assert UNION_TAGS == {"regularize", "prune", "structured", "finetune", "polynomial", "constant", "one_shot"}
+    assert UNION_TAGS == {"regularize", "prune", "structured", "finetune", "sensitivity", "budget",
+                          "polynomial", "constant", "one_shot"}
     assert field_path(("steps", 0, "prune", "schedule", "polynomial", "end")) == "steps.0.schedule.end"
     assert field_path(()) == ""
     spec = {"kind": "prune", "method": "magnitude", "target_sparsity": 0.5, "epochs": 2,
@@ -82,3 +83,47 @@ def test_union_tags_are_the_kinds_of_steps_and_schedules_and_field_paths_leave_t
     with pytest.raises(ValidationError) as info:
         load_spec(json.dumps({"steps": [spec]}))
     assert [field_path(e["loc"]) for e in info.value.errors()] == ["steps.0.schedule.end"]
+
+
+@pytest.mark.parametrize(
+    "steps, starts, words",
+    [
+        ([{"kind": "sensitivity", "levels": [0.5, 0.5]}], "steps.0.levels:", "duplicates"),
+        ([{"kind": "sensitivity", "levels": [1.0]}], "steps.0.levels.0:", "less than 1"),
+        ([{"kind": "sensitivity", "levels": []}], "steps.0.levels:", "at least 1"),
+        ([{"kind": "sensitivity", "method": "n_m"}], "steps.0.method:", "magnitude"),
+        ([{"kind": "sensitivity", "samples": 5}], "steps.0.samples:", "greater than or equal to 10"),
+        ([{"kind": "budget"}], "steps.0.max_drop:", "required"),
+        ([{"kind": "budget", "max_drop": -0.01}], "steps.0.max_drop:", "greater than or equal to 0"),
+        ([{"kind": "budget", "max_drop": 0.01, "objective": "flops"}], "steps.0.objective:", "nonzero_params"),
+        ([{"kind": "budget", "max_drop": 0.01, "objective": "latency"}], "steps.0.objective:", "structured"),
+        ([{"kind": "budget", "max_drop": 0.01, "max_trials": 0}], "steps.0.max_trials:", "greater than"),
+        ([{"kind": "budget", "max_drop": 0.01, "epochs": -1}], "steps.0.epochs:", "greater than"),
+        ([{"kind": "budget", "max_drop": 0.01, "trials": 3}], "steps.0.trials:", "not permitted"),
+        ([{"kind": "prune", "target_sparsity": 0.5, "scope": "layer", "allocation": "sensitivity"}],
+         "steps.0.allocation:", "scope 'global'"),
+        ([{"kind": "prune", "method": "n_m", "n": 2, "m": 4, "allocation": "sensitivity"}],
+         "steps.0.allocation:", "method 'magnitude'"),
+        ([{"kind": "structured", "keep_ratio": 0.5, "allocation": "greedy"}], "steps.0.allocation:", "sensitivity"),
+        ([{"kind": "budget", "max_drop": 0.01}, {"kind": "budget", "max_drop": 0.02}], "steps:", "one budget"),
+        ([{"kind": "sensitivity"}, {"kind": "sensitivity"}], "steps:", "one sensitivity"),
+    ],
+)
+def test_sensitivity_budget_and_allocation_errors_name_the_field(steps, starts, words):
+    message = _error(json.dumps({"steps": steps}))
+    assert message.startswith(starts) and words in message, message
+
+
+def test_sensitivity_and_budget_defaults_and_what_they_need():
+    spec = JobSpec.model_validate({"steps": [{"kind": "sensitivity"}, {"kind": "budget", "max_drop": 0.01}]})
+    sens, budget = spec.steps
+    assert sens.effective_levels == [0.3, 0.5, 0.7, 0.8, 0.9, 0.95] and sens.metric is None
+    structured = JobSpec.model_validate({"steps": [{"kind": "sensitivity", "method": "structured"}]}).steps[0]
+    assert structured.effective_levels == pytest.approx([0.05, 0.1, 0.2, 0.3, 0.5, 0.7])  # keep ratios
+    assert (budget.objective, budget.method, budget.epochs, budget.max_trials) == ("nonzero_params", "magnitude", 2, 6)
+    assert spec.trains  # both need data, even without epochs
+    assert spec.total_epochs == 12  # the most a budget step trains: epochs x max_trials
+    assert JobSpec.model_validate({"steps": [{"kind": "prune", "target_sparsity": 0.5,
+                                              "allocation": "sensitivity"}]}).trains
+    levels = JobSpec.model_validate({"steps": [{"kind": "sensitivity", "levels": [0.9, 0.2]}]}).steps[0].levels
+    assert levels == [0.2, 0.9]

@@ -3,6 +3,7 @@
 Public API::
 
     reestimate_batchnorm(model, x, *, batch_size=128, max_samples=None) -> {"layers", "samples", "batches"}
+    BatchNormEstimator(model, x, ...)() -> the same, traced once and reusable (weights may change in between)
 
 Why: a BatchNormalization layer normalizes with the statistics of the current mini-batch while training and with
 its moving averages (momentum 0.99 by default) at inference. After pruning, a structured rebuild or a few epochs of
@@ -29,7 +30,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-__all__ = ["batchnorm_layers", "reestimate_batchnorm"]
+__all__ = ["BatchNormEstimator", "batchnorm_layers", "reestimate_batchnorm"]
 
 ops = keras.ops
 
@@ -127,58 +128,81 @@ def reestimate_batchnorm(model: keras.Model, x, *, batch_size: int = 128, max_sa
     "batches": forward passes}; a model without BatchNormalization (or empty `x`) is left untouched and gives
     {"layers": 0, ...}. A channel that saw no sample (all masked) keeps its old statistics.
     """
-    import tensorflow as tf
+    return BatchNormEstimator(model, x, batch_size=batch_size, max_samples=max_samples, seed=seed)()
 
-    layers = batchnorm_layers(model)
-    n_total = _length(x) if x is not None else 0
-    if not layers or n_total == 0:
-        return {"layers": 0, "samples": 0, "batches": 0}
-    if batch_size < 1 or (max_samples is not None and max_samples < 1):
-        raise ValueError("reestimate_batchnorm needs batch_size >= 1 and max_samples >= 1 (or None)")
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(n_total)[: max_samples or n_total]
-    x = _take(x, order)
-    n = len(order)
 
-    records: list = []
-    saved = {id(layer): layer.__dict__.get("call") for layer in layers}
-    for layer in layers:
-        layer.call = _recording_call(layer, records)
+class BatchNormEstimator:
+    """`reestimate_batchnorm` for repeated use on one model: the samples are drawn and the recording pass is traced
+    once; every call re-estimates with the model's current weights (which may be changed in place between calls,
+    as a sensitivity sweep does)."""
 
-    def step(batch):
-        records.clear()
-        model(batch, training=False)  # every other layer in inference mode; BN layers ignore the flag
-        return [(c, m, s) for _layer, c, m, s in records]
+    def __init__(self, model: keras.Model, x, *, batch_size: int = 128, max_samples: int | None = None,
+                 seed: int = 0):
+        self.model = model
+        self.layers = batchnorm_layers(model)
+        n_total = _length(x) if x is not None else 0
+        if batch_size < 1 or (max_samples is not None and max_samples < 1):
+            raise ValueError("reestimate_batchnorm needs batch_size >= 1 and max_samples >= 1 (or None)")
+        self.batch_size = batch_size
+        self.n = 0
+        self._fn = None
+        self._records: list = []
+        if not self.layers or n_total == 0:
+            return
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(n_total)[: max_samples or n_total]
+        self.x = _take(x, order)
+        self.n = len(order)
 
-    try:
-        signature = tf.nest.map_structure(  # one trace for every batch size (the last batch may be shorter)
-            lambda a: tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)), x)
-        fn = tf.function(step, input_signature=[signature], autograph=False)
-        moments = {id(layer): _Moments() for layer in layers}
-        batches = 0
-        for start in range(0, n, batch_size):
-            batch = _take(x, np.arange(start, min(start + batch_size, n)))
-            out = fn(batch)  # `records` holds the layers in the call order of the last trace (the same every trace)
-            for (layer, *_), (c, m, s) in zip(records, out, strict=True):
-                moments[id(layer)].add(c.numpy(), m.numpy(), s.numpy())
-            batches += 1
-    finally:
+    def _function(self):
+        import tensorflow as tf
+
+        if self._fn is None:
+            records, model = self._records, self.model
+
+            def step(batch):
+                records.clear()
+                model(batch, training=False)  # every other layer in inference mode; BN layers ignore the flag
+                return [(c, m, s) for _layer, c, m, s in records]
+
+            signature = tf.nest.map_structure(  # one trace for every batch size (the last batch may be shorter)
+                lambda a: tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)), self.x)
+            self._fn = tf.function(step, input_signature=[signature], autograph=False)
+        return self._fn
+
+    def __call__(self) -> dict:
+        if not self.layers or self.n == 0:
+            return {"layers": 0, "samples": 0, "batches": 0}
+        layers, records, n, batch_size = self.layers, self._records, self.n, self.batch_size
+        saved = {id(layer): layer.__dict__.get("call") for layer in layers}
+        for layer in layers:  # patched for every call, so a retrace (if any) records again
+            layer.call = _recording_call(layer, records)
+        try:
+            fn = self._function()
+            moments = {id(layer): _Moments() for layer in layers}
+            batches = 0
+            for start in range(0, n, batch_size):
+                batch = _take(self.x, np.arange(start, min(start + batch_size, n)))
+                out = fn(batch)  # `records` holds the layers in the call order of the last trace (the same every trace)
+                for (layer, *_), (c, m, s) in zip(records, out, strict=True):
+                    moments[id(layer)].add(c.numpy(), m.numpy(), s.numpy())
+                batches += 1
+        finally:
+            for layer in layers:
+                if saved[id(layer)] is None:
+                    layer.__dict__.pop("call", None)
+                else:  # pragma: no cover - a layer whose call was already an instance attribute
+                    layer.call = saved[id(layer)]
+
+        updated = 0
         for layer in layers:
-            if saved[id(layer)] is None:
-                layer.__dict__.pop("call", None)
-            else:  # pragma: no cover - a layer whose call was already an instance attribute
-                layer.call = saved[id(layer)]
-
-    updated = 0
-    for layer in layers:
-        acc = moments[id(layer)]
-        if acc.n is None:
-            continue  # not called by the model's forward pass (e.g. a BN layer on an unused branch)
-        seen = acc.n > 0
-        mean = np.where(seen, acc.mean, np.asarray(layer.moving_mean.numpy(), np.float64))
-        var = np.where(seen, acc.variance(), np.asarray(layer.moving_variance.numpy(), np.float64))
-        layer.moving_mean.assign(mean.astype(layer.moving_mean.dtype))
-        layer.moving_variance.assign(var.astype(layer.moving_variance.dtype))
-        updated += 1
-    return {"layers": updated, "samples": int(n), "batches": batches}
-
+            acc = moments[id(layer)]
+            if acc.n is None:
+                continue  # not called by the model's forward pass (e.g. a BN layer on an unused branch)
+            seen = acc.n > 0
+            mean = np.where(seen, acc.mean, np.asarray(layer.moving_mean.numpy(), np.float64))
+            var = np.where(seen, acc.variance(), np.asarray(layer.moving_variance.numpy(), np.float64))
+            layer.moving_mean.assign(mean.astype(layer.moving_mean.dtype))
+            layer.moving_variance.assign(var.astype(layer.moving_variance.dtype))
+            updated += 1
+        return {"layers": updated, "samples": int(n), "batches": batches}

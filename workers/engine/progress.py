@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class Progress:
-    phase: str  # load | evaluate | regularize | prune | structured | finetune | export | metrics | done
+    phase: str  # load | evaluate | regularize | prune | structured | finetune | sensitivity | budget | export | done
     step_index: int = -1  # index into JobSpec.steps, -1 outside a step
     epoch: int | None = None  # 1-based epoch within the step
     epochs: int | None = None
@@ -17,6 +17,9 @@ class Progress:
     sparsity: float | None = None  # current overall sparsity of the prunable weights
     loss: float | None = None
     message: str = ""
+    trial: int | None = None  # budget step: 1-based trial number ...
+    trials: int | None = None  # ... of at most this many
+    layer: str | None = None  # sensitivity: the layer (or structured group) being measured
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None and v != ""}

@@ -4,8 +4,12 @@ Public API (used by `pipeline`)::
 
     PruneSettings(method, params: MaskParams, scope="global", schedule=ONE_SHOT, epochs=0)   one step, plain values
     pruner = Pruner(model, weights: list[PrunableWeight], overrides: dict[str, LayerOverride] | None = None)
-    pruner.prune(step: PruneSettings) -> None                one-shot: masks to the step's final target
-    pruner.callback(step: PruneSettings, steps_per_epoch: int) -> PruningCallback   gradual pruning during fit
+    pruner.prune(step: PruneSettings, targets=None) -> None  one-shot: masks to the step's final target
+    pruner.callback(step: PruneSettings, steps_per_epoch: int, targets=None) -> PruningCallback   gradual pruning
+    pruner.keys() -> list[str]                               "path/role" of every weight, in order
+    pruner.max_zeros(sparsity) -> dict[str, int]             global scope's floors at a target (see below)
+    pruner.pool() -> dict[str, int]                          the weights a global target is spread over
+    pruner.sensitivity_targets(sparsity, layer_curves, hold=, field=) -> targets   from a sensitivity analysis
     pruner.hold_zeros() -> None                              mask = (w != 0): hold zeros made earlier
     pruner.sparsity() -> float                               zeros / size over all the pruner's weights
     pruner.layer_sparsity() -> dict[str, float]              the same per layer path
@@ -50,6 +54,8 @@ part of its function and the raw ranking is measurably better (LeNet-300-100 at 
   distribution (it prunes MobileNetV2's 1x1 expand/project layers most, to ~0.88); a small output layer and the
   tiny layers stay spared (not sparing them cost MobileNetV2 5.5 points at 80 %);
 - a weight named explicitly has no floor and may be emptied.
+`targets` ("path/role" -> sparsity, e.g. from `allocation.allocate` on a sensitivity analysis) gives those weights
+their own exact targets, as per-layer overrides would; the other weights are planned as usual.
 When sparing makes the target unreachable under the floors, nothing is spared; a target the floors still cannot
 reach is refused with a SpecError on `target_sparsity` (stating the most that is reachable) when the step is
 planned, before any training. `pruner.allocation` ("path/role" -> sparsity) holds the per-weight targets of the
@@ -75,6 +81,7 @@ from dataclasses import dataclass, replace
 import keras
 import numpy as np
 
+from workers.engine.allocation import weight_targets
 from workers.engine.errors import SpecError
 from workers.engine.masks import (MaskMethod, MaskParams, count_mask, get_method, lamp_allocation, spared_small,
                                   target_count)
@@ -256,12 +263,49 @@ class Pruner:
 
     # ----------------------------------------------------------------- planning
 
-    def _plan(self, step: PruneSettings, method: MaskMethod) -> list[_Group]:
+    def keys(self) -> list[str]:
+        return [f"{w.path}/{w.role}" for w in self.weights]
+
+    def max_zeros(self, sparsity: float) -> dict[str, int]:
+        """Per weight, the most zeros global scope gives it at `sparsity` (its floor; see the module docstring)."""
+        return {key: self._max_zeros(i, sparsity) for i, key in enumerate(self.keys())}
+
+    def pool(self) -> dict[str, int]:
+        """"path/role" -> size of the weights a global target is spread over: all but those with their own
+        target_sparsity override."""
+        return {key: w.size for key, w in zip(self.keys(), self.weights)
+                if (o := override_for(self.overrides, w.path, w.name)) is None or o.target_sparsity is None}
+
+    def sensitivity_targets(self, sparsity: float, layer_curves: Mapping, *, hold: bool,
+                            field: str) -> dict[str, float]:
+        """Per-weight targets from sensitivity curves ("path" -> (fractions, drops), `sensitivity.curves`) that put
+        exactly target_count(sparsity, pool) zeros in the pool with the smallest predicted drop, within the global
+        floors (`allocation.weight_targets`); the zeros there are now stay when `hold`. Pass the result to
+        `prune` / `callback` as `targets`. SpecError on `field` when a layer has no curve or the floors forbid it."""
+        pool = self.pool()
+        held = {k: w.size - int(np.count_nonzero(w.variable.numpy())) for k, w in zip(self.keys(), self.weights)
+                if k in pool} if hold else {}
+        try:
+            return weight_targets(pool, held, self.max_zeros(sparsity), layer_curves,
+                                  target_count(sparsity, sum(pool.values())))
+        except KeyError as e:  # a layer the analysis did not measure (it was made before the model changed)
+            raise SpecError(f"the sensitivity analysis has no curve for layer {e}; run it after the steps that "
+                            "change the model", field=field) from None
+        except ValueError as e:
+            raise SpecError(f"sparsity {sparsity:g} cannot be allocated without disconnecting a layer: {e}",
+                            field=field) from None
+
+    def _plan(self, step: PruneSettings, method: MaskMethod,
+              targets: Mapping[str, float] | None = None) -> list[_Group]:
         """Split the weights into groups: per-layer targets, and for global scope one pool (minus spared)."""
         base = step.params
         groups: list[_Group] = []
         pool: list[int] = []
         for i, w in enumerate(self.weights):
+            target = None if targets is None else targets.get(f"{w.path}/{w.role}")
+            if target is not None:
+                groups.append(_Group((i,), replace(base, sparsity=float(target)), "layer"))
+                continue
             params = self._layer_params(w, base)
             # a method without a global ranking (threshold, N:M) applies its per-tensor rule everywhere
             if step.scope == "layer" or method.global_ is None or params != base:
@@ -374,14 +418,16 @@ class Pruner:
 
     # ----------------------------------------------------------------- pruning
 
-    def prune(self, step: PruneSettings) -> None:
-        """Prune once to the step's final targets (its method and scope, and the per-layer overrides)."""
+    def prune(self, step: PruneSettings, targets: Mapping[str, float] | None = None) -> None:
+        """Prune once to the step's final targets (its method and scope, and the per-layer overrides; `targets`
+        per "path/role" first)."""
         self._check_attached()
         method = get_method(step.method)
-        groups = self._plan(step, method)
+        groups = self._plan(step, method, targets)
         self._apply(method, groups, [g.params for g in groups])
 
-    def callback(self, step: PruneSettings, steps_per_epoch: int) -> PruningCallback:
+    def callback(self, step: PruneSettings, steps_per_epoch: int,
+                 targets: Mapping[str, float] | None = None) -> PruningCallback:
         """A Keras callback that prunes on the step's schedule over its `epochs` epochs of `steps_per_epoch`.
 
         Compile the model after creating it if the model was compiled before (see the module docstring).
@@ -392,7 +438,7 @@ class Pruner:
         if schedule.kind != "one_shot" and not method.gradual:
             raise SpecError(f"method '{step.method}' prunes once; a {schedule.kind} schedule cannot ramp it",
                             field="schedule")
-        groups = self._plan(step, method)
+        groups = self._plan(step, method, targets)
         schedules = [make_schedule(schedule, g.params.sparsity, steps_per_epoch, max(step.epochs, 1))
                      if method.gradual else OneShot(0.0) for g in groups]
         return PruningCallback(self, method, groups, schedules)

@@ -2,7 +2,7 @@
 
 Public API::
 
-    summarize(before, after, artifacts, spec) -> dict
+    summarize(before, after, artifacts, spec, budget=None) -> dict
     quality_check(before_eval, after_eval, evaluation_spec) -> dict
 
 Rules (honest by construction):
@@ -14,6 +14,8 @@ Rules (honest by construction):
   `within_tolerance` is false and the first note says what dropped, in words. Without held-out data there is
   nothing to check: `within_tolerance` is null.
 * **Size:** the gzipped `.keras` file shrank to at most SIZE_WIN of its size.
+* **Budget** (a budget step ran): `budget_met` says whether a trial stayed within the step's max_drop; when none
+  did, a note says so and which trial was returned.
 * **Speed:** at some batch size the median latency improved by at least SPEED_WIN *and* the interquartile ranges
   of the repeated measurements do not overlap (after's p75 below before's p25): a gain inside the noise is not
   claimed (a note says so).
@@ -105,7 +107,7 @@ def _speed(before: dict, after: dict) -> tuple[dict, dict, list[str]]:
     return speedups, significant, notes
 
 
-def summarize(before: dict, after: dict, artifacts: dict, spec) -> dict:
+def summarize(before: dict, after: dict, artifacts: dict, spec, budget: dict | None = None) -> dict:
     """The manifest's summary of a job (see the module docstring for the rules)."""
     notes: list[str] = []
     b_params, a_params = before["params"], after["params"]
@@ -116,8 +118,10 @@ def summarize(before: dict, after: dict, artifacts: dict, spec) -> dict:
     quality = quality_check(before.get("evaluation"), after.get("evaluation"), spec.evaluation)
     if quality["note"]:
         notes.append(quality["note"])
+    if budget is not None and budget.get("note"):
+        notes.append(budget["note"])
     notes.extend(speed_notes)
-    structured = any(s.kind == "structured" for s in spec.steps)
+    structured = any(s.kind == "structured" or (s.kind == "budget" and s.method == "structured") for s in spec.steps)
     collapsed = quality["within_tolerance"] is False
     if not structured and not speed_win and not collapsed:
         notes.append("unstructured sparsity only: a size win (gzip), not a speed win — dense kernels still "
@@ -140,6 +144,8 @@ def summarize(before: dict, after: dict, artifacts: dict, spec) -> dict:
         "sparsity_preserved_in_export": all(bool(a.get("sparsity_preserved", True)) for a in artifacts.values()),
         "notes": notes,
     }
+    if budget is not None:
+        out["budget_met"] = bool(budget["met"])
     eb, ea = before.get("evaluation") or {}, after.get("evaluation") or {}
     out["evaluation_delta"] = {k: ea[k] - eb[k] for k in ea if k in eb}
     return out

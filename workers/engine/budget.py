@@ -1,0 +1,180 @@
+"""Budget search: the most compressed model whose held-out metric stays within a tolerated drop.
+
+Plain values; the trials themselves (prune with a sensitivity allocation, fine-tune, measure) are run by the
+caller (`pipeline`) through the `run_trial` callable. Public API::
+
+    Trial(...)                                        one trial's measurements (manifest.budget.trials[i])
+    LevelSearch(first, highest, max_trials)           proposes the fraction to remove next
+    search(run_trial, *, first, highest, max_trials, objective, ...) -> BudgetResult
+    choose(trials, objective) -> (index, met); needed(trials, objective) -> indices whose models to keep
+    OBJECTIVES: dict[str, Callable[[Trial], float]]   what "most compressed" means
+    measure(model, scratch, method, latency_runs) -> dict   a trial's size measurements
+
+The search runs over r, the fraction removed (magnitude: the sparsity; structured: 1 - keep ratio), in
+log-density space (density = 1 - r), which spends trials where pruning gets hard: 0.9 -> 0.95 is as big a step
+as 0.5 -> 0.75. The first trial is at `first` (the caller's prediction from the sensitivity curves). While every
+trial met the budget, the next one halves the density of the best (0.9 -> 0.95 -> 0.975 ...); after the first
+miss it bisects between the most compressed trial within budget and the least compressed one outside it (the
+geometric mean of their densities), and stops early once the two are within `min_ratio` of each other.
+Each trial warm-starts from the most compressed trial within budget so far (the original model before there is
+one), so fine-tuning accumulates along the way up, as in iterative pruning (Han et al. 2015). The chosen trial
+is the best within budget by the objective (ties: the more compressed); when none is within budget, the trial
+with the smallest drop, and `met` is false.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from workers.engine import export as export_mod
+from workers.engine import metrics as metrics_mod
+from workers.engine.errors import Cancelled
+
+__all__ = ["OBJECTIVES", "BudgetResult", "LevelSearch", "Trial", "choose", "measure", "needed", "search"]
+
+
+@dataclass
+class Trial:
+    level: float  # the global level: sparsity (magnitude) or keep ratio (structured)
+    metric: float
+    drop: float
+    nonzero_params: int
+    size_bytes: int  # gzipped .keras
+    macs: int
+    latency_ms: float | None
+    within_budget: bool
+    epochs: int
+    removed: float = 0.0  # the fraction removed (= level for magnitude, 1 - level for structured)
+    start: int | None = None  # the trial it was warm-started from (None: the original model)
+    wall_time_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(out.pop("extra"))
+        return out
+
+
+OBJECTIVES: dict[str, Callable[[Trial], float]] = {
+    "nonzero_params": lambda t: t.nonzero_params,
+    "size": lambda t: t.size_bytes,
+    "macs": lambda t: t.macs,
+    "latency": lambda t: t.latency_ms if t.latency_ms is not None else math.inf,
+}
+
+
+class LevelSearch:
+    """Proposes the fraction to remove next (see the module docstring)."""
+
+    def __init__(self, first: float, highest: float, min_ratio: float = 1.02):
+        if not 0.0 < highest < 1.0:
+            raise ValueError(f"highest must be within (0, 1), got {highest}")
+        self.highest = highest
+        self.first = min(max(first, 1e-3), highest)
+        self.min_ratio = min_ratio
+        self.ok = 0.0  # the most compressed level within budget (0: the original model)
+        self.bad: float | None = None  # the least compressed level outside it
+        self.tried: list[float] = []
+
+    def record(self, removed: float, within: bool) -> None:
+        self.tried.append(removed)
+        if within:
+            self.ok = max(self.ok, removed)
+        else:
+            self.bad = removed if self.bad is None else min(self.bad, removed)
+
+    def next(self) -> float | None:
+        """The next fraction to try, or None when the search has converged."""
+        if not self.tried:
+            return self.first
+        d_ok = 1.0 - self.ok
+        if self.bad is None:
+            if self.ok >= self.highest - 1e-12:
+                return None  # the most the layers allow is within budget
+            return min(1.0 - d_ok / 2.0, self.highest)
+        d_bad = 1.0 - self.bad
+        if d_ok / d_bad <= self.min_ratio:
+            return None
+        return 1.0 - math.sqrt(d_ok * d_bad)
+
+
+@dataclass
+class BudgetResult:
+    trials: list[Trial]
+    chosen: int
+    met: bool
+
+
+def search(run_trial: Callable[[float, int | None], Trial], *, first: float, highest: float, max_trials: int,
+           objective: str, should_cancel: Callable[[], bool] | None = None,
+           on_trial: Callable[[int, Trial], None] | None = None) -> BudgetResult:
+    """Run up to `max_trials` trials; `run_trial(removed, start)` prunes the model (from trial `start`'s model,
+    or the original when None) so that the fraction `removed` is gone, fine-tunes, measures and returns a Trial.
+    `on_trial(i, trial)` is called after each one. Cancellation is checked before every trial."""
+    levels = LevelSearch(first, highest)
+    trials: list[Trial] = []
+    best: int | None = None  # the most compressed trial within budget
+    while len(trials) < max_trials:
+        removed = levels.next()
+        if removed is None:
+            break
+        if should_cancel is not None and should_cancel():
+            raise Cancelled("the job was cancelled between budget trials")
+        t0 = time.perf_counter()
+        trial = run_trial(removed, best)
+        trial.removed, trial.start = removed, best
+        trial.wall_time_s = time.perf_counter() - t0
+        trials.append(trial)
+        levels.record(removed, trial.within_budget)
+        if trial.within_budget and (best is None or removed > trials[best].removed):
+            best = len(trials) - 1
+        if on_trial is not None:
+            on_trial(len(trials) - 1, trial)
+    chosen, met = choose(trials, objective)
+    return BudgetResult(trials, chosen, met)
+
+
+def choose(trials: list[Trial], objective: str) -> tuple[int, bool]:
+    """The best trial within budget by the objective (ties: the more compressed) and True; when none is within
+    budget, the one with the smallest drop and False."""
+    key = OBJECTIVES[objective]
+    within = [i for i, t in enumerate(trials) if t.within_budget]
+    if within:
+        return min(within, key=lambda i: (key(trials[i]), -trials[i].removed)), True
+    return min(range(len(trials)), key=lambda i: (trials[i].drop, trials[i].removed)), False
+
+
+def needed(trials: list[Trial], objective: str) -> set[int]:
+    """The trials whose models may still be used: the one `choose` picks now and the most compressed within
+    budget (the next warm start)."""
+    if not trials:
+        return set()
+    out = {choose(trials, objective)[0]}
+    within = [i for i, t in enumerate(trials) if t.within_budget]
+    if within:
+        out.add(max(within, key=lambda i: trials[i].removed))
+    return out
+
+
+def measure(model, scratch: Path, *, method: str, latency_runs: int = 0) -> dict:
+    """A trial's measurements of `model`: nonzero_params, size_bytes (the gzipped .keras file, written to `scratch`
+    and removed), macs (zero-skipping MACs for magnitude, MACs of the rebuilt model for structured) and
+    latency_ms (compiled CPU, batch 1, median of up to `latency_runs` runs; None when 0); `extra` holds the
+    parameter total and the sparsity of the prunable weights."""
+    stats = metrics_mod.param_stats(model)
+    compute = metrics_mod.macs(model)
+    scratch.mkdir(parents=True, exist_ok=True)
+    path = scratch / "trial.keras"
+    export_mod.save_model_file(model, path)
+    size = metrics_mod.file_size(path)["gzip_bytes"]
+    path.unlink(missing_ok=True)
+    latency = None
+    if latency_runs:
+        latency = metrics_mod.latency(model, batch_sizes=(1,), runs=latency_runs)["batch_1"]["median"]
+    return {"nonzero_params": int(stats["nonzero"]), "size_bytes": int(size), "latency_ms": latency,
+            "macs": int(compute["effective_macs"] if method == "magnitude" else compute["macs"]),
+            "extra": {"params": int(stats["total"]), "sparsity": float(stats["sparsity"])}}
