@@ -18,15 +18,20 @@ import time
 
 from bench.common import log
 
-PARTS = {"overhead": "bench.overhead", "accuracy": "bench.accuracy", "structured": "bench.structured",
-         "service": "bench.service"}
+PARTS = {
+    "overhead": "bench.overhead",
+    "accuracy": "bench.accuracy",
+    "structured": "bench.structured",
+    "service": "bench.service",
+}
 EXTRA_PARTS = {"zoo": "bench.zoo", "zoo_setup": "bench.zoo_setup", "budget": "bench.budget"}  # run only when named
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("parts", nargs="+", choices=[*PARTS, *EXTRA_PARTS, "all", "report"])
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer repetitions (< 3 minutes for all)")
     parser.add_argument("--repeats", type=int, default=None, help="override the number of repetitions")

@@ -35,17 +35,29 @@ SECATEURS_ARMS = {
     "secateurs:layer": ("secateurs", {"step": {"scope": "layer"}}),
 }
 FULL = {"epochs": 2, "seeds": (0, 1, 2, 3, 4), "tfmot_arms": tuple(TFMOT_ARMS), "secateurs_arms": tuple(SECATEURS_ARMS)}
-QUICK = {"epochs": 2, "seeds": (0,), "tfmot_arms": ("tfmot:poly-f100", "tfmot:poly-f10"),
-         "secateurs_arms": ("secateurs",)}
+QUICK = {
+    "epochs": 2,
+    "seeds": (0,),
+    "tfmot_arms": ("tfmot:poly-f100", "tfmot:poly-f10"),
+    "secateurs_arms": ("secateurs",),
+}
 
 
 def arms_for(pre: dict, target: float, seed: int, cfg: dict) -> list[Arm]:
     common = {"epochs": cfg["epochs"], "batch_size": 128, "seed": seed, "target": target}
-    arms = [Arm(name, SECATEURS_ARMS[name][0], "prune_job",
-                {**common, "model_file": pre["keras"], **SECATEURS_ARMS[name][1]})
-            for name in cfg["secateurs_arms"]]
-    arms += [Arm(name, "tfmot", "prune_job", {**common, "model_file": pre["tfk"], **TFMOT_ARMS[name]})
-             for name in cfg["tfmot_arms"]]
+    arms = [
+        Arm(
+            name,
+            SECATEURS_ARMS[name][0],
+            "prune_job",
+            {**common, "model_file": pre["keras"], **SECATEURS_ARMS[name][1]},
+        )
+        for name in cfg["secateurs_arms"]
+    ]
+    arms += [
+        Arm(name, "tfmot", "prune_job", {**common, "model_file": pre["tfk"], **TFMOT_ARMS[name]})
+        for name in cfg["tfmot_arms"]
+    ]
     return arms
 
 
@@ -54,8 +66,12 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
     if repeats:
         cfg["seeds"] = tuple(range(repeats))
     points = QUICK_POINTS if quick else POINTS
-    payload = header("accuracy", command, quick, {**cfg, "points": points, "batch_size": 128,
-                                                  "optimizer": "adam(1e-3)", "pretrain_epochs": 10})
+    payload = header(
+        "accuracy",
+        command,
+        quick,
+        {**cfg, "points": points, "batch_size": 128, "optimizer": "adam(1e-3)", "pretrain_epochs": 10},
+    )
     monitor = LoadMonitor()
     payload["models"] = {}
     for model, targets in points.items():
@@ -67,11 +83,15 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
                 for arm in arms_for(pre, target, seed, cfg):
                     monitor.sample()
                     raw.setdefault(arm.label, []).append(sides[arm.side].call(arm.task, **arm.args))
-            arms = {label: {"accuracy": summarize([r["accuracy"] for r in rs]),
-                            "sparsity": statistics.median(r["sparsity"]["overall"] for r in rs),
-                            "layer_sparsity": {k: v["sparsity"] for k, v in rs[0]["sparsity"]["layers"].items()},
-                            "spared": rs[0].get("spared")}
-                    for label, rs in raw.items()}
+            arms = {
+                label: {
+                    "accuracy": summarize([r["accuracy"] for r in rs]),
+                    "sparsity": statistics.median(r["sparsity"]["overall"] for r in rs),
+                    "layer_sparsity": {k: v["sparsity"] for k, v in rs[0]["sparsity"]["layers"].items()},
+                    "spared": rs[0].get("spared"),
+                }
+                for label, rs in raw.items()
+            }
             tf_labels = [a for a in arms if a.startswith("tfmot")]
             best_tf = max(tf_labels, key=lambda a: arms[a]["accuracy"]["median"])
             best = arms[best_tf]["accuracy"]["median"]
@@ -80,13 +100,22 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
                 row["margin_vs_tfmot_best"][label] = arms[label]["accuracy"]["median"] - best
                 row["goal_met"][label] = arms[label]["accuracy"]["median"] >= best
             rows.append(row)
-            log(f"accuracy: {model} @ {target:.2f}: " + ", ".join(
-                f"{label} {arms[label]['accuracy']['median']:.4f}" for label in arms if label.startswith("secateurs"))
-                + f"; best tfmot ({best_tf}) {best:.4f}")
+            log(
+                f"accuracy: {model} @ {target:.2f}: "
+                + ", ".join(
+                    f"{label} {arms[label]['accuracy']['median']:.4f}"
+                    for label in arms
+                    if label.startswith("secateurs")
+                )
+                + f"; best tfmot ({best_tf}) {best:.4f}"
+            )
         payload["models"][model] = {"pretrained_accuracy": pre["accuracy"], "rows": rows}
     payload["load"] = monitor.summary()
-    payload["workers"] = {name: sides[name].call("info") for name in {a[0] for a in SECATEURS_ARMS.values()}
-                          if name in {SECATEURS_ARMS[a][0] for a in cfg["secateurs_arms"]}}
+    payload["workers"] = {
+        name: sides[name].call("info")
+        for name in {a[0] for a in SECATEURS_ARMS.values()}
+        if name in {SECATEURS_ARMS[a][0] for a in cfg["secateurs_arms"]}
+    }
     path = write_result("accuracy", payload, quick)
     log(f"accuracy: wrote {path}")
     return payload

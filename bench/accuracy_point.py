@@ -20,8 +20,12 @@ from bench.harness import Sides, pretrained
 def main(model: str, target: float, seeds: int = 15) -> dict:
     cfg = {**FULL, "seeds": tuple(range(seeds))}
     command = f"python -m bench.accuracy_point {model} {target:g} {seeds}"
-    payload = header("accuracy_point", command, False, {**cfg, "model": model, "target": target,
-                                                        "batch_size": 128, "optimizer": "adam(1e-3)"})
+    payload = header(
+        "accuracy_point",
+        command,
+        False,
+        {**cfg, "model": model, "target": target, "batch_size": 128, "optimizer": "adam(1e-3)"},
+    )
     monitor = LoadMonitor()
     raw: dict[str, list[float]] = {}
     with Sides() as sides:
@@ -37,13 +41,19 @@ def main(model: str, target: float, seeds: int = 15) -> dict:
         for theirs in (a for a in raw if a.startswith("tfmot")):
             d = [100 * (a - b) for a, b in zip(raw[ours], raw[theirs])]
             paired[f"{ours} - {theirs}"] = {
-                "mean_points": statistics.fmean(d), "stderr_points": statistics.stdev(d) / len(d) ** 0.5,
-                "won": sum(x > 0 for x in d), "tied": sum(x == 0 for x in d), "lost": sum(x < 0 for x in d)}
+                "mean_points": statistics.fmean(d),
+                "stderr_points": statistics.stdev(d) / len(d) ** 0.5,
+                "won": sum(x > 0 for x in d),
+                "tied": sum(x == 0 for x in d),
+                "lost": sum(x < 0 for x in d),
+            }
     payload.update(pretrained_accuracy=pre["accuracy"], arms=arms, paired=paired, load=monitor.summary())
     path = write_result("accuracy_point", payload, False)
     for name, p in paired.items():
-        log(f"accuracy_point: {name}: {p['mean_points']:+.2f} ± {p['stderr_points']:.2f} points "
-            f"(won {p['won']}, tied {p['tied']}, lost {p['lost']})")
+        log(
+            f"accuracy_point: {name}: {p['mean_points']:+.2f} ± {p['stderr_points']:.2f} points "
+            f"(won {p['won']}, tied {p['tied']}, lost {p['lost']})"
+        )
     log(f"accuracy_point: wrote {path}")
     return payload
 

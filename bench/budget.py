@@ -24,8 +24,15 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
     cfg = dict(QUICK if quick else FULL)
     if repeats:
         cfg["seeds"] = tuple(range(repeats))
-    step = {"kind": "budget", "metric": "accuracy", "max_drop": cfg["max_drop"], "epochs": cfg["epochs"],
-            "max_trials": cfg["max_trials"], "objective": "nonzero_params", "method": "magnitude"}
+    step = {
+        "kind": "budget",
+        "metric": "accuracy",
+        "max_drop": cfg["max_drop"],
+        "epochs": cfg["epochs"],
+        "max_trials": cfg["max_trials"],
+        "objective": "nonzero_params",
+        "method": "magnitude",
+    }
     payload = header("budget", command, quick, {**cfg, "step": step, "batch_size": 128, "pretrain_epochs": 10})
     monitor = LoadMonitor()
     payload["models"] = {}
@@ -38,18 +45,27 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
             monitor.sample()
             trials = r["budget"]["trials"]
             chosen = trials[r["budget"]["chosen"]]
-            r.update(seed=seed, drop_points=100 * (pre["accuracy"] - r["accuracy"]),
-                     epochs_spent=sum(t["epochs"] for t in trials), chosen_level=chosen["level"],
-                     goal_met=r["sparsity"]["overall"] >= GOALS[model] and pre["accuracy"] - r["accuracy"] <= 0.01)
+            r.update(
+                seed=seed,
+                drop_points=100 * (pre["accuracy"] - r["accuracy"]),
+                epochs_spent=sum(t["epochs"] for t in trials),
+                chosen_level=chosen["level"],
+                goal_met=r["sparsity"]["overall"] >= GOALS[model] and pre["accuracy"] - r["accuracy"] <= 0.01,
+            )
             runs.append(r)
-            log(f"budget: {model} seed {seed}: sparsity {r['sparsity']['overall']:.4f}, accuracy "
+            log(
+                f"budget: {model} seed {seed}: sparsity {r['sparsity']['overall']:.4f}, accuracy "
                 f"{pre['accuracy']:.4f} -> {r['accuracy']:.4f} ({-r['drop_points']:+.2f} points), "
-                f"{len(trials)} trials, met {r['budget']['met']}, {r['wall_time_s']:.0f} s")
+                f"{len(trials)} trials, met {r['budget']['met']}, {r['wall_time_s']:.0f} s"
+            )
         payload["models"][model] = {
-            "pretrained_accuracy": pre["accuracy"], "goal_sparsity": GOALS[model], "runs": runs,
+            "pretrained_accuracy": pre["accuracy"],
+            "goal_sparsity": GOALS[model],
+            "runs": runs,
             "sparsity_median": statistics.median(r["sparsity"]["overall"] for r in runs),
             "drop_points_median": statistics.median(r["drop_points"] for r in runs),
-            "goal_met": all(r["goal_met"] for r in runs)}
+            "goal_met": all(r["goal_met"] for r in runs),
+        }
     payload["load"] = monitor.summary()
     path = write_result("budget", payload, quick)
     log(f"budget: wrote {path}")

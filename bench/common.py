@@ -62,8 +62,13 @@ def machine() -> dict:
                 mem = round(int(line.split()[1]) / 2**20, 1)
     except OSError:
         pass
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "memory_gib": mem, "os": platform.platform(),
-            "python": platform.python_version()}
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gib": mem,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def versions() -> dict:
@@ -71,8 +76,16 @@ def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("tensorflow", "keras", "tf_keras", "tensorflow-model-optimization", "numpy", "secateurs",
-                "fastapi", "uvicorn"):
+    for pkg in (
+        "tensorflow",
+        "keras",
+        "tf_keras",
+        "tensorflow-model-optimization",
+        "numpy",
+        "secateurs",
+        "fastapi",
+        "uvicorn",
+    ):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -82,8 +95,9 @@ def versions() -> dict:
 
 def git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -99,8 +113,14 @@ def summarize(values: list[float]) -> dict:
     """Median, min, max, and relative spread ((max - min) / median) of repeated measurements."""
     vals = [float(v) for v in values]
     med = statistics.median(vals)
-    return {"median": med, "min": min(vals), "max": max(vals), "n": len(vals),
-            "spread": (max(vals) - min(vals)) / med if med else None, "values": vals}
+    return {
+        "median": med,
+        "min": min(vals),
+        "max": max(vals),
+        "n": len(vals),
+        "spread": (max(vals) - min(vals)) / med if med else None,
+        "values": vals,
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -127,8 +147,13 @@ class LoadMonitor:
 
     def summary(self) -> dict:
         s = self.samples or [os.getloadavg()[0]]
-        return {"load1_min": round(min(s), 2), "load1_median": round(statistics.median(s), 2),
-                "load1_max": round(max(s), 2), "samples": len(s), "cores": os.cpu_count()}
+        return {
+            "load1_min": round(min(s), 2),
+            "load1_median": round(statistics.median(s), 2),
+            "load1_max": round(max(s), 2),
+            "samples": len(s),
+            "cores": os.cpu_count(),
+        }
 
 
 def portable(text: str) -> str:
@@ -146,8 +171,17 @@ def write_result(name: str, payload: dict, quick: bool) -> Path:
 
 
 def header(benchmark: str, command: str, quick: bool, config: dict) -> dict:
-    return {"benchmark": benchmark, "command": command, "quick": quick, "date": now_iso(), "commit": git_commit(),
-            "machine": machine(), "versions": versions(), "load_at_start": loadavg(), "config": config}
+    return {
+        "benchmark": benchmark,
+        "command": command,
+        "quick": quick,
+        "date": now_iso(),
+        "commit": git_commit(),
+        "machine": machine(),
+        "versions": versions(),
+        "load_at_start": loadavg(),
+        "config": config,
+    }
 
 
 def log(msg: str) -> None:

@@ -30,8 +30,13 @@ def main() -> None:
         data = d / f"d{rows}.npz"
         if not data.exists():
             np.savez(data, x_train=x[:rows], y_train=y[:rows])
-        spec = JobSpec.model_validate({"steps": [{"kind": "finetune", "epochs": epochs}],
-                                       "training": {"batch_size": batch}, "evaluation": {"latency": False}})
+        spec = JobSpec.model_validate(
+            {
+                "steps": [{"kind": "finetune", "epochs": epochs}],
+                "training": {"batch_size": batch},
+                "evaluation": {"latency": False},
+            }
+        )
         best = float("inf")
         for i in range(2):
             start = time.perf_counter()
@@ -46,8 +51,10 @@ def main() -> None:
     train_rows = int(8000 * 0.8)  # validation_fraction 0.2
     sample = ((big5 - big1) / 4 - epoch) / train_rows
     step = (run(8000, 1, 8) - big1) / (np.ceil(train_rows / 8) - np.ceil(train_rows / 128))
-    print(f"epoch: {epoch * 1000:.0f} ms = {epoch / sample:,.0f} samples; sample: {sample * 1e6:.0f} us; "
-          f"step: {step * 1000:.2f} ms = {step / sample:.1f} samples")
+    print(
+        f"epoch: {epoch * 1000:.0f} ms = {epoch / sample:,.0f} samples; sample: {sample * 1e6:.0f} us; "
+        f"step: {step * 1000:.2f} ms = {step / sample:.1f} samples"
+    )
 
 
 if __name__ == "__main__":

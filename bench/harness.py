@@ -56,8 +56,7 @@ class Sides:
         self.close()
 
 
-def pretrained(sides: Sides, model: str, epochs: int, batch_size: int = 128, seed: int = 0,
-               tfmot: bool = True) -> dict:
+def pretrained(sides: Sides, model: str, epochs: int, batch_size: int = 128, seed: int = 0, tfmot: bool = True) -> dict:
     """Train `model` once in Keras 3 (cached under bench/.cache) and give both sides the same weights:
     {"weights": .npz, "keras": Keras 3 .keras, "tfk": tf_keras .keras, "accuracy": held-out accuracy}."""
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
@@ -70,8 +69,9 @@ def pretrained(sides: Sides, model: str, epochs: int, batch_size: int = 128, see
         info = json.loads(info_path.read_text())
     else:
         log(f"pretraining {model} for {epochs} epochs")
-        info = sides["secateurs"].call("pretrain", model=model, epochs=epochs, batch_size=batch_size,
-                                       out=str(weights), seed=seed)
+        info = sides["secateurs"].call(
+            "pretrain", model=model, epochs=epochs, batch_size=batch_size, out=str(weights), seed=seed
+        )
         import json
 
         info_path.write_text(json.dumps(info))
@@ -81,8 +81,9 @@ def pretrained(sides: Sides, model: str, epochs: int, batch_size: int = 128, see
     return {**info, "tfk": str(tfk) if tfmot else None, "pretrain_epochs": epochs}
 
 
-def run_interleaved(sides: Sides, arms: list[Arm], repeats: int, monitor: LoadMonitor,
-                    warmup: bool = True) -> dict[str, list[dict]]:
+def run_interleaved(
+    sides: Sides, arms: list[Arm], repeats: int, monitor: LoadMonitor, warmup: bool = True
+) -> dict[str, list[dict]]:
     """Run every arm `repeats` times, interleaved; returns label -> list of task results (one per repetition)."""
     if warmup:
         for arm in arms:

@@ -15,26 +15,32 @@ import numpy as np
 def tutorial_cnn(K):
     """The tfmot pruning tutorial's MNIST CNN: Reshape -> Conv2D(12, 3) -> MaxPool -> Flatten -> Dense(10)."""
     L = K.layers
-    return K.Sequential([
-        K.Input((28, 28)),
-        L.Reshape((28, 28, 1), name="reshape"),
-        L.Conv2D(12, 3, activation="relu", name="conv"),
-        L.MaxPooling2D(2, name="pool"),
-        L.Flatten(name="flatten"),
-        L.Dense(10, activation="softmax", name="probs"),
-    ], name="tutorial_cnn")
+    return K.Sequential(
+        [
+            K.Input((28, 28)),
+            L.Reshape((28, 28, 1), name="reshape"),
+            L.Conv2D(12, 3, activation="relu", name="conv"),
+            L.MaxPooling2D(2, name="pool"),
+            L.Flatten(name="flatten"),
+            L.Dense(10, activation="softmax", name="probs"),
+        ],
+        name="tutorial_cnn",
+    )
 
 
 def lenet_300_100(K):
     """LeNet-300-100 (LeCun et al. 1998; Han et al. 2015): 784-300-100-10, ReLU, 266,610 parameters."""
     L = K.layers
-    return K.Sequential([
-        K.Input((28, 28)),
-        L.Flatten(name="flatten"),
-        L.Dense(300, activation="relu", name="fc1"),
-        L.Dense(100, activation="relu", name="fc2"),
-        L.Dense(10, activation="softmax", name="probs"),
-    ], name="lenet_300_100")
+    return K.Sequential(
+        [
+            K.Input((28, 28)),
+            L.Flatten(name="flatten"),
+            L.Dense(300, activation="relu", name="fc1"),
+            L.Dense(100, activation="relu", name="fc2"),
+            L.Dense(10, activation="softmax", name="probs"),
+        ],
+        name="lenet_300_100",
+    )
 
 
 def resnet_bn(K, width: int = 32, name: str = "resnet_bn"):
@@ -81,8 +87,14 @@ def efficientnet_b0(K):
     return K.applications.EfficientNetB0(input_shape=(32, 32, 3), weights=None, classes=10)
 
 
-BUILDERS = {"tutorial_cnn": tutorial_cnn, "lenet_300_100": lenet_300_100, "resnet_bn": resnet_bn,
-            "resnet_bn16": resnet_bn16, "mobilenet_v2": mobilenet_v2, "efficientnet_b0": efficientnet_b0}
+BUILDERS = {
+    "tutorial_cnn": tutorial_cnn,
+    "lenet_300_100": lenet_300_100,
+    "resnet_bn": resnet_bn,
+    "resnet_bn16": resnet_bn16,
+    "mobilenet_v2": mobilenet_v2,
+    "efficientnet_b0": efficientnet_b0,
+}
 
 # the input each model expects: "gray28" (28x28 in [0, 1]) or "rgb32" (padded to 32x32, grey repeated to RGB), and
 # the pixel scale (EfficientNet rescales 0..255 itself)

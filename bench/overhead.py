@@ -21,8 +21,7 @@ from bench.harness import Arm, Sides, paired_ratio, pretrained, run_interleaved,
 
 MODELS = ("tutorial_cnn", "lenet_300_100")
 TARGET = 0.8
-FULL = {"repeats": 9, "epochs": 4, "variants": ("default", "spe=1", "jit", "dataset"),
-        "tfmot_frequencies": (100, 10)}
+FULL = {"repeats": 9, "epochs": 4, "variants": ("default", "spe=1", "jit", "dataset"), "tfmot_frequencies": (100, 10)}
 QUICK = {"repeats": 2, "epochs": 4, "variants": ("default",), "tfmot_frequencies": (100,)}
 
 
@@ -30,14 +29,27 @@ def arms_for(model: str, pre: dict, cfg: dict) -> list[Arm]:
     common = {"epochs": cfg["epochs"], "batch_size": 128, "seed": 0}
     arms = []
     for v in cfg["variants"]:
-        arms.append(Arm(f"secateurs:plain:{v}", "secateurs", "plain_job",
-                        {**common, "model_file": pre["keras"], "variant": v}))
-        arms.append(Arm(f"secateurs:prune:{v}", "secateurs", "prune_job",
-                        {**common, "model_file": pre["keras"], "variant": v, "target": TARGET}))
+        arms.append(
+            Arm(f"secateurs:plain:{v}", "secateurs", "plain_job", {**common, "model_file": pre["keras"], "variant": v})
+        )
+        arms.append(
+            Arm(
+                f"secateurs:prune:{v}",
+                "secateurs",
+                "prune_job",
+                {**common, "model_file": pre["keras"], "variant": v, "target": TARGET},
+            )
+        )
     arms.append(Arm("tfmot:plain", "tfmot", "plain_job", {**common, "model_file": pre["tfk"]}))
     for f in cfg["tfmot_frequencies"]:
-        arms.append(Arm(f"tfmot:prune:f{f}", "tfmot", "prune_job",
-                        {**common, "model_file": pre["tfk"], "target": TARGET, "frequency": f}))
+        arms.append(
+            Arm(
+                f"tfmot:prune:f{f}",
+                "tfmot",
+                "prune_job",
+                {**common, "model_file": pre["tfk"], "target": TARGET, "frequency": f},
+            )
+        )
     return arms
 
 
@@ -52,11 +64,17 @@ def analyse(results: dict[str, list[dict]], cfg: dict) -> dict:
                 arms[label][extra] = rs[-1][extra]
     tf_plain, tf_prune = results["tfmot:plain"], results["tfmot:prune:f100"]
     ratios = {
-        "overhead": {f"tfmot:f{f}": paired_ratio(results[f"tfmot:prune:f{f}"], tf_plain, "fit_s")
-                     for f in cfg["tfmot_frequencies"]},
-        "overhead_cpu": {f"tfmot:f{f}": paired_ratio(results[f"tfmot:prune:f{f}"], tf_plain, "fit_cpu_s")
-                         for f in cfg["tfmot_frequencies"]},
-        "end_to_end_vs_tfmot": {}, "plain_fit_vs_tf_keras": {}, "prune_fit_vs_tfmot": {},
+        "overhead": {
+            f"tfmot:f{f}": paired_ratio(results[f"tfmot:prune:f{f}"], tf_plain, "fit_s")
+            for f in cfg["tfmot_frequencies"]
+        },
+        "overhead_cpu": {
+            f"tfmot:f{f}": paired_ratio(results[f"tfmot:prune:f{f}"], tf_plain, "fit_cpu_s")
+            for f in cfg["tfmot_frequencies"]
+        },
+        "end_to_end_vs_tfmot": {},
+        "plain_fit_vs_tf_keras": {},
+        "prune_fit_vs_tfmot": {},
     }
     for v in cfg["variants"]:
         plain, prune = results[f"secateurs:plain:{v}"], results[f"secateurs:prune:{v}"]
@@ -72,8 +90,12 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
     cfg = dict(QUICK if quick else FULL)
     if repeats:
         cfg["repeats"] = repeats
-    payload = header("overhead", command, quick, {**cfg, "models": MODELS, "target_sparsity": TARGET,
-                                                  "batch_size": 128, "optimizer": "adam(1e-3)"})
+    payload = header(
+        "overhead",
+        command,
+        quick,
+        {**cfg, "models": MODELS, "target_sparsity": TARGET, "batch_size": 128, "optimizer": "adam(1e-3)"},
+    )
     monitor = LoadMonitor()
     payload["models"] = {}
     for model in MODELS:

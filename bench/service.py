@@ -44,10 +44,28 @@ from workers.testing.servers import Server
 # threads to cores / concurrent jobs, pooled 40 SQLite connections with WAL set once, and cached the answer "no
 # API key exists".
 BEFORE_SERVICE_FIXES = "6ba69ba^"
-FULL = {"dispatch_jobs": 5, "job_epochs": 2, "clients": 100, "paced_seconds": 20, "control_seconds": 10,
-        "saturate_seconds": 5, "poll_interval": 1.0, "upload_mb": 200, "rounds": 3}
-QUICK = {"dispatch_jobs": 1, "job_epochs": 1, "clients": 100, "paced_seconds": 5, "control_seconds": 3,
-         "saturate_seconds": 2, "poll_interval": 1.0, "upload_mb": 200, "rounds": 1}
+FULL = {
+    "dispatch_jobs": 5,
+    "job_epochs": 2,
+    "clients": 100,
+    "paced_seconds": 20,
+    "control_seconds": 10,
+    "saturate_seconds": 5,
+    "poll_interval": 1.0,
+    "upload_mb": 200,
+    "rounds": 3,
+}
+QUICK = {
+    "dispatch_jobs": 1,
+    "job_epochs": 1,
+    "clients": 100,
+    "paced_seconds": 5,
+    "control_seconds": 3,
+    "saturate_seconds": 2,
+    "poll_interval": 1.0,
+    "upload_mb": 200,
+    "rounds": 1,
+}
 
 
 def variants() -> dict[str, dict]:
@@ -95,8 +113,7 @@ def serve(workers: int = 2, root: Path | None = None, env: dict[str, str] | None
     `root`: another revision's checkout to run. The server stays in the benchmark's session (and, on Linux, its
     scheduling autogroup), beside the load-generating client, as in every measurement in docs/BENCHMARKS.md."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-service-"))
-    server = Server(tmp / "data", workers=workers, root=root, env=env, new_session=False,
-                    log_path=tmp / "serve.log")
+    server = Server(tmp / "data", workers=workers, root=root, env=env, new_session=False, log_path=tmp / "serve.log")
     try:
         with server.start(timeout=120):
             yield server
@@ -108,16 +125,20 @@ def serve(workers: int = 2, root: Path | None = None, env: dict[str, str] | None
 
 
 def _spec(epochs: int, latency: bool = True) -> dict:
-    return {"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.8, "epochs": epochs}],
-            "training": {"batch_size": 128, "loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]},
-            "evaluation": {"latency": latency}, "export": {"formats": ["keras"]}}
+    return {
+        "steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.8, "epochs": epochs}],
+        "training": {"batch_size": 128, "loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]},
+        "evaluation": {"latency": latency},
+        "export": {"formats": ["keras"]},
+    }
 
 
 def _submit(client, files: dict[str, Path], spec: dict):
     handles = {k: open(p, "rb") for k, p in files.items()}
     try:
-        r = client.post("/v1/jobs", files={k: (p.name, handles[k]) for k, p in files.items()},
-                        data={"spec": json.dumps(spec)})
+        r = client.post(
+            "/v1/jobs", files={k: (p.name, handles[k]) for k, p in files.items()}, data={"spec": json.dumps(spec)}
+        )
     finally:
         for h in handles.values():
             h.close()
@@ -132,7 +153,7 @@ def _wait_status(client, job_id: str, leave: set[str], timeout: float) -> dict:
         doc = client.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()
         if doc["status"] not in leave or time.monotonic() > deadline:
             return doc
-        
+
 
 def _ts(value: str | None) -> float | None:
     from datetime import datetime
@@ -156,21 +177,25 @@ def measure_dispatch(client, files, cfg: dict) -> dict:
         m = doc["manifest"]
         training = sum(s["wall_time_s"] for s in m["steps"])
         created, started, finished = _ts(doc["created_at"]), _ts(doc["started_at"]), _ts(doc["finished_at"])
-        rows.append({
-            "upload_s": t_submitted - t0,
-            "submit_to_running_client_s": t_running - t_submitted,
-            "created_to_started_server_s": started - created,
-            "submit_to_succeeded_client_s": t_done - t0,
-            "created_to_finished_server_s": finished - created,
-            "training_s": training,
-            "compress_s": m["wall_time_s"],
-            "compress_minus_training_s": m["wall_time_s"] - training,
-            "process_and_store_s": (finished - started) - m["wall_time_s"],
-            "overhead_beyond_training_s": (finished - created) - training,
-        })
-        log(f"service: job {i + 1}/{cfg['dispatch_jobs']}: submit->running {rows[-1]['submit_to_running_client_s']:.2f}"
+        rows.append(
+            {
+                "upload_s": t_submitted - t0,
+                "submit_to_running_client_s": t_running - t_submitted,
+                "created_to_started_server_s": started - created,
+                "submit_to_succeeded_client_s": t_done - t0,
+                "created_to_finished_server_s": finished - created,
+                "training_s": training,
+                "compress_s": m["wall_time_s"],
+                "compress_minus_training_s": m["wall_time_s"] - training,
+                "process_and_store_s": (finished - started) - m["wall_time_s"],
+                "overhead_beyond_training_s": (finished - created) - training,
+            }
+        )
+        log(
+            f"service: job {i + 1}/{cfg['dispatch_jobs']}: submit->running {rows[-1]['submit_to_running_client_s']:.2f}"
             f" s, overhead beyond training {rows[-1]['overhead_beyond_training_s']:.2f} s of "
-            f"{rows[-1]['created_to_finished_server_s']:.2f} s")
+            f"{rows[-1]['created_to_finished_server_s']:.2f} s"
+        )
     return {"jobs": rows, "summary": {k: summarize([r[k] for r in rows]) for k in rows[0]}}
 
 
@@ -213,8 +238,9 @@ async def _clients(url: str, ids: list[str], n: int, seconds: float, interval: f
 
     async def one(k: int) -> None:
         rng = random.Random(k)
-        request = (f"GET /v1/jobs/{ids[k % len(ids)]} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                   "Accept: application/json\r\n\r\n").encode()
+        request = (
+            f"GET /v1/jobs/{ids[k % len(ids)]} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\n\r\n"
+        ).encode()
         reader, writer = await asyncio.open_connection(host, int(port))
         try:
             if interval:
@@ -243,10 +269,20 @@ async def _clients(url: str, ids: list[str], n: int, seconds: float, interval: f
     await asyncio.gather(*(one(k) for k in range(n)))
     elapsed, client_cpu = time.perf_counter() - t0, time.process_time() - c0
     ms = [x * 1000 for x in latencies]
-    return {"clients": n, "interval_s": interval, "requests": len(ms), "errors": errors, "seconds": elapsed,
-            "throughput_rps": len(ms) / elapsed, "client_cpu_share": client_cpu / elapsed,
-            "p50_ms": percentile(ms, 50), "p90_ms": percentile(ms, 90), "p99_ms": percentile(ms, 99),
-            "max_ms": max(ms) if ms else None, "mean_ms": statistics.fmean(ms) if ms else None}
+    return {
+        "clients": n,
+        "interval_s": interval,
+        "requests": len(ms),
+        "errors": errors,
+        "seconds": elapsed,
+        "throughput_rps": len(ms) / elapsed,
+        "client_cpu_share": client_cpu / elapsed,
+        "p50_ms": percentile(ms, 50),
+        "p90_ms": percentile(ms, 90),
+        "p99_ms": percentile(ms, 99),
+        "max_ms": max(ms) if ms else None,
+        "mean_ms": statistics.fmean(ms) if ms else None,
+    }
 
 
 def _start_training(client, files) -> list[str]:
@@ -284,7 +320,8 @@ def measure_status_load(server: Server, client, files, cfg: dict) -> dict:
     steps1 = _training_steps(client, ids)
     # training throughput of the two jobs during the paced window (optimizer steps per second, summed)
     out["training_steps_per_s"] = sum(steps1[j][0] - steps0[j][0] for j in ids) / (
-        statistics.fmean(steps1[j][1] - steps0[j][1] for j in ids) or 1.0)
+        statistics.fmean(steps1[j][1] - steps0[j][1] for j in ids) or 1.0
+    )
     out["saturating"] = asyncio.run(_clients(server.url, ids, cfg["clients"], cfg["saturate_seconds"], None))
     states = [client.get(f"/v1/jobs/{j}").json()["status"] for j in ids]
     out["jobs_running_throughout"] = all(s == "running" for s in states)
@@ -292,8 +329,9 @@ def measure_status_load(server: Server, client, files, cfg: dict) -> dict:
     for pid in jobs:
         os.kill(pid, signal.SIGSTOP)
     try:
-        out["paced_jobs_paused"] = asyncio.run(_clients(server.url, ids, cfg["clients"], cfg["control_seconds"],
-                                                        cfg["poll_interval"]))
+        out["paced_jobs_paused"] = asyncio.run(
+            _clients(server.url, ids, cfg["clients"], cfg["control_seconds"], cfg["poll_interval"])
+        )
     finally:
         for pid in jobs:
             os.kill(pid, signal.SIGCONT)
@@ -315,25 +353,33 @@ def status_variants(files, cfg: dict, monitor: LoadMonitor) -> dict:
 
     runs: dict[str, list[dict]] = {name: [] for name in cfg["variants"]}
     with ExitStack() as trees:
-        roots = {name: trees.enter_context(checkout(v["revision"])) if "revision" in v else None
-                 for name, v in cfg["variants"].items()}
+        roots = {
+            name: trees.enter_context(checkout(v["revision"])) if "revision" in v else None
+            for name, v in cfg["variants"].items()
+        }
         for rnd in range(cfg["rounds"]):
             for name, v in cfg["variants"].items():
                 monitor.sample()
-                with serve(root=roots[name], env=v.get("settings")) as server, \
-                        httpx.Client(base_url=server.url, timeout=120) as client:
+                with (
+                    serve(root=roots[name], env=v.get("settings")) as server,
+                    httpx.Client(base_url=server.url, timeout=120) as client,
+                ):
                     r = measure_status_load(server, client, files, cfg)
                 runs[name].append(r)
-                log(f"service: status [{name}] round {rnd + 1}: paced p50 {r['paced']['p50_ms']:.1f} ms, p99 "
+                log(
+                    f"service: status [{name}] round {rnd + 1}: paced p50 {r['paced']['p50_ms']:.1f} ms, p99 "
                     f"{r['paced']['p99_ms']:.1f} ms (jobs paused: p99 {r['paced_jobs_paused']['p99_ms']:.1f} ms); "
-                    f"saturating {r['saturating']['throughput_rps']:.0f} req/s")
+                    f"saturating {r['saturating']['throughput_rps']:.0f} req/s"
+                )
     summary = {}
     for name, rs in runs.items():
         v = cfg["variants"][name]
         summary[name] = {**v, **({"commit": resolve(v["revision"])} if "revision" in v else {})}
         for phase in ("paced", "paced_jobs_paused", "saturating"):
-            summary[name][phase] = {k: summarize([r[phase][k] for r in rs])
-                                    for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "throughput_rps")}
+            summary[name][phase] = {
+                k: summarize([r[phase][k] for r in rs])
+                for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "throughput_rps")
+            }
             summary[name][phase]["requests"] = sum(r[phase]["requests"] for r in rs)
             summary[name][phase]["errors"] = sum(sum(r[phase]["errors"].values()) for r in rs)
         summary[name]["training_steps_per_s"] = summarize([r["training_steps_per_s"] for r in rs])
@@ -381,14 +427,23 @@ def measure_upload_memory(server: Server, client, model: Path, cfg: dict, workdi
     _wait_status(client, doc["id"], {"queued", "running"}, 120)
     during = [kib for t, kib in samples if t0 <= t <= t1]
     after = [kib for t, kib in samples if t > t1]
-    out = {"upload_bytes": size, "upload_s": t1 - t0, "upload_mb_per_s": size / 2**20 / (t1 - t0),
-           "rss_baseline_mib": baseline / 1024, "rss_max_during_mib": max(during) / 1024,
-           "rss_growth_during_mib": (max(during) - baseline) / 1024,
-           "rss_2s_after_mib": after[-1] / 1024 if after else None,
-           "peak_rss_vmhwm_growth_mib": (hwm - baseline) / 1024 if peak_reset else None,
-           "samples_during": len(during)}
-    log(f"service: {size / 2**20:.0f} MiB upload in {t1 - t0:.1f} s: API RSS +{out['rss_growth_during_mib']:.1f} MiB"
-        f" (peak VmHWM +{out['peak_rss_vmhwm_growth_mib']:.1f} MiB)" if peak_reset else "")
+    out = {
+        "upload_bytes": size,
+        "upload_s": t1 - t0,
+        "upload_mb_per_s": size / 2**20 / (t1 - t0),
+        "rss_baseline_mib": baseline / 1024,
+        "rss_max_during_mib": max(during) / 1024,
+        "rss_growth_during_mib": (max(during) - baseline) / 1024,
+        "rss_2s_after_mib": after[-1] / 1024 if after else None,
+        "peak_rss_vmhwm_growth_mib": (hwm - baseline) / 1024 if peak_reset else None,
+        "samples_during": len(during),
+    }
+    log(
+        f"service: {size / 2**20:.0f} MiB upload in {t1 - t0:.1f} s: API RSS +{out['rss_growth_during_mib']:.1f} MiB"
+        f" (peak VmHWM +{out['peak_rss_vmhwm_growth_mib']:.1f} MiB)"
+        if peak_reset
+        else ""
+    )
     big.unlink(missing_ok=True)
     return out
 
@@ -402,9 +457,18 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
     cfg = {**(QUICK if quick else FULL), "variants": {"current": {}} if quick else variants()}
     if repeats:
         cfg["dispatch_jobs"] = repeats
-    payload = header("service", command, quick, {**cfg, "service_workers": 2, "store": "sqlite",
-                                                 "dispatcher": "local (embedded)",
-                                                 "sched_autogroup": _autogroup_enabled()})
+    payload = header(
+        "service",
+        command,
+        quick,
+        {
+            **cfg,
+            "service_workers": 2,
+            "store": "sqlite",
+            "dispatcher": "local (embedded)",
+            "sched_autogroup": _autogroup_enabled(),
+        },
+    )
     monitor = LoadMonitor()
     pre = pretrained(sides, "tutorial_cnn", epochs=10, tfmot=False)
     workdir = Path(tempfile.mkdtemp(prefix="bench-service-inputs-"))

@@ -16,12 +16,27 @@ from bench.harness import Sides
 
 # training phases: (epochs, Adam learning rate); a last phase at 1e-4 settles the BatchNorm statistics (at a
 # constant 1e-3 the held-out accuracy of this net jumps by +-5 points from one epoch to the next)
-FULL = {"width": 32, "pretrain": ((5, 1e-3), (1, 1e-4)), "keep_ratios": (0.75, 0.5, 0.25),
-        "finetune": ((1, 1e-3), (1, 1e-4)), "latency_rounds": 7, "latency_runs": 30, "baseline_finetune": True,
-        # other settings at keep 0.5 (criterion, scope, fine-tune phases or None for the default fine-tune)
-        "extra": (("l1", "global", None), ("mean_activation", "layer", None), ("l1", "layer", ((3, 1e-3), (1, 1e-4))))}
-QUICK = {"width": 8, "pretrain": ((1, 1e-3),), "keep_ratios": (0.5,), "finetune": ((1, 1e-3),),
-         "latency_rounds": 2, "latency_runs": 20, "baseline_finetune": False, "extra": ()}
+FULL = {
+    "width": 32,
+    "pretrain": ((5, 1e-3), (1, 1e-4)),
+    "keep_ratios": (0.75, 0.5, 0.25),
+    "finetune": ((1, 1e-3), (1, 1e-4)),
+    "latency_rounds": 7,
+    "latency_runs": 30,
+    "baseline_finetune": True,
+    # other settings at keep 0.5 (criterion, scope, fine-tune phases or None for the default fine-tune)
+    "extra": (("l1", "global", None), ("mean_activation", "layer", None), ("l1", "layer", ((3, 1e-3), (1, 1e-4)))),
+}
+QUICK = {
+    "width": 8,
+    "pretrain": ((1, 1e-3),),
+    "keep_ratios": (0.5,),
+    "finetune": ((1, 1e-3),),
+    "latency_rounds": 2,
+    "latency_runs": 20,
+    "baseline_finetune": False,
+    "extra": (),
+}
 
 
 def _pretrained(sides: Sides, cfg: dict) -> dict:
@@ -34,8 +49,7 @@ def _pretrained(sides: Sides, cfg: dict) -> dict:
     if path.exists() and info.exists():
         return json.loads(info.read_text())
     log(f"structured: pretraining resnet_bn (width {cfg['width']}), phases {cfg['pretrain']}")
-    result = sides["secateurs"].call("structured_pretrain", width=cfg["width"], phases=cfg["pretrain"],
-                                     out=str(path))
+    result = sides["secateurs"].call("structured_pretrain", width=cfg["width"], phases=cfg["pretrain"], out=str(path))
     info.write_text(json.dumps(result))
     return result
 
@@ -43,9 +57,11 @@ def _pretrained(sides: Sides, cfg: dict) -> dict:
 def _latency(rounds: list[dict]) -> dict:
     out = {}
     for key in rounds[0]:
-        out[key] = {"before_ms": summarize([r[key]["before_ms"] for r in rounds]),
-                    "after_ms": summarize([r[key]["after_ms"] for r in rounds]),
-                    "speedup": summarize([r[key]["speedup"] for r in rounds])}
+        out[key] = {
+            "before_ms": summarize([r[key]["before_ms"] for r in rounds]),
+            "after_ms": summarize([r[key]["after_ms"] for r in rounds]),
+            "speedup": summarize([r[key]["speedup"] for r in rounds]),
+        }
     return out
 
 
@@ -53,8 +69,12 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
     cfg = dict(QUICK if quick else FULL)
     if repeats:
         cfg["latency_rounds"] = repeats
-    payload = header("structured", command, quick, {**cfg, "criterion": "l1", "scope": "layer", "round_to": 1,
-                                                    "batch_size": 128, "optimizer": "adam(1e-3)"})
+    payload = header(
+        "structured",
+        command,
+        quick,
+        {**cfg, "criterion": "l1", "scope": "layer", "round_to": 1, "batch_size": 128, "optimizer": "adam(1e-3)"},
+    )
     monitor = LoadMonitor()
     pre = _pretrained(sides, cfg)
     payload["pretrained"] = pre
@@ -67,20 +87,32 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
     runs += [(0.5, crit, scope, phases) for crit, scope, phases in cfg["extra"]]
     for ratio, criterion, scope, phases in runs:
         monitor.sample()
-        r = sides["secateurs"].call("structured_job", model_file=pre["path"], keep_ratio=ratio,
-                                    criterion=criterion, scope=scope, finetune=phases or cfg["finetune"],
-                                    latency_rounds=cfg["latency_rounds"], latency_runs=cfg["latency_runs"])
+        r = sides["secateurs"].call(
+            "structured_job",
+            model_file=pre["path"],
+            keep_ratio=ratio,
+            criterion=criterion,
+            scope=scope,
+            finetune=phases or cfg["finetune"],
+            latency_rounds=cfg["latency_rounds"],
+            latency_runs=cfg["latency_runs"],
+        )
         if reference is not None and not phases:
             r["baseline_finetuned_accuracy"] = reference["accuracy"]
         monitor.sample()
         r["latency"] = _latency(r.pop("latency_rounds"))
         r["accuracy_drop_points"] = 100 * (r["before"]["accuracy"] - r["after"]["accuracy"])
-        r["goal"] = {"speedup_b32": r["latency"]["batch_32"]["speedup"]["median"],
-                     "speedup_b1": r["latency"]["batch_1"]["speedup"]["median"]}
+        r["goal"] = {
+            "speedup_b32": r["latency"]["batch_32"]["speedup"]["median"],
+            "speedup_b1": r["latency"]["batch_1"]["speedup"]["median"],
+        }
         rows.append(r)
-        log(f"structured: keep {ratio} ({criterion}, {scope}): params {r['before']['params']} -> {r['after']['params']}, "
+        log(
+            f"structured: keep {ratio} ({criterion}, {scope}): "
+            f"params {r['before']['params']} -> {r['after']['params']}, "
             f"speedup b1 {r['goal']['speedup_b1']:.2f}x b32 {r['goal']['speedup_b32']:.2f}x, "
-            f"accuracy {r['before']['accuracy']:.4f} -> {r['after']['accuracy']:.4f}")
+            f"accuracy {r['before']['accuracy']:.4f} -> {r['after']['accuracy']:.4f}"
+        )
     payload["rows"] = rows
     payload["load"] = monitor.summary()
     path = write_result("structured", payload, quick)

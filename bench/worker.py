@@ -52,8 +52,15 @@ class Side:
         self.stderr_path = here / "bench" / ".cache" / f"worker-{self.name}.log"
         self.stderr_path.parent.mkdir(parents=True, exist_ok=True)
         self._stderr = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.worker", name], cwd=root, env=env, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.worker", name],
+            cwd=root,
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+        )
         self.call("ping")
 
     def call(self, task: str, **args):

@@ -72,15 +72,22 @@ def _pretrained(sides: Sides, model: str, m: dict, batch_size: int, tfmot: bool 
         info["cached"] = True
     else:
         log(f"zoo: pretraining {model} ({m['pretrain_epochs']} epochs on {m['n_train']} digits)")
-        info = sides["secateurs"].call("zoo_pretrain", model=model, n_train=m["n_train"], n_test=m["n_test"],
-                                       epochs=m["pretrain_epochs"], out=str(stem.with_suffix(".keras")),
-                                       batch_size=batch_size)
+        info = sides["secateurs"].call(
+            "zoo_pretrain",
+            model=model,
+            n_train=m["n_train"],
+            n_test=m["n_test"],
+            epochs=m["pretrain_epochs"],
+            out=str(stem.with_suffix(".keras")),
+            batch_size=batch_size,
+        )
         info_path.write_text(json.dumps(info))
         info["cached"] = False
     tfk = f"{stem}-tfk.keras"
     if tfmot:
-        prepared = sides["tfmot"].call("zoo_prepare", model=model, weights=info["weights"], out=tfk,
-                                       n_train=m["n_train"], n_test=m["n_test"])
+        prepared = sides["tfmot"].call(
+            "zoo_prepare", model=model, weights=info["weights"], out=tfk, n_train=m["n_train"], n_test=m["n_test"]
+        )
         info["tfk"], info["tfk_accuracy"] = tfk, prepared["accuracy"]
     return info
 
@@ -97,52 +104,88 @@ def _call(sides: Sides, side: str, task: str, monitor: LoadMonitor, **args) -> d
 
 
 def _spec(kind: str, value: float, cfg: dict) -> dict:
-    step = ({"kind": "prune", "method": "magnitude", "target_sparsity": value, "epochs": cfg["epochs"]}
-            if kind == "unstructured" else
-            {"kind": "structured", "criterion": "l1", "keep_ratio": value, "epochs": cfg["epochs"]})
+    step = (
+        {"kind": "prune", "method": "magnitude", "target_sparsity": value, "epochs": cfg["epochs"]}
+        if kind == "unstructured"
+        else {"kind": "structured", "criterion": "l1", "keep_ratio": value, "epochs": cfg["epochs"]}
+    )
     return {"steps": [step], "training": {"batch_size": cfg["batch_size"]}, "evaluation": {"latency": False}}
 
 
 def _brief(r: dict) -> str:
     if "error" in r:
         return "failed"
-    return (f"{r['accuracy']:.4f} (sparsity {r['sparsity']:.3f}, {r['layers_over_98']} layers > 98 %, "
-            f"{r['wall_s']:.0f} s)")
+    return (
+        f"{r['accuracy']:.4f} (sparsity {r['sparsity']:.3f}, {r['layers_over_98']} layers > 98 %, {r['wall_s']:.0f} s)"
+    )
 
 
 def run_model(sides: Sides, model: str, m: dict, cfg: dict, monitor: LoadMonitor) -> dict:
     pre = _pretrained(sides, model, m, cfg["batch_size"])
-    log(f"zoo: {model}: pretrained held-out accuracy {pre['accuracy']:.4f} (before settling BatchNorm "
-        f"{pre.get('accuracy_before_settling', float('nan')):.4f}; tf_keras copy {pre['tfk_accuracy']:.4f})")
+    log(
+        f"zoo: {model}: pretrained held-out accuracy {pre['accuracy']:.4f} (before settling BatchNorm "
+        f"{pre.get('accuracy_before_settling', float('nan')):.4f}; tf_keras copy {pre['tfk_accuracy']:.4f})"
+    )
     data = {"model": model, "n_train": m["n_train"], "n_test": m["n_test"]}
-    plain = _call(sides, "secateurs", "zoo_plain", monitor, **data, model_file=pre["keras"], epochs=cfg["epochs"],
-                  batch_size=cfg["batch_size"])
+    plain = _call(
+        sides,
+        "secateurs",
+        "zoo_plain",
+        monitor,
+        **data,
+        model_file=pre["keras"],
+        epochs=cfg["epochs"],
+        batch_size=cfg["batch_size"],
+    )
     reference = {"plain": plain}
     if "error" not in plain:
         reest = plain.pop("reestimated")
         if "accuracy" in reest:
             reest = {**{k: plain[k] for k in _SPARSITY_KEYS}, **reest, "wall_s": plain["wall_s"] + reest["seconds"]}
         reference["plain+bn"] = reest
-        log(f"zoo: {model}: plain fine-tune {plain['accuracy']:.4f}, with re-estimation "
-            f"{reest.get('accuracy', reest.get('skipped'))}")
+        log(
+            f"zoo: {model}: plain fine-tune {plain['accuracy']:.4f}, with re-estimation "
+            f"{reest.get('accuracy', reest.get('skipped'))}"
+        )
     rows = []
     for kind, values in (("unstructured", cfg["unstructured"]), ("structured", cfg["structured"])):
         for value in values:
-            arms = {"secateurs": _call(sides, "secateurs", "zoo_engine", monitor, **data, model_file=pre["keras"],
-                                       data_file=pre["data"], spec=_spec(kind, value, cfg))}
+            arms = {
+                "secateurs": _call(
+                    sides,
+                    "secateurs",
+                    "zoo_engine",
+                    monitor,
+                    **data,
+                    model_file=pre["keras"],
+                    data_file=pre["data"],
+                    spec=_spec(kind, value, cfg),
+                )
+            }
             if kind == "unstructured":
-                tf = _call(sides, "tfmot", "zoo_prune", monitor, **data, model_file=pre["tfk"], target=value,
-                           epochs=cfg["epochs"], batch_size=cfg["batch_size"], frequency=cfg["tfmot_frequency"])
+                tf = _call(
+                    sides,
+                    "tfmot",
+                    "zoo_prune",
+                    monitor,
+                    **data,
+                    model_file=pre["tfk"],
+                    target=value,
+                    epochs=cfg["epochs"],
+                    batch_size=cfg["batch_size"],
+                    frequency=cfg["tfmot_frequency"],
+                )
                 arms["tfmot"] = tf
                 if "error" not in tf:
                     bn = _call(sides, "secateurs", "zoo_reestimate", monitor, **data, weights=tf["weights"])
                     if "accuracy" in bn:
-                        bn = {**{k: tf[k] for k in _SPARSITY_KEYS}, **bn,
-                              "wall_s": tf["wall_s"] + bn["seconds"]}
+                        bn = {**{k: tf[k] for k in _SPARSITY_KEYS}, **bn, "wall_s": tf["wall_s"] + bn["seconds"]}
                     arms["tfmot+bn"] = bn
             rows.append({"kind": kind, "value": value, "arms": arms})
-            log(f"zoo: {model} {kind} {value:g}: " + "; ".join(f"{k} {_brief(v)}" for k, v in arms.items()
-                                                              if "skipped" not in v))
+            log(
+                f"zoo: {model} {kind} {value:g}: "
+                + "; ".join(f"{k} {_brief(v)}" for k, v in arms.items() if "skipped" not in v)
+            )
     out = {"pretrained": pre, **data, "pretrain_epochs": m["pretrain_epochs"], "reference": reference, "rows": rows}
     out["goals"] = goals(model, out)
     return out
@@ -173,19 +216,30 @@ def goals(model: str, entry: dict) -> list[dict]:
         out.append({"goal": text, "value": value, "met": bool(met)})
 
     target, points = UNSTRUCTURED_GOAL
-    add(f"unstructured {target:.0%}: within {points:g} points of {ref_name} ({ref:.4f})" if ref is not None else
-        f"unstructured {target:.0%}", found.get(("unstructured", target)),
-        lambda r: (f"{r['accuracy']:.4f} ({100 * (r['accuracy'] - ref):+.1f})", r["accuracy"] >= ref - points / 100))
+    add(
+        f"unstructured {target:.0%}: within {points:g} points of {ref_name} ({ref:.4f})"
+        if ref is not None
+        else f"unstructured {target:.0%}",
+        found.get(("unstructured", target)),
+        lambda r: (f"{r['accuracy']:.4f} ({100 * (r['accuracy'] - ref):+.1f})", r["accuracy"] >= ref - points / 100),
+    )
     keep, points, macs = STRUCTURED_GOAL
-    add(f"structured keep {keep:g}: within {points:g} points of {ref_name}, MACs ≤ {macs:g}×",
+    add(
+        f"structured keep {keep:g}: within {points:g} points of {ref_name}, MACs ≤ {macs:g}×",
         found.get(("structured", keep)),
-        lambda r: (f"{r['accuracy']:.4f} ({100 * (r['accuracy'] - ref):+.1f}), MACs {r['macs_ratio']:.2f}×",
-                   r["accuracy"] >= ref - points / 100 and r["macs_ratio"] <= macs))
+        lambda r: (
+            f"{r['accuracy']:.4f} ({100 * (r['accuracy'] - ref):+.1f}), MACs {r['macs_ratio']:.2f}×",
+            r["accuracy"] >= ref - points / 100 and r["macs_ratio"] <= macs,
+        ),
+    )
     for (name, kind, value), floor in ABSOLUTE_GOALS.items():
         if name == model:
             label = f"{value:.0%}" if kind == "unstructured" else f"keep {value:g}"
-            add(f"{kind} {label}: ≥ {floor:.0%}", found.get((kind, value)),
-                lambda r, f=floor: (f"{r['accuracy']:.4f}", r["accuracy"] >= f))
+            add(
+                f"{kind} {label}: ≥ {floor:.0%}",
+                found.get((kind, value)),
+                lambda r, f=floor: (f"{r['accuracy']:.4f}", r["accuracy"] >= f),
+            )
     return out
 
 
@@ -196,11 +250,18 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None, mod
         unknown = sorted(set(models) - set(FULL["models"]))
         if unknown:
             raise SystemExit(f"unknown zoo model(s) {', '.join(unknown)}; known: {', '.join(FULL['models'])}")
-        cfg["models"] = {name: (QUICK["models"].get(name) or {**FULL["models"][name], "n_train": 1000,
-                                                                "n_test": 500, "pretrain_epochs": 1})
-                         if quick else FULL["models"][name] for name in models}
-    payload = header("zoo", command, quick, {**cfg, "optimizer": "adam(1e-3)", "seed": 0,
-                                             "disconnected_threshold": 0.98})
+        cfg["models"] = {
+            name: (
+                QUICK["models"].get(name)
+                or {**FULL["models"][name], "n_train": 1000, "n_test": 500, "pretrain_epochs": 1}
+            )
+            if quick
+            else FULL["models"][name]
+            for name in models
+        }
+    payload = header(
+        "zoo", command, quick, {**cfg, "optimizer": "adam(1e-3)", "seed": 0, "disconnected_threshold": 0.98}
+    )
     monitor = LoadMonitor()
     payload["models"] = {}
     for model, m in cfg["models"].items():

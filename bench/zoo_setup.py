@@ -36,8 +36,15 @@ def _pretrained(sides: Sides, model: str, m: dict) -> dict:
     info_path = stem.with_suffix(".json")
     if info_path.exists() and stem.with_suffix(".keras").exists():
         return {**json.loads(info_path.read_text()), "cached": True}
-    info = sides["secateurs"].call("zoo_pretrain", model=model, n_train=m["n_train"], n_test=m["n_test"],
-                                   epochs=m["pretrain_epochs"], out=str(stem.with_suffix(".keras")), batch_size=BATCH)
+    info = sides["secateurs"].call(
+        "zoo_pretrain",
+        model=model,
+        n_train=m["n_train"],
+        n_test=m["n_test"],
+        epochs=m["pretrain_epochs"],
+        out=str(stem.with_suffix(".keras")),
+        batch_size=BATCH,
+    )
     info_path.write_text(json.dumps(info))
     return {**info, "cached": False}
 
@@ -45,22 +52,40 @@ def _pretrained(sides: Sides, model: str, m: dict) -> dict:
 def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> dict:
     models = QUICK_MODELS if quick else MODELS
     monitor = LoadMonitor()
-    payload = header("zoo_setup", command, quick, {"models": models, "epochs": EPOCHS, "batch_size": BATCH,
-                                                    "arms": ARMS, "optimizer": "adam(1e-3)", "seed": 0})
+    payload = header(
+        "zoo_setup",
+        command,
+        quick,
+        {"models": models, "epochs": EPOCHS, "batch_size": BATCH, "arms": ARMS, "optimizer": "adam(1e-3)", "seed": 0},
+    )
     payload["models"] = {}
     for model, m in models.items():
         pre = _pretrained(sides, model, m)
         data = {"model": model, "n_train": m["n_train"], "n_test": m["n_test"]}
-        plain = _call(sides, "secateurs", "zoo_plain", monitor, **data, model_file=pre["keras"], epochs=EPOCHS,
-                      batch_size=BATCH)
+        plain = _call(
+            sides, "secateurs", "zoo_plain", monitor, **data, model_file=pre["keras"], epochs=EPOCHS, batch_size=BATCH
+        )
         arms = {}
         for name, step in ARMS.items():
             spec = {"steps": [step], "training": {"batch_size": BATCH}, "evaluation": {"latency": False}}
-            arms[name] = _call(sides, "secateurs", "zoo_engine", monitor, **data, model_file=pre["keras"],
-                               data_file=pre["data"], spec=spec)
+            arms[name] = _call(
+                sides,
+                "secateurs",
+                "zoo_engine",
+                monitor,
+                **data,
+                model_file=pre["keras"],
+                data_file=pre["data"],
+                spec=spec,
+            )
             log(f"zoo_setup: {model} {name}: {arms[name].get('accuracy')}")
-        payload["models"][model] = {"pretrained": pre, **data, "pretrain_epochs": m["pretrain_epochs"],
-                                    "plain": plain, "arms": arms}
+        payload["models"][model] = {
+            "pretrained": pre,
+            **data,
+            "pretrain_epochs": m["pretrain_epochs"],
+            "plain": plain,
+            "arms": arms,
+        }
         write_result("zoo_setup", {**payload, "load": monitor.summary()}, quick)
     payload["load"] = monitor.summary()
     write_result("zoo_setup", payload, quick)

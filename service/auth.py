@@ -20,10 +20,9 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from service.errors import Unauthorized
 from workers.jobs import ApiKeyRecord
 from workers.store import JobStore
-
-from service.errors import Unauthorized
 
 KEY_PREFIX = "sct_"
 DEFAULT_TENANT = "default"
@@ -41,13 +40,15 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def create_key(store: JobStore, tenant: str, name: str | None = None, *, admin: bool = False
-               ) -> tuple[ApiKeyRecord, str]:
+def create_key(
+    store: JobStore, tenant: str, name: str | None = None, *, admin: bool = False
+) -> tuple[ApiKeyRecord, str]:
     """Create a key for `tenant` (an admin key also reads service-wide data); returns (record, plaintext). The
     plaintext is not stored anywhere."""
     if not TENANT_RE.match(tenant):
-        raise ValueError(f"tenant {tenant!r}: use 1-64 letters, digits, '.', '_' or '-' (starting with a letter or "
-                         "digit)")
+        raise ValueError(
+            f"tenant {tenant!r}: use 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit)"
+        )
     key_id = "key_" + secrets.token_hex(6)
     plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
     return store.create_api_key(key_id, tenant, hash_key(plaintext), name, admin=admin), plaintext

@@ -54,9 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from workers import redact
-
     from service.main import create_app
+    from workers import redact
 
     settings = engine_cli.load_settings(host=args.host, port=args.port)
     redact.configure_logging(settings.log_level)
@@ -64,8 +63,9 @@ def cmd_serve(args) -> int:
         print("secateurs: error: --workers must be >= 0", file=sys.stderr)
         return 2
     app = create_app(settings, workers=args.workers)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                timeout_graceful_shutdown=30)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), timeout_graceful_shutdown=30
+    )
     return 0
 
 
@@ -103,8 +103,17 @@ def cmd_keys_revoke(args) -> int:
 
 def cmd_keys_list(args) -> int:
     keys = _store().list_api_keys()
-    rows = [{"id": k.id, "tenant": k.tenant, "name": k.name, "created_at": k.created_at.isoformat(),
-             "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None, "admin": k.admin} for k in keys]
+    rows = [
+        {
+            "id": k.id,
+            "tenant": k.tenant,
+            "name": k.name,
+            "created_at": k.created_at.isoformat(),
+            "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+            "admin": k.admin,
+        }
+        for k in keys
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

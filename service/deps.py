@@ -8,12 +8,11 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from workers.settings import Settings
-
 from service.auth import DEFAULT_TENANT, KeyPresence, Principal, authenticate
 from service.errors import Forbidden
 from service.services.jobs import JobService
 from service.services.preflight import PreflightService
+from workers.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `secateurs keys create`.")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The same API key, as a header.")
@@ -63,8 +62,11 @@ Preflight = Annotated[PreflightService, Depends(get_preflight)]
 def admin(who: Who) -> Principal:
     """The caller, when an admin (an admin key, or anyone while the service has no keys); else 403."""
     if not who.admin:
-        raise Forbidden(f"API key {who.key_id} (tenant '{who.tenant}') is not an admin key; service-wide data needs "
-                        "one: secateurs keys create --tenant T --admin", field="authorization")
+        raise Forbidden(
+            f"API key {who.key_id} (tenant '{who.tenant}') is not an admin key; service-wide data needs "
+            "one: secateurs keys create --tenant T --admin",
+            field="authorization",
+        )
     return who
 
 

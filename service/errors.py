@@ -61,8 +61,14 @@ def status_of(exc: SecateursError) -> int:
 class ServiceError(SecateursError):
     """An error of the HTTP layer itself; may name several fields (`errors`) and add response headers."""
 
-    def __init__(self, message: str, *, field: str | None = None, errors: list[dict] | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        errors: list[dict] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message, field=field)
         self.errors = errors
         self.headers = headers
@@ -124,8 +130,15 @@ class InsufficientStorage(ServiceError):
 RETRY_AFTER_SECONDS = 5  # what a 503 for an unavailable job store suggests
 
 
-def problem(status: int, code: str, detail: str, *, instance: str | None = None, errors: list[dict] | None = None,
-            headers: dict[str, str] | None = None) -> JSONResponse:
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    errors: list[dict] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body = {
         "type": TYPE_PREFIX + code,
         "title": HTTPStatus(status).phrase,
@@ -153,8 +166,12 @@ def validation_errors(exc, prefix: str = "") -> list[dict]:
         loc = err.get("loc", ())
         if loc and loc[0] in ("body", "query", "path", "header"):
             loc = loc[1:]
-        out.append({"field": ".".join(filter(None, [prefix, field_path(loc)])) or "request",
-                    "message": err.get("msg", "invalid")})
+        out.append(
+            {
+                "field": ".".join(filter(None, [prefix, field_path(loc)])) or "request",
+                "message": err.get("msg", "invalid"),
+            }
+        )
     return out
 
 
@@ -166,8 +183,9 @@ def _allowed_methods(request: Request) -> list[str]:
     from starlette.routing import Match
 
     routes = request.app.router.routes
-    return [m for m in _METHODS
-            if any(route.matches({**request.scope, "method": m})[0] is Match.FULL for route in routes)]
+    return [
+        m for m in _METHODS if any(route.matches({**request.scope, "method": m})[0] is Match.FULL for route in routes)
+    ]
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -176,14 +194,25 @@ def install_handlers(app: FastAPI) -> None:
         log.error("job store unavailable on %s %s: %s", request.method, request.url.path, exc)
         # the reason (host, port, file) stays in the log: clients learn nothing about the deployment
         which = "artifact store" if isinstance(exc, ArtifactStoreUnavailable) else "job store"
-        return problem(status_of(exc), exc.code, f"the {which} is unavailable right now; nothing was saved, retry "
-                       "later", instance=request.url.path, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        return problem(
+            status_of(exc),
+            exc.code,
+            f"the {which} is unavailable right now; nothing was saved, retry later",
+            instance=request.url.path,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
 
     @app.exception_handler(SecateursError)
     async def _error(request: Request, exc: SecateursError):
         errors = getattr(exc, "errors", None)
-        return problem(status_of(exc), exc.code, exc.message, instance=request.url.path,
-                       errors=_field_errors(exc.field, exc.message, errors), headers=getattr(exc, "headers", None))
+        return problem(
+            status_of(exc),
+            exc.code,
+            exc.message,
+            instance=request.url.path,
+            errors=_field_errors(exc.field, exc.message, errors),
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):

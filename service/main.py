@@ -26,15 +26,14 @@ Submit with one `curl -F` line (`model`, `data`, `spec`), follow `GET /v1/jobs/{
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    from workers.artifacts import open_artifacts
-    from workers.dispatch import make_dispatcher
-    from workers.store import open_store
-    from workers.worker import sweep
-
     from service.auth import KeyPresence
     from service.prometheus import ServiceMetrics
     from service.services.jobs import JobService, prepare_data_dir
     from service.services.preflight import PreflightService
+    from workers.artifacts import open_artifacts
+    from workers.dispatch import make_dispatcher
+    from workers.store import open_store
+    from workers.worker import sweep
 
     settings: Settings = app.state.settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -45,7 +44,12 @@ async def lifespan(app: FastAPI):
     log.info("start-up: %s; interrupted jobs handled: %s", housekeeping, [(r.job_id, str(r.status)) for r in swept])
     dispatcher = make_dispatcher(settings, concurrency=app.state.workers)
     metrics = ServiceMetrics(store)
-    app.state.store, app.state.artifacts, app.state.dispatcher, app.state.metrics = store, artifacts, dispatcher, metrics
+    app.state.store, app.state.artifacts, app.state.dispatcher, app.state.metrics = (
+        store,
+        artifacts,
+        dispatcher,
+        metrics,
+    )
     app.state.jobs = JobService(settings, store, artifacts, dispatcher, metrics)
     app.state.preflight = PreflightService(settings, app.state.jobs)
     app.state.key_presence = KeyPresence(store, ttl=settings.auth_cache_seconds)
@@ -67,11 +71,18 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
     from service.routes import health, jobs, preflight
 
     settings = settings or get_settings()
-    app = FastAPI(title="Secateurs", version="1", description=DESCRIPTION, lifespan=lifespan,
-                  openapi_tags=[{"name": "jobs", "description": "Submit and follow compression jobs"},
-                                {"name": "preflight", "description": "What can be pruned, before any compute"},
-                                {"name": "schema", "description": "The JobSpec contract"},
-                                {"name": "health", "description": "Probes and metrics"}])
+    app = FastAPI(
+        title="Secateurs",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "jobs", "description": "Submit and follow compression jobs"},
+            {"name": "preflight", "description": "What can be pruned, before any compute"},
+            {"name": "schema", "description": "The JobSpec contract"},
+            {"name": "health", "description": "Probes and metrics"},
+        ],
+    )
     app.state.settings = settings
     app.state.workers = workers
     install_handlers(app)
@@ -92,8 +103,9 @@ def _add_jobspec_to_openapi(app: FastAPI) -> None:
     def openapi():
         if app.openapi_schema:
             return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes,
-                             tags=app.openapi_tags)
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes, tags=app.openapi_tags
+        )
         spec_schema = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         for name, definition in spec_schema.pop("$defs", {}).items():
@@ -111,8 +123,10 @@ def _validation_errors_are_problems(schema: dict) -> None:
     service answers every 422 as a problem (application/problem+json): say so."""
     from service.schemas import PROBLEM_RESPONSES
 
-    problem = {"description": PROBLEM_RESPONSES[422]["description"],
-               "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    problem = {
+        "description": PROBLEM_RESPONSES[422]["description"],
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
     for path in schema.get("paths", {}).values():
         for operation in path.values():
             responses = operation.get("responses", {}) if isinstance(operation, dict) else {}

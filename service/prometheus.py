@@ -23,8 +23,11 @@ class _StoreCollector:
             jobs.add_metric([str(status)], counts.get(status, 0))
         yield jobs
         yield GaugeMetricFamily("secateurs_queue_depth", "Jobs waiting for a worker", value=counts[JobStatus.QUEUED])
-        hist = HistogramMetricFamily("secateurs_job_duration_seconds",
-                                     "Wall time of finished job attempts (started to finished)", labels=["status"])
+        hist = HistogramMetricFamily(
+            "secateurs_job_duration_seconds",
+            "Wall time of finished job attempts (started to finished)",
+            labels=["status"],
+        )
         by_status: dict[JobStatus, list[float]] = {}
         for status, seconds in self.store.durations():
             by_status.setdefault(status, []).append(seconds)
@@ -46,7 +49,6 @@ class ServiceMetrics:
 
     def __init__(self, store: JobStore):
         self.registry = CollectorRegistry(auto_describe=False)
-        self.upload_bytes = Counter("secateurs_upload_bytes", "Bytes received in job uploads",
-                                    registry=self.registry)
+        self.upload_bytes = Counter("secateurs_upload_bytes", "Bytes received in job uploads", registry=self.registry)
         self.submits = Counter("secateurs_submits", "Job submissions by outcome", ["outcome"], registry=self.registry)
         self.registry.register(_StoreCollector(store))

@@ -26,10 +26,14 @@ class ArtifactRead(BaseModel):
 
 
 class ErrorRead(BaseModel):
-    code: str = Field(..., description="A stable code: model_rejected, data_error, spec_error, resource_limit, "
-                      "crashed, interrupted, cancelled, internal_error, ...")
-    type: str = Field(..., deprecated=True, description="The same value as `code` (its name before `code`); "
-                      "deprecated, use `code`.")
+    code: str = Field(
+        ...,
+        description="A stable code: model_rejected, data_error, spec_error, resource_limit, "
+        "crashed, interrupted, cancelled, internal_error, ...",
+    )
+    type: str = Field(
+        ..., deprecated=True, description="The same value as `code` (its name before `code`); deprecated, use `code`."
+    )
     message: str
     field: str | None = None
 
@@ -70,8 +74,7 @@ class JobRead(BaseModel):
     error: ErrorRead | None = None
     artifacts: list[ArtifactRead] = Field(default_factory=list)
     webhook_url: str | None = None
-    report: str | None = Field(None, description="URL of report.html, the job's report for people, once it "
-                                                "succeeded.")
+    report: str | None = Field(None, description="URL of report.html, the job's report for people, once it succeeded.")
     links: JobLinks
 
     @classmethod
@@ -79,15 +82,26 @@ class JobRead(BaseModel):
         url = f"{base_url}/v1/jobs/{job.id}"
         progress = job.progress
         return cls(
-            id=job.id, status=job.status, created_at=job.created_at, updated_at=job.updated_at,
-            started_at=job.started_at, finished_at=job.finished_at, attempts=job.attempts,
-            max_attempts=job.max_attempts, cancel_requested=job.cancel_requested, spec=JobSpec.model_validate(job.spec),
-            inputs={role: InputRead(filename=f.filename, bytes=f.bytes, sha256=f.sha256) for role, f in job.inputs.items()},
+            id=job.id,
+            status=job.status,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+            cancel_requested=job.cancel_requested,
+            spec=JobSpec.model_validate(job.spec),
+            inputs={
+                role: InputRead(filename=f.filename, bytes=f.bytes, sha256=f.sha256) for role, f in job.inputs.items()
+            },
             progress=ProgressRead.model_validate(progress) if progress else None,
             manifest=job.manifest,
             error=ErrorRead.model_validate(public_error(job.error)) if job.error else None,
-            artifacts=[ArtifactRead(name=a.name, bytes=a.bytes, sha256=a.sha256, url=f"{url}/artifacts/{a.name}")
-                       for a in job.artifacts],
+            artifacts=[
+                ArtifactRead(name=a.name, bytes=a.bytes, sha256=a.sha256, url=f"{url}/artifacts/{a.name}")
+                for a in job.artifacts
+            ],
             webhook_url=job.webhook_url,
             report=next((f"{url}/artifacts/{a.name}" for a in job.artifacts if a.name == REPORT_NAME), None),
             links=JobLinks(self=url, events=f"{url}/events", logs=f"{url}/logs", cancel=f"{url}/cancel"),
@@ -118,19 +132,33 @@ class PreflightLayer(BaseModel):
     layer_class: str = Field(..., alias="class")
     params: int
     nonzero: int
-    prunable_params: int = Field(..., description="Elements of its kernels that pruning may zero (under the "
-                                 "spec's layer selection).")
+    prunable_params: int = Field(
+        ..., description="Elements of its kernels that pruning may zero (under the spec's layer selection)."
+    )
     macs: int | None = Field(..., description="Multiply-accumulates per sample; null when a size is unknown.")
-    prunable: bool = Field(..., description="A prune step with the defaults (magnitude, scope global) prunes it, or "
-                           "a structured step can remove its units.")
-    reason: str | None = Field(None, description="Why it is not prunable (no kernel, custom layer, layer selection, "
-                               "spared by the global scope, ...).")
-    spared: str | None = Field(None, description="A global magnitude step leaves it dense (output or small layer), "
-                               "though it stays prunable by structured pruning.")
-    methods: list[str] = Field(..., description="Methods that can prune it: magnitude, threshold, n_m, block, "
-                               "structured.")
-    group: str | None = Field(None, description="The structured group it belongs to (as a producer or resliced "
-                              "with it): coupled layers are cut together.")
+    prunable: bool = Field(
+        ...,
+        description="A prune step with the defaults (magnitude, scope global) prunes it, or "
+        "a structured step can remove its units.",
+    )
+    reason: str | None = Field(
+        None,
+        description="Why it is not prunable (no kernel, custom layer, layer selection, "
+        "spared by the global scope, ...).",
+    )
+    spared: str | None = Field(
+        None,
+        description="A global magnitude step leaves it dense (output or small layer), "
+        "though it stays prunable by structured pruning.",
+    )
+    methods: list[str] = Field(
+        ..., description="Methods that can prune it: magnitude, threshold, n_m, block, structured."
+    )
+    group: str | None = Field(
+        None,
+        description="The structured group it belongs to (as a producer or resliced "
+        "with it): coupled layers are cut together.",
+    )
     structured_reason: str | None = Field(None, description="Why structured pruning removes none of its units.")
 
 
@@ -155,8 +183,9 @@ class PreflightTotals(BaseModel):
     effective_macs: int = Field(..., description="MACs counting only non-zero kernel weights.")
     unknown_macs: list[str]
     groups: int
-    size_bytes: int = Field(..., description="The weights stored densely (the .keras file adds its config and ~2 KiB "
-                            "per variable).")
+    size_bytes: int = Field(
+        ..., description="The weights stored densely (the .keras file adds its config and ~2 KiB per variable)."
+    )
     gzip_bytes: int = Field(..., description="Those bytes gzipped (level 6; sampled above 8 MiB).")
 
 

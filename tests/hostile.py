@@ -96,6 +96,7 @@ def write_zip(dst: Path, members: list[tuple[str, bytes]], compression: int = zi
                 zf.writestr(info, data)
     return dst
 
+
 def big_config_model(directory: Path) -> Path:
     """A model that passes inspection but whose config.json is about 9 MiB: a StringLookup with an inline
     vocabulary of a million words. Inspecting it takes some 100 MiB and a second or two."""
@@ -106,16 +107,23 @@ def big_config_model(directory: Path) -> Path:
         members = [(info.filename, zf.read(info)) for info in zf.infolist()]
     config = json.loads(dict(members)["config.json"])
     lookup = copy.deepcopy(config["config"]["layers"][-1])
-    lookup.update(class_name="StringLookup", name="lookup",
-                  config={"name": "lookup", "vocabulary": [f"{i:x}" for i in range(1_000_000)], "num_oov_indices": 1})
+    lookup.update(
+        class_name="StringLookup",
+        name="lookup",
+        config={"name": "lookup", "vocabulary": [f"{i:x}" for i in range(1_000_000)], "num_oov_indices": 1},
+    )
     config["config"]["layers"].append(lookup)
     members = [(n, json.dumps(config).encode() if n == "config.json" else d) for n, d in members]
     return write_zip(directory / "big_config.keras", members)
 
 
-
-def _keras_with_config(tmp_dir: Path, name: str, edit: Callable[[dict], None], with_lambda: bool = False,
-                       extra: list[tuple[str, bytes]] = ()) -> Path:
+def _keras_with_config(
+    tmp_dir: Path,
+    name: str,
+    edit: Callable[[dict], None],
+    with_lambda: bool = False,
+    extra: list[tuple[str, bytes]] = (),
+) -> Path:
     """Save a real model, edit its config.json as an attacker would, and zip it back up."""
     members = []
     for member, data in _saved_keras_members(with_lambda):
@@ -146,8 +154,14 @@ def _arm_lambdas(config: dict, canary: Path) -> None:
 
 def _function_layer(module: str, function: str, name: str, args: list, kwargs: dict) -> dict:
     """A 'layer' entry that is really a reference to a function, called by Keras with attacker-chosen args."""
-    return {"module": module, "class_name": "function", "config": function, "registered_name": function,
-            "name": name, "inbound_nodes": [{"args": args, "kwargs": kwargs}]}
+    return {
+        "module": module,
+        "class_name": "function",
+        "config": function,
+        "registered_name": function,
+        "name": name,
+        "inbound_nodes": [{"args": args, "kwargs": kwargs}],
+    }
 
 
 class _OpenCanary:
@@ -172,30 +186,38 @@ def keras_lambda(tmp_dir: Path, canary: Path) -> Path:
 
 def keras_builtins_exec(tmp_dir: Path, canary: Path) -> Path:
     """CVE-2025-1550 style: a 'layer' that is builtins.exec, called with attacker code as its input."""
+
     def edit(config):
         code = f"open({str(canary)!r}, 'w').close()"
         _layers(config).insert(1, _function_layer("builtins", "exec", "exec_layer", [code], {}))
+
     return _keras_with_config(tmp_dir, "builtins_exec.keras", edit)
 
 
 def keras_os_system(tmp_dir: Path, canary: Path) -> Path:
     """safe_mode bypass through a module outside keras: a 'layer' that is os.system running a shell command."""
+
     def edit(config):
         _layers(config).insert(1, _function_layer("os", "system", "shell", [f"touch '{canary}'"], {}))
+
     return _keras_with_config(tmp_dir, "os_system.keras", edit)
 
 
 def keras_foreign_module_class(tmp_dir: Path, canary: Path) -> Path:
     """A stock class name under a module of the attacker's choosing (import side effects, lookalike classes)."""
+
     def edit(config):
         _layers(config)[1]["module"] = "antigravity"  # importing it opens a web browser
+
     return _keras_with_config(tmp_dir, "foreign_module.keras", edit)
 
 
 def keras_registered_name(tmp_dir: Path, canary: Path) -> Path:
     """A stock layer whose registered_name points at a custom object registered by some installed package."""
+
     def edit(config):
         _layers(config)[1]["registered_name"] = "keras_hub>Dense"
+
     return _keras_with_config(tmp_dir, "registered_name.keras", edit)
 
 
@@ -205,32 +227,41 @@ def keras_get_file(tmp_dir: Path, canary: Path) -> Path:
     source.write_text("secret\n")
 
     def edit(config):
-        kwargs = {"fname": canary.name, "origin": source.resolve().as_uri(), "cache_dir": str(canary.parent),
-                  "cache_subdir": "."}
+        kwargs = {
+            "fname": canary.name,
+            "origin": source.resolve().as_uri(),
+            "cache_dir": str(canary.parent),
+            "cache_subdir": ".",
+        }
         _layers(config).insert(1, _function_layer("keras.utils", "get_file", "fetch", [], kwargs))
+
     return _keras_with_config(tmp_dir, "get_file.keras", edit)
 
 
 def keras_enable_unsafe_chain(tmp_dir: Path, canary: Path) -> Path:
     """CVE-2025-9906: call keras.config.enable_unsafe_deserialization from the config, then load a Lambda."""
+
     def edit(config):
         _arm_lambdas(config, canary)
-        _layers(config).insert(1, _function_layer("keras.config", "enable_unsafe_deserialization", "unlock",
-                                                  [], {}))
+        _layers(config).insert(1, _function_layer("keras.config", "enable_unsafe_deserialization", "unlock", [], {}))
+
     return _keras_with_config(tmp_dir, "unsafe_chain.keras", edit, with_lambda=True)
 
 
 def keras_tfsm_layer(tmp_dir: Path, canary: Path) -> Path:
     """A TFSMLayer: loads (and runs) a SavedModel from a path on the server."""
+
     def edit(config):
         layer = _layers(config)[1]
         layer["class_name"] = "TFSMLayer"
         layer["config"] = {"name": "dense", "filepath": str(tmp_dir / "saved_model"), "call_endpoint": "serve"}
+
     return _keras_with_config(tmp_dir, "tfsm.keras", edit)
 
 
 def keras_vocabulary_file(tmp_dir: Path, canary: Path) -> Path:
     """A StringLookup whose vocabulary is a file on the server (reads server files into the model)."""
+
     def edit(config):
         layers = _layers(config)
         lookup = copy.deepcopy(layers[1])
@@ -238,24 +269,29 @@ def keras_vocabulary_file(tmp_dir: Path, canary: Path) -> Path:
         lookup["config"] = {"name": "lookup", "vocabulary": "/etc/passwd", "num_oov_indices": 1}
         lookup["name"] = "lookup"
         layers.insert(1, lookup)
+
     return _keras_with_config(tmp_dir, "vocabulary_file.keras", edit)
 
 
 def keras_unknown_custom_object(tmp_dir: Path, canary: Path) -> Path:
     """A custom layer class from the attacker's own package."""
+
     def edit(config):
         layer = _layers(config)[1]
         layer.update(module="evil_layers", class_name="Backdoor", registered_name="evil>Backdoor")
+
     return _keras_with_config(tmp_dir, "custom_object.keras", edit)
 
 
 def keras_huge_layer_config(tmp_dir: Path, canary: Path) -> Path:
     """A Dense layer whose config declares a 2**20 x 2**20 kernel: Keras allocates it while building the model,
     before it ever compares with the (small) weights file."""
+
     def edit(config):
         layer = _layers(config)[1]
         layer["config"]["units"] = 2**20
         layer["build_config"] = {"input_shape": [None, 2**20]}
+
     return _keras_with_config(tmp_dir, "huge_layer.keras", edit)
 
 
@@ -329,16 +365,20 @@ def keras_escaped_quotes_config(tmp_dir: Path, canary: Path) -> Path:
     pattern that retries from every quote scans the rest of the text each time, quadratic time (48 s)."""
     members = [(n, d) for n, d in _saved_keras_members() if n != "config.json"]
     config = b'"' + b'\\"' * 64_000
-    return write_zip(Path(tmp_dir) / "escaped_quotes.keras", [("config.json", config)] + members,
-                     compression=zipfile.ZIP_DEFLATED)
+    return write_zip(
+        Path(tmp_dir) / "escaped_quotes.keras", [("config.json", config)] + members, compression=zipfile.ZIP_DEFLATED
+    )
 
 
 def keras_escaped_quotes_metadata(tmp_dir: Path, canary: Path) -> Path:
     """The same unterminated string of escaped quotes (32,000 of them) in metadata.json (12 s)."""
     members = [(n, d) for n, d in _saved_keras_members() if n != "metadata.json"]
     metadata = b'"' + b'\\"' * 32_000
-    return write_zip(Path(tmp_dir) / "escaped_quotes_metadata.keras", members + [("metadata.json", metadata)],
-                     compression=zipfile.ZIP_DEFLATED)
+    return write_zip(
+        Path(tmp_dir) / "escaped_quotes_metadata.keras",
+        members + [("metadata.json", metadata)],
+        compression=zipfile.ZIP_DEFLATED,
+    )
 
 
 def _keras_with_weights(tmp_dir: Path, name: str, edit: Callable[[h5py.File], None]) -> Path:
@@ -366,10 +406,12 @@ def keras_weights_link_maze(tmp_dir: Path, canary: Path, depth: int = 100_000, l
     """A valid model whose weights also hold a group hard-linked to itself and soft links whose targets walk that
     cycle `depth` levels deep (~500 KB each): following the targets costs one object open per level (180 s per
     inspection), and every target resolves inside the file."""
+
     def edit(f):
         _self_linked_group(f)
         for i in range(links):
             f[f"maze_{i}"] = h5py.SoftLink("/" + LOOP + "/loop" * depth)
+
     return _keras_with_weights(tmp_dir, "link_maze.keras", edit)
 
 
@@ -586,30 +628,38 @@ MODEL_ATTACKS: dict[str, Hostile] = {
     "keras_foreign_module_class": Hostile(keras_foreign_module_class, ModelRejected, "module 'antigravity'"),
     "keras_registered_name": Hostile(keras_registered_name, ModelRejected, "registered_name 'keras_hub>Dense'"),
     "keras_get_file": Hostile(keras_get_file, ModelRejected, "'keras.utils.get_file'"),
-    "keras_enable_unsafe_chain": Hostile(keras_enable_unsafe_chain, ModelRejected,
-                                         "'keras.config.enable_unsafe_deserialization'"),
+    "keras_enable_unsafe_chain": Hostile(
+        keras_enable_unsafe_chain, ModelRejected, "'keras.config.enable_unsafe_deserialization'"
+    ),
     "keras_tfsm_layer": Hostile(keras_tfsm_layer, ModelRejected, "layer 'dense' (TFSMLayer) is not allowed"),
     "keras_vocabulary_file": Hostile(keras_vocabulary_file, ModelRejected, "layer 'lookup' (StringLookup)"),
-    "keras_unknown_custom_object": Hostile(keras_unknown_custom_object, ModelRejected,
-                                           "layer 'dense' (Backdoor) is not allowed"),
-    "keras_huge_layer_config": Hostile(keras_huge_layer_config, ModelRejected,
-                                       "layer 'dense' (Dense): the config declares a 1099511627776-element weight"),
+    "keras_unknown_custom_object": Hostile(
+        keras_unknown_custom_object, ModelRejected, "layer 'dense' (Backdoor) is not allowed"
+    ),
+    "keras_huge_layer_config": Hostile(
+        keras_huge_layer_config,
+        ModelRejected,
+        "layer 'dense' (Dense): the config declares a 1099511627776-element weight",
+    ),
     "keras_deep_config": Hostile(keras_deep_config, ModelRejected, "max_json_depth"),
     "keras_zip_bomb": Hostile(keras_zip_bomb, ModelRejected, "member 'model.weights.h5' has compression ratio"),
     "keras_parent_path_member": Hostile(keras_parent_path_member, ModelRejected, "a '..' component"),
     "keras_absolute_member": Hostile(keras_absolute_member, ModelRejected, "an absolute path"),
     "keras_pickle_member": Hostile(keras_pickle_member, ModelRejected, "unexpected member 'model.pkl'"),
-    "keras_duplicate_config": Hostile(keras_duplicate_config, ModelRejected,
-                                      "member 'config.json' appears more than once"),
-    "keras_weights_external_link": Hostile(keras_weights_external_link, ModelRejected,
-                                           "'/layers/dense/vars' is an external link"),
-    "keras_escaped_quotes_config": Hostile(keras_escaped_quotes_config, ModelRejected,
-                                           "config.json is not valid JSON"),
-    "keras_escaped_quotes_metadata": Hostile(keras_escaped_quotes_metadata, ModelRejected,
-                                             "metadata.json is not valid JSON"),
+    "keras_duplicate_config": Hostile(
+        keras_duplicate_config, ModelRejected, "member 'config.json' appears more than once"
+    ),
+    "keras_weights_external_link": Hostile(
+        keras_weights_external_link, ModelRejected, "'/layers/dense/vars' is an external link"
+    ),
+    "keras_escaped_quotes_config": Hostile(keras_escaped_quotes_config, ModelRejected, "config.json is not valid JSON"),
+    "keras_escaped_quotes_metadata": Hostile(
+        keras_escaped_quotes_metadata, ModelRejected, "metadata.json is not valid JSON"
+    ),
     "keras_weights_link_maze": Hostile(keras_weights_link_maze, ModelRejected, "HDF5 soft link '/maze_0'"),
-    "keras_weights_self_linked_group": Hostile(keras_weights_self_linked_group, ModelRejected,
-                                               f"'/{LOOP}/loop' is a second hard link to '/{LOOP}'"),
+    "keras_weights_self_linked_group": Hostile(
+        keras_weights_self_linked_group, ModelRejected, f"'/{LOOP}/loop' is a second hard link to '/{LOOP}'"
+    ),
     "h5_lambda": Hostile(h5_lambda, ModelRejected, "layer 'lambda_1' (Lambda) is not allowed"),
     "h5_training_config_function": Hostile(h5_training_config_function, ModelRejected, "'os.system'"),
     "h5_oversized_tensor": Hostile(h5_oversized_tensor, ModelRejected, f"'/{KERNEL}' declares shape"),
@@ -617,10 +667,12 @@ MODEL_ATTACKS: dict[str, Hostile] = {
     "h5_external_storage": Hostile(h5_external_storage, ModelRejected, f"'/{KERNEL}' uses external storage"),
     "h5_virtual_dataset": Hostile(h5_virtual_dataset, ModelRejected, f"'/{KERNEL}' is a virtual dataset"),
     "h5_soft_link_outside": Hostile(h5_soft_link_outside, ModelRejected, f"soft link '/{KERNEL}'"),
-    "h5_self_linked_group": Hostile(h5_self_linked_group, ModelRejected,
-                                    "'/model_weights/dense/loop/loop' is a second hard link"),
-    "h5_long_soft_link": Hostile(h5_long_soft_link, ModelRejected,
-                                 "HDF5 soft link '/model_weights/alias' (to a 1200015-byte target"),
+    "h5_self_linked_group": Hostile(
+        h5_self_linked_group, ModelRejected, "'/model_weights/dense/loop/loop' is a second hard link"
+    ),
+    "h5_long_soft_link": Hostile(
+        h5_long_soft_link, ModelRejected, "HDF5 soft link '/model_weights/alias' (to a 1200015-byte target"
+    ),
     "pickle_model": Hostile(pickle_model, UnsupportedFile, "a Python pickle"),
     "saved_model_dir": Hostile(saved_model_dir, UnsupportedFile, "a directory (a TensorFlow SavedModel?)"),
     "tflite_model": Hostile(tflite_model, UnsupportedFile, "a TensorFlow Lite flatbuffer"),

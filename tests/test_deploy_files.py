@@ -96,7 +96,7 @@ def settings_field(env_name: str):
     if not env_name.upper().startswith(PREFIX):
         return None
     model: type[BaseModel] = Settings
-    parts = env_name[len(PREFIX):].lower().split("__")
+    parts = env_name[len(PREFIX) :].lower().split("__")
     for i, part in enumerate(parts):
         field = model.model_fields.get(part)
         if field is None:
@@ -114,8 +114,13 @@ def test_settings_name_resolution_rejects_unknown_names():
     # The checks below are only as good as this resolver: it must say no to names that are not fields.
     assert settings_field("SECATEURS_DATA_DIR") is Settings.model_fields["data_dir"]
     assert settings_field("SECATEURS_WORKER__DISPATCHER") is not None
-    for bad in ("SECATEURS_NOPE", "SECATEURS_WORKER__NOPE", "SECATEURS_DATA_DIR__X",
-                "SECATEURS_WORKER_DISPATCHER", "OTHER_DATA_DIR"):
+    for bad in (
+        "SECATEURS_NOPE",
+        "SECATEURS_WORKER__NOPE",
+        "SECATEURS_DATA_DIR__X",
+        "SECATEURS_WORKER_DISPATCHER",
+        "OTHER_DATA_DIR",
+    ):
         assert settings_field(bad) is None, bad
 
 
@@ -124,6 +129,7 @@ _INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-
 
 def interpolate(value: str, shell_env: dict[str, str]) -> str:
     """Compose's ${VAR}, ${VAR:-default}, ${VAR:?error} against `shell_env`; a required unset variable fails."""
+
     def substitute(m: re.Match) -> str:
         name, op, arg = m["name"], m["op"], m["arg"]
         if name in shell_env:
@@ -132,6 +138,7 @@ def interpolate(value: str, shell_env: dict[str, str]) -> str:
             return arg
         assert not (op and op.endswith("?")), f"${{{name}}} is required: {arg}"
         return ""
+
     return _INTERPOLATION.sub(substitute, value)
 
 
@@ -150,8 +157,9 @@ def test_dockerfile_base_image_is_python_3_11(dockerfile):
     assert images, "no FROM"
     for args in images:
         image = args.split()[0] if not args.startswith("--") else args.split()[1]
-        assert re.fullmatch(r"(docker\.io/(library/)?)?python:3\.11([.\d]*)(-[\w.-]+)?(@sha256:[0-9a-f]{64})?",
-                            image), f"base image {image!r} is not Python 3.11"
+        assert re.fullmatch(
+            r"(docker\.io/(library/)?)?python:3\.11([.\d]*)(-[\w.-]+)?(@sha256:[0-9a-f]{64})?", image
+        ), f"base image {image!r} is not Python 3.11"
 
 
 def test_dockerfile_runs_as_a_non_root_user_it_creates(dockerfile):
@@ -238,8 +246,14 @@ def dockerignored(path: str) -> bool:
 
 
 def test_dockerignore_keeps_secrets_environments_and_local_data_out_of_the_build_context():
-    for path in (".git/config", ".venv/bin/python", ".env", ".secateurs/jobs.db", "workers/__pycache__/x.pyc",
-                 "tests/conftest.py"):
+    for path in (
+        ".git/config",
+        ".venv/bin/python",
+        ".env",
+        ".secateurs/jobs.db",
+        "workers/__pycache__/x.pyc",
+        "tests/conftest.py",
+    ):
         assert dockerignored(path), f"{path} would be sent to the Docker daemon"
     for path in ("pyproject.toml", "README.md", "workers/cli.py", "workers/engine/pipeline.py"):
         assert not dockerignored(path), f"{path} is needed by the build"
@@ -272,8 +286,9 @@ def test_compose_depends_on_targets_exist_and_health_conditions_have_a_healthche
             if condition == "service_healthy":
                 check = services[target].get("healthcheck") or {}
                 built_here = bool(services[target].get("build")) and instruction_args(dockerfile, "HEALTHCHECK")
-                assert (check.get("test") and not check.get("disable")) or built_here, \
+                assert (check.get("test") and not check.get("disable")) or built_here, (
                     f"{name} waits for {target} to be healthy, but {target} has no healthcheck"
+                )
 
 
 def test_every_secateurs_variable_in_compose_is_a_settings_field(compose):
@@ -395,11 +410,13 @@ def _ports(service: dict) -> list[tuple[str | None, int | None, int]]:
     out = []
     for port in service.get("ports") or []:
         if isinstance(port, dict):
-            out.append((port.get("host_ip"), int(port["published"]) if port.get("published") else None,
-                        int(port["target"])))
+            out.append(
+                (port.get("host_ip"), int(port["published"]) if port.get("published") else None, int(port["target"]))
+            )
             continue
-        m = re.fullmatch(r"(?:(?P<ip>[\d.]+|\[[0-9a-fA-F:]+\]):)?(?:(?P<host>\d+):)?(?P<target>\d+)(?:/(tcp|udp))?",
-                         str(port))
+        m = re.fullmatch(
+            r"(?:(?P<ip>[\d.]+|\[[0-9a-fA-F:]+\]):)?(?:(?P<host>\d+):)?(?P<target>\d+)(?:/(tcp|udp))?", str(port)
+        )
         assert m, f"port {port!r} is malformed"
         out.append((m["ip"], int(m["host"]) if m["host"] else None, int(m["target"])))
     return out

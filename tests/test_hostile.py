@@ -60,9 +60,16 @@ LIVENESS = textwrap.dedent("""
 
 def test_hostile_payloads_are_live_when_loaded_unsafely(tmp_path):
     """The canaries are real: loading without our inspection (unsafe) fires each one."""
-    cases = {"keras_lambda": "load_unsafe", "h5_lambda": "load_unsafe", "keras_duplicate_config": "load_unsafe",
-             "keras_builtins_exec": "call_references", "keras_os_system": "call_references",
-             "keras_get_file": "call_references", "npz_object_array": "unpickle", "pickle_model": "unpickle"}
+    cases = {
+        "keras_lambda": "load_unsafe",
+        "h5_lambda": "load_unsafe",
+        "keras_duplicate_config": "load_unsafe",
+        "keras_builtins_exec": "call_references",
+        "keras_os_system": "call_references",
+        "keras_get_file": "call_references",
+        "npz_object_array": "unpickle",
+        "pickle_model": "unpickle",
+    }
     tasks = []
     for name, kind in cases.items():
         d = tmp_path / name
@@ -77,7 +84,13 @@ def test_hostile_payloads_are_live_when_loaded_unsafely(tmp_path):
     HOSTILE["keras_lambda"].generate(d, d / "canary" / "CANARY")
     tasks.append(("unlock_then_load", str(chain), str(d / "canary" / "CANARY")))
 
-    out = subprocess.run([sys.executable, "-c", LIVENESS, json.dumps(tasks)], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    out = subprocess.run(
+        [sys.executable, "-c", LIVENESS, json.dumps(tasks)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     fired = json.loads(out.stdout.strip().splitlines()[-1])
     assert fired == {path: True for _, path, _ in tasks}, out.stderr[-2000:]

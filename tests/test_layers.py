@@ -49,7 +49,8 @@ def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, k
 def _is_type_checking(node: ast.AST) -> bool:
     test = node.test if isinstance(node, ast.If) else None
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(tree: ast.AST, *, with_typing: bool) -> list[ast.Import | ast.ImportFrom]:
@@ -100,6 +101,9 @@ def test_there_is_no_import_cycle_among_workers_and_service_modules():
 
 
 def test_workers_never_imports_service():
-    wrong = {name: sorted(t for t in targets if t.split(".")[0] == "service")
-             for name, targets in import_graph(with_typing=True).items() if name.split(".")[0] == "workers"}
+    wrong = {
+        name: sorted(t for t in targets if t.split(".")[0] == "service")
+        for name, targets in import_graph(with_typing=True).items()
+        if name.split(".")[0] == "workers"
+    }
     assert {name: targets for name, targets in wrong.items() if targets} == {}

@@ -148,16 +148,20 @@ def run_job_task(task, job_id: str) -> str | None:
             state.store = open_store(settings.store_url, echo=settings.store.echo)
         if state.artifacts is None:
             state.artifacts = open_artifacts(settings)
-        ctx = RunContext(settings=settings, store=state.store, artifacts=state.artifacts,
-                         worker_id=worker_identity(task.app.secateurs_worker_name), stop=_shutdown_event(),
-                         alive=lambda: os.getppid() == state.parent_pid)
+        ctx = RunContext(
+            settings=settings,
+            store=state.store,
+            artifacts=state.artifacts,
+            worker_id=worker_identity(task.app.secateurs_worker_name),
+            stop=_shutdown_event(),
+            alive=lambda: os.getppid() == state.parent_pid,
+        )
         status = run_job(job_id, ctx)
     except Exception as e:
         # The store or the artifact store failed (unreachable, ...): the job may still be queued, and acking the
         # message would strand it. Back to the queue after a pause; if the job was claimed meanwhile, the copy
         # finds it running and does nothing (the sweep takes care of a claimed job whose attempt broke off).
-        log.exception("job %s: could not be run; its message goes back to the queue in %.0f s", job_id,
-                      REQUEUE_PAUSE_S)
+        log.exception("job %s: could not be run; its message goes back to the queue in %.0f s", job_id, REQUEUE_PAUSE_S)
         time.sleep(REQUEUE_PAUSE_S)
         raise Reject(f"job {job_id}: {type(e).__name__}: {e}", requeue=True) from e
     if status is None and ctx.should_stop():
@@ -196,11 +200,9 @@ def _on_process_shutdown(**_kw) -> None:
 def _connect_worker_signals() -> None:
     from celery import signals
 
-    signals.worker_process_shutdown.connect(_on_process_shutdown, weak=False,
-                                            dispatch_uid="secateurs.process_shutdown")
+    signals.worker_process_shutdown.connect(_on_process_shutdown, weak=False, dispatch_uid="secateurs.process_shutdown")
     signals.worker_init.connect(_on_worker_init, weak=False, dispatch_uid="secateurs.worker_init")
-    signals.worker_shutting_down.connect(_on_worker_shutting_down, weak=False,
-                                         dispatch_uid="secateurs.shutting_down")
+    signals.worker_shutting_down.connect(_on_worker_shutting_down, weak=False, dispatch_uid="secateurs.shutting_down")
 
 
 # -- entry points ------------------------------------------------------------------------------------------------

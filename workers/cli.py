@@ -67,8 +67,8 @@ def cmd_compress(args) -> int:
     from workers.console import ProgressDisplay, import_tensorflow_quietly, print_summary
 
     import_tensorflow_quietly()
-    from workers.errors import Cancelled, EngineError
     from workers.engine.pipeline import compress
+    from workers.errors import Cancelled, EngineError
 
     display = ProgressDisplay(enabled=not args.quiet, total_epochs=spec.total_epochs)
     try:
@@ -156,8 +156,11 @@ def build_parser(*more: Callable[[argparse._SubParsersAction], None]) -> argpars
     p.add_argument("--json", action="store_true", help="print the whole answer as JSON instead of tables")
     p.set_defaults(func=cmd_preflight)
 
-    p = sub.add_parser("worker", help="run one worker process that pulls jobs from the store (a Celery "
-                       "worker with worker.concurrency processes when worker.dispatcher is celery)")
+    p = sub.add_parser(
+        "worker",
+        help="run one worker process that pulls jobs from the store (a Celery "
+        "worker with worker.concurrency processes when worker.dispatcher is celery)",
+    )
     p.add_argument("--name", default="worker", help="a name for logs and the job's worker id")
     p.set_defaults(func=cmd_worker)
 

@@ -36,11 +36,24 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 _CHUNK = 1 << 20
 
-__all__ = ["ApiError", "ChecksumMismatch", "Client", "ClientError", "DEFAULT_URL", "Event", "Job", "JobNotFinished",
-           "RetryPolicy", "ServerUnreachable", "TERMINAL", "WaitTimeout"]
+__all__ = [
+    "ApiError",
+    "ChecksumMismatch",
+    "Client",
+    "ClientError",
+    "DEFAULT_URL",
+    "Event",
+    "Job",
+    "JobNotFinished",
+    "RetryPolicy",
+    "ServerUnreachable",
+    "TERMINAL",
+    "WaitTimeout",
+]
 
 
 # -- errors ----------------------------------------------------------------------------------------------------------
+
 
 class ClientError(Exception):
     """Root of the client's errors."""
@@ -84,6 +97,7 @@ class ChecksumMismatch(ClientError):
 
 
 # -- values ----------------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -203,8 +217,15 @@ def _safe_name(name: str) -> bool:
 class Client:
     """Talks to one Secateurs server. Use as a context manager, or call `close()`."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None, *, timeout: float = 60.0,
-                 retry: RetryPolicy | None = None, transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        *,
+        timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ):
         base_url = base_url.rstrip("/")
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"the server URL must start with http:// or https://, not {base_url!r}")
@@ -213,8 +234,9 @@ class Client:
             headers["Authorization"] = f"Bearer {api_key}"
         self.base_url = base_url
         self.retry = retry or RetryPolicy()
-        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0),
-                                  transport=transport)
+        self._http = httpx.Client(
+            base_url=base_url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0), transport=transport
+        )
 
     def __enter__(self) -> Client:
         return self
@@ -227,8 +249,16 @@ class Client:
 
     # -- one request, retried ------------------------------------------------------------------------------------
 
-    def _send(self, method: str, path: str, *, replay_safe: bool, stream: bool = False,
-              files: Callable[[ExitStack], dict] | None = None, **kw) -> httpx.Response:
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        replay_safe: bool,
+        stream: bool = False,
+        files: Callable[[ExitStack], dict] | None = None,
+        **kw,
+    ) -> httpx.Response:
         """Send with retries; returns a 2xx/3xx response (open when `stream`), raises ApiError / ServerUnreachable.
 
         503 and 429 are always retried (the server changed nothing). A connection that failed before the request
@@ -243,8 +273,9 @@ class Client:
                     resp = self._http.send(self._http.build_request(method, path, **kw, **extra), stream=stream)
                 except httpx.TransportError as e:
                     if last or not (replay_safe or isinstance(e, _CONNECT_ERRORS)):
-                        raise ServerUnreachable(f"{method} {self.base_url}{path}: {type(e).__name__}: "
-                                                f"{e or 'no answer'}") from e
+                        raise ServerUnreachable(
+                            f"{method} {self.base_url}{path}: {type(e).__name__}: {e or 'no answer'}"
+                        ) from e
                     time.sleep(policy.pause(attempt))
                     continue
             if resp.status_code < 400:
@@ -263,8 +294,14 @@ class Client:
 
     # -- jobs ----------------------------------------------------------------------------------------------------
 
-    def submit(self, model: str | os.PathLike, data: str | os.PathLike | None, spec, webhook_url: str | None = None,
-               idempotency_key: str | None = None) -> Job:
+    def submit(
+        self,
+        model: str | os.PathLike,
+        data: str | os.PathLike | None,
+        spec,
+        webhook_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
         """Upload a model, an optional dataset and a spec; answers the queued job. Retries reuse one
         Idempotency-Key, so a retried submit never creates a second job."""
         model, data = Path(model), (Path(data) if data is not None else None)
@@ -279,8 +316,9 @@ class Client:
                 out["data"] = (data.name, stack.enter_context(open(data, "rb")), "application/octet-stream")
             return {"files": out}
 
-        resp = self._send("POST", "/v1/jobs", replay_safe=True, files=files, data=fields,
-                          headers={"Idempotency-Key": key})
+        resp = self._send(
+            "POST", "/v1/jobs", replay_safe=True, files=files, data=fields, headers={"Idempotency-Key": key}
+        )
         return Job(self, resp.json())
 
     def get(self, job_id: str, wait: float = 0) -> Job:
@@ -296,8 +334,9 @@ class Client:
         cursor = None
         while limit is None or len(out) < limit:
             page_size = 200 if limit is None else min(200, limit - len(out))
-            params = [("limit", page_size)] + [("status", s) for s in statuses] + ([("cursor", cursor)] if cursor
-                                                                                   else [])
+            params = (
+                [("limit", page_size)] + [("status", s) for s in statuses] + ([("cursor", cursor)] if cursor else [])
+            )
             page = self._json("GET", "/v1/jobs", params=params)
             out += [Job(self, d) for d in page["items"]]
             cursor = page.get("next_cursor")
@@ -319,15 +358,17 @@ class Client:
         fields = {"spec": _spec_text(spec)} if spec is not None else {}
 
         def files(stack: ExitStack) -> dict:
-            return {"files": {"model": (model.name, stack.enter_context(open(model, "rb")),
-                                        "application/octet-stream")}}
+            return {
+                "files": {"model": (model.name, stack.enter_context(open(model, "rb")), "application/octet-stream")}
+            }
 
         return self._json("POST", "/v1/preflight", files=files, data=fields)
 
     # -- waiting -------------------------------------------------------------------------------------------------
 
-    def wait(self, job: str | Job, timeout: float | None = None,
-             on_event: Callable[[Event], None] | None = None) -> Job:
+    def wait(
+        self, job: str | Job, timeout: float | None = None, on_event: Callable[[Event], None] | None = None
+    ) -> Job:
         """Follow the job's event stream (SSE) until it ends; answers the final job document. A dropped stream is
         resumed where it stopped. WaitTimeout after `timeout` seconds (None: no limit; a quiet job is noticed at the
         server's next keep-alive, at most 15 s late)."""
@@ -352,8 +393,11 @@ class Client:
                     raise WaitTimeout(job_id, status, timeout) from None
                 drops += 1
                 if drops >= self.retry.attempts:
-                    raise e if isinstance(e, ServerUnreachable) else ServerUnreachable(
-                        f"the event stream of {job_id} keeps failing: {type(e).__name__}: {e}") from e
+                    raise (
+                        e
+                        if isinstance(e, ServerUnreachable)
+                        else ServerUnreachable(f"the event stream of {job_id} keeps failing: {type(e).__name__}: {e}")
+                    ) from e
                 time.sleep(self.retry.pause(drops))
                 continue
             current = self.get(job_id)
@@ -370,9 +414,15 @@ class Client:
         that stays quiet past the deadline still ends the wait on time."""
         # the server pings every 15 s: a read timeout of 45 s means the connection is gone
         read = 45.0 if deadline is None else max(0.5, min(45.0, deadline - time.monotonic() + 0.5))
-        resp = self._send("GET", f"/v1/jobs/{quote(job_id, safe='')}/events", replay_safe=True, stream=True,
-                          params={"after": after}, headers={"Accept": "text/event-stream"},
-                          timeout=httpx.Timeout(self._http.timeout.connect or 10.0, read=read))
+        resp = self._send(
+            "GET",
+            f"/v1/jobs/{quote(job_id, safe='')}/events",
+            replay_safe=True,
+            stream=True,
+            params={"after": after},
+            headers={"Accept": "text/event-stream"},
+            timeout=httpx.Timeout(self._http.timeout.connect or 10.0, read=read),
+        )
         kind, data, last_id = "message", [], None
         try:
             for line in resp.iter_lines():

@@ -44,6 +44,7 @@ def _err(message: str) -> None:
 
 # -- argument types --------------------------------------------------------------------------------------------------
 
+
 def _number(low: float, high: float | None = None, *, open_low: bool = False):
     def parse(text: str) -> float:
         try:
@@ -54,12 +55,12 @@ def _number(low: float, high: float | None = None, *, open_low: bool = False):
             bound = f"{'>' if open_low else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
             raise argparse.ArgumentTypeError(f"must be a number {bound}, not {text}")
         return v
+
     return parse
 
 
 def _add_connection(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", help="the service's URL (default: the job file's, SECATEURS_URL, "
-                                    "http://127.0.0.1:8000)")
+    p.add_argument("--server", help="the service's URL (default: the job file's, SECATEURS_URL, http://127.0.0.1:8000)")
     p.add_argument("--api-key", help="API key (default: SECATEURS_API_KEY)")
 
 
@@ -70,15 +71,30 @@ def _add_job(p: argparse.ArgumentParser) -> None:
 
 def _add_wait(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="download every artifact of the finished job here (sha256 checked)")
-    p.add_argument("--timeout", type=_number(0, open_low=True), help="give up waiting after this many seconds "
-                   "(exit 4; the job keeps running)")
-    p.add_argument("--max-accuracy-drop", type=_number(0, 1), metavar="X",
-                   help="gate: accuracy-like held-out metrics fall by at most X (absolute: 0.01 = 1 point)")
+    p.add_argument(
+        "--timeout",
+        type=_number(0, open_low=True),
+        help="give up waiting after this many seconds (exit 4; the job keeps running)",
+    )
+    p.add_argument(
+        "--max-accuracy-drop",
+        type=_number(0, 1),
+        metavar="X",
+        help="gate: accuracy-like held-out metrics fall by at most X (absolute: 0.01 = 1 point)",
+    )
     p.add_argument("--min-sparsity", type=_number(0, 1), metavar="S", help="gate: sparsity after >= S")
-    p.add_argument("--max-size-ratio", type=_number(0, open_low=True), metavar="R",
-                   help="gate: gzipped .keras size after / before <= R")
-    p.add_argument("--min-speedup", type=_number(0, open_low=True), metavar="F",
-                   help="gate: median CPU latency improves >= F times, beyond the measurement spread")
+    p.add_argument(
+        "--max-size-ratio",
+        type=_number(0, open_low=True),
+        metavar="R",
+        help="gate: gzipped .keras size after / before <= R",
+    )
+    p.add_argument(
+        "--min-speedup",
+        type=_number(0, open_low=True),
+        metavar="F",
+        help="gate: median CPU latency improves >= F times, beyond the measurement spread",
+    )
 
 
 def register(subparsers) -> None:
@@ -86,9 +102,13 @@ def register(subparsers) -> None:
     p.add_argument("model", help="a .keras or legacy .h5 model file")
     p.add_argument("--data", help=".npz with x_train, y_train and optional x_val, y_val")
     p.add_argument("--spec", help="job spec JSON file (see `secateurs schema`); required unless --budget")
-    p.add_argument("--budget", type=_number(0, open_low=True), metavar="DROP",
-                   help="search the most compressed model within DROP of the original's held-out metric: submits "
-                        "a budget step (with --spec, the spec's other settings are kept) and gates on it")
+    p.add_argument(
+        "--budget",
+        type=_number(0, open_low=True),
+        metavar="DROP",
+        help="search the most compressed model within DROP of the original's held-out metric: submits "
+        "a budget step (with --spec, the spec's other settings are kept) and gates on it",
+    )
     p.add_argument("--webhook-url", help="POSTed a signed JSON event when the job ends")
     p.add_argument("--wait", action="store_true", help="wait until the job ends, then download (--out) and gate")
     p.add_argument("--job-file", help="write the job id and URL (JSON) here, for a later `secateurs wait`")
@@ -96,10 +116,12 @@ def register(subparsers) -> None:
     _add_wait(p)
     p.set_defaults(func=_guarded(cmd_submit))
 
-    for name, func, helptext in (("status", cmd_status, "show a job's status"),
-                                 ("wait", cmd_wait, "wait for a job to end, then download (--out) and gate"),
-                                 ("download", cmd_download, "download a finished job's artifacts (sha256 checked)"),
-                                 ("cancel", cmd_cancel, "cancel a job")):
+    for name, func, helptext in (
+        ("status", cmd_status, "show a job's status"),
+        ("wait", cmd_wait, "wait for a job to end, then download (--out) and gate"),
+        ("download", cmd_download, "download a finished job's artifacts (sha256 checked)"),
+        ("cancel", cmd_cancel, "cancel a job"),
+    ):
         p = subparsers.add_parser(name, help=helptext)
         _add_job(p)
         _add_connection(p)
@@ -114,11 +136,19 @@ def register(subparsers) -> None:
 
 # -- plumbing --------------------------------------------------------------------------------------------------------
 
+
 def _guarded(cmd):
     """Runs a command; every client error becomes its exit code and one line on stderr."""
+
     def run(args) -> int:
-        from workers.client import ApiError, ChecksumMismatch, ClientError, JobNotFinished, ServerUnreachable, \
-            WaitTimeout
+        from workers.client import (
+            ApiError,
+            ChecksumMismatch,
+            ClientError,
+            JobNotFinished,
+            ServerUnreachable,
+            WaitTimeout,
+        )
 
         try:
             return cmd(args)
@@ -142,6 +172,7 @@ def _guarded(cmd):
             job = getattr(args, "_job_id", None)
             _err("interrupted" + (f"; job {job} keeps running (secateurs cancel {job})" if job else ""))
             return EXIT_CANCELLED
+
     return run
 
 
@@ -153,7 +184,7 @@ def _read_job_file(path: str) -> dict:
     except ValueError as e:
         raise _BadInput(f"job file {path} is not JSON: {e}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("id"), str) or not doc["id"]:
-        raise _BadInput(f"job file {path} has no job id (\"id\")")
+        raise _BadInput(f'job file {path} has no job id ("id")')
     return doc
 
 
@@ -180,8 +211,13 @@ def _target(args):
 def _gates(args, job_file: dict | None = None, budget: bool = False):
     from workers.gates import Gates
 
-    given = Gates(max_accuracy_drop=args.max_accuracy_drop, min_sparsity=args.min_sparsity,
-                  max_size_ratio=args.max_size_ratio, min_speedup=args.min_speedup, budget=budget)
+    given = Gates(
+        max_accuracy_drop=args.max_accuracy_drop,
+        min_sparsity=args.min_sparsity,
+        max_size_ratio=args.max_size_ratio,
+        min_speedup=args.min_speedup,
+        budget=budget,
+    )
     return Gates.from_dict((job_file or {}).get("gates")).merged(given)
 
 
@@ -204,6 +240,7 @@ def _spec(args) -> dict:
 
 
 # -- commands --------------------------------------------------------------------------------------------------------
+
 
 def cmd_submit(args) -> int:
     for label, p in (("model", args.model), ("data", args.data)):

@@ -19,8 +19,13 @@ class ProgressDisplay:
         self.enabled = enabled
         self.console = console or Console(stderr=True)
         self._bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console, disable=not enabled,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            disable=not enabled,
             transient=True,  # the summary table replaces the bars; an error stays one line
         )
         self._tasks: dict[tuple[str, int], int] = {}
@@ -37,11 +42,13 @@ class ProgressDisplay:
         if not self.enabled:
             return
         info = " ".join(
-            part for part in (
+            part
+            for part in (
                 f"epoch {ev.epoch}/{ev.epochs}" if ev.epoch else "",
                 f"sparsity {ev.sparsity:.1%}" if ev.sparsity is not None else "",
                 f"loss {ev.loss:.4f}" if ev.loss is not None else "",
-            ) if part
+            )
+            if part
         )
         if ev.steps:
             key = (ev.phase, ev.step_index)
@@ -77,8 +84,9 @@ def print_summary(manifest: dict, out_dir: Path, console: Console | None = None)
         table.add_row(f"held-out {k}", _fmt((before.get("evaluation") or {}).get(k)), _fmt(after["evaluation"][k]))
     table.add_row("parameters", _fmt(before["params"].get("total")), _fmt(after["params"].get("total")))
     table.add_row("non-zero parameters", _fmt(before["params"].get("nonzero")), _fmt(after["params"].get("nonzero")))
-    table.add_row("sparsity (prunable)", _fmt(before["params"].get("sparsity"), True),
-                  _fmt(after["params"].get("sparsity"), True))
+    table.add_row(
+        "sparsity (prunable)", _fmt(before["params"].get("sparsity"), True), _fmt(after["params"].get("sparsity"), True)
+    )
     table.add_row("MACs", _fmt(before["compute"].get("macs")), _fmt(after["compute"].get("macs")))
     table.add_row(".keras bytes", _fmt(before["file"]["bytes"]), _fmt(after["file"]["bytes"]))
     table.add_row(".keras gzipped", _fmt(before["file"]["gzip_bytes"]), _fmt(after["file"]["gzip_bytes"]))
@@ -93,8 +101,10 @@ def print_summary(manifest: dict, out_dir: Path, console: Console | None = None)
     console.print(f"win: {win}   artifacts in {escape(str(out_dir))}:")
     for fmt, info in manifest["artifacts"].items():
         preserved = "sparsity preserved" if info.get("sparsity_preserved", True) else "SPARSITY LOST"
-        console.print(f"  {info.get('file', fmt)}  {_fmt(info.get('bytes'))} B, gzip {_fmt(info.get('gzip_bytes'))} B,"
-                      f" {preserved}")
+        console.print(
+            f"  {info.get('file', fmt)}  {_fmt(info.get('bytes'))} B, gzip {_fmt(info.get('gzip_bytes'))} B,"
+            f" {preserved}"
+        )
     report = manifest.get("report") or {}
     if report.get("file"):
         console.print(f"  {escape(report['file'])}  the report: open it in a browser")
@@ -104,9 +114,11 @@ def print_summary(manifest: dict, out_dir: Path, console: Console | None = None)
     if budget:
         chosen = budget["trials"][budget["chosen"]]
         met = "[bold]met[/bold]" if budget["met"] else "[bold red]NOT met[/bold red]"
-        console.print(f"budget {met}: trial {budget['chosen'] + 1} of {len(budget['trials'])}, level "
-                      f"{chosen['level']:.4f}, held-out {escape(budget['metric'])} {chosen['metric']:.4g} "
-                      f"(drop {chosen['drop']:+.4f}, max {budget['max_drop']:g})")
+        console.print(
+            f"budget {met}: trial {budget['chosen'] + 1} of {len(budget['trials'])}, level "
+            f"{chosen['level']:.4f}, held-out {escape(budget['metric'])} {chosen['metric']:.4g} "
+            f"(drop {chosen['drop']:+.4f}, max {budget['max_drop']:g})"
+        )
     for i, note in enumerate(summary.get("notes", [])):
         # the quality note comes first when the held-out metric fell beyond the tolerance: printed in red
         style = "bold red" if collapsed and i == 0 else "default"

@@ -84,8 +84,9 @@ class LocalDispatcher:
         self.restarts = 0
 
     def _spawn(self, name: str) -> None:
-        p = self._mp.Process(target=local_worker_process, args=(self.settings, name, os.getpid()),
-                             name=f"secateurs-{name}", daemon=False)
+        p = self._mp.Process(
+            target=local_worker_process, args=(self.settings, name, os.getpid()), name=f"secateurs-{name}", daemon=False
+        )
         p.start()
         self._procs[name] = p
         log.info("started %s (pid %s)", name, p.pid)
@@ -250,8 +251,12 @@ class CeleryDispatcher:
             first = self._failed_at is None
             self.broker_error = f"{type(e).__name__}: {e}"
             self._failed_at = time.monotonic()
-        (log.warning if first else log.debug)("%s: broker unreachable (%s); tried again every %s s", what,
-                                              self.broker_error, self.settings.celery.redispatch_interval)
+        (log.warning if first else log.debug)(
+            "%s: broker unreachable (%s); tried again every %s s",
+            what,
+            self.broker_error,
+            self.settings.celery.redispatch_interval,
+        )
 
     def _answered(self) -> None:
         with self._lock:
@@ -281,7 +286,7 @@ class CeleryDispatcher:
             self._app.close()
 
     def broker_state(self) -> str:
-        """"ok", "not reached yet", "never reached: <error>" or "unreachable: <error>"."""
+        """ "ok", "not reached yet", "never reached: <error>" or "unreachable: <error>"."""
         with self._lock:
             if self.broker_error is not None:
                 return f"{'unreachable' if self._reached else 'never reached'}: {self.broker_error}"
@@ -295,8 +300,13 @@ class CeleryDispatcher:
     def describe(self) -> dict:
         broker = self.broker_state()
         with self._lock:
-            return {"kind": "celery", "queue": self.settings.celery.queue, "broker": broker,
-                    "pending": len(self._pending), "sent": self.sent}
+            return {
+                "kind": "celery",
+                "queue": self.settings.celery.queue,
+                "broker": broker,
+                "pending": len(self._pending),
+                "sent": self.sent,
+            }
 
 
 DISPATCHERS: dict[str, type] = {"local": LocalDispatcher, "none": NullDispatcher, "celery": CeleryDispatcher}
@@ -306,6 +316,7 @@ def make_dispatcher(settings: Settings, **kw) -> Dispatcher:
     try:
         cls = DISPATCHERS[settings.worker.dispatcher]
     except KeyError:
-        raise ValueError(f"worker.dispatcher {settings.worker.dispatcher!r}: choose one of {sorted(DISPATCHERS)}"
-                         ) from None
+        raise ValueError(
+            f"worker.dispatcher {settings.worker.dispatcher!r}: choose one of {sorted(DISPATCHERS)}"
+        ) from None
     return cls(settings, **kw)

@@ -50,5 +50,17 @@ class QuotaExceeded(StoreError):
         self.limit, self.value = limit, value
 
 
-__all__ = ["ArtifactStoreUnavailable", "Cancelled", "DataError", "EngineError", "ModelRejected", "QuotaExceeded",
-           "ResourceLimit", "SecateursError", "SpecError", "StoreError", "StoreUnavailable", "UnsupportedFile"]
+__all__ = [
+    "ArtifactStoreUnavailable",
+    "Cancelled",
+    "DataError",
+    "EngineError",
+    "ModelRejected",
+    "QuotaExceeded",
+    "ResourceLimit",
+    "SecateursError",
+    "SpecError",
+    "StoreError",
+    "StoreUnavailable",
+    "UnsupportedFile",
+]

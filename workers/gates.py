@@ -80,8 +80,11 @@ def _sparsity(manifest: dict, minimum: float) -> GateResult:
         value = ((manifest.get("after") or {}).get("params") or {}).get("sparsity")
     if value is None:
         return GateResult(name, False, f"{name} {minimum:g}: the manifest records no sparsity")
-    return GateResult(name, value >= minimum - 1e-12,
-                      f"{name} {minimum:g}: sparsity of the prunable weights is {value:.4f} (needed >= {minimum:g})")
+    return GateResult(
+        name,
+        value >= minimum - 1e-12,
+        f"{name} {minimum:g}: sparsity of the prunable weights is {value:.4f} (needed >= {minimum:g})",
+    )
 
 
 def _size(manifest: dict, maximum: float) -> GateResult:
@@ -92,8 +95,11 @@ def _size(manifest: dict, maximum: float) -> GateResult:
     b = ((manifest.get("before") or {}).get("file") or {}).get("gzip_bytes")
     a = ((manifest.get("after") or {}).get("file") or {}).get("gzip_bytes")
     sizes = f" ({b:,} -> {a:,} bytes gzipped)" if b is not None and a is not None else ""
-    return GateResult(name, ratio <= maximum + 1e-12,
-                      f"{name} {maximum:g}: gzipped .keras size ratio is {ratio:.4f}{sizes} (needed <= {maximum:g})")
+    return GateResult(
+        name,
+        ratio <= maximum + 1e-12,
+        f"{name} {maximum:g}: gzipped .keras size ratio is {ratio:.4f}{sizes} (needed <= {maximum:g})",
+    )
 
 
 def _speedup(manifest: dict, minimum: float) -> GateResult:
@@ -111,12 +117,19 @@ def _speedup(manifest: dict, minimum: float) -> GateResult:
     clear = {k: r for k, (r, sep) in measured.items() if sep}
     if clear:
         key = max(clear, key=clear.get)
-        return GateResult(name, clear[key] >= minimum - 1e-12,
-                          f"{name} {minimum:g}: best median speedup beyond the spread is {clear[key]:.2f}x at {key} "
-                          f"(needed >= {minimum:g}x)")
+        return GateResult(
+            name,
+            clear[key] >= minimum - 1e-12,
+            f"{name} {minimum:g}: best median speedup beyond the spread is {clear[key]:.2f}x at {key} "
+            f"(needed >= {minimum:g}x)",
+        )
     key = max(measured, key=lambda k: measured[k][0])
-    return GateResult(name, False, f"{name} {minimum:g}: no speedup beyond the spread of the measurements (best "
-                                   f"median {measured[key][0]:.2f}x at {key}, inside the noise)")
+    return GateResult(
+        name,
+        False,
+        f"{name} {minimum:g}: no speedup beyond the spread of the measurements (best "
+        f"median {measured[key][0]:.2f}x at {key}, inside the noise)",
+    )
 
 
 def _budget(manifest: dict) -> GateResult:

@@ -49,11 +49,15 @@ def _memory_verdict(limits: SandboxLimits, memory: MemoryFacts | None) -> str | 
     if memory is None:
         return None
     if memory.oom_kills:
-        return (f"the container's cgroup counted {memory.oom_kills} out-of-memory kill(s) while the job ran "
-                f"(peak memory {gib_short(memory.peak_rss_bytes)})")
+        return (
+            f"the container's cgroup counted {memory.oom_kills} out-of-memory kill(s) while the job ran "
+            f"(peak memory {gib_short(memory.peak_rss_bytes)})"
+        )
     peak = memory.peak_rss_bytes
-    for limit, what in ((limits.memory_bytes, "limits.job_memory_bytes"),
-                        (memory.cgroup_limit_bytes, "the container's memory limit")):
+    for limit, what in (
+        (limits.memory_bytes, "limits.job_memory_bytes"),
+        (memory.cgroup_limit_bytes, "the container's memory limit"),
+    ):
         if peak is not None and limit and peak >= MEMORY_NEAR_LIMIT * limit:
             return f"its peak memory {gib_short(peak)} reached {peak / limit:.0%} of {gib(limit)} ({what})"
     return None
@@ -66,8 +70,12 @@ def gib_short(n: int | None) -> str:
 def death_is_retryable(returncode: int, limits: SandboxLimits, memory: MemoryFacts | None) -> bool:
     """A job process killed by SIGKILL from outside (not by a memory limit: its peak memory is known and far from
     every limit, and no out-of-memory kill was counted) may succeed when run again; nothing else is retried."""
-    return (returncode == -signal.SIGKILL and memory is not None and memory.peak_rss_bytes is not None
-            and _memory_verdict(limits, memory) is None)
+    return (
+        returncode == -signal.SIGKILL
+        and memory is not None
+        and memory.peak_rss_bytes is not None
+        and _memory_verdict(limits, memory) is None
+    )
 
 
 def explain_death(returncode: int, limits: SandboxLimits, memory: MemoryFacts | None = None) -> dict:
@@ -76,31 +84,50 @@ def explain_death(returncode: int, limits: SandboxLimits, memory: MemoryFacts | 
         sig = -returncode
         name = _signal_name(sig)
         if sig == signal.SIGXCPU:
-            return error_dict("resource_limit", f"the job process exceeded the CPU-time limit of "
-                                                f"{limits.cpu_seconds} s (limits.job_cpu_seconds) and was killed")
+            return error_dict(
+                "resource_limit",
+                f"the job process exceeded the CPU-time limit of "
+                f"{limits.cpu_seconds} s (limits.job_cpu_seconds) and was killed",
+            )
         if sig == signal.SIGXFSZ:
-            return error_dict("resource_limit", f"the job process exceeded the file-size limit of "
-                                                f"{limits.file_bytes} bytes (limits.job_file_bytes)")
+            return error_dict(
+                "resource_limit",
+                f"the job process exceeded the file-size limit of {limits.file_bytes} bytes (limits.job_file_bytes)",
+            )
         if sig == signal.SIGKILL:
             verdict = _memory_verdict(limits, memory)
             if verdict is not None:
-                return error_dict("resource_limit", f"the job process was killed ({name}) by the kernel's "
-                                                    f"out-of-memory killer: {verdict}")
+                return error_dict(
+                    "resource_limit",
+                    f"the job process was killed ({name}) by the kernel's out-of-memory killer: {verdict}",
+                )
             if memory is None or memory.peak_rss_bytes is None:
-                return error_dict("crashed", f"the job process was killed ({name}); its peak memory is not known, "
-                                             "so it may have been the kernel's out-of-memory killer (job memory "
-                                             f"limit {gib(limits.memory_bytes)}, limits.job_memory_bytes)")
-            counted = "no out-of-memory kill counted in the container's cgroup" if memory.oom_kills == 0 else \
-                "the kernel keeps no out-of-memory kill count here"
+                return error_dict(
+                    "crashed",
+                    f"the job process was killed ({name}); its peak memory is not known, "
+                    "so it may have been the kernel's out-of-memory killer (job memory "
+                    f"limit {gib(limits.memory_bytes)}, limits.job_memory_bytes)",
+                )
+            counted = (
+                "no out-of-memory kill counted in the container's cgroup"
+                if memory.oom_kills == 0
+                else "the kernel keeps no out-of-memory kill count here"
+            )
             cgroup = f", container limit {gib_short(memory.cgroup_limit_bytes)}" if memory.cgroup_limit_bytes else ""
-            return error_dict("crashed", f"the job process was killed ({name}) from outside, not by a memory limit "
-                                         f"(peak memory {gib_short(memory.peak_rss_bytes)} of the "
-                                         f"{gib_short(limits.memory_bytes)} limits.job_memory_bytes{cgroup}; "
-                                         f"{counted})")
+            return error_dict(
+                "crashed",
+                f"the job process was killed ({name}) from outside, not by a memory limit "
+                f"(peak memory {gib_short(memory.peak_rss_bytes)} of the "
+                f"{gib_short(limits.memory_bytes)} limits.job_memory_bytes{cgroup}; "
+                f"{counted})",
+            )
         if sig in (signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS):
-            return error_dict("crashed", f"the job process crashed ({name}); a failed allocation under the "
-                                         f"memory limit of {gib(limits.memory_bytes)} (limits.job_memory_bytes) "
-                                         "is the usual cause")
+            return error_dict(
+                "crashed",
+                f"the job process crashed ({name}); a failed allocation under the "
+                f"memory limit of {gib(limits.memory_bytes)} (limits.job_memory_bytes) "
+                "is the usual cause",
+            )
         return error_dict("crashed", f"the job process was killed by {name}")
     if returncode == EXIT_PARENT_GONE:
         return error_dict("interrupted", "the job process stopped because its worker went away")

@@ -27,14 +27,16 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from workers import errors
 
 RESULT_NAME = "preflight.json"
-_RETURNED = {cls.__name__: cls for cls in (errors.ModelRejected, errors.UnsupportedFile, errors.SpecError,
-                                           errors.DataError, errors.ResourceLimit)}
+_RETURNED = {
+    cls.__name__: cls
+    for cls in (errors.ModelRejected, errors.UnsupportedFile, errors.SpecError, errors.DataError, errors.ResourceLimit)
+}
 # what the child keeps of the caller's environment (child_environment then moves home, temp and caches into the
 # scratch directory): Python's and TensorFlow's own settings, no credentials
 _ENV_NAMES = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONUSERBASE")
@@ -72,16 +74,21 @@ def preflight_file(model_path: str | Path, spec=None) -> dict:
         selection = config.layer_selection(spec.layers)
     result = preflight(loaded.model, steps, selection)
     saved = loaded.compile
-    result["model"].update(file=path.name, bytes=path.stat().st_size, format=loaded.format,
-                           saved_loss=saved.loss if saved else None)
+    result["model"].update(
+        file=path.name, bytes=path.stat().st_size, format=loaded.format, saved_loss=saved.loss if saved else None
+    )
     if task is not None:
         result["task"] = task
         if spec.trains:
-            result["notes"].append("this spec trains (or ranks units on activations): a job with it needs a "
-                                   "dataset (.npz with x_train, y_train)")
+            result["notes"].append(
+                "this spec trains (or ranks units on activations): a job with it needs a "
+                "dataset (.npz with x_train, y_train)"
+            )
     elif saved is None or not saved.usable:
-        result["notes"].append("the model holds no loss a job can train with: a job's spec must set training.loss"
-                               + (f" ({saved.reason})" if saved is not None and saved.reason else ""))
+        result["notes"].append(
+            "the model holds no loss a job can train with: a job's spec must set training.loss"
+            + (f" ({saved.reason})" if saved is not None and saved.reason else "")
+        )
     result["wall_time_s"] = time.perf_counter() - started
     return result
 
@@ -101,17 +108,30 @@ def run_isolated(model_path: str | Path, spec: dict | None, limits: PreflightLim
     scratch = Path(scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     name = Path(model_path).name
-    request = {"model_path": str(Path(model_path).resolve()), "spec": spec, "memory_bytes": int(limits.memory_bytes),
-               "alarm_s": math.ceil(limits.wall_seconds) + 1}
+    request = {
+        "model_path": str(Path(model_path).resolve()),
+        "spec": spec,
+        "memory_bytes": int(limits.memory_bytes),
+        "alarm_s": math.ceil(limits.wall_seconds) + 1,
+    }
     env = child_environment(scratch, base=_env())
     try:
-        proc = subprocess.run([sys.executable, "-m", "workers.preflight"], input=json.dumps(request), text=True,
-                              capture_output=True, timeout=limits.wall_seconds, env=env, cwd=scratch,
-                              start_new_session=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "workers.preflight"],
+            input=json.dumps(request),
+            text=True,
+            capture_output=True,
+            timeout=limits.wall_seconds,
+            env=env,
+            cwd=scratch,
+            start_new_session=True,
+        )
     except subprocess.TimeoutExpired:  # subprocess.run has killed (SIGKILL) and reaped the child
         raise errors.ModelRejected(
             f"{name}: preflight took longer than the limit of {limits.wall_seconds:g} s (limits.preflight_seconds); "
-            "it was stopped", field="limits.preflight_seconds") from None
+            "it was stopped",
+            field="limits.preflight_seconds",
+        ) from None
     answer_path = scratch / RESULT_NAME
     if proc.returncode == 0 and answer_path.is_file():
         answer = json.loads(answer_path.read_text())
@@ -124,7 +144,9 @@ def run_isolated(model_path: str | Path, spec: dict | None, limits: PreflightLim
         what = signal.Signals(sig).name if sig in signal.valid_signals() else f"signal {sig}"
         raise errors.ResourceLimit(
             f"{name}: preflight stopped on {what} (memory limit {limits.memory_bytes} bytes, "
-            "limits.preflight_memory_bytes)", field="limits.preflight_memory_bytes")
+            "limits.preflight_memory_bytes)",
+            field="limits.preflight_memory_bytes",
+        )
     tail = " ".join(proc.stderr.split()[-60:])[-600:]
     raise errors.EngineError(f"{name}: preflight failed (exit status {proc.returncode}): {tail}")
 
@@ -132,13 +154,22 @@ def run_isolated(model_path: str | Path, spec: dict | None, limits: PreflightLim
 def _error(exc: BaseException, memory_bytes: int) -> dict:
     if isinstance(exc, errors.EngineError):
         return {"class": type(exc).__name__, "message": exc.message, "field": exc.field}
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError" \
-            or _MEMORY_MESSAGES.search(str(exc)):
-        return {"class": "ResourceLimit", "field": "limits.preflight_memory_bytes",
-                "message": f"preflight ran out of memory under the limit of {memory_bytes} bytes "
-                           f"(limits.preflight_memory_bytes): {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"}
-    return {"class": "EngineError", "field": None, "message": f"preflight failed: {type(exc).__name__}: "
-                                                              f"{str(exc)[:600]}"}
+    if (
+        isinstance(exc, MemoryError)
+        or type(exc).__name__ == "ResourceExhaustedError"
+        or _MEMORY_MESSAGES.search(str(exc))
+    ):
+        return {
+            "class": "ResourceLimit",
+            "field": "limits.preflight_memory_bytes",
+            "message": f"preflight ran out of memory under the limit of {memory_bytes} bytes "
+            f"(limits.preflight_memory_bytes): {type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
+        }
+    return {
+        "class": "EngineError",
+        "field": None,
+        "message": f"preflight failed: {type(exc).__name__}: {str(exc)[:600]}",
+    }
 
 
 def _child() -> int:

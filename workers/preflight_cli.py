@@ -51,7 +51,7 @@ UNSTRUCTURED = ("magnitude", "threshold", "n_m", "block")
 
 
 def _methods(methods: list[str]) -> str:
-    """"unstructured" for the four unstructured methods together (the legend under the table says which)."""
+    """ "unstructured" for the four unstructured methods together (the legend under the table says which)."""
     if all(m in methods for m in UNSTRUCTURED):
         methods = ["unstructured", *(m for m in methods if m not in UNSTRUCTURED)]
     return " + ".join(methods)
@@ -71,29 +71,61 @@ def print_preflight(result: dict, console: Console | None = None) -> None:
     console = console or Console()
     model = result["model"]
     table = Table(title=f"Preflight of {escape(str(model.get('file') or model['name']))} ({model['class']})")
-    for name, justify in (("layer", "left"), ("class", "left"), ("params", "right"), ("MACs", "right"),
-                          ("prunable", "left"), ("methods", "left"), ("group", "left")):
+    for name, justify in (
+        ("layer", "left"),
+        ("class", "left"),
+        ("params", "right"),
+        ("MACs", "right"),
+        ("prunable", "left"),
+        ("methods", "left"),
+        ("group", "left"),
+    ):
         table.add_column(name, justify=justify)
     for row in result["layers"]:
         prunable = "yes" if row["prunable"] else f"[dim]no: {escape(_short(row['reason']))}[/dim]"
-        table.add_row(escape(row["name"]), row["class"], _n(row["params"]), _n(row["macs"]), prunable,
-                      _methods(row["methods"]), row["group"] or "")
+        table.add_row(
+            escape(row["name"]),
+            row["class"],
+            _n(row["params"]),
+            _n(row["macs"]),
+            prunable,
+            _methods(row["methods"]),
+            row["group"] or "",
+        )
     console.print(table)
-    console.print("unstructured = magnitude, threshold, n_m, block; the same group is cut together; --json gives "
-                  "every reason in full")
+    console.print(
+        "unstructured = magnitude, threshold, n_m, block; the same group is cut together; --json gives "
+        "every reason in full"
+    )
     t = result["totals"]
-    console.print(f"{t['layers']} layers, {t['prunable_layers']} prunable; {_n(t['params'])} parameters "
-                  f"({_n(t['prunable_params'])} in prunable kernels), {_n(t['macs'])} MACs per sample, "
-                  f"{t['groups']} structured groups; weights {_n(t['size_bytes'])} B, gzip {_n(t['gzip_bytes'])} B")
+    console.print(
+        f"{t['layers']} layers, {t['prunable_layers']} prunable; {_n(t['params'])} parameters "
+        f"({_n(t['prunable_params'])} in prunable kernels), {_n(t['macs'])} MACs per sample, "
+        f"{t['groups']} structured groups; weights {_n(t['size_bytes'])} B, gzip {_n(t['gzip_bytes'])} B"
+    )
     if result.get("steps"):
         steps = Table(title="What the spec would leave (each step applied once, no training)")
         for name in ("step", "parameters", "non-zero", "MACs", "effective MACs", "bytes", "gzip bytes"):
             steps.add_column(name, justify="left" if name == "step" else "right")
-        steps.add_row("before", _n(t["params"]), _n(t["nonzero"]), _n(t["macs"]), _n(t["effective_macs"]),
-                      _n(t["size_bytes"]), _n(t["gzip_bytes"]))
+        steps.add_row(
+            "before",
+            _n(t["params"]),
+            _n(t["nonzero"]),
+            _n(t["macs"]),
+            _n(t["effective_macs"]),
+            _n(t["size_bytes"]),
+            _n(t["gzip_bytes"]),
+        )
         for s in result["steps"]:
-            steps.add_row(f"{s['index'] + 1}. {s['kind']}", _n(s["params"]), _n(s["nonzero"]), _n(s["macs"]),
-                          _n(s["effective_macs"]), _n(s["size_bytes"]), _n(s["gzip_bytes"]))
+            steps.add_row(
+                f"{s['index'] + 1}. {s['kind']}",
+                _n(s["params"]),
+                _n(s["nonzero"]),
+                _n(s["macs"]),
+                _n(s["effective_macs"]),
+                _n(s["size_bytes"]),
+                _n(s["gzip_bytes"]),
+            )
         console.print(steps)
     for note in result.get("notes", []):
         console.print(f"  note: {escape(note)}")

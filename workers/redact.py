@@ -14,14 +14,16 @@ import re
 
 # scheme://user[:password]@ ; the password runs to the last '@' before white space, '/' or a quote (an unescaped
 # '@' in it is masked too). Bounded scheme, no nested repetition: linear in the length of the text.
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]{0,31}://)(?P<user>[^\s/@:'\"<>]*)"
-                       r"(?::[^\s/'\"<>]*)?@")
+_USERINFO = re.compile(
+    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]{0,31}://)(?P<user>[^\s/@:'\"<>]*)"
+    r"(?::[^\s/'\"<>]*)?@"
+)
 MASK = "***"
 
 
 def _mask(m: re.Match) -> str:
     scheme, user, whole = m["scheme"], m["user"], m.group(0)
-    if ":" in whole[len(scheme):]:  # user:password@ -> user:***@
+    if ":" in whole[len(scheme) :]:  # user:password@ -> user:***@
         return f"{scheme}{user}:{MASK}@"
     return f"{scheme}{MASK}@"  # a lone user-info is often a token
 

@@ -80,8 +80,15 @@ class Lease:
     and after `max_missed` failures in a row, or `timeout` seconds since the last heartbeat that succeeded (the
     sweep may have re-queued the job by then), otherwise. A lost lease stays lost."""
 
-    def __init__(self, store: JobStore, claim: Claim, *, max_missed: int, timeout: float,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        store: JobStore,
+        claim: Claim,
+        *,
+        max_missed: int,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.store, self.claim, self.max_missed, self.timeout, self.clock = store, claim, max_missed, timeout, clock
         self.last_ok = clock()
         self.missed = 0
@@ -95,12 +102,19 @@ class Lease:
             owned = bool(self.store.heartbeat(self.claim))
         except Exception as e:  # the store cannot be reached: maybe passing, maybe this worker is cut off
             self.missed += 1
-            log.warning("job %s: a heartbeat of attempt %d failed (%d in a row): %s", self.claim.job.id,
-                        self.claim.attempt, self.missed, e)
+            log.warning(
+                "job %s: a heartbeat of attempt %d failed (%d in a row): %s",
+                self.claim.job.id,
+                self.claim.attempt,
+                self.missed,
+                e,
+            )
             since = self.clock() - self.last_ok
             if self.missed >= self.max_missed or since >= self.timeout:
-                self.lost = (f"{self.missed} heartbeats in a row failed ({since:.0f} s without one): the attempt "
-                             f"cannot tell whether it still owns the job (worker.heartbeat_max_missed)")
+                self.lost = (
+                    f"{self.missed} heartbeats in a row failed ({since:.0f} s without one): the attempt "
+                    f"cannot tell whether it still owns the job (worker.heartbeat_max_missed)"
+                )
             return self.lost is None
         if not owned:
             self.lost = "the attempt lost its claim on the job (another attempt owns it, or it ended)"
@@ -132,12 +146,16 @@ def _run_claim(claim: Claim, ctx: RunContext) -> JobStatus | Claim | None:
             if claim.attempt < claim.job.max_attempts:
                 retried = ctx.store.retry(claim, reason=result.error["message"])
                 if retried is not None:
-                    log.warning("job %s: attempt %d ended (%s); retrying", job_id, claim.attempt,
-                                result.error["message"])
+                    log.warning(
+                        "job %s: attempt %d ended (%s); retrying", job_id, claim.attempt, result.error["message"]
+                    )
                     return retried
             else:
-                result.error = {**result.error, "message": f"{result.error['message']}; not retried: that was "
-                                f"attempt {claim.attempt} of {claim.job.max_attempts} (worker.max_attempts)"}
+                result.error = {
+                    **result.error,
+                    "message": f"{result.error['message']}; not retried: that was "
+                    f"attempt {claim.attempt} of {claim.job.max_attempts} (worker.max_attempts)",
+                }
         try:
             status, manifest, error, artifacts = _conclude(claim, ctx, result, lease)
         except ClaimLost as e:
@@ -146,8 +164,9 @@ def _run_claim(claim: Claim, ctx: RunContext) -> JobStatus | Claim | None:
             return None
         if not ctx.store.finish(claim, status, manifest=manifest, error=error, artifacts=artifacts):
             _discard_outputs(ctx, claim)
-            log.warning("job %s: attempt %d lost its claim before finishing; its outputs were discarded", job_id,
-                        claim.attempt)
+            log.warning(
+                "job %s: attempt %d lost its claim before finishing; its outputs were discarded", job_id, claim.attempt
+            )
             return None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -179,8 +198,11 @@ def verify_inputs(job: JobRecord, artifacts: ArtifactStore) -> dict | None:
         if size != recorded.bytes or digest != recorded.sha256:
             now = f"{size} bytes" if digest is None else f"sha256 {digest[:16]}..."
             then = f"{recorded.bytes} bytes" if digest is None else f"sha256 {recorded.sha256[:16]}..."
-            return error_dict(kind, f"{what} changed after it was submitted and inspected ({then} at submit, {now} "
-                                    "now); it was not loaded", field=role)
+            return error_dict(
+                kind,
+                f"{what} changed after it was submitted and inspected ({then} at submit, {now} now); it was not loaded",
+                field=role,
+            )
     return None
 
 
@@ -223,8 +245,9 @@ def _tolerant(fn: Callable, fallback):
     return call
 
 
-def _conclude(claim: Claim, ctx: RunContext, result: SandboxResult, lease: Lease
-              ) -> tuple[JobStatus, dict | None, dict | None, list[ArtifactInfo]]:
+def _conclude(
+    claim: Claim, ctx: RunContext, result: SandboxResult, lease: Lease
+) -> tuple[JobStatus, dict | None, dict | None, list[ArtifactInfo]]:
     """The terminal state of an attempt, its outputs written under its attempt number (published by `finish`).
     Raises ClaimLost when the attempt lost its claim before a write."""
     job_id = claim.job.id
@@ -236,14 +259,16 @@ def _conclude(claim: Claim, ctx: RunContext, result: SandboxResult, lease: Lease
         manifest, artifacts = _publish(claim, ctx.artifacts, result.out_dir, lease)
     except (EngineError, ArtifactStoreUnavailable, OSError) as e:  # a full disk, an unreachable S3: the job fails
         ctx.artifacts.delete_outputs(job_id, attempt=claim.attempt)
-        error = e.to_dict() if isinstance(e, EngineError) else error_dict(
-            "internal_error", f"could not store the job's artifacts: {e}")
+        error = (
+            e.to_dict()
+            if isinstance(e, EngineError)
+            else error_dict("internal_error", f"could not store the job's artifacts: {e}")
+        )
         return JobStatus.FAILED, None, error, []
     return JobStatus.SUCCEEDED, manifest, None, artifacts
 
 
-def _publish(claim: Claim, artifacts: ArtifactStore, out_dir: Path, lease: Lease
-             ) -> tuple[dict, list[ArtifactInfo]]:
+def _publish(claim: Claim, artifacts: ArtifactStore, out_dir: Path, lease: Lease) -> tuple[dict, list[ArtifactInfo]]:
     """Copy every output file into the attempt's place in the artifact store (atomically, hashed), renewing the
     lease before each write; the manifest is read first and written last. Nothing is served before `finish`
     records the attempt's artifacts, and a stale attempt's files never replace those of the one that finished."""

@@ -79,9 +79,15 @@ class SandboxLimits:
     def from_settings(cls, settings) -> SandboxLimits:
         lim = settings.limits
         tf_threads = settings.worker.tf_threads or threads_per_job(settings.worker.concurrency)
-        return cls(wall_seconds=lim.job_wall_seconds, memory_bytes=lim.job_memory_bytes, file_bytes=lim.job_file_bytes,
-                   cpu_seconds=lim.job_cpu_seconds, tf_threads=tf_threads,
-                   cancel_poll_interval=settings.worker.cancel_poll_interval, job_nice=settings.worker.job_nice)
+        return cls(
+            wall_seconds=lim.job_wall_seconds,
+            memory_bytes=lim.job_memory_bytes,
+            file_bytes=lim.job_file_bytes,
+            cpu_seconds=lim.job_cpu_seconds,
+            tf_threads=tf_threads,
+            cancel_poll_interval=settings.worker.cancel_poll_interval,
+            job_nice=settings.worker.job_nice,
+        )
 
 
 def threads_per_job(concurrency: int, *, cgroup_root: Path | None = None, proc_cgroup: Path | None = None) -> int:
@@ -143,9 +149,15 @@ def child_environment(scratch: Path, base: dict[str, str] | None = None) -> dict
     removed afterwards. The job process writes nothing outside the data directory."""
     base = dict(os.environ if base is None else base)
     home = scratch / "home"
-    places = {"HOME": home, "KERAS_HOME": home / ".keras", "TMPDIR": scratch / "tmp",
-              "XDG_CACHE_HOME": home / ".cache", "XDG_CONFIG_HOME": home / ".config",
-              "XDG_DATA_HOME": home / ".local" / "share", "MPLCONFIGDIR": home / ".config" / "matplotlib"}
+    places = {
+        "HOME": home,
+        "KERAS_HOME": home / ".keras",
+        "TMPDIR": scratch / "tmp",
+        "XDG_CACHE_HOME": home / ".cache",
+        "XDG_CONFIG_HOME": home / ".config",
+        "XDG_DATA_HOME": home / ".local" / "share",
+        "MPLCONFIGDIR": home / ".config" / "matplotlib",
+    }
     for path in places.values():
         path.mkdir(parents=True, exist_ok=True)
     for name in ("TEMP", "TMP"):  # no other temp directory
@@ -154,16 +166,22 @@ def child_environment(scratch: Path, base: dict[str, str] | None = None) -> dict
     # same user site-packages as the worker (found through HOME otherwise), installed or not
     package_root = str(Path(__file__).resolve().parents[1])
     python_path = os.pathsep.join(filter(None, [package_root, base.get("PYTHONPATH")]))
-    return {**base, **{k: str(v) for k, v in places.items()},
-            "TF_CPP_MIN_LOG_LEVEL": base.get("TF_CPP_MIN_LOG_LEVEL", "2"), "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": python_path, "PYTHONUSERBASE": base.get("PYTHONUSERBASE") or site.getuserbase()}
+    return {
+        **base,
+        **{k: str(v) for k, v in places.items()},
+        "TF_CPP_MIN_LOG_LEVEL": base.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": python_path,
+        "PYTHONUSERBASE": base.get("PYTHONUSERBASE") or site.getuserbase(),
+    }
 
 
 # --------------------------------------------------------------------------- parent side
 
 
-def run_sandboxed(job: SandboxJob, limits: SandboxLimits, hooks: Hooks | None = None, *,
-                  cgroup_root: Path | None = None) -> SandboxResult:
+def run_sandboxed(
+    job: SandboxJob, limits: SandboxLimits, hooks: Hooks | None = None, *, cgroup_root: Path | None = None
+) -> SandboxResult:
     """Run one attempt in a child process and wait for it; never raises for what the child does. `cgroup_root`:
     where the container's cgroup files are read (the OOM-kill count before and after; tests give fake ones)."""
     from workers import cgroup
@@ -186,14 +204,27 @@ def run_sandboxed(job: SandboxJob, limits: SandboxLimits, hooks: Hooks | None = 
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "workers.sandbox", str(scratch / REQUEST_NAME), str(wfd)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, pass_fds=(wfd,),
-                start_new_session=True, env=env, cwd=str(scratch),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(wfd,),
+                start_new_session=True,
+                env=env,
+                cwd=str(scratch),
             )
         finally:
             os.close(wfd)
     try:
-        result = _supervise(proc, rfd, job, limits, hooks, started, peak,
-                            lambda peak_bytes: memory_facts(cgroup_root, oom_before, peak_bytes))
+        result = _supervise(
+            proc,
+            rfd,
+            job,
+            limits,
+            hooks,
+            started,
+            peak,
+            lambda peak_bytes: memory_facts(cgroup_root, oom_before, peak_bytes),
+        )
     finally:
         os.close(rfd)
         if proc.poll() is None:
@@ -267,9 +298,14 @@ def _supervise(proc, rfd, job, limits, hooks, started, peak: PeakMemory, facts_a
         now = time.monotonic()
         if now - started > limits.wall_seconds:
             _kill(proc)
-            verdict = SandboxResult(JobStatus.FAILED, error_dict(
-                "resource_limit", f"the job exceeded the wall-time limit of {limits.wall_seconds:g} s "
-                                  "(limits.job_wall_seconds) and was stopped"))
+            verdict = SandboxResult(
+                JobStatus.FAILED,
+                error_dict(
+                    "resource_limit",
+                    f"the job exceeded the wall-time limit of {limits.wall_seconds:g} s "
+                    "(limits.job_wall_seconds) and was stopped",
+                ),
+            )
             continue
         if hooks.should_stop():
             _kill(proc)
@@ -288,9 +324,14 @@ def _supervise(proc, rfd, job, limits, hooks, started, peak: PeakMemory, facts_a
                 cancel_sent_at = now
         if cancel_sent_at is not None and now - cancel_sent_at > CANCEL_GRACE_SECONDS:
             _kill(proc)
-            verdict = SandboxResult(JobStatus.CANCELLED, error_dict(
-                "cancelled", f"the job was cancelled (stopped after {CANCEL_GRACE_SECONDS:g} s without reaching "
-                             "a batch boundary)"))
+            verdict = SandboxResult(
+                JobStatus.CANCELLED,
+                error_dict(
+                    "cancelled",
+                    f"the job was cancelled (stopped after {CANCEL_GRACE_SECONDS:g} s without reaching "
+                    "a batch boundary)",
+                ),
+            )
     if buf.strip():
         handle(buf)
     rc = proc.wait()
@@ -301,24 +342,34 @@ def _supervise(proc, rfd, job, limits, hooks, started, peak: PeakMemory, facts_a
         status = JobStatus(final["status"])
         return SandboxResult(status, final.get("error"), returncode=rc, events=n_events)
     if cancel_sent_at is not None:
-        return SandboxResult(JobStatus.CANCELLED, error_dict("cancelled", "the job was cancelled"),
-                             returncode=rc, events=n_events)
+        return SandboxResult(
+            JobStatus.CANCELLED, error_dict("cancelled", "the job was cancelled"), returncode=rc, events=n_events
+        )
     memory = facts_at_death(peak_rss) if rc == -signal.SIGKILL else None
-    return SandboxResult(JobStatus.FAILED, explain_death(rc, limits, memory), returncode=rc, events=n_events,
-                         retryable=death_is_retryable(rc, limits, memory), memory=memory)
+    return SandboxResult(
+        JobStatus.FAILED,
+        explain_death(rc, limits, memory),
+        returncode=rc,
+        events=n_events,
+        retryable=death_is_retryable(rc, limits, memory),
+        memory=memory,
+    )
 
 
 # TensorFlow / XLA / CUDA start-up chatter: absl (glog) lines of any severity ("E0000 00:00:... cuda_executor.cc"),
 # the older "2026-01-01 10:00:00.000000: W tensorflow/..." form, and absl's banner
-_NOISE = re.compile(r"^(?:[IWEF]\d{4} \d\d:\d\d:\d\d|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] "
-                    r"|WARNING: All log messages before absl|To enable the following instructions: )")
+_NOISE = re.compile(
+    r"^(?:[IWEF]\d{4} \d\d:\d\d:\d\d|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] "
+    r"|WARNING: All log messages before absl|To enable the following instructions: )"
+)
 
 
 def _install_paths() -> list[tuple[str, str]]:
     """Where Python, its packages and this package are installed, longest first, and what a log shows instead."""
     places = {p: "<site-packages>" for p in [*site.getsitepackages(), site.getusersitepackages()]}
-    places.update({str(Path(__file__).resolve().parents[1]): "<secateurs>", sys.prefix: "<python>",
-                   sys.base_prefix: "<python>"})
+    places.update(
+        {str(Path(__file__).resolve().parents[1]): "<secateurs>", sys.prefix: "<python>", sys.base_prefix: "<python>"}
+    )
     return sorted(((p.rstrip("/"), name) for p, name in places.items() if p and p != "/"), key=lambda x: -len(x[0]))
 
 
@@ -419,19 +470,27 @@ def classify_exception(exc: BaseException, limits: dict) -> dict:
 
     if isinstance(exc, SecateursError):
         return exc.to_dict()
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError" \
-            or _MEMORY_MESSAGES.search(str(exc)):
+    if (
+        isinstance(exc, MemoryError)
+        or type(exc).__name__ == "ResourceExhaustedError"
+        or _MEMORY_MESSAGES.search(str(exc))
+    ):
         oom = _TF_OOM.search(str(exc))  # TensorFlow's message buries the allocation under a traceback
         detail = oom.group(0) if oom else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-        return error_dict("resource_limit", f"the job ran out of memory under the limit of "
-                                            f"{gib(int(limits['memory_bytes']))} (limits.job_memory_bytes): "
-                                            f"{detail}")
+        return error_dict(
+            "resource_limit",
+            f"the job ran out of memory under the limit of "
+            f"{gib(int(limits['memory_bytes']))} (limits.job_memory_bytes): "
+            f"{detail}",
+        )
     os_err = _os_error_in_chain(exc)
     if os_err is not None:
         limit = int(limits.get("file_bytes") or 0)
         hint = f" (limits.job_file_bytes is {limit} bytes)" if limit else ""
-        return error_dict("resource_limit", f"disk full or file too large while writing the job's files{hint}: "
-                                            f"{os_err.strerror or os_err}")
+        return error_dict(
+            "resource_limit",
+            f"disk full or file too large while writing the job's files{hint}: {os_err.strerror or os_err}",
+        )
     return error_dict("internal_error", f"{type(exc).__name__}: {str(exc)[:1000]}")
 
 
@@ -442,14 +501,14 @@ def inspect_inputs(model_path: str, data_path: str | None) -> None:
     from workers.engine.inspection import inspect_model_file, inspect_npz
     from workers.errors import EngineError
 
-    for field, path, inspect in (("model", model_path, inspect_model_file), ("data", data_path, inspect_npz)):
+    for role, path, inspect in (("model", model_path, inspect_model_file), ("data", data_path, inspect_npz)):
         if path is None:
             continue
         try:
             inspect(path)
         except EngineError as e:
-            e.field = e.field or field
-            e.message = f"{field}: {e.message}"
+            e.field = e.field or role
+            e.message = f"{role}: {e.message}"
             raise
 
 
@@ -475,8 +534,14 @@ def child_main(request_path: str, fd: int) -> int:
 
         should_cancel = _cancel_checker(Path(job["scratch"]) / CANCEL_FLAG, float(limits["cancel_poll_interval"]))
         try:
-            compress(job["model_path"], job["data_path"], spec, Path(job["scratch"]) / OUT_DIR,
-                     progress=lambda p: channel.send(type="progress", data=p.to_dict()), should_cancel=should_cancel)
+            compress(
+                job["model_path"],
+                job["data_path"],
+                spec,
+                Path(job["scratch"]) / OUT_DIR,
+                progress=lambda p: channel.send(type="progress", data=p.to_dict()),
+                should_cancel=should_cancel,
+            )
         except Cancelled as e:
             channel.send(type="result", status="cancelled", error=e.to_dict())
             return 0

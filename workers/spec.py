@@ -56,7 +56,9 @@ class PolynomialScheduleSpec(_ScheduleWindow):
     kind: Literal["polynomial"] = "polynomial"
     initial_sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="Sparsity when pruning begins, 0 <= s_i < 1.")
     power: float = Field(3.0, gt=0.0, le=10.0, description="Exponent of the decay; 3 as in Zhu & Gupta.")
-    end: float = Field(0.75, ge=0.0, description="When the final sparsity is reached (fraction of training by default).")
+    end: float = Field(
+        0.75, ge=0.0, description="When the final sparsity is reached (fraction of training by default)."
+    )
 
 
 class ConstantScheduleSpec(_ScheduleWindow):
@@ -109,25 +111,33 @@ class PruneStep(_Strict):
         None, ge=0.0, lt=1.0, description="Fraction of weights set to zero (magnitude, block), 0 <= s < 1."
     )
     threshold: float | None = Field(
-        None, ge=0.0, le=MAX_THRESHOLD, description="Weights with |w| < threshold are zeroed (method=threshold), "
-        f"0 <= t <= {MAX_THRESHOLD:g}; a threshold at or above the largest |w| of the selected kernels is refused."
+        None,
+        ge=0.0,
+        le=MAX_THRESHOLD,
+        description="Weights with |w| < threshold are zeroed (method=threshold), "
+        f"0 <= t <= {MAX_THRESHOLD:g}; a threshold at or above the largest |w| of the selected kernels is refused.",
     )
     n: int | None = Field(None, ge=1, le=64, description="Weights kept per group of m (method=n_m).")
     m: int | None = Field(None, ge=2, le=64, description="Group size (method=n_m).")
-    block_shape: tuple[int, int] | None = Field(None, description="Block (rows, cols) of the 2-D kernel view (method=block).")
+    block_shape: tuple[int, int] | None = Field(
+        None, description="Block (rows, cols) of the 2-D kernel view (method=block)."
+    )
     scope: Literal["layer", "global"] = Field(
-        "global", description="global (default): one ranking across layers (tiny layers and a small output layer "
-        "are spared); layer: every layer reaches the target."
+        "global",
+        description="global (default): one ranking across layers (tiny layers and a small output layer "
+        "are spared); layer: every layer reaches the target.",
     )
     schedule: ScheduleSpec | None = Field(
-        None, description="How sparsity grows during the step's epochs. Default: polynomial when epochs > 0, else one-shot."
+        None,
+        description="How sparsity grows during the step's epochs. Default: polynomial when epochs > 0, else one-shot.",
     )
     epochs: int = Field(0, ge=0, le=1000, description="Fine-tuning epochs during/after pruning; zeros are held.")
     allocation: Literal["ranking", "sensitivity"] = Field(
-        "ranking", description="How global scope splits target_sparsity across layers. ranking (default): one "
+        "ranking",
+        description="How global scope splits target_sparsity across layers. ranking (default): one "
         "ranking of the weights (LAMP or |w|); sensitivity: per-layer targets from a sensitivity analysis (a prior "
         "sensitivity step of the job, else one is run first) that meet the overall target exactly with the "
-        "smallest predicted drop of the held-out metric. Needs method magnitude, scope global and data."
+        "smallest predicted drop of the held-out metric. Needs method magnitude, scope global and data.",
     )
 
     @field_validator("allocation")
@@ -173,7 +183,9 @@ class PruneStep(_Strict):
             and self.schedule.unit == "epoch"
             and self.schedule.end > self.epochs
         ):
-            raise ValueError(f"schedule.end ({self.schedule.end} epochs) is after the step's last epoch ({self.epochs})")
+            raise ValueError(
+                f"schedule.end ({self.schedule.end} epochs) is after the step's last epoch ({self.epochs})"
+            )
         return self
 
     @property
@@ -198,16 +210,20 @@ class StructuredStep(_Strict):
     )
     round_to: int = Field(1, ge=1, le=256, description="Kept counts are rounded up to a multiple of this (e.g. 8).")
     calibration_samples: int = Field(
-        512, ge=1, le=100_000, description="Training samples that rank units for data-driven criteria "
+        512,
+        ge=1,
+        le=100_000,
+        description="Training samples that rank units for data-driven criteria "
         "(mean_activation, apoz) and, for every criterion, measure the removed channels' mean contribution, folded "
-        "back into the next layer's bias or BatchNorm."
+        "back into the next layer's bias or BatchNorm.",
     )
     epochs: int = Field(0, ge=0, le=1000, description="Fine-tuning epochs of the rebuilt model.")
     allocation: Literal["ranking", "sensitivity"] = Field(
-        "ranking", description="ranking (default): units kept per `scope`; sensitivity: per-group keep ratios from "
+        "ranking",
+        description="ranking (default): units kept per `scope`; sensitivity: per-group keep ratios from "
         "a structured sensitivity analysis (a prior sensitivity step with method structured, else one is run "
         "first) that keep keep_ratio of the units overall (up to round_to) with the smallest predicted drop; "
-        "`scope` is then not used. Needs data."
+        "`scope` is then not used. Needs data.",
     )
 
 
@@ -227,22 +243,38 @@ class SensitivityStep(_Strict):
 
     kind: Literal["sensitivity"] = "sensitivity"
     method: Literal["magnitude", "structured"] = Field(
-        "magnitude", description="magnitude: each prunable layer's smallest |w| zeroed to each level (a sparsity); "
-        "structured: each group of coupled layers keeps each level (a keep ratio) of its units."
+        "magnitude",
+        description="magnitude: each prunable layer's smallest |w| zeroed to each level (a sparsity); "
+        "structured: each group of coupled layers keeps each level (a keep ratio) of its units.",
     )
     levels: list[Annotated[float, Field(gt=0.0, lt=1.0)]] | None = Field(
-        None, min_length=1, max_length=12, description="Sparsities (magnitude) or keep ratios (structured), each "
-        "within (0, 1). Default: 0.3, 0.5, 0.7, 0.8, 0.9, 0.95 (structured: keep 0.7, 0.5, 0.3, 0.2, 0.1, 0.05)."
+        None,
+        min_length=1,
+        max_length=12,
+        description="Sparsities (magnitude) or keep ratios (structured), each "
+        "within (0, 1). Default: 0.3, 0.5, 0.7, 0.8, 0.9, 0.95 (structured: keep 0.7, 0.5, 0.3, 0.2, 0.1, 0.05).",
     )
     criterion: Literal["l1", "l2"] = Field("l1", description="structured: how units are ranked within a group.")
     metric: str | None = Field(
-        None, min_length=1, max_length=64, description="Held-out metric measured (a name the model reports, e.g. "
-        "'accuracy' or 'loss'). Default: the first accuracy-like metric, else the loss."
+        None,
+        min_length=1,
+        max_length=64,
+        description="Held-out metric measured (a name the model reports, e.g. "
+        "'accuracy' or 'loss'). Default: the first accuracy-like metric, else the loss.",
     )
-    samples: int = Field(2000, ge=10, le=100_000, description="Held-out samples evaluated per measurement (a "
-                         "seeded subset when there are more).")
-    batchnorm_samples: int = Field(512, ge=1, le=100_000, description="Training samples that re-estimate "
-                                   "BatchNorm statistics before each measurement (models with BatchNorm only).")
+    samples: int = Field(
+        2000,
+        ge=10,
+        le=100_000,
+        description="Held-out samples evaluated per measurement (a seeded subset when there are more).",
+    )
+    batchnorm_samples: int = Field(
+        512,
+        ge=1,
+        le=100_000,
+        description="Training samples that re-estimate "
+        "BatchNorm statistics before each measurement (models with BatchNorm only).",
+    )
 
     @field_validator("levels")
     @classmethod
@@ -267,20 +299,28 @@ class BudgetStep(_Strict):
 
     kind: Literal["budget"] = "budget"
     metric: str | None = Field(
-        None, min_length=1, max_length=64, description="Held-out metric the budget is on (e.g. 'accuracy', "
-        "'loss'). Default: the first accuracy-like metric, else the loss."
+        None,
+        min_length=1,
+        max_length=64,
+        description="Held-out metric the budget is on (e.g. 'accuracy', "
+        "'loss'). Default: the first accuracy-like metric, else the loss.",
     )
     max_drop: float = Field(
-        ..., ge=0.0, le=10.0, description="Tolerated drop: absolute for accuracy-like metrics (0.01 = 1 point), "
-        "relative for losses and errors (0.05 = 5% higher)."
+        ...,
+        ge=0.0,
+        le=10.0,
+        description="Tolerated drop: absolute for accuracy-like metrics (0.01 = 1 point), "
+        "relative for losses and errors (0.05 = 5% higher).",
     )
     method: Literal["magnitude", "structured"] = Field(
-        "magnitude", description="magnitude: unstructured zeros (level = sparsity of the prunable weights); "
-        "structured: whole units removed and the model rebuilt (level = keep ratio of the units)."
+        "magnitude",
+        description="magnitude: unstructured zeros (level = sparsity of the prunable weights); "
+        "structured: whole units removed and the model rebuilt (level = keep ratio of the units).",
     )
     objective: Literal["nonzero_params", "size", "macs", "latency"] = Field(
-        "nonzero_params", description="What 'most compressed' means when choosing among trials within budget: "
-        "non-zero parameters, gzipped .keras bytes, MACs (zero-skipping for magnitude) or batch-1 CPU latency."
+        "nonzero_params",
+        description="What 'most compressed' means when choosing among trials within budget: "
+        "non-zero parameters, gzipped .keras bytes, MACs (zero-skipping for magnitude) or batch-1 CPU latency.",
     )
     epochs: int = Field(2, ge=0, le=100, description="Fine-tuning epochs of each trial (zeros held).")
     max_trials: int = Field(6, ge=1, le=30, description="Trials (levels tried) at most.")
@@ -291,20 +331,25 @@ class BudgetStep(_Strict):
     @classmethod
     def _objective_fits(cls, v, info: ValidationInfo):
         if v == "latency" and info.data.get("method") == "magnitude":
-            raise ValueError("objective 'latency' needs method 'structured': unstructured zeros do not make dense "
-                             "kernels faster")
+            raise ValueError(
+                "objective 'latency' needs method 'structured': unstructured zeros do not make dense kernels faster"
+            )
         return v
 
 
-Step = Annotated[Union[RegularizeStep, PruneStep, StructuredStep, FinetuneStep, SensitivityStep, BudgetStep],
-                 Field(discriminator="kind")]
+Step = Annotated[
+    Union[RegularizeStep, PruneStep, StructuredStep, FinetuneStep, SensitivityStep, BudgetStep],
+    Field(discriminator="kind"),
+]
 
 # --------------------------------------------------------------------------- shared settings
 
 
 class TrainingSpec(_Strict):
     batch_size: int = Field(128, ge=1, le=65_536, description="Mini-batch size.")
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = Field("adam", description="Optimizer for every training step.")
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = Field(
+        "adam", description="Optimizer for every training step."
+    )
     learning_rate: float = Field(1e-3, gt=0.0, le=10.0, description="Learning rate, 0 < lr <= 10.")
     loss: str | None = Field(
         None, description="Keras loss name; overrides the saved model's compiled loss. Required for uncompiled models."
@@ -313,18 +358,24 @@ class TrainingSpec(_Strict):
         None, description="Keras metric names; override the saved model's compiled metrics."
     )
     validation_fraction: float = Field(
-        0.2, gt=0.0, lt=1.0, description="Held-out fraction taken (deterministically) from x_train when no x_val is given."
+        0.2,
+        gt=0.0,
+        lt=1.0,
+        description="Held-out fraction taken (deterministically) from x_train when no x_val is given.",
     )
     shuffle: bool = True
     batchnorm_reestimation: bool = Field(
-        True, description="After every training step and every structured rebuild, set each BatchNormalization "
+        True,
+        description="After every training step and every structured rebuild, set each BatchNormalization "
         "layer's moving mean and variance to the population statistics of its input over training samples (one "
         "pass, batch statistics in BN layers, every other layer in inference mode). The step's record gives the "
-        "held-out metrics before and after. No effect on models without BatchNormalization."
+        "held-out metrics before and after. No effect on models without BatchNormalization.",
     )
     batchnorm_samples: int = Field(
-        2048, ge=1, le=100_000, description="Training samples (a seeded random subset) used to re-estimate "
-        "BatchNormalization statistics."
+        2048,
+        ge=1,
+        le=100_000,
+        description="Training samples (a seeded random subset) used to re-estimate BatchNormalization statistics.",
     )
 
     @field_validator("loss")
@@ -380,19 +431,28 @@ class ExportSpec(_Strict):
 class EvaluationSpec(_Strict):
     latency: bool = Field(True, description="Measure compiled CPU latency (batch 1 and 32) before and after.")
     latency_runs: int = Field(
-        30, ge=3, le=1000, description="Timed runs per batch size at most (timing stops after 2 s once 8 runs are in; "
+        30,
+        ge=3,
+        le=1000,
+        description="Timed runs per batch size at most (timing stops after 2 s once 8 runs are in; "
         "the manifest records how many were taken); median and spread (p10..p90) are reported. A "
-        "speed win needs the medians' ratio >= 1.10 and the interquartile ranges of before and after not to overlap."
+        "speed win needs the medians' ratio >= 1.10 and the interquartile ranges of before and after not to overlap.",
     )
     max_accuracy_drop: float = Field(
-        0.05, ge=0.0, le=1.0, description="Tolerated drop of held-out accuracy-like metrics (names containing "
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Tolerated drop of held-out accuracy-like metrics (names containing "
         "'accuracy'), in absolute fraction: 0.05 = 5 points. A larger drop makes the summary's win 'none', "
-        "within_tolerance false and the first note say so."
+        "within_tolerance false and the first note say so.",
     )
     max_loss_increase: float = Field(
-        0.10, ge=0.0, le=100.0, description="Tolerated relative increase of the held-out loss and error metrics "
+        0.10,
+        ge=0.0,
+        le=100.0,
+        description="Tolerated relative increase of the held-out loss and error metrics "
         "(mse, mae, ...), used when the task has no accuracy-like metric: 0.10 = 10% higher. A larger increase "
-        "makes the summary's win 'none', within_tolerance false and the first note say so."
+        "makes the summary's win 'none', within_tolerance false and the first note say so.",
     )
 
 
@@ -419,7 +479,8 @@ class JobSpec(_Strict):
         """Whether any step needs training data (every job evaluates, so data is always used when given)."""
         return any(getattr(s, "epochs", 0) > 0 for s in self.steps) or any(
             (s.kind == "structured" and s.criterion in ("mean_activation", "apoz"))
-            or s.kind in ("sensitivity", "budget") or getattr(s, "allocation", "ranking") == "sensitivity"
+            or s.kind in ("sensitivity", "budget")
+            or getattr(s, "allocation", "ranking") == "sensitivity"
             for s in self.steps
         )
 

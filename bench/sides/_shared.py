@@ -62,6 +62,10 @@ class Stopwatch:
         return self.marks[b][i] - (self.marks[a][i] if a else 0.0)
 
     def report(self, *, fit: tuple[str, str] = ("compiled", "fitted"), end: str = "saved") -> dict:
-        return {"fit_s": self.between(*fit), "fit_cpu_s": self.between(*fit, cpu=True),
-                "job_s": self.between(None, end), "job_cpu_s": self.between(None, end, cpu=True),
-                "setup_s": self.between(None, fit[0])}
+        return {
+            "fit_s": self.between(*fit),
+            "fit_cpu_s": self.between(*fit, cpu=True),
+            "job_s": self.between(None, end),
+            "job_cpu_s": self.between(None, end, cpu=True),
+            "setup_s": self.between(None, fit[0]),
+        }

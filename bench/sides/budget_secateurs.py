@@ -31,18 +31,27 @@ def budget_job(model_file: str, step: dict, batch_size: int = 128, seed: int = 0
     if not npz.exists():
         np.savez(npz, x_train=x, y_train=y, x_val=xv, y_val=yv)
     out = _TMP / f"out-{time.monotonic_ns()}"
-    spec = JobSpec.model_validate({"steps": [step], "training": {"batch_size": batch_size},
-                                   "evaluation": {"latency": False}, "seed": seed})
+    spec = JobSpec.model_validate(
+        {"steps": [step], "training": {"batch_size": batch_size}, "evaluation": {"latency": False}, "seed": seed}
+    )
     t0 = time.perf_counter()
     manifest = compress(model_file, npz, spec, out)
     wall = time.perf_counter() - t0
     model = keras.saving.load_model(out / "model.keras")
-    result = {"budget": manifest["budget"], "summary": manifest["summary"], "wall_time_s": wall,
-              "before": manifest["before"]["evaluation"], "after": manifest["after"]["evaluation"],
-              "sparsity": kernel_sparsity(model), "accuracy": held_out_accuracy(model),
-              "gzip_bytes": {"before": manifest["before"]["file"]["gzip_bytes"],
-                             "after": manifest["after"]["file"]["gzip_bytes"]},
-              "step_wall_time_s": manifest["steps"][0]["wall_time_s"]}
+    result = {
+        "budget": manifest["budget"],
+        "summary": manifest["summary"],
+        "wall_time_s": wall,
+        "before": manifest["before"]["evaluation"],
+        "after": manifest["after"]["evaluation"],
+        "sparsity": kernel_sparsity(model),
+        "accuracy": held_out_accuracy(model),
+        "gzip_bytes": {
+            "before": manifest["before"]["file"]["gzip_bytes"],
+            "after": manifest["after"]["file"]["gzip_bytes"],
+        },
+        "step_wall_time_s": manifest["steps"][0]["wall_time_s"],
+    }
     shutil.rmtree(out, ignore_errors=True)
     return result
 

@@ -23,17 +23,17 @@ import numpy as np
 import tensorflow as tf
 
 from bench.models import build
-from bench.sides._shared import Stopwatch, data, held_out_accuracy, kernel_sparsity, seed_everything
+from bench.sides._shared import Stopwatch, data, held_out_accuracy, kernel_sparsity
 
 _TMP = Path(tempfile.mkdtemp(prefix="bench-secateurs-"))
 
 # name -> overrides of the engine's compile settings (`model_io.compile_model`) and the input pipeline; the
 # plain and the pruning job of a variant compile alike, so the overhead is pruning's alone
 VARIANTS: dict[str, dict] = {
-    "default": {},                           # the engine as it is (steps_per_execution 8 since it was measured here)
-    "spe=1": {"steps_per_execution": 1},     # Keras' default, the engine's setting before
-    "jit": {"jit_compile": True},            # XLA
-    "dataset": {"pipeline": "dataset"},      # a cached, shuffled, prefetched tf.data.Dataset instead of arrays
+    "default": {},  # the engine as it is (steps_per_execution 8 since it was measured here)
+    "spe=1": {"steps_per_execution": 1},  # Keras' default, the engine's setting before
+    "jit": {"jit_compile": True},  # XLA
+    "dataset": {"pipeline": "dataset"},  # a cached, shuffled, prefetched tf.data.Dataset instead of arrays
 }
 
 
@@ -49,9 +49,13 @@ def _fit_inputs(pipeline: str, batch_size: int, seed: int):
     x, y, _, _ = data()
     if pipeline == "arrays":
         return {"x": x, "y": y, "batch_size": batch_size, "shuffle": True}
-    ds = (tf.data.Dataset.from_tensor_slices((x, y)).cache()
-          .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-          .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    ds = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .cache()
+        .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
     return {"x": ds}
 
 
@@ -71,8 +75,12 @@ def pretrain(model: str, epochs: int, batch_size: int, out: str, seed: int = 0, 
 
 def _compile_plain(model, lr: float, extra: dict | None = None) -> None:
     """Keras' own compile with Keras' defaults (the mask-update profile below; the jobs compile as the engine)."""
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                  **(extra or {}))
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        **(extra or {}),
+    )
 
 
 def _finish(model, sw: Stopwatch, extra: dict) -> dict:
@@ -82,8 +90,9 @@ def _finish(model, sw: Stopwatch, extra: dict) -> dict:
     return {**sw.report(), "accuracy": acc, "sparsity": kernel_sparsity(model), **extra}
 
 
-def plain_job(model_file: str, epochs: int, batch_size: int, lr: float = 1e-3, seed: int = 0,
-              variant: str = "default") -> dict:
+def plain_job(
+    model_file: str, epochs: int, batch_size: int, lr: float = 1e-3, seed: int = 0, variant: str = "default"
+) -> dict:
     """Load, compile (as the engine does, with the variant's overrides), fit `epochs` without pruning, save:
     plain Keras 3."""
     keras.utils.set_random_seed(seed)
@@ -104,8 +113,15 @@ def _engine_compile(model, lr: float, batch_size: int, extra: dict) -> str:
     from workers.engine import config, model_io
     from workers.spec import TrainingSpec
 
-    training = config.training_settings(TrainingSpec(batch_size=batch_size, optimizer="adam", learning_rate=lr,
-                                                     loss="sparse_categorical_crossentropy", metrics=["accuracy"]))
+    training = config.training_settings(
+        TrainingSpec(
+            batch_size=batch_size,
+            optimizer="adam",
+            learning_rate=lr,
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+    )
     model_io.compile_model(model, training, training.loss, training.metrics)
     if not extra:
         return "model_io.compile_model"
@@ -120,8 +136,17 @@ def prune_step(target: float, epochs: int, **overrides):
     return PruneStep(method="magnitude", target_sparsity=target, epochs=epochs, **overrides)
 
 
-def prune_job(model_file: str, epochs: int, batch_size: int, target: float, lr: float = 1e-3, seed: int = 0,
-              variant: str = "default", step: dict | None = None, selection: dict | None = None) -> dict:
+def prune_job(
+    model_file: str,
+    epochs: int,
+    batch_size: int,
+    target: float,
+    lr: float = 1e-3,
+    seed: int = 0,
+    variant: str = "default",
+    step: dict | None = None,
+    selection: dict | None = None,
+) -> dict:
     """Load, attach a Pruner (engine defaults: global scope, polynomial schedule), compile, fit with the pruning
     callback, detach, save: the pipeline's gradual prune step without evaluation/latency/export."""
     from workers.engine import config
@@ -145,17 +170,32 @@ def prune_job(model_file: str, epochs: int, batch_size: int, target: float, lr: 
     sw.mark("fitted")
     pruner.detach()
     sw.mark("detached")
-    return _finish(model, sw, {"variant": variant, "compiled_by": compiled_by, "spared": list(pruner.spared),
-                               "mask_updates": len(callback.updates), "schedule": spec.effective_schedule.kind})
+    return _finish(
+        model,
+        sw,
+        {
+            "variant": variant,
+            "compiled_by": compiled_by,
+            "spared": list(pruner.spared),
+            "mask_updates": len(callback.updates),
+            "schedule": spec.effective_schedule.kind,
+        },
+    )
 
 
 def info() -> dict:
     import workers
 
-    return {"tensorflow": tf.__version__, "keras": keras.__version__, "backend": keras.backend.backend(),
-            "workers_package": str(Path(workers.__file__).parent),
-            "threads": {"intra": tf.config.threading.get_intra_op_parallelism_threads(),
-                        "inter": tf.config.threading.get_inter_op_parallelism_threads()}}
+    return {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+        "workers_package": str(Path(workers.__file__).parent),
+        "threads": {
+            "intra": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter": tf.config.threading.get_inter_op_parallelism_threads(),
+        },
+    }
 
 
 TASKS = {"pretrain": pretrain, "plain_job": plain_job, "prune_job": prune_job, "info": info}
@@ -169,8 +209,12 @@ def _measure_model(model, path: Path) -> dict:
 
     model.save(path)
     params = metrics.param_stats(model)
-    return {"params": int(params["total"]), "macs": int(metrics.macs(model)["macs"]),
-            "file": metrics.file_size(path), "accuracy": held_out_accuracy(model)}
+    return {
+        "params": int(params["total"]),
+        "macs": int(metrics.macs(model)["macs"]),
+        "file": metrics.file_size(path),
+        "accuracy": held_out_accuracy(model),
+    }
 
 
 def _finetune(model, phases: list, batch_size: int, seed: int) -> float:
@@ -183,8 +227,11 @@ def _finetune(model, phases: list, batch_size: int, seed: int) -> float:
     x, y, _, _ = data()
     seconds = 0.0
     for epochs, lr in phases:
-        training = config.training_settings(TrainingSpec(
-            batch_size=batch_size, learning_rate=lr, loss="sparse_categorical_crossentropy", metrics=["accuracy"]))
+        training = config.training_settings(
+            TrainingSpec(
+                batch_size=batch_size, learning_rate=lr, loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+            )
+        )
         model_io.compile_model(model, training, training.loss, training.metrics)
         sw = Stopwatch()
         model.fit(x, y, batch_size=batch_size, epochs=int(epochs), verbose=0, shuffle=True)
@@ -203,18 +250,31 @@ def structured_pretrain(width: int, phases: list, out: str, batch_size: int = 12
     model = resnet_bn(keras, width=width)
     sw = Stopwatch()
     for epochs, lr in phases:
-        model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         model.fit(x, y, batch_size=batch_size, epochs=int(epochs), verbose=0, shuffle=True)
     sw.mark("fitted")
     model.save(out)
-    return {"path": out, "accuracy": held_out_accuracy(model), "params": int(model.count_params()),
-            "train_s": sw.between(None, "fitted"), "phases": phases}
+    return {
+        "path": out,
+        "accuracy": held_out_accuracy(model),
+        "params": int(model.count_params()),
+        "train_s": sw.between(None, "fitted"),
+        "phases": phases,
+    }
 
 
-def structured_job(model_file: str, keep_ratio: float, finetune: list, criterion: str = "l1",
-                   scope: str = "layer", round_to: int = 1, latency_rounds: int = 5, latency_runs: int = 30,
-                   batch_size: int = 128, seed: int = 0) -> dict:
+def structured_job(
+    model_file: str,
+    keep_ratio: float,
+    finetune: list,
+    criterion: str = "l1",
+    scope: str = "layer",
+    round_to: int = 1,
+    latency_rounds: int = 5,
+    latency_runs: int = 30,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> dict:
     """structured_prune the model (engine defaults unless given), fine-tune, and measure before and after.
 
     Latency: `latency_rounds` alternating rounds of `metrics.latency` (compiled forward pass, warm-up, median of
@@ -228,8 +288,9 @@ def structured_job(model_file: str, keep_ratio: float, finetune: list, criterion
     before = _measure_model(original, _TMP / "before.keras")
     x = data()[0]
     sw = Stopwatch()
-    pruned, report = structured_prune(original, criterion=criterion, keep_ratio=keep_ratio, scope=scope,
-                                      round_to=round_to, x_calib=x[:512])
+    pruned, report = structured_prune(
+        original, criterion=criterion, keep_ratio=keep_ratio, scope=scope, round_to=round_to, x_calib=x[:512]
+    )
     sw.mark("surgery")
     accuracy_before_finetune = held_out_accuracy(pruned)
     finetune_s = _finetune(pruned, finetune, batch_size, seed) if finetune else 0.0
@@ -239,13 +300,31 @@ def structured_job(model_file: str, keep_ratio: float, finetune: list, criterion
     for _ in range(latency_rounds):
         lb = metrics.latency(original, batch_sizes=(1, 32), runs=latency_runs)
         la = metrics.latency(pruned, batch_sizes=(1, 32), runs=latency_runs)
-        rounds.append({k: {"before_ms": lb[k]["median"], "after_ms": la[k]["median"],
-                           "speedup": lb[k]["median"] / la[k]["median"]} for k in lb})
-    out = {"keep_ratio": keep_ratio, "criterion": criterion, "scope": scope, "round_to": round_to,
-           "before": before, "after": after, "latency_rounds": rounds, "surgery_s": sw.between(None, "surgery"),
-           "finetune_s": finetune_s, "finetune": finetune,
-           "groups": [{"layers": g.layers, "units_before": g.units_before, "units_after": g.units_after}
-                      for g in report.groups]}
+        rounds.append(
+            {
+                k: {
+                    "before_ms": lb[k]["median"],
+                    "after_ms": la[k]["median"],
+                    "speedup": lb[k]["median"] / la[k]["median"],
+                }
+                for k in lb
+            }
+        )
+    out = {
+        "keep_ratio": keep_ratio,
+        "criterion": criterion,
+        "scope": scope,
+        "round_to": round_to,
+        "before": before,
+        "after": after,
+        "latency_rounds": rounds,
+        "surgery_s": sw.between(None, "surgery"),
+        "finetune_s": finetune_s,
+        "finetune": finetune,
+        "groups": [
+            {"layers": g.layers, "units_before": g.units_before, "units_after": g.units_after} for g in report.groups
+        ],
+    }
     return out
 
 
@@ -256,8 +335,13 @@ def finetune_reference(model_file: str, finetune: list, batch_size: int = 128, s
     return {"accuracy": held_out_accuracy(reference), "finetune_s": seconds, "finetune": finetune}
 
 
-TASKS.update({"structured_pretrain": structured_pretrain, "structured_job": structured_job,
-              "finetune_reference": finetune_reference})
+TASKS.update(
+    {
+        "structured_pretrain": structured_pretrain,
+        "structured_job": structured_job,
+        "finetune_reference": finetune_reference,
+    }
+)
 
 
 # --------------------------------------------------------------------------- mask-update cost (profiling aid)
@@ -299,9 +383,15 @@ def mask_update_cost(model_file: str, epochs: int, target: float, batch_size: in
     finally:
         pruning.PruningCallback._update = original
         pruner.detach()
-    return {"plain_fit_s": sw.between(None, "plain"), "prune_fit_s": sw.between("compiled", "pruned"),
-            "updates": len(spent), "update_total_s": sum(spent), "update_median_ms": 1000 * float(np.median(spent)),
-            "update_max_ms": 1000 * max(spent), "sparsity": pruner.sparsity()}
+    return {
+        "plain_fit_s": sw.between(None, "plain"),
+        "prune_fit_s": sw.between("compiled", "pruned"),
+        "updates": len(spent),
+        "update_total_s": sum(spent),
+        "update_median_ms": 1000 * float(np.median(spent)),
+        "update_max_ms": 1000 * max(spent),
+        "sparsity": pruner.sparsity(),
+    }
 
 
 TASKS["mask_update_cost"] = mask_update_cost

@@ -38,12 +38,24 @@ def _compile(model, lr: float) -> None:
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 
-def _schedule(kind: str, target: float, total_steps: int, frequency: int, begin_step: int = 0,
-              initial_sparsity: float = 0.0, power: float = 3.0):
+def _schedule(
+    kind: str,
+    target: float,
+    total_steps: int,
+    frequency: int,
+    begin_step: int = 0,
+    initial_sparsity: float = 0.0,
+    power: float = 3.0,
+):
     if kind == "polynomial":
-        return tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=initial_sparsity, final_sparsity=target,
-                                                    begin_step=begin_step, end_step=total_steps, power=power,
-                                                    frequency=frequency)
+        return tfmot.sparsity.keras.PolynomialDecay(
+            initial_sparsity=initial_sparsity,
+            final_sparsity=target,
+            begin_step=begin_step,
+            end_step=total_steps,
+            power=power,
+            frequency=frequency,
+        )
     if kind == "constant":
         return tfmot.sparsity.keras.ConstantSparsity(target, begin_step=begin_step, frequency=frequency)
     raise ValueError(f"unknown tfmot schedule '{kind}'")
@@ -69,8 +81,17 @@ def plain_job(model_file: str, epochs: int, batch_size: int, lr: float = 1e-3, s
     return _finish(model, sw, {})
 
 
-def prune_job(model_file: str, epochs: int, batch_size: int, target: float, schedule: str = "polynomial",
-              frequency: int = 100, lr: float = 1e-3, seed: int = 0, initial_sparsity: float = 0.0) -> dict:
+def prune_job(
+    model_file: str,
+    epochs: int,
+    batch_size: int,
+    target: float,
+    schedule: str = "polynomial",
+    frequency: int = 100,
+    lr: float = 1e-3,
+    seed: int = 0,
+    initial_sparsity: float = 0.0,
+) -> dict:
     """Load, wrap with prune_low_magnitude, compile, fit with UpdatePruningStep, strip_pruning, save."""
     seed_everything(seed)
     x, y, _, _ = data()
@@ -81,8 +102,15 @@ def prune_job(model_file: str, epochs: int, batch_size: int, target: float, sche
     pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=sched)
     _compile(pruned, lr)
     sw.mark("compiled")
-    pruned.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True,
-               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    pruned.fit(
+        x,
+        y,
+        batch_size=batch_size,
+        epochs=epochs,
+        verbose=0,
+        shuffle=True,
+        callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+    )
     sw.mark("fitted")
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     sw.mark("stripped")
@@ -90,10 +118,15 @@ def prune_job(model_file: str, epochs: int, batch_size: int, target: float, sche
 
 
 def info() -> dict:
-    return {"tensorflow": tf.__version__, "tf_keras": keras.__version__, "tfmot": tfmot.__version__.__str__()
-            if hasattr(tfmot, "__version__") else None, "threads": {
-                "intra": tf.config.threading.get_intra_op_parallelism_threads(),
-                "inter": tf.config.threading.get_inter_op_parallelism_threads()}}
+    return {
+        "tensorflow": tf.__version__,
+        "tf_keras": keras.__version__,
+        "tfmot": tfmot.__version__.__str__() if hasattr(tfmot, "__version__") else None,
+        "threads": {
+            "intra": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter": tf.config.threading.get_inter_op_parallelism_threads(),
+        },
+    }
 
 
 TASKS = {"prepare": prepare, "plain_job": plain_job, "prune_job": prune_job, "info": info}

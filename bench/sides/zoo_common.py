@@ -35,5 +35,10 @@ def sparsity_report(model) -> dict:
         per_layer[layer.name] = round(z / w.size, 4)
         zeros, total = zeros + z, total + w.size
     over = sorted(name for name, s in per_layer.items() if s > DISCONNECTED)
-    return {"sparsity": zeros / total if total else 0.0, "prunable_weights": int(total), "layer_sparsity": per_layer,
-            "layers_over_98": len(over), "disconnected": over}
+    return {
+        "sparsity": zeros / total if total else 0.0,
+        "prunable_weights": int(total),
+        "layer_sparsity": per_layer,
+        "layers_over_98": len(over),
+        "disconnected": over,
+    }

@@ -38,7 +38,7 @@ def settle_batchnorm(model, x: np.ndarray, batch_size: int = 128) -> int:
         for k, start in enumerate(range(0, len(x), batch_size)):
             for layer in bns:
                 layer.momentum = k / (k + 1)
-            model(x[start:start + batch_size], training=True)
+            model(x[start : start + batch_size], training=True)
     finally:
         for layer, momentum in zip(bns, momenta):
             layer.momentum = momentum
@@ -47,8 +47,9 @@ def settle_batchnorm(model, x: np.ndarray, batch_size: int = 128) -> int:
     return len(bns)
 
 
-def zoo_pretrain(model: str, n_train: int, n_test: int, epochs: int, out: str, batch_size: int = 128,
-                 seed: int = 0) -> dict:
+def zoo_pretrain(
+    model: str, n_train: int, n_test: int, epochs: int, out: str, batch_size: int = 128, seed: int = 0
+) -> dict:
     """Train `model` from scratch (Adam 1e-3) on the digits, settle its BatchNorm statistics (`settle_batchnorm`);
     save `out` (.keras), its weights (.npz, w0..wn) and a data file for the engine (`<out>-data.npz`: x_train,
     y_train and the held-out digits as x_val, y_val)."""
@@ -67,11 +68,20 @@ def zoo_pretrain(model: str, n_train: int, n_test: int, epochs: int, out: str, b
     stem = str(Path(out).with_suffix(""))
     np.savez(f"{stem}.npz", **{f"w{i}": w for i, w in enumerate(m.get_weights())})
     np.savez(f"{stem}-data.npz", x_train=x, y_train=y, x_val=xt, y_val=yt)
-    return {"keras": out, "weights": f"{stem}.npz", "data": f"{stem}-data.npz", "accuracy": accuracy(m, xt, yt),
-            "accuracy_before_settling": accuracy_trained, "batchnorm_layers": settled,
-            "params": int(m.count_params()), "macs": int(metrics.macs(m)["macs"]), "train_s": train_s,
-            "epoch_s": train_s / epochs, "layers": len(m.layers),
-            "layer_classes": sorted({type(layer).__name__ for layer in m.layers})}
+    return {
+        "keras": out,
+        "weights": f"{stem}.npz",
+        "data": f"{stem}-data.npz",
+        "accuracy": accuracy(m, xt, yt),
+        "accuracy_before_settling": accuracy_trained,
+        "batchnorm_layers": settled,
+        "params": int(m.count_params()),
+        "macs": int(metrics.macs(m)["macs"]),
+        "train_s": train_s,
+        "epoch_s": train_s / epochs,
+        "layers": len(m.layers),
+        "layer_classes": sorted({type(layer).__name__ for layer in m.layers}),
+    }
 
 
 def _reestimate(model, x: np.ndarray, xt: np.ndarray, yt: np.ndarray) -> dict:
@@ -84,16 +94,21 @@ def _reestimate(model, x: np.ndarray, xt: np.ndarray, yt: np.ndarray) -> dict:
     t0 = time.perf_counter()
     record = batchnorm.reestimate_batchnorm(model, x, batch_size=128)
     seconds = time.perf_counter() - t0
-    return {"accuracy": accuracy(model, xt, yt), "record": _jsonable(record), "seconds": seconds,
-            "stand_in": bool(getattr(batchnorm, "STAND_IN", False))}
+    return {
+        "accuracy": accuracy(model, xt, yt),
+        "record": _jsonable(record),
+        "seconds": seconds,
+        "stand_in": bool(getattr(batchnorm, "STAND_IN", False)),
+    }
 
 
 def _jsonable(obj):
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
-def zoo_plain(model: str, model_file: str, n_train: int, n_test: int, epochs: int, batch_size: int = 128,
-              seed: int = 0) -> dict:
+def zoo_plain(
+    model: str, model_file: str, n_train: int, n_test: int, epochs: int, batch_size: int = 128, seed: int = 0
+) -> dict:
     """The reference: `model.fit` for `epochs` (Adam 1e-3), no pruning; then the same model with its BatchNorm
     statistics re-estimated on the training digits."""
     keras.utils.set_random_seed(seed)
@@ -103,8 +118,12 @@ def zoo_plain(model: str, model_file: str, n_train: int, n_test: int, epochs: in
     t0 = time.perf_counter()
     history = m.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
     wall = time.perf_counter() - t0
-    out = {"accuracy": accuracy(m, xt, yt), "train_accuracy": float(history.history["accuracy"][-1]),
-           "wall_s": wall, **sparsity_report(m)}
+    out = {
+        "accuracy": accuracy(m, xt, yt),
+        "train_accuracy": float(history.history["accuracy"][-1]),
+        "wall_s": wall,
+        **sparsity_report(m),
+    }
     out["reestimated"] = _reestimate(m, x, xt, yt)
     return out
 
@@ -124,16 +143,23 @@ def zoo_engine(model: str, model_file: str, data_file: str, spec: dict, n_train:
     wall = time.perf_counter() - t0
     exported = keras.saving.load_model(out_dir / "model.keras")
     before, after = manifest["before"], manifest["after"]
-    steps = [{k: v for k, v in s.items() if k not in ("history", "layer_sparsity", "report")}
-             for s in manifest["steps"]]
-    out = {"accuracy": accuracy(exported, xt, yt), "wall_s": wall,
-           "macs_before": before["compute"]["macs"], "macs_after": after["compute"]["macs"],
-           "macs_ratio": after["compute"]["macs"] / before["compute"]["macs"],
-           "params_before": before["params"]["total"], "params_after": after["params"]["total"],
-           "manifest_evaluation": {"before": before.get("evaluation"), "after": after.get("evaluation")},
-           "summary": {k: manifest["summary"].get(k) for k in ("win", "notes", "sparsity_after", "evaluation_delta")},
-           "steps": _jsonable(steps), **sparsity_report(exported)}
-    history = (manifest["steps"][-1].get("history") or {})
+    steps = [
+        {k: v for k, v in s.items() if k not in ("history", "layer_sparsity", "report")} for s in manifest["steps"]
+    ]
+    out = {
+        "accuracy": accuracy(exported, xt, yt),
+        "wall_s": wall,
+        "macs_before": before["compute"]["macs"],
+        "macs_after": after["compute"]["macs"],
+        "macs_ratio": after["compute"]["macs"] / before["compute"]["macs"],
+        "params_before": before["params"]["total"],
+        "params_after": after["params"]["total"],
+        "manifest_evaluation": {"before": before.get("evaluation"), "after": after.get("evaluation")},
+        "summary": {k: manifest["summary"].get(k) for k in ("win", "notes", "sparsity_after", "evaluation_delta")},
+        "steps": _jsonable(steps),
+        **sparsity_report(exported),
+    }
+    history = manifest["steps"][-1].get("history") or {}
     if history.get("accuracy"):
         out["train_accuracy"] = float(history["accuracy"][-1])
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -150,5 +176,9 @@ def zoo_reestimate(model: str, weights: str, n_train: int, n_test: int) -> dict:
     return {"accuracy_transferred": accuracy(m, xt, yt), **_reestimate(m, x, xt, yt)}
 
 
-TASKS = {"zoo_pretrain": zoo_pretrain, "zoo_plain": zoo_plain, "zoo_engine": zoo_engine,
-         "zoo_reestimate": zoo_reestimate}
+TASKS = {
+    "zoo_pretrain": zoo_pretrain,
+    "zoo_plain": zoo_plain,
+    "zoo_engine": zoo_engine,
+    "zoo_reestimate": zoo_reestimate,
+}

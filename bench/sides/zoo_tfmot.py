@@ -52,12 +52,26 @@ def _wrap(model, schedule) -> tuple[keras.Model, dict]:
             return layer
 
     wrapped = keras.models.clone_model(model, clone_function=clone_function)
-    return wrapped, {"mode": "supported layers only (clone_model)", "whole_model_error": whole_error,
-                     "refused_classes": sorted(set(refused.values())), "refused_layers": len(refused)}
+    return wrapped, {
+        "mode": "supported layers only (clone_model)",
+        "whole_model_error": whole_error,
+        "refused_classes": sorted(set(refused.values())),
+        "refused_layers": len(refused),
+    }
 
 
-def zoo_prune(model: str, model_file: str, target: float, epochs: int, n_train: int, n_test: int,
-              batch_size: int = 128, frequency: int = 10, lr: float = 1e-3, seed: int = 0) -> dict:
+def zoo_prune(
+    model: str,
+    model_file: str,
+    target: float,
+    epochs: int,
+    n_train: int,
+    n_test: int,
+    batch_size: int = 128,
+    frequency: int = 10,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> dict:
     """Prune to `target` per layer during `epochs` of fine-tuning, strip, score; the stripped weights are saved
     (.npz, Keras order) for re-estimation on the Keras 3 side."""
     seed_everything(seed)
@@ -69,19 +83,33 @@ def zoo_prune(model: str, model_file: str, target: float, epochs: int, n_train: 
         raise ValueError(f"{steps} training steps leave tfmot no pruning step after the first at frequency {frequency}")
     t0 = time.perf_counter()
     base = keras.models.load_model(model_file)
-    schedule = tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=target, begin_step=0,
-                                                    end_step=end, power=3, frequency=frequency)
+    schedule = tfmot.sparsity.keras.PolynomialDecay(
+        initial_sparsity=0.0, final_sparsity=target, begin_step=0, end_step=end, power=3, frequency=frequency
+    )
     pruned, wrapping = _wrap(base, schedule)
     pruned.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    history = pruned.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True,
-                         callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    history = pruned.fit(
+        x,
+        y,
+        batch_size=batch_size,
+        epochs=epochs,
+        verbose=0,
+        shuffle=True,
+        callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+    )
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     wall = time.perf_counter() - t0
     weights = _TMP / f"{model}-{target:g}.npz"
     np.savez(weights, **{f"w{i}": w for i, w in enumerate(stripped.get_weights())})
-    return {"accuracy": accuracy(stripped, xt, yt), "train_accuracy": float(history.history["accuracy"][-1]),
-            "wall_s": wall, "schedule": {"begin_step": 0, "end_step": end, "frequency": frequency, "steps": steps},
-            "wrapping": wrapping, "weights": str(weights), **sparsity_report(stripped)}
+    return {
+        "accuracy": accuracy(stripped, xt, yt),
+        "train_accuracy": float(history.history["accuracy"][-1]),
+        "wall_s": wall,
+        "schedule": {"begin_step": 0, "end_step": end, "frequency": frequency, "steps": steps},
+        "wrapping": wrapping,
+        "weights": str(weights),
+        **sparsity_report(stripped),
+    }
 
 
 TASKS = {"zoo_prepare": zoo_prepare, "zoo_prune": zoo_prune}

@@ -19,8 +19,12 @@ def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, summary="Readiness: store, artifact store and workers are usable",
-            responses={503: {"description": "Not ready (the failing check is named)"}})
+@router.get(
+    "/readyz",
+    response_model=Health,
+    summary="Readiness: store, artifact store and workers are usable",
+    responses={503: {"description": "Not ready (the failing check is named)"}},
+)
 def readyz(request: Request):
     state = request.app.state
     checks: dict[str, object] = {}
@@ -38,13 +42,17 @@ def readyz(request: Request):
     if not state.dispatcher.healthy():
         failed.append("broker" if "broker" in dispatcher else "dispatcher")
     if failed:
-        return problem(503, "not_ready", "not ready: " + ", ".join(f"{n} ({checks[n]})" for n in failed),
-                       instance="/readyz")
+        return problem(
+            503, "not_ready", "not ready: " + ", ".join(f"{n} ({checks[n]})" for n in failed), instance="/readyz"
+        )
     return JSONResponse(Health(status="ready", checks=checks).model_dump())
 
 
-@router.get("/metrics", summary="Prometheus metrics (admin keys only: the counts cover every tenant)",
-            response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, **problem_responses(401, 403)})
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (admin keys only: the counts cover every tenant)",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, **problem_responses(401, 403)},
+)
 def metrics(request: Request, _admin: Admin) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -24,15 +24,6 @@ from pydantic_core import from_json
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from workers import notify
-from workers.artifacts import ArtifactStore, valid_name
-from workers.errors import DataError, EngineError, ModelRejected, QuotaExceeded
-from workers.jobs import ACTIVE, TERMINAL, EventKind, InputFile, JobEvent, JobRecord, JobStatus, NewJob
-from workers.notify.urls import validate_webhook_url
-from workers.settings import LimitSettings, Settings
-from workers.spec import JobSpec, load_spec
-from workers.store import JobStore, TenantQuota
-
 from service.auth import Principal
 from service.errors import (
     RETRY_AFTER_SECONDS,
@@ -46,6 +37,14 @@ from service.errors import (
 )
 from service.prometheus import ServiceMetrics
 from service.services.uploads import FormRules, ParsedUpload, receive_multipart
+from workers import notify
+from workers.artifacts import ArtifactStore, valid_name
+from workers.errors import DataError, EngineError, ModelRejected, QuotaExceeded
+from workers.jobs import ACTIVE, TERMINAL, EventKind, InputFile, JobEvent, JobRecord, JobStatus, NewJob
+from workers.notify.urls import validate_webhook_url
+from workers.settings import LimitSettings, Settings
+from workers.spec import JobSpec, load_spec
+from workers.store import JobStore, TenantQuota
 
 if TYPE_CHECKING:
     from workers.dispatch import Dispatcher
@@ -76,8 +75,14 @@ class Submitted:
 
 
 class JobService:
-    def __init__(self, settings: Settings, store: JobStore, artifacts: ArtifactStore, dispatcher: Dispatcher,
-                 metrics: ServiceMetrics):
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        artifacts: ArtifactStore,
+        dispatcher: Dispatcher,
+        metrics: ServiceMetrics,
+    ):
         self.settings, self.store, self.artifacts = settings, store, artifacts
         self.dispatcher, self.metrics = dispatcher, metrics
         self.rules = FormRules(
@@ -98,9 +103,11 @@ class JobService:
     @property
     def quota(self) -> TenantQuota:
         lim = self.settings.limits
-        return TenantQuota(max_active_jobs=lim.max_active_jobs_per_tenant,
-                           max_stored_jobs=lim.max_stored_jobs_per_tenant,
-                           max_stored_artifacts=lim.max_stored_artifacts_per_tenant)
+        return TenantQuota(
+            max_active_jobs=lim.max_active_jobs_per_tenant,
+            max_stored_jobs=lim.max_stored_jobs_per_tenant,
+            max_stored_artifacts=lim.max_stored_artifacts_per_tenant,
+        )
 
     # -- submit -------------------------------------------------------------------------------------------------
 
@@ -137,22 +144,31 @@ class JobService:
         lim = self.settings.limits
         active = self.store.count_jobs(tenant, ACTIVE)
         if active >= lim.max_active_jobs_per_tenant:
-            raise TooManyRequests(f"tenant '{tenant}' already has {active} queued or running jobs; the limit "
-                                  f"(limits.max_active_jobs_per_tenant) is {lim.max_active_jobs_per_tenant}",
-                                  field="limits.max_active_jobs_per_tenant")
+            raise TooManyRequests(
+                f"tenant '{tenant}' already has {active} queued or running jobs; the limit "
+                f"(limits.max_active_jobs_per_tenant) is {lim.max_active_jobs_per_tenant}",
+                field="limits.max_active_jobs_per_tenant",
+            )
         stored = self.store.count_jobs(tenant)
         if stored >= lim.max_stored_jobs_per_tenant:
-            raise TooManyRequests(f"tenant '{tenant}' already stores {stored} jobs; the limit "
-                                  f"(limits.max_stored_jobs_per_tenant) is {lim.max_stored_jobs_per_tenant}: delete "
-                                  "old jobs", field="limits.max_stored_jobs_per_tenant")
+            raise TooManyRequests(
+                f"tenant '{tenant}' already stores {stored} jobs; the limit "
+                f"(limits.max_stored_jobs_per_tenant) is {lim.max_stored_jobs_per_tenant}: delete "
+                "old jobs",
+                field="limits.max_stored_jobs_per_tenant",
+            )
         artifacts = self.store.count_artifacts(tenant)
         if artifacts >= lim.max_stored_artifacts_per_tenant:
-            raise TooManyRequests(f"tenant '{tenant}' already stores {artifacts} artifacts; the limit "
-                                  f"(limits.max_stored_artifacts_per_tenant) is {lim.max_stored_artifacts_per_tenant}: "
-                                  "delete old jobs", field="limits.max_stored_artifacts_per_tenant")
+            raise TooManyRequests(
+                f"tenant '{tenant}' already stores {artifacts} artifacts; the limit "
+                f"(limits.max_stored_artifacts_per_tenant) is {lim.max_stored_artifacts_per_tenant}: "
+                "delete old jobs",
+                field="limits.max_stored_artifacts_per_tenant",
+            )
 
-    def _save(self, upload: ParsedUpload, who: Principal, idempotency_key: str | None,
-              fingerprint: str | None = None) -> Submitted:
+    def _save(
+        self, upload: ParsedUpload, who: Principal, idempotency_key: str | None, fingerprint: str | None = None
+    ) -> Submitted:
         spec = self._parse_spec(upload)
         model = upload.files.get("model")
         if model is None or model.bytes == 0:
@@ -163,19 +179,35 @@ class JobService:
         with self._inspection_slot():
             model_format = self._inspect("model", model.path)
             if data is None and spec.trains:
-                raise Unprocessable("this spec trains (or ranks units on activations) and needs a dataset: send "
-                                    "form field 'data' (.npz with x_train, y_train)", field="data")
+                raise Unprocessable(
+                    "this spec trains (or ranks units on activations) and needs a dataset: send "
+                    "form field 'data' (.npz with x_train, y_train)",
+                    field="data",
+                )
             if data is not None:
                 arrays = self._inspect("data", data.path)
                 self._check_data(arrays, spec)
         webhook_url = self._check_webhook(upload.fields.get("webhook_url"))
 
-        inputs = {"model": InputFile("model", MODEL_SUFFIX.get(model_format, "model.keras"),
-                                     model.filename or "model", model.bytes, model.sha256)}
+        inputs = {
+            "model": InputFile(
+                "model",
+                MODEL_SUFFIX.get(model_format, "model.keras"),
+                model.filename or "model",
+                model.bytes,
+                model.sha256,
+            )
+        }
         if data is not None:
             inputs["data"] = InputFile("data", DATA_NAME, data.filename or "data.npz", data.bytes, data.sha256)
-        new = NewJob(tenant=who.tenant, spec=spec.model_dump(mode="json"), inputs=inputs, webhook_url=webhook_url,
-                     idempotency_key=idempotency_key, fingerprint=fingerprint)
+        new = NewJob(
+            tenant=who.tenant,
+            spec=spec.model_dump(mode="json"),
+            inputs=inputs,
+            webhook_url=webhook_url,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+        )
         # save first: inputs in place, then the row; only then dispatch. Whatever fails removes what was saved.
         try:
             self.artifacts.adopt_input(new.id, inputs["model"].name, model.path)
@@ -209,26 +241,30 @@ class JobService:
     def _parse_spec(self, upload: ParsedUpload) -> JobSpec:
         text = upload.fields.get("spec")
         if text is None or not text.strip():
-            raise Unprocessable("a job spec is required (form field 'spec', JSON; see GET /v1/schema/jobspec)",
-                                field="spec")
+            raise Unprocessable(
+                "a job spec is required (form field 'spec', JSON; see GET /v1/schema/jobspec)", field="spec"
+            )
         try:
             return load_spec(text)
         except ValidationError as e:
             errors = validation_errors(e, prefix="spec")
             if any(err.get("type") == "json_invalid" for err in e.errors()):
                 errors = [{"field": "spec", "message": f"not valid JSON: {e.errors()[0].get('msg')}"}]
-            raise Unprocessable("invalid spec: " + "; ".join(f"{x['field']}: {x['message']}" for x in errors),
-                                errors=errors) from None
+            raise Unprocessable(
+                "invalid spec: " + "; ".join(f"{x['field']}: {x['message']}" for x in errors), errors=errors
+            ) from None
 
     @contextmanager
     def _inspection_slot(self) -> Iterator[None]:
         """At most limits.max_concurrent_inspections inspections at once: each may need a few hundred MiB."""
         if not self._inspections.acquire(timeout=INSPECTION_WAIT_SECONDS):
             limit = self.settings.limits.max_concurrent_inspections
-            raise Unavailable(f"the server is busy inspecting other uploads ({limit} at a time, "
-                              "limits.max_concurrent_inspections); retry later",
-                              field="limits.max_concurrent_inspections",
-                              headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            raise Unavailable(
+                f"the server is busy inspecting other uploads ({limit} at a time, "
+                "limits.max_concurrent_inspections); retry later",
+                field="limits.max_concurrent_inspections",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
         try:
             yield
         finally:
@@ -249,12 +285,15 @@ class JobService:
     def _check_data(self, arrays: dict, spec: JobSpec) -> None:
         for name in ("x_train", "y_train"):
             if name not in arrays:
-                raise DataError(f"data: the .npz has no array '{name}' (found: {', '.join(sorted(arrays)) or 'none'})",
-                                field=f"data.{name}")
+                raise DataError(
+                    f"data: the .npz has no array '{name}' (found: {', '.join(sorted(arrays)) or 'none'})",
+                    field=f"data.{name}",
+                )
         rows = arrays["x_train"][0][0] if arrays["x_train"][0] else 0
         if arrays["y_train"][0] and arrays["y_train"][0][0] != rows:
-            raise DataError(f"data: x_train has {rows} rows but y_train has {arrays['y_train'][0][0]}",
-                            field="data.y_train")
+            raise DataError(
+                f"data: x_train has {rows} rows but y_train has {arrays['y_train'][0][0]}", field="data.y_train"
+            )
         lim = self.settings.limits
         budget = lim.max_epoch_samples
         # an epoch costs its rows, but never less than a fixed minimum (validation, callbacks and progress cost the
@@ -267,7 +306,9 @@ class JobService:
                 f"the job's training budget is too large: {spec.total_epochs} epochs x {per_epoch} samples per epoch "
                 f"= {cost} exceeds the limit of {budget} (limits.max_epoch_samples); an epoch of the {rows} rows of "
                 f"x_train is charged max({rows}, limits.min_epoch_samples = {lim.min_epoch_samples}) + {steps} steps "
-                f"x limits.step_cost_samples = {lim.step_cost_samples}", field="limits.max_epoch_samples")
+                f"x limits.step_cost_samples = {lim.step_cost_samples}",
+                field="limits.max_epoch_samples",
+            )
 
     def _check_webhook(self, url: str | None) -> str | None:
         if url is None or not url.strip():
@@ -347,8 +388,9 @@ class JobService:
         if job.status is JobStatus.QUEUED:
             job = self.store.request_cancel(job_id, who.tenant) or job
         if job.status is JobStatus.RUNNING:
-            raise Conflict(f"job '{job_id}' is running; cancel it first (POST /v1/jobs/{job_id}/cancel)",
-                           field="status")
+            raise Conflict(
+                f"job '{job_id}' is running; cancel it first (POST /v1/jobs/{job_id}/cancel)", field="status"
+            )
         self.artifacts.delete_job(job_id)
         self.store.delete_job(job_id)
 
@@ -363,8 +405,9 @@ class JobService:
         try:
             chunks = self.artifacts.open_output(job_id, name)
         except FileNotFoundError:
-            raise NotFound(f"artifact '{name}' of job '{job_id}' is missing from the artifact store",
-                           field="name") from None
+            raise NotFound(
+                f"artifact '{name}' of job '{job_id}' is missing from the artifact store", field="name"
+            ) from None
         return Artifact(name=name, bytes=info.bytes, sha256=info.sha256, chunks=chunks)
 
 
@@ -391,7 +434,9 @@ def _same_request(job: JobRecord, fingerprint: str) -> JobRecord:
         raise IdempotencyKeyReused(
             f"Idempotency-Key '{job.idempotency_key}' was already used for job '{job.id}' with a different request "
             "(other files, spec or webhook_url); send a new key for a new job, or the same request to get that "
-            "job", field="Idempotency-Key")
+            "job",
+            field="Idempotency-Key",
+        )
     return job
 
 
@@ -399,15 +444,16 @@ def _model_format(limits: LimitSettings, path) -> str:
     """Inspect a model file in a child process; bound what loading it will cost; keep only its format."""
     from workers.engine.inspection.isolated import inspect_model_isolated
 
-    found = inspect_model_isolated(path, timeout_s=limits.inspection_seconds,
-                                   limit_name="limits.inspection_seconds")
+    found = inspect_model_isolated(path, timeout_s=limits.inspection_seconds, limit_name="limits.inspection_seconds")
     if found.sequential_layers > limits.max_sequential_layers:
         raise ModelRejected(
             f"the model's Sequential models hold {found.sequential_layers} layers; the limit is "
             f"{limits.max_sequential_layers} (limits.max_sequential_layers): Keras rebuilds a Sequential model after "
             "each layer it adds while loading it, so loading takes time growing with the square of its depth. Save "
             "it as a functional model (keras.Model(inputs, outputs)), which loads far faster, or raise the "
-            "limit", field="limits.max_sequential_layers")
+            "limit",
+            field="limits.max_sequential_layers",
+        )
     return found.format
 
 
@@ -421,8 +467,9 @@ def _data_arrays(limits: LimitSettings, path) -> dict:
 _INSPECTIONS = {"model": _model_format, "data": _data_arrays}
 
 
-def prepare_data_dir(settings: Settings, store: JobStore, artifacts: ArtifactStore, *, orphan_age_s: float = 300.0
-                     ) -> dict:
+def prepare_data_dir(
+    settings: Settings, store: JobStore, artifacts: ArtifactStore, *, orphan_age_s: float = 300.0
+) -> dict:
     """Start-up housekeeping: remove temp uploads of a previous run (a restart mid-upload leaves no trace) and
     input directories older than `orphan_age_s` that no job row refers to (a crash between the two saves)."""
     import shutil

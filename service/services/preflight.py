@@ -16,12 +16,11 @@ from contextlib import contextmanager
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from workers.preflight import PreflightLimits, run_isolated
-from workers.settings import Settings
-
 from service.errors import RETRY_AFTER_SECONDS, Unavailable, Unprocessable
 from service.services.jobs import INSPECTION_WAIT_SECONDS, JobService
 from service.services.uploads import FormRules, ParsedUpload, receive_multipart
+from workers.preflight import PreflightLimits, run_isolated
+from workers.settings import Settings
 
 SCRATCH = "preflight"  # the child's directory, inside the upload's own temp directory
 
@@ -55,8 +54,12 @@ class PreflightService:
         with self.jobs._inspection_slot():
             self.jobs._inspect("model", model.path)
         with self._slot():
-            result = run_isolated(model.path, spec.model_dump(mode="json") if spec is not None else None,
-                                  self.limits, upload.tmp_dir / SCRATCH)
+            result = run_isolated(
+                model.path,
+                spec.model_dump(mode="json") if spec is not None else None,
+                self.limits,
+                upload.tmp_dir / SCRATCH,
+            )
         result["model"]["file"] = model.filename or result["model"]["file"]
         return result
 
@@ -65,10 +68,12 @@ class PreflightService:
         """At most limits.max_concurrent_preflights TensorFlow children at once."""
         if not self._slots.acquire(timeout=INSPECTION_WAIT_SECONDS):
             limit = self.settings.limits.max_concurrent_preflights
-            raise Unavailable(f"the server is busy with other preflights ({limit} at a time, "
-                              "limits.max_concurrent_preflights); retry later",
-                              field="limits.max_concurrent_preflights",
-                              headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            raise Unavailable(
+                f"the server is busy with other preflights ({limit} at a time, "
+                "limits.max_concurrent_preflights); retry later",
+                field="limits.max_concurrent_preflights",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
         try:
             yield
         finally:

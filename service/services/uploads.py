@@ -96,8 +96,9 @@ class _PartSink:
         if not name:
             return self._fail(Unprocessable("a multipart part has no field name", field="form"))
         if name not in known:
-            return self._fail(Unprocessable(
-                f"unknown form field '{name}'; expected {', '.join(sorted(known))}", field=name))
+            return self._fail(
+                Unprocessable(f"unknown form field '{name}'; expected {', '.join(sorted(known))}", field=name)
+            )
         if name in self.upload.files or name in self.upload.fields:
             return self._fail(Unprocessable(f"form field '{name}' was sent twice", field=name))
         self.name = name
@@ -106,8 +107,9 @@ class _PartSink:
             # named after the client's file (made safe) so that inspection messages name what the user sent
             (self.upload.tmp_dir / name).mkdir()
             path = self.upload.tmp_dir / name / _safe_filename(filename, name)
-            self.file = UploadedFile(field=name, filename=filename, content_type=ctype.decode("latin-1")
-                                     if ctype else None, path=path)
+            self.file = UploadedFile(
+                field=name, filename=filename, content_type=ctype.decode("latin-1") if ctype else None, path=path
+            )
             self.handle = open(path, "wb")
             self.hash = hashlib.sha256()
         else:
@@ -126,8 +128,13 @@ class _PartSink:
             limit = self.rules.text_fields[self.name]
             if len(self.text) > limit:
                 setting = self.rules.text_limit_names.get(self.name)
-                self._fail(PayloadTooLarge(f"form field '{self.name}' is larger than the limit of {limit} bytes"
-                                           + (f" ({setting})" if setting else ""), field=self.name))
+                self._fail(
+                    PayloadTooLarge(
+                        f"form field '{self.name}' is larger than the limit of {limit} bytes"
+                        + (f" ({setting})" if setting else ""),
+                        field=self.name,
+                    )
+                )
 
     def on_part_end(self) -> None:
         if self.name is None:
@@ -150,8 +157,18 @@ class _PartSink:
             self.handle = None
 
     def callbacks(self) -> dict:
-        return {n: getattr(self, n) for n in ("on_part_begin", "on_header_field", "on_header_value", "on_header_end",
-                                              "on_headers_finished", "on_part_data", "on_part_end")}
+        return {
+            n: getattr(self, n)
+            for n in (
+                "on_part_begin",
+                "on_header_field",
+                "on_header_value",
+                "on_header_end",
+                "on_headers_finished",
+                "on_part_data",
+                "on_part_end",
+            )
+        }
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -164,16 +181,19 @@ def _safe_filename(filename: str | None, fallback: str) -> str:
 
 def _storage_error(e: OSError) -> InsufficientStorage | Unavailable:
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return InsufficientStorage(f"the server has no room to store the upload ({e.strerror}); nothing was kept, "
-                                   "retry later", field="body")
-    return Unavailable(f"the server could not store the upload ({e.strerror or e}); nothing was kept, retry later",
-                       field="body")
+        return InsufficientStorage(
+            f"the server has no room to store the upload ({e.strerror}); nothing was kept, retry later", field="body"
+        )
+    return Unavailable(
+        f"the server could not store the upload ({e.strerror or e}); nothing was kept, retry later", field="body"
+    )
 
 
 def _too_large(rules: FormRules, seen: int | None = None) -> PayloadTooLarge:
     got = f" (received {seen}+ bytes)" if seen is not None else ""
-    return PayloadTooLarge(f"the upload is larger than the limit of {rules.max_body_bytes} bytes "
-                           f"({rules.limit_name}){got}", field="body")
+    return PayloadTooLarge(
+        f"the upload is larger than the limit of {rules.max_body_bytes} bytes ({rules.limit_name}){got}", field="body"
+    )
 
 
 async def receive_multipart(request: Request, tmp_root: Path, rules: FormRules) -> ParsedUpload:
@@ -181,8 +201,11 @@ async def receive_multipart(request: Request, tmp_root: Path, rules: FormRules) 
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or not params.get(b"boundary"):
         data = " -F data=@d.npz" if "data" in rules.file_fields else ""
-        raise UnsupportedMediaType(f"{request.method} {request.url.path} takes multipart/form-data (e.g. curl -F "
-                                   f"model=@m.keras{data} -F spec=@spec.json)", field="content-type")
+        raise UnsupportedMediaType(
+            f"{request.method} {request.url.path} takes multipart/form-data (e.g. curl -F "
+            f"model=@m.keras{data} -F spec=@spec.json)",
+            field="content-type",
+        )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > rules.max_body_bytes:
         raise _too_large(rules)

@@ -70,8 +70,7 @@ def redis_space(url: str = REDIS_URL) -> Iterator[RedisSpace]:
     finally:
         keys = list(client.scan_iter(match=f"{space.prefix}*", count=1000))
         # kombu keeps a few keys outside the global prefix (the bindings set of the default exchange)
-        keys += [k for k in client.scan_iter(match="_kombu.binding.*", count=1000)
-                 if space.prefix.encode() in k]
+        keys += [k for k in client.scan_iter(match="_kombu.binding.*", count=1000) if space.prefix.encode() in k]
         if keys:
             client.delete(*keys)
         client.close()
@@ -90,8 +89,12 @@ class MotoServer:
             import moto.server  # noqa: F401
         except ImportError:
             unreachable("moto[server] is not installed (pip install -e '.[test]')")
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             wait_until_up(f"{self.endpoint_url}/moto-api/", self.proc, timeout, status=None)
         except RuntimeError:
@@ -110,11 +113,13 @@ class MotoServer:
 
     def env(self, bucket: str, prefix: str = "") -> dict[str, str]:
         """SECATEURS_* variables that point the artifact store at this server."""
-        return {"SECATEURS_ARTIFACTS__URL": f"s3://{bucket}/{prefix}".rstrip("/"),
-                "SECATEURS_ARTIFACTS__S3__ENDPOINT_URL": self.endpoint_url,
-                "SECATEURS_ARTIFACTS__S3__REGION": "us-east-1",
-                "SECATEURS_ARTIFACTS__S3__ACCESS_KEY_ID": "testing",
-                "SECATEURS_ARTIFACTS__S3__SECRET_ACCESS_KEY": "testing"}
+        return {
+            "SECATEURS_ARTIFACTS__URL": f"s3://{bucket}/{prefix}".rstrip("/"),
+            "SECATEURS_ARTIFACTS__S3__ENDPOINT_URL": self.endpoint_url,
+            "SECATEURS_ARTIFACTS__S3__REGION": "us-east-1",
+            "SECATEURS_ARTIFACTS__S3__ACCESS_KEY_ID": "testing",
+            "SECATEURS_ARTIFACTS__S3__SECRET_ACCESS_KEY": "testing",
+        }
 
 
 class TcpProxy:

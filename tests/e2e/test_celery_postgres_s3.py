@@ -27,10 +27,16 @@ pytestmark = [pytest.mark.services, pytest.mark.slow]
 EXAMPLES = ROOT / "examples"
 BUCKET = "secateurs-e2e"
 QUEUE = "e2e-jobs"
-QUICK = {"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.5, "epochs": 1}],
-         "training": {"batch_size": 64}, "evaluation": {"latency": False}}
-LONGER = {"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.5, "epochs": 6}],
-          "training": {"batch_size": 16}, "evaluation": {"latency": False}}
+QUICK = {
+    "steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.5, "epochs": 1}],
+    "training": {"batch_size": 64},
+    "evaluation": {"latency": False},
+}
+LONGER = {
+    "steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.5, "epochs": 6}],
+    "training": {"batch_size": 16},
+    "evaluation": {"latency": False},
+}
 
 
 class Topology:
@@ -39,21 +45,38 @@ class Topology:
         redis_port = int(redis.url.rsplit(":", 1)[1].split("/")[0])
         self.broker_proxy = TcpProxy("127.0.0.1", redis_port).up()  # the API reaches the broker through it
         db = redis.url.rsplit("/", 1)[1]
-        common = {"SECATEURS_STORE__URL": pg_url, "SECATEURS_WORKER__DISPATCHER": "celery",
-                  "SECATEURS_CELERY__KEY_PREFIX": redis.prefix, "SECATEURS_CELERY__QUEUE": QUEUE,
-                  "SECATEURS_CELERY__REDISPATCH_INTERVAL": "0.5", "SECATEURS_CELERY__PUBLISH_TIMEOUT": "2",
-                  **moto.env(BUCKET, "e2e")}
-        self.api = Server(tmp / "api-data", workers=0, env={
-            **common, "SECATEURS_CELERY__BROKER_URL": f"redis://127.0.0.1:{self.broker_proxy.port}/{db}"})
-        self.worker_env = {**self.api.env, "SECATEURS_CELERY__BROKER_URL": redis.url,
-                           "SECATEURS_WORKER__CONCURRENCY": "1"}
+        common = {
+            "SECATEURS_STORE__URL": pg_url,
+            "SECATEURS_WORKER__DISPATCHER": "celery",
+            "SECATEURS_CELERY__KEY_PREFIX": redis.prefix,
+            "SECATEURS_CELERY__QUEUE": QUEUE,
+            "SECATEURS_CELERY__REDISPATCH_INTERVAL": "0.5",
+            "SECATEURS_CELERY__PUBLISH_TIMEOUT": "2",
+            **moto.env(BUCKET, "e2e"),
+        }
+        self.api = Server(
+            tmp / "api-data",
+            workers=0,
+            env={**common, "SECATEURS_CELERY__BROKER_URL": f"redis://127.0.0.1:{self.broker_proxy.port}/{db}"},
+        )
+        self.worker_env = {
+            **self.api.env,
+            "SECATEURS_CELERY__BROKER_URL": redis.url,
+            "SECATEURS_WORKER__CONCURRENCY": "1",
+        }
         self.workers: list[subprocess.Popen] = []
 
     def start_worker(self, name: str) -> subprocess.Popen:
         data_dir = self.tmp / f"{name}-data"
         log = open(self.tmp / f"{name}.log", "ab")
-        proc = start_worker("--name", name, env={**self.worker_env, "SECATEURS_DATA_DIR": str(data_dir)},
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = start_worker(
+            "--name",
+            name,
+            env={**self.worker_env, "SECATEURS_DATA_DIR": str(data_dir)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         proc.data_dir, proc.log_path = data_dir, self.tmp / f"{name}.log"
         self.workers.append(proc)
         return proc
@@ -85,21 +108,34 @@ def topology(tmp_path_factory):
 
 def submit(client, spec: dict):
     with open(EXAMPLES / "mnist_small.keras", "rb") as model, open(EXAMPLES / "mnist_small.npz", "rb") as data:
-        return client.post("/v1/jobs", files={"model": ("mnist_small.keras", model, "application/octet-stream"),
-                                              "data": ("mnist_small.npz", data, "application/octet-stream")},
-                           data={"spec": json.dumps(spec)})
+        return client.post(
+            "/v1/jobs",
+            files={
+                "model": ("mnist_small.keras", model, "application/octet-stream"),
+                "data": ("mnist_small.npz", data, "application/octet-stream"),
+            },
+            data={"spec": json.dumps(spec)},
+        )
 
 
 def s3_client(moto: MotoServer):
     import boto3
 
-    return boto3.client("s3", endpoint_url=moto.endpoint_url, region_name="us-east-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
+    return boto3.client(
+        "s3",
+        endpoint_url=moto.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
 
 
 def running_workers(client, job_id: str) -> list[str]:
-    return [line.split("worker=")[1].split("@")[0] for line in client.get(f"/v1/jobs/{job_id}/logs").text.splitlines()
-            if "status=running" in line and "worker=" in line]
+    return [
+        line.split("worker=")[1].split("@")[0]
+        for line in client.get(f"/v1/jobs/{job_id}/logs").text.splitlines()
+        if "status=running" in line and "worker=" in line
+    ]
 
 
 def submit_and_wait_training(client) -> str:
@@ -141,8 +177,9 @@ def test_a_job_submitted_over_http_runs_on_a_celery_worker_and_its_artifact_is_s
         from workers.celery_app import TASK_NAME, create_celery_app
         from workers.settings import Settings
 
-        app = create_celery_app(Settings(celery={"broker_url": topology.redis.url, "queue": QUEUE,
-                                                  "key_prefix": topology.redis.prefix}))
+        app = create_celery_app(
+            Settings(celery={"broker_url": topology.redis.url, "queue": QUEUE, "key_prefix": topology.redis.prefix})
+        )
         app.send_task(TASK_NAME, args=[job["id"]], queue=QUEUE)
         app.close()
         deadline = time.monotonic() + 30
@@ -151,8 +188,7 @@ def test_a_job_submitted_over_http_runs_on_a_celery_worker_and_its_artifact_is_s
         assert topology.redis.queued_messages(QUEUE) == []  # consumed by the worker
         time.sleep(1)
         again = c.get(f"/v1/jobs/{job['id']}").json()
-        assert (again["status"], again["attempts"], again["finished_at"]) == \
-            ("succeeded", 1, job["finished_at"])
+        assert (again["status"], again["attempts"], again["finished_at"]) == ("succeeded", 1, job["finished_at"])
     stop_gracefully(topology, worker)
 
 

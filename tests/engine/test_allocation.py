@@ -8,8 +8,15 @@ import math
 import numpy as np
 import pytest
 
-from workers.engine.allocation import (Curve, allocate, highest_target, predicted_drop, total_for_drop, unit_keeps,
-                                       weight_targets)
+from workers.engine.allocation import (
+    Curve,
+    allocate,
+    highest_target,
+    predicted_drop,
+    total_for_drop,
+    unit_keeps,
+    weight_targets,
+)
 
 LEVELS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 
@@ -77,8 +84,11 @@ def test_allocate_is_optimal_on_convex_curves_against_brute_force():
         total = int(rng.integers(1, 20))
         got = allocate(curves, total)
         cost = sum(predicted_drop(c, n) for c, n in zip(curves, got))
-        best = min(sum(predicted_drop(c, n) for c, n in zip(curves, combo))
-                   for combo in itertools.product(range(9), repeat=3) if sum(combo) == total)
+        best = min(
+            sum(predicted_drop(c, n) for c, n in zip(curves, combo))
+            for combo in itertools.product(range(9), repeat=3)
+            if sum(combo) == total
+        )
         assert cost == pytest.approx(best, abs=1e-9)
 
 

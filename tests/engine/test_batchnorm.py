@@ -80,15 +80,17 @@ def test_reestimation_restores_inference_accuracy_to_training_accuracy(mnist, ki
 
 def _tiny(dropout: float = 0.0) -> keras.Model:
     """Dense -> Dropout -> BN -> ReLU -> Dense -> BN; the second BN's input depends on the first BN."""
-    return keras.Sequential([
-        keras.Input((6,)),
-        L.Dense(5, name="fc1"),
-        L.Dropout(dropout, name="drop"),
-        L.BatchNormalization(name="bn1"),
-        L.ReLU(),
-        L.Dense(4, name="fc2"),
-        L.BatchNormalization(name="bn2"),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(5, name="fc1"),
+            L.Dropout(dropout, name="drop"),
+            L.BatchNormalization(name="bn1"),
+            L.ReLU(),
+            L.Dense(4, name="fc2"),
+            L.BatchNormalization(name="bn2"),
+        ]
+    )
 
 
 def _bn_inputs(model, x) -> dict[str, np.ndarray]:
@@ -151,17 +153,20 @@ def test_nested_models_are_reestimated_and_layers_restored():
     rng = np.random.default_rng(5)
     x = rng.normal(2.0, 3.0, (40, 6)).astype("float32")
     inner_in = keras.Input((6,))
-    inner = keras.Model(inner_in, L.BatchNormalization(name="inner_bn")(L.Dense(5, name="inner_fc")(inner_in)),
-                        name="inner")
+    inner = keras.Model(
+        inner_in, L.BatchNormalization(name="inner_bn")(L.Dense(5, name="inner_fc")(inner_in)), name="inner"
+    )
     model = keras.Sequential([keras.Input((6,)), inner, L.Dense(3, name="fc"), L.BatchNormalization(name="outer_bn")])
     info = reestimate_batchnorm(model, x, batch_size=64)
     assert info["layers"] == 2
     h_inner = np.asarray(inner.get_layer("inner_fc")(x), dtype=np.float64)
-    np.testing.assert_allclose(inner.get_layer("inner_bn").moving_mean.numpy(), h_inner.mean(axis=0),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        inner.get_layer("inner_bn").moving_mean.numpy(), h_inner.mean(axis=0), rtol=1e-5, atol=1e-5
+    )
     h_outer = np.asarray(model.get_layer("fc")(inner(x, training=False)), dtype=np.float64)
-    np.testing.assert_allclose(model.get_layer("outer_bn").moving_variance.numpy(), h_outer.var(axis=0),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        model.get_layer("outer_bn").moving_variance.numpy(), h_outer.var(axis=0), rtol=1e-4, atol=1e-5
+    )
     # the layers behave as before afterwards: inference uses the (new) moving statistics
     bn = model.get_layer("outer_bn")
     assert "call" not in vars(bn)

@@ -18,9 +18,18 @@ def trial_fn(drop_of, max_drop, calls):
     def run(removed, start):
         calls.append((removed, start))
         d = drop_of(removed)
-        return Trial(level=removed, metric=0.9 - d, drop=d, nonzero_params=int(1000 * (1 - removed)),
-                     size_bytes=int(4000 * (1 - removed)), macs=int(1000 * (1 - removed)), latency_ms=None,
-                     within_budget=d <= max_drop, epochs=1)
+        return Trial(
+            level=removed,
+            metric=0.9 - d,
+            drop=d,
+            nonzero_params=int(1000 * (1 - removed)),
+            size_bytes=int(4000 * (1 - removed)),
+            macs=int(1000 * (1 - removed)),
+            latency_ms=None,
+            within_budget=d <= max_drop,
+            epochs=1,
+        )
+
     return run
 
 
@@ -53,8 +62,13 @@ def test_level_search_stops_at_the_highest_level_and_when_converged():
 def test_search_finds_the_most_compressed_trial_within_budget_and_warm_starts_from_it():
     calls = []
     threshold = 0.93  # the drop crosses the budget here
-    result = search(trial_fn(lambda r: 0.002 if r <= threshold else 0.05, 0.01, calls), first=0.8, highest=0.99,
-                    max_trials=6, objective="nonzero_params")
+    result = search(
+        trial_fn(lambda r: 0.002 if r <= threshold else 0.05, 0.01, calls),
+        first=0.8,
+        highest=0.99,
+        max_trials=6,
+        objective="nonzero_params",
+    )
     assert result.met
     levels = [t.removed for t in result.trials]
     within = [t.removed for t in result.trials if t.within_budget]
@@ -63,7 +77,7 @@ def test_search_finds_the_most_compressed_trial_within_budget_and_warm_starts_fr
     assert 0.9 <= chosen.removed <= threshold
     assert len(result.trials) <= 6 and levels[0] == 0.8
     # every trial started from the most compressed trial within budget before it (none for the first)
-    for i, (removed, start) in enumerate(calls):
+    for i, (_removed, start) in enumerate(calls):
         ok_before = [j for j in range(i) if result.trials[j].within_budget]
         expected = max(ok_before, key=lambda j: result.trials[j].removed) if ok_before else None
         assert start == expected and result.trials[i].start == expected
@@ -71,8 +85,9 @@ def test_search_finds_the_most_compressed_trial_within_budget_and_warm_starts_fr
 
 def test_search_that_cannot_meet_the_budget_returns_the_closest_trial():
     calls = []
-    result = search(trial_fn(lambda r: 0.02 + r / 10, 0.01, calls), first=0.5, highest=0.99, max_trials=4,
-                    objective="size")
+    result = search(
+        trial_fn(lambda r: 0.02 + r / 10, 0.01, calls), first=0.5, highest=0.99, max_trials=4, objective="size"
+    )
     assert not result.met and len(result.trials) == 4
     drops = [t.drop for t in result.trials]
     assert result.trials[result.chosen].drop == min(drops)
@@ -82,8 +97,19 @@ def test_search_that_cannot_meet_the_budget_returns_the_closest_trial():
 
 def test_choose_uses_the_objective_among_trials_within_budget():
     def t(removed, within, latency):
-        return Trial(level=removed, metric=0.9, drop=0.0, nonzero_params=100, size_bytes=100, macs=100,
-                     latency_ms=latency, within_budget=within, epochs=1, removed=removed)
+        return Trial(
+            level=removed,
+            metric=0.9,
+            drop=0.0,
+            nonzero_params=100,
+            size_bytes=100,
+            macs=100,
+            latency_ms=latency,
+            within_budget=within,
+            epochs=1,
+            removed=removed,
+        )
+
     trials = [t(0.5, True, 2.0), t(0.7, True, 3.0), t(0.9, False, 1.0)]
     assert choose(trials, "latency") == (0, True)  # the fastest within budget, not the most compressed
     assert choose(trials, "nonzero_params") == (1, True)  # a tie in the objective: the more compressed
@@ -93,9 +119,15 @@ def test_choose_uses_the_objective_among_trials_within_budget():
 def test_search_checks_cancellation_between_trials():
     calls, cancel = [], []
     with pytest.raises(Cancelled):
-        search(trial_fn(lambda r: 0.0, 0.01, calls), first=0.5, highest=0.99, max_trials=6,
-               objective="nonzero_params", should_cancel=lambda: len(cancel) >= 2,
-               on_trial=lambda i, trial: cancel.append(i))
+        search(
+            trial_fn(lambda r: 0.0, 0.01, calls),
+            first=0.5,
+            highest=0.99,
+            max_trials=6,
+            objective="nonzero_params",
+            should_cancel=lambda: len(cancel) >= 2,
+            on_trial=lambda i, trial: cancel.append(i),
+        )
     assert len(calls) == 2
 
 

@@ -38,8 +38,9 @@ def models():
         "multilabel": _model((4,), L.Dense(3, activation="sigmoid")),
         "regression": _model((8,), L.Dense(1)),
         "regression2": _model((8,), L.Dense(2)),
-        "tokens": _model(dict(shape=(5,), dtype="int32"), L.Embedding(20, 4), L.Flatten(),
-                         L.Dense(3, activation="softmax")),
+        "tokens": _model(
+            dict(shape=(5,), dtype="int32"), L.Embedding(20, 4), L.Flatten(), L.Dense(3, activation="softmax")
+        ),
         "per_step": _model((6, 4), L.Dense(5, activation="softmax")),
         "any_length": _model((None, 4), L.GlobalAveragePooling1D(), L.Dense(3, activation="softmax")),
         "two_inputs": keras.Model([a, b], L.Dense(1)(L.Concatenate()([a, b])), name="two_inputs"),
@@ -58,16 +59,19 @@ def _load(path, model, loss=SPARSE, fraction=0.2, seed=0):
 
 def test_given_validation_arrays_are_used_as_given(tmp_path, mnist, models):
     x_train, y_train, x_test, y_test = mnist
-    ds = _load(_npz(tmp_path, x_train=x_train[:500], y_train=y_train[:500], x_val=x_test[:100], y_val=y_test[:100]),
-               models["digits"])
+    ds = _load(
+        _npz(tmp_path, x_train=x_train[:500], y_train=y_train[:500], x_val=x_test[:100], y_val=y_test[:100]),
+        models["digits"],
+    )
     assert ds.split == "given" and ds.label_form == "sparse" and ds.num_classes == 10
     assert ds.x_train.dtype == np.float32 and ds.x_val.dtype == np.float32
     np.testing.assert_array_equal(ds.x_train, x_train[:500])
     np.testing.assert_array_equal(ds.y_val, y_test[:100])
 
 
-@pytest.mark.parametrize("n, fraction, n_val", [(100, 0.2, 20), (101, 0.25, 25), (10, 0.01, 1), (2, 0.99, 1),
-                                                (7, 0.5, 4)])
+@pytest.mark.parametrize(
+    "n, fraction, n_val", [(100, 0.2, 20), (101, 0.25, 25), (10, 0.01, 1), (2, 0.99, 1), (7, 0.5, 4)]
+)
 def test_held_out_split_is_seeded_disjoint_and_complete(tmp_path, models, n, fraction, n_val):
     x = np.arange(n * 8, dtype="float32").reshape(n, 8)  # row i starts with 8*i: identifies the sample
     y = np.arange(n, dtype="float32")
@@ -105,8 +109,9 @@ def test_uint8_images_are_cast_to_float32_without_rescaling(tmp_path, models):
     ds = _load(_npz(tmp_path, x_train=x, y_train=np.arange(20) % 10), models["cnn"])
     assert ds.x_train.dtype == np.float32
     assert ds.x_train.max() == 255.0
-    np.testing.assert_array_equal(np.sort(np.concatenate([ds.x_train, ds.x_val]).ravel()),
-                                  np.sort(x.astype("float32").ravel()))
+    np.testing.assert_array_equal(
+        np.sort(np.concatenate([ds.x_train, ds.x_val]).ravel()), np.sort(x.astype("float32").ravel())
+    )
 
 
 # loss -> (model, y for 12 samples, label form, number of classes)
@@ -164,8 +169,9 @@ def test_none_dimensions_of_the_model_input_match_any_size(tmp_path, models):
 
 
 def test_whole_number_float_labels_are_accepted_as_class_ids(tmp_path, models):
-    ds = _load(_npz(tmp_path, x_train=np.zeros((10, 28, 28)), y_train=(np.arange(10) % 10).astype("float64")),
-               models["digits"])
+    ds = _load(
+        _npz(tmp_path, x_train=np.zeros((10, 28, 28)), y_train=(np.arange(10) % 10).astype("float64")), models["digits"]
+    )
     assert ds.y_train.dtype == np.int64
 
 
@@ -183,59 +189,160 @@ def _with(base: dict, name: str, index, value) -> dict:
 
 # id -> (arrays, model, loss, message fragment)
 BAD = {
-    "label-out-of-range": (lambda: _with(_digits(20), "y_train", 17, 12), "digits", SPARSE,
-                           "y_train[17] = 12 is outside 0..9 for a 10-unit softmax output"),
-    "negative-label-in-val": (lambda: _with(_digits(x_val=np.zeros((5, 28, 28)), y_val=np.arange(5)), "y_val", 3, -1),
-                              "digits", SPARSE, "y_val[3] = -1 is outside 0..9"),
-    "logits-output-named": (lambda: _with(_digits(), "y_train", 2, 10), "logits", SPARSE,
-                            "10-unit linear (logits) output"),
-    "fractional-label": (lambda: _digits(y_train=np.array([0, 1, 2.5, 3, 4, 5, 6, 7, 8, 9])), "digits", SPARSE,
-                         "y_train[2] = 2.5 is not a whole class id"),
-    "bool-sparse-label": (lambda: _digits(y_train=np.ones(10, bool)), "digits", SPARSE,
-                          "y_train has dtype bool; sparse_categorical_crossentropy needs integer class ids"),
+    "label-out-of-range": (
+        lambda: _with(_digits(20), "y_train", 17, 12),
+        "digits",
+        SPARSE,
+        "y_train[17] = 12 is outside 0..9 for a 10-unit softmax output",
+    ),
+    "negative-label-in-val": (
+        lambda: _with(_digits(x_val=np.zeros((5, 28, 28)), y_val=np.arange(5)), "y_val", 3, -1),
+        "digits",
+        SPARSE,
+        "y_val[3] = -1 is outside 0..9",
+    ),
+    "logits-output-named": (
+        lambda: _with(_digits(), "y_train", 2, 10),
+        "logits",
+        SPARSE,
+        "10-unit linear (logits) output",
+    ),
+    "fractional-label": (
+        lambda: _digits(y_train=np.array([0, 1, 2.5, 3, 4, 5, 6, 7, 8, 9])),
+        "digits",
+        SPARSE,
+        "y_train[2] = 2.5 is not a whole class id",
+    ),
+    "bool-sparse-label": (
+        lambda: _digits(y_train=np.ones(10, bool)),
+        "digits",
+        SPARSE,
+        "y_train has dtype bool; sparse_categorical_crossentropy needs integer class ids",
+    ),
     "one-hot-with-sparse-loss": (lambda: _digits(y_train=np.eye(10)), "digits", SPARSE, "looks one-hot encoded"),
-    "ids-with-categorical-loss": (lambda: _digits(), "digits", "categorical_crossentropy",
-                                  "holds one value per sample (class ids?)"),
-    "row-not-summing-to-one": (lambda: _with(_digits(y_train=np.eye(10)), "y_train", (4, 7), 1.0), "digits",
-                               "categorical_crossentropy", "y_train[4] sums to 2; categorical_crossentropy needs"),
-    "sparse-on-one-unit": (lambda: {"x_train": np.zeros((4, 8)), "y_train": np.zeros(4, "int64")}, "regression",
-                           SPARSE, "needs an output with one unit per class (at least 2); the model has a 1-unit"),
-    "binary-target-above-one": (lambda: {"x_train": np.zeros((4, 4)), "y_train": np.array([0, 2.0, 1, 0])}, "binary",
-                                "binary_crossentropy", "y_train[1] = 2.0 is outside [0, 1]"),
-    "regression-shape": (lambda: {"x_train": np.zeros((4, 8)), "y_train": np.zeros((4, 3))}, "regression", "mse",
-                         "y_train has sample shape (3,) but the model output has shape (1,)"),
-    "regression-needs-two-targets": (lambda: {"x_train": np.zeros((4, 8)), "y_train": np.zeros(4)}, "regression2",
-                                     "huber", "y_train has sample shape () but the model output has shape (2,)"),
-    "regression-bool-targets": (lambda: {"x_train": np.zeros((4, 8)), "y_train": np.ones(4, bool)}, "regression",
-                                "mae", "y_train has dtype bool; mae needs numeric targets"),
-    "input-shape": (lambda: _digits(x_train=np.zeros((10, 28, 29))), "digits", SPARSE,
-                    "x_train has sample shape (28, 29) but model input"),
+    "ids-with-categorical-loss": (
+        lambda: _digits(),
+        "digits",
+        "categorical_crossentropy",
+        "holds one value per sample (class ids?)",
+    ),
+    "row-not-summing-to-one": (
+        lambda: _with(_digits(y_train=np.eye(10)), "y_train", (4, 7), 1.0),
+        "digits",
+        "categorical_crossentropy",
+        "y_train[4] sums to 2; categorical_crossentropy needs",
+    ),
+    "sparse-on-one-unit": (
+        lambda: {"x_train": np.zeros((4, 8)), "y_train": np.zeros(4, "int64")},
+        "regression",
+        SPARSE,
+        "needs an output with one unit per class (at least 2); the model has a 1-unit",
+    ),
+    "binary-target-above-one": (
+        lambda: {"x_train": np.zeros((4, 4)), "y_train": np.array([0, 2.0, 1, 0])},
+        "binary",
+        "binary_crossentropy",
+        "y_train[1] = 2.0 is outside [0, 1]",
+    ),
+    "regression-shape": (
+        lambda: {"x_train": np.zeros((4, 8)), "y_train": np.zeros((4, 3))},
+        "regression",
+        "mse",
+        "y_train has sample shape (3,) but the model output has shape (1,)",
+    ),
+    "regression-needs-two-targets": (
+        lambda: {"x_train": np.zeros((4, 8)), "y_train": np.zeros(4)},
+        "regression2",
+        "huber",
+        "y_train has sample shape () but the model output has shape (2,)",
+    ),
+    "regression-bool-targets": (
+        lambda: {"x_train": np.zeros((4, 8)), "y_train": np.ones(4, bool)},
+        "regression",
+        "mae",
+        "y_train has dtype bool; mae needs numeric targets",
+    ),
+    "input-shape": (
+        lambda: _digits(x_train=np.zeros((10, 28, 29))),
+        "digits",
+        SPARSE,
+        "x_train has sample shape (28, 29) but model input",
+    ),
     "missing-channel-axis": (lambda: _digits(), "cnn", SPARSE, "add a channel axis (x[..., None])"),
-    "nan-in-x": (lambda: _with(_digits(), "x_train", (5, 3, 4), np.nan), "digits", SPARSE,
-                 "x_train contains 1 NaN/Inf value(s); the first is x_train[5, 3, 4] = nan"),
-    "inf-in-y-val": (lambda: {"x_train": np.zeros((4, 8)), "y_train": np.zeros(4), "x_val": np.zeros((2, 8)),
-                              "y_val": np.array([1.0, np.inf])}, "regression", "mse", "y_val contains 1 NaN/Inf"),
-    "float64-beyond-float32": (lambda: _with(_digits(x_train=np.zeros((10, 28, 28), "float64")), "x_train",
-                                             (1, 0, 0), 1e300), "digits", SPARSE, "x_train (as float32) contains"),
-    "sample-count": (lambda: _digits(y_train=np.arange(9) % 10), "digits", SPARSE,
-                     "x_train has 10 samples but y_train has 9"),
-    "val-sample-count": (lambda: _digits(x_val=np.zeros((3, 28, 28)), y_val=np.arange(4)), "digits", SPARSE,
-                         "x_val has 3 samples but y_val has 4"),
+    "nan-in-x": (
+        lambda: _with(_digits(), "x_train", (5, 3, 4), np.nan),
+        "digits",
+        SPARSE,
+        "x_train contains 1 NaN/Inf value(s); the first is x_train[5, 3, 4] = nan",
+    ),
+    "inf-in-y-val": (
+        lambda: {
+            "x_train": np.zeros((4, 8)),
+            "y_train": np.zeros(4),
+            "x_val": np.zeros((2, 8)),
+            "y_val": np.array([1.0, np.inf]),
+        },
+        "regression",
+        "mse",
+        "y_val contains 1 NaN/Inf",
+    ),
+    "float64-beyond-float32": (
+        lambda: _with(_digits(x_train=np.zeros((10, 28, 28), "float64")), "x_train", (1, 0, 0), 1e300),
+        "digits",
+        SPARSE,
+        "x_train (as float32) contains",
+    ),
+    "sample-count": (
+        lambda: _digits(y_train=np.arange(9) % 10),
+        "digits",
+        SPARSE,
+        "x_train has 10 samples but y_train has 9",
+    ),
+    "val-sample-count": (
+        lambda: _digits(x_val=np.zeros((3, 28, 28)), y_val=np.arange(4)),
+        "digits",
+        SPARSE,
+        "x_val has 3 samples but y_val has 4",
+    ),
     "one-sample": (lambda: _digits(1), "digits", SPARSE, "x_train has 1 sample; at least 2 are needed"),
-    "empty-val": (lambda: _digits(x_val=np.zeros((0, 28, 28)), y_val=np.zeros(0, "int64")), "digits", SPARSE,
-                  "x_val is empty (shape (0, 28, 28))"),
+    "empty-val": (
+        lambda: _digits(x_val=np.zeros((0, 28, 28)), y_val=np.zeros(0, "int64")),
+        "digits",
+        SPARSE,
+        "x_val is empty (shape (0, 28, 28))",
+    ),
     "scalar": (lambda: _digits(y_train=np.array(3)), "digits", SPARSE, "y_train is a scalar"),
     "missing-y-train": (lambda: {"x_train": np.zeros((4, 28, 28))}, "digits", SPARSE, "has no array 'y_train'"),
-    "x-val-without-y-val": (lambda: _digits(x_val=np.zeros((2, 28, 28))), "digits", SPARSE,
-                            "has 'x_val' but no 'y_val'; give both or neither"),
-    "unknown-array": (lambda: _digits(x_valid=np.zeros((2, 28, 28))), "digits", SPARSE,
-                      "'x_valid' (did you mean 'x_val'?)"),
-    "bool-inputs": (lambda: _digits(x_train=np.zeros((10, 28, 28), bool)), "digits", SPARSE,
-                    "x_train has dtype bool; inputs must be integer or float arrays"),
-    "float-tokens": (lambda: {"x_train": np.zeros((4, 5)), "y_train": np.zeros(4, "int64")}, "tokens", SPARSE,
-                     "x_train has dtype float64 but model input"),
-    "two-inputs": (lambda: {"x_train": np.zeros((4, 3)), "y_train": np.zeros(4)}, "two_inputs", "mse",
-                   "model 'two_inputs' has 2 inputs"),
+    "x-val-without-y-val": (
+        lambda: _digits(x_val=np.zeros((2, 28, 28))),
+        "digits",
+        SPARSE,
+        "has 'x_val' but no 'y_val'; give both or neither",
+    ),
+    "unknown-array": (
+        lambda: _digits(x_valid=np.zeros((2, 28, 28))),
+        "digits",
+        SPARSE,
+        "'x_valid' (did you mean 'x_val'?)",
+    ),
+    "bool-inputs": (
+        lambda: _digits(x_train=np.zeros((10, 28, 28), bool)),
+        "digits",
+        SPARSE,
+        "x_train has dtype bool; inputs must be integer or float arrays",
+    ),
+    "float-tokens": (
+        lambda: {"x_train": np.zeros((4, 5)), "y_train": np.zeros(4, "int64")},
+        "tokens",
+        SPARSE,
+        "x_train has dtype float64 but model input",
+    ),
+    "two-inputs": (
+        lambda: {"x_train": np.zeros((4, 3)), "y_train": np.zeros(4)},
+        "two_inputs",
+        "mse",
+        "model 'two_inputs' has 2 inputs",
+    ),
 }
 
 

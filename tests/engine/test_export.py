@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from workers.engine.errors import SpecError
-from workers.engine.export import (FORMATS, HeldOut, export_model, save_model_file, tflite_interpreter,
-                                   tflite_kernels)
+from workers.engine.export import FORMATS, HeldOut, export_model, save_model_file, tflite_interpreter, tflite_kernels
 from workers.engine.registry import prunable_weights
 
 L = keras.layers
@@ -32,8 +31,15 @@ def _prune(model: keras.Model, sparsity: float) -> None:
 
 
 def _mlp():
-    return keras.Sequential([keras.Input((28, 28)), L.Flatten(), L.Dense(128, activation="relu", name="fc1"),
-                             L.Dense(10, activation="softmax", name="out")], name="mlp")
+    return keras.Sequential(
+        [
+            keras.Input((28, 28)),
+            L.Flatten(),
+            L.Dense(128, activation="relu", name="fc1"),
+            L.Dense(10, activation="softmax", name="out"),
+        ],
+        name="mlp",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +60,23 @@ def trained(mnist, tmp_path_factory):
     held_out = HeldOut(x_test[:2000], y_test[:2000])
     root = tmp_path_factory.mktemp("export")
     out = {
-        "sparse": (root / "sparse", export_model(sparse, root / "sparse", list(FORMATS), calibration=x_train[:500],
-                                                 held_out=held_out)),
+        "sparse": (
+            root / "sparse",
+            export_model(sparse, root / "sparse", list(FORMATS), calibration=x_train[:500], held_out=held_out),
+        ),
         "dense": (root / "dense", export_model(dense, root / "dense", ["keras", "tflite"], held_out=held_out)),
     }
-    return {"dense": dense, "sparse": sparse, "x": x_test[:256], "out": out, "held_out": held_out,
-            "keras_eval": {name: m.evaluate(held_out.x, held_out.y, verbose=0, return_dict=True)
-                           for name, m in (("dense", dense), ("sparse", sparse))}}
+    return {
+        "dense": dense,
+        "sparse": sparse,
+        "x": x_test[:256],
+        "out": out,
+        "held_out": held_out,
+        "keras_eval": {
+            name: m.evaluate(held_out.x, held_out.y, verbose=0, return_dict=True)
+            for name, m in (("dense", dense), ("sparse", sparse))
+        },
+    }
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
@@ -95,11 +111,18 @@ def test_keras_files_reload_with_the_stock_loader_and_the_same_weights(trained, 
 def test_the_keras_file_of_a_trained_model_loads_without_any_warning_in_a_fresh_process(trained):
     out_dir, artifacts = trained["out"]["sparse"]
     assert trained["sparse"].optimizer.built  # trained: Adam holds 2 moments per variable in memory
-    code = ("import warnings; warnings.simplefilter('error'); import keras; "
-            f"m = keras.saving.load_model({str(out_dir / 'model.keras')!r}); "
-            "assert m.compiled and m.optimizer.built; print('loaded', m.count_params())")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    code = (
+        "import warnings; warnings.simplefilter('error'); import keras; "
+        f"m = keras.saving.load_model({str(out_dir / 'model.keras')!r}); "
+        "assert m.compiled and m.optimizer.built; print('loaded', m.count_params())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == f"loaded {trained['sparse'].count_params()}"
     assert "Warning" not in done.stderr and "warn" not in done.stderr.lower().replace("warning: all log", "")
@@ -110,16 +133,20 @@ def test_optimizer_state_is_not_exported(trained, tmp_path):
     with zipfile.ZipFile(out_dir / "model.keras") as z, z.open("model.weights.h5") as f, h5py.File(f) as h5:
         stored, room = {}, {}
         h5.visititems(lambda name, obj: stored.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-        h5.visititems(lambda name, obj: room.__setitem__(name, obj.id.get_storage_size())
-                      if isinstance(obj, h5py.Dataset) else None)
+        h5.visititems(
+            lambda name, obj: (
+                room.__setitem__(name, obj.id.get_storage_size()) if isinstance(obj, h5py.Dataset) else None
+            )
+        )
     optimizer_vars = {n: v for n, v in stored.items() if n.startswith("optimizer")}
     slots = [n for n, v in optimizer_vars.items() if v.ndim]
     assert len(slots) == 2 * len(trained["sparse"].trainable_variables)  # Adam: what the loader builds
     assert all(room[n] == 0 for n in slots)  # the zero slots take no room in the file
     learning_rate = float(trained["sparse"].optimizer.learning_rate.numpy())
     # a fresh optimizer: no step taken, every moment zero (the trained model's moments are not)
-    assert optimizer_vars and all(np.all(v == 0) or np.all(v == np.float32(learning_rate))
-                                  for v in optimizer_vars.values())
+    assert optimizer_vars and all(
+        np.all(v == 0) or np.all(v == np.float32(learning_rate)) for v in optimizer_vars.values()
+    )
     trained["sparse"].save(tmp_path / "with_optimizer.keras")
     assert artifacts["keras"].bytes < 0.5 * (tmp_path / "with_optimizer.keras").stat().st_size
 
@@ -154,7 +181,7 @@ def test_every_artifact_is_evaluated_by_running_the_file(trained, fmt):
 
 def _tflite_predict(path, x):
     runner = tflite_interpreter(path).get_signature_runner()
-    (name, detail), = runner.get_input_details().items()
+    ((name, detail),) = runner.get_input_details().items()
     return next(iter(runner(**{name: x.astype(detail["dtype"])}).values()))
 
 
@@ -202,10 +229,17 @@ def test_the_evaluation_of_a_big_model_is_bounded_by_its_macs(trained, tmp_path)
 
 
 def test_tflite_kernels_of_a_cnn_match_the_model_kernels_after_batchnorm_folding(tmp_path):
-    model = keras.Sequential([
-        keras.Input((12, 12, 3)), L.Conv2D(16, 3, name="conv"), L.BatchNormalization(name="bn"), L.ReLU(),
-        L.DepthwiseConv2D(3, name="dw"), L.Flatten(), L.Dense(10, name="fc"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((12, 12, 3)),
+            L.Conv2D(16, 3, name="conv"),
+            L.BatchNormalization(name="bn"),
+            L.ReLU(),
+            L.DepthwiseConv2D(3, name="dw"),
+            L.Flatten(),
+            L.Dense(10, name="fc"),
+        ]
+    )
     bn = model.get_layer("bn")
     bn.set_weights([np.linspace(0.5, 1.5, 16), np.zeros(16), np.zeros(16), np.linspace(0.5, 2, 16)])
     _prune(model, 0.8)

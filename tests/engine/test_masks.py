@@ -29,8 +29,9 @@ def test_unknown_method_is_a_spec_error_listing_the_allowed_ones():
     assert err.value.field == "method"
 
 
-@pytest.mark.parametrize("name, missing", [("magnitude", "sparsity"), ("threshold", "threshold"), ("n_m", "n"),
-                                           ("block", "sparsity")])
+@pytest.mark.parametrize(
+    "name, missing", [("magnitude", "sparsity"), ("threshold", "threshold"), ("n_m", "n"), ("block", "sparsity")]
+)
 def test_a_method_called_without_its_parameters_names_the_missing_one(name, missing):
     with pytest.raises(SpecError, match=f"needs {missing}"):
         masks.MASK_METHODS[name].masks([_w((4, 4))], masks.MaskParams(), [0])
@@ -84,8 +85,12 @@ def test_magnitude_matches_a_stable_sort_reference_with_many_zeros_and_ties(zero
 def test_large_tensors_take_the_sampled_selection_and_still_match_the_reference(kind, zero_fraction, sparsity):
     rng = np.random.default_rng(7)
     n = 2 * masks.SAMPLE_SELECT_MIN + 123
-    w = {"normal": rng.normal(size=n), "ties": rng.integers(-50, 51, size=n),
-         "sorted": np.linspace(-1, 1, n), "adversarial": rng.normal(size=n)}[kind].astype("float32")
+    w = {
+        "normal": rng.normal(size=n),
+        "ties": rng.integers(-50, 51, size=n),
+        "sorted": np.linspace(-1, 1, n),
+        "adversarial": rng.normal(size=n),
+    }[kind].astype("float32")
     if kind == "adversarial":  # the strided sample sees only outliers: the bracket misses, the fallback is exact
         w[:: n // 8192] = 100.0
     w[rng.random(n) < zero_fraction] = 0.0
@@ -119,7 +124,8 @@ def _groups_along(a: np.ndarray, axis: int, m: int) -> np.ndarray:
 
 @pytest.mark.parametrize("n, m", [(1, 2), (2, 4), (1, 4), (3, 8)])
 @pytest.mark.parametrize(
-    "shape, axis", [((16, 6), 0), ((3, 3, 8, 5), -2), ((3, 8, 4), -2), ((3, 3, 5, 16), -1)],
+    "shape, axis",
+    [((16, 6), 0), ((3, 3, 8, 5), -2), ((3, 8, 4), -2), ((3, 3, 5, 16), -1)],
     ids=["dense", "conv2d", "conv1d", "conv2d_transpose"],
 )
 def test_n_m_keeps_the_n_largest_of_every_m_consecutive_along_the_input_axis(n, m, shape, axis):

@@ -33,22 +33,31 @@ MAC_CASES = {
     "dense-784-300": (lambda: _seq((784,), L.Dense(300, name="k")), 784 * 300),
     "dense-per-timestep": (lambda: _seq((7, 4), L.Dense(5, name="k")), 7 * 4 * 5),
     "conv2d-3x3-1-to-12": (lambda: _seq((28, 28, 1), L.Conv2D(12, 3, name="k")), 26 * 26 * 9 * 12),
-    "conv2d-strided-same": (lambda: _seq((16, 16, 3), L.Conv2D(8, 3, strides=2, padding="same", name="k")),
-                            8 * 8 * 9 * 3 * 8),
-    "conv2d-channels-first": (lambda: _seq((3, 10, 10), L.Conv2D(8, 3, data_format="channels_first", name="k")),
-                              8 * 8 * 9 * 3 * 8),
+    "conv2d-strided-same": (
+        lambda: _seq((16, 16, 3), L.Conv2D(8, 3, strides=2, padding="same", name="k")),
+        8 * 8 * 9 * 3 * 8,
+    ),
+    "conv2d-channels-first": (
+        lambda: _seq((3, 10, 10), L.Conv2D(8, 3, data_format="channels_first", name="k")),
+        8 * 8 * 9 * 3 * 8,
+    ),
     "conv1d": (lambda: _seq((50, 3), L.Conv1D(8, 5, name="k")), 46 * 5 * 3 * 8),
     "conv3d": (lambda: _seq((8, 8, 8, 2), L.Conv3D(4, 3, name="k")), 6 * 6 * 6 * 27 * 2 * 4),
-    "conv2d-transpose": (lambda: _seq((7, 7, 4), L.Conv2DTranspose(6, 3, strides=2, name="k")),
-                         7 * 7 * 9 * 6 * 4),  # kernel applied at every *input* position
+    "conv2d-transpose": (
+        lambda: _seq((7, 7, 4), L.Conv2DTranspose(6, 3, strides=2, name="k")),
+        7 * 7 * 9 * 6 * 4,
+    ),  # kernel applied at every *input* position
     "conv1d-transpose": (lambda: _seq((10, 3), L.Conv1DTranspose(2, 4, strides=2, name="k")), 10 * 4 * 2 * 3),
-    "depthwise2d": (lambda: _seq((10, 10, 3), L.DepthwiseConv2D(3, depth_multiplier=2, name="k")),
-                    8 * 8 * 9 * 3 * 2),
+    "depthwise2d": (lambda: _seq((10, 10, 3), L.DepthwiseConv2D(3, depth_multiplier=2, name="k")), 8 * 8 * 9 * 3 * 2),
     "depthwise1d": (lambda: _seq((20, 4), L.DepthwiseConv1D(3, name="k")), 18 * 3 * 4),
-    "separable2d": (lambda: _seq((10, 10, 3), L.SeparableConv2D(16, 3, name="k")),
-                    8 * 8 * 9 * 3 + 8 * 8 * 3 * 16),  # depthwise + pointwise
-    "separable1d": (lambda: _seq((12, 4), L.SeparableConv1D(6, 3, depth_multiplier=2, name="k")),
-                    10 * 3 * 4 * 2 + 10 * 8 * 6),
+    "separable2d": (
+        lambda: _seq((10, 10, 3), L.SeparableConv2D(16, 3, name="k")),
+        8 * 8 * 9 * 3 + 8 * 8 * 3 * 16,
+    ),  # depthwise + pointwise
+    "separable1d": (
+        lambda: _seq((12, 4), L.SeparableConv1D(6, 3, depth_multiplier=2, name="k")),
+        10 * 3 * 4 * 2 + 10 * 8 * 6,
+    ),
 }
 
 
@@ -83,8 +92,14 @@ def test_shared_layers_and_nested_models_count_every_call():
     h2 = shared(h1)
     model = keras.Model(inp, L.Add()([inner(h1), inner(h2)]))
     result = metrics.macs(model)
-    assert result["layers"]["shared"] == {"class": "Dense", "calls": 2, "macs": 2 * 64, "effective_macs": 2 * 64,
-                                          "flops": 4 * 64, "effective_flops": 4 * 64}
+    assert result["layers"]["shared"] == {
+        "class": "Dense",
+        "calls": 2,
+        "macs": 2 * 64,
+        "effective_macs": 2 * 64,
+        "flops": 4 * 64,
+        "effective_flops": 4 * 64,
+    }
     assert result["layers"]["inner/inner_dense"]["calls"] == 2
     assert result["layers"]["inner/inner_dense"]["macs"] == 2 * 32
     assert result["macs"] == 2 * 64 + 2 * 32
@@ -186,16 +201,28 @@ def test_sha256_file_matches_hashlib(tmp_path):
 
 
 def _bn_net(activation="softmax"):
-    return _seq((6,), L.Dense(16, name="d1"), L.BatchNormalization(), L.ReLU(), L.Dropout(0.5),
-                L.Dense(4, activation=activation, name="out"))
+    return _seq(
+        (6,),
+        L.Dense(16, name="d1"),
+        L.BatchNormalization(),
+        L.ReLU(),
+        L.Dropout(0.5),
+        L.Dense(4, activation=activation, name="out"),
+    )
 
 
-@pytest.mark.parametrize("loss, activation, metric_names", [
-    ("sparse_categorical_crossentropy", "softmax", ["accuracy"]),
-    (keras.losses.SparseCategoricalCrossentropy(from_logits=True), None,
-     ["accuracy", "sparse_top_k_categorical_accuracy"]),
-    ("mse", None, ["mae"]),
-])
+@pytest.mark.parametrize(
+    "loss, activation, metric_names",
+    [
+        ("sparse_categorical_crossentropy", "softmax", ["accuracy"]),
+        (
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            None,
+            ["accuracy", "sparse_top_k_categorical_accuracy"],
+        ),
+        ("mse", None, ["mae"]),
+    ],
+)
 def test_evaluate_gives_what_keras_evaluate_gives(loss, activation, metric_names):
     keras.utils.set_random_seed(1)
     model = _bn_net(activation)

@@ -12,18 +12,30 @@ import pytest
 
 from tests import hostile
 from workers.engine import model_io
-from workers.engine.inspection import InspectLimits
 from workers.engine.errors import ModelRejected, SpecError, UnsupportedFile
-from workers.engine.model_io import (CompileInfo, TrainingSettings, compile_model, load_model, read_compile_info,
-                                     resolve_training)
+from workers.engine.inspection import InspectLimits
+from workers.engine.model_io import (
+    CompileInfo,
+    TrainingSettings,
+    compile_model,
+    load_model,
+    read_compile_info,
+    resolve_training,
+)
 
 L = keras.layers
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def _sequential():
-    return keras.Sequential([keras.Input((6,)), L.Dense(8, activation="relu", name="hidden"),
-                             L.Dense(3, activation="softmax", name="probs")], name="seq")
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(8, activation="relu", name="hidden"),
+            L.Dense(3, activation="softmax", name="probs"),
+        ],
+        name="seq",
+    )
 
 
 def _functional_logits():
@@ -42,12 +54,19 @@ def _nested():
 
 # name -> (builder, compile kwargs or None, expected (loss, metrics, from_logits))
 MODELS = {
-    "sequential": (_sequential, dict(loss="sparse_categorical_crossentropy", metrics=["accuracy"]),
-                   ("sparse_categorical_crossentropy", ("accuracy",), None)),
-    "functional": (_functional_logits,
-                   dict(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                        metrics=[keras.metrics.SparseCategoricalAccuracy()]),
-                   ("sparse_categorical_crossentropy", ("sparse_categorical_accuracy",), True)),
+    "sequential": (
+        _sequential,
+        dict(loss="sparse_categorical_crossentropy", metrics=["accuracy"]),
+        ("sparse_categorical_crossentropy", ("accuracy",), None),
+    ),
+    "functional": (
+        _functional_logits,
+        dict(
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy()],
+        ),
+        ("sparse_categorical_crossentropy", ("sparse_categorical_accuracy",), True),
+    ),
     "nested": (_nested, dict(loss="mse", metrics=["mae"]), ("mse", ("mae",), None)),
     "uncompiled": (_sequential, None, None),
     "poisson": (_sequential, dict(loss="poisson"), None),
@@ -98,8 +117,9 @@ def test_legacy_tf_keras_h5_loads_with_its_training_config():
     assert loaded.format == "h5"
     assert loaded.inspection.keras_version.startswith("2.")
     assert loaded.model.name == "legacy_cnn"
-    assert loaded.compile == CompileInfo(loss="sparse_categorical_crossentropy", metrics=("accuracy",),
-                                         saved_loss="sparse_categorical_crossentropy")
+    assert loaded.compile == CompileInfo(
+        loss="sparse_categorical_crossentropy", metrics=("accuracy",), saved_loss="sparse_categorical_crossentropy"
+    )
     x = np.random.default_rng(0).random((4, 12, 12, 1), dtype="float32")
     probs = loaded.model.predict(x, verbose=0)
     assert probs.shape == (4, 10)
@@ -127,7 +147,9 @@ def test_uncompiled_model_needs_a_loss_in_the_spec(saved):
         resolve_training(loaded, TrainingSettings())
     assert err.value.field == "training.loss"
     assert resolve_training(loaded, TrainingSettings(loss="categorical_crossentropy")) == (
-        "categorical_crossentropy", ["accuracy"])
+        "categorical_crossentropy",
+        ["accuracy"],
+    )
     assert resolve_training(loaded, TrainingSettings(loss="huber")) == ("huber", ["mae"])
 
 
@@ -159,26 +181,75 @@ def _fn(name):
 @pytest.mark.parametrize(
     "config, loss, metrics, from_logits, reason",
     [
-        ({"loss": "mean_absolute_error", "metrics": ["mse", "acc"]}, "mean_absolute_error", ("mse", "accuracy"), None,
-         None),
+        (
+            {"loss": "mean_absolute_error", "metrics": ["mse", "acc"]},
+            "mean_absolute_error",
+            ("mse", "accuracy"),
+            None,
+            None,
+        ),
         ({"loss": _fn("huber_loss"), "metrics": [_fn("mae")]}, "huber", ("mae",), None, None),
-        ({"loss": {"class_name": "BinaryCrossentropy", "config": {"from_logits": False, "label_smoothing": 0.0}},
-          "metrics": [{"class_name": "AUC", "config": {}}, {"class_name": "BinaryAccuracy", "config": {}}]},
-         "binary_crossentropy", ("binary_accuracy",), False, None),
-        ({"loss": {"class_name": "Huber", "config": {"delta": 1.0}},
-          "metrics": [[{"class_name": "MeanMetricWrapper", "config": {"name": "acc", "fn": "categorical_accuracy"}}]]},
-         "huber", ("accuracy",), None, None),
-        ({"loss": {"class_name": "MeanMetricWrapper", "config": {}}, "metrics": None}, None, (), None,
-         "'MeanMetricWrapper' is not supported"),
-        ({"loss": {"class_name": "CategoricalCrossentropy", "config": {"label_smoothing": 0.1}}, "metrics": []},
-         None, (), None, "label_smoothing"),
-        ({"loss": {"out_a": "mse", "out_b": "mae"}, "metrics": {"out_a": ["mae"]}}, None, ("mae",), None,
-         "one loss per output"),
-        ({"loss": "kl_divergence", "metrics": ["accuracy", "accuracy"]}, None, ("accuracy",), None,
-         "'kl_divergence' is not supported"),
+        (
+            {
+                "loss": {"class_name": "BinaryCrossentropy", "config": {"from_logits": False, "label_smoothing": 0.0}},
+                "metrics": [{"class_name": "AUC", "config": {}}, {"class_name": "BinaryAccuracy", "config": {}}],
+            },
+            "binary_crossentropy",
+            ("binary_accuracy",),
+            False,
+            None,
+        ),
+        (
+            {
+                "loss": {"class_name": "Huber", "config": {"delta": 1.0}},
+                "metrics": [
+                    [{"class_name": "MeanMetricWrapper", "config": {"name": "acc", "fn": "categorical_accuracy"}}]
+                ],
+            },
+            "huber",
+            ("accuracy",),
+            None,
+            None,
+        ),
+        (
+            {"loss": {"class_name": "MeanMetricWrapper", "config": {}}, "metrics": None},
+            None,
+            (),
+            None,
+            "'MeanMetricWrapper' is not supported",
+        ),
+        (
+            {"loss": {"class_name": "CategoricalCrossentropy", "config": {"label_smoothing": 0.1}}, "metrics": []},
+            None,
+            (),
+            None,
+            "label_smoothing",
+        ),
+        (
+            {"loss": {"out_a": "mse", "out_b": "mae"}, "metrics": {"out_a": ["mae"]}},
+            None,
+            ("mae",),
+            None,
+            "one loss per output",
+        ),
+        (
+            {"loss": "kl_divergence", "metrics": ["accuracy", "accuracy"]},
+            None,
+            ("accuracy",),
+            None,
+            "'kl_divergence' is not supported",
+        ),
     ],
-    ids=["strings", "functions", "loss-object", "tf-keras-wrapper", "not-a-loss", "label-smoothing", "multi-output",
-         "stock-unsupported"],
+    ids=[
+        "strings",
+        "functions",
+        "loss-object",
+        "tf-keras-wrapper",
+        "not-a-loss",
+        "label-smoothing",
+        "multi-output",
+        "stock-unsupported",
+    ],
 )
 def test_compile_config_is_reduced_to_stock_names(config, loss, metrics, from_logits, reason):
     info = read_compile_info(config)
@@ -199,8 +270,17 @@ def test_a_config_without_loss_means_uncompiled(config):
     assert read_compile_info(config) is None
 
 
-@pytest.mark.parametrize("attack", ["keras_lambda", "keras_builtins_exec", "keras_os_system", "h5_lambda",
-                                    "h5_training_config_function", "pickle_model"])
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "keras_lambda",
+        "keras_builtins_exec",
+        "keras_os_system",
+        "h5_lambda",
+        "h5_training_config_function",
+        "pickle_model",
+    ],
+)
 def test_hostile_model_files_are_refused_before_keras_loads_them(tmp_path, attack):
     spec = hostile.MODEL_ATTACKS[attack]
     canary = tmp_path / "canary"
@@ -229,8 +309,11 @@ def test_a_file_keras_cannot_build_is_rejected_with_the_reason(tmp_path):
     b = keras.Sequential([keras.Input((4,)), L.Dense(5, name="d")])
     a.save(tmp_path / "a.keras")
     b.save(tmp_path / "b.keras")
-    with zipfile.ZipFile(tmp_path / "a.keras") as za, zipfile.ZipFile(tmp_path / "b.keras") as zb, \
-            zipfile.ZipFile(tmp_path / "mixed.keras", "w") as out:
+    with (
+        zipfile.ZipFile(tmp_path / "a.keras") as za,
+        zipfile.ZipFile(tmp_path / "b.keras") as zb,
+        zipfile.ZipFile(tmp_path / "mixed.keras", "w") as out,
+    ):
         out.writestr("config.json", za.read("config.json"))
         out.writestr("model.weights.h5", zb.read("model.weights.h5"))  # weights of another model
     with pytest.raises(ModelRejected, match="mixed.keras: Keras could not load the model"):
@@ -261,9 +344,12 @@ def test_compile_model_accepts_every_allowed_loss(loss):
     model = keras.Sequential([keras.Input((4,)), L.Dense(units, activation="sigmoid" if units == 1 else "softmax")])
     compile_model(model, TrainingSettings(), loss, list(model_io.LOSSES[loss].default_metrics))
     x = np.random.default_rng(0).random((8, 4), dtype="float32")
-    labels = {"sparse": np.arange(8) % 3, "onehot": np.eye(3, dtype="float32")[np.arange(8) % 3],
-              "binary": (np.arange(8) % 2).astype("float32")[:, None],
-              "regression": np.linspace(0, 1, 8, dtype="float32")[:, None]}
+    labels = {
+        "sparse": np.arange(8) % 3,
+        "onehot": np.eye(3, dtype="float32")[np.arange(8) % 3],
+        "binary": (np.arange(8) % 2).astype("float32")[:, None],
+        "regression": np.linspace(0, 1, 8, dtype="float32")[:, None],
+    }
     y = labels[model_io.LOSSES[loss].label_form]
     assert np.isfinite(model.evaluate(x, y, verbose=0, return_dict=True)["loss"])
 
@@ -294,8 +380,9 @@ def _two_branch_add():
     return keras.Model(inp, L.Add()([L.Dense(3)(inp), L.Dense(3)(inp)]))
 
 
-@pytest.mark.parametrize("loss, metrics, field", [("poisson", [], "training.loss"),
-                                                  ("mse", ["auc"], "training.metrics")])
+@pytest.mark.parametrize(
+    "loss, metrics, field", [("poisson", [], "training.loss"), ("mse", ["auc"], "training.metrics")]
+)
 def test_compile_model_refuses_names_off_the_allow_list(loss, metrics, field):
     with pytest.raises(SpecError) as err:
         compile_model(_sequential(), TrainingSettings(), loss, metrics)
@@ -308,11 +395,16 @@ def test_compile_model_refuses_an_optimizer_off_the_list():
     assert err.value.field == "training.optimizer"
 
 
-@pytest.mark.parametrize("values, field", [
-    ({"batch_size": 0}, "training.batch_size"), ({"batch_size": 2.0}, "training.batch_size"),
-    ({"learning_rate": 0.0}, "training.learning_rate"), ({"validation_fraction": 1.0}, "training.validation_fraction"),
-    ({"batchnorm_samples": True}, "training.batchnorm_samples"),
-])
+@pytest.mark.parametrize(
+    "values, field",
+    [
+        ({"batch_size": 0}, "training.batch_size"),
+        ({"batch_size": 2.0}, "training.batch_size"),
+        ({"learning_rate": 0.0}, "training.learning_rate"),
+        ({"validation_fraction": 1.0}, "training.validation_fraction"),
+        ({"batchnorm_samples": True}, "training.batchnorm_samples"),
+    ],
+)
 def test_training_settings_refuse_values_out_of_range_naming_the_field(values, field):
     with pytest.raises(SpecError) as err:
         TrainingSettings(**values)

@@ -29,9 +29,15 @@ QUIET = {"latency": False}
 def mlp_files(tmp_path_factory, mnist):
     x, y, xv, yv = mnist
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((28, 28)), L.Flatten(name="flat"),
-                              L.Dense(64, activation="relu", name="fc1"), L.Dense(32, activation="relu", name="fc2"),
-                              L.Dense(10, activation="softmax", name="out")])
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28)),
+            L.Flatten(name="flat"),
+            L.Dense(64, activation="relu", name="fc1"),
+            L.Dense(32, activation="relu", name="fc2"),
+            L.Dense(10, activation="softmax", name="out"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, epochs=3, batch_size=128, verbose=0)
     d = tmp_path_factory.mktemp("search")
@@ -68,10 +74,18 @@ def _kernels(path) -> dict[str, np.ndarray]:
 
 def test_sensitivity_step_writes_its_artifacts_and_feeds_an_exact_allocation(tmp_path, mlp_files):
     events = []
-    manifest, out = _run(tmp_path, mlp_files, {
-        "steps": [{"kind": "sensitivity", "levels": [0.95, 0.5, 0.9], "samples": 1000},
-                  {"kind": "prune", "target_sparsity": 0.9, "allocation": "sensitivity"}],
-        "evaluation": QUIET}, progress=events.append)
+    manifest, out = _run(
+        tmp_path,
+        mlp_files,
+        {
+            "steps": [
+                {"kind": "sensitivity", "levels": [0.95, 0.5, 0.9], "samples": 1000},
+                {"kind": "prune", "target_sparsity": 0.9, "allocation": "sensitivity"},
+            ],
+            "evaluation": QUIET,
+        },
+        progress=events.append,
+    )
     analysis = json.loads((out / "sensitivity.json").read_text())
     assert (out / "sensitivity.csv").read_text().count("\n") == 1 + 9
     assert analysis["metric"] == "accuracy" and analysis["levels"] == [0.5, 0.9, 0.95]
@@ -94,9 +108,12 @@ def test_sensitivity_step_writes_its_artifacts_and_feeds_an_exact_allocation(tmp
 
 def test_a_budget_job_that_meets_its_budget(tmp_path, mlp_files):
     events = []
-    manifest, out = _run(tmp_path, mlp_files, {
-        "steps": [{"kind": "budget", "max_drop": 0.02, "epochs": 1, "max_trials": 3}],
-        "evaluation": QUIET}, progress=events.append)
+    manifest, out = _run(
+        tmp_path,
+        mlp_files,
+        {"steps": [{"kind": "budget", "max_drop": 0.02, "epochs": 1, "max_trials": 3}], "evaluation": QUIET},
+        progress=events.append,
+    )
     budget = manifest["budget"]
     assert budget["met"] is True and manifest["summary"]["budget_met"] is True
     assert budget["metric"] == "accuracy" and budget["max_drop"] == 0.02 and budget["objective"] == "nonzero_params"
@@ -104,8 +121,17 @@ def test_a_budget_job_that_meets_its_budget(tmp_path, mlp_files):
     trials = budget["trials"]
     assert 1 <= len(trials) <= 3
     for t in trials:
-        assert {"level", "metric", "drop", "nonzero_params", "size_bytes", "macs", "latency_ms", "within_budget",
-                "epochs"} <= set(t)
+        assert {
+            "level",
+            "metric",
+            "drop",
+            "nonzero_params",
+            "size_bytes",
+            "macs",
+            "latency_ms",
+            "within_budget",
+            "epochs",
+        } <= set(t)
         assert t["drop"] == pytest.approx(budget["baseline"] - t["metric"])
         assert t["within_budget"] == (t["drop"] <= 0.02) and t["epochs"] == 1
     chosen = trials[budget["chosen"]]
@@ -127,9 +153,15 @@ def test_a_budget_job_that_meets_its_budget(tmp_path, mlp_files):
 
 
 def test_a_budget_that_cannot_be_met_returns_the_closest_trial_and_says_so(tmp_path, linear_files):
-    manifest, out = _run(tmp_path, linear_files, {
-        "steps": [{"kind": "budget", "max_drop": 0.5, "epochs": 1, "max_trials": 3}],
-        "training": {"batch_size": 64}, "evaluation": QUIET})
+    manifest, out = _run(
+        tmp_path,
+        linear_files,
+        {
+            "steps": [{"kind": "budget", "max_drop": 0.5, "epochs": 1, "max_trials": 3}],
+            "training": {"batch_size": 64},
+            "evaluation": QUIET,
+        },
+    )
     budget = manifest["budget"]
     assert budget["metric"] == "loss" and budget["met"] is False and manifest["summary"]["budget_met"] is False
     trials = budget["trials"]
@@ -146,9 +178,13 @@ def test_a_budget_that_cannot_be_met_returns_the_closest_trial_and_says_so(tmp_p
 def test_cancelling_mid_search_stops_before_the_next_trial(tmp_path, mlp_files):
     events = []
     with pytest.raises(Cancelled):
-        _run(tmp_path, mlp_files, {"steps": [{"kind": "budget", "max_drop": 0.02, "epochs": 1, "max_trials": 4}],
-                                   "evaluation": QUIET},
-             progress=events.append, should_cancel=lambda: any(e.trial == 2 and e.phase == "budget" for e in events))
+        _run(
+            tmp_path,
+            mlp_files,
+            {"steps": [{"kind": "budget", "max_drop": 0.02, "epochs": 1, "max_trials": 4}], "evaluation": QUIET},
+            progress=events.append,
+            should_cancel=lambda: any(e.trial == 2 and e.phase == "budget" for e in events),
+        )
     trials = {e.trial for e in events if e.phase == "budget" and e.trial}
     assert trials == {1, 2}  # trial 2 announced, then cancelled inside it (its training checks every batch)
     assert not any(e.phase == "budget" and e.message.startswith("trial 2:") for e in events)
@@ -159,10 +195,19 @@ def test_cancelling_mid_search_stops_before_the_next_trial(tmp_path, mlp_files):
 def cnn_files(tmp_path_factory, mnist):
     x, y, xv, yv = mnist
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((28, 28)), L.Reshape((28, 28, 1)), L.Conv2D(8, 3, name="c1"),
-                              L.BatchNormalization(name="bn1"), L.ReLU(), L.MaxPooling2D(2),
-                              L.Conv2D(16, 3, activation="relu", name="c2"), L.GlobalAveragePooling2D(),
-                              L.Dense(10, activation="softmax", name="out")])
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28)),
+            L.Reshape((28, 28, 1)),
+            L.Conv2D(8, 3, name="c1"),
+            L.BatchNormalization(name="bn1"),
+            L.ReLU(),
+            L.MaxPooling2D(2),
+            L.Conv2D(16, 3, activation="relu", name="c2"),
+            L.GlobalAveragePooling2D(),
+            L.Dense(10, activation="softmax", name="out"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x[:4000], y[:4000], epochs=3, batch_size=64, verbose=0)
     d = tmp_path_factory.mktemp("cnn")
@@ -172,10 +217,17 @@ def cnn_files(tmp_path_factory, mnist):
 
 
 def test_structured_allocation_keeps_the_ratio_overall_where_it_costs_least(tmp_path, cnn_files):
-    manifest, out = _run(tmp_path, cnn_files, {
-        "steps": [{"kind": "sensitivity", "method": "structured", "levels": [0.25, 0.5, 0.75]},
-                  {"kind": "structured", "keep_ratio": 0.5, "allocation": "sensitivity"}],
-        "evaluation": QUIET})
+    manifest, out = _run(
+        tmp_path,
+        cnn_files,
+        {
+            "steps": [
+                {"kind": "sensitivity", "method": "structured", "levels": [0.25, 0.5, 0.75]},
+                {"kind": "structured", "keep_ratio": 0.5, "allocation": "sensitivity"},
+            ],
+            "evaluation": QUIET,
+        },
+    )
     analysis = json.loads((out / "sensitivity.json").read_text())
     sizes = {u["name"]: u["size"] for u in analysis["units"]}
     assert analysis["method"] == "structured" and sizes == {"c1": 8, "c2": 16}
@@ -192,10 +244,24 @@ def test_structured_allocation_keeps_the_ratio_overall_where_it_costs_least(tmp_
 
 def test_structured_budget_rebuilds_a_smaller_model_within_budget(tmp_path, cnn_files):
     original = keras.saving.load_model(cnn_files[0])
-    manifest, out = _run(tmp_path, cnn_files, {
-        "steps": [{"kind": "budget", "method": "structured", "objective": "macs", "max_drop": 0.05, "epochs": 1,
-                   "max_trials": 2}],
-        "training": {"batch_size": 64}, "evaluation": QUIET})
+    manifest, out = _run(
+        tmp_path,
+        cnn_files,
+        {
+            "steps": [
+                {
+                    "kind": "budget",
+                    "method": "structured",
+                    "objective": "macs",
+                    "max_drop": 0.05,
+                    "epochs": 1,
+                    "max_trials": 2,
+                }
+            ],
+            "training": {"batch_size": 64},
+            "evaluation": QUIET,
+        },
+    )
     budget = manifest["budget"]
     trials = budget["trials"]
     assert budget["method"] == "structured" and len(trials) == 2

@@ -9,11 +9,11 @@ import pytest
 
 from tests.engine.structured.models import mlp_sequential, residual_functional
 from workers.engine import metrics
-from workers.engine.structured import structured_prune
 from workers.engine.errors import SpecError
 from workers.engine.masks import target_count
 from workers.engine.preflight import StepTarget, estimate_steps, layer_table, preflight, weights_size
 from workers.engine.selection import LayerSelection
+from workers.engine.structured import structured_prune
 
 L = keras.layers
 UNSTRUCTURED = ["magnitude", "threshold", "n_m", "block"]
@@ -131,9 +131,11 @@ def test_prune_estimates_follow_the_targets_and_hold_earlier_zeros():
     model = residual_functional()
     prunable = layer_table(model)["totals"]["prunable_params"]
     total = model.count_params()
-    steps = [StepTarget("prune", method="magnitude", target_sparsity=0.8),
-             StepTarget("prune", method="magnitude", target_sparsity=0.5, scope="layer"),
-             StepTarget("finetune")]
+    steps = [
+        StepTarget("prune", method="magnitude", target_sparsity=0.8),
+        StepTarget("prune", method="magnitude", target_sparsity=0.5, scope="layer"),
+        StepTarget("finetune"),
+    ]
     first, second, third = estimate_steps(model, steps)
     assert first["sparsity"] == pytest.approx(target_count(0.8, prunable) / prunable)
     assert first["params"] == total and first["size_bytes"] == 4 * total
@@ -150,10 +152,10 @@ def test_structured_estimate_has_the_counts_of_the_data_ranked_step():
     structured step ranking by APoZ on data leaves."""
     model = residual_functional()
     x = np.random.default_rng(0).standard_normal((32, 10, 10, 3)).astype("float32")
-    real, _ = structured_prune(copy_of(model), criterion="apoz", keep_ratio=0.5, scope="layer", round_to=4,
-                               x_calib=x)
-    (estimate,) = estimate_steps(model, [StepTarget("structured", criterion="apoz", keep_ratio=0.5, scope="layer",
-                                                    round_to=4)])
+    real, _ = structured_prune(copy_of(model), criterion="apoz", keep_ratio=0.5, scope="layer", round_to=4, x_calib=x)
+    (estimate,) = estimate_steps(
+        model, [StepTarget("structured", criterion="apoz", keep_ratio=0.5, scope="layer", round_to=4)]
+    )
     assert estimate["params"] == real.count_params() < 0.5 * residual_functional().count_params()
     assert estimate["macs"] == metrics.macs(real)["macs"]
     assert "ranks by apoz" in estimate["estimate"]
@@ -172,8 +174,16 @@ def test_step_targets_are_checked_as_a_job_checks_them():
 
 
 def test_step_target_keeps_the_fields_it_knows():
-    step = StepTarget.of({"kind": "prune", "method": "block", "target_sparsity": 0.5, "block_shape": [1, 4],
-                          "epochs": 3, "schedule": None})
+    step = StepTarget.of(
+        {
+            "kind": "prune",
+            "method": "block",
+            "target_sparsity": 0.5,
+            "block_shape": [1, 4],
+            "epochs": 3,
+            "schedule": None,
+        }
+    )
     assert step == StepTarget("prune", method="block", target_sparsity=0.5, block_shape=(1, 4))
 
 
@@ -209,6 +219,7 @@ def test_a_spec_that_prunes_per_layer_spares_no_layer():
     out = rows(per_layer)["out"]
     assert out["prunable"] and out["reason"] is None and out["spared"] is None
     assert per_layer["steps"][0]["spared"] == []
-    ranked = preflight(residual_functional(), [StepTarget("prune", target_sparsity=0.5),
-                                               StepTarget("prune", method="n_m", n=2, m=4)])
+    ranked = preflight(
+        residual_functional(), [StepTarget("prune", target_sparsity=0.5), StepTarget("prune", method="n_m", n=2, m=4)]
+    )
     assert rows(ranked)["out"]["reason"].startswith("spared: output layer")

@@ -25,12 +25,28 @@ from workers.engine.selection import LayerOverride, LayerSelection
 L = keras.layers
 
 
-def prune_step(method: str = "magnitude", *, scope: str = "global", target_sparsity=None, threshold=None, n=None,
-               m=None, block_shape=None, schedule: ScheduleSettings = ONE_SHOT, epochs: int = 0) -> PruneSettings:
+def prune_step(
+    method: str = "magnitude",
+    *,
+    scope: str = "global",
+    target_sparsity=None,
+    threshold=None,
+    n=None,
+    m=None,
+    block_shape=None,
+    schedule: ScheduleSettings = ONE_SHOT,
+    epochs: int = 0,
+) -> PruneSettings:
     """A prune step's settings, with the job spec's field names and defaults (schedule: one-shot unless given)."""
-    params = MaskParams(sparsity=target_sparsity, threshold=threshold, n=n, m=m,
-                        block_shape=tuple(block_shape) if block_shape is not None else None)
+    params = MaskParams(
+        sparsity=target_sparsity,
+        threshold=threshold,
+        n=n,
+        m=m,
+        block_shape=tuple(block_shape) if block_shape is not None else None,
+    )
     return PruneSettings(method=method, params=params, scope=scope, schedule=schedule, epochs=epochs)
+
 
 OPTIMIZERS = {
     "adam": lambda: keras.optimizers.Adam(1e-3),
@@ -41,14 +57,28 @@ OPTIMIZERS = {
 
 
 def small_mlp() -> keras.Model:
-    return keras.Sequential([keras.Input((28, 28)), L.Flatten(name="flat"), L.Dense(64, activation="relu", name="fc1"),
-                             L.Dense(10, activation="softmax", name="out")], name="small")
+    return keras.Sequential(
+        [
+            keras.Input((28, 28)),
+            L.Flatten(name="flat"),
+            L.Dense(64, activation="relu", name="fc1"),
+            L.Dense(10, activation="softmax", name="out"),
+        ],
+        name="small",
+    )
 
 
 def lenet_300_100() -> keras.Model:
-    return keras.Sequential([keras.Input((28, 28)), L.Flatten(name="flat"),
-                             L.Dense(300, activation="relu", name="fc1"), L.Dense(100, activation="relu", name="fc2"),
-                             L.Dense(10, activation="softmax", name="out")], name="lenet_300_100")
+    return keras.Sequential(
+        [
+            keras.Input((28, 28)),
+            L.Flatten(name="flat"),
+            L.Dense(300, activation="relu", name="fc1"),
+            L.Dense(100, activation="relu", name="fc2"),
+            L.Dense(10, activation="softmax", name="out"),
+        ],
+        name="lenet_300_100",
+    )
 
 
 def conv_zoo() -> keras.Model:
@@ -63,8 +93,10 @@ def conv_zoo() -> keras.Model:
 
 
 def token_model() -> keras.Model:
-    return keras.Sequential([keras.Input((6,), dtype="int32"), L.Embedding(50, 8, name="emb"), L.Flatten(),
-                             L.Dense(4, name="out")], name="tokens")
+    return keras.Sequential(
+        [keras.Input((6,), dtype="int32"), L.Embedding(50, 8, name="emb"), L.Flatten(), L.Dense(4, name="out")],
+        name="tokens",
+    )
 
 
 def compile_(model, optimizer="adam"):
@@ -80,8 +112,9 @@ class ZeroWatch(keras.callbacks.Callback):
         self.pruned, self.weights, self.max_abs = pruned, weights, []
 
     def on_epoch_end(self, epoch, logs=None):
-        self.max_abs.append(max(float(np.abs(w.variable.numpy()[self.pruned[w.path]]).max(initial=0.0))
-                                for w in self.weights))
+        self.max_abs.append(
+            max(float(np.abs(w.variable.numpy()[self.pruned[w.path]]).max(initial=0.0)) for w in self.weights)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +158,7 @@ def test_masks_hold_exact_zeros_after_every_update_for_every_optimizer(optimizer
     pruner.detach()
 
 
-def test_constraints_only_reach_a_train_function_traced_after_attaching_so_callers_must_recompile(mnist,
-                                                                                                  trained_small):
+def test_constraints_only_reach_a_train_function_traced_after_attaching_so_callers_must_recompile(mnist, trained_small):
     x, y = mnist[0][:1024], mnist[1][:1024]
     model = fresh_small(trained_small)
     compile_(model)
@@ -147,9 +179,14 @@ def test_constraints_only_reach_a_train_function_traced_after_attaching_so_calle
 
 def test_mask_constraint_composes_with_a_layer_constraint_and_detach_restores_it(mnist):
     nonneg = keras.constraints.NonNeg()
-    model = keras.Sequential([keras.Input((28, 28)), L.Flatten(),
-                              L.Dense(16, activation="relu", kernel_constraint=nonneg, name="fc"),
-                              L.Dense(10, activation="softmax", name="out")])
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28)),
+            L.Flatten(),
+            L.Dense(16, activation="relu", kernel_constraint=nonneg, name="fc"),
+            L.Dense(10, activation="softmax", name="out"),
+        ]
+    )
     weights = prunable_weights(model)
     pruner = Pruner(model, weights, {})
     fc = weights[0].variable
@@ -276,12 +313,15 @@ def test_global_scope_spares_tiny_layers_unless_named_and_honours_overrides():
         if w.path in spared or w.role == "depthwise_kernel":
             assert not np.any(w.variable.numpy() == 0), w.path
     assert sum(int((w.variable.numpy() == 0).sum()) for w in pruner.weights) == target_count(
-        0.5, sum(w.size for w in pruner.weights))
+        0.5, sum(w.size for w in pruner.weights)
+    )
     pruner.detach()
 
     model = conv_zoo()
-    selection = LayerSelection(include=["conv", "out", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose",
-                                        "Dense"], overrides={"up": LayerOverride(target_sparsity=0.2)})
+    selection = LayerSelection(
+        include=["conv", "out", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose", "Dense"],
+        overrides={"up": LayerOverride(target_sparsity=0.2)},
+    )
     weights = prunable_weights(model, selection)
     pruner = Pruner(model, weights, selection.overrides)
     pruner.prune(prune_step(method="magnitude", target_sparsity=0.5, scope="global"))
@@ -292,7 +332,8 @@ def test_global_scope_spares_tiny_layers_unless_named_and_honours_overrides():
     pool = [w for w in pruner.weights if w.path in ("conv", "out", "fc") or w.role == "pointwise_kernel"]
     spared_too = [w for w in pruner.weights if w.role == "depthwise_kernel"]
     assert sum(int((w.variable.numpy() == 0).sum()) for w in pool) == target_count(
-        0.5, sum(w.size for w in pool + spared_too))
+        0.5, sum(w.size for w in pool + spared_too)
+    )
     assert all(np.any(w.variable.numpy() == 0) for w in pool)
     pruner.detach()
 
@@ -306,8 +347,7 @@ def test_global_scope_with_only_an_output_layer_prunes_it_rather_than_nothing():
 
 
 def test_skip_overrides_are_never_touched_and_nested_models_are_pruned_by_path(mnist):
-    inner = keras.Sequential([keras.Input((28, 28)), L.Flatten(), L.Dense(32, activation="relu", name="a")],
-                             name="enc")
+    inner = keras.Sequential([keras.Input((28, 28)), L.Flatten(), L.Dense(32, activation="relu", name="a")], name="enc")
     inp = keras.Input((28, 28))
     model = keras.Model(inp, L.Dense(10, activation="softmax", name="head")(inner(inp)))
     weights = prunable_weights(model)
@@ -335,8 +375,9 @@ SCHEDULES = {
 
 @pytest.mark.parametrize("kind", sorted(SCHEDULES))
 @pytest.mark.parametrize("method", ["magnitude", "block"])
-def test_gradual_pruning_updates_masks_only_on_schedule_steps_and_ends_exactly_on_target(kind, method, mnist,
-                                                                                       trained_small):
+def test_gradual_pruning_updates_masks_only_on_schedule_steps_and_ends_exactly_on_target(
+    kind, method, mnist, trained_small
+):
     x, y = mnist[0][:4096], mnist[1][:4096]
     model = fresh_small(trained_small)
     weights = prunable_weights(model)
@@ -386,8 +427,9 @@ def test_threshold_and_n_m_callbacks_prune_once_before_training():
     pruner = Pruner(model, prunable_weights(model), {})
     cb = pruner.callback(prune_step(method="n_m", n=1, m=4, epochs=1), 10)
     assert cb.update_steps == [0]
-    step = prune_step(method="threshold", threshold=0.1, scope="layer", epochs=2,
-                      schedule=ScheduleSettings("polynomial", end=0.75))
+    step = prune_step(
+        method="threshold", threshold=0.1, scope="layer", epochs=2, schedule=ScheduleSettings("polynomial", end=0.75)
+    )
     with pytest.raises(SpecError, match="prunes once"):
         pruner.callback(step, 10)
     pruner.detach()
@@ -450,8 +492,13 @@ def test_gradual_pruning_of_lenet_300_100_costs_little_over_plain_fit_and_keeps_
         callbacks, pruner = [], None
         if prune:
             pruner = Pruner(model, prunable_weights(model), {})
-            step = prune_step(method="magnitude", target_sparsity=0.9, scope="global", epochs=2,
-                             schedule=ScheduleSettings("polynomial", end=0.75, frequency=10))
+            step = prune_step(
+                method="magnitude",
+                target_sparsity=0.9,
+                scope="global",
+                epochs=2,
+                schedule=ScheduleSettings("polynomial", end=0.75, frequency=10),
+            )
             callbacks = [pruner.callback(step, int(np.ceil(len(x) / 128)))]
         compile_(model)
         start = time.perf_counter()
@@ -467,8 +514,10 @@ def test_gradual_pruning_of_lenet_300_100_costs_little_over_plain_fit_and_keeps_
     pruned_time = min(t for t, _, _ in pruned_runs)
     _, model, pruner = pruned_runs[-1]
     ratio = pruned_time / plain
-    print(f"\nLeNet-300-100, 2 epochs of 8,000 MNIST digits: plain fit {plain:.2f}s, gradual pruning "
-          f"{pruned_time:.2f}s, ratio {ratio:.3f}")
+    print(
+        f"\nLeNet-300-100, 2 epochs of 8,000 MNIST digits: plain fit {plain:.2f}s, gradual pruning "
+        f"{pruned_time:.2f}s, ratio {ratio:.3f}"
+    )
     assert pruner.layer_sparsity()["out"] == 0.0
     assert pruner.sparsity() == pytest.approx(0.9, abs=1e-5)  # the spared output layer is made up elsewhere
     acc = model.evaluate(x_test, y_test, verbose=0)[1]
@@ -507,6 +556,7 @@ def test_global_scope_never_disconnects_a_layer_of_a_scale_imbalanced_depthwise_
     model = _scale_imbalanced(depthwise_residual())
     weights = prunable_weights(model)
     from workers.engine.masks import global_magnitude_masks  # the raw ranking this replaces
+
     raw = global_magnitude_masks([w.variable.numpy() for w in weights], 0.8)
     assert {"dw0", "dw1", "head"} <= {w.path for w, k in zip(weights, raw) if not k.any()}  # the old failure
     pruner = Pruner(model, weights, {})
@@ -550,8 +600,13 @@ def test_global_block_target_is_met_over_all_weights_with_spared_layers_made_up(
 def test_gradual_global_pruning_ends_on_target_with_the_output_layer_spared(mnist, trained_small):
     model = fresh_small(trained_small)
     pruner = Pruner(model, prunable_weights(model), {})
-    step = prune_step(method="magnitude", target_sparsity=0.9, scope="global", epochs=1,
-                     schedule=ScheduleSettings("polynomial", end=0.75, frequency=4))
+    step = prune_step(
+        method="magnitude",
+        target_sparsity=0.9,
+        scope="global",
+        epochs=1,
+        schedule=ScheduleSettings("polynomial", end=0.75, frequency=4),
+    )
     cb = pruner.callback(step, 8)
     compile_(model)
     model.fit(mnist[0][:512], mnist[1][:512], epochs=1, batch_size=64, verbose=0, callbacks=[cb])
@@ -564,8 +619,14 @@ def test_gradual_global_pruning_ends_on_target_with_the_output_layer_spared(mnis
 
 def test_floors_refuse_an_unreachable_target_unless_the_layers_are_named_explicitly():
     def model_():  # 576 depthwise weights in 64 filters (each keeps one: at most 512 zeros) + a 640-weight head
-        return keras.Sequential([keras.Input((2, 2, 64)), L.DepthwiseConv2D(3, padding="same", name="dw"),
-                                 L.GlobalAveragePooling2D(), L.Dense(10, name="out")])
+        return keras.Sequential(
+            [
+                keras.Input((2, 2, 64)),
+                L.DepthwiseConv2D(3, padding="same", name="dw"),
+                L.GlobalAveragePooling2D(),
+                L.Dense(10, name="out"),
+            ]
+        )
 
     model = model_()
     selection = LayerSelection(include=["DepthwiseConv2D", "Dense"])  # matched by class: not named
@@ -597,7 +658,7 @@ def test_global_scope_ranks_raw_magnitudes_without_normalization_and_lamp_scores
     lamp = lamp_allocation(values, zeros)
     pruner.prune(prune_step(method="magnitude", target_sparsity=0.9, scope="global"))
     per_layer = pruner.layer_sparsity()
-    for w, keep, n_lamp in zip(pruner.weights, raw, lamp):
+    for w, keep, _n_lamp in zip(pruner.weights, raw, lamp):
         assert per_layer[w.path] == pytest.approx(1 - keep.mean(), abs=0.01)  # raw ranking (fc1 sampled)
     assert per_layer["fc2"] < lamp[1] / 30_000 - 0.1  # LAMP would prune fc2 much harder
     pruner.detach()

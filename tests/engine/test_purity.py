@@ -11,8 +11,22 @@ from pathlib import Path
 
 import workers.engine
 
-FORBIDDEN = ("fastapi", "starlette", "uvicorn", "sqlalchemy", "celery", "kombu", "redis", "psycopg", "httpx",
-             "boto3", "service", "workers.store", "workers.dispatch", "workers.runner")
+FORBIDDEN = (
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "sqlalchemy",
+    "celery",
+    "kombu",
+    "redis",
+    "psycopg",
+    "httpx",
+    "boto3",
+    "service",
+    "workers.store",
+    "workers.dispatch",
+    "workers.runner",
+)
 FACADE = ("workers.engine.pipeline", "workers.engine.config")  # the only engine modules that read workers.spec
 CONTRACT = ("pydantic", "workers.spec")
 
@@ -32,8 +46,13 @@ def test_engine_imports_no_web_queue_or_db_modules():
         "workers.cli; "
         "print(json.dumps(sorted(sys.modules)))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     bad = [m for m in loaded if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)]
     assert bad == []
@@ -48,12 +67,26 @@ def test_upload_inspection_does_not_import_tensorflow():
 
 def test_engine_below_the_facade_imports_no_pydantic_and_no_job_spec():
     modules = _below_facade()
-    assert {"workers.engine.model_io", "workers.engine.data", "workers.engine.registry", "workers.engine.schedules",
-            "workers.engine.pruning", "workers.engine.structured.prune", "workers.engine.preflight"} <= set(modules)
-    code = (f"import importlib, json, sys; [importlib.import_module(m) for m in {modules!r}]; "
-            "print(json.dumps(sorted(sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert {
+        "workers.engine.model_io",
+        "workers.engine.data",
+        "workers.engine.registry",
+        "workers.engine.schedules",
+        "workers.engine.pruning",
+        "workers.engine.structured.prune",
+        "workers.engine.preflight",
+    } <= set(modules)
+    code = (
+        f"import importlib, json, sys; [importlib.import_module(m) for m in {modules!r}]; "
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(modules) <= set(loaded)
     assert [m for m in loaded if _loads(m, CONTRACT)] == []

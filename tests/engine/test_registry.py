@@ -15,22 +15,37 @@ L = keras.layers
 # (layer, input shape without batch, expected (role, shape, input_axis, unit_axis) per prunable weight)
 LAYER_CASES = {
     "Dense": (lambda: L.Dense(4), (6,), [("kernel", (6, 4), 0, -1)]),
-    "EinsumDense": (lambda: L.EinsumDense("ab,bc->ac", output_shape=4, bias_axes="c"), (6,),
-                    [("kernel", (6, 4), -2, -1)]),
+    "EinsumDense": (
+        lambda: L.EinsumDense("ab,bc->ac", output_shape=4, bias_axes="c"),
+        (6,),
+        [("kernel", (6, 4), -2, -1)],
+    ),
     "Conv1D": (lambda: L.Conv1D(4, 3), (8, 5), [("kernel", (3, 5, 4), -2, -1)]),
     "Conv2D": (lambda: L.Conv2D(4, 3), (8, 8, 5), [("kernel", (3, 3, 5, 4), -2, -1)]),
     "Conv3D": (lambda: L.Conv3D(4, 3), (5, 5, 5, 2), [("kernel", (3, 3, 3, 2, 4), -2, -1)]),
     "Conv1DTranspose": (lambda: L.Conv1DTranspose(4, 3), (8, 5), [("kernel", (3, 4, 5), -1, -2)]),
     "Conv2DTranspose": (lambda: L.Conv2DTranspose(4, 3), (8, 8, 5), [("kernel", (3, 3, 4, 5), -1, -2)]),
     "Conv3DTranspose": (lambda: L.Conv3DTranspose(4, 3), (4, 4, 4, 2), [("kernel", (3, 3, 3, 4, 2), -1, -2)]),
-    "DepthwiseConv1D": (lambda: L.DepthwiseConv1D(3, depth_multiplier=2), (8, 5),
-                        [("depthwise_kernel", (3, 5, 2), -2, -2)]),
-    "DepthwiseConv2D": (lambda: L.DepthwiseConv2D(3, depth_multiplier=2), (8, 8, 5),
-                        [("depthwise_kernel", (3, 3, 5, 2), -2, -2)]),
-    "SeparableConv1D": (lambda: L.SeparableConv1D(4, 3, depth_multiplier=2), (8, 5),
-                        [("depthwise_kernel", (3, 5, 2), -2, -2), ("pointwise_kernel", (1, 10, 4), -2, -1)]),
-    "SeparableConv2D": (lambda: L.SeparableConv2D(4, 3), (8, 8, 5),
-                        [("depthwise_kernel", (3, 3, 5, 1), -2, -2), ("pointwise_kernel", (1, 1, 5, 4), -2, -1)]),
+    "DepthwiseConv1D": (
+        lambda: L.DepthwiseConv1D(3, depth_multiplier=2),
+        (8, 5),
+        [("depthwise_kernel", (3, 5, 2), -2, -2)],
+    ),
+    "DepthwiseConv2D": (
+        lambda: L.DepthwiseConv2D(3, depth_multiplier=2),
+        (8, 8, 5),
+        [("depthwise_kernel", (3, 3, 5, 2), -2, -2)],
+    ),
+    "SeparableConv1D": (
+        lambda: L.SeparableConv1D(4, 3, depth_multiplier=2),
+        (8, 5),
+        [("depthwise_kernel", (3, 5, 2), -2, -2), ("pointwise_kernel", (1, 10, 4), -2, -1)],
+    ),
+    "SeparableConv2D": (
+        lambda: L.SeparableConv2D(4, 3),
+        (8, 8, 5),
+        [("depthwise_kernel", (3, 3, 5, 1), -2, -2), ("pointwise_kernel", (1, 1, 5, 4), -2, -1)],
+    ),
     "Embedding": (lambda: L.Embedding(12, 4), None, [("embeddings", (12, 4), 0, -1)]),
 }
 
@@ -64,8 +79,15 @@ def test_every_registered_layer_exposes_its_kernels_with_their_axes_and_never_a_
 
 
 def test_biases_batchnorm_and_layernorm_are_never_prunable():
-    model = keras.Sequential([keras.Input((6,)), L.Dense(8, name="fc"), L.BatchNormalization(name="bn"),
-                              L.LayerNormalization(name="ln"), L.Dense(2, name="out")])
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(8, name="fc"),
+            L.BatchNormalization(name="bn"),
+            L.LayerNormalization(name="ln"),
+            L.Dense(2, name="out"),
+        ]
+    )
     weights = prunable_weights(model)
     assert [(w.path, w.role) for w in weights] == [("fc", "kernel"), ("out", "kernel")]
     assert all(w.variable.name == "kernel" for w in weights)
@@ -120,8 +142,16 @@ def test_output_layer_is_found_through_parameter_free_layers_and_nested_models()
     wrapper_in = keras.Input((8,))
     wrapper = keras.Model(wrapper_in, model(wrapper_in), name="wrapper")
     assert output_layer_paths(wrapper) == {"outer/logits"}
-    seq = keras.Sequential([keras.Input((4,)), L.Dense(3, name="h"), L.Dense(2, name="o"),
-                            L.BatchNormalization(name="bn"), L.Dropout(0.1), L.Softmax()])
+    seq = keras.Sequential(
+        [
+            keras.Input((4,)),
+            L.Dense(3, name="h"),
+            L.Dense(2, name="o"),
+            L.BatchNormalization(name="bn"),
+            L.Dropout(0.1),
+            L.Softmax(),
+        ]
+    )
     assert output_layer_paths(seq) == {"o"}
 
 

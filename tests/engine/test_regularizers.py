@@ -99,8 +99,10 @@ def test_zero_penalties_attach_nothing():
     assert handle.weights == [] and model.losses == []
 
 
-@pytest.mark.parametrize("field, kwargs", [("l1", {"l1": -1.0}), ("l2", {"l2": float("nan")}),
-                                           ("group_lasso", {"group_lasso": float("inf")})])
+@pytest.mark.parametrize(
+    "field, kwargs",
+    [("l1", {"l1": -1.0}), ("l2", {"l2": float("nan")}), ("group_lasso", {"group_lasso": float("inf")})],
+)
 def test_invalid_penalty_weights_are_a_spec_error_naming_the_field(field, kwargs):
     model = keras.Sequential([keras.Input((4,)), L.Dense(3)])
     with pytest.raises(SpecError, match=f"{field} must be a finite number >= 0") as err:
@@ -151,8 +153,14 @@ def test_group_lasso_drives_many_hidden_units_to_near_zero_norm_on_mnist(mnist):
     x, y, x_test, y_test = mnist
 
     def build():
-        return keras.Sequential([keras.Input((28, 28)), L.Flatten(), L.Dense(64, activation="relu", name="fc1"),
-                                 L.Dense(10, activation="softmax", name="out")])
+        return keras.Sequential(
+            [
+                keras.Input((28, 28)),
+                L.Flatten(),
+                L.Dense(64, activation="relu", name="fc1"),
+                L.Dense(10, activation="softmax", name="out"),
+            ]
+        )
 
     keras.utils.set_random_seed(0)
     base = build()
@@ -176,8 +184,10 @@ def test_group_lasso_drives_many_hidden_units_to_near_zero_norm_on_mnist(mnist):
     plain_norms, plain_acc = finetune(0.0)
     lasso_norms, lasso_acc = finetune(3e-2)
     small = 0.1 * np.median(start_norms)
-    print(f"\nunits with norm < {small:.3f}: plain {np.sum(plain_norms < small)}/64, "
-          f"group lasso {np.sum(lasso_norms < small)}/64; accuracy {plain_acc:.3f} vs {lasso_acc:.3f}")
+    print(
+        f"\nunits with norm < {small:.3f}: plain {np.sum(plain_norms < small)}/64, "
+        f"group lasso {np.sum(lasso_norms < small)}/64; accuracy {plain_acc:.3f} vs {lasso_acc:.3f}"
+    )
     assert np.sum(plain_norms < small) <= 2
     assert np.sum(lasso_norms < small) >= 16
     assert lasso_acc > 0.85

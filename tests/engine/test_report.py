@@ -101,8 +101,15 @@ def test_the_page_holds_the_verdict_the_tables_and_the_layer_and_training_plots(
     assert "unstructured sparsity only" in text  # the summary's notes
     tables = page.all("table")
     assert len(tables) == 4  # before/after, files, skipped layers, steps
-    for row in ("held-out accuracy", "non-zero parameters", "MACs per sample", ".keras size gzipped",
-                "CPU latency, batch 32 (median ms, p25–p75)", "model.tflite", "float32, sparse kernels"):
+    for row in (
+        "held-out accuracy",
+        "non-zero parameters",
+        "MACs per sample",
+        ".keras size gzipped",
+        "CPU latency, batch 32 (median ms, p25–p75)",
+        "model.tflite",
+        "float32, sparse kernels",
+    ):
         assert row in text, row
     svgs = page.svgs()
     assert len(svgs) == 3

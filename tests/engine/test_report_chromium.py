@@ -105,12 +105,27 @@ def visit(chromium: str, html: str, tmp_path: Path, *actions: str, width: int = 
     document = f"{site.origin}/report.html"
     try:
         run = subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-             f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width},{height}",
-             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-             f"--log-net-log={net_log}", "--net-log-capture-mode=Default", "--enable-logging=stderr", "--v=0",
-             *actions, document],
-            capture_output=True, text=True, timeout=180)
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--hide-scrollbars",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                f"--window-size={width},{height}",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                f"--log-net-log={net_log}",
+                "--net-log-capture-mode=Default",
+                "--enable-logging=stderr",
+                "--v=0",
+                *actions,
+                document,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
     finally:
         site.close()
     assert run.returncode == 0, run.stderr[-3000:]
@@ -125,9 +140,11 @@ def _report() -> str:
 
 
 def test_the_check_sees_a_page_that_loads_from_elsewhere(chromium, tmp_path):
-    control = ('<!DOCTYPE html><html><head><link rel="icon" href="data:,">'
-               '<link rel="stylesheet" href="https://fonts.example.invalid/a.css"></head>'
-               '<body><img src="http://images.example.invalid/x.png"></body></html>')
+    control = (
+        '<!DOCTYPE html><html><head><link rel="icon" href="data:,">'
+        '<link rel="stylesheet" href="https://fonts.example.invalid/a.css"></head>'
+        '<body><img src="http://images.example.invalid/x.png"></body></html>'
+    )
     seen = visit(chromium, control, tmp_path, "--dump-dom")
     assert sorted(seen.page_requests) == ["http://images.example.invalid/x.png", "https://fonts.example.invalid/a.css"]
     assert seen.served == [("GET", "/report.html")]
@@ -164,7 +181,7 @@ def test_the_report_paints_its_plots_and_prints(chromium, tmp_path):
     assert pixels.shape[:2] == (6000, 1000)
     assert pixels.std() > 20  # not blank
     assert (pixels.min(axis=2) < 200).mean() > 0.02  # text, table rules and plots: a few percent of the page
-    blue = np.array([int(AFTER[i:i + 2], 16) for i in (1, 3, 5)])
+    blue = np.array([int(AFTER[i : i + 2], 16) for i in (1, 3, 5)])
     painted = (np.abs(pixels - blue).max(axis=2) < 12).sum()
     assert painted > 2000, f"only {painted} pixels of the plots' colour: the SVG images were not drawn"
 

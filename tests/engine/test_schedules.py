@@ -123,16 +123,23 @@ def test_invalid_arguments_are_refused_with_the_field_and_range_named(make, fiel
 def test_fraction_and_epoch_units_convert_to_the_same_steps():
     spe, epochs = 50, 4  # 200 steps
     by_fraction = make_schedule(ScheduleSettings("polynomial", begin=0.25, end=0.75, frequency=5), 0.9, spe, epochs)
-    by_epoch = make_schedule(ScheduleSettings("polynomial", begin=1, end=3, unit="epoch", frequency=5), 0.9, spe,
-                             epochs)
+    by_epoch = make_schedule(
+        ScheduleSettings("polynomial", begin=1, end=3, unit="epoch", frequency=5), 0.9, spe, epochs
+    )
     assert (by_fraction.begin_step, by_fraction.end_step) == (50, 150)
     assert by_fraction == by_epoch
 
 
 @pytest.mark.parametrize(
     "value, unit, expected",
-    [(0.0, "fraction", 0), (1.0, "fraction", 126), (0.75, "fraction", 95), (0.5, "epoch", 32), (2, "epoch", 126),
-     (3, "epoch", 126)],
+    [
+        (0.0, "fraction", 0),
+        (1.0, "fraction", 126),
+        (0.75, "fraction", 95),
+        (0.5, "epoch", 32),
+        (2, "epoch", 126),
+        (3, "epoch", 126),
+    ],
 )
 def test_to_steps_rounds_half_up_and_clips_to_training(value, unit, expected):
     assert to_steps(value, unit, 63, 2) == expected
@@ -165,8 +172,11 @@ def test_frequency_is_only_ever_lowered_and_tiny_windows_update_every_step():
 
 @pytest.mark.parametrize(
     "settings",
-    [ScheduleSettings("polynomial", end=0.75, frequency=3), ScheduleSettings("constant", frequency=3),
-     ScheduleSettings("one_shot")],
+    [
+        ScheduleSettings("polynomial", end=0.75, frequency=3),
+        ScheduleSettings("constant", frequency=3),
+        ScheduleSettings("one_shot"),
+    ],
     ids=["polynomial", "constant", "one_shot"],
 )
 def test_make_schedule_builds_every_kind_and_reaches_the_target_at_its_last_update(settings):
@@ -178,8 +188,12 @@ def test_make_schedule_builds_every_kind_and_reaches_the_target_at_its_last_upda
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [({"target": 1.0}, "target_sparsity"), ({"steps_per_epoch": 0}, "steps_per_epoch"), ({"epochs": -1}, "epochs"),
-     ({"epochs": 0}, "epochs")],
+    [
+        ({"target": 1.0}, "target_sparsity"),
+        ({"steps_per_epoch": 0}, "steps_per_epoch"),
+        ({"epochs": -1}, "epochs"),
+        ({"epochs": 0}, "epochs"),
+    ],
 )
 def test_make_schedule_refuses_bad_arguments_naming_them(kwargs, field):
     args = {"settings": POLYNOMIAL, "target": 0.5, "steps_per_epoch": 10, "epochs": 2, **kwargs}
@@ -190,10 +204,16 @@ def test_make_schedule_refuses_bad_arguments_naming_them(kwargs, field):
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [({"kind": "cosine"}, "schedule.kind"), ({"unit": "step"}, "schedule.unit"), ({"begin": 1.5}, "schedule.begin"),
-     ({"begin": -1, "unit": "epoch"}, "schedule.begin"), ({"begin": 0.6, "end": 0.5}, "schedule.end"),
-     ({"frequency": 0}, "schedule.frequency"), ({"frequency": 2.5}, "schedule.frequency"),
-     ({"initial_sparsity": 1.0}, "schedule.initial_sparsity")],
+    [
+        ({"kind": "cosine"}, "schedule.kind"),
+        ({"unit": "step"}, "schedule.unit"),
+        ({"begin": 1.5}, "schedule.begin"),
+        ({"begin": -1, "unit": "epoch"}, "schedule.begin"),
+        ({"begin": 0.6, "end": 0.5}, "schedule.end"),
+        ({"frequency": 0}, "schedule.frequency"),
+        ({"frequency": 2.5}, "schedule.frequency"),
+        ({"initial_sparsity": 1.0}, "schedule.initial_sparsity"),
+    ],
 )
 def test_schedule_settings_refuse_values_out_of_range_naming_the_field(kwargs, field):
     with pytest.raises(SpecError) as err:

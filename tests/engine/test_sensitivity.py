@@ -14,8 +14,15 @@ from workers.engine import metrics as metrics_mod
 from workers.engine.batchnorm import reestimate_batchnorm
 from workers.engine.errors import Cancelled, SpecError
 from workers.engine.registry import prunable_weights
-from workers.engine.sensitivity import (analyze, curves, magnitude_units, metric_drop, resolve_metric,
-                                        structured_units, write_artifacts)
+from workers.engine.sensitivity import (
+    analyze,
+    curves,
+    magnitude_units,
+    metric_drop,
+    resolve_metric,
+    structured_units,
+    write_artifacts,
+)
 from workers.engine.structured import structured_prune
 
 L = keras.layers
@@ -27,8 +34,14 @@ def trained_mlp(mnist):
     """784-48-10 on 3,000 real digits: the big first layer is redundant, the small output layer is not."""
     x, y, xv, yv = mnist
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((28, 28)), L.Flatten(name="flat"), L.Dense(48, activation="relu", name="fc"),
-                              L.Dense(10, activation="softmax", name="out")])
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28)),
+            L.Flatten(name="flat"),
+            L.Dense(48, activation="relu", name="fc"),
+            L.Dense(10, activation="softmax", name="out"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x[:3000], y[:3000], epochs=3, batch_size=64, verbose=0)
     return model, (x[:3000], y[:3000], xv[:1000], yv[:1000])
@@ -52,8 +65,18 @@ def test_magnitude_rows_measure_each_layer_alone_and_leave_the_model_unchanged(t
     expected = metrics_mod.evaluate(model, xv, yv)["accuracy"]
     seen = []
     units = magnitude_units(model, prunable_weights(model))
-    result = analyze(model, units, LEVELS, method="magnitude", metric="accuracy", x_val=xv, y_val=yv, x_train=x,
-                     samples=None, progress=lambda i, n, u: seen.append((i, n, u.name)))
+    result = analyze(
+        model,
+        units,
+        LEVELS,
+        method="magnitude",
+        metric="accuracy",
+        x_val=xv,
+        y_val=yv,
+        x_train=x,
+        samples=None,
+        progress=lambda i, n, u: seen.append((i, n, u.name)),
+    )
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     assert result["baseline"] == pytest.approx(expected, abs=1e-6)
     assert seen == [(0, 2, "fc"), (1, 2, "out")]
@@ -65,7 +88,7 @@ def test_magnitude_rows_measure_each_layer_alone_and_leave_the_model_unchanged(t
     saved = kernel.numpy()
     flat = np.abs(saved).ravel()
     keep = np.ones(flat.size, bool)
-    keep[np.argsort(flat, kind="stable")[:int(np.floor(0.9 * flat.size + 0.5))]] = False
+    keep[np.argsort(flat, kind="stable")[: int(np.floor(0.9 * flat.size + 0.5))]] = False
     kernel.assign(saved * keep.reshape(saved.shape))
     by_hand = metrics_mod.evaluate(model, xv, yv)["accuracy"]
     kernel.assign(saved)
@@ -100,12 +123,22 @@ def test_the_held_out_subset_and_cancellation_within_the_sweep(trained_mlp):
         return len(calls) > 3  # the baseline and two measurements, then cancelled mid-layer
 
     with pytest.raises(Cancelled):
-        analyze(model, units, LEVELS, method="magnitude", metric="loss", x_val=xv, y_val=yv, samples=200,
-                should_cancel=cancel)
+        analyze(
+            model,
+            units,
+            LEVELS,
+            method="magnitude",
+            metric="loss",
+            x_val=xv,
+            y_val=yv,
+            samples=200,
+            should_cancel=cancel,
+        )
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights())), "weights not restored"
     result = analyze(model, units[:1], [0.5], method="magnitude", metric="loss", x_val=xv, y_val=yv, samples=200)
     assert result["samples"] == 200 and result["rows"][0]["drop"] == pytest.approx(
-        (result["rows"][0]["metric"] - result["baseline"]) / result["baseline"])
+        (result["rows"][0]["metric"] - result["baseline"]) / result["baseline"]
+    )
 
 
 @pytest.mark.parametrize("builder", [cnn_sequential, residual_functional])
@@ -120,12 +153,23 @@ def test_structured_rows_equal_the_rebuilt_model_with_batchnorm_reestimated(buil
     units = structured_units(model, criterion="l1")
     _, report = structured_prune(model, criterion="l1", keep_ratio=1.0)
     assert [u.layers for u in units] == [tuple(g.layers) for g in report.groups]
-    result = analyze(model, units, [0.25, 0.5], method="structured", metric="loss", x_val=x, y_val=y, x_train=x,
-                     samples=None, batchnorm_samples=64)
+    result = analyze(
+        model,
+        units,
+        [0.25, 0.5],
+        method="structured",
+        metric="loss",
+        x_val=x,
+        y_val=y,
+        x_train=x,
+        samples=None,
+        batchnorm_samples=64,
+    )
     assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
     row = next(r for r in result["rows"] if r["level"] == 0.5 and r["layer"] == units[0].name)
-    rebuilt, rep = structured_prune(model, criterion="l1", keep_ratio=1.0,
-                                    overrides={n: {"keep_ratio": 0.5} for n in units[0].layers})
+    rebuilt, rep = structured_prune(
+        model, criterion="l1", keep_ratio=1.0, overrides={n: {"keep_ratio": 0.5} for n in units[0].layers}
+    )
     rebuilt.compile("adam", "mse")
     reestimate_batchnorm(rebuilt, x, batch_size=256, max_samples=64)
     assert row["params"] == rebuilt.count_params() == rep.params_after
@@ -142,12 +186,28 @@ def test_a_model_with_two_outputs_is_scored_by_its_compiled_evaluation():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 8)).astype("float32")
     y = [rng.normal(size=(64, 1)).astype("float32"), rng.normal(size=(64, 2)).astype("float32")]
-    result = analyze(model, magnitude_units(model, prunable_weights(model)), [0.9], method="magnitude",
-                     metric="loss", x_val=x, y_val=y, samples=None)
+    result = analyze(
+        model,
+        magnitude_units(model, prunable_weights(model)),
+        [0.9],
+        method="magnitude",
+        metric="loss",
+        x_val=x,
+        y_val=y,
+        samples=None,
+    )
     assert result["samples"] == 64
     assert result["baseline"] == pytest.approx(model.evaluate(x, y, verbose=0, return_dict=True)["loss"], rel=1e-5)
-    subset = analyze(model, magnitude_units(model, prunable_weights(model))[:1], [0.9], method="magnitude",
-                     metric="loss", x_val=x, y_val=y, samples=20)
+    subset = analyze(
+        model,
+        magnitude_units(model, prunable_weights(model))[:1],
+        [0.9],
+        method="magnitude",
+        metric="loss",
+        x_val=x,
+        y_val=y,
+        samples=20,
+    )
     assert subset["samples"] == 20 and np.isfinite(subset["baseline"])
     assert [r["layer"] for r in result["rows"]] == ["hidden", "a", "b"]
     assert all(np.isfinite(r["metric"]) for r in result["rows"])

@@ -17,13 +17,26 @@ def _latency(samples_ms) -> dict:
     """A latency entry as metrics.latency computes it from repeated timings."""
     a = np.asarray(samples_ms, dtype=float)
     p10, p25, p75, p90 = np.percentile(a, [10, 25, 75, 90])
-    return {"batch_size": 1, "median": float(np.median(a)), "p10": p10, "p25": p25, "p75": p75, "p90": p90,
-            "mean": float(a.mean()), "min": float(a.min()), "runs": len(a)}
+    return {
+        "batch_size": 1,
+        "median": float(np.median(a)),
+        "p10": p10,
+        "p25": p25,
+        "p75": p75,
+        "p90": p90,
+        "mean": float(a.mean()),
+        "min": float(a.min()),
+        "runs": len(a),
+    }
 
 
 def _measure(evaluation, gzip_bytes=1000, latency_ms=None) -> dict:
-    return {"evaluation": evaluation, "params": {"total": 100, "nonzero": 100, "sparsity": 0.0},
-            "file": {"bytes": gzip_bytes * 2, "gzip_bytes": gzip_bytes}, "latency_ms": latency_ms}
+    return {
+        "evaluation": evaluation,
+        "params": {"total": 100, "nonzero": 100, "sparsity": 0.0},
+        "file": {"bytes": gzip_bytes * 2, "gzip_bytes": gzip_bytes},
+        "latency_ms": latency_ms,
+    }
 
 
 def _spec(d: dict, **evaluation) -> JobSpec:
@@ -76,11 +89,16 @@ def test_speed_win_needs_the_gain_beyond_the_spread():
     noisy_before = _latency(np.linspace(6, 14, 30))  # median 10, interquartile range 8..12
     noisy_after = _latency(np.linspace(4.5, 13, 30))  # median 8.75 (1.14x), interquartile range 6.6..10.9
     ev = {"accuracy": 0.9}
-    s = summarize(_measure(ev, latency_ms={"batch_1": base}), _measure(ev, 300, {"batch_1": faster}), {},
-                  _spec(STRUCTURED))
+    s = summarize(
+        _measure(ev, latency_ms={"batch_1": base}), _measure(ev, 300, {"batch_1": faster}), {}, _spec(STRUCTURED)
+    )
     assert s["win"] == "size+speed" and s["latency_speedup_beyond_spread"] == {"batch_1": True}
-    s = summarize(_measure(ev, latency_ms={"batch_1": noisy_before}), _measure(ev, 300, {"batch_1": noisy_after}),
-                  {}, _spec(STRUCTURED))
+    s = summarize(
+        _measure(ev, latency_ms={"batch_1": noisy_before}),
+        _measure(ev, 300, {"batch_1": noisy_after}),
+        {},
+        _spec(STRUCTURED),
+    )
     assert s["latency_speedup"]["batch_1"] >= SPEED_WIN  # the medians alone would have claimed it
     assert s["win"] == "size" and s["latency_speedup_beyond_spread"] == {"batch_1": False}
     assert any("within the spread" in n for n in s["notes"])
@@ -89,8 +107,12 @@ def test_speed_win_needs_the_gain_beyond_the_spread():
 def test_collapse_wins_over_a_real_speed_gain():
     fast = _latency(np.full(10, 5.0))
     slow = _latency(np.full(10, 10.0))
-    s = summarize(_measure({"accuracy": 0.9}, latency_ms={"batch_1": slow}),
-                  _measure({"accuracy": 0.5}, 300, {"batch_1": fast}), {}, _spec(STRUCTURED))
+    s = summarize(
+        _measure({"accuracy": 0.9}, latency_ms={"batch_1": slow}),
+        _measure({"accuracy": 0.5}, 300, {"batch_1": fast}),
+        {},
+        _spec(STRUCTURED),
+    )
     assert s["win"] == "none" and s["latency_speedup_beyond_spread"] == {"batch_1": True}
 
 

@@ -35,12 +35,12 @@ def job_files(tmp_path_factory, mnist):
     return make_job_files(tmp_path_factory.mktemp("service-jobfiles"), mnist)
 
 
-def submit(client: httpx.Client, job_files, spec: dict | str, *, data=True, headers=None, extra=None,
-           model_path=None) -> httpx.Response:
+def submit(
+    client: httpx.Client, job_files, spec: dict | str, *, data=True, headers=None, extra=None, model_path=None
+) -> httpx.Response:
     files = {"model": ("mnist.keras", open(model_path or job_files.model, "rb"), "application/octet-stream")}
     if data:
-        files["data"] = ("mnist.npz", open(job_files.data if data is True else data, "rb"),
-                         "application/octet-stream")
+        files["data"] = ("mnist.npz", open(job_files.data if data is True else data, "rb"), "application/octet-stream")
     fields = {"spec": spec if isinstance(spec, str) else __import__("json").dumps(spec), **(extra or {})}
     try:
         return client.post("/v1/jobs", files=files, data=fields, headers=headers or {})

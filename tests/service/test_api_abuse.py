@@ -39,6 +39,7 @@ def four_rows(tmp_path_factory, mnist):
 
 # -- epochs: every epoch costs at least limits.min_epoch_samples -------------------------------------------------
 
+
 def test_a_thousand_epochs_of_four_rows_are_refused_at_submit_naming_the_limit(client, job_files, four_rows):
     spec = {**QUICK_SPEC, "steps": [{"kind": "finetune", "epochs": 1000}]}
     r = submit(client, job_files, spec, data=four_rows)
@@ -54,6 +55,7 @@ def test_a_few_epochs_of_four_rows_are_still_accepted(client, job_files, four_ro
 
 # -- Idempotency-Key: the same request replays, another one is refused --------------------------------------------
 
+
 def test_a_reused_idempotency_key_with_another_spec_is_422_naming_the_key(client, job_files):
     headers = {"Idempotency-Key": "abuse-spec"}
     first = submit(client, job_files, QUICK_SPEC, headers=headers)
@@ -68,10 +70,17 @@ def test_a_reused_idempotency_key_with_another_spec_is_422_naming_the_key(client
 def test_a_reused_idempotency_key_with_other_files_or_webhook_is_422(client, job_files, four_rows):
     headers = {"Idempotency-Key": "abuse-files"}
     assert submit(client, job_files, QUICK_SPEC, headers=headers).status_code == 202
-    assert_problem(submit(client, job_files, QUICK_SPEC, headers=headers, data=four_rows), 422,
-                   "idempotency_key_reused", field="Idempotency-Key")
-    assert_problem(submit(client, job_files, QUICK_SPEC, headers=headers,
-                          extra={"webhook_url": "https://example.com/hook"}), 422, "idempotency_key_reused")
+    assert_problem(
+        submit(client, job_files, QUICK_SPEC, headers=headers, data=four_rows),
+        422,
+        "idempotency_key_reused",
+        field="Idempotency-Key",
+    )
+    assert_problem(
+        submit(client, job_files, QUICK_SPEC, headers=headers, extra={"webhook_url": "https://example.com/hook"}),
+        422,
+        "idempotency_key_reused",
+    )
 
 
 def test_the_same_request_again_replays_the_job_whatever_the_spec_formatting(client, job_files):
@@ -83,6 +92,7 @@ def test_the_same_request_again_replays_the_job_whatever_the_spec_formatting(cli
 
 
 # -- event sequence numbers: bounded -------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def cancelled_job(client, job_files):

@@ -9,13 +9,21 @@ import pytest
 
 from tests.service.conftest import ROOT, Server, submit, wait_status
 
-ONE_SHOT = {"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.5}],
-            "evaluation": {"latency": False}}
+ONE_SHOT = {
+    "steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.5}],
+    "evaluation": {"latency": False},
+}
 
 
 def keys(server: Server, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "service.cli", "keys", *args], cwd=ROOT, env=server.env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "keys", *args],
+        cwd=ROOT,
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +66,17 @@ def test_keys_are_stored_hashed_and_listed_without_the_secret(server, tenants):
     assert tenants["acme"].encode() not in db
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("POST", "/v1/preflight"),
-                                          ("GET", "/v1/jobs/job_x"), ("GET", "/metrics"),
-                                          ("GET", "/v1/schema/jobspec")])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/v1/jobs"),
+        ("POST", "/v1/jobs"),
+        ("POST", "/v1/preflight"),
+        ("GET", "/v1/jobs/job_x"),
+        ("GET", "/metrics"),
+        ("GET", "/v1/schema/jobspec"),
+    ],
+)
 def test_every_route_but_the_probes_needs_a_key_once_keys_exist(server, tenants, method, path):
     with server.client() as c:
         r = c.request(method, path)
@@ -83,9 +99,18 @@ def test_the_key_works_as_bearer_or_x_api_key(server, tenants):
         assert c.get("/v1/jobs", headers={"X-API-Key": tenants["acme"]}).status_code == 200
 
 
-@pytest.mark.parametrize("method, suffix", [("GET", ""), ("GET", "?wait=1"), ("POST", "/cancel"), ("DELETE", ""),
-                                            ("GET", "/logs"), ("GET", "/events"),
-                                            ("GET", "/artifacts/model.keras")])
+@pytest.mark.parametrize(
+    "method, suffix",
+    [
+        ("GET", ""),
+        ("GET", "?wait=1"),
+        ("POST", "/cancel"),
+        ("DELETE", ""),
+        ("GET", "/logs"),
+        ("GET", "/events"),
+        ("GET", "/artifacts/model.keras"),
+    ],
+)
 def test_another_tenants_job_is_404_for_every_operation(server, tenants, acme_job, method, suffix):
     with server.client(headers=bearer(tenants["globex"])) as c:
         r = c.request(method, f"/v1/jobs/{acme_job['id']}{suffix}")

@@ -23,12 +23,16 @@ ARTIFACT_LIMIT = 3
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("errors") / "data", workers=0, env={
-        "SECATEURS_LIMITS__MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
-        "SECATEURS_LIMITS__MAX_EPOCH_SAMPLES": str(BUDGET),
-        "SECATEURS_LIMITS__MAX_ACTIVE_JOBS_PER_TENANT": "2",
-        "SECATEURS_LIMITS__MAX_STORED_ARTIFACTS_PER_TENANT": str(ARTIFACT_LIMIT),
-    }).start()
+    srv = Server(
+        tmp_path_factory.mktemp("errors") / "data",
+        workers=0,
+        env={
+            "SECATEURS_LIMITS__MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
+            "SECATEURS_LIMITS__MAX_EPOCH_SAMPLES": str(BUDGET),
+            "SECATEURS_LIMITS__MAX_ACTIVE_JOBS_PER_TENANT": "2",
+            "SECATEURS_LIMITS__MAX_STORED_ARTIFACTS_PER_TENANT": str(ARTIFACT_LIMIT),
+        },
+    ).start()
     yield srv
     srv.stop()
 
@@ -100,24 +104,33 @@ def test_a_dataset_with_a_pickled_array_is_422_naming_the_array(client, job_file
     assert_problem(r, 422, "data_error", field="data", says="y_train")
 
 
-@pytest.mark.parametrize("spec, field, says", [
-    ({"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 1.5}]}, "spec.steps.0.target_sparsity",
-     "less than 1"),
-    ({"steps": [{"kind": "structured"}]}, "spec.steps.0.keep_ratio", "required"),
-    ({"steps": [{"kind": "shrink"}]}, "spec.steps.0", "shrink"),
-    ({"steps": []}, "spec.steps", "at least 1"),
-    ({"steps": [{"kind": "finetune"}], "bogus": 1}, "spec.bogus", "not permitted"),
-    ("{not json", "spec", "JSON"),
-    ("", "spec", "required"),
-])
+@pytest.mark.parametrize(
+    "spec, field, says",
+    [
+        (
+            {"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 1.5}]},
+            "spec.steps.0.target_sparsity",
+            "less than 1",
+        ),
+        ({"steps": [{"kind": "structured"}]}, "spec.steps.0.keep_ratio", "required"),
+        ({"steps": [{"kind": "shrink"}]}, "spec.steps.0", "shrink"),
+        ({"steps": []}, "spec.steps", "at least 1"),
+        ({"steps": [{"kind": "finetune"}], "bogus": 1}, "spec.bogus", "not permitted"),
+        ("{not json", "spec", "JSON"),
+        ("", "spec", "required"),
+    ],
+)
 def test_a_bad_spec_is_422_naming_the_field(client, job_files, spec, field, says):
     r = submit(client, job_files, spec if isinstance(spec, str) else json.dumps(spec))
     assert_problem(r, 422, "validation_error", field=field, says=says)
 
 
 def test_a_spec_as_a_file_part_works_like_a_field(client, job_files):
-    files = {"model": ("m.keras", job_files.model.read_bytes()), "data": ("d.npz", job_files.data.read_bytes()),
-             "spec": ("spec.json", json.dumps(QUICK_SPEC).encode(), "application/json")}
+    files = {
+        "model": ("m.keras", job_files.model.read_bytes()),
+        "data": ("d.npz", job_files.data.read_bytes()),
+        "spec": ("spec.json", json.dumps(QUICK_SPEC).encode(), "application/json"),
+    }
     r = client.post("/v1/jobs", files=files)
     assert r.status_code == 202, r.text
     assert r.json()["spec"]["steps"][0]["target_sparsity"] == 0.5
@@ -129,11 +142,15 @@ def test_a_training_spec_without_data_is_422_naming_data(client, job_files):
 
 
 def test_missing_model_and_unknown_fields_are_422(client, job_files):
-    r = client.post("/v1/jobs", files={"data": ("d.npz", job_files.data.read_bytes())},
-                    data={"spec": json.dumps(QUICK_SPEC)})
+    r = client.post(
+        "/v1/jobs", files={"data": ("d.npz", job_files.data.read_bytes())}, data={"spec": json.dumps(QUICK_SPEC)}
+    )
     assert_problem(r, 422, "validation_error", field="model", says="model file is required")
-    r = client.post("/v1/jobs", files={"model": ("m.keras", job_files.model.read_bytes()),
-                                       "weights": ("w.h5", b"123")}, data={"spec": json.dumps(QUICK_SPEC)})
+    r = client.post(
+        "/v1/jobs",
+        files={"model": ("m.keras", job_files.model.read_bytes()), "weights": ("w.h5", b"123")},
+        data={"spec": json.dumps(QUICK_SPEC)},
+    )
     assert_problem(r, 422, "validation_error", field="weights", says="unknown form field 'weights'")
 
 
@@ -149,8 +166,7 @@ def test_a_chunked_upload_over_the_limit_is_cut_off_with_413(server, client):
     boundary = "xyz"
 
     def body():
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"; filename=\"m.keras\"\r\n\r\n"
-               .encode())
+        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="model"; filename="m.keras"\r\n\r\n'.encode())
         for _ in range(UPLOAD_LIMIT // 65536 + 8):
             yield b"\1" * 65536
         yield f"\r\n--{boundary}--\r\n".encode()
@@ -191,11 +207,18 @@ def test_cancel_of_a_queued_job_is_immediate_and_delete_removes_its_files(server
     assert not inputs.exists()
 
 
-@pytest.mark.parametrize("method, path", [
-    ("GET", "/v1/jobs/job_nope"), ("POST", "/v1/jobs/job_nope/cancel"), ("DELETE", "/v1/jobs/job_nope"),
-    ("GET", "/v1/jobs/job_nope/logs"), ("GET", "/v1/jobs/job_nope/events"),
-    ("GET", "/v1/jobs/job_nope/artifacts/model.keras"), ("GET", "/v1/nothing-here"),
-])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/v1/jobs/job_nope"),
+        ("POST", "/v1/jobs/job_nope/cancel"),
+        ("DELETE", "/v1/jobs/job_nope"),
+        ("GET", "/v1/jobs/job_nope/logs"),
+        ("GET", "/v1/jobs/job_nope/events"),
+        ("GET", "/v1/jobs/job_nope/artifacts/model.keras"),
+        ("GET", "/v1/nothing-here"),
+    ],
+)
 def test_unknown_jobs_and_routes_are_404_problems(client, method, path):
     assert_problem(client.request(method, path), 404, "not_found")
 
@@ -257,18 +280,30 @@ def test_a_tenant_at_its_stored_artifact_limit_is_429_naming_the_limit(server, c
 
     store = open_store(f"sqlite:///{server.data_dir / 'jobs.db'}")
     try:
-        new = NewJob(tenant="default", spec={"steps": [{"kind": "finetune"}]},
-                     inputs={"model": InputFile("model", "model.keras", "m.keras", 1, "0" * 64)})
+        new = NewJob(
+            tenant="default",
+            spec={"steps": [{"kind": "finetune"}]},
+            inputs={"model": InputFile("model", "model.keras", "m.keras", 1, "0" * 64)},
+        )
         store.create_job(new, max_attempts=1)
         claim = store.claim(new.id, "test-worker")
         names = [f"artifact{i}.bin" for i in range(ARTIFACT_LIMIT)]
-        assert store.finish(claim, JobStatus.SUCCEEDED, manifest={}, artifacts=[
-            ArtifactInfo(name=n, bytes=1, sha256="0" * 64) for n in names])
+        assert store.finish(
+            claim,
+            JobStatus.SUCCEEDED,
+            manifest={},
+            artifacts=[ArtifactInfo(name=n, bytes=1, sha256="0" * 64) for n in names],
+        )
     finally:
         store.close()
     r = submit(client, job_files, QUICK_SPEC)
-    body = assert_problem(r, 429, "too_many_requests", field="limits.max_stored_artifacts_per_tenant",
-                          says=f"already stores {ARTIFACT_LIMIT} artifacts")
+    body = assert_problem(
+        r,
+        429,
+        "too_many_requests",
+        field="limits.max_stored_artifacts_per_tenant",
+        says=f"already stores {ARTIFACT_LIMIT} artifacts",
+    )
     assert f"is {ARTIFACT_LIMIT}" in body["detail"]
     assert client.delete(f"/v1/jobs/{new.id}").status_code == 204
     assert submit(client, job_files, QUICK_SPEC).status_code == 202

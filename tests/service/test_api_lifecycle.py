@@ -16,8 +16,10 @@ from tests.service.conftest import Server, submit, wait_status, wait_training
 from tests.workers.jobfiles import LONG_SPEC, QUICK_SPEC
 from workers.spec import json_schema
 
-ONE_SHOT = {"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.5}],
-            "evaluation": {"latency": False}}
+ONE_SHOT = {
+    "steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.5}],
+    "evaluation": {"latency": False},
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +49,7 @@ def sse_events(server, job_id: str, timeout: float = 180.0) -> list[tuple[str, d
 
 
 @pytest.mark.slow
-def test_full_lifecycle_with_curl_submit_sse_progress_metrics_download_and_delete(server, client, job_files,
-                                                                                   tmp_path):
+def test_full_lifecycle_with_curl_submit_sse_progress_metrics_download_and_delete(server, client, job_files, tmp_path):
     import keras
 
     spec_file = tmp_path / "spec.json"
@@ -56,8 +57,23 @@ def test_full_lifecycle_with_curl_submit_sse_progress_metrics_download_and_delet
     curl = shutil.which("curl")
     assert curl, "the README's walk-through uses curl"
     out = subprocess.run(
-        [curl, "-sS", "-D", "-", "-F", f"model=@{job_files.model}", "-F", f"data=@{job_files.data}",
-         "-F", f"spec=@{spec_file}", f"{server.url}/v1/jobs"], capture_output=True, text=True, check=True)
+        [
+            curl,
+            "-sS",
+            "-D",
+            "-",
+            "-F",
+            f"model=@{job_files.model}",
+            "-F",
+            f"data=@{job_files.data}",
+            "-F",
+            f"spec=@{spec_file}",
+            f"{server.url}/v1/jobs",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     text = out.stdout.replace("\r\n", "\n")
     while text.startswith("HTTP/1.1 100"):  # curl sends Expect: 100-continue for larger uploads
         text = text.partition("\n\n")[2]
@@ -100,8 +116,9 @@ def test_full_lifecycle_with_curl_submit_sse_progress_metrics_download_and_delet
 
     metrics = client.get("/metrics").text
     assert 'secateurs_jobs{status="succeeded"}' in metrics
-    upload = next(float(line.split()[-1]) for line in metrics.splitlines()
-                  if line.startswith("secateurs_upload_bytes_total"))
+    upload = next(
+        float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("secateurs_upload_bytes_total")
+    )
     assert upload >= job_files.model.stat().st_size + job_files.data.stat().st_size
     assert 'secateurs_job_duration_seconds_count{status="succeeded"}' in metrics
     assert "secateurs_queue_depth" in metrics

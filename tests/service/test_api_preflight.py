@@ -16,8 +16,12 @@ from tests.engine.structured.models import residual_functional
 from tests.service.conftest import ROOT, Server
 from tests.service.test_hostile_uploads import loads_tensorflow
 
-SPEC = {"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.8},
-                  {"kind": "structured", "keep_ratio": 0.5, "round_to": 4}]}
+SPEC = {
+    "steps": [
+        {"kind": "prune", "method": "magnitude", "target_sparsity": 0.8},
+        {"kind": "structured", "keep_ratio": 0.5, "round_to": 4},
+    ]
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +33,14 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def auth(server) -> dict[str, str]:
-    made = subprocess.run([sys.executable, "-m", "service.cli", "keys", "create", "--tenant", "pre"], cwd=ROOT,
-                          env=server.env, capture_output=True, text=True, timeout=60)
+    made = subprocess.run(
+        [sys.executable, "-m", "service.cli", "keys", "create", "--tenant", "pre"],
+        cwd=ROOT,
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert made.returncode == 0, made.stderr
     return {"Authorization": f"Bearer {made.stdout.strip()}"}
 

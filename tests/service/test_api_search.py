@@ -12,8 +12,11 @@ from tests.service.conftest import Server, submit, wait_status
 from tests.service.test_api_errors import assert_problem
 from tests.service.test_api_lifecycle import sse_events
 
-BUDGET = {"steps": [{"kind": "budget", "metric": "accuracy", "max_drop": 0.05, "epochs": 1, "max_trials": 2}],
-          "training": {"batch_size": 64}, "evaluation": {"latency": False}}
+BUDGET = {
+    "steps": [{"kind": "budget", "metric": "accuracy", "max_drop": 0.05, "epochs": 1, "max_trials": 2}],
+    "training": {"batch_size": 64},
+    "evaluation": {"latency": False},
+}
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +63,12 @@ def test_a_sensitivity_job_returns_its_table_and_leaves_the_model_unchanged(clie
     job_id = submit(client, job_files, spec).json()["id"]
     job = wait_status(client, job_id, "succeeded", timeout=300)
     rows = job["manifest"]["steps"][0]["rows"]
-    assert [(r["layer"], r["level"]) for r in rows] == [("hidden", 0.5), ("hidden", 0.9), ("predictions", 0.5),
-                                                       ("predictions", 0.9)]
+    assert [(r["layer"], r["level"]) for r in rows] == [
+        ("hidden", 0.5),
+        ("hidden", 0.9),
+        ("predictions", 0.5),
+        ("predictions", 0.9),
+    ]
     assert job["manifest"]["after"]["params"]["nonzero"] == job["manifest"]["before"]["params"]["nonzero"]
     url = next(a["url"] for a in job["artifacts"] if a["name"] == "sensitivity.csv")
     assert client.get(url).text.splitlines()[0] == "layer,level,metric,drop,params,macs"
@@ -69,8 +76,7 @@ def test_a_sensitivity_job_returns_its_table_and_leaves_the_model_unchanged(clie
 
 @pytest.mark.slow
 def test_cancelling_a_budget_job_mid_search(client, job_files):
-    spec = {**BUDGET, "steps": [{**BUDGET["steps"][0], "epochs": 100, "max_trials": 4}],
-            "training": {"batch_size": 8}}
+    spec = {**BUDGET, "steps": [{**BUDGET["steps"][0], "epochs": 100, "max_trials": 4}], "training": {"batch_size": 8}}
     job_id = submit(client, job_files, spec).json()["id"]
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -84,26 +90,37 @@ def test_cancelling_a_budget_job_mid_search(client, job_files):
     assert job["manifest"] is None
 
 
-@pytest.mark.parametrize("spec, field, says", [
-    ({"steps": [{"kind": "budget", "max_drop": 0.01, "objective": "latency"}]}, "spec.steps.0.objective",
-     "structured"),
-    ({"steps": [{"kind": "budget"}]}, "spec.steps.0.max_drop", "required"),
-    ({"steps": [{"kind": "sensitivity", "levels": [0.5, 1.2]}]}, "spec.steps.0.levels.1", "less than 1"),
-    ({"steps": [{"kind": "prune", "target_sparsity": 0.9, "scope": "layer", "allocation": "sensitivity"}]},
-     "spec.steps.0.allocation", "scope 'global'"),
-])
+@pytest.mark.parametrize(
+    "spec, field, says",
+    [
+        (
+            {"steps": [{"kind": "budget", "max_drop": 0.01, "objective": "latency"}]},
+            "spec.steps.0.objective",
+            "structured",
+        ),
+        ({"steps": [{"kind": "budget"}]}, "spec.steps.0.max_drop", "required"),
+        ({"steps": [{"kind": "sensitivity", "levels": [0.5, 1.2]}]}, "spec.steps.0.levels.1", "less than 1"),
+        (
+            {"steps": [{"kind": "prune", "target_sparsity": 0.9, "scope": "layer", "allocation": "sensitivity"}]},
+            "spec.steps.0.allocation",
+            "scope 'global'",
+        ),
+    ],
+)
 def test_a_bad_search_spec_is_422_naming_the_field(client, job_files, spec, field, says):
     assert_problem(submit(client, job_files, json.dumps(spec)), 422, "validation_error", field=field, says=says)
 
 
 def test_a_budget_job_without_data_is_422_naming_data(client, job_files):
-    assert_problem(submit(client, job_files, BUDGET, data=False), 422, "validation_error", field="data",
-                   says="needs a dataset")
+    assert_problem(
+        submit(client, job_files, BUDGET, data=False), 422, "validation_error", field="data", says="needs a dataset"
+    )
 
 
 def test_the_openapi_examples_include_the_budget_and_sensitivity_specs(server):
-    examples = httpx.get(f"{server.url}/openapi.json").json()["paths"]["/v1/jobs"]["post"]["requestBody"][
-        "content"]["multipart/form-data"]["examples"]
+    examples = httpx.get(f"{server.url}/openapi.json").json()["paths"]["/v1/jobs"]["post"]["requestBody"]["content"][
+        "multipart/form-data"
+    ]["examples"]
     budget = examples["budget_within_one_point"]["value"]["spec"]["steps"][0]
     assert budget["kind"] == "budget" and budget["max_drop"] == 0.01
     assert examples["sensitivity_then_allocate"]["value"]["spec"]["steps"][1]["allocation"] == "sensitivity"

@@ -21,11 +21,18 @@ def test_submits_answer_at_once_while_the_broker_is_unreachable_and_readyz_names
     with redis_space() as redis:
         host_port, db = redis.url.removeprefix("redis://").split("/")
         proxy = TcpProxy("127.0.0.1", int(host_port.rsplit(":", 1)[1]))  # down: connections are refused
-        api = Server(tmp_path / "data", workers=0, env={
-            "SECATEURS_WORKER__DISPATCHER": "celery",
-            "SECATEURS_CELERY__BROKER_URL": f"redis://127.0.0.1:{proxy.port}/{db}",
-            "SECATEURS_CELERY__KEY_PREFIX": redis.prefix, "SECATEURS_CELERY__QUEUE": "jobs",
-            "SECATEURS_CELERY__REDISPATCH_INTERVAL": "0.5", "SECATEURS_CELERY__PUBLISH_TIMEOUT": "2"})
+        api = Server(
+            tmp_path / "data",
+            workers=0,
+            env={
+                "SECATEURS_WORKER__DISPATCHER": "celery",
+                "SECATEURS_CELERY__BROKER_URL": f"redis://127.0.0.1:{proxy.port}/{db}",
+                "SECATEURS_CELERY__KEY_PREFIX": redis.prefix,
+                "SECATEURS_CELERY__QUEUE": "jobs",
+                "SECATEURS_CELERY__REDISPATCH_INTERVAL": "0.5",
+                "SECATEURS_CELERY__PUBLISH_TIMEOUT": "2",
+            },
+        )
         api.start(ready="/healthz")  # /readyz stays 503 while the broker is unreachable
         try:
             with api.client() as c:
@@ -56,8 +63,9 @@ def test_submits_answer_at_once_while_the_broker_is_unreachable_and_readyz_names
                 assert not_ready.json()["detail"].startswith("not ready: broker (never reached: ")
 
                 proxy.up()
-                messages = wait_for(lambda: len(redis.queued_messages("jobs")) == 3 and redis.queued_messages("jobs"),
-                                    30.0)
+                messages = wait_for(
+                    lambda: len(redis.queued_messages("jobs")) == 3 and redis.queued_messages("jobs"), 30.0
+                )
                 assert {m["args"][0] for m in messages} == ids
                 wait_for(lambda: c.get("/readyz").status_code == 200, 30.0)
                 ready = c.get("/readyz")

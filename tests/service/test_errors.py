@@ -13,8 +13,14 @@ import workers.errors as errors
 from service.errors import STATUS, install_handlers
 
 # what each engine error answered before statuses moved out of workers/: the contract with HTTP clients
-ENGINE_STATUSES = {errors.ModelRejected: 422, errors.UnsupportedFile: 415, errors.DataError: 422,
-                   errors.SpecError: 422, errors.ResourceLimit: 413, errors.Cancelled: 409}
+ENGINE_STATUSES = {
+    errors.ModelRejected: 422,
+    errors.UnsupportedFile: 415,
+    errors.DataError: 422,
+    errors.SpecError: 422,
+    errors.ResourceLimit: 413,
+    errors.Cancelled: 409,
+}
 
 
 def _classes(module) -> list[type]:
@@ -44,9 +50,15 @@ def test_every_named_error_has_a_status_and_only_the_bare_bases_fall_back_to_500
 def test_engine_errors_answer_as_they_always_did(cls, status):
     r = _answer(cls("y_train has 3 rows", field="data"))
     assert r.status_code == status and r.headers["content-type"] == "application/problem+json"
-    assert r.json() == {"type": f"urn:secateurs:problem:{cls.code}", "title": r.reason_phrase, "status": status,
-                        "detail": "y_train has 3 rows", "code": cls.code, "instance": "/boom",
-                        "errors": [{"field": "data", "message": "y_train has 3 rows"}]}
+    assert r.json() == {
+        "type": f"urn:secateurs:problem:{cls.code}",
+        "title": r.reason_phrase,
+        "status": status,
+        "detail": "y_train has 3 rows",
+        "code": cls.code,
+        "instance": "/boom",
+        "errors": [{"field": "data", "message": "y_train has 3 rows"}],
+    }
 
 
 def test_an_internal_engine_error_is_a_500_with_its_code():

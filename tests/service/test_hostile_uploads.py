@@ -53,10 +53,14 @@ def loads_tensorflow(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("hostile") / "data", workers=1, env={
-        "SECATEURS_LIMITS__JOB_MEMORY_BYTES": str(JOB_MEMORY_BYTES),
-        "SECATEURS_WORKER__TF_THREADS": "2",
-    }).start()
+    srv = Server(
+        tmp_path_factory.mktemp("hostile") / "data",
+        workers=1,
+        env={
+            "SECATEURS_LIMITS__JOB_MEMORY_BYTES": str(JOB_MEMORY_BYTES),
+            "SECATEURS_WORKER__TF_THREADS": "2",
+        },
+    ).start()
     yield srv
     srv.stop()
 
@@ -79,7 +83,8 @@ def assert_nothing_kept(server: Server) -> None:
 
 @pytest.mark.parametrize("name", sorted(hostile.HOSTILE))
 def test_every_hostile_upload_is_refused_naming_the_problem_and_the_service_carries_on(
-        name, server, memory_limit, job_files, tmp_path):
+    name, server, memory_limit, job_files, tmp_path
+):
     attack = hostile.HOSTILE[name]
     canary = tmp_path / "canary" / "canary"
     canary.parent.mkdir()
@@ -92,8 +97,10 @@ def test_every_hostile_upload_is_refused_naming_the_problem_and_the_service_carr
             tar.add(path, arcname=path.name)
         path = archive
     role = "model" if name in hostile.MODEL_ATTACKS else "data"
-    files = {"model": (job_files.model.name, job_files.model.read_bytes()),
-             "data": (job_files.data.name, job_files.data.read_bytes())}
+    files = {
+        "model": (job_files.model.name, job_files.model.read_bytes()),
+        "data": (job_files.data.name, job_files.data.read_bytes()),
+    }
     files[role] = (path.name, path.read_bytes())
 
     with server.client() as c:
@@ -123,21 +130,30 @@ def inflating_job(tmp_path, mnist) -> tuple[Path, Path, dict]:
     into 896x896 floats: a batch of 1024 needs 3.3 GB for one activation."""
     import keras
 
-    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.UpSampling2D(32, name="inflate"),
-                              keras.layers.GlobalAveragePooling2D(),
-                              keras.layers.Dense(10, activation="softmax", name="predictions")])
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.UpSampling2D(32, name="inflate"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10, activation="softmax", name="predictions"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.save(tmp_path / "inflate.keras")
     x, y = mnist[0][:1024, :, :, None], mnist[1][:1024]
     np.savez(tmp_path / "inflate.npz", x_train=x, y_train=y, x_val=x[:8], y_val=y[:8])
-    spec = {"steps": [{"kind": "finetune", "epochs": 1}], "training": {"batch_size": 1024},
-            "evaluation": {"latency": False}}
+    spec = {
+        "steps": [{"kind": "finetune", "epochs": 1}],
+        "training": {"batch_size": 1024},
+        "evaluation": {"latency": False},
+    }
     return tmp_path / "inflate.keras", tmp_path / "inflate.npz", spec
 
 
 @pytest.mark.slow
 def test_a_job_that_exhausts_memory_while_training_fails_naming_the_limit_and_the_worker_runs_the_next_job(
-        server, memory_limit, job_files, inflating_job):
+    server, memory_limit, job_files, inflating_job
+):
     model, data, spec = inflating_job
     workers = server.worker_pids()
     assert len(workers) == 1
@@ -167,9 +183,12 @@ def test_a_hostile_model_is_refused_even_when_the_spec_needs_no_data(server, mem
     canary_dir = Path(server.data_dir).parent / "lonely"
     canary_dir.mkdir(exist_ok=True)
     path = hostile.keras_lambda(canary_dir, canary_dir / "canary")
-    r = httpx.post(f"{server.url}/v1/jobs", files={"model": ("lambda.keras", path.read_bytes())},
-                   data={"spec": json.dumps({"steps": [{"kind": "prune", "method": "magnitude",
-                                                        "target_sparsity": 0.5}]})}, timeout=60)
+    r = httpx.post(
+        f"{server.url}/v1/jobs",
+        files={"model": ("lambda.keras", path.read_bytes())},
+        data={"spec": json.dumps({"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.5}]})},
+        timeout=60,
+    )
     assert r.status_code == 422 and r.json()["code"] == "model_rejected"
     assert "layer 'lambda_1' (Lambda) is not allowed" in r.json()["detail"]
     assert not (canary_dir / "canary").exists()
@@ -177,8 +196,10 @@ def test_a_hostile_model_is_refused_even_when_the_spec_needs_no_data(server, mem
 
 # --------------------------------------------------------------------------- many large uploads at once
 
-ONE_SHOT = {"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.5}],
-            "evaluation": {"latency": False}}
+ONE_SHOT = {
+    "steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.5}],
+    "evaluation": {"latency": False},
+}
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +210,11 @@ def big_config_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def one_at_a_time(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("inspections") / "data", workers=0,
-                 env={"SECATEURS_LIMITS__MAX_CONCURRENT_INSPECTIONS": "1"}).start()
+    srv = Server(
+        tmp_path_factory.mktemp("inspections") / "data",
+        workers=0,
+        env={"SECATEURS_LIMITS__MAX_CONCURRENT_INSPECTIONS": "1"},
+    ).start()
     yield srv
     srv.stop()
 
@@ -198,8 +222,11 @@ def one_at_a_time(tmp_path_factory):
 def _inspected_then_refused(server: Server, model: Path) -> httpx.Response:
     """Submit `model` with a webhook URL the service refuses after inspecting everything: nothing is stored."""
     with server.client() as c:
-        return c.post("/v1/jobs", files={"model": (model.name, model.read_bytes())},
-                      data={"spec": json.dumps(ONE_SHOT), "webhook_url": "http://127.0.0.1:9/hook"})
+        return c.post(
+            "/v1/jobs",
+            files={"model": (model.name, model.read_bytes())},
+            data={"spec": json.dumps(ONE_SHOT), "webhook_url": "http://127.0.0.1:9/hook"},
+        )
 
 
 def _inspectors(server: Server) -> list[int]:
@@ -207,8 +234,9 @@ def _inspectors(server: Server) -> list[int]:
 
 
 @pytest.mark.slow
-def test_inspections_run_outside_the_api_process_so_its_memory_does_not_grow_with_uploads(one_at_a_time,
-                                                                                           big_config_model):
+def test_inspections_run_outside_the_api_process_so_its_memory_does_not_grow_with_uploads(
+    one_at_a_time, big_config_model
+):
     """The big config costs some 100 MiB to inspect (see test_isolated): in a child process, not in the API."""
     pid = one_at_a_time.proc.pid
     r = _inspected_then_refused(one_at_a_time, big_config_model)  # warm-up: every code path of a submit
@@ -253,10 +281,12 @@ class HealthProbe:
         self._thread.join(150)
 
 
-@pytest.mark.parametrize("name", ["keras_escaped_quotes_config", "keras_escaped_quotes_metadata",
-                                  "keras_weights_link_maze", "big_config"])
-def test_the_api_answers_healthz_within_a_second_while_an_upload_is_inspected(name, one_at_a_time, big_config_model,
-                                                                              tmp_path):
+@pytest.mark.parametrize(
+    "name", ["keras_escaped_quotes_config", "keras_escaped_quotes_metadata", "keras_weights_link_maze", "big_config"]
+)
+def test_the_api_answers_healthz_within_a_second_while_an_upload_is_inspected(
+    name, one_at_a_time, big_config_model, tmp_path
+):
     """The escaped-quotes configs held the API's GIL for 48 s and 12 s, the link maze an inspection slot for 180 s;
     the big config is valid and takes the inspector a second or more."""
     if name == "big_config":
@@ -278,8 +308,9 @@ def test_the_api_answers_healthz_within_a_second_while_an_upload_is_inspected(na
 @pytest.fixture(scope="module")
 def impatient(tmp_path_factory):
     """A server that gives each inspection half a second (the big config needs more)."""
-    srv = Server(tmp_path_factory.mktemp("impatient") / "data", workers=0,
-                 env={"SECATEURS_LIMITS__INSPECTION_SECONDS": "0.5"}).start()
+    srv = Server(
+        tmp_path_factory.mktemp("impatient") / "data", workers=0, env={"SECATEURS_LIMITS__INSPECTION_SECONDS": "0.5"}
+    ).start()
     yield srv
     srv.stop()
 
@@ -320,6 +351,9 @@ def test_a_sequential_model_too_deep_to_load_is_refused_at_submit_naming_the_lim
 def test_a_sequential_model_at_the_limit_passes_inspection(server, tmp_path):
     path = hostile.keras_deep_sequential(tmp_path, tmp_path / "canary", layers=249)
     with server.client() as c:
-        r = c.post("/v1/jobs", files={"model": (path.name, path.read_bytes())},
-                   data={"spec": json.dumps(ONE_SHOT), "webhook_url": "http://127.0.0.1:9/hook"})
+        r = c.post(
+            "/v1/jobs",
+            files={"model": (path.name, path.read_bytes())},
+            data={"spec": json.dumps(ONE_SHOT), "webhook_url": "http://127.0.0.1:9/hook"},
+        )
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "webhook_url", r.text  # inspected, then refused

@@ -37,8 +37,11 @@ def sandbox_pids(data_dir: Path) -> list[int]:
 
 
 def status_events(client: httpx.Client, job_id: str) -> list[str]:
-    return [line.split("status=")[1].split()[0] for line in client.get(f"/v1/jobs/{job_id}/logs").text.splitlines()
-            if " status status=" in line]
+    return [
+        line.split("status=")[1].split()[0]
+        for line in client.get(f"/v1/jobs/{job_id}/logs").text.splitlines()
+        if " status status=" in line
+    ]
 
 
 @pytest.mark.slow
@@ -142,8 +145,7 @@ def test_a_restart_mid_upload_leaves_no_temp_file_and_no_job(tmp_path, job_files
     started = threading.Event()
 
     def body():
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"; filename=\"m.keras\"\r\n\r\n"
-               .encode())
+        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="model"; filename="m.keras"\r\n\r\n'.encode())
         yield job_files.model.read_bytes()[:50_000]
         started.set()
         time.sleep(30)  # the server dies while we wait
@@ -151,8 +153,12 @@ def test_a_restart_mid_upload_leaves_no_temp_file_and_no_job(tmp_path, job_files
 
     def upload():
         try:
-            httpx.post(f"{first.url}/v1/jobs", content=body(), timeout=60,
-                       headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+            httpx.post(
+                f"{first.url}/v1/jobs",
+                content=body(),
+                timeout=60,
+                headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+            )
         except httpx.HTTPError:
             pass
 
@@ -193,8 +199,10 @@ def test_a_job_over_its_wall_time_fails_with_the_reason_and_the_worker_carries_o
 
 # --------------------------------------------------------------------------- the job store goes away at submit
 
-ONE_SHOT = {"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.5}],
-            "evaluation": {"latency": False}}
+ONE_SHOT = {
+    "steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.5}],
+    "evaluation": {"latency": False},
+}
 
 
 def assert_store_unavailable(r: httpx.Response) -> None:
@@ -268,18 +276,22 @@ def test_a_postgresql_store_lost_during_an_upload_is_503_and_leaves_no_upload_be
                 model = job_files.model.read_bytes()
 
                 def body():
-                    yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"; "
-                           f"filename=\"m.keras\"\r\n\r\n").encode() + model[:1000]
+                    yield (
+                        f'--{boundary}\r\nContent-Disposition: form-data; name="model"; filename="m.keras"\r\n\r\n'
+                    ).encode() + model[:1000]
                     deadline = time.monotonic() + 20
                     while not list((srv.data_dir / "tmp").rglob("m.keras")) and time.monotonic() < deadline:
                         time.sleep(0.02)
                     proxy.down()  # the server is streaming the body: key and quota were checked
                     yield model[1000:]
-                    yield (f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"spec\"\r\n\r\n"
-                           f"{json.dumps(ONE_SHOT)}\r\n--{boundary}--\r\n").encode()
+                    yield (
+                        f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="spec"\r\n\r\n'
+                        f"{json.dumps(ONE_SHOT)}\r\n--{boundary}--\r\n"
+                    ).encode()
 
-                r = c.post("/v1/jobs", content=body(),
-                           headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+                r = c.post(
+                    "/v1/jobs", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+                )
                 assert_store_unavailable(r)
                 assert list((srv.data_dir / "tmp").iterdir()) == []
                 assert job_dirs(srv.data_dir) == [first.json()["id"]]
@@ -309,8 +321,9 @@ def test_a_disk_that_fills_up_during_an_upload_is_507_and_keeps_nothing(tmp_path
     srv = Server(tmp_path / "data", workers=0, preexec_fn=_small_disk).start()
     try:
         with srv.client() as c:
-            r = c.post("/v1/jobs", files={"model": ("big.keras", os.urandom(3 * 2**20))},
-                       data={"spec": json.dumps(ONE_SHOT)})
+            r = c.post(
+                "/v1/jobs", files={"model": ("big.keras", os.urandom(3 * 2**20))}, data={"spec": json.dumps(ONE_SHOT)}
+            )
             assert r.status_code == 507, r.text
             assert r.headers["content-type"] == "application/problem+json"
             assert r.json()["code"] == "insufficient_storage" and "no room to store the upload" in r.json()["detail"]

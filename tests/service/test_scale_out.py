@@ -32,12 +32,14 @@ def test_a_standalone_worker_runs_jobs_saved_by_an_api_without_workers(tmp_path,
             assert c.get("/readyz").json()["checks"]["dispatcher"] == {"kind": "none", "workers": 0}
             job = submit(c, job_files, QUICK_SPEC).json()
             assert c.get(f"/v1/jobs/{job['id']}", params={"wait": 1}).json()["status"] == "queued"
-            worker = start_worker("--name", "standalone", env=api.env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True)
+            worker = start_worker(
+                "--name", "standalone", env=api.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            )
             done = wait_status(c, job["id"], "succeeded", timeout=180)
             assert done["manifest"]["summary"]["sparsity_after"] == pytest.approx(0.5, abs=0.02)
-            running = [line for line in c.get(f"/v1/jobs/{job['id']}/logs").text.splitlines()
-                       if "status=running" in line]
+            running = [
+                line for line in c.get(f"/v1/jobs/{job['id']}/logs").text.splitlines() if "status=running" in line
+            ]
             assert running and "worker=standalone@" in running[0]
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0

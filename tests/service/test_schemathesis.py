@@ -27,24 +27,41 @@ from schemathesis.specs.openapi.checks import (
 from tests.service.conftest import ROOT, Server, submit, wait_status
 
 EXAMPLES_PER_OPERATION = 30
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
-          response_schema_conformance, negative_data_rejection]
-ONE_SHOT = {"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.5}],
-            "evaluation": {"latency": False}}
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
+ONE_SHOT = {
+    "steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.5}],
+    "evaluation": {"latency": False},
+}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("schemathesis") / "data", workers=0,
-                 env={"SECATEURS_LIMITS__MAX_UPLOAD_BYTES": str(4 * 2**20)}).start()
+    srv = Server(
+        tmp_path_factory.mktemp("schemathesis") / "data",
+        workers=0,
+        env={"SECATEURS_LIMITS__MAX_UPLOAD_BYTES": str(4 * 2**20)},
+    ).start()
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="module")
 def auth(server) -> dict[str, str]:
-    made = subprocess.run([sys.executable, "-m", "service.cli", "keys", "create", "--tenant", "fuzz"], cwd=ROOT,
-                          env=server.env, capture_output=True, text=True, timeout=60)
+    made = subprocess.run(
+        [sys.executable, "-m", "service.cli", "keys", "create", "--tenant", "fuzz"],
+        cwd=ROOT,
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert made.returncode == 0, made.stderr
     return {"Authorization": f"Bearer {made.stdout.strip()}"}
 
@@ -71,8 +88,13 @@ schema = schemathesis.openapi.from_dict(_served_schema())
 
 
 @schema.parametrize()
-@settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, derandomize=True, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=EXAMPLES_PER_OPERATION,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 def test_generated_requests_get_no_server_error_and_answers_match_the_schema(case, server, auth, finished_job):
     case.call_and_validate(base_url=server.url, headers=auth, checks=CHECKS)
     if "job_id" in (case.path_parameters or {}) and case.method.upper() != "DELETE":

@@ -40,8 +40,9 @@ def store(store_url):
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", worker={"heartbeat_interval": 0.5, "heartbeat_timeout": 3.0,
-                                                        "poll_interval": 0.1})
+    return Settings(
+        data_dir=tmp_path / "data", worker={"heartbeat_interval": 0.5, "heartbeat_timeout": 3.0, "poll_interval": 0.1}
+    )
 
 
 @pytest.fixture(scope="session")

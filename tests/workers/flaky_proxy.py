@@ -15,8 +15,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
-_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection",
-        "content-length", "host"}
+_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "content-length",
+    "host",
+}
 
 
 @dataclass
@@ -92,8 +101,15 @@ class FlakyProxy:
         fault = self._fault_for(method, path.split("?")[0])
         if fault is not None and fault.mode == "503":
             self.log.append((method, path, "503"))
-            payload = json.dumps({"type": "urn:secateurs:problem:unavailable", "title": "Service Unavailable",
-                                  "status": 503, "detail": "injected by the test proxy", "code": "unavailable"})
+            payload = json.dumps(
+                {
+                    "type": "urn:secateurs:problem:unavailable",
+                    "title": "Service Unavailable",
+                    "status": 503,
+                    "detail": "injected by the test proxy",
+                    "code": "unavailable",
+                }
+            )
             h.send_response(503)
             h.send_header("Content-Type", "application/problem+json")
             h.send_header("Retry-After", fault.retry_after)

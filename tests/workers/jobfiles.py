@@ -34,9 +34,14 @@ def make_job_files(directory: Path, mnist, samples: int = 512) -> JobFiles:
     import keras
 
     x, y = mnist[0][:samples], mnist[1][:samples]
-    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
-                              keras.layers.Dense(32, activation="relu", name="hidden"),
-                              keras.layers.Dense(10, activation="softmax", name="predictions")])
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu", name="hidden"),
+            keras.layers.Dense(10, activation="softmax", name="predictions"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, epochs=1, batch_size=64, verbose=0)
     directory.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ class TrickleReceiver:
                 for i in range(len(self.ANSWER)):
                     if self.stopped.wait(self.interval_s):
                         return
-                    conn.sendall(self.ANSWER[i:i + 1])
+                    conn.sendall(self.ANSWER[i : i + 1])
             except OSError:
                 return  # the client gave up
 
@@ -90,8 +90,7 @@ class Receiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     def url(self, path="/hook", host="127.0.0.1"):
         return f"http://{host}:{self.port}{path}"

@@ -29,21 +29,34 @@ def moto():
 
 
 def s3_settings(moto, data_dir, bucket: str = "secateurs-test", s3: dict | None = None, **artifacts) -> Settings:
-    return Settings(data_dir=data_dir, artifacts={
-        "url": f"s3://{bucket}/some/prefix", **artifacts,
-        "s3": {"endpoint_url": moto.endpoint_url, "region": "us-east-1", "access_key_id": "testing",
-               "secret_access_key": "testing", **(s3 or {})}})
+    return Settings(
+        data_dir=data_dir,
+        artifacts={
+            "url": f"s3://{bucket}/some/prefix",
+            **artifacts,
+            "s3": {
+                "endpoint_url": moto.endpoint_url,
+                "region": "us-east-1",
+                "access_key_id": "testing",
+                "secret_access_key": "testing",
+                **(s3 or {}),
+            },
+        },
+    )
 
 
 @pytest.fixture(params=["local", "s3"])
 def any_store(request, tmp_path):
     """Each protocol test runs on both implementations; returns a factory taking max_total_bytes."""
+
     def make(max_total_bytes: int = 0):
         if request.param == "local":
             return open_artifacts(Settings(data_dir=tmp_path / "data", artifacts={"max_total_bytes": max_total_bytes}))
         bucket = f"b-{os.urandom(4).hex()}"  # a fresh bucket per test
-        return open_artifacts(s3_settings(request.getfixturevalue("moto"), tmp_path / "data", bucket,
-                                          max_total_bytes=max_total_bytes))
+        return open_artifacts(
+            s3_settings(request.getfixturevalue("moto"), tmp_path / "data", bucket, max_total_bytes=max_total_bytes)
+        )
+
     return make
 
 
@@ -204,8 +217,10 @@ def test_open_artifacts_picks_the_store_from_the_url_scheme(moto, tmp_path):
         open_artifacts(Settings(artifacts={"url": "ftp://host/x"}))
 
 
-@pytest.mark.parametrize("url, message", [("s3://", "no bucket name"), ("s3:///prefix", "no bucket name"),
-                                          ("s3://b/a/../c", "'..' are not allowed")])
+@pytest.mark.parametrize(
+    "url, message",
+    [("s3://", "no bucket name"), ("s3:///prefix", "no bucket name"), ("s3://b/a/../c", "'..' are not allowed")],
+)
 def test_a_malformed_s3_url_is_refused_naming_the_setting(url, message):
     from workers.artifacts.s3 import parse_s3_url
 
@@ -283,8 +298,13 @@ def test_an_unreachable_s3_server_is_named_and_answers_as_unavailable(tmp_path):
     from tests.e2e.servers import free_port
 
     closed = f"http://127.0.0.1:{free_port()}"
-    settings = Settings(data_dir=tmp_path, artifacts={"url": "s3://nowhere/p", "s3": {
-        "endpoint_url": closed, "region": "us-east-1", "access_key_id": "x", "secret_access_key": "y"}})
+    settings = Settings(
+        data_dir=tmp_path,
+        artifacts={
+            "url": "s3://nowhere/p",
+            "s3": {"endpoint_url": closed, "region": "us-east-1", "access_key_id": "x", "secret_access_key": "y"},
+        },
+    )
     started = time.monotonic()
     with pytest.raises(ArtifactStoreUnavailable) as e:
         open_artifacts(settings)

@@ -16,8 +16,10 @@ from workers.settings import Settings
 def test_the_celery_app_is_configured_from_settings_and_never_eager():
     from workers.celery_app import TASK_NAME, create_celery_app
 
-    settings = Settings(limits={"job_wall_seconds": 100}, celery={"broker_url": "redis://h:1/2", "queue": "q",
-                                                                   "time_limit_margin": 50, "key_prefix": "p:"})
+    settings = Settings(
+        limits={"job_wall_seconds": 100},
+        celery={"broker_url": "redis://h:1/2", "queue": "q", "time_limit_margin": 50, "key_prefix": "p:"},
+    )
     conf = create_celery_app(settings).conf
     assert conf.task_acks_late is True and conf.worker_prefetch_multiplier == 1
     assert conf.task_time_limit == 150 and conf.broker_transport_options["visibility_timeout"] > 150
@@ -28,23 +30,28 @@ def test_the_celery_app_is_configured_from_settings_and_never_eager():
 
 
 def test_importing_the_celery_module_builds_nothing_and_the_celery_entry_finds_a_lazy_app():
-    code = ("import sys, workers.celery_app as m; before = 'celery' in sys.modules; app = m.app; "
-            "print(before, type(app).__name__, m.TASK_NAME in app.tasks, app is m.celery)")
+    code = (
+        "import sys, workers.celery_app as m; before = 'celery' in sys.modules; app = m.app; "
+        "print(before, type(app).__name__, m.TASK_NAME in app.tasks, app is m.celery)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == ["False", "Celery", "True", "True"]
 
 
 def test_a_celery_worker_needs_at_least_one_process(tmp_path):
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SECATEURS_")},
-           "SECATEURS_DATA_DIR": str(tmp_path), "SECATEURS_WORKER__DISPATCHER": "celery",
-           "SECATEURS_WORKER__CONCURRENCY": "0"}
-    out = subprocess.run([sys.executable, "-m", "workers.cli", "worker"], env=env, capture_output=True, text=True,
-                         timeout=60)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SECATEURS_")},
+        "SECATEURS_DATA_DIR": str(tmp_path),
+        "SECATEURS_WORKER__DISPATCHER": "celery",
+        "SECATEURS_WORKER__CONCURRENCY": "0",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "worker"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 2 and "worker.concurrency is 0" in out.stderr
 
 
-def test_a_task_that_cannot_reach_the_store_puts_its_message_back_instead_of_stranding_the_job(tmp_path,
-                                                                                               monkeypatch):
+def test_a_task_that_cannot_reach_the_store_puts_its_message_back_instead_of_stranding_the_job(tmp_path, monkeypatch):
     """The task body called directly (no eager mode, no broker): an unreachable PostgreSQL is a requeue."""
     from types import SimpleNamespace
 

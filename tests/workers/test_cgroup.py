@@ -21,18 +21,27 @@ def tree(root, files: dict[str, str], membership: str = "0::/\n"):
     return root / "fs", proc
 
 
-@pytest.mark.parametrize("files, membership, cpus", [
-    ({"cpu.max": "200000 100000\n"}, "0::/\n", 2.0),  # v2, in a container (own cgroup namespace)
-    ({"cpu.max": "150000 100000\n"}, "0::/\n", 1.5),
-    ({"cpu.max": "max 100000\n"}, "0::/\n", None),  # no quota
-    ({"cpu.max": "max 100000\n", "system.slice/worker.scope/cpu.max": "50000 100000\n"},
-     "0::/system.slice/worker.scope\n", 0.5),  # v2 on a host: the process's own group
-    ({"cpu.max": "100000 100000\n", "a/cpu.max": "400000 100000\n"}, "0::/a\n", 1.0),  # the parent is tighter
-    ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, "1:cpu:/\n", 3.0),  # v1
-    ({"cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"},
-     "2:cpu,cpuacct:/\n", None),  # v1 without a quota
-    ({}, "", None),  # no cgroup file system at all
-])
+@pytest.mark.parametrize(
+    "files, membership, cpus",
+    [
+        ({"cpu.max": "200000 100000\n"}, "0::/\n", 2.0),  # v2, in a container (own cgroup namespace)
+        ({"cpu.max": "150000 100000\n"}, "0::/\n", 1.5),
+        ({"cpu.max": "max 100000\n"}, "0::/\n", None),  # no quota
+        (
+            {"cpu.max": "max 100000\n", "system.slice/worker.scope/cpu.max": "50000 100000\n"},
+            "0::/system.slice/worker.scope\n",
+            0.5,
+        ),  # v2 on a host: the process's own group
+        ({"cpu.max": "100000 100000\n", "a/cpu.max": "400000 100000\n"}, "0::/a\n", 1.0),  # the parent is tighter
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, "1:cpu:/\n", 3.0),  # v1
+        (
+            {"cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"},
+            "2:cpu,cpuacct:/\n",
+            None,
+        ),  # v1 without a quota
+        ({}, "", None),  # no cgroup file system at all
+    ],
+)
 def test_the_cpu_quota_is_read_from_cgroup_v2_and_v1(tmp_path, files, membership, cpus):
     root, proc = tree(tmp_path, files, membership)
     assert cgroup.cpu_limit(root, proc) == cpus
@@ -50,14 +59,20 @@ def test_tensorflow_threads_follow_the_container_cpu_quota_not_the_host_cores(tm
 
 
 def test_the_memory_limit_and_oom_kill_count_are_read_from_cgroup_v2_and_v1(tmp_path):
-    root, proc = tree(tmp_path / "v2", {"memory.max": "4294967296\n",
-                                        "memory.events": "low 0\nhigh 0\nmax 12\noom 2\noom_kill 2\n"})
+    root, proc = tree(
+        tmp_path / "v2", {"memory.max": "4294967296\n", "memory.events": "low 0\nhigh 0\nmax 12\noom 2\noom_kill 2\n"}
+    )
     assert cgroup.memory_limit(root, proc) == 4 * 2**30 and cgroup.oom_kills(root, proc) == 2
     root, proc = tree(tmp_path / "v2max", {"memory.max": "max\n", "memory.events": "oom_kill 0\n"})
     assert cgroup.memory_limit(root, proc) is None and cgroup.oom_kills(root, proc) == 0
-    root, proc = tree(tmp_path / "v1", {"memory/w/memory.limit_in_bytes": "1073741824\n",
-                                        "memory/w/memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 5\n"},
-                      "4:memory:/w\n0::/\n")
+    root, proc = tree(
+        tmp_path / "v1",
+        {
+            "memory/w/memory.limit_in_bytes": "1073741824\n",
+            "memory/w/memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 5\n",
+        },
+        "4:memory:/w\n0::/\n",
+    )
     assert cgroup.memory_limit(root, proc) == 2**30 and cgroup.oom_kills(root, proc) == 5
     root, proc = tree(tmp_path / "v1free", {"memory/memory.limit_in_bytes": "9223372036854771712\n"}, "4:memory:/\n")
     assert cgroup.memory_limit(root, proc) is None and cgroup.oom_kills(root, proc) is None

@@ -13,8 +13,15 @@ import pytest
 from tests.service.conftest import Server, free_port
 from tests.workers.flaky_proxy import FlakyProxy
 from tests.workers.jobfiles import LONG_SPEC, QUICK_SPEC
-from workers.client import (ApiError, ChecksumMismatch, Client, JobNotFinished, RetryPolicy, ServerUnreachable,
-                            WaitTimeout)
+from workers.client import (
+    ApiError,
+    ChecksumMismatch,
+    Client,
+    JobNotFinished,
+    RetryPolicy,
+    ServerUnreachable,
+    WaitTimeout,
+)
 
 FAST_RETRY = RetryPolicy(attempts=4, backoff=0.05, max_backoff=2.0)
 
@@ -58,7 +65,8 @@ def test_submit_answers_the_queued_job_with_its_inputs(done, job_files):
 def test_wait_follows_the_event_stream_to_the_end(done):
     _, final, events = done
     assert final["status"] == "succeeded" and final["manifest"]["summary"]["sparsity_after"] == pytest.approx(
-        0.5, abs=0.02)
+        0.5, abs=0.02
+    )
     statuses = [e.data["status"] for e in events if e.kind == "status"]
     assert statuses[-1] == "succeeded" and "running" in statuses
     assert any(e.kind == "progress" and e.data.get("phase") == "prune" for e in events)
@@ -89,7 +97,8 @@ def test_a_corrupted_download_is_fetched_again_and_a_persistent_one_raises(proxy
         [p] = client.download(final["id"], tmp_path / "once", names=["model.keras"])
         assert proxy.outcomes("GET", path) == ["corrupt", "forwarded"]
         assert hashlib.sha256(p.read_bytes()).hexdigest() == next(
-            a["sha256"] for a in final["artifacts"] if a["name"] == "model.keras")
+            a["sha256"] for a in final["artifacts"] if a["name"] == "model.keras"
+        )
 
         proxy.fail("GET", path, "corrupt", times=FAST_RETRY.attempts)
         with pytest.raises(ChecksumMismatch) as e:
@@ -138,8 +147,11 @@ def test_errors_carry_the_problem_document(server, job_files, tmp_path):
     with Client(server.url) as client:
         with pytest.raises(ApiError) as e:
             client.submit(job_files.model, job_files.data, bad_spec)
-        assert (e.value.status, e.value.code, e.value.field) == (422, "validation_error",
-                                                                  "spec.steps.0.target_sparsity")
+        assert (e.value.status, e.value.code, e.value.field) == (
+            422,
+            "validation_error",
+            "spec.steps.0.target_sparsity",
+        )
         assert "target_sparsity" in e.value.detail and e.value.problem["status"] == 422
 
         with pytest.raises(ApiError) as e:

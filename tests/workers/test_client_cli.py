@@ -27,8 +27,14 @@ BASE_ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("SECATEUR
 
 
 def cli(*args, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "workers.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**BASE_ENV, **(env or {})}, cwd=ROOT, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "workers.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**BASE_ENV, **(env or {})},
+        cwd=ROOT,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +55,20 @@ def spec_file(tmp_path_factory):
 def submitted(server, job_files, spec_file, tmp_path_factory):
     """`submit --job-file` without --wait, with a gate saved for the `wait` of a later pipeline step."""
     job_file = tmp_path_factory.mktemp("jobfile") / "nested" / "job.json"
-    r = cli("submit", job_files.model, "--data", job_files.data, "--spec", spec_file, "--server", server.url,
-            "--job-file", job_file, "--min-sparsity", "0.99")
+    r = cli(
+        "submit",
+        job_files.model,
+        "--data",
+        job_files.data,
+        "--spec",
+        spec_file,
+        "--server",
+        server.url,
+        "--job-file",
+        job_file,
+        "--min-sparsity",
+        "0.99",
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout.strip(), job_file
 
@@ -67,20 +85,37 @@ def assert_artifacts(out_dir, doc: dict) -> None:
         assert hashlib.sha256((out_dir / name).read_bytes()).hexdigest() == sha
 
 
-def test_submit_wait_out_with_every_gate_met_exits_0_and_downloads_checked_artifacts(server, job_files, spec_file,
-                                                                                     tmp_path):
+def test_submit_wait_out_with_every_gate_met_exits_0_and_downloads_checked_artifacts(
+    server, job_files, spec_file, tmp_path
+):
     out = tmp_path / "out"
-    r = cli("submit", job_files.model, "--data", job_files.data, "--spec", spec_file, "--wait", "--out", out,
-            "--max-accuracy-drop", "0.5", "--min-sparsity", "0.45", "--max-size-ratio", "1.5",
-            env={"SECATEURS_URL": server.url})
+    r = cli(
+        "submit",
+        job_files.model,
+        "--data",
+        job_files.data,
+        "--spec",
+        spec_file,
+        "--wait",
+        "--out",
+        out,
+        "--max-accuracy-drop",
+        "0.5",
+        "--min-sparsity",
+        "0.45",
+        "--max-size-ratio",
+        "1.5",
+        env={"SECATEURS_URL": server.url},
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     job_id = re.search(r"submitted (job_\w+)", r.stderr).group(1)
     doc = job_doc(server, job_id)
     assert doc["status"] == "succeeded"
     assert_artifacts(out, doc)
     summary = doc["manifest"]["summary"]
-    assert f"gate met: min-sparsity 0.45: sparsity of the prunable weights is {summary['sparsity_after']:.4f}" \
-        in r.stdout
+    assert (
+        f"gate met: min-sparsity 0.45: sparsity of the prunable weights is {summary['sparsity_after']:.4f}" in r.stdout
+    )
     assert f"gzipped .keras size ratio is {summary['gzip_size_ratio']:.4f}" in r.stdout
     assert "gate met: max-accuracy-drop 0.5: held-out accuracy" in r.stdout
     assert "MISSED" not in r.stdout
@@ -93,8 +128,12 @@ def test_submit_without_wait_prints_the_id_and_writes_the_job_file(server, submi
     job_id, job_file = submitted
     assert re.fullmatch(r"job_\w+", job_id)
     saved = json.loads(job_file.read_text())
-    assert saved == {"id": job_id, "url": f"{server.url}/v1/jobs/{job_id}", "server": server.url,
-                     "gates": {"min_sparsity": 0.99}}
+    assert saved == {
+        "id": job_id,
+        "url": f"{server.url}/v1/jobs/{job_id}",
+        "server": server.url,
+        "gates": {"min_sparsity": 0.99},
+    }
 
 
 def test_wait_job_file_applies_the_saved_gate_and_a_missed_gate_exits_3_with_the_numbers(server, submitted, tmp_path):
@@ -146,9 +185,13 @@ def test_waiting_on_a_terminal_shows_the_progress_bar(server, submitted):
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
-    proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "wait", job_id, "--server", server.url],
-                            stdout=replica, stderr=replica, cwd=ROOT,
-                            env={**BASE_ENV, "TERM": "xterm-256color", "COLUMNS": "120"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "wait", job_id, "--server", server.url],
+        stdout=replica,
+        stderr=replica,
+        cwd=ROOT,
+        env={**BASE_ENV, "TERM": "xterm-256color", "COLUMNS": "120"},
+    )
     os.close(replica)
     assert proc.wait(120) == 0
     reader.join(10)
@@ -180,10 +223,14 @@ def test_bad_input_and_refused_requests_exit_2_with_one_line(server, job_files, 
     url = ["--server", server.url]
     cases = [
         (["submit", not_a_model, "--data", job_files.data, "--spec", spec_file, *url], "(field model)"),
-        (["submit", job_files.model, "--data", job_files.data, "--spec", bad_spec, *url],
-         "422 validation_error (field spec.steps.0.target_sparsity)"),
-        (["submit", job_files.model, "--data", tmp_path / "missing.npz", "--spec", spec_file, *url],
-         "data file not found"),
+        (
+            ["submit", job_files.model, "--data", job_files.data, "--spec", bad_spec, *url],
+            "422 validation_error (field spec.steps.0.target_sparsity)",
+        ),
+        (
+            ["submit", job_files.model, "--data", tmp_path / "missing.npz", "--spec", spec_file, *url],
+            "data file not found",
+        ),
         (["submit", job_files.model, "--data", job_files.data, "--spec", not_json, *url], "is not JSON"),
         (["submit", job_files.model, "--data", job_files.data, *url], "--spec is required"),
         (["submit", job_files.model, "--spec", spec_file, "--out", tmp_path / "o", *url], "need --wait"),
@@ -213,8 +260,18 @@ def test_a_wait_that_times_out_exits_4_and_a_cancelled_job_exits_130(server, job
     spec = tmp_path / "long.json"
     spec.write_text(json.dumps(LONG_SPEC))
     job_file = tmp_path / "job.json"
-    r = cli("submit", job_files.model, "--data", job_files.data, "--spec", spec, "--server", server.url,
-            "--job-file", job_file)
+    r = cli(
+        "submit",
+        job_files.model,
+        "--data",
+        job_files.data,
+        "--spec",
+        spec,
+        "--server",
+        server.url,
+        "--job-file",
+        job_file,
+    )
     assert r.returncode == 0, r.stderr
     job_id = r.stdout.strip()
     r = cli("wait", "--job-file", job_file, "--timeout", "2")
@@ -248,6 +305,7 @@ def documented_commands(text: str) -> list[str]:
             joined = body.replace("\\\n", " ")
             out += [line.split("#")[0] for line in joined.splitlines() if line.startswith("secateurs ")]
         elif lang == "yaml":
+
             def walk(node):
                 if isinstance(node, dict):
                     for v in node.values():
@@ -256,7 +314,8 @@ def documented_commands(text: str) -> list[str]:
                     for v in node:
                         walk(v)
                 elif isinstance(node, str) and node.strip().startswith("secateurs "):
-                    out.append(node)
+                    out.append(node)  # noqa: B023 (called at once)
+
             walk(yaml.safe_load(body))
     return out
 
@@ -273,5 +332,11 @@ def test_the_ci_guide_commands_parse_and_its_exit_codes_are_the_clis():
         args = parser.parse_args(shlex.split(command)[1:])  # an unknown flag exits here
         assert args.command in ("submit", "wait", "status", "download", "cancel"), command
     documented = {int(code) for code in re.findall(r"^\| (\d+) \|", text, re.M)}
-    assert documented == {client_cli.EXIT_OK, client_cli.EXIT_FAILED, client_cli.EXIT_BAD_INPUT, client_cli.EXIT_GATE,
-                          client_cli.EXIT_UNREACHABLE, client_cli.EXIT_CANCELLED}
+    assert documented == {
+        client_cli.EXIT_OK,
+        client_cli.EXIT_FAILED,
+        client_cli.EXIT_BAD_INPUT,
+        client_cli.EXIT_GATE,
+        client_cli.EXIT_UNREACHABLE,
+        client_cli.EXIT_CANCELLED,
+    }

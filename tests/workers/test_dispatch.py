@@ -44,8 +44,9 @@ def test_the_local_dispatcher_restarts_a_dead_worker_and_stops_gracefully(settin
             time.sleep(0.1)
         before = worker_pids()
         os.kill(before["worker-1"], signal.SIGKILL)
-        while (worker_pids().get("worker-1") in (None, before["worker-1"]) or dispatcher.describe()["alive"] < 2) \
-                and time.monotonic() < deadline:
+        while (
+            worker_pids().get("worker-1") in (None, before["worker-1"]) or dispatcher.describe()["alive"] < 2
+        ) and time.monotonic() < deadline:
             time.sleep(0.1)
         after = worker_pids()
         assert after["worker-1"] != before["worker-1"] and after["worker-2"] == before["worker-2"]
@@ -68,10 +69,14 @@ def redis():
 
 
 def celery_settings(settings: Settings, redis, broker_url: str | None = None, **celery) -> Settings:
-    return settings.model_copy(update={"worker": settings.worker.model_copy(update={"dispatcher": "celery"}),
-                                       "celery": settings.celery.model_copy(update={
-                                           "broker_url": broker_url or redis.url, "key_prefix": redis.prefix,
-                                           "queue": "jobs", **celery})})
+    return settings.model_copy(
+        update={
+            "worker": settings.worker.model_copy(update={"dispatcher": "celery"}),
+            "celery": settings.celery.model_copy(
+                update={"broker_url": broker_url or redis.url, "key_prefix": redis.prefix, "queue": "jobs", **celery}
+            ),
+        }
+    )
 
 
 def new_job(store, max_attempts: int = 2) -> str:
@@ -80,9 +85,11 @@ def new_job(store, max_attempts: int = 2) -> str:
 
 @pytest.mark.services
 def test_the_celery_dispatcher_sends_jobs_left_queued_at_start_up_then_each_saved_job_by_id_only(
-        settings, redis, store_url):
-    settings = celery_settings(settings.model_copy(update={"store": settings.store.model_copy(
-        update={"url": store_url})}), redis)
+    settings, redis, store_url
+):
+    settings = celery_settings(
+        settings.model_copy(update={"store": settings.store.model_copy(update={"url": store_url})}), redis
+    )
     store = open_store(store_url)
     mine = [new_job(store), new_job(store)]
     left = store.queued_job_ids(limit=1000)  # the PostgreSQL database is shared by the session's tests
@@ -99,8 +106,13 @@ def test_the_celery_dispatcher_sends_jobs_left_queued_at_start_up_then_each_save
         wait_for(lambda: [m["args"] for m in redis.queued_messages("jobs")][-1] == [job_id], timeout=5)
         # the message reaches Redis just before the dispatcher's thread marks it sent
         wait_for(lambda: dispatcher.describe()["pending"] == 0, timeout=5)
-        assert dispatcher.describe() == {"kind": "celery", "queue": "jobs", "broker": "ok", "pending": 0,
-                                         "sent": len(left) + 1}
+        assert dispatcher.describe() == {
+            "kind": "celery",
+            "queue": "jobs",
+            "broker": "ok",
+            "pending": 0,
+            "sent": len(left) + 1,
+        }
         assert dispatcher.healthy()
     finally:
         dispatcher.stop()
@@ -111,8 +123,9 @@ def test_the_celery_dispatcher_sends_jobs_left_queued_at_start_up_then_each_save
 def test_a_broker_outage_at_submit_leaves_the_job_queued_and_it_is_sent_when_the_broker_is_back(settings, redis):
     proxy = TcpProxy("127.0.0.1", int(redis.url.rsplit(":", 1)[1].split("/")[0]))  # down: connections refused
     db = redis.url.rsplit("/", 1)[1]
-    settings = celery_settings(settings, redis, broker_url=f"redis://127.0.0.1:{proxy.port}/{db}",
-                               publish_timeout=2, redispatch_interval=0.2)
+    settings = celery_settings(
+        settings, redis, broker_url=f"redis://127.0.0.1:{proxy.port}/{db}", publish_timeout=2, redispatch_interval=0.2
+    )
     store = open_store(settings.store_url)
     dispatcher = CeleryDispatcher(settings)
     dispatcher.start()

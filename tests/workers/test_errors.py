@@ -30,7 +30,12 @@ def test_codes_are_one_per_meaning():
 @pytest.mark.parametrize("cls", [c for c in CLASSES if c is not errors.QuotaExceeded])
 def test_every_error_carries_code_message_and_field(cls):
     e = cls("the thing is wrong", field="spec.steps.0")
-    assert (e.code, e.message, e.field, str(e)) == (cls.code, "the thing is wrong", "spec.steps.0", "the thing is wrong")
+    assert (e.code, e.message, e.field, str(e)) == (
+        cls.code,
+        "the thing is wrong",
+        "spec.steps.0",
+        "the thing is wrong",
+    )
     assert e.to_dict() == {"code": cls.code, "message": "the thing is wrong", "field": "spec.steps.0"}
     assert cls("no field").to_dict() == {"code": cls.code, "message": "no field"}
     assert not hasattr(e, "http_status")  # statuses are the service's business
@@ -39,7 +44,12 @@ def test_every_error_carries_code_message_and_field(cls):
 def test_a_quota_names_its_setting_as_the_field():
     e = errors.QuotaExceeded("max_active_jobs_per_tenant", 2, "2 active jobs already")
     assert (e.code, e.field, e.limit, e.value, e.message) == (
-        "quota_exceeded", "limits.max_active_jobs_per_tenant", "max_active_jobs_per_tenant", 2, "2 active jobs already")
+        "quota_exceeded",
+        "limits.max_active_jobs_per_tenant",
+        "max_active_jobs_per_tenant",
+        2,
+        "2 active jobs already",
+    )
 
 
 def test_store_errors_are_not_os_errors():

@@ -12,12 +12,24 @@ def manifest(*, accuracy=(0.90, 0.88), sparsity=0.8, gzip=(1000, 400), latency=N
     before_eval = {"accuracy": accuracy[0], "loss": 0.3} if accuracy else {"loss": 0.3}
     after_eval = {"accuracy": accuracy[1], "loss": 0.35} if accuracy else {"loss": 0.35}
     m = {
-        "before": {"evaluation": before_eval, "params": {"sparsity": 0.0}, "file": {"gzip_bytes": gzip[0]},
-                   "latency_ms": (latency or {}).get("before", {})},
-        "after": {"evaluation": after_eval, "params": {"sparsity": sparsity}, "file": {"gzip_bytes": gzip[1]},
-                  "latency_ms": (latency or {}).get("after", {})},
-        "summary": {"sparsity_after": sparsity, "gzip_size_ratio": gzip[1] / gzip[0], "within_tolerance": within,
-                    "notes": ["QUALITY COLLAPSED: held-out accuracy fell"] if within is False else []},
+        "before": {
+            "evaluation": before_eval,
+            "params": {"sparsity": 0.0},
+            "file": {"gzip_bytes": gzip[0]},
+            "latency_ms": (latency or {}).get("before", {}),
+        },
+        "after": {
+            "evaluation": after_eval,
+            "params": {"sparsity": sparsity},
+            "file": {"gzip_bytes": gzip[1]},
+            "latency_ms": (latency or {}).get("after", {}),
+        },
+        "summary": {
+            "sparsity_after": sparsity,
+            "gzip_size_ratio": gzip[1] / gzip[0],
+            "within_tolerance": within,
+            "notes": ["QUALITY COLLAPSED: held-out accuracy fell"] if within is False else [],
+        },
     }
     if accuracy:
         m["summary"]["quality"] = {"accuracy": {"before": accuracy[0], "after": accuracy[1], "kind": "accuracy"}}
@@ -42,12 +54,15 @@ def test_accuracy_gate_without_an_accuracy_metric_is_missed():
     assert not r.ok and "no accuracy-like held-out metric" in r.line
 
 
-@pytest.mark.parametrize("gates, name, ok", [
-    (Gates(min_sparsity=0.8), "min-sparsity", True),
-    (Gates(min_sparsity=0.81), "min-sparsity", False),
-    (Gates(max_size_ratio=0.4), "max-size-ratio", True),
-    (Gates(max_size_ratio=0.39), "max-size-ratio", False),
-])
+@pytest.mark.parametrize(
+    "gates, name, ok",
+    [
+        (Gates(min_sparsity=0.8), "min-sparsity", True),
+        (Gates(min_sparsity=0.81), "min-sparsity", False),
+        (Gates(max_size_ratio=0.4), "max-size-ratio", True),
+        (Gates(max_size_ratio=0.39), "max-size-ratio", False),
+    ],
+)
 def test_sparsity_and_size_gates_compare_with_the_summary(gates, name, ok):
     r = only(check(manifest(sparsity=0.8, gzip=(1000, 400)), gates))
     assert (r.name, r.ok) == (name, ok)
@@ -71,8 +86,13 @@ def test_a_speedup_counts_only_beyond_the_spread_of_the_measurements():
 
 
 def test_budget_gate_reads_the_budget_search():
-    met = {"met": True, "max_drop": 0.01, "metric": "accuracy", "chosen": 1,
-           "trials": [{"drop": 0.03}, {"drop": 0.008}]}
+    met = {
+        "met": True,
+        "max_drop": 0.01,
+        "metric": "accuracy",
+        "chosen": 1,
+        "trials": [{"drop": 0.03}, {"drop": 0.008}],
+    }
     r = only(check(manifest(budget=met), Gates(budget=True)))
     assert r.ok and "chosen trial's drop 0.0080" in r.line
     assert not only(check(manifest(budget={**met, "met": False}), Gates(budget=True))).ok

@@ -27,11 +27,19 @@ def test_terminal_states_allow_no_transition():
     assert ACTIVE | TERMINAL == set(JobStatus) and not ACTIVE & TERMINAL
 
 
-@pytest.mark.parametrize("old, new, allowed", [
-    ("queued", "running", True), ("queued", "cancelled", True), ("queued", "succeeded", False),
-    ("running", "succeeded", True), ("running", "queued", True), ("running", "failed", True),
-    ("succeeded", "running", False), ("cancelled", "queued", False),
-])
+@pytest.mark.parametrize(
+    "old, new, allowed",
+    [
+        ("queued", "running", True),
+        ("queued", "cancelled", True),
+        ("queued", "succeeded", False),
+        ("running", "succeeded", True),
+        ("running", "queued", True),
+        ("running", "failed", True),
+        ("succeeded", "running", False),
+        ("cancelled", "queued", False),
+    ],
+)
 def test_transitions(old, new, allowed):
     assert can_transition(JobStatus(old), JobStatus(new)) is allowed
 
@@ -48,13 +56,17 @@ def test_a_job_error_is_stored_with_its_code_and_shown_with_the_deprecated_type_
     assert stored == {"code": "data_error", "message": "y_train has 3 rows, x_train 4", "field": "data"}
     assert DataError("y_train has 3 rows, x_train 4", field="data").to_dict() == stored
     shown = public_error(stored)
-    assert shown == {**stored, "type": "data_error"} and stored == error_dict("data_error", shown["message"],
-                                                                               field="data")
+    assert shown == {**stored, "type": "data_error"} and stored == error_dict(
+        "data_error", shown["message"], field="data"
+    )
 
 
 def test_an_error_stored_before_the_rename_is_shown_with_both_keys():
-    assert public_error({"type": "crashed", "message": "SIGKILL"}) == {"code": "crashed", "type": "crashed",
-                                                                       "message": "SIGKILL"}
+    assert public_error({"type": "crashed", "message": "SIGKILL"}) == {
+        "code": "crashed",
+        "type": "crashed",
+        "message": "SIGKILL",
+    }
     assert public_error(None) is None
 
 

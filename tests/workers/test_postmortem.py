@@ -27,11 +27,14 @@ def test_a_sigkill_far_from_every_memory_limit_is_blamed_on_no_limit_and_is_retr
     assert death_is_retryable(-signal.SIGKILL, LIMITS, memory)
 
 
-@pytest.mark.parametrize("memory, says", [
-    (MemoryFacts(peak_rss_bytes=300 * 2**20, cgroup_limit_bytes=8 * GiB, oom_kills=1), "counted 1 out-of-memory"),
-    (MemoryFacts(peak_rss_bytes=int(1.9 * GiB), oom_kills=None), "limits.job_memory_bytes"),  # 95% of 2 GiB
-    (MemoryFacts(peak_rss_bytes=int(0.95 * GiB), cgroup_limit_bytes=GiB, oom_kills=0), "container's memory limit"),
-])
+@pytest.mark.parametrize(
+    "memory, says",
+    [
+        (MemoryFacts(peak_rss_bytes=300 * 2**20, cgroup_limit_bytes=8 * GiB, oom_kills=1), "counted 1 out-of-memory"),
+        (MemoryFacts(peak_rss_bytes=int(1.9 * GiB), oom_kills=None), "limits.job_memory_bytes"),  # 95% of 2 GiB
+        (MemoryFacts(peak_rss_bytes=int(0.95 * GiB), cgroup_limit_bytes=GiB, oom_kills=0), "container's memory limit"),
+    ],
+)
 def test_a_sigkill_at_a_memory_limit_is_the_out_of_memory_killer_and_is_not_retried(memory, says):
     error = explain_death(-signal.SIGKILL, LIMITS, memory)
     assert error["code"] == "resource_limit" and "out-of-memory killer" in error["message"]
@@ -49,8 +52,10 @@ def test_only_a_sigkill_with_known_memory_is_retried():
 def test_the_peak_memory_of_a_killed_child_is_its_own_not_its_parents():
     """A child that touched 200 MiB and was killed: its peak is about 200 MiB, whatever the parent (this test
     process, with TensorFlow loaded or not) held when it started the child."""
-    code = "b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); import time; print('ok', flush=True); " \
-           "time.sleep(60)"
+    code = (
+        "b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); import time; print('ok', flush=True); "
+        "time.sleep(60)"
+    )
     peak = PeakMemory()
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     assert proc.stdout.readline().strip() == b"ok"

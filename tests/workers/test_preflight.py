@@ -19,8 +19,12 @@ from workers.preflight import PreflightLimits, preflight_file, run_isolated
 from workers.spec import JobSpec
 
 ROOT = Path(__file__).resolve().parents[2]
-SPEC = {"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.8, "epochs": 2},
-                  {"kind": "structured", "keep_ratio": 0.5}]}
+SPEC = {
+    "steps": [
+        {"kind": "prune", "method": "magnitude", "target_sparsity": 0.8, "epochs": 2},
+        {"kind": "structured", "keep_ratio": 0.5},
+    ]
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +38,14 @@ def residual_file(tmp_path_factory) -> Path:
 
 def test_preflight_file_loads_the_model_and_estimates_the_spec(residual_file):
     result = preflight_file(residual_file, JobSpec.model_validate(SPEC))
-    assert result["model"] | {"bytes": 0} == {"name": "residual", "class": "Functional", "file": "residual.keras",
-                                              "bytes": 0, "format": "keras",
-                                              "saved_loss": "sparse_categorical_crossentropy"}
+    assert result["model"] | {"bytes": 0} == {
+        "name": "residual",
+        "class": "Functional",
+        "file": "residual.keras",
+        "bytes": 0,
+        "format": "keras",
+        "saved_loss": "sparse_categorical_crossentropy",
+    }
     assert result["task"] == {"loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]}
     assert [s["kind"] for s in result["steps"]] == ["prune", "structured"]
     assert result["steps"][1]["params"] < result["steps"][0]["params"] == result["totals"]["params"]
@@ -47,8 +56,9 @@ def test_preflight_file_loads_the_model_and_estimates_the_spec(residual_file):
 def test_an_uncompiled_model_and_a_spec_without_loss_are_refused_with_the_jobs_message(tmp_path):
     model = residual_functional()
     model.save(tmp_path / "bare.keras")
-    spec = JobSpec.model_validate({"steps": [{"kind": "prune", "target_sparsity": 0.5}],
-                                   "evaluation": {"latency": False}})
+    spec = JobSpec.model_validate(
+        {"steps": [{"kind": "prune", "target_sparsity": 0.5}], "evaluation": {"latency": False}}
+    )
     with pytest.raises(SpecError) as job:
         compress(tmp_path / "bare.keras", None, spec, tmp_path / "out")
     with pytest.raises(SpecError) as pre:
@@ -71,12 +81,20 @@ def test_a_hostile_model_is_refused_with_the_jobs_message(tmp_path):
 
 
 def test_isolated_preflight_answers_without_tensorflow_in_the_caller(residual_file, tmp_path):
-    code = ("import json, sys; from workers.preflight import PreflightLimits, run_isolated; "
-            f"r = run_isolated({str(residual_file)!r}, {SPEC!r}, PreflightLimits(), {str(tmp_path / 's')!r}); "
-            "print(json.dumps([r['totals']['layers'], len(r['steps']), 'tensorflow' in sys.modules, "
-            "'keras' in sys.modules]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    code = (
+        "import json, sys; from workers.preflight import PreflightLimits, run_isolated; "
+        f"r = run_isolated({str(residual_file)!r}, {SPEC!r}, PreflightLimits(), {str(tmp_path / 's')!r}); "
+        "print(json.dumps([r['totals']['layers'], len(r['steps']), 'tensorflow' in sys.modules, "
+        "'keras' in sys.modules]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [17, 2, False, False]
 

@@ -14,13 +14,23 @@ from tests import hostile
 from tests.engine.structured.models import residual_functional
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "COLUMNS": "200"}
-SPEC = {"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.8},
-                  {"kind": "structured", "keep_ratio": 0.5}, {"kind": "finetune", "epochs": 1}]}
+SPEC = {
+    "steps": [
+        {"kind": "prune", "method": "magnitude", "target_sparsity": 0.8},
+        {"kind": "structured", "keep_ratio": 0.5},
+        {"kind": "finetune", "epochs": 1},
+    ]
+}
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "workers.cli", "preflight", *map(str, args)], capture_output=True,
-                          text=True, env=ENV, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "workers.cli", "preflight", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +66,12 @@ def test_table_without_a_spec(files):
 @pytest.mark.parametrize("case", ["missing_model", "bad_spec", "hostile_model", "spec_names_no_layer"])
 def test_bad_input_is_one_line_with_status_2(case, files, tmp_path):
     model, spec = files / "residual.keras", files / "spec.json"
-    fragment = {"missing_model": "model file not found", "bad_spec": "steps.0.keep_ratio",
-                "hostile_model": "Lambda", "spec_names_no_layer": "layers.exclude names ['nope']"}[case]
+    fragment = {
+        "missing_model": "model file not found",
+        "bad_spec": "steps.0.keep_ratio",
+        "hostile_model": "Lambda",
+        "spec_names_no_layer": "layers.exclude names ['nope']",
+    }[case]
     if case == "missing_model":
         model = tmp_path / "nope.keras"
     elif case == "bad_spec":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 import time
@@ -16,15 +15,20 @@ from workers.testing.servers import start_worker
 SECRET = "s3cr3t-Pa55"
 
 
-@pytest.mark.parametrize("text, expected", [
-    (f"postgresql+psycopg://app:{SECRET}@db:5432/jobs", "postgresql+psycopg://app:***@db:5432/jobs"),
-    (f"redis://:{SECRET}@redis:6379/0", "redis://:***@redis:6379/0"),
-    (f"store postgresql://u:{SECRET}@h/db, broker redis://:{SECRET}@r/0",
-     "store postgresql://u:***@h/db, broker redis://:***@r/0"),
-    (f"https://{SECRET}@github.com/x.git", "https://***@github.com/x.git"),
-    (f"'postgresql://u:p@{SECRET}@h/db'", "'postgresql://u:***@h/db'"),  # an unescaped '@' in the password
-    ("sqlite:////data/jobs.db and mail a@b.c, https://example.com/a@b", None),  # nothing to mask: unchanged
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (f"postgresql+psycopg://app:{SECRET}@db:5432/jobs", "postgresql+psycopg://app:***@db:5432/jobs"),
+        (f"redis://:{SECRET}@redis:6379/0", "redis://:***@redis:6379/0"),
+        (
+            f"store postgresql://u:{SECRET}@h/db, broker redis://:{SECRET}@r/0",
+            "store postgresql://u:***@h/db, broker redis://:***@r/0",
+        ),
+        (f"https://{SECRET}@github.com/x.git", "https://***@github.com/x.git"),
+        (f"'postgresql://u:p@{SECRET}@h/db'", "'postgresql://u:***@h/db'"),  # an unescaped '@' in the password
+        ("sqlite:////data/jobs.db and mail a@b.c, https://example.com/a@b", None),  # nothing to mask: unchanged
+    ],
+)
 def test_redact_masks_the_password_of_every_url(text, expected):
     assert redact(text) == (expected or text)
 
@@ -54,8 +58,10 @@ except ConnectionError:
     assert r.returncode == 0, r.stderr
     assert SECRET not in r.stdout + r.stderr
     assert "pulling jobs from postgresql+psycopg://app:***@db/jobs" in r.stdout
-    assert "broker redis://:***@r/0" in r.stdout and "ConnectionError: cannot reach postgresql+psycopg://app:***@db" \
-        in r.stdout
+    assert (
+        "broker redis://:***@r/0" in r.stdout
+        and "ConnectionError: cannot reach postgresql+psycopg://app:***@db" in r.stdout
+    )
 
 
 @pytest.mark.services
@@ -69,8 +75,15 @@ def test_a_brokerless_worker_logs_its_store_url_without_the_password(pg_url, tmp
     url = make_url(pg_url).set(password=SECRET).render_as_string(hide_password=False)
     assert SECRET in url
     env = {k: v for k, v in os.environ.items() if not k.startswith("SECATEURS_")}
-    env.update({"SECATEURS_STORE__URL": url, "SECATEURS_WORKER__DISPATCHER": "none", "SECATEURS_LOG_LEVEL": "info",
-                "SECATEURS_DATA_DIR": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "3"})
+    env.update(
+        {
+            "SECATEURS_STORE__URL": url,
+            "SECATEURS_WORKER__DISPATCHER": "none",
+            "SECATEURS_LOG_LEVEL": "info",
+            "SECATEURS_DATA_DIR": str(tmp_path),
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+        }
+    )
     proc = start_worker("--name", "redact-test", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:

@@ -38,8 +38,9 @@ def submit(ctx: RunContext, tmp_path, model, data=None, spec: dict = QUICK_SPEC,
     inputs = {"model": InputFile("model", "model.keras", model.name, model.stat().st_size, sha256(model))}
     if data is not None:
         inputs["data"] = InputFile("data", "data.npz", data.name, data.stat().st_size, sha256(data))
-    new = NewJob(tenant="t", spec=JobSpec.model_validate(spec).model_dump(mode="json"), inputs=inputs,
-                 webhook_url=webhook_url)
+    new = NewJob(
+        tenant="t", spec=JobSpec.model_validate(spec).model_dump(mode="json"), inputs=inputs, webhook_url=webhook_url
+    )
     for role, src in (("model.keras", model), ("data.npz", data)):
         if src is not None:
             copy = tmp_path / f"upload-{new.id}-{role}"
@@ -57,7 +58,8 @@ def outputs_dir(ctx, job_id):
 
 @pytest.mark.slow
 def test_a_job_runs_in_a_child_publishes_hashed_artifacts_and_writes_nothing_outside_the_data_dir(
-        tmp_path, job_files, monkeypatch):
+    tmp_path, job_files, monkeypatch
+):
     import keras
 
     ctx = make_ctx(tmp_path)
@@ -126,8 +128,9 @@ def test_a_full_artifact_store_fails_the_job_and_removes_partial_outputs(tmp_pat
     assert error["code"] == "resource_limit"
     assert "artifacts.max_total_bytes" in error["message"] and "artifact store full" in error["message"]
     assert outputs_dir(ctx, job_id) is None
-    leftovers = [p for p in (ctx.settings.artifacts_root / job_id).rglob("*")
-                 if p.name.startswith(".") and ".tmp" in p.name]
+    leftovers = [
+        p for p in (ctx.settings.artifacts_root / job_id).rglob("*") if p.name.startswith(".") and ".tmp" in p.name
+    ]
     assert leftovers == []
 
 
@@ -218,8 +221,7 @@ def test_a_finished_job_posts_a_signed_webhook(tmp_path, job_files):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     _Receiver.received = []
     try:
-        ctx = make_ctx(tmp_path, limits__job_wall_seconds=1.0, webhooks__allow_private=True,
-                       webhooks__secret="s3cret")
+        ctx = make_ctx(tmp_path, limits__job_wall_seconds=1.0, webhooks__allow_private=True, webhooks__secret="s3cret")
         url = f"http://127.0.0.1:{server.server_port}/hook"
         job_id = submit(ctx, tmp_path, job_files.model, job_files.data, webhook_url=url)
         assert run_job(job_id, ctx) is JobStatus.FAILED
@@ -251,8 +253,9 @@ def _job_process(scratch_root, job_id, attempt=1, timeout=30.0) -> int:
 
 
 @pytest.mark.slow
-def test_a_job_process_killed_from_outside_is_retried_while_attempts_remain_and_the_worker_carries_on(tmp_path,
-                                                                                                     job_files):
+def test_a_job_process_killed_from_outside_is_retried_while_attempts_remain_and_the_worker_carries_on(
+    tmp_path, job_files
+):
     """A SIGKILL far from the memory limits (an operator's kill -9, not the out-of-memory killer) is named as such
     and the job runs again as its next attempt; the last attempt's death fails the job, saying it is not retried."""
     import os
@@ -272,8 +275,9 @@ def test_a_job_process_killed_from_outside_is_retried_while_attempts_remain_and_
     assert "not retried: that was attempt 2 of 2 (worker.max_attempts)" in job.error["message"]
     statuses = [e.data for e in ctx.store.events(job_id) if e.kind is EventKind.STATUS]
     assert [e["status"] for e in statuses] == ["queued", "running", "running", "failed"]
-    assert statuses[2]["attempt"] == 2 and "attempt 1 ended: the job process was killed (SIGKILL)" in \
-        statuses[2]["reason"]
+    assert (
+        statuses[2]["attempt"] == 2 and "attempt 1 ended: the job process was killed (SIGKILL)" in statuses[2]["reason"]
+    )
     second = submit(ctx, tmp_path, job_files.model, job_files.data)  # the same worker runs the next job
     assert run_job(second, ctx) is JobStatus.SUCCEEDED
 
@@ -294,9 +298,15 @@ def _artifact_settings(kind: str, request) -> dict:
     if kind == "local":
         return {}
     moto = request.getfixturevalue("moto")
-    return {"artifacts__url": f"s3://fence-{os.urandom(4).hex()}/jobs", "artifacts__s3": {
-        "endpoint_url": moto.endpoint_url, "region": "us-east-1", "access_key_id": "testing",
-        "secret_access_key": "testing"}}
+    return {
+        "artifacts__url": f"s3://fence-{os.urandom(4).hex()}/jobs",
+        "artifacts__s3": {
+            "endpoint_url": moto.endpoint_url,
+            "region": "us-east-1",
+            "access_key_id": "testing",
+            "secret_access_key": "testing",
+        },
+    }
 
 
 class _RevokedBeforeItPublishes:
@@ -321,8 +331,9 @@ class _RevokedBeforeItPublishes:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("artifacts", ["local", "s3"])  # s3: a real moto server on 127.0.0.1
-def test_a_stale_attempt_that_lost_its_claim_never_replaces_the_served_artifacts(tmp_path, job_files, request,
-                                                                                artifacts):
+def test_a_stale_attempt_that_lost_its_claim_never_replaces_the_served_artifacts(
+    tmp_path, job_files, request, artifacts
+):
     from datetime import timedelta
 
     from workers.jobs import utcnow
@@ -456,15 +467,19 @@ def _remove(path, tmp_path, canary):
     path.unlink()
 
 
-@pytest.mark.parametrize("role, stored, damage, kind, says", [
-    ("model", "model.keras", _swap_for_hostile, "model_rejected", "changed after it was submitted"),
-    ("model", "model.keras", _flip_a_byte, "model_rejected", "changed after it was submitted"),
-    ("model", "model.keras", _truncate, "model_rejected", "changed after it was submitted"),
-    ("model", "model.keras", _remove, "model_rejected", "cannot be read"),
-    ("data", "data.npz", _swap_for_pickle, "data_error", "changed after it was submitted"),
-])
-def test_an_input_changed_after_submit_fails_the_job_before_anything_loads_it(tmp_path, job_files, role, stored,
-                                                                               damage, kind, says):
+@pytest.mark.parametrize(
+    "role, stored, damage, kind, says",
+    [
+        ("model", "model.keras", _swap_for_hostile, "model_rejected", "changed after it was submitted"),
+        ("model", "model.keras", _flip_a_byte, "model_rejected", "changed after it was submitted"),
+        ("model", "model.keras", _truncate, "model_rejected", "changed after it was submitted"),
+        ("model", "model.keras", _remove, "model_rejected", "cannot be read"),
+        ("data", "data.npz", _swap_for_pickle, "data_error", "changed after it was submitted"),
+    ],
+)
+def test_an_input_changed_after_submit_fails_the_job_before_anything_loads_it(
+    tmp_path, job_files, role, stored, damage, kind, says
+):
     ctx = make_ctx(tmp_path)
     job_id = submit(ctx, tmp_path, job_files.model, job_files.data)
     canary = tmp_path / "canary"

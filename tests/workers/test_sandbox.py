@@ -19,15 +19,18 @@ from workers.sandbox import JOB_NICE, SandboxLimits, classify_exception, explain
 LIMITS = SandboxLimits(memory_bytes=2 * 2**30, file_bytes=1000, cpu_seconds=60)
 
 
-@pytest.mark.parametrize("sig, kind, says", [
-    (signal.SIGKILL, "crashed", "peak memory is not known"),  # nothing known: maybe the OOM killer
-    (signal.SIGSEGV, "crashed", "limits.job_memory_bytes"),
-    (signal.SIGABRT, "crashed", "SIGABRT"),
-    (signal.SIGBUS, "crashed", "SIGBUS"),
-    (signal.SIGXCPU, "resource_limit", "limits.job_cpu_seconds"),
-    (signal.SIGXFSZ, "resource_limit", "limits.job_file_bytes"),
-    (signal.SIGTERM, "crashed", "SIGTERM"),
-])
+@pytest.mark.parametrize(
+    "sig, kind, says",
+    [
+        (signal.SIGKILL, "crashed", "peak memory is not known"),  # nothing known: maybe the OOM killer
+        (signal.SIGSEGV, "crashed", "limits.job_memory_bytes"),
+        (signal.SIGABRT, "crashed", "SIGABRT"),
+        (signal.SIGBUS, "crashed", "SIGBUS"),
+        (signal.SIGXCPU, "resource_limit", "limits.job_cpu_seconds"),
+        (signal.SIGXFSZ, "resource_limit", "limits.job_file_bytes"),
+        (signal.SIGTERM, "crashed", "SIGTERM"),
+    ],
+)
 def test_a_child_killed_by_a_signal_is_explained(sig, kind, says):
     error = explain_death(-int(sig), LIMITS)
     assert error["code"] == kind and says in error["message"]
@@ -38,17 +41,23 @@ def test_a_child_exiting_without_a_result_is_explained():
     assert explain_death(70, LIMITS)["code"] == "interrupted"
 
 
-@pytest.mark.parametrize("exc, kind, says", [
-    (DataError("x_train has 3 rows"), "data_error", "x_train"),
-    (SpecError("unknown layer 'dense_9'"), "spec_error", "dense_9"),
-    (ModelRejected("Lambda layers are refused"), "model_rejected", "Lambda"),
-    (MemoryError(), "resource_limit", "limits.job_memory_bytes"),
-    (ImportError("libtensorflow_framework.so.2: failed to map segment from shared object"), "resource_limit",
-     "memory"),
-    (OSError(errno.EFBIG, "File too large"), "resource_limit", "limits.job_file_bytes"),
-    (OSError(errno.ENOSPC, "No space left on device"), "resource_limit", "disk full"),
-    (RuntimeError("boom"), "internal_error", "RuntimeError: boom"),
-])
+@pytest.mark.parametrize(
+    "exc, kind, says",
+    [
+        (DataError("x_train has 3 rows"), "data_error", "x_train"),
+        (SpecError("unknown layer 'dense_9'"), "spec_error", "dense_9"),
+        (ModelRejected("Lambda layers are refused"), "model_rejected", "Lambda"),
+        (MemoryError(), "resource_limit", "limits.job_memory_bytes"),
+        (
+            ImportError("libtensorflow_framework.so.2: failed to map segment from shared object"),
+            "resource_limit",
+            "memory",
+        ),
+        (OSError(errno.EFBIG, "File too large"), "resource_limit", "limits.job_file_bytes"),
+        (OSError(errno.ENOSPC, "No space left on device"), "resource_limit", "disk full"),
+        (RuntimeError("boom"), "internal_error", "RuntimeError: boom"),
+    ],
+)
 def test_exceptions_in_the_child_are_classified(exc, kind, says):
     error = classify_exception(exc, {"memory_bytes": 2**30, "file_bytes": 1000})
     assert error["code"] == kind and says in error["message"]
@@ -68,8 +77,11 @@ def test_a_wrapped_disk_full_error_is_found_in_the_exception_chain():
 @pytest.mark.slow
 def test_a_job_process_exits_when_its_worker_dies(tmp_path, job_files):
     """A worker (here a plain Python process) starts a long job and is SIGKILLed; the job process follows."""
-    spec = {"steps": [{"kind": "finetune", "epochs": 500}], "training": {"batch_size": 8},
-            "evaluation": {"latency": False}}
+    spec = {
+        "steps": [{"kind": "finetune", "epochs": 500}],
+        "training": {"batch_size": 8},
+        "evaluation": {"latency": False},
+    }
     code = f"""
 import json, sys
 from workers.sandbox import Hooks, SandboxJob, SandboxLimits, run_sandboxed
@@ -118,8 +130,11 @@ def test_a_job_process_runs_at_the_configured_nice_level(settings, nice):
     chosen = settings.model_copy(update={"worker": settings.worker.model_copy(update={"job_nice": nice})})
     limits = SandboxLimits.from_settings(chosen)
     assert limits.job_nice == nice
-    code = "import os; from workers.sandbox import lower_priority; before = os.nice(0); " \
-           f"lower_priority({limits.job_nice}); print(before, os.nice(0))"
-    before, after = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                            check=True).stdout.split())
+    code = (
+        "import os; from workers.sandbox import lower_priority; before = os.nice(0); "
+        f"lower_priority({limits.job_nice}); print(before, os.nice(0))"
+    )
+    before, after = map(
+        int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
     assert after == min(19, before + nice)

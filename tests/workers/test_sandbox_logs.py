@@ -28,8 +28,9 @@ def test_the_tail_keeps_the_jobs_messages_without_start_up_noise_or_install_path
     scratch.mkdir()
     env = {**child_environment(scratch), "TF_CPP_MIN_LOG_LEVEL": "0"}  # every start-up line TensorFlow writes
     with open(scratch / LOG_NAME, "wb") as log:
-        r = subprocess.run([sys.executable, "-c", FAILING_JOB], cwd=scratch, env=env, stdout=log,
-                           stderr=subprocess.STDOUT, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-c", FAILING_JOB], cwd=scratch, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=300
+        )
     assert r.returncode == 1
     raw = (scratch / LOG_NAME).read_text()
     site_packages = sysconfig.get_paths()["purelib"]

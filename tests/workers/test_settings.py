@@ -46,12 +46,18 @@ def test_a_file_url_or_path_selects_the_artifact_directory(tmp_path):
         _ = Settings(artifacts={"url": "s3://bucket/x"}).artifacts_root
 
 
-@pytest.mark.parametrize("env, field", [
-    ({"SECATEURS_LIMITS__JOB_MEMORY_BYTES": "1000"}, "job_memory_bytes"),
-    ({"SECATEURS_WORKER__DISPATCHER": "carrier-pigeon"}, "dispatcher"),
-    ({"SECATEURS_WORKER__HEARTBEAT_TIMEOUT": "1", "SECATEURS_WORKER__HEARTBEAT_INTERVAL": "2"}, "heartbeat_timeout"),
-    ({"SECATEURS_PORT": "99999"}, "port"),
-])
+@pytest.mark.parametrize(
+    "env, field",
+    [
+        ({"SECATEURS_LIMITS__JOB_MEMORY_BYTES": "1000"}, "job_memory_bytes"),
+        ({"SECATEURS_WORKER__DISPATCHER": "carrier-pigeon"}, "dispatcher"),
+        (
+            {"SECATEURS_WORKER__HEARTBEAT_TIMEOUT": "1", "SECATEURS_WORKER__HEARTBEAT_INTERVAL": "2"},
+            "heartbeat_timeout",
+        ),
+        ({"SECATEURS_PORT": "99999"}, "port"),
+    ],
+)
 def test_invalid_values_are_refused_naming_the_field(monkeypatch, env, field):
     for k, v in env.items():
         monkeypatch.setenv(k, v)

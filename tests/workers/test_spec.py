@@ -37,8 +37,13 @@ def test_nan_or_infinity_anywhere_is_refused(fragment, field):
 
 
 def test_non_finite_schedule_end_is_refused():
-    spec = {"kind": "prune", "method": "magnitude", "target_sparsity": 0.5, "epochs": 2,
-            "schedule": {"kind": "polynomial", "unit": "epoch", "begin": 0}}
+    spec = {
+        "kind": "prune",
+        "method": "magnitude",
+        "target_sparsity": 0.5,
+        "epochs": 2,
+        "schedule": {"kind": "polynomial", "unit": "epoch", "begin": 0},
+    }
     text = json.dumps({"steps": [spec]}).replace('"begin": 0', '"begin": 0, "end": Infinity')
     assert _error(text).startswith("steps.0.schedule.end:")
 
@@ -53,8 +58,9 @@ def test_tolerances_and_batchnorm_defaults():
     spec = JobSpec.model_validate({"steps": [{"kind": "finetune"}]})
     assert spec.evaluation.max_accuracy_drop == 0.05 and spec.evaluation.max_loss_increase == 0.10
     assert spec.training.batchnorm_reestimation is True and spec.training.batchnorm_samples == 2048
-    off = JobSpec.model_validate({"steps": [{"kind": "finetune"}],
-                                  "training": {"batchnorm_reestimation": False, "batchnorm_samples": 64}})
+    off = JobSpec.model_validate(
+        {"steps": [{"kind": "finetune"}], "training": {"batchnorm_reestimation": False, "batchnorm_samples": 64}}
+    )
     assert off.training.batchnorm_reestimation is False and off.training.batchnorm_samples == 64
 
 
@@ -74,12 +80,26 @@ def test_out_of_range_settings_are_named(section, field, value):
 
 
 def test_union_tags_are_the_kinds_of_steps_and_schedules_and_field_paths_leave_them_out():
-    assert UNION_TAGS == {"regularize", "prune", "structured", "finetune", "sensitivity", "budget",
-                          "polynomial", "constant", "one_shot"}
+    assert UNION_TAGS == {
+        "regularize",
+        "prune",
+        "structured",
+        "finetune",
+        "sensitivity",
+        "budget",
+        "polynomial",
+        "constant",
+        "one_shot",
+    }
     assert field_path(("steps", 0, "prune", "schedule", "polynomial", "end")) == "steps.0.schedule.end"
     assert field_path(()) == ""
-    spec = {"kind": "prune", "method": "magnitude", "target_sparsity": 0.5, "epochs": 2,
-            "schedule": {"kind": "polynomial", "unit": "epoch", "begin": 0, "end": "x"}}
+    spec = {
+        "kind": "prune",
+        "method": "magnitude",
+        "target_sparsity": 0.5,
+        "epochs": 2,
+        "schedule": {"kind": "polynomial", "unit": "epoch", "begin": 0, "end": "x"},
+    }
     with pytest.raises(ValidationError) as info:
         load_spec(json.dumps({"steps": [spec]}))
     assert [field_path(e["loc"]) for e in info.value.errors()] == ["steps.0.schedule.end"]
@@ -100,10 +120,16 @@ def test_union_tags_are_the_kinds_of_steps_and_schedules_and_field_paths_leave_t
         ([{"kind": "budget", "max_drop": 0.01, "max_trials": 0}], "steps.0.max_trials:", "greater than"),
         ([{"kind": "budget", "max_drop": 0.01, "epochs": -1}], "steps.0.epochs:", "greater than"),
         ([{"kind": "budget", "max_drop": 0.01, "trials": 3}], "steps.0.trials:", "not permitted"),
-        ([{"kind": "prune", "target_sparsity": 0.5, "scope": "layer", "allocation": "sensitivity"}],
-         "steps.0.allocation:", "scope 'global'"),
-        ([{"kind": "prune", "method": "n_m", "n": 2, "m": 4, "allocation": "sensitivity"}],
-         "steps.0.allocation:", "method 'magnitude'"),
+        (
+            [{"kind": "prune", "target_sparsity": 0.5, "scope": "layer", "allocation": "sensitivity"}],
+            "steps.0.allocation:",
+            "scope 'global'",
+        ),
+        (
+            [{"kind": "prune", "method": "n_m", "n": 2, "m": 4, "allocation": "sensitivity"}],
+            "steps.0.allocation:",
+            "method 'magnitude'",
+        ),
         ([{"kind": "structured", "keep_ratio": 0.5, "allocation": "greedy"}], "steps.0.allocation:", "sensitivity"),
         ([{"kind": "budget", "max_drop": 0.01}, {"kind": "budget", "max_drop": 0.02}], "steps:", "one budget"),
         ([{"kind": "sensitivity"}, {"kind": "sensitivity"}], "steps:", "one sensitivity"),
@@ -123,7 +149,8 @@ def test_sensitivity_and_budget_defaults_and_what_they_need():
     assert (budget.objective, budget.method, budget.epochs, budget.max_trials) == ("nonzero_params", "magnitude", 2, 6)
     assert spec.trains  # both need data, even without epochs
     assert spec.total_epochs == 12  # the most a budget step trains: epochs x max_trials
-    assert JobSpec.model_validate({"steps": [{"kind": "prune", "target_sparsity": 0.5,
-                                              "allocation": "sensitivity"}]}).trains
+    assert JobSpec.model_validate(
+        {"steps": [{"kind": "prune", "target_sparsity": 0.5, "allocation": "sensitivity"}]}
+    ).trains
     levels = JobSpec.model_validate({"steps": [{"kind": "sensitivity", "levels": [0.9, 0.2]}]}).steps[0].levels
     assert levels == [0.2, 0.9]

@@ -14,8 +14,9 @@ MODEL = InputFile("model", "model.keras", "m.keras", 10, "ab" * 32)
 
 
 def new_job(tenant="t1", key=None, **kw) -> NewJob:
-    return NewJob(tenant=tenant, spec={"steps": [{"kind": "finetune"}]}, inputs={"model": MODEL},
-                  idempotency_key=key, **kw)
+    return NewJob(
+        tenant=tenant, spec={"steps": [{"kind": "finetune"}]}, inputs={"model": MODEL}, idempotency_key=key, **kw
+    )
 
 
 def statuses(store, job_id):
@@ -182,8 +183,9 @@ def test_cancel_of_a_queued_job_is_immediate_and_of_a_running_job_sets_the_flag(
 
 @pytest.mark.parametrize("limit", ["max_active_jobs", "max_stored_jobs"])
 def test_tenant_quotas_refuse_the_job_over_the_limit_and_keep_nothing(store, limit):
-    quota = TenantQuota(max_active_jobs=2 if limit == "max_active_jobs" else 10,
-                        max_stored_jobs=2 if limit == "max_stored_jobs" else 10)
+    quota = TenantQuota(
+        max_active_jobs=2 if limit == "max_active_jobs" else 10, max_stored_jobs=2 if limit == "max_stored_jobs" else 10
+    )
     first, _ = store.create_job(new_job(), max_attempts=1, quota=quota)
     if limit == "max_stored_jobs":  # a finished job still counts against the stored limit
         store.request_cancel(first.id)
@@ -216,8 +218,13 @@ def test_progress_and_events_are_ordered_and_filterable(store):
     store.record_progress(claim, {"phase": "prune", "epoch": 2, "loss": 0.4})
     store.add_event(job.id, EventKind.LOG, {"message": "hello"})
     events = store.events(job.id)
-    assert [e.kind for e in events] == [EventKind.STATUS, EventKind.STATUS, EventKind.PROGRESS, EventKind.PROGRESS,
-                                        EventKind.LOG]
+    assert [e.kind for e in events] == [
+        EventKind.STATUS,
+        EventKind.STATUS,
+        EventKind.PROGRESS,
+        EventKind.PROGRESS,
+        EventKind.LOG,
+    ]
     assert [e.seq for e in events] == sorted(e.seq for e in events)
     assert store.get_job(job.id).progress == {"phase": "prune", "epoch": 2, "loss": 0.4}
     assert [e.data.get("epoch") for e in store.events(job.id, after=events[2].seq)] == [2, None]
@@ -311,7 +318,6 @@ def test_a_store_made_before_the_added_columns_gets_them_at_start_up_and_keeps_i
         third.close()
 
 
-
 def test_every_status_change_of_a_job_is_one_jobs_transitions_allows(store):
     """Jobs through every kind of change the store makes; each change between status events is in TRANSITIONS."""
     job, _ = store.create_job(new_job(), max_attempts=3)
@@ -329,8 +335,16 @@ def test_every_status_change_of_a_job_is_one_jobs_transitions_allows(store):
         seen = [JobStatus(s) for s in statuses(store, job_id)]
         changes = [(a, b) for a, b in zip(seen, seen[1:]) if a != b]
         assert changes and all(can_transition(a, b) for a, b in changes), changes
-    assert statuses(store, job.id) == ["queued", "running", "queued", "running", "queued", "running", "running",
-                                       "succeeded"]
+    assert statuses(store, job.id) == [
+        "queued",
+        "running",
+        "queued",
+        "running",
+        "queued",
+        "running",
+        "running",
+        "succeeded",
+    ]
 
 
 def test_the_store_refuses_a_status_change_that_transitions_does_not_list(store, monkeypatch):

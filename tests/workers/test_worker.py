@@ -33,9 +33,15 @@ def input_file(role: str, name: str, path) -> InputFile:
 def queue_jobs(ctx: RunContext, job_files, n: int, tmp_path, webhook_url: str | None = None) -> list[str]:
     ids = []
     for i in range(n):
-        new = NewJob(tenant="t", spec=QUICK_SPEC, inputs={
-            "model": input_file("model", "model.keras", job_files.model),
-            "data": input_file("data", "data.npz", job_files.data)}, webhook_url=webhook_url)
+        new = NewJob(
+            tenant="t",
+            spec=QUICK_SPEC,
+            inputs={
+                "model": input_file("model", "model.keras", job_files.model),
+                "data": input_file("data", "data.npz", job_files.data),
+            },
+            webhook_url=webhook_url,
+        )
         for name, src in (("model.keras", job_files.model), ("data.npz", job_files.data)):
             copy = tmp_path / f"{i}-{name}"
             shutil.copy(src, copy)
@@ -59,9 +65,13 @@ def test_a_slow_webhook_receiver_does_not_hold_up_the_next_job(settings, job_fil
     The worker hands each finished job's webhook to the sender threads and claims the next job at once; each
     delivery is cut off at its deadline (1 s per attempt, 2 attempts), and the loop waits for them on its way out."""
     from tests.workers.receivers import TrickleReceiver
-    slow = settings.model_copy(update={
-        "limits": settings.limits.model_copy(update={"job_wall_seconds": 0.5}),
-        "webhooks": settings.webhooks.model_copy(update={"allow_private": True, "timeout": 1.0, "max_attempts": 2})})
+
+    slow = settings.model_copy(
+        update={
+            "limits": settings.limits.model_copy(update={"job_wall_seconds": 0.5}),
+            "webhooks": settings.webhooks.model_copy(update={"allow_private": True, "timeout": 1.0, "max_attempts": 2}),
+        }
+    )
     receiver = TrickleReceiver(interval_s=0.25)
     try:
         ctx = RunContext.from_settings(slow, worker_identity("loop"))

@@ -49,8 +49,10 @@ def open_artifacts(where: Settings | str | Path, *, max_total_bytes: int = 0) ->
     try:
         opener = OPENERS[scheme]
     except KeyError:
-        raise ValueError(f"artifacts.url {where.artifacts.url!r}: unsupported scheme {scheme!r}; use a local "
-                         f"directory or one of {sorted(k + '://' for k in OPENERS)}") from None
+        raise ValueError(
+            f"artifacts.url {where.artifacts.url!r}: unsupported scheme {scheme!r}; use a local "
+            f"directory or one of {sorted(k + '://' for k in OPENERS)}"
+        ) from None
     return opener(where)
 
 

@@ -52,7 +52,8 @@ def check_room(store: ArtifactStore, name: str, size: int) -> None:
         if used + size > store.max_total_bytes:
             raise ResourceLimit(
                 f"artifact store full while writing artifact {name} ({size} bytes): {used} of "
-                f"{store.max_total_bytes} bytes used (artifacts.max_total_bytes)")
+                f"{store.max_total_bytes} bytes used (artifacts.max_total_bytes)"
+            )
 
 
 def valid_name(name: str) -> bool:
@@ -76,8 +77,9 @@ class ArtifactStore(Protocol):
     def output_path(self, job_id: str, name: str, *, attempt: int | None = None) -> Path | None:
         """A local copy of an output; without an attempt, of the served one (the newest attempt's)."""
 
-    def open_output(self, job_id: str, name: str, chunk_size: int = 1 << 20, *, attempt: int | None = None
-                    ) -> Iterator[bytes]:
+    def open_output(
+        self, job_id: str, name: str, chunk_size: int = 1 << 20, *, attempt: int | None = None
+    ) -> Iterator[bytes]:
         """The output's bytes in chunks; without an attempt, the served one (the newest attempt's)."""
 
     def output_attempts(self, job_id: str) -> list[int]:

@@ -105,8 +105,9 @@ class LocalArtifactStore:
             return None
         return path if path.is_file() else None
 
-    def open_output(self, job_id: str, name: str, chunk_size: int = 1 << 20, *, attempt: int | None = None
-                    ) -> Iterator[bytes]:
+    def open_output(
+        self, job_id: str, name: str, chunk_size: int = 1 << 20, *, attempt: int | None = None
+    ) -> Iterator[bytes]:
         path = self.output_path(job_id, name, attempt=attempt)
         if path is None:
             raise FileNotFoundError(name)

@@ -70,8 +70,18 @@ def _error_code(e: Exception) -> str:
 
 
 class S3ArtifactStore:
-    def __init__(self, bucket: str, prefix: str, *, client, cache_dir: str | Path, max_total_bytes: int = 0,
-                 part_bytes: int = 16 * MiB, cache_seconds: float = 7200.0, create_bucket: bool = True):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        *,
+        client,
+        cache_dir: str | Path,
+        max_total_bytes: int = 0,
+        part_bytes: int = 16 * MiB,
+        cache_seconds: float = 7200.0,
+        create_bucket: bool = True,
+    ):
         self.bucket, self.prefix = bucket, prefix
         self.client = client
         self.cache_dir = Path(cache_dir)
@@ -86,9 +96,15 @@ class S3ArtifactStore:
     @classmethod
     def from_settings(cls, settings) -> S3ArtifactStore:
         bucket, prefix = parse_s3_url(settings.artifacts.url)
-        return cls(bucket, prefix, client=make_client(settings.artifacts.s3), cache_dir=settings.cache_dir,
-                   max_total_bytes=settings.artifacts.max_total_bytes, part_bytes=settings.artifacts.s3.part_bytes,
-                   cache_seconds=settings.limits.job_wall_seconds + 3600.0)
+        return cls(
+            bucket,
+            prefix,
+            client=make_client(settings.artifacts.s3),
+            cache_dir=settings.cache_dir,
+            max_total_bytes=settings.artifacts.max_total_bytes,
+            part_bytes=settings.artifacts.s3.part_bytes,
+            cache_seconds=settings.limits.job_wall_seconds + 3600.0,
+        )
 
     def __repr__(self) -> str:
         return f"S3ArtifactStore(s3://{self.bucket}/{self.prefix})"
@@ -147,8 +163,7 @@ class S3ArtifactStore:
                 if _error_code(e) not in _MISSING:
                     raise
             region = self.client.meta.region_name
-            kw = {} if region in (None, "us-east-1") else {
-                "CreateBucketConfiguration": {"LocationConstraint": region}}
+            kw = {} if region in (None, "us-east-1") else {"CreateBucketConfiguration": {"LocationConstraint": region}}
             try:
                 self.client.create_bucket(Bucket=self.bucket, **kw)
             except ClientError as e:  # created by another process in between
@@ -160,11 +175,16 @@ class S3ArtifactStore:
     def _upload(self, src: Path, key: str, digest: str) -> None:
         from boto3.s3.transfer import TransferConfig
 
-        config = TransferConfig(multipart_threshold=self.part_bytes, multipart_chunksize=self.part_bytes,
-                                max_concurrency=4, use_threads=True)
+        config = TransferConfig(
+            multipart_threshold=self.part_bytes,
+            multipart_chunksize=self.part_bytes,
+            max_concurrency=4,
+            use_threads=True,
+        )
         with self._errors("upload", key):
-            self.client.upload_file(str(src), self.bucket, key, ExtraArgs={"Metadata": {SHA256_KEY: digest}},
-                                    Config=config)
+            self.client.upload_file(
+                str(src), self.bucket, key, ExtraArgs={"Metadata": {SHA256_KEY: digest}}, Config=config
+            )
 
     def _download(self, key: str, dest: Path) -> None:
         """Stream an object into `dest` (atomic_write: temp file, fsync, rename), checking its sha256 metadata."""
@@ -179,31 +199,33 @@ class S3ArtifactStore:
                         h.update(chunk)
                         f.write(chunk)
             if expected and h.hexdigest() != expected:
-                raise ArtifactStoreUnavailable(f"{self._url(key)} is corrupt: its sha256 is {h.hexdigest()}, its "
-                                               f"metadata says {expected}")
+                raise ArtifactStoreUnavailable(
+                    f"{self._url(key)} is corrupt: its sha256 is {h.hexdigest()}, its metadata says {expected}"
+                )
 
         atomic_write(dest, fetch)
 
     def _list(self, prefix: str, **kw) -> Iterator[dict]:
         with self._errors("list", prefix):
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix,
-                                                                              **kw):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, **kw):
                 yield page
 
     def _delete_prefix(self, prefix: str) -> None:
         keys = [o["Key"] for page in self._list(prefix) for o in page.get("Contents", [])]
         with self._errors("delete", prefix):
             for i in range(0, len(keys), 1000):
-                self.client.delete_objects(Bucket=self.bucket, Delete={
-                    "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+                self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True}
+                )
 
     def _abort_uploads(self, prefix: str) -> None:
         with self._errors("abort unfinished uploads under", prefix):
             pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
             for page in pages:
                 for upload in page.get("Uploads", []):
-                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
-                                                       UploadId=upload["UploadId"])
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
 
     # -- inputs -----------------------------------------------------------------------------------------------
 
@@ -248,7 +270,7 @@ class S3ArtifactStore:
         found = set()
         for page in self._list(prefix, Delimiter="/"):
             for p in page.get("CommonPrefixes", []):
-                n = parse_attempt(p["Prefix"][len(prefix):].rstrip("/"))
+                n = parse_attempt(p["Prefix"][len(prefix) :].rstrip("/"))
                 if n is not None:
                     found.add(n)
         return sorted(found)
@@ -279,8 +301,9 @@ class S3ArtifactStore:
         with self._errors("read", key):
             return (self.client.head_object(Bucket=self.bucket, Key=key).get("Metadata") or {}).get(SHA256_KEY)
 
-    def open_output(self, job_id: str, name: str, chunk_size: int = 1 << 20, *, attempt: int | None = None
-                    ) -> Iterator[bytes]:
+    def open_output(
+        self, job_id: str, name: str, chunk_size: int = 1 << 20, *, attempt: int | None = None
+    ) -> Iterator[bytes]:
         try:
             if not valid_name(name):
                 raise ValueError(name)
@@ -321,7 +344,7 @@ class S3ArtifactStore:
         out = set()
         for page in self._list(self.prefix, Delimiter="/"):
             for p in page.get("CommonPrefixes", []):
-                name = p["Prefix"][len(self.prefix):].rstrip("/")
+                name = p["Prefix"][len(self.prefix) :].rstrip("/")
                 if valid_name(name):
                     out.add(name)
         return out
@@ -331,8 +354,7 @@ class S3ArtifactStore:
             prefix = self._job_prefix(job_id)
         except ValueError:
             return None
-        newest = max((o["LastModified"] for page in self._list(prefix) for o in page.get("Contents", [])),
-                     default=None)
+        newest = max((o["LastModified"] for page in self._list(prefix) for o in page.get("Contents", [])), default=None)
         if newest is None:
             return None
         return (datetime.now(timezone.utc) - newest).total_seconds()
@@ -370,8 +392,17 @@ def make_client(s3):
     from botocore.config import Config
 
     secret = s3.secret_access_key.get_secret_value() if s3.secret_access_key is not None else None
-    config = Config(s3={"addressing_style": s3.addressing_style}, connect_timeout=5, read_timeout=60,
-                    retries={"max_attempts": 3, "mode": "standard"})
-    return boto3.session.Session().client("s3", endpoint_url=s3.endpoint_url, region_name=s3.region,
-                                          aws_access_key_id=s3.access_key_id, aws_secret_access_key=secret,
-                                          config=config)
+    config = Config(
+        s3={"addressing_style": s3.addressing_style},
+        connect_timeout=5,
+        read_timeout=60,
+        retries={"max_attempts": 3, "mode": "standard"},
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=s3.endpoint_url,
+        region_name=s3.region,
+        aws_access_key_id=s3.access_key_id,
+        aws_secret_access_key=secret,
+        config=config,
+    )

@@ -37,8 +37,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Curve", "allocate", "highest_target", "keep_overrides", "predicted_drop", "total_for_drop", "unit_keeps",
-           "weight_targets"]
+__all__ = [
+    "Curve",
+    "allocate",
+    "highest_target",
+    "keep_overrides",
+    "predicted_drop",
+    "total_for_drop",
+    "unit_keeps",
+    "weight_targets",
+]
 
 
 @dataclass(frozen=True)
@@ -53,8 +61,10 @@ class Curve:
         if len(self.levels) != len(self.drops):
             raise ValueError("a curve needs one drop per level")
         if self.size < 0 or not 0 <= self.min_removed <= self.upper <= self.size:
-            raise ValueError(f"a curve needs 0 <= min_removed <= max_removed <= size, got {self.min_removed}, "
-                             f"{self.max_removed}, {self.size}")
+            raise ValueError(
+                f"a curve needs 0 <= min_removed <= max_removed <= size, got {self.min_removed}, "
+                f"{self.max_removed}, {self.size}"
+            )
 
     @property
     def upper(self) -> int:
@@ -63,8 +73,9 @@ class Curve:
 
 def _points(curve: Curve) -> tuple[np.ndarray, np.ndarray]:
     """The measured points as (count removed, drop), from (0, 0), non-decreasing, extended to the full size."""
-    pairs = sorted((float(lv) * curve.size, max(0.0, float(d))) for lv, d in zip(curve.levels, curve.drops)
-                   if np.isfinite(d))
+    pairs = sorted(
+        (float(lv) * curve.size, max(0.0, float(d))) for lv, d in zip(curve.levels, curve.drops) if np.isfinite(d)
+    )
     xs, ys = [0.0], [0.0]
     for x, y in pairs:
         if x > xs[-1]:
@@ -107,8 +118,9 @@ def _hull(curve: Curve) -> list[tuple[int, int, float]]:
             else:
                 break
         hull.append(i)
-    return [(int(grid[a]), int(grid[b]), float((vals[b] - vals[a]) / (grid[b] - grid[a])))
-            for a, b in zip(hull, hull[1:])]
+    return [
+        (int(grid[a]), int(grid[b]), float((vals[b] - vals[a]) / (grid[b] - grid[a]))) for a, b in zip(hull, hull[1:])
+    ]
 
 
 def _ordered_segments(curves: Sequence[Curve]) -> list[tuple[int, int, int, float]]:
@@ -155,8 +167,13 @@ def total_for_drop(curves: Sequence[Curve], max_drop: float) -> int:
 # --------------------------------------------------------------------------- from a sensitivity analysis
 
 
-def weight_targets(weights: Mapping[str, int], held: Mapping[str, int], caps: Mapping[str, int],
-                   layer_curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], total: int) -> dict[str, float]:
+def weight_targets(
+    weights: Mapping[str, int],
+    held: Mapping[str, int],
+    caps: Mapping[str, int],
+    layer_curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    total: int,
+) -> dict[str, float]:
     """Unstructured: exact per-weight sparsities removing `total` zeros over `weights` ("path/role" -> size).
 
     Each weight takes its layer's curve ("path" -> (fractions, drops)), its drops scaled by the weight's share of
@@ -175,15 +192,26 @@ def weight_targets(weights: Mapping[str, int], held: Mapping[str, int], caps: Ma
         fractions, drops = layer_curves[path]
         share = size / max(1, layer_size[path])
         low = min(held.get(key, 0), size)
-        curves.append(Curve(size, tuple(fractions), tuple(d * share for d in drops),
-                            max_removed=max(low, min(size, caps.get(key, size))), min_removed=low))
+        curves.append(
+            Curve(
+                size,
+                tuple(fractions),
+                tuple(d * share for d in drops),
+                max_removed=max(low, min(size, caps.get(key, size))),
+                min_removed=low,
+            )
+        )
     counts = allocate(curves, total)
     return {key: count / size if size else 0.0 for key, size, count in zip(keys, (weights[k] for k in keys), counts)}
 
 
-def unit_keeps(units: Mapping[str, int], current: Mapping[str, int],
-               unit_curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], keep_ratio: float,
-               round_to: int = 1) -> dict[str, int]:
+def unit_keeps(
+    units: Mapping[str, int],
+    current: Mapping[str, int],
+    unit_curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    keep_ratio: float,
+    round_to: int = 1,
+) -> dict[str, int]:
     """Structured: units kept per group ("name" -> prunable units of the original model) so that keep_ratio of
     them are kept overall, with the smallest predicted drop; `current` units (after earlier removals) bound each
     from above, and every group keeps at least max(1, round_to). Kept counts are rounded up to round_to (capped at
@@ -195,8 +223,7 @@ def unit_keeps(units: Mapping[str, int], current: Mapping[str, int],
         size, now = units[name], min(current.get(name, units[name]), units[name])
         fractions, drops = unit_curves[name]
         keep_min = min(floor, now)
-        curves.append(Curve(size, tuple(fractions), tuple(drops), max_removed=size - keep_min,
-                            min_removed=size - now))
+        curves.append(Curve(size, tuple(fractions), tuple(drops), max_removed=size - keep_min, min_removed=size - now))
     total_units = sum(units.values())
     kept_total = max(1, math.ceil(keep_ratio * total_units - 1e-9))
     low, high = sum(c.min_removed for c in curves), sum(c.upper for c in curves)
@@ -213,8 +240,7 @@ def _path(key: str) -> str:
     return key.rsplit("/", 1)[0]
 
 
-def highest_target(pool: Mapping[str, int], max_zeros: Callable[[float], Mapping[str, int]],
-                   upper: float) -> float:
+def highest_target(pool: Mapping[str, int], max_zeros: Callable[[float], Mapping[str, int]], upper: float) -> float:
     """The largest sparsity <= upper whose zeros (target_count over the pool) fit under the floors `max_zeros(s)`
     ("path/role" -> most zeros at sparsity s, e.g. `Pruner.max_zeros`); found by bisection."""
     total = sum(pool.values())
@@ -232,9 +258,13 @@ def highest_target(pool: Mapping[str, int], max_zeros: Callable[[float], Mapping
     return lo
 
 
-def keep_overrides(units: Sequence[Mapping], unit_curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-                   keep_ratio: float, round_to: int = 1,
-                   current: Mapping[str, int] | None = None) -> dict[str, dict[str, float]]:
+def keep_overrides(
+    units: Sequence[Mapping],
+    unit_curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    keep_ratio: float,
+    round_to: int = 1,
+    current: Mapping[str, int] | None = None,
+) -> dict[str, dict[str, float]]:
     """Structured: a {"keep_ratio": r} override per member layer of each unit ({"name", "layers", "size"} of a
     sensitivity analysis) so that the groups keep keep_ratio of their units overall (`unit_keeps`); r is relative
     to the `current` units of a group (some may have been removed already), as the surgery applies it."""

@@ -119,8 +119,9 @@ class _Moments:
         return self.m2 / np.maximum(self.n, 1.0)
 
 
-def reestimate_batchnorm(model: keras.Model, x, *, batch_size: int = 128, max_samples: int | None = None,
-                         seed: int = 0) -> dict:
+def reestimate_batchnorm(
+    model: keras.Model, x, *, batch_size: int = 128, max_samples: int | None = None, seed: int = 0
+) -> dict:
     """Set every BN layer's moving mean / variance to the population statistics of its input over `x`.
 
     `x` is the model's input (an array, or a list / dict of arrays for several inputs); at most `max_samples`
@@ -136,8 +137,7 @@ class BatchNormEstimator:
     once; every call re-estimates with the model's current weights (which may be changed in place between calls,
     as a sensitivity sweep does)."""
 
-    def __init__(self, model: keras.Model, x, *, batch_size: int = 128, max_samples: int | None = None,
-                 seed: int = 0):
+    def __init__(self, model: keras.Model, x, *, batch_size: int = 128, max_samples: int | None = None, seed: int = 0):
         self.model = model
         self.layers = batchnorm_layers(model)
         n_total = _length(x) if x is not None else 0
@@ -166,7 +166,8 @@ class BatchNormEstimator:
                 return [(c, m, s) for _layer, c, m, s in records]
 
             signature = tf.nest.map_structure(  # one trace for every batch size (the last batch may be shorter)
-                lambda a: tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)), self.x)
+                lambda a: tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)), self.x
+            )
             self._fn = tf.function(step, input_signature=[signature], autograph=False)
         return self._fn
 

@@ -109,9 +109,16 @@ class BudgetResult:
     met: bool
 
 
-def search(run_trial: Callable[[float, int | None], Trial], *, first: float, highest: float, max_trials: int,
-           objective: str, should_cancel: Callable[[], bool] | None = None,
-           on_trial: Callable[[int, Trial], None] | None = None) -> BudgetResult:
+def search(
+    run_trial: Callable[[float, int | None], Trial],
+    *,
+    first: float,
+    highest: float,
+    max_trials: int,
+    objective: str,
+    should_cancel: Callable[[], bool] | None = None,
+    on_trial: Callable[[int, Trial], None] | None = None,
+) -> BudgetResult:
     """Run up to `max_trials` trials; `run_trial(removed, start)` prunes the model (from trial `start`'s model,
     or the original when None) so that the fraction `removed` is gone, fine-tunes, measures and returns a Trial.
     `on_trial(i, trial)` is called after each one. Cancellation is checked before every trial."""
@@ -175,6 +182,10 @@ def measure(model, scratch: Path, *, method: str, latency_runs: int = 0) -> dict
     latency = None
     if latency_runs:
         latency = metrics_mod.latency(model, batch_sizes=(1,), runs=latency_runs)["batch_1"]["median"]
-    return {"nonzero_params": int(stats["nonzero"]), "size_bytes": int(size), "latency_ms": latency,
-            "macs": int(compute["effective_macs"] if method == "magnitude" else compute["macs"]),
-            "extra": {"params": int(stats["total"]), "sparsity": float(stats["sparsity"])}}
+    return {
+        "nonzero_params": int(stats["nonzero"]),
+        "size_bytes": int(size),
+        "latency_ms": latency,
+        "macs": int(compute["effective_macs"] if method == "magnitude" else compute["macs"]),
+        "extra": {"params": int(stats["total"]), "sparsity": float(stats["sparsity"])},
+    }

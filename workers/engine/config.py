@@ -36,12 +36,16 @@ def training_settings(training: job_spec.TrainingSpec) -> TrainingSettings:
 
 
 def layer_selection(layers: job_spec.LayerSelection) -> LayerSelection:
-    return LayerSelection(include=layers.include, exclude=layers.exclude,
-                          overrides={key: LayerOverride.of(o) for key, o in layers.overrides.items()})
+    return LayerSelection(
+        include=layers.include,
+        exclude=layers.exclude,
+        overrides={key: LayerOverride.of(o) for key, o in layers.overrides.items()},
+    )
 
 
-def schedule_settings(schedule: job_spec.PolynomialScheduleSpec | job_spec.ConstantScheduleSpec
-                      | job_spec.OneShotScheduleSpec) -> ScheduleSettings:
+def schedule_settings(
+    schedule: job_spec.PolynomialScheduleSpec | job_spec.ConstantScheduleSpec | job_spec.OneShotScheduleSpec,
+) -> ScheduleSettings:
     if schedule.kind == "one_shot":
         return ONE_SHOT
     window = {"begin": schedule.begin, "end": schedule.end, "unit": schedule.unit, "frequency": schedule.frequency}
@@ -53,7 +57,17 @@ def schedule_settings(schedule: job_spec.PolynomialScheduleSpec | job_spec.Const
 def prune_settings(step: job_spec.PruneStep) -> PruneSettings:
     """The step's method, mask parameters, scope and epochs, and its effective schedule (the spec's default when the
     step sets none)."""
-    params = MaskParams(sparsity=step.target_sparsity, threshold=step.threshold, n=step.n, m=step.m,
-                        block_shape=tuple(step.block_shape) if step.block_shape is not None else None)
-    return PruneSettings(method=step.method, params=params, scope=step.scope,
-                         schedule=schedule_settings(step.effective_schedule), epochs=step.epochs)
+    params = MaskParams(
+        sparsity=step.target_sparsity,
+        threshold=step.threshold,
+        n=step.n,
+        m=step.m,
+        block_shape=tuple(step.block_shape) if step.block_shape is not None else None,
+    )
+    return PruneSettings(
+        method=step.method,
+        params=params,
+        scope=step.scope,
+        schedule=schedule_settings(step.effective_schedule),
+        epochs=step.epochs,
+    )

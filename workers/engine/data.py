@@ -46,8 +46,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from workers.engine.inspection import InspectLimits, inspect_npz
 from workers.engine.errors import DataError, SpecError
+from workers.engine.inspection import InspectLimits, inspect_npz
 from workers.engine.model_io import LOSSES, output_activation, output_units
 
 __all__ = ["ARRAY_NAMES", "Dataset", "load_dataset"]
@@ -94,11 +94,15 @@ def _target(model: keras.Model) -> _Target:
     inputs, outputs = list(model.inputs), list(model.outputs)
     if len(inputs) != 1:
         names = ", ".join(repr(getattr(t, "name", "?")) for t in inputs)
-        raise DataError(f"model '{model.name}' has {len(inputs)} inputs ({names}); a dataset holds one x array, "
-                        "so multi-input models are not supported")
+        raise DataError(
+            f"model '{model.name}' has {len(inputs)} inputs ({names}); a dataset holds one x array, "
+            "so multi-input models are not supported"
+        )
     if len(outputs) != 1:
-        raise DataError(f"model '{model.name}' has {len(outputs)} outputs; a dataset holds one y array, "
-                        "so multi-output models are not supported")
+        raise DataError(
+            f"model '{model.name}' has {len(outputs)} outputs; a dataset holds one y array, "
+            "so multi-output models are not supported"
+        )
     dtype = str(getattr(inputs[0], "dtype", "float32"))
     return _Target(
         input_name=str(getattr(inputs[0], "name", "input")),
@@ -133,8 +137,10 @@ def _check_finite(name: str, a: np.ndarray) -> None:
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         value = a.reshape(-1)[first]
-        raise DataError(f"{name} contains {int(bad.sum())} NaN/Inf value(s); the first is "
-                        f"{name}[{_where(first, a.shape)}] = {value}")
+        raise DataError(
+            f"{name} contains {int(bad.sum())} NaN/Inf value(s); the first is "
+            f"{name}[{_where(first, a.shape)}] = {value}"
+        )
 
 
 def _check_x(name: str, x: np.ndarray, target: _Target) -> np.ndarray:
@@ -145,12 +151,16 @@ def _check_x(name: str, x: np.ndarray, target: _Target) -> np.ndarray:
         hint = ""
         if _shape_matches((*sample, 1), target.input_shape):
             hint = f"; add a channel axis (x[..., None]) to get {_fmt((*sample, 1))}"
-        raise DataError(f"{name} has sample shape {_fmt(sample)} but model input '{target.input_name}' expects "
-                        f"{_fmt(target.input_shape)} (None matches any size){hint}")
+        raise DataError(
+            f"{name} has sample shape {_fmt(sample)} but model input '{target.input_name}' expects "
+            f"{_fmt(target.input_shape)} (None matches any size){hint}"
+        )
     if not target.input_is_float:
         if x.dtype.kind == "f":
-            raise DataError(f"{name} has dtype {x.dtype} but model input '{target.input_name}' takes integers "
-                            "(e.g. token ids); store x as an integer array")
+            raise DataError(
+                f"{name} has dtype {x.dtype} but model input '{target.input_name}' takes integers "
+                "(e.g. token ids); store x as an integer array"
+            )
         return x
     _check_finite(name, x)
     out = _as_float32(x)
@@ -171,8 +181,10 @@ def _labels_as_ints(name: str, y: np.ndarray, loss: str) -> np.ndarray:
         fractional = y != np.round(y)
         if fractional.any():
             first = int(np.flatnonzero(fractional)[0])
-            raise DataError(f"{name}[{_where(first, y.shape)}] = {y.reshape(-1)[first]} is not a whole class id; "
-                            f"{loss} needs integer class ids")
+            raise DataError(
+                f"{name}[{_where(first, y.shape)}] = {y.reshape(-1)[first]} is not a whole class id; "
+                f"{loss} needs integer class ids"
+            )
         return y.astype("int64")
     raise DataError(f"{name} has dtype {y.dtype}; {loss} needs integer class ids")
 
@@ -180,22 +192,27 @@ def _labels_as_ints(name: str, y: np.ndarray, loss: str) -> np.ndarray:
 def _check_sparse(name: str, y: np.ndarray, target: _Target, loss: str) -> np.ndarray:
     units = target.units
     if units is None or units < 2:
-        raise DataError(f"{loss} needs an output with one unit per class (at least 2); the model has a "
-                        f"{target.output_words()}")
+        raise DataError(
+            f"{loss} needs an output with one unit per class (at least 2); the model has a {target.output_words()}"
+        )
     positions = target.output_shape[:-1]
     sample = tuple(y.shape[1:])
     if not (_shape_matches(sample, positions) or _shape_matches(sample, (*positions, 1))):
         hint = ""
         if _shape_matches(sample, target.output_shape) and sample and sample[-1] == units:
             hint = "; it looks one-hot encoded: use loss categorical_crossentropy or store class ids"
-        raise DataError(f"{name} has sample shape {_fmt(sample)}; {loss} with a model output of shape "
-                        f"{_fmt(target.output_shape)} needs class ids of shape {_fmt(positions)}{hint}")
+        raise DataError(
+            f"{name} has sample shape {_fmt(sample)}; {loss} with a model output of shape "
+            f"{_fmt(target.output_shape)} needs class ids of shape {_fmt(positions)}{hint}"
+        )
     y = _labels_as_ints(name, y, loss)
     outside = (y < 0) | (y >= units)
     if outside.any():
         first = int(np.flatnonzero(outside)[0])
-        raise DataError(f"{name}[{_where(first, y.shape)}] = {y.reshape(-1)[first]} is outside 0..{units - 1} for a "
-                        f"{target.output_words()} ({int(outside.sum())} label(s) out of range)")
+        raise DataError(
+            f"{name}[{_where(first, y.shape)}] = {y.reshape(-1)[first]} is outside 0..{units - 1} for a "
+            f"{target.output_words()} ({int(outside.sum())} label(s) out of range)"
+        )
     return y
 
 
@@ -206,24 +223,29 @@ def _check_output_shaped(name: str, y: np.ndarray, target: _Target, what: str) -
         return y.shape
     if target.output_shape == (1,) and sample == ():
         return (len(y), 1)
-    raise DataError(f"{name} has sample shape {_fmt(sample)} but the model output has shape "
-                    f"{_fmt(target.output_shape)}; {what}")
+    raise DataError(
+        f"{name} has sample shape {_fmt(sample)} but the model output has shape {_fmt(target.output_shape)}; {what}"
+    )
 
 
 def _in_unit_interval(name: str, y: np.ndarray, loss: str) -> None:
     outside = (y < 0) | (y > 1)
     if outside.any():
         first = int(np.flatnonzero(outside)[0])
-        raise DataError(f"{name}[{_where(first, y.shape)}] = {y.reshape(-1)[first]} is outside [0, 1]; {loss} "
-                        "needs targets between 0 and 1")
+        raise DataError(
+            f"{name}[{_where(first, y.shape)}] = {y.reshape(-1)[first]} is outside [0, 1]; {loss} "
+            "needs targets between 0 and 1"
+        )
 
 
 def _check_onehot(name: str, y: np.ndarray, target: _Target, loss: str) -> np.ndarray:
     if y.dtype.kind not in Y_DTYPE_KINDS:
         raise DataError(f"{name} has dtype {y.dtype}; {loss} needs numeric one-hot rows")
     if y.ndim == 1 and len(target.output_shape) == 1 and (target.units or 0) > 1:
-        raise DataError(f"{name} holds one value per sample (class ids?) but {loss} needs one-hot rows of "
-                        f"{target.units} values; use loss sparse_categorical_crossentropy or one-hot encode it")
+        raise DataError(
+            f"{name} holds one value per sample (class ids?) but {loss} needs one-hot rows of "
+            f"{target.units} values; use loss sparse_categorical_crossentropy or one-hot encode it"
+        )
     _check_output_shaped(name, y, target, f"{loss} needs one-hot rows of the output's shape")
     _check_finite(name, y)
     y = y.astype("float32")
@@ -232,8 +254,10 @@ def _check_onehot(name: str, y: np.ndarray, target: _Target, loss: str) -> np.nd
     wrong = np.abs(sums - 1.0) > ONE_HOT_TOLERANCE
     if wrong.any():
         first = int(np.flatnonzero(wrong)[0])
-        raise DataError(f"{name}[{_where(first, sums.shape)}] sums to {sums.reshape(-1)[first]:g}; {loss} needs "
-                        f"one-hot (or probability) rows summing to 1 ({int(wrong.sum())} row(s) do not)")
+        raise DataError(
+            f"{name}[{_where(first, sums.shape)}] sums to {sums.reshape(-1)[first]:g}; {loss} needs "
+            f"one-hot (or probability) rows summing to 1 ({int(wrong.sum())} row(s) do not)"
+        )
     return y
 
 
@@ -283,8 +307,10 @@ def _check_names(path: Path, header: dict[str, tuple[tuple[int, ...], np.dtype]]
         for name in unknown:
             close = difflib.get_close_matches(name, ARRAY_NAMES, n=1, cutoff=0.6)
             hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise DataError(f"{path.name} holds array(s) {', '.join(hints)} that are not used; a dataset holds only "
-                        f"{', '.join(ARRAY_NAMES)} (remove the others so nothing is silently ignored)")
+        raise DataError(
+            f"{path.name} holds array(s) {', '.join(hints)} that are not used; a dataset holds only "
+            f"{', '.join(ARRAY_NAMES)} (remove the others so nothing is silently ignored)"
+        )
     for required in ("x_train", "y_train"):
         if required not in header:
             raise DataError(f"{path.name} has no array {required!r}; found {sorted(header) or 'none'}")
@@ -311,15 +337,26 @@ def _held_out_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
     return x[train_idx], y[train_idx], x[val_idx], y[val_idx]
 
 
-def load_dataset(path: str | Path, model: keras.Model, loss: str, validation_fraction: float, seed: int,
-                 limits: InspectLimits | None = None) -> Dataset:
+def load_dataset(
+    path: str | Path,
+    model: keras.Model,
+    loss: str,
+    validation_fraction: float,
+    seed: int,
+    limits: InspectLimits | None = None,
+) -> Dataset:
     """Read and validate `path` against `model` and `loss`; split off a validation set when none is given
     (`validation_fraction` of x_train, 0 < f < 1, chosen by a permutation seeded by `seed`)."""
     path = Path(path)
-    if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, (int, float)) \
-            or not 0 < validation_fraction < 1:
-        raise SpecError(f"training.validation_fraction must satisfy 0 < f < 1, got {validation_fraction!r}",
-                        field="training.validation_fraction")
+    if (
+        isinstance(validation_fraction, bool)
+        or not isinstance(validation_fraction, (int, float))
+        or not 0 < validation_fraction < 1
+    ):
+        raise SpecError(
+            f"training.validation_fraction must satisfy 0 < f < 1, got {validation_fraction!r}",
+            field="training.validation_fraction",
+        )
     kind = LOSSES.get(loss)
     if kind is None:
         raise DataError(f"cannot check labels for loss '{loss}'; supported: {', '.join(sorted(LOSSES))}")
@@ -342,5 +379,12 @@ def load_dataset(path: str | Path, model: keras.Model, loss: str, validation_fra
         else:
             x_train, y_train, x_val, y_val = _held_out_split(x_train, y_train, validation_fraction, seed)
             split = "held_out"
-    return Dataset(x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, label_form=kind.label_form,
-                   num_classes=_num_classes(kind.label_form, target), split=split)
+    return Dataset(
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        label_form=kind.label_form,
+        num_classes=_num_classes(kind.label_form, target),
+        split=split,
+    )

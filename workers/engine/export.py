@@ -66,8 +66,17 @@ from workers.engine.errors import SpecError
 from workers.engine.fileio import atomic_write
 from workers.engine.metrics import file_size, macs, param_stats, predict_batched, score_predictions, sha256_file
 
-__all__ = ["ExportedFile", "ExportFormat", "FORMATS", "HeldOut", "TfliteKernel", "export_model", "save_model_file",
-           "tflite_interpreter", "tflite_kernels"]
+__all__ = [
+    "ExportedFile",
+    "ExportFormat",
+    "FORMATS",
+    "HeldOut",
+    "TfliteKernel",
+    "export_model",
+    "save_model_file",
+    "tflite_interpreter",
+    "tflite_kernels",
+]
 
 
 @dataclass(frozen=True)
@@ -260,8 +269,10 @@ def _rewrite_zip(path: Path, edit_config: Callable[[bytes], bytes], edit_weights
                     with dst.open("model.weights.h5", "w", force_zip64=True) as fout:
                         fout.write(buffer.getbuffer())
                 else:
-                    with src.open(info) as fin, dst.open(info.filename, "w",
-                                                          force_zip64=info.file_size > (1 << 31)) as fout:
+                    with (
+                        src.open(info) as fin,
+                        dst.open(info.filename, "w", force_zip64=info.file_size > (1 << 31)) as fout,
+                    ):
                         shutil.copyfileobj(fin, fout, 1 << 20)
         os.replace(packed, path)
     finally:
@@ -284,12 +295,18 @@ def _measure_keras_file(model: keras.Model, path: Path, held_out: HeldOut | None
     stats = param_stats(reloaded)
     note = ""
     preserved = len(ours) == len(theirs) and all(
-        a.shape == b.shape and np.array_equal(a == 0, b == 0) for a, b in zip(ours, theirs))
+        a.shape == b.shape and np.array_equal(a == 0, b == 0) for a, b in zip(ours, theirs)
+    )
     if not preserved:
         note = "the reloaded weights do not have the in-memory model's zero pattern"
-    measured = _Measured(params=stats["total"], nonzero=stats["nonzero"], sparsity=stats["sparsity"],
-                         preserved=preserved, note=note,
-                         measured="all weights, reloaded with keras.saving.load_model(safe_mode=True)")
+    measured = _Measured(
+        params=stats["total"],
+        nonzero=stats["nonzero"],
+        sparsity=stats["sparsity"],
+        preserved=preserved,
+        note=note,
+        measured="all weights, reloaded with keras.saving.load_model(safe_mode=True)",
+    )
     evaluation = None
     if held_out is not None:
         config = reloaded.get_compile_config() if reloaded.compiled else None
@@ -299,11 +316,15 @@ def _measure_keras_file(model: keras.Model, path: Path, held_out: HeldOut | None
             evaluation = {"samples": 0, "note": "not evaluated: the file holds no compile config (loss, metrics)"}
         else:
             n = _sample_count(model, held_out)
-            y_pred = predict_batched(lambda batch: reloaded(batch, training=False), _head(held_out.x, n),
-                                     held_out.batch_size)
-            evaluation = {**score_predictions(config, y_pred, held_out.y[:n], held_out.batch_size), "samples": n,
-                          "how": "the file reloaded with its compile config, run eagerly (batched), scored with "
-                                 "its loss and metrics"}
+            y_pred = predict_batched(
+                lambda batch: reloaded(batch, training=False), _head(held_out.x, n), held_out.batch_size
+            )
+            evaluation = {
+                **score_predictions(config, y_pred, held_out.y[:n], held_out.batch_size),
+                "samples": n,
+                "how": "the file reloaded with its compile config, run eagerly (batched), scored with "
+                "its loss and metrics",
+            }
     return measured, evaluation
 
 
@@ -337,28 +358,35 @@ def _tflite_bytes(model: keras.Model, fmt: str, calibration=None) -> tuple[bytes
         sparse = param_stats(model)["sparsity"] > 0
         if sparse:
             converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-        written = _Written(encoding="float32, sparse kernels (Optimize.EXPERIMENTAL_SPARSITY)" if sparse
-                           else "float32, dense")
+        written = _Written(
+            encoding="float32, sparse kernels (Optimize.EXPERIMENTAL_SPARSITY)" if sparse else "float32, dense"
+        )
     elif calibration is not None:
         # sparse encoding is left out: XNNPACK, the default CPU runtime, fails to prepare sparse int8 kernels
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _representative(model, calibration)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        written = _Written(encoding="int8 weights and activations (full-integer), float32 input and output, "
-                                    f"calibrated on {min(CALIBRATION_SAMPLES, _length(calibration))} training samples")
+        written = _Written(
+            encoding="int8 weights and activations (full-integer), float32 input and output, "
+            f"calibrated on {min(CALIBRATION_SAMPLES, _length(calibration))} training samples"
+        )
     else:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        written = _Written(encoding="int8 weights, float32 activations (dynamic range)",
-                           note="dynamic-range quantization: the job has no training data to calibrate "
-                                "full-integer quantization on")
+        written = _Written(
+            encoding="int8 weights, float32 activations (dynamic range)",
+            note="dynamic-range quantization: the job has no training data to calibrate full-integer quantization on",
+        )
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the converter prints the SavedModel it exports and warns about it
             return converter.convert(), written
     except Exception as e:
         text = " ".join(str(e).split())[:300]
-        raise SpecError(f"export.formats includes '{fmt}' but model '{model.name}' cannot be converted to "
-                        f"TFLite: {type(e).__name__}: {text}", field="export.formats") from None
+        raise SpecError(
+            f"export.formats includes '{fmt}' but model '{model.name}' cannot be converted to "
+            f"TFLite: {type(e).__name__}: {text}",
+            field="export.formats",
+        ) from None
 
 
 def _length(x) -> int:
@@ -376,7 +404,7 @@ def _representative(model: keras.Model, calibration):
 
     def batches():
         for i in range(0, n, CALIBRATION_BATCH):
-            yield [np.asarray(a[i:i + CALIBRATION_BATCH], dtype=str(t.dtype)) for a, t in zip(arrays, model.inputs)]
+            yield [np.asarray(a[i : i + CALIBRATION_BATCH], dtype=str(t.dtype)) for a, t in zip(arrays, model.inputs)]
 
     return batches
 
@@ -448,7 +476,8 @@ def tflite_kernels(interpreter) -> dict[str, TfliteKernel]:
             continue
         shape = tuple(int(d) for d in details[shape_index]["shape"])
         kernels[details[index]["name"] or str(index)] = TfliteKernel(
-            shape=shape, size=int(np.prod(shape)), nonzero=int(np.count_nonzero(values)), sparse=sparse)
+            shape=shape, size=int(np.prod(shape)), nonzero=int(np.count_nonzero(values)), sparse=sparse
+        )
     return kernels
 
 
@@ -461,17 +490,27 @@ def _measure_tflite(model: keras.Model, path: Path, held_out: HeldOut | None) ->
     ref = param_stats(model)["prunable"]
     ref_zeros = ref["total"] - ref["nonzero"]
     n_sparse = sum(k.sparse for k in kernels.values())
-    measured = (f"{len(kernels)} constant kernel tensor(s) of the weight ops ({n_sparse} sparse-encoded), read "
-                "with the LiteRT interpreter; biases not counted")
+    measured = (
+        f"{len(kernels)} constant kernel tensor(s) of the weight ops ({n_sparse} sparse-encoded), read "
+        "with the LiteRT interpreter; biases not counted"
+    )
     note = ""
     if params == ref["total"]:
         preserved = zeros >= ref_zeros
     else:
-        note = (f"the file's kernels hold {params} weights, the model's prunable kernels {ref['total']}: "
-                "compared as fractions")
+        note = (
+            f"the file's kernels hold {params} weights, the model's prunable kernels {ref['total']}: "
+            "compared as fractions"
+        )
         preserved = params > 0 and zeros / params >= ref_zeros / max(1, ref["total"]) - 1e-9
-    m = _Measured(params=params, nonzero=nonzero, sparsity=zeros / params if params else 0.0,
-                  preserved=bool(preserved), measured=measured, note=note)
+    m = _Measured(
+        params=params,
+        nonzero=nonzero,
+        sparsity=zeros / params if params else 0.0,
+        preserved=bool(preserved),
+        measured=measured,
+        note=note,
+    )
     return m, (_evaluate_tflite(model, interpreter, held_out) if held_out is not None else None)
 
 
@@ -511,9 +550,11 @@ def _evaluate_tflite(model: keras.Model, interpreter, held_out: HeldOut) -> dict
         return next(iter(result.values()))
 
     y_pred = predict_batched(run, feeds if len(feeds) > 1 else feeds[0], held_out.batch_size)
-    return {**score_predictions(config, y_pred, held_out.y[:n], held_out.batch_size), "samples": n,
-            "how": "the file run by the LiteRT interpreter (batched), scored with the model's compiled loss and "
-                   "metrics"}
+    return {
+        **score_predictions(config, y_pred, held_out.y[:n], held_out.batch_size),
+        "samples": n,
+        "how": "the file run by the LiteRT interpreter (batched), scored with the model's compiled loss and metrics",
+    }
 
 
 FORMATS: dict[str, ExportFormat] = {
@@ -527,8 +568,9 @@ FORMATS: dict[str, ExportFormat] = {
 # --------------------------------------------------------------------------- entry point
 
 
-def export_model(model: keras.Model, out_dir: str | Path, formats, *, calibration=None,
-                 held_out: HeldOut | None = None) -> dict[str, ExportedFile]:
+def export_model(
+    model: keras.Model, out_dir: str | Path, formats, *, calibration=None, held_out: HeldOut | None = None
+) -> dict[str, ExportedFile]:
     """Write `model` to `out_dir` in each of `formats`, then read every file back and describe it.
 
     `calibration`: training inputs (an array, or a list per model input); tflite_int8 then calibrates
@@ -539,22 +581,31 @@ def export_model(model: keras.Model, out_dir: str | Path, formats, *, calibratio
     formats = list(formats)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
-        raise SpecError(f"export.formats {unknown} are not supported; allowed: {', '.join(FORMATS)}",
-                        field="export.formats")
+        raise SpecError(
+            f"export.formats {unknown} are not supported; allowed: {', '.join(FORMATS)}", field="export.formats"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts: dict[str, ExportedFile] = {}
     for name in dict.fromkeys(formats):
         fmt = FORMATS[name]
         final = out_dir / fmt.file_name
         written: list[_Written] = []
-        atomic_write(final, lambda tmp, fmt=fmt: written.append(fmt.write(model, tmp, calibration)))
+        atomic_write(final, lambda tmp, fmt=fmt, written=written: written.append(fmt.write(model, tmp, calibration)))
         m, evaluation = fmt.measure(model, final, held_out)
         size = file_size(final)
         artifacts[name] = ExportedFile(
-            format=name, file=fmt.file_name, bytes=size["bytes"], gzip_bytes=size["gzip_bytes"],
-            sha256=sha256_file(final), params=m.params, nonzero_params=m.nonzero, sparsity=m.sparsity,
-            sparsity_preserved=m.preserved, measured=m.measured,
-            note="; ".join(n for n in (written[0].note, m.note) if n), encoding=written[0].encoding,
+            format=name,
+            file=fmt.file_name,
+            bytes=size["bytes"],
+            gzip_bytes=size["gzip_bytes"],
+            sha256=sha256_file(final),
+            params=m.params,
+            nonzero_params=m.nonzero,
+            sparsity=m.sparsity,
+            sparsity_preserved=m.preserved,
+            measured=m.measured,
+            note="; ".join(n for n in (written[0].note, m.note) if n),
+            encoding=written[0].encoding,
             evaluation=evaluation,
         )
     return artifacts

@@ -68,10 +68,18 @@ def apoz_score(activations: np.ndarray) -> np.ndarray:
 CRITERIA: dict[str, Criterion] = {
     c.name: c
     for c in (
-        Criterion("l1", "weights", l1_norm,
-                  "L1 norm of the unit's incoming weights (times a following BatchNorm's |gamma|/sigma)"),
-        Criterion("l2", "weights", l2_norm,
-                  "L2 norm of the unit's incoming weights (times a following BatchNorm's |gamma|/sigma)"),
+        Criterion(
+            "l1",
+            "weights",
+            l1_norm,
+            "L1 norm of the unit's incoming weights (times a following BatchNorm's |gamma|/sigma)",
+        ),
+        Criterion(
+            "l2",
+            "weights",
+            l2_norm,
+            "L2 norm of the unit's incoming weights (times a following BatchNorm's |gamma|/sigma)",
+        ),
         Criterion("mean_activation", "activations", mean_activation, "mean |activation| on calibration data"),
         Criterion("apoz", "activations", apoz_score, "1 - average percentage of zeros after the activation"),
     )

@@ -16,11 +16,11 @@ Public API::
     spared_small(sizes, budget=SMALL_LAYER_BUDGET) -> set    tensors global ranking leaves alone by default
     MASK_METHODS: dict[str, MaskMethod]                      the registry the pruner dispatches through
 
-Ranking is count-based and deterministic: the k-th smallest score is found with `np.partition` (linear time,
-no full sort; on large tensors a sorted strided sample first brackets it, so only a narrow band of scores is
-gathered and partitioned, with an exact fallback), and ties at the k-th value are broken by position, lowest flat index pruned first (for the
-global ranking: tensor order, then flat index). Already-zero weights have the smallest score, so recomputing a
-mask on masked weights keeps earlier zeros pruned as long as the count does not shrink.
+Ranking is count-based and deterministic: the k-th smallest score is found with `np.partition` (linear time, no full
+sort; on large tensors a sorted strided sample first brackets it, so only a narrow band of scores is gathered and
+partitioned, with an exact fallback), and ties at the k-th value are broken by position, lowest flat index pruned
+first (for the global ranking: tensor order, then flat index). Already-zero weights have the smallest score, so
+recomputing a mask on masked weights keeps earlier zeros pruned as long as the count does not shrink.
 
 N:M. Groups are m consecutive weights along the *input* axis (Dense kernel (in, out): axis 0; Conv kernel
 (*k, in, out): the `in` axis; see `registry` for every layer). When that axis is not a multiple of m, the last
@@ -32,15 +32,16 @@ Block. A kernel is viewed as the 2-D matrix (prod(shape[:-1]), shape[-1]); block
 from the top-left corner, edge blocks are partial (ranked by the mean |w| of their real entries), and exactly
 target_count(sparsity, number of blocks) blocks are zeroed.
 
-Global magnitude = an allocation, then exact counts (the pruner picks LAMP or raw |w| scores). A raw |w| ranking across layers compares numbers of unrelated scales: behind
-BatchNorm a layer's scale means nothing, and on MobileNetV2 (alpha 0.35, 80 %) it zeroed 99-100 % of the depthwise
-kernels of blocks 7-16 and of Conv_1 (chance accuracy). Global scope ranks LAMP scores instead (Lee et al., ICLR
-2021): with a tensor's weights sorted by |w| ascending, score(u) = w_u^2 / sum_{v >= u} w_v^2, which is scale-free
-per tensor (its largest weight scores 1) when the model normalizes (see `pruning`). LAMP orders the weights of one tensor exactly like |w|, so a global LAMP
-mask is a per-tensor allocation followed by per-tensor magnitude masks: `lamp_allocation` ranks the scores of every
+Global magnitude = an allocation, then exact counts (the pruner picks LAMP or raw |w| scores). A raw |w| ranking
+across layers compares numbers of unrelated scales: behind BatchNorm a layer's scale means nothing, and on
+MobileNetV2 (alpha 0.35, 80 %) it zeroed 99-100 % of the depthwise kernels of blocks 7-16 and of Conv_1 (chance
+accuracy). Global scope ranks LAMP scores instead (Lee et al., ICLR 2021): with a tensor's weights sorted by |w|
+ascending, score(u) = w_u^2 / sum_{v >= u} w_v^2, which is scale-free per tensor (its largest weight scores 1) when
+the model normalizes (see `pruning`). LAMP orders the weights of one tensor exactly like |w|, so a global LAMP mask
+is a per-tensor allocation followed by per-tensor magnitude masks: `lamp_allocation` ranks the scores of every
 tensor up to LAMP_SAMPLE (8192) weights exactly and of larger tensors through a sorted strided sample (each point
-standing for size / 8192 weights; the share moves by < 1 % of the tensor), caps each tensor at its `max_zeros`
-(the pruner's floors), and rounds to whole counts summing exactly to the requested zeros; `count_mask` then zeroes
+standing for size / 8192 weights; the share moves by < 1 % of the tensor), caps each tensor at its `max_zeros` (the
+pruner's floors), and rounds to whole counts summing exactly to the requested zeros; `count_mask` then zeroes
 exactly that many of each tensor in linear time (`_prune_smallest`). The cost per update is one pass over the
 weights plus a sort of at most 8192 values per tensor (about what the raw global ranking costs).
 
@@ -137,7 +138,7 @@ def _prune_smallest(scores: np.ndarray, k: int) -> np.ndarray:
     extra = n - int(np.count_nonzero(keep)) - k  # ties at kth to keep: the highest-index ones
     if extra > 0:
         ties = np.flatnonzero(scores == kth)
-        keep[ties[len(ties) - extra:]] = True
+        keep[ties[len(ties) - extra :]] = True
     return keep
 
 
@@ -218,7 +219,7 @@ def _split(keep: np.ndarray, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarr
     out, start = [], 0
     for shape in shapes:
         size = int(np.prod(shape, dtype=np.int64))
-        out.append(keep[start:start + size].reshape(shape))
+        out.append(keep[start : start + size].reshape(shape))
         start += size
     return out
 
@@ -262,8 +263,7 @@ def _lamp_points(w, score: str = "lamp") -> tuple[np.ndarray, float]:
     return np.divide(s, suffix, out=np.zeros_like(s), where=suffix > 0), n / max(1, s.size)
 
 
-def lamp_allocation(ws: Sequence, zeros: int, max_zeros: Sequence[int] | None = None,
-                    score: str = "lamp") -> list[int]:
+def lamp_allocation(ws: Sequence, zeros: int, max_zeros: Sequence[int] | None = None, score: str = "lamp") -> list[int]:
     """How many weights of each tensor to zero so that `zeros` weights are zeroed in all, the lowest LAMP
     scores across tensors first, and no tensor beyond its `max_zeros` (default: its size). With
     score="magnitude" the ranking is of raw |w| instead (the same caps, sampling and rounding).
@@ -275,8 +275,9 @@ def lamp_allocation(ws: Sequence, zeros: int, max_zeros: Sequence[int] | None = 
     lower tensor index). Exact zeros score 0, so weights pruned earlier are counted in first.
     """
     sizes = [int(np.size(w)) for w in ws]
-    caps = np.array(sizes if max_zeros is None else [min(int(c), n) for c, n in zip(max_zeros, sizes)],
-                    dtype=np.float64)
+    caps = np.array(
+        sizes if max_zeros is None else [min(int(c), n) for c, n in zip(max_zeros, sizes)], dtype=np.float64
+    )
     zeros = int(min(max(0, zeros), caps.sum()))
     if zeros == 0 or not ws:
         return [0] * len(ws)
@@ -328,8 +329,9 @@ def count_mask(w, zeros: int, filter_axes: int = 0) -> np.ndarray:
     return _prune_smallest(a.ravel(), min(max(0, zeros), n)).reshape(a.shape)
 
 
-def global_lamp_masks(ws: Sequence, sparsity: float, max_zeros: Sequence[int] | None = None,
-                      filter_axes: Sequence[int] | None = None) -> list[np.ndarray]:
+def global_lamp_masks(
+    ws: Sequence, sparsity: float, max_zeros: Sequence[int] | None = None, filter_axes: Sequence[int] | None = None
+) -> list[np.ndarray]:
     """One LAMP ranking across tensors: `lamp_allocation` of target_count(sparsity, total size) zeros, then
     each tensor masked by exact-count magnitude (`count_mask`). Within a tensor LAMP orders weights like |w|,
     so this is the global LAMP mask (up to the sampling of large tensors), in linear time per tensor."""
@@ -391,8 +393,9 @@ class MaskMethod:
     gradual: bool  # whether a schedule may ramp its sparsity (needs a `sparsity` parameter)
     description: str
 
-    def masks(self, ws: Sequence[np.ndarray], params: MaskParams, input_axes: Sequence[int], *,
-              scope: str = "layer") -> list[np.ndarray]:
+    def masks(
+        self, ws: Sequence[np.ndarray], params: MaskParams, input_axes: Sequence[int], *, scope: str = "layer"
+    ) -> list[np.ndarray]:
         missing = [k for k in self.needs if getattr(params, k) is None]
         if missing:
             raise SpecError(f"method '{self.name}' needs {', '.join(missing)}", field=missing[0])
@@ -404,16 +407,38 @@ class MaskMethod:
 MASK_METHODS: dict[str, MaskMethod] = {
     m.name: m
     for m in (
-        MaskMethod("magnitude", lambda w, p, axis: magnitude_mask(w, p.sparsity),
-                   lambda ws, p: global_lamp_masks(ws, p.sparsity), ("sparsity",), True,
-                   "zero the smallest |w|, exact count (global scope: layer-adaptive LAMP allocation)"),
-        MaskMethod("threshold", lambda w, p, axis: threshold_mask(w, p.threshold), None, ("threshold",), False,
-                   "zero |w| < threshold"),
-        MaskMethod("n_m", lambda w, p, axis: n_m_mask(w, p.n, p.m, axis), None, ("n", "m"), False,
-                   "keep the n largest |w| of every m along the input axis"),
-        MaskMethod("block", lambda w, p, axis: block_mask(w, p.sparsity, p.block_shape),
-                   lambda ws, p: global_block_masks(ws, p.sparsity, p.block_shape), ("sparsity", "block_shape"), True,
-                   "zero whole blocks of the 2-D kernel view with the smallest mean |w|, exact count"),
+        MaskMethod(
+            "magnitude",
+            lambda w, p, axis: magnitude_mask(w, p.sparsity),
+            lambda ws, p: global_lamp_masks(ws, p.sparsity),
+            ("sparsity",),
+            True,
+            "zero the smallest |w|, exact count (global scope: layer-adaptive LAMP allocation)",
+        ),
+        MaskMethod(
+            "threshold",
+            lambda w, p, axis: threshold_mask(w, p.threshold),
+            None,
+            ("threshold",),
+            False,
+            "zero |w| < threshold",
+        ),
+        MaskMethod(
+            "n_m",
+            lambda w, p, axis: n_m_mask(w, p.n, p.m, axis),
+            None,
+            ("n", "m"),
+            False,
+            "keep the n largest |w| of every m along the input axis",
+        ),
+        MaskMethod(
+            "block",
+            lambda w, p, axis: block_mask(w, p.sparsity, p.block_shape),
+            lambda ws, p: global_block_masks(ws, p.sparsity, p.block_shape),
+            ("sparsity", "block_shape"),
+            True,
+            "zero whole blocks of the 2-D kernel view with the smallest mean |w|, exact count",
+        ),
     )
 }
 

@@ -50,8 +50,18 @@ import numpy as np
 
 from workers.engine.registry import prunable_weights, walk_layers
 
-__all__ = ["MAC_RULES", "cpu_copy", "evaluate", "file_size", "latency", "macs", "param_stats", "predict_batched",
-           "score_predictions", "sha256_file"]
+__all__ = [
+    "MAC_RULES",
+    "cpu_copy",
+    "evaluate",
+    "file_size",
+    "latency",
+    "macs",
+    "param_stats",
+    "predict_batched",
+    "score_predictions",
+    "sha256_file",
+]
 
 L = keras.layers
 
@@ -81,8 +91,12 @@ def param_stats(model: keras.Model) -> dict:
             if v.trainable:
                 trainable += size
         total, nonzero = total + n, nonzero + nz
-        layers[path] = {"class": type(layer).__name__, "params": n, "nonzero": nz,
-                        "sparsity": (n - nz) / n if n else 0.0}
+        layers[path] = {
+            "class": type(layer).__name__,
+            "params": n,
+            "nonzero": nz,
+            "sparsity": (n - nz) / n if n else 0.0,
+        }
     k_total = k_nonzero = 0
     for w in prunable_weights(model):
         size, count = _count(np.asarray(w.variable.numpy()))
@@ -238,7 +252,7 @@ def predict_batched(predict: Callable, x, batch_size: int) -> np.ndarray:
     n = len(x[0]) if isinstance(x, (list, tuple)) else len(x)
     parts = []
     for i in range(0, n, batch_size):
-        batch = [a[i:i + batch_size] for a in x] if isinstance(x, (list, tuple)) else x[i:i + batch_size]
+        batch = [a[i : i + batch_size] for a in x] if isinstance(x, (list, tuple)) else x[i : i + batch_size]
         parts.append(np.asarray(predict(batch), dtype=np.float32))
     return np.concatenate(parts)
 
@@ -258,8 +272,12 @@ def _scorer(config_json: str, shape: tuple) -> keras.Model:
     compiled = keras.saving.deserialize_keras_object(json.loads(config_json))
     inp = keras.Input(shape=shape)
     scorer = keras.Model(inp, keras.layers.Identity()(inp))
-    scorer.compile(loss=compiled.get("loss"), metrics=compiled.get("metrics"),
-                   loss_weights=compiled.get("loss_weights"), weighted_metrics=compiled.get("weighted_metrics"))
+    scorer.compile(
+        loss=compiled.get("loss"),
+        metrics=compiled.get("metrics"),
+        loss_weights=compiled.get("loss_weights"),
+        weighted_metrics=compiled.get("weighted_metrics"),
+    )
     return scorer
 
 
@@ -294,8 +312,14 @@ def _example_inputs(model: keras.Model, batch: int, fill: int, rng: np.random.Ge
     return xs
 
 
-def latency(model: keras.Model, batch_sizes=(1, 32), runs: int = 30, warmup: int = 2, input_fill: int = 32,
-            budget_s: float = LATENCY_BUDGET_S) -> dict:
+def latency(
+    model: keras.Model,
+    batch_sizes=(1, 32),
+    runs: int = 30,
+    warmup: int = 2,
+    input_fill: int = 32,
+    budget_s: float = LATENCY_BUDGET_S,
+) -> dict:
     """Milliseconds of a compiled forward pass on the CPU, per batch size: median and spread of up to `runs` timings.
 
     Timing a batch size stops after `budget_s` seconds once LATENCY_MIN_RUNS timings are in (a big model would
@@ -331,9 +355,17 @@ def latency(model: keras.Model, batch_sizes=(1, 32), runs: int = 30, warmup: int
                     break
             a = np.asarray(times)
             p10, p25, p75, p90 = (float(v) for v in np.percentile(a, [10, 25, 75, 90]))
-            out[f"batch_{int(b)}"] = {"batch_size": int(b), "median": float(np.median(a)), "p10": p10, "p25": p25,
-                                      "p75": p75, "p90": p90, "mean": float(a.mean()), "min": float(a.min()),
-                                      "runs": len(times)}
+            out[f"batch_{int(b)}"] = {
+                "batch_size": int(b),
+                "median": float(np.median(a)),
+                "p10": p10,
+                "p25": p25,
+                "p75": p75,
+                "p90": p90,
+                "mean": float(a.mean()),
+                "min": float(a.min()),
+                "runs": len(times),
+            }
     return out
 
 
@@ -382,4 +414,3 @@ def sha256_file(path: str | Path) -> str:
     for chunk in _chunks(Path(path)):
         h.update(chunk)
     return h.hexdigest()
-

@@ -35,13 +35,22 @@ from typing import Any
 
 import keras
 
-from workers.engine.inspection import InspectLimits, ModelInspection, inspect_model_file
 from workers.engine.errors import ModelRejected, SpecError
+from workers.engine.inspection import InspectLimits, ModelInspection, inspect_model_file
 from workers.engine.names import ALLOWED_LOSSES, ALLOWED_METRICS
 
 __all__ = [
-    "CompileInfo", "LoadedModel", "LossKind", "LOSSES", "OPTIMIZERS", "TrainingSettings", "compile_model",
-    "load_model", "output_activation", "output_units", "resolve_training",
+    "CompileInfo",
+    "LoadedModel",
+    "LossKind",
+    "LOSSES",
+    "OPTIMIZERS",
+    "TrainingSettings",
+    "compile_model",
+    "load_model",
+    "output_activation",
+    "output_units",
+    "resolve_training",
 ]
 
 # --------------------------------------------------------------------------- registries
@@ -62,11 +71,14 @@ def _regression(cls) -> Callable[[bool], Any]:
 
 LOSSES: dict[str, LossKind] = {
     "sparse_categorical_crossentropy": LossKind(
-        "sparse", lambda fl: keras.losses.SparseCategoricalCrossentropy(from_logits=fl), ("accuracy",)),
+        "sparse", lambda fl: keras.losses.SparseCategoricalCrossentropy(from_logits=fl), ("accuracy",)
+    ),
     "categorical_crossentropy": LossKind(
-        "onehot", lambda fl: keras.losses.CategoricalCrossentropy(from_logits=fl), ("accuracy",)),
+        "onehot", lambda fl: keras.losses.CategoricalCrossentropy(from_logits=fl), ("accuracy",)
+    ),
     "binary_crossentropy": LossKind(
-        "binary", lambda fl: keras.losses.BinaryCrossentropy(from_logits=fl), ("accuracy",)),
+        "binary", lambda fl: keras.losses.BinaryCrossentropy(from_logits=fl), ("accuracy",)
+    ),
     "mse": LossKind("regression", _regression(keras.losses.MeanSquaredError), ("mae",)),
     "mean_squared_error": LossKind("regression", _regression(keras.losses.MeanSquaredError), ("mae",)),
     "mae": LossKind("regression", _regression(keras.losses.MeanAbsoluteError), ("mae",)),
@@ -98,10 +110,22 @@ METRIC_ALIASES = {"acc": "accuracy"}
 
 # Layers that only move or drop values: the output's activation is the one of the layer before them.
 _PASS_THROUGH = tuple(
-    getattr(keras.layers, n) for n in (
-        "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise", "GaussianDropout",
-        "AlphaDropout", "ActivityRegularization", "Reshape", "Flatten", "Permute", "Identity",
-    ) if hasattr(keras.layers, n)
+    getattr(keras.layers, n)
+    for n in (
+        "Dropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "GaussianNoise",
+        "GaussianDropout",
+        "AlphaDropout",
+        "ActivityRegularization",
+        "Reshape",
+        "Flatten",
+        "Permute",
+        "Identity",
+    )
+    if hasattr(keras.layers, n)
 )
 
 # --------------------------------------------------------------------------- settings
@@ -112,8 +136,10 @@ def _positive(name: str, value, *, integer: bool = False, below: float | None = 
     ok = not isinstance(value, bool) and isinstance(value, kinds) and value > 0 and (below is None or value < below)
     if not ok:
         bound = f"0 < {name} < {below:g}" if below is not None else f"{name} > 0"
-        raise SpecError(f"training.{name} must be {'an integer with ' if integer else ''}{bound}, got {value!r}",
-                        field=f"training.{name}")
+        raise SpecError(
+            f"training.{name} must be {'an integer with ' if integer else ''}{bound}, got {value!r}",
+            field=f"training.{name}",
+        )
 
 
 @dataclass(frozen=True)
@@ -186,8 +212,9 @@ def load_model(path: str | Path, limits: InspectLimits | None = None) -> LoadedM
         try:
             model = keras.saving.load_model(load_path, compile=False, safe_mode=True)
         except Exception as e:  # Keras raises ValueError/TypeError/KeyError/OSError... for inconsistent files
-            raise ModelRejected(f"{path.name}: Keras could not load the model: {type(e).__name__}: "
-                                f"{_one_line(e)}") from None
+            raise ModelRejected(
+                f"{path.name}: Keras could not load the model: {type(e).__name__}: {_one_line(e)}"
+            ) from None
     if not isinstance(model, keras.Model):
         raise ModelRejected(f"{path.name}: the file holds a {type(model).__name__}, not a Keras model")
     try:
@@ -195,10 +222,16 @@ def load_model(path: str | Path, limits: InspectLimits | None = None) -> LoadedM
     except (AttributeError, ValueError):
         inputs = None
     if not inputs:
-        raise ModelRejected(f"{path.name}: model '{model.name}' has no defined inputs; save it built, "
-                            "with keras.Input(shape) as its first layer")
-    return LoadedModel(model=model, format=inspection.format, inspection=inspection,
-                       compile=read_compile_info(inspection.compile_config))
+        raise ModelRejected(
+            f"{path.name}: model '{model.name}' has no defined inputs; save it built, "
+            "with keras.Input(shape) as its first layer"
+        )
+    return LoadedModel(
+        model=model,
+        format=inspection.format,
+        inspection=inspection,
+        compile=read_compile_info(inspection.compile_config),
+    )
 
 
 @contextmanager
@@ -255,8 +288,7 @@ def _loss_name(obj: Any) -> tuple[str | None, bool | None, str | None]:
             from_logits = from_logits if isinstance(from_logits, bool) else None
             extras = {k: cfg[k] for k, default in _LOSS_OPTION_DEFAULTS.items() if k in cfg and cfg[k] != default}
             if extras:
-                return None, from_logits, (f"the saved loss {class_name} uses options we do not reproduce "
-                                           f"({extras})")
+                return None, from_logits, (f"the saved loss {class_name} uses options we do not reproduce ({extras})")
             return LOSS_CLASS_NAMES[class_name], from_logits, None
         return None, None, f"the saved loss {class_name!r} is not supported"
     return None, None, f"the saved loss ({type(obj).__name__}) is not a single stock loss"
@@ -294,8 +326,11 @@ def read_compile_info(config: dict | None) -> CompileInfo | None:
         return None
     saved = config["loss"]
     if isinstance(saved, (list, dict)) and not (isinstance(saved, dict) and "class_name" in saved):
-        loss, from_logits, reason = None, None, "the model was compiled with one loss per output; " \
-                                                "multi-output models are not supported"
+        loss, from_logits, reason = (
+            None,
+            None,
+            "the model was compiled with one loss per output; multi-output models are not supported",
+        )
     else:
         loss, from_logits, reason = _loss_name(saved)
     metrics: list[str] = []
@@ -306,8 +341,14 @@ def read_compile_info(config: dict | None) -> CompileInfo | None:
             dropped.append(_describe(entry))
         elif name not in metrics:
             metrics.append(name)
-    return CompileInfo(loss=loss, metrics=tuple(metrics), from_logits=from_logits, saved_loss=_describe(saved),
-                       reason=reason, dropped_metrics=tuple(dropped))
+    return CompileInfo(
+        loss=loss,
+        metrics=tuple(metrics),
+        from_logits=from_logits,
+        saved_loss=_describe(saved),
+        reason=reason,
+        dropped_metrics=tuple(dropped),
+    )
 
 
 # --------------------------------------------------------------------------- training settings
@@ -323,8 +364,9 @@ def resolve_training(loaded: LoadedModel, training: TrainingSettings) -> tuple[s
     if training.loss is not None:
         loss = training.loss
     elif info is None:
-        raise SpecError(f"the model was saved without a loss; set training.loss (one of: {allowed})",
-                        field="training.loss")
+        raise SpecError(
+            f"the model was saved without a loss; set training.loss (one of: {allowed})", field="training.loss"
+        )
     elif info.loss is None:
         raise SpecError(f"{info.reason}; set training.loss (one of: {allowed})", field="training.loss")
     else:
@@ -393,8 +435,15 @@ def output_units(model: keras.Model) -> int | None:
 STEPS_PER_EXECUTION = 8
 
 
-def compile_model(model: keras.Model, training: TrainingSettings, loss: str, metrics: list[str] | tuple[str, ...],
-                  *, from_logits: bool | None = None, steps_per_execution: int = STEPS_PER_EXECUTION) -> keras.Model:
+def compile_model(
+    model: keras.Model,
+    training: TrainingSettings,
+    loss: str,
+    metrics: list[str] | tuple[str, ...],
+    *,
+    from_logits: bool | None = None,
+    steps_per_execution: int = STEPS_PER_EXECUTION,
+) -> keras.Model:
     """Compile `model` with a fresh optimizer from the training settings and a stock loss.
 
     `from_logits` (cross-entropy only) defaults to whether the output is linear (logits) rather than a
@@ -402,18 +451,27 @@ def compile_model(model: keras.Model, training: TrainingSettings, loss: str, met
     """
     kind = LOSSES.get(loss)
     if kind is None:
-        raise SpecError(f"training.loss '{loss}' is not supported; allowed: {', '.join(sorted(LOSSES))}",
-                        field="training.loss")
+        raise SpecError(
+            f"training.loss '{loss}' is not supported; allowed: {', '.join(sorted(LOSSES))}", field="training.loss"
+        )
     bad = [m for m in metrics if m not in ALLOWED_METRICS]
     if bad:
-        raise SpecError(f"training.metrics {bad} are not supported; allowed: {', '.join(sorted(ALLOWED_METRICS))}",
-                        field="training.metrics")
+        raise SpecError(
+            f"training.metrics {bad} are not supported; allowed: {', '.join(sorted(ALLOWED_METRICS))}",
+            field="training.metrics",
+        )
     optimizer_cls = OPTIMIZERS.get(training.optimizer)
     if optimizer_cls is None:
-        raise SpecError(f"training.optimizer '{training.optimizer}' is not supported; allowed: "
-                        f"{', '.join(sorted(OPTIMIZERS))}", field="training.optimizer")
+        raise SpecError(
+            f"training.optimizer '{training.optimizer}' is not supported; allowed: {', '.join(sorted(OPTIMIZERS))}",
+            field="training.optimizer",
+        )
     if from_logits is None:
         from_logits = output_activation(model) == "linear"
-    model.compile(optimizer=optimizer_cls(learning_rate=training.learning_rate), loss=kind.build(from_logits),
-                  metrics=list(metrics), steps_per_execution=steps_per_execution)
+    model.compile(
+        optimizer=optimizer_cls(learning_rate=training.learning_rate),
+        loss=kind.build(from_logits),
+        metrics=list(metrics),
+        steps_per_execution=steps_per_execution,
+    )
     return model

@@ -44,28 +44,35 @@ import numpy as np
 from workers.engine import allocation as allocation_mod
 from workers.engine import batchnorm as batchnorm_mod
 from workers.engine import budget as budget_mod
-from workers.engine import config
+from workers.engine import config, model_io
 from workers.engine import data as data_mod
 from workers.engine import export as export_mod
 from workers.engine import metrics as metrics_mod
-from workers.engine import model_io
 from workers.engine import report as report_mod
 from workers.engine import sensitivity as sensitivity_mod
 from workers.engine.errors import Cancelled, SpecError
 from workers.engine.fileio import atomic_write
+from workers.engine.masks import MaskParams
 from workers.engine.model_io import TrainingSettings
 from workers.engine.progress import CancelFn, Progress, ProgressFn, never_cancel, no_progress
-from workers.engine.masks import MaskParams
 from workers.engine.pruning import Pruner, PruneSettings
 from workers.engine.registry import prunable_weights
 from workers.engine.regularizers import attach_regularization
 from workers.engine.schedules import ScheduleSettings
 from workers.engine.selection import LayerSelection, override_for
+from workers.engine.structured import structured_prune
 from workers.engine.summary import MANIFEST_NAME
 from workers.engine.summary import summarize as _summary
-from workers.engine.structured import structured_prune
-from workers.spec import (DEFAULT_SENSITIVITY_LEVELS, BudgetStep, FinetuneStep, JobSpec, PruneStep, RegularizeStep,
-                          SensitivityStep, StructuredStep)
+from workers.spec import (
+    DEFAULT_SENSITIVITY_LEVELS,
+    BudgetStep,
+    FinetuneStep,
+    JobSpec,
+    PruneStep,
+    RegularizeStep,
+    SensitivityStep,
+    StructuredStep,
+)
 
 SENSITIVITY_NAME = "sensitivity.json"
 
@@ -94,8 +101,16 @@ class _Run:
 class _ProgressCallback(keras.callbacks.Callback):
     """Checks cancellation every batch; reports progress at most every `interval` seconds and per epoch."""
 
-    def __init__(self, run: _Run, phase: str, index: int, epochs: int, steps_per_epoch: int,
-                 sparsity: Callable[[], float | None], interval: float = 0.5):
+    def __init__(
+        self,
+        run: _Run,
+        phase: str,
+        index: int,
+        epochs: int,
+        steps_per_epoch: int,
+        sparsity: Callable[[], float | None],
+        interval: float = 0.5,
+    ):
         super().__init__()
         self.run, self.phase, self.index = run, phase, index
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
@@ -106,11 +121,19 @@ class _ProgressCallback(keras.callbacks.Callback):
         self._last = 0.0
 
     def _emit(self, loss, message=""):
-        self.run.progress(Progress(
-            phase=self.phase, step_index=self.index, epoch=self.epoch + 1, epochs=self.epochs,
-            step=self.global_step, steps=self.epochs * self.steps_per_epoch, sparsity=self.sparsity(),
-            loss=None if loss is None else float(loss), message=message,
-        ))
+        self.run.progress(
+            Progress(
+                phase=self.phase,
+                step_index=self.index,
+                epoch=self.epoch + 1,
+                epochs=self.epochs,
+                step=self.global_step,
+                steps=self.epochs * self.steps_per_epoch,
+                sparsity=self.sparsity(),
+                loss=None if loss is None else float(loss),
+                message=message,
+            )
+        )
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -182,18 +205,26 @@ def _require_data(run: _Run, what: str):
     return run.data
 
 
-def _fit(run: _Run, phase: str, index: int, epochs: int, pruner: Pruner | None,
-         extra_callbacks: list | None = None) -> dict:
+def _fit(
+    run: _Run, phase: str, index: int, epochs: int, pruner: Pruner | None, extra_callbacks: list | None = None
+) -> dict:
     """Compile afresh (so attached masks/penalties are traced in) and train; returns per-epoch history."""
     data = _require_data(run, f"step {index} ({phase})")
     spec = run.training
     model_io.compile_model(run.model, spec, run.loss, run.metrics)
     steps_per_epoch = int(np.ceil(len(data.x_train) / spec.batch_size))
-    cb = _ProgressCallback(run, phase, index, epochs, steps_per_epoch,
-                           sparsity=(pruner.sparsity if pruner is not None else (lambda: None)))
+    cb = _ProgressCallback(
+        run, phase, index, epochs, steps_per_epoch, sparsity=(pruner.sparsity if pruner is not None else (lambda: None))
+    )
     history = run.model.fit(
-        data.x_train, data.y_train, batch_size=spec.batch_size, epochs=epochs, shuffle=spec.shuffle,
-        validation_data=(data.x_val, data.y_val), verbose=0, callbacks=[*(extra_callbacks or []), cb],
+        data.x_train,
+        data.y_train,
+        batch_size=spec.batch_size,
+        epochs=epochs,
+        shuffle=spec.shuffle,
+        validation_data=(data.x_val, data.y_val),
+        verbose=0,
+        callbacks=[*(extra_callbacks or []), cb],
     )
     if cb.cancelled:
         raise Cancelled(f"the job was cancelled during step {index} ({phase})")
@@ -230,8 +261,13 @@ def _reestimate_batchnorm(run: _Run, phase: str, index: int, *, evaluate: bool =
     _check_cancel(run)
     run.progress(Progress(phase=phase, step_index=index, message="re-estimating BatchNorm statistics"))
     before = _evaluate(run) if evaluate else None
-    record = batchnorm_mod.reestimate_batchnorm(run.model, run.data.x_train, batch_size=max(spec.batch_size, 128),
-                                                max_samples=spec.batchnorm_samples, seed=run.spec.seed)
+    record = batchnorm_mod.reestimate_batchnorm(
+        run.model,
+        run.data.x_train,
+        batch_size=max(spec.batch_size, 128),
+        max_samples=spec.batchnorm_samples,
+        seed=run.spec.seed,
+    )
     if evaluate:
         record.update(before=before, after=_evaluate(run, compile=False))
     return record
@@ -247,7 +283,10 @@ def _with_batchnorm(record: dict, run: _Run, phase: str, index: int) -> dict:
 
 def _run_regularize(run: _Run, index: int, step: RegularizeStep) -> dict:
     history = _train_holding_zeros(
-        run, "regularize", index, step.epochs,
+        run,
+        "regularize",
+        index,
+        step.epochs,
         setup=lambda weights: attach_regularization(weights, step.l1, step.l2, step.group_lasso),
     )
     return _with_batchnorm({"history": history}, run, "regularize", index)
@@ -255,11 +294,15 @@ def _run_regularize(run: _Run, index: int, step: RegularizeStep) -> dict:
 
 def _check_threshold(run: _Run, step: PruneStep) -> None:
     """Refuse a threshold that zeroes every selected weight (it is above the largest |w|)."""
-    largest = max((float(np.max(np.abs(w.variable.numpy()))) for w in prunable_weights(run.model, run.layers)
-                   if w.size), default=0.0)
+    largest = max(
+        (float(np.max(np.abs(w.variable.numpy()))) for w in prunable_weights(run.model, run.layers) if w.size),
+        default=0.0,
+    )
     if step.threshold > largest:
-        raise SpecError(f"prune threshold {step.threshold:g} is above the largest |w| of the selected kernels "
-                        f"({largest:.4g}): it would zero every weight")
+        raise SpecError(
+            f"prune threshold {step.threshold:g} is above the largest |w| of the selected kernels "
+            f"({largest:.4g}): it would zero every weight"
+        )
 
 
 def _run_prune(run: _Run, index: int, step: PruneStep) -> dict:
@@ -273,27 +316,45 @@ def _run_prune(run: _Run, index: int, step: PruneStep) -> dict:
         targets = None
         if step.allocation == "sensitivity":
             result = _sensitivity_for(run, index, "magnitude")
-            targets = pruner.sensitivity_targets(step.target_sparsity, sensitivity_mod.curves(result),
-                                                 hold=run.hold_zeros, field=f"steps.{index}.target_sparsity")
+            targets = pruner.sensitivity_targets(
+                step.target_sparsity,
+                sensitivity_mod.curves(result),
+                hold=run.hold_zeros,
+                field=f"steps.{index}.target_sparsity",
+            )
         history = None
         if schedule.kind == "one_shot":
             pruner.prune(config.prune_settings(step), targets)
-            run.progress(Progress(phase="prune", step_index=index, sparsity=pruner.sparsity(),
-                                  message=f"pruned once ({step.method})"))
+            run.progress(
+                Progress(
+                    phase="prune", step_index=index, sparsity=pruner.sparsity(), message=f"pruned once ({step.method})"
+                )
+            )
             if step.epochs:
                 history = _fit(run, "prune", index, step.epochs, pruner)
         else:
             data = _require_data(run, f"step {index} (gradual prune)")
             steps_per_epoch = int(np.ceil(len(data.x_train) / run.spec.training.batch_size))
-            history = _fit(run, "prune", index, step.epochs, pruner,
-                           extra_callbacks=[pruner.callback(config.prune_settings(step), steps_per_epoch, targets)])
+            history = _fit(
+                run,
+                "prune",
+                index,
+                step.epochs,
+                pruner,
+                extra_callbacks=[pruner.callback(config.prune_settings(step), steps_per_epoch, targets)],
+            )
         layer_sparsity = pruner.layer_sparsity()
         sparsity = pruner.sparsity()
     finally:
         pruner.detach()
     run.hold_zeros = True
-    record = {"history": history, "sparsity": sparsity, "layer_sparsity": layer_sparsity,
-              "spared": list(pruner.spared), "allocation": getattr(pruner, "allocation", None)}
+    record = {
+        "history": history,
+        "sparsity": sparsity,
+        "layer_sparsity": layer_sparsity,
+        "spared": list(pruner.spared),
+        "allocation": getattr(pruner, "allocation", None),
+    }
     return _with_batchnorm(record, run, "prune", index)
 
 
@@ -305,16 +366,24 @@ def _run_structured(run: _Run, index: int, step: StructuredStep) -> dict:
     overrides: dict = dict(run.layers.overrides)
     out: dict[str, Any] = {}
     if step.allocation == "sensitivity":
-        result = _sensitivity_for(run, index, "structured",
-                                  criterion=step.criterion if step.criterion in ("l1", "l2") else "l1")
-        keeps = allocation_mod.keep_overrides(result["units"], sensitivity_mod.curves(result), step.keep_ratio,
-                                              step.round_to)
+        result = _sensitivity_for(
+            run, index, "structured", criterion=step.criterion if step.criterion in ("l1", "l2") else "l1"
+        )
+        keeps = allocation_mod.keep_overrides(
+            result["units"], sensitivity_mod.curves(result), step.keep_ratio, step.round_to
+        )
         overrides.update(keeps)
         out["allocation"] = {name: o["keep_ratio"] for name, o in keeps.items()}
     run.progress(Progress(phase="structured", step_index=index, message=f"ranking units by {step.criterion}"))
     new_model, report = structured_prune(
-        run.model, criterion=step.criterion, keep_ratio=step.keep_ratio, scope=step.scope,
-        round_to=step.round_to, selection=run.layers, x_calib=x_calib, overrides=overrides,
+        run.model,
+        criterion=step.criterion,
+        keep_ratio=step.keep_ratio,
+        scope=step.scope,
+        round_to=step.round_to,
+        selection=run.layers,
+        x_calib=x_calib,
+        overrides=overrides,
     )
     run.model = new_model
     out["report"] = _jsonable(report)
@@ -328,8 +397,9 @@ def _run_structured(run: _Run, index: int, step: StructuredStep) -> dict:
 
 
 def _run_finetune(run: _Run, index: int, step: FinetuneStep) -> dict:
-    return _with_batchnorm({"history": _train_holding_zeros(run, "finetune", index, step.epochs)},
-                           run, "finetune", index)
+    return _with_batchnorm(
+        {"history": _train_holding_zeros(run, "finetune", index, step.epochs)}, run, "finetune", index
+    )
 
 
 # --------------------------------------------------------------------------- sensitivity and budget
@@ -346,30 +416,63 @@ def _metric_names(run: _Run) -> list[str]:
     return list(_evaluate(run) or {})
 
 
-def _sensitivity(run: _Run, index: int, method: str, *, levels, criterion: str = "l1", metric: str | None = None,
-                 samples: int = 2000, batchnorm_samples: int = 512, field_prefix: str = "") -> dict:
+def _sensitivity(
+    run: _Run,
+    index: int,
+    method: str,
+    *,
+    levels,
+    criterion: str = "l1",
+    metric: str | None = None,
+    samples: int = 2000,
+    batchnorm_samples: int = 512,
+    field_prefix: str = "",
+) -> dict:
     """Run a sensitivity analysis of the current model, keep it for later steps and write its artifacts."""
     data = _require_data(run, f"step {index} (sensitivity)")
     metric = sensitivity_mod.resolve_metric(_metric_names(run), metric, f"{field_prefix}metric")  # compiles
     if method == "magnitude":
-        weights = [w for w in prunable_weights(run.model, run.layers)
-                   if not ((o := override_for(run.layers.overrides, w.path, w.name)) and o.skip)]
+        weights = [
+            w
+            for w in prunable_weights(run.model, run.layers)
+            if not ((o := override_for(run.layers.overrides, w.path, w.name)) and o.skip)
+        ]
         units = sensitivity_mod.magnitude_units(run.model, weights)
     else:
-        units = sensitivity_mod.structured_units(run.model, criterion=criterion, selection=run.layers,
-                                                 overrides=run.layers.overrides)
+        units = sensitivity_mod.structured_units(
+            run.model, criterion=criterion, selection=run.layers, overrides=run.layers.overrides
+        )
     if not units:
         raise SpecError(f"step {index}: the model has nothing to prune by {method} (no selected prunable layer)")
 
     def progress(i: int, n: int, unit) -> None:
-        run.progress(Progress(phase="sensitivity", step_index=index, step=i + 1, steps=n, layer=unit.name,
-                              message=f"{method} sensitivity: {unit.name} ({i + 1}/{n})"))
+        run.progress(
+            Progress(
+                phase="sensitivity",
+                step_index=index,
+                step=i + 1,
+                steps=n,
+                layer=unit.name,
+                message=f"{method} sensitivity: {unit.name} ({i + 1}/{n})",
+            )
+        )
 
     result = sensitivity_mod.analyze(
-        run.model, units, levels, method=method, metric=metric, x_val=data.x_val, y_val=data.y_val,
-        x_train=data.x_train if run.training.batchnorm_reestimation else None, samples=samples,
-        batchnorm_samples=batchnorm_samples, batch_size=max(run.training.batch_size, 256), seed=run.spec.seed,
-        progress=progress, should_cancel=run.should_cancel)
+        run.model,
+        units,
+        levels,
+        method=method,
+        metric=metric,
+        x_val=data.x_val,
+        y_val=data.y_val,
+        x_train=data.x_train if run.training.batchnorm_reestimation else None,
+        samples=samples,
+        batchnorm_samples=batchnorm_samples,
+        batch_size=max(run.training.batch_size, 256),
+        seed=run.spec.seed,
+        progress=progress,
+        should_cancel=run.should_cancel,
+    )
     other = next((m for m in run.sensitivity if m != method), None)
     if run.out_dir is not None:
         name = "sensitivity" if other is None else f"sensitivity_{method}"
@@ -383,17 +486,31 @@ def _sensitivity_for(run: _Run, index: int, method: str, criterion: str = "l1") 
     """The job's latest analysis of `method`, or a new one with the default levels."""
     if method in run.sensitivity:
         return run.sensitivity[method]
-    levels = BUDGET_MAGNITUDE_LEVELS if method == "magnitude" else \
-        sorted(round(1.0 - x, 6) for x in DEFAULT_SENSITIVITY_LEVELS)
+    levels = (
+        BUDGET_MAGNITUDE_LEVELS
+        if method == "magnitude"
+        else sorted(round(1.0 - x, 6) for x in DEFAULT_SENSITIVITY_LEVELS)
+    )
     return _sensitivity(run, index, method, levels=levels, criterion=criterion)
 
 
 def _run_sensitivity(run: _Run, index: int, step: SensitivityStep) -> dict:
-    result = _sensitivity(run, index, step.method, levels=step.effective_levels, criterion=step.criterion,
-                          metric=step.metric, samples=step.samples, batchnorm_samples=step.batchnorm_samples,
-                          field_prefix=f"steps.{index}.")
-    return {k: result[k] for k in ("method", "metric", "baseline", "levels", "samples", "units", "rows",
-                                   "artifacts") if k in result}
+    result = _sensitivity(
+        run,
+        index,
+        step.method,
+        levels=step.effective_levels,
+        criterion=step.criterion,
+        metric=step.metric,
+        samples=step.samples,
+        batchnorm_samples=step.batchnorm_samples,
+        field_prefix=f"steps.{index}.",
+    )
+    return {
+        k: result[k]
+        for k in ("method", "metric", "baseline", "levels", "samples", "units", "rows", "artifacts")
+        if k in result
+    }
 
 
 def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
@@ -423,16 +540,33 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
     def trial(removed: float, start: int | None) -> budget_mod.Trial:
         _check_cancel(run)
         level = 1.0 - removed if structured else removed
-        run.progress(Progress(phase="budget", step_index=index, trial=len(trials) + 1, trials=step.max_trials,
-                              message=f"trial {len(trials) + 1}/{step.max_trials}: "
-                                      f"{'keep ratio' if structured else 'sparsity'} {level:.4f}"))
+        run.progress(
+            Progress(
+                phase="budget",
+                step_index=index,
+                trial=len(trials) + 1,
+                trials=step.max_trials,
+                message=f"trial {len(trials) + 1}/{step.max_trials}: "
+                f"{'keep ratio' if structured else 'sparsity'} {level:.4f}",
+            )
+        )
         if structured:
             model, current = states[start] if start is not None else (original_model, sizes)
-            overrides = {**run.layers.overrides, **allocation_mod.keep_overrides(
-                result["units"], sensitivity_mod.curves(result), level, step.round_to, current)}
+            overrides = {
+                **run.layers.overrides,
+                **allocation_mod.keep_overrides(
+                    result["units"], sensitivity_mod.curves(result), level, step.round_to, current
+                ),
+            }
             run.model, report = structured_prune(
-                model, criterion=step.criterion, keep_ratio=1.0, round_to=step.round_to, selection=run.layers,
-                x_calib=x_calib, overrides=overrides)
+                model,
+                criterion=step.criterion,
+                keep_ratio=1.0,
+                round_to=step.round_to,
+                selection=run.layers,
+                x_calib=x_calib,
+                overrides=overrides,
+            )
             cut = {"+".join(g.layers): g.units_before - g.units_after for g in report.groups}
             current = {name: n - cut.get(name, 0) for name, n in current.items()}
             if step.epochs:
@@ -443,14 +577,19 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
             pruner = _pruner(run)
             pruner.hold_zeros()
             try:
-                targets = pruner.sensitivity_targets(removed, sensitivity_mod.curves(result), hold=True,
-                                                     field=f"steps.{index}")
+                targets = pruner.sensitivity_targets(
+                    removed, sensitivity_mod.curves(result), hold=True, field=f"steps.{index}"
+                )
                 if step.epochs:
                     spe = int(np.ceil(len(data.x_train) / run.training.batch_size))
-                    ramp = PruneSettings(params=MaskParams(sparsity=removed), epochs=step.epochs,
-                                         schedule=ScheduleSettings("polynomial", end=TRIAL_RAMP_END))
-                    _fit(run, "budget", index, step.epochs, pruner,
-                         extra_callbacks=[pruner.callback(ramp, spe, targets)])
+                    ramp = PruneSettings(
+                        params=MaskParams(sparsity=removed),
+                        epochs=step.epochs,
+                        schedule=ScheduleSettings("polynomial", end=TRIAL_RAMP_END),
+                    )
+                    _fit(
+                        run, "budget", index, step.epochs, pruner, extra_callbacks=[pruner.callback(ramp, spe, targets)]
+                    )
                 else:
                     pruner.prune(PruneSettings(params=MaskParams(sparsity=removed)), targets)
             finally:
@@ -459,11 +598,23 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
         value = float(_evaluate(run)[metric])
         drop = sensitivity_mod.metric_drop(metric, baseline, value)
         states[len(trials)] = (run.model, current) if structured else [np.array(v) for v in run.model.get_weights()]
-        return budget_mod.Trial(level=level, metric=value, drop=drop, within_budget=drop <= step.max_drop + 1e-12,
-                                epochs=step.epochs, **budget_mod.measure(
-                                    run.model, run.out_dir / ".work", method=step.method, latency_runs=(
-                                        run.spec.evaluation.latency_runs if step.objective == "latency" or (
-                                            structured and run.spec.evaluation.latency) else 0)))
+        return budget_mod.Trial(
+            level=level,
+            metric=value,
+            drop=drop,
+            within_budget=drop <= step.max_drop + 1e-12,
+            epochs=step.epochs,
+            **budget_mod.measure(
+                run.model,
+                run.out_dir / ".work",
+                method=step.method,
+                latency_runs=(
+                    run.spec.evaluation.latency_runs
+                    if step.objective == "latency" or (structured and run.spec.evaluation.latency)
+                    else 0
+                ),
+            ),
+        )
 
     trials: list[budget_mod.Trial] = []
 
@@ -471,12 +622,26 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
         trials.append(t)
         for j in set(states) - budget_mod.needed(trials, step.objective):
             del states[j]  # a model no later trial starts from and that cannot be chosen
-        run.progress(Progress(phase="budget", step_index=index, trial=i + 1, trials=step.max_trials,
-                              message=f"trial {i + 1}: {metric} {t.metric:.4f} (drop {t.drop:+.4f}), "
-                                      f"{'within' if t.within_budget else 'outside'} the budget"))
+        run.progress(
+            Progress(
+                phase="budget",
+                step_index=index,
+                trial=i + 1,
+                trials=step.max_trials,
+                message=f"trial {i + 1}: {metric} {t.metric:.4f} (drop {t.drop:+.4f}), "
+                f"{'within' if t.within_budget else 'outside'} the budget",
+            )
+        )
 
-    found = budget_mod.search(trial, first=first, highest=highest, max_trials=step.max_trials,
-                              objective=step.objective, should_cancel=run.should_cancel, on_trial=on_trial)
+    found = budget_mod.search(
+        trial,
+        first=first,
+        highest=highest,
+        max_trials=step.max_trials,
+        objective=step.objective,
+        should_cancel=run.should_cancel,
+        on_trial=on_trial,
+    )
     if structured:
         run.model = states[found.chosen][0]
     else:
@@ -484,13 +649,22 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
         run.hold_zeros = True
     chosen = found.trials[found.chosen]
     run.budget = {
-        "metric": metric, "baseline": baseline, "max_drop": step.max_drop, "objective": step.objective,
-        "method": step.method, "met": found.met, "chosen": found.chosen,
-        "trials": [t.to_dict() for t in found.trials], "sensitivity": result.get("artifacts"),
-        "note": None if found.met else (
+        "metric": metric,
+        "baseline": baseline,
+        "max_drop": step.max_drop,
+        "objective": step.objective,
+        "method": step.method,
+        "met": found.met,
+        "chosen": found.chosen,
+        "trials": [t.to_dict() for t in found.trials],
+        "sensitivity": result.get("artifacts"),
+        "note": None
+        if found.met
+        else (
             f"BUDGET NOT MET: no trial kept held-out {metric} within {step.max_drop:g} of the original "
             f"({baseline:.4g}); the closest trial (#{found.chosen}, {'keep ratio' if structured else 'sparsity'} "
-            f"{chosen.level:.4f}, {metric} {chosen.metric:.4g}) is returned"),
+            f"{chosen.level:.4f}, {metric} {chosen.metric:.4g}) is returned"
+        ),
     }
     return {"budget": run.budget}
 
@@ -512,8 +686,9 @@ def _evaluate(run: _Run, compile: bool = True) -> dict | None:
         return None
     if compile:  # compile=False reuses the compiled evaluation of the previous call (same model, new values)
         model_io.compile_model(run.model, run.training, run.loss, run.metrics)
-    return metrics_mod.evaluate(run.model, run.data.x_val, run.data.y_val,
-                                batch_size=max(run.spec.training.batch_size, 256))
+    return metrics_mod.evaluate(
+        run.model, run.data.x_val, run.data.y_val, batch_size=max(run.spec.training.batch_size, 256)
+    )
 
 
 def _measure(run: _Run, phase: str, scratch: Path) -> dict:
@@ -522,8 +697,9 @@ def _measure(run: _Run, phase: str, scratch: Path) -> dict:
     out["params"] = _jsonable(metrics_mod.param_stats(run.model))
     out["compute"] = _jsonable(metrics_mod.macs(run.model))
     if run.spec.evaluation.latency:
-        out["latency_ms"] = _jsonable(metrics_mod.latency(run.model, batch_sizes=(1, 32),
-                                                          runs=run.spec.evaluation.latency_runs))
+        out["latency_ms"] = _jsonable(
+            metrics_mod.latency(run.model, batch_sizes=(1, 32), runs=run.spec.evaluation.latency_runs)
+        )
     path = scratch / f"{phase}.keras"
     export_mod.save_model_file(run.model, path)  # weights and config only, like the exported artifact
     out["file"] = _jsonable(metrics_mod.file_size(path))
@@ -534,8 +710,15 @@ def _measure(run: _Run, phase: str, scratch: Path) -> dict:
 # --------------------------------------------------------------------------- entry point
 
 
-def compress(model_path: str | Path, data_path: str | Path | None, spec: JobSpec, out_dir: str | Path, *,
-             progress: ProgressFn | None = None, should_cancel: CancelFn | None = None) -> dict:
+def compress(
+    model_path: str | Path,
+    data_path: str | Path | None,
+    spec: JobSpec,
+    out_dir: str | Path,
+    *,
+    progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+) -> dict:
     """Run `spec` on the model at `model_path`; write artifacts and manifest.json into `out_dir`."""
     started = time.perf_counter()
     progress = progress or no_progress
@@ -557,15 +740,35 @@ def compress(model_path: str | Path, data_path: str | Path | None, spec: JobSpec
         data = data_mod.load_dataset(data_path, loaded.model, loss, training.validation_fraction, spec.seed)
     elif spec.trains:
         raise SpecError("this spec trains or uses activations; it needs a dataset (.npz with x_train, y_train)")
-    run = _Run(spec=spec, training=training, layers=config.layer_selection(spec.layers), model=loaded.model,
-               loss=loss, metrics=list(metrics), data=data, progress=progress, should_cancel=should_cancel,
-               out_dir=out_dir)
-    inputs = {"model": {"file": model_path.name, "sha256": metrics_mod.sha256_file(model_path),
-                        "bytes": model_path.stat().st_size, "format": loaded.format}}
+    run = _Run(
+        spec=spec,
+        training=training,
+        layers=config.layer_selection(spec.layers),
+        model=loaded.model,
+        loss=loss,
+        metrics=list(metrics),
+        data=data,
+        progress=progress,
+        should_cancel=should_cancel,
+        out_dir=out_dir,
+    )
+    inputs = {
+        "model": {
+            "file": model_path.name,
+            "sha256": metrics_mod.sha256_file(model_path),
+            "bytes": model_path.stat().st_size,
+            "format": loaded.format,
+        }
+    }
     if data_path is not None:
-        inputs["data"] = {"file": data_path.name, "sha256": metrics_mod.sha256_file(data_path), "bytes": data_path.stat().st_size,
-                          "train_samples": int(len(data.x_train)), "val_samples": int(len(data.x_val)),
-                          "label_form": data.label_form}
+        inputs["data"] = {
+            "file": data_path.name,
+            "sha256": metrics_mod.sha256_file(data_path),
+            "bytes": data_path.stat().st_size,
+            "train_samples": int(len(data.x_train)),
+            "val_samples": int(len(data.x_val)),
+            "label_form": data.label_form,
+        }
 
     before = _measure(run, "before", scratch)
     run.baseline = before["evaluation"]
@@ -573,18 +776,26 @@ def compress(model_path: str | Path, data_path: str | Path | None, spec: JobSpec
     for index, step in enumerate(spec.steps):
         _check_cancel(run)
         t0 = time.perf_counter()
-        progress(Progress(phase=step.kind, step_index=index, message=f"step {index + 1}/{len(spec.steps)}: {step.kind}"))
+        progress(
+            Progress(phase=step.kind, step_index=index, message=f"step {index + 1}/{len(spec.steps)}: {step.kind}")
+        )
         report = STEP_RUNNERS[step.kind](run, index, step)
-        steps.append({"index": index, "kind": step.kind, "wall_time_s": time.perf_counter() - t0,
-                      **_jsonable(report)})
+        steps.append({"index": index, "kind": step.kind, "wall_time_s": time.perf_counter() - t0, **_jsonable(report)})
     _check_cancel(run)
     after = _measure(run, "after", scratch)
 
     progress(Progress(phase="export", message=", ".join(spec.export.formats)))
-    artifacts = _jsonable(export_mod.export_model(
-        run.model, out_dir, spec.export.formats, calibration=None if data is None else data.x_train,
-        held_out=None if data is None else export_mod.HeldOut(data.x_val, data.y_val,
-                                                              batch_size=max(spec.training.batch_size, 256))))
+    artifacts = _jsonable(
+        export_mod.export_model(
+            run.model,
+            out_dir,
+            spec.export.formats,
+            calibration=None if data is None else data.x_train,
+            held_out=None
+            if data is None
+            else export_mod.HeldOut(data.x_val, data.y_val, batch_size=max(spec.training.batch_size, 256)),
+        )
+    )
     shutil.rmtree(scratch, ignore_errors=True)
 
     manifest = {

@@ -65,8 +65,12 @@ def _svg(fig, tight: bool = True) -> bytes:
 
     buf = io.BytesIO()
     with matplotlib.rc_context(RC):
-        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": "Secateurs (matplotlib)"},
-                    bbox_inches="tight" if tight else None)
+        fig.savefig(
+            buf,
+            format="svg",
+            metadata={"Date": None, "Creator": "Secateurs (matplotlib)"},
+            bbox_inches="tight" if tight else None,
+        )
     return buf.getvalue()
 
 
@@ -77,8 +81,9 @@ def _finite(v) -> bool:
 # --------------------------------------------------------------------------- per-layer bars
 
 
-def layer_bars(rows: Sequence[tuple[str, float | None, float | None]], *, title: str, xlabel: str,
-               fraction: bool) -> bytes | None:
+def layer_bars(
+    rows: Sequence[tuple[str, float | None, float | None]], *, title: str, xlabel: str, fraction: bool
+) -> bytes | None:
     """Horizontal before/after bars per layer (sparsity as a fraction, or a width in units), each after bar
     labelled when there are few enough to read. Margins are set from the label lengths rather than measured: a
     model with a hundred layers would otherwise spend a second in layout."""
@@ -89,14 +94,22 @@ def layer_bars(rows: Sequence[tuple[str, float | None, float | None]], *, title:
     label_in = 0.25 + 0.062 * max(len(r[0]) for r in rows)  # ~0.55 em per character at 8 pt, a little spare
     height_in = 1.0 + 0.24 * n
     with _figure(height_in, width_in=label_in + 4.4) as (fig, (ax,)):
-        fig.subplots_adjust(left=label_in / (label_in + 4.4), right=0.97, top=1 - 0.45 / height_in,
-                            bottom=0.55 / height_in)
+        fig.subplots_adjust(
+            left=label_in / (label_in + 4.4), right=0.97, top=1 - 0.45 / height_in, bottom=0.55 / height_in
+        )
         h = 0.38
         bar_pt = h * 0.24 * 72  # a bar's thickness in points: h of a row of 0.24 in
         for offset, col, color, what in ((-h / 2, 1, BEFORE, "before"), (h / 2, 2, AFTER, "after")):
             # one line collection per series: a hundred Rectangle patches would take most of the render
-            ax.hlines([i + offset for i in range(n)], 0, [r[col] for r in rows], colors=color, lw=bar_pt,
-                      capstyle="butt", label=what)
+            ax.hlines(
+                [i + offset for i in range(n)],
+                0,
+                [r[col] for r in rows],
+                colors=color,
+                lw=bar_pt,
+                capstyle="butt",
+                label=what,
+            )
         ax.set_ylim(n - 0.5, -0.5)
         ax.set_yticks([])
         ax.grid(axis="y", visible=False)
@@ -146,14 +159,22 @@ def training_curves(steps: Sequence[tuple[str, dict]], metric: str | None) -> by
                 if i % 2:
                     ax.axvspan(start + 0.5, start + n + 0.5, color="#f1f3f6", lw=0)
                 if ax is axes[0]:
-                    ax.text(start + 0.6, 1.0, label(name, 18), transform=ax.get_xaxis_transform(), va="bottom",
-                            fontsize=7, color="#555")
+                    ax.text(
+                        start + 0.6,
+                        1.0,
+                        label(name, 18),
+                        transform=ax.get_xaxis_transform(),
+                        va="bottom",
+                        fontsize=7,
+                        color="#555",
+                    )
                 for k, color, style, what in ((key, AFTER, "-", "train"), (f"val_{key}", VAL, "--", "held-out")):
                     ys = [v if _finite(v) else math.nan for v in history.get(k) or []]
                     if ys:
                         xs = list(range(start + 1, start + 1 + len(ys)))
-                        ax.plot(xs, ys, style, color=color, marker="o", ms=3, lw=1.4,
-                                label=None if what in drawn else what)
+                        ax.plot(
+                            xs, ys, style, color=color, marker="o", ms=3, lw=1.4, label=None if what in drawn else what
+                        )
                         drawn.add(what)
             ax.set_ylabel(label(key))
             ax.set_xlim(0.5, epoch + 0.5)
@@ -193,8 +214,13 @@ def sensitivity_curves(rows: Sequence[dict], metric: str, highlight: int = 8) ->
         ax.set_xlabel("level (fraction pruned)")
         ax.set_ylabel(f"drop in held-out {label(metric, 24)}")
         handles, labels = ax.get_legend_handles_labels()
-        ax.legend(handles[::-1], labels[::-1], loc="upper left", fontsize=7,
-                  title=None if len(order) <= highlight else f"{highlight} most sensitive of {len(order)}")
+        ax.legend(
+            handles[::-1],
+            labels[::-1],
+            loc="upper left",
+            fontsize=7,
+            title=None if len(order) <= highlight else f"{highlight} most sensitive of {len(order)}",
+        )
         return _svg(fig)
 
 
@@ -212,24 +238,49 @@ def _front(points: list[tuple[float, float, int]], higher_better: bool) -> list[
     return front
 
 
-def pareto_front(trials: Sequence[dict], *, metric: str, baseline: float | None, floor: float | None,
-                 higher_better: bool, chosen: int | None, x_key: str, x_label: str) -> bytes | None:
+def pareto_front(
+    trials: Sequence[dict],
+    *,
+    metric: str,
+    baseline: float | None,
+    floor: float | None,
+    higher_better: bool,
+    chosen: int | None,
+    x_key: str,
+    x_label: str,
+) -> bytes | None:
     """Held-out metric against size for every budget trial: the Pareto front as a step line, trials within the
     budget filled, the baseline and the budget's limit as horizontal lines, the chosen trial starred."""
-    pts = [(float(t[x_key]), float(t["metric"]), i) for i, t in enumerate(trials)
-           if _finite(t.get(x_key)) and _finite(t.get("metric"))]
+    pts = [
+        (float(t[x_key]), float(t["metric"]), i)
+        for i, t in enumerate(trials)
+        if _finite(t.get(x_key)) and _finite(t.get("metric"))
+    ]
     if not pts:
         return None
     with _figure(3.4) as (fig, (ax,)):
         front = _front(pts, higher_better)
-        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color=AFTER, lw=1.2, alpha=0.7,
-                label="Pareto front")
+        ax.step(
+            [p[0] for p in front],
+            [p[1] for p in front],
+            where="post",
+            color=AFTER,
+            lw=1.2,
+            alpha=0.7,
+            label="Pareto front",
+        )
         inside = [p for p in pts if trials[p[2]].get("within_budget") is True]
         outside = [p for p in pts if trials[p[2]].get("within_budget") is not True]
-        ax.scatter([p[0] for p in inside], [p[1] for p in inside], s=28, color=AFTER, zorder=3,
-                   label="within budget")
-        ax.scatter([p[0] for p in outside], [p[1] for p in outside], s=28, facecolors="white", edgecolors=BEFORE,
-                   zorder=3, label="over budget")
+        ax.scatter([p[0] for p in inside], [p[1] for p in inside], s=28, color=AFTER, zorder=3, label="within budget")
+        ax.scatter(
+            [p[0] for p in outside],
+            [p[1] for p in outside],
+            s=28,
+            facecolors="white",
+            edgecolors=BEFORE,
+            zorder=3,
+            label="over budget",
+        )
         for x, y, i in pts:
             lvl = trials[i].get("level")
             if _finite(lvl):
@@ -240,8 +291,9 @@ def pareto_front(trials: Sequence[dict], *, metric: str, baseline: float | None,
             ax.axhline(floor, color=CHOSEN, lw=0.9, ls="--", label=f"budget limit {floor:.4g}")
         if chosen is not None and any(p[2] == chosen for p in pts):
             x, y, _ = next(p for p in pts if p[2] == chosen)
-            ax.scatter([x], [y], s=180, marker="*", color=CHOSEN, edgecolors="black", linewidths=0.6, zorder=4,
-                       label="chosen")
+            ax.scatter(
+                [x], [y], s=180, marker="*", color=CHOSEN, edgecolors="black", linewidths=0.6, zorder=4, label="chosen"
+            )
         xs = [p[0] for p in pts]
         if min(xs) > 0 and max(xs) / min(xs) > 20:
             ax.set_xscale("log")

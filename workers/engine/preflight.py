@@ -96,8 +96,17 @@ class StepTarget:
 
     def prune_settings(self) -> PruneSettings:
         """A prune step's settings for the `Pruner` (applied once: no schedule)."""
-        return PruneSettings(method=self.method, scope=self.scope, params=MaskParams(
-            sparsity=self.target_sparsity, threshold=self.threshold, n=self.n, m=self.m, block_shape=self.block_shape))
+        return PruneSettings(
+            method=self.method,
+            scope=self.scope,
+            params=MaskParams(
+                sparsity=self.target_sparsity,
+                threshold=self.threshold,
+                n=self.n,
+                m=self.m,
+                block_shape=self.block_shape,
+            ),
+        )
 
 
 # --------------------------------------------------------------------------- the table
@@ -141,10 +150,18 @@ def _spared(model, weights, selection: LayerSelection | None) -> dict[str, str]:
     paths = {w.path for w in weights}
     spared = {p for p in paths if all(f"{w.path}/{w.role}" in left for w in weights if w.path == p)}
     outputs = output_layer_paths(model)
-    return {path: ("output layer: a global magnitude step spares it (the output layers hold at most 10% of the "
-                   "pool); scope 'layer' or naming it in layers.include prunes it") if path in outputs else
-            ("small layer: a global magnitude step spares the smallest layers (1% of the pool together); scope "
-             "'layer' or naming it in layers.include prunes it") for path in spared}
+    return {
+        path: (
+            "output layer: a global magnitude step spares it (the output layers hold at most 10% of the "
+            "pool); scope 'layer' or naming it in layers.include prunes it"
+        )
+        if path in outputs
+        else (
+            "small layer: a global magnitude step spares the smallest layers (1% of the pool together); scope "
+            "'layer' or naming it in layers.include prunes it"
+        )
+        for path in spared
+    }
 
 
 @dataclass
@@ -179,11 +196,21 @@ def _structure(model, selection_reasons: dict[str, str | None]) -> _Structure:
         out.selectable[gid] = not blocked
         for n in grp.members:
             if blocked:
-                out.reasons[n] = blocked[n] if n in blocked else \
-                    f"coupled with {', '.join(sorted(blocked))} ({'; '.join(sorted(set(blocked.values())))})"
-        out.groups.append({"id": gid, "layers": list(grp.members), "dependents": followers,
-                           "units": int(grp.all_classes), "removable_units": int(len(grp.classes)),
-                           "selected": not blocked})
+                out.reasons[n] = (
+                    blocked[n]
+                    if n in blocked
+                    else f"coupled with {', '.join(sorted(blocked))} ({'; '.join(sorted(set(blocked.values())))})"
+                )
+        out.groups.append(
+            {
+                "id": gid,
+                "layers": list(grp.members),
+                "dependents": followers,
+                "units": int(grp.all_classes),
+                "removable_units": int(len(grp.classes)),
+                "selected": not blocked,
+            }
+        )
     return out
 
 
@@ -192,8 +219,7 @@ def _structured_reason(path: str, prefix: tuple[str, ...], structure: _Structure
         return f"inside nested model '{prefix[0]}' (a barrier for structured pruning)"
     if path in structure.follows:
         return f"not a producer: its channels follow structured group {structure.follows[path]}"
-    return (structure.reasons.get(path) or structure.reasons.get("*")
-            or "its units are not traced by structured pruning")
+    return structure.reasons.get(path) or structure.reasons.get("*") or "its units are not traced by structured pruning"
 
 
 def layer_table(model: keras.Model, selection: LayerSelection | None = None, *, global_scope: bool = True) -> dict:
@@ -212,8 +238,11 @@ def layer_table(model: keras.Model, selection: LayerSelection | None = None, *, 
     spared = _spared(model, selected, selection) if global_scope else {}
     stats = metrics.param_stats(model)
     compute = metrics.macs(model)
-    walked = [(p, prefix, layer) for p, prefix, layer in walk_layers(model)
-              if not isinstance(layer, (keras.Model, keras.layers.InputLayer))]
+    walked = [
+        (p, prefix, layer)
+        for p, prefix, layer in walk_layers(model)
+        if not isinstance(layer, (keras.Model, keras.layers.InputLayer))
+    ]
     selector = Selector.of(selection)
     selection_reasons = {p: selector.reason(p, prefix, layer) for p, prefix, layer in walked}
     structure = _structure(model, selection_reasons)
@@ -236,21 +265,38 @@ def layer_table(model: keras.Model, selection: LayerSelection | None = None, *, 
             reason = "spared: " + spared[path]
         prunable = (path in kernels and path not in spared) or "structured" in methods
         entry = compute["layers"].get(path)
-        rows.append({
-            "name": path, "class": type(layer).__name__, "params": int(params["params"]),
-            "nonzero": int(params["nonzero"]), "prunable_params": kernels.get(path, 0),
-            "macs": None if path in compute["unknown"] else int(entry["macs"]) if entry else 0,
-            "prunable": prunable, "reason": None if prunable else reason,
-            "spared": spared.get(path) if prunable else None, "methods": methods, "group": gid,
-            "structured_reason": (_structured_reason(path, prefix, structure)
-                                  if path in registered and "structured" not in methods else None),
-        })
+        rows.append(
+            {
+                "name": path,
+                "class": type(layer).__name__,
+                "params": int(params["params"]),
+                "nonzero": int(params["nonzero"]),
+                "prunable_params": kernels.get(path, 0),
+                "macs": None if path in compute["unknown"] else int(entry["macs"]) if entry else 0,
+                "prunable": prunable,
+                "reason": None if prunable else reason,
+                "spared": spared.get(path) if prunable else None,
+                "methods": methods,
+                "group": gid,
+                "structured_reason": (
+                    _structured_reason(path, prefix, structure)
+                    if path in registered and "structured" not in methods
+                    else None
+                ),
+            }
+        )
     totals = {
-        "layers": len(rows), "prunable_layers": sum(r["prunable"] for r in rows),
-        "params": int(stats["total"]), "trainable": int(stats["trainable"]), "nonzero": int(stats["nonzero"]),
-        "prunable_params": sum(kernels.values()), "macs": int(compute["macs"]), "flops": int(compute["flops"]),
+        "layers": len(rows),
+        "prunable_layers": sum(r["prunable"] for r in rows),
+        "params": int(stats["total"]),
+        "trainable": int(stats["trainable"]),
+        "nonzero": int(stats["nonzero"]),
+        "prunable_params": sum(kernels.values()),
+        "macs": int(compute["macs"]),
+        "flops": int(compute["flops"]),
         "effective_macs": int(compute["effective_macs"]),
-        "unknown_macs": list(compute["unknown"]), "groups": len(structure.groups),
+        "unknown_macs": list(compute["unknown"]),
+        "groups": len(structure.groups),
         **weights_size(model),
     }
     return {"layers": rows, "groups": structure.groups, "totals": totals}
@@ -286,7 +332,7 @@ def weights_size(model: keras.Model) -> dict:
     want = next(starts)
     for p in parts:  # the chunks starting inside each part, cut at the part's end
         while want is not None and want < offset + p.nbytes:
-            piece = p[want - offset:want - offset + GZIP_CHUNK_BYTES]
+            piece = p[want - offset : want - offset + GZIP_CHUNK_BYTES]
             packed += len(compressor.compress(piece))
             sampled += piece.nbytes
             want = next(starts, None)
@@ -302,19 +348,28 @@ def _check_threshold(weights, threshold: float) -> None:
     """The pipeline's refusal of a threshold above every selected |w| (the same message)."""
     largest = max((float(np.max(np.abs(w.variable.numpy()))) for w in weights if w.size), default=0.0)
     if threshold > largest:
-        raise SpecError(f"prune threshold {threshold:g} is above the largest |w| of the selected kernels "
-                        f"({largest:.4g}): it would zero every weight")
+        raise SpecError(
+            f"prune threshold {threshold:g} is above the largest |w| of the selected kernels "
+            f"({largest:.4g}): it would zero every weight"
+        )
 
 
 def _measure(model) -> dict:
     stats = metrics.param_stats(model)
     compute = metrics.macs(model)
-    return {"params": int(stats["total"]), "nonzero": int(stats["nonzero"]), "sparsity": float(stats["sparsity"]),
-            "macs": int(compute["macs"]), "effective_macs": int(compute["effective_macs"]), **weights_size(model)}
+    return {
+        "params": int(stats["total"]),
+        "nonzero": int(stats["nonzero"]),
+        "sparsity": float(stats["sparsity"]),
+        "macs": int(compute["macs"]),
+        "effective_macs": int(compute["effective_macs"]),
+        **weights_size(model),
+    }
 
 
-def estimate_steps(model: keras.Model, steps: Sequence[StepTarget],
-                   selection: LayerSelection | None = None) -> list[dict]:
+def estimate_steps(
+    model: keras.Model, steps: Sequence[StepTarget], selection: LayerSelection | None = None
+) -> list[dict]:
     """What each step would leave, applied once and in order to `model` itself (its weights change and a structured
     step replaces it: pass a copy to keep yours). One dict per step: params, nonzero, sparsity (of the prunable
     kernels), macs, effective_macs, size_bytes, gzip_bytes, and "estimate" saying how it was obtained. Raises the
@@ -341,12 +396,18 @@ def estimate_steps(model: keras.Model, steps: Sequence[StepTarget],
         elif step.kind == "structured":
             criterion = "l1" if step.criterion in DATA_CRITERIA else step.criterion
             model, report = structured_prune(
-                model, criterion=criterion, keep_ratio=step.keep_ratio, scope=step.scope, round_to=step.round_to,
-                selection=selection, overrides=overrides)
+                model,
+                criterion=criterion,
+                keep_ratio=step.keep_ratio,
+                scope=step.scope,
+                round_to=step.round_to,
+                selection=selection,
+                overrides=overrides,
+            )
             record["groups_pruned"] = len(report.groups)
-            record["estimate"] = (f"units removed by {criterion} on the current weights"
-                                  + (f" (the job ranks by {step.criterion} on data)" if criterion != step.criterion
-                                     else ""))
+            record["estimate"] = f"units removed by {criterion} on the current weights" + (
+                f" (the job ranks by {step.criterion} on data)" if criterion != step.criterion else ""
+            )
         elif step.kind in TRAINING_KINDS:
             record["estimate"] = "trains only: unchanged"
         else:
@@ -364,6 +425,8 @@ def preflight(model: keras.Model, steps: Sequence[StepTarget] = (), selection: L
     result = {"model": {"name": model.name, "class": type(model).__name__}, **table, "steps": [], "notes": []}
     if steps:
         result["steps"] = estimate_steps(model, steps, selection)
-        result["notes"].append("step estimates apply each step once to the current weights, without training: "
-                               "parameters, non-zeros and MACs follow the targets; which weights go will differ")
+        result["notes"].append(
+            "step estimates apply each step once to the current weights, without training: "
+            "parameters, non-zeros and MACs follow the targets; which weights go will differ"
+        )
     return result

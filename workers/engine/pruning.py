@@ -83,12 +83,18 @@ import numpy as np
 
 from workers.engine.allocation import weight_targets
 from workers.engine.errors import SpecError
-from workers.engine.masks import (MaskMethod, MaskParams, count_mask, get_method, lamp_allocation, spared_small,
-                                  target_count)
+from workers.engine.masks import (
+    MaskMethod,
+    MaskParams,
+    count_mask,
+    get_method,
+    lamp_allocation,
+    spared_small,
+    target_count,
+)
 from workers.engine.registry import PrunableWeight, output_layer_paths, walk_layers
 from workers.engine.schedules import ONE_SHOT, OneShot, ScheduleSettings, make_schedule
 from workers.engine.selection import LayerOverride, override_for
-
 
 OUTPUT_LAYER_BUDGET = 0.10  # global scope spares the output layers only when they hold at most this share
 FLOOR_SHARE = 0.25  # global scope: a layer keeps at least this share of the pool's average density
@@ -159,18 +165,19 @@ class PruneSettings:
 class Pruner:
     """Mask state beside the prunable weights of one model; see the module docstring."""
 
-    def __init__(self, model, weights: Sequence[PrunableWeight],
-                 overrides: Mapping[str, LayerOverride] | None = None):
+    def __init__(self, model, weights: Sequence[PrunableWeight], overrides: Mapping[str, LayerOverride] | None = None):
         self.model = model
         self.overrides = {k: LayerOverride.of(v) for k, v in (overrides or {}).items()}
         self.weights: list[PrunableWeight] = [
-            w for w in weights if not ((o := override_for(self.overrides, w.path, w.name)) is not None and o.skip)]
+            w for w in weights if not ((o := override_for(self.overrides, w.path, w.name)) is not None and o.skip)
+        ]
         self.spared: list[str] = []
         self.allocation: dict[str, float] = {}  # "path/role" -> sparsity planned by the last plan or update
         self._outputs = output_layer_paths(model)
         # global magnitude ranks LAMP scores in a model with normalization layers, raw |w| in one without
-        self.score = "lamp" if any(isinstance(layer, NORMALIZATIONS) for _, _, layer in walk_layers(model)) \
-            else "magnitude"
+        self.score = (
+            "lamp" if any(isinstance(layer, NORMALIZATIONS) for _, _, layer in walk_layers(model)) else "magnitude"
+        )
         self._floors: list[np.ndarray | None] = [None] * len(self.weights)
         # exact zeros per weight as of the last mask update (what the callback reports without re-reading)
         self._zeros: list[int] = [w.size - int(np.count_nonzero(w.variable.numpy())) for w in self.weights]
@@ -271,32 +278,48 @@ class Pruner:
         return {key: self._max_zeros(i, sparsity) for i, key in enumerate(self.keys())}
 
     def pool(self) -> dict[str, int]:
-        """"path/role" -> size of the weights a global target is spread over: all but those with their own
+        """ "path/role" -> size of the weights a global target is spread over: all but those with their own
         target_sparsity override."""
-        return {key: w.size for key, w in zip(self.keys(), self.weights)
-                if (o := override_for(self.overrides, w.path, w.name)) is None or o.target_sparsity is None}
+        return {
+            key: w.size
+            for key, w in zip(self.keys(), self.weights)
+            if (o := override_for(self.overrides, w.path, w.name)) is None or o.target_sparsity is None
+        }
 
-    def sensitivity_targets(self, sparsity: float, layer_curves: Mapping, *, hold: bool,
-                            field: str) -> dict[str, float]:
+    def sensitivity_targets(
+        self, sparsity: float, layer_curves: Mapping, *, hold: bool, field: str
+    ) -> dict[str, float]:
         """Per-weight targets from sensitivity curves ("path" -> (fractions, drops), `sensitivity.curves`) that put
         exactly target_count(sparsity, pool) zeros in the pool with the smallest predicted drop, within the global
         floors (`allocation.weight_targets`); the zeros there are now stay when `hold`. Pass the result to
         `prune` / `callback` as `targets`. SpecError on `field` when a layer has no curve or the floors forbid it."""
         pool = self.pool()
-        held = {k: w.size - int(np.count_nonzero(w.variable.numpy())) for k, w in zip(self.keys(), self.weights)
-                if k in pool} if hold else {}
+        held = (
+            {
+                k: w.size - int(np.count_nonzero(w.variable.numpy()))
+                for k, w in zip(self.keys(), self.weights)
+                if k in pool
+            }
+            if hold
+            else {}
+        )
         try:
-            return weight_targets(pool, held, self.max_zeros(sparsity), layer_curves,
-                                  target_count(sparsity, sum(pool.values())))
+            return weight_targets(
+                pool, held, self.max_zeros(sparsity), layer_curves, target_count(sparsity, sum(pool.values()))
+            )
         except KeyError as e:  # a layer the analysis did not measure (it was made before the model changed)
-            raise SpecError(f"the sensitivity analysis has no curve for layer {e}; run it after the steps that "
-                            "change the model", field=field) from None
+            raise SpecError(
+                f"the sensitivity analysis has no curve for layer {e}; run it after the steps that change the model",
+                field=field,
+            ) from None
         except ValueError as e:
-            raise SpecError(f"sparsity {sparsity:g} cannot be allocated without disconnecting a layer: {e}",
-                            field=field) from None
+            raise SpecError(
+                f"sparsity {sparsity:g} cannot be allocated without disconnecting a layer: {e}", field=field
+            ) from None
 
-    def _plan(self, step: PruneSettings, method: MaskMethod,
-              targets: Mapping[str, float] | None = None) -> list[_Group]:
+    def _plan(
+        self, step: PruneSettings, method: MaskMethod, targets: Mapping[str, float] | None = None
+    ) -> list[_Group]:
         """Split the weights into groups: per-layer targets, and for global scope one pool (minus spared)."""
         base = step.params
         groups: list[_Group] = []
@@ -326,14 +349,18 @@ class Pruner:
             group = self._global_group(candidates, pool, base, method)
             self.spared = [f"{self.weights[i].path}/{self.weights[i].role}" for i in group.spared]
             groups.append(group)
-        self.allocation = {f"{self.weights[i].path}/{self.weights[i].role}": float(g.params.sparsity)
-                           for g in groups if g.params.sparsity is not None for i in g.indices}
-        self.allocation.update({f"{self.weights[i].path}/{self.weights[i].role}": 0.0
-                                for g in groups for i in g.spared})
+        self.allocation = {
+            f"{self.weights[i].path}/{self.weights[i].role}": float(g.params.sparsity)
+            for g in groups
+            if g.params.sparsity is not None
+            for i in g.indices
+        }
+        self.allocation.update(
+            {f"{self.weights[i].path}/{self.weights[i].role}": 0.0 for g in groups for i in g.spared}
+        )
         return groups
 
-    def _global_group(self, candidates: list[int], pool: list[int], base: MaskParams,
-                      method: MaskMethod) -> _Group:
+    def _global_group(self, candidates: list[int], pool: list[int], base: MaskParams, method: MaskMethod) -> _Group:
         """The global pool with its floors; when sparing makes the target unreachable, nothing is spared, and
         a target still out of reach of the floors is refused (SpecError on target_sparsity)."""
         if method.name != "magnitude" or base.sparsity is None:
@@ -350,9 +377,12 @@ class Pruner:
                 f"target_sparsity {base.sparsity} cannot be reached by scope 'global' without disconnecting a "
                 f"layer: every layer keeps at least {FLOOR_SHARE:g} of the average density (depthwise kernels "
                 f"one weight per filter), which allows at most {reach:.4f}; name the layers to prune further in "
-                f"layers.include, or use scope 'layer'", field="target_sparsity")
-        axes = tuple(2 if self.weights[i].role == "depthwise_kernel" and not self.weights[i].explicit else 0
-                     for i in cands)
+                f"layers.include, or use scope 'layer'",
+                field="target_sparsity",
+            )
+        axes = tuple(
+            2 if self.weights[i].role == "depthwise_kernel" and not self.weights[i].explicit else 0 for i in cands
+        )
         return _Group(tuple(cands), base, "global", tuple(i for i in pool if i not in cands), caps, axes)
 
     def _max_zeros(self, i: int, sparsity: float) -> int:
@@ -389,8 +419,7 @@ class Pruner:
                 zeros = target_count(p.sparsity, pool + sum(self.weights[i].size for i in group.spared))
                 p = replace(p, sparsity=min(1.0, zeros / pool) if pool else 0.0)
             try:
-                keeps = method.masks(values, p, [self.weights[i].input_axis for i in group.indices],
-                                     scope=group.scope)
+                keeps = method.masks(values, p, [self.weights[i].input_axis for i in group.indices], scope=group.scope)
             except SpecError as e:
                 where = ", ".join(self.weights[i].path for i in group.indices[:5])
                 raise SpecError(f"{e.message} (layer {where})", field=e.field) from None
@@ -403,8 +432,9 @@ class Pruner:
         their size) zeros, within the floors; each weight is then masked by exact-count magnitude."""
         idx = group.indices
         total = sum(self.weights[i].size for i in idx + group.spared)
-        spared_zeros = sum(self.weights[i].size - int(np.count_nonzero(self.weights[i].variable.numpy()))
-                           for i in group.spared)  # small: at most ~11% of the pool
+        spared_zeros = sum(
+            self.weights[i].size - int(np.count_nonzero(self.weights[i].variable.numpy())) for i in group.spared
+        )  # small: at most ~11% of the pool
         zeros = target_count(sparsity, total) - spared_zeros
         caps = []
         for i, cap in zip(idx, group.max_zeros):
@@ -426,8 +456,9 @@ class Pruner:
         groups = self._plan(step, method, targets)
         self._apply(method, groups, [g.params for g in groups])
 
-    def callback(self, step: PruneSettings, steps_per_epoch: int,
-                 targets: Mapping[str, float] | None = None) -> PruningCallback:
+    def callback(
+        self, step: PruneSettings, steps_per_epoch: int, targets: Mapping[str, float] | None = None
+    ) -> PruningCallback:
         """A Keras callback that prunes on the step's schedule over its `epochs` epochs of `steps_per_epoch`.
 
         Compile the model after creating it if the model was compiled before (see the module docstring).
@@ -436,11 +467,16 @@ class Pruner:
         method = get_method(step.method)
         schedule = step.schedule
         if schedule.kind != "one_shot" and not method.gradual:
-            raise SpecError(f"method '{step.method}' prunes once; a {schedule.kind} schedule cannot ramp it",
-                            field="schedule")
+            raise SpecError(
+                f"method '{step.method}' prunes once; a {schedule.kind} schedule cannot ramp it", field="schedule"
+            )
         groups = self._plan(step, method, targets)
-        schedules = [make_schedule(schedule, g.params.sparsity, steps_per_epoch, max(step.epochs, 1))
-                     if method.gradual else OneShot(0.0) for g in groups]
+        schedules = [
+            make_schedule(schedule, g.params.sparsity, steps_per_epoch, max(step.epochs, 1))
+            if method.gradual
+            else OneShot(0.0)
+            for g in groups
+        ]
         return PruningCallback(self, method, groups, schedules)
 
 

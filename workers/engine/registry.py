@@ -235,17 +235,30 @@ def prunable_weights(model, selection: LayerSelection | None = None) -> list[Pru
             continue
         override = selector.override(path, layer.name)
         explicit = selector.named(path, layer.name) or (
-            override is not None and (override.target_sparsity is not None or override.threshold is not None))
+            override is not None and (override.target_sparsity is not None or override.threshold is not None)
+        )
         for role in roles:
             variable = _layer_variable(layer, role.variable_name)
             if variable is None or id(variable) in seen or not _is_float(variable):
                 continue  # unbuilt, shared with another layer, or quantized (integer) storage
             seen.add(id(variable))
-            found.append(PrunableWeight(path=path, layer=layer, variable=variable, layer_type=type(layer).__name__,
-                                        role=role.role, input_axis=role.input_axis, unit_axis=role.unit_axis,
-                                        explicit=explicit))
+            found.append(
+                PrunableWeight(
+                    path=path,
+                    layer=layer,
+                    variable=variable,
+                    layer_type=type(layer).__name__,
+                    role=role.role,
+                    input_axis=role.input_axis,
+                    unit_axis=role.unit_axis,
+                    explicit=explicit,
+                )
+            )
     if selector.include is not None and not found:
         prunable = sorted({p for p, _, layer in layers if roles_for(layer)})
-        raise SpecError(f"layers.include {sorted(selector.include)} selects no prunable layer of model "
-                        f"'{model.name}'; prunable layers: {', '.join(prunable) or 'none'}", field="layers.include")
+        raise SpecError(
+            f"layers.include {sorted(selector.include)} selects no prunable layer of model "
+            f"'{model.name}'; prunable layers: {', '.join(prunable) or 'none'}",
+            field="layers.include",
+        )
     return found

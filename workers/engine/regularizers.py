@@ -50,8 +50,7 @@ def _unit_norms(x, axis: int):
     axis = axis % ndim
     squares = ops.sum(ops.square(x), axis=[a for a in range(ndim) if a != axis])
     positive = squares > 0
-    return ops.where(positive, ops.sqrt(ops.where(positive, squares, ops.ones_like(squares))),
-                     ops.zeros_like(squares))
+    return ops.where(positive, ops.sqrt(ops.where(positive, squares, ops.ones_like(squares))), ops.zeros_like(squares))
 
 
 class GroupLasso(keras.regularizers.Regularizer):
@@ -121,8 +120,9 @@ class RegularizationHandle:
         self.detach()
 
 
-def attach_regularization(weights: Sequence[PrunableWeight], l1: float = 0.0, l2: float = 0.0,
-                          group_lasso: float = 0.0) -> RegularizationHandle:
+def attach_regularization(
+    weights: Sequence[PrunableWeight], l1: float = 0.0, l2: float = 0.0, group_lasso: float = 0.0
+) -> RegularizationHandle:
     """Add the penalty to each weight's variable (group lasso along its unit axis); compile afterwards."""
     l1, l2, group_lasso = _check_weight("l1", l1), _check_weight("l2", l2), _check_weight("group_lasso", group_lasso)
     attached = []

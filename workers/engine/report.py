@@ -100,8 +100,10 @@ def _figure(svg: bytes | None, alt: str, caption: str) -> str:
     if not svg:
         return ""
     data = base64.b64encode(svg).decode("ascii")
-    return (f'<figure><img src="data:image/svg+xml;base64,{data}" alt="{_e(alt)}">'
-            f"<figcaption>{caption}</figcaption></figure>")
+    return (
+        f'<figure><img src="data:image/svg+xml;base64,{data}" alt="{_e(alt)}">'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
 
 
 # --------------------------------------------------------------------------- the verdict
@@ -120,8 +122,10 @@ def _quality_sentences(summary: dict) -> list[str]:
         else:
             tol = f"tolerance +{q['max_increase']:.0%}" if _finite(q.get("max_increase")) else ""
         ok = "within" if q.get("ok") else "<strong>beyond</strong>"
-        out.append(f"Held-out {_e(name)}: {_metric(name, b)} → {_metric(name, a)} "
-                   f"({_metric_change(name, b, a)}; {ok} the {tol}).")
+        out.append(
+            f"Held-out {_e(name)}: {_metric(name, b)} → {_metric(name, a)} "
+            f"({_metric_change(name, b, a)}; {ok} the {tol})."
+        )
     return out
 
 
@@ -130,12 +134,16 @@ def _gain_sentences(m: dict) -> list[str]:
     out = []
     fb, fa = _dict(before.get("file")), _dict(after.get("file"))
     if _finite(fb.get("gzip_bytes")) and _finite(fa.get("gzip_bytes")):
-        out.append(f"The gzipped .keras file went from {_bytes(fb['gzip_bytes'])} to {_bytes(fa['gzip_bytes'])} "
-                   f"({_ratio_change(fb['gzip_bytes'], fa['gzip_bytes'])}).")
+        out.append(
+            f"The gzipped .keras file went from {_bytes(fb['gzip_bytes'])} to {_bytes(fa['gzip_bytes'])} "
+            f"({_ratio_change(fb['gzip_bytes'], fa['gzip_bytes'])})."
+        )
     pb, pa = _dict(before.get("params")), _dict(after.get("params"))
     if _finite(pb.get("nonzero")) and _finite(pa.get("nonzero")):
-        s = (f"Non-zero parameters: {_int(pb['nonzero'])} → {_int(pa['nonzero'])} "
-             f"({_ratio_change(pb['nonzero'], pa['nonzero'], 'fewer', 'more')})")
+        s = (
+            f"Non-zero parameters: {_int(pb['nonzero'])} → {_int(pa['nonzero'])} "
+            f"({_ratio_change(pb['nonzero'], pa['nonzero'], 'fewer', 'more')})"
+        )
         if pb.get("total") != pa.get("total"):
             s += f"; all parameters {_int(pb.get('total'))} → {_int(pa.get('total'))} (units removed)"
         out.append(s + ".")
@@ -172,9 +180,12 @@ def _verdict(m: dict) -> str:
         cls, head = "neutral", "No win claimed: the model did not get clearly smaller or faster."
     items = _quality_sentences(summary) + _gain_sentences(m) + _budget_sentences(_dict(m.get("budget")))
     notes = "".join(f"<li>{_e(n)}</li>" for n in _list(summary.get("notes")))
-    return (f'<section id="verdict" class="verdict {cls}"><h2>Verdict</h2><p class="headline">{_e(head)} '
-            f'<span class="badge">win: {_e(win)}</span></p><ul>{"".join(f"<li>{s}</li>" for s in items)}</ul>'
-            + (f'<h3>Notes</h3><ul class="notes">{notes}</ul>' if notes else "") + "</section>")
+    return (
+        f'<section id="verdict" class="verdict {cls}"><h2>Verdict</h2><p class="headline">{_e(head)} '
+        f'<span class="badge">win: {_e(win)}</span></p><ul>{"".join(f"<li>{s}</li>" for s in items)}</ul>'
+        + (f'<h3>Notes</h3><ul class="notes">{notes}</ul>' if notes else "")
+        + "</section>"
+    )
 
 
 # --------------------------------------------------------------------------- before / after
@@ -190,34 +201,69 @@ def _before_after(m: dict) -> str:
     rows = []
     eb, ea = _dict(before.get("evaluation")), _dict(after.get("evaluation"))
     for k in _eval_names(before, after):
-        rows.append((f"held-out {k}", _metric(k, eb.get(k)), _metric(k, ea.get(k)),
-                     _metric_change(k, eb.get(k), ea.get(k))))
+        rows.append(
+            (f"held-out {k}", _metric(k, eb.get(k)), _metric(k, ea.get(k)), _metric_change(k, eb.get(k), ea.get(k)))
+        )
     pb, pa = _dict(before.get("params")), _dict(after.get("params"))
     rows += [
         ("parameters", _int(pb.get("total")), _int(pa.get("total")), _ratio_change(pb.get("total"), pa.get("total"))),
-        ("non-zero parameters", _int(pb.get("nonzero")), _int(pa.get("nonzero")),
-         _ratio_change(pb.get("nonzero"), pa.get("nonzero"), "fewer", "more")),
+        (
+            "non-zero parameters",
+            _int(pb.get("nonzero")),
+            _int(pa.get("nonzero")),
+            _ratio_change(pb.get("nonzero"), pa.get("nonzero"), "fewer", "more"),
+        ),
         ("sparsity of the prunable kernels", _pct(pb.get("sparsity")), _pct(pa.get("sparsity")), ""),
     ]
     cb, ca = _dict(before.get("compute")), _dict(after.get("compute"))
-    rows += [("MACs per sample", _int(cb.get("macs")), _int(ca.get("macs")),
-              _ratio_change(cb.get("macs"), ca.get("macs"), "fewer", "more")),
-             ("MACs if zeros were skipped", _int(cb.get("effective_macs")), _int(ca.get("effective_macs")),
-              _ratio_change(cb.get("effective_macs"), ca.get("effective_macs"), "fewer", "more"))]
+    rows += [
+        (
+            "MACs per sample",
+            _int(cb.get("macs")),
+            _int(ca.get("macs")),
+            _ratio_change(cb.get("macs"), ca.get("macs"), "fewer", "more"),
+        ),
+        (
+            "MACs if zeros were skipped",
+            _int(cb.get("effective_macs")),
+            _int(ca.get("effective_macs")),
+            _ratio_change(cb.get("effective_macs"), ca.get("effective_macs"), "fewer", "more"),
+        ),
+    ]
     fb, fa = _dict(before.get("file")), _dict(after.get("file"))
-    rows += [(".keras size", _bytes(fb.get("bytes")), _bytes(fa.get("bytes")),
-              _ratio_change(fb.get("bytes"), fa.get("bytes"))),
-             (".keras size gzipped", _bytes(fb.get("gzip_bytes")), _bytes(fa.get("gzip_bytes")),
-              _ratio_change(fb.get("gzip_bytes"), fa.get("gzip_bytes")))]
+    rows += [
+        (
+            ".keras size",
+            _bytes(fb.get("bytes")),
+            _bytes(fa.get("bytes")),
+            _ratio_change(fb.get("bytes"), fa.get("bytes")),
+        ),
+        (
+            ".keras size gzipped",
+            _bytes(fb.get("gzip_bytes")),
+            _bytes(fa.get("gzip_bytes")),
+            _ratio_change(fb.get("gzip_bytes"), fa.get("gzip_bytes")),
+        ),
+    ]
     lb, la = _dict(before.get("latency_ms")), _dict(after.get("latency_ms"))
     for key in lb:
         b, a = _dict(lb.get(key)), _dict(la.get(key))
-        rows.append((f"CPU latency, {key.replace('_', ' ')} (median ms, p25–p75)", _latency(b), _latency(a),
-                     _ratio_change(b.get("median"), a.get("median"), "faster", "slower")))
+        rows.append(
+            (
+                f"CPU latency, {key.replace('_', ' ')} (median ms, p25–p75)",
+                _latency(b),
+                _latency(a),
+                _ratio_change(b.get("median"), a.get("median"), "faster", "slower"),
+            )
+        )
     if not lb:
         rows.append(("CPU latency", "not measured", "not measured", ""))
-    return ('<section id="before-after"><h2>Before and after</h2>'
-            + table(["", "before", "after", "change"], rows) + _files(m) + "</section>")
+    return (
+        '<section id="before-after"><h2>Before and after</h2>'
+        + table(["", "before", "after", "change"], rows)
+        + _files(m)
+        + "</section>"
+    )
 
 
 def _latency(d: dict) -> str:
@@ -231,20 +277,47 @@ def _files(m: dict) -> str:
     artifacts = _dict(m.get("artifacts"))
     if not artifacts:
         return ""
-    names = _eval_names({}, {"evaluation": {k: 1 for a in artifacts.values()
-                                            for k in _dict(_dict(a).get("evaluation")) if k not in ("how", "samples")}})
+    names = _eval_names(
+        {},
+        {
+            "evaluation": {
+                k: 1
+                for a in artifacts.values()
+                for k in _dict(_dict(a).get("evaluation"))
+                if k not in ("how", "samples")
+            }
+        },
+    )
     rows = []
     for fmt, a in artifacts.items():
         a = _dict(a)
         ev = _dict(a.get("evaluation"))
-        rows.append((a.get("file", fmt), a.get("encoding", ""), _bytes(a.get("bytes")), _bytes(a.get("gzip_bytes")),
-                     _int(a.get("params")), _int(a.get("nonzero_params")),
-                     *(_metric(k, ev.get(k)) for k in names),
-                     "yes" if a.get("sparsity_preserved", True) else "NO"))
-    head = ["file", "encoding", "size", "gzipped", "parameters", "non-zero", *(f"held-out {k}" for k in names),
-            "sparsity kept"]
-    return ('<h3 id="artifacts">Exported files</h3><p class="small">Each file was reloaded and run on the held-out '
-            "data; its own metrics are shown.</p>" + table(head, rows, left=2))
+        rows.append(
+            (
+                a.get("file", fmt),
+                a.get("encoding", ""),
+                _bytes(a.get("bytes")),
+                _bytes(a.get("gzip_bytes")),
+                _int(a.get("params")),
+                _int(a.get("nonzero_params")),
+                *(_metric(k, ev.get(k)) for k in names),
+                "yes" if a.get("sparsity_preserved", True) else "NO",
+            )
+        )
+    head = [
+        "file",
+        "encoding",
+        "size",
+        "gzipped",
+        "parameters",
+        "non-zero",
+        *(f"held-out {k}" for k in names),
+        "sparsity kept",
+    ]
+    return (
+        '<h3 id="artifacts">Exported files</h3><p class="small">Each file was reloaded and run on the held-out '
+        "data; its own metrics are shown.</p>" + table(head, rows, left=2)
+    )
 
 
 # --------------------------------------------------------------------------- per layer
@@ -263,15 +336,20 @@ def _layers(m: dict) -> str:
     la = _dict(_dict(_dict(m.get("after")).get("params")).get("layers"))
     parts = []
     pruned = [n for s in steps if s.get("kind") == "prune" for n in _dict(s.get("layer_sparsity"))]
-    names = list(dict.fromkeys(pruned)) or [n for n in {**lb, **la}
-                                             if (_dict(la.get(n)).get("sparsity") or 0) > 0]
+    names = list(dict.fromkeys(pruned)) or [n for n in {**lb, **la} if (_dict(la.get(n)).get("sparsity") or 0) > 0]
     if names:
         names, note = _largest(names, lb)
         rows = [(n, _dict(lb.get(n)).get("sparsity"), _dict(la.get(n)).get("sparsity")) for n in names]
-        svg = plots.layer_bars(rows, title="Sparsity per layer", xlabel="fraction of weights that are zero",
-                               fraction=True)
-        parts.append(_figure(svg, "Bar chart of the sparsity of each pruned layer before and after",
-                             "Fraction of exact zeros in each layer's weights, before and after." + _e(note)))
+        svg = plots.layer_bars(
+            rows, title="Sparsity per layer", xlabel="fraction of weights that are zero", fraction=True
+        )
+        parts.append(
+            _figure(
+                svg,
+                "Bar chart of the sparsity of each pruned layer before and after",
+                "Fraction of exact zeros in each layer's weights, before and after." + _e(note),
+            )
+        )
     widths: dict[str, list] = {}
     skipped: dict[str, str] = {}
     for s in steps:
@@ -284,11 +362,17 @@ def _layers(m: dict) -> str:
         skipped.update({str(k): str(v) for k, v in _dict(report.get("skipped")).items()})
     if widths:
         names, note = _largest(list(widths), lb)
-        svg = plots.layer_bars([(n, *widths[n]) for n in names], title="Kept width per layer",
-                               xlabel="units or filters", fraction=False)
-        parts.append(_figure(svg, "Bar chart of the units or filters of each layer before and after structured "
-                                  "pruning", "Units (Dense) or filters (Conv) of each layer, before and after "
-                                             "structured pruning: the after bar is labelled kept/before." + _e(note)))
+        svg = plots.layer_bars(
+            [(n, *widths[n]) for n in names], title="Kept width per layer", xlabel="units or filters", fraction=False
+        )
+        parts.append(
+            _figure(
+                svg,
+                "Bar chart of the units or filters of each layer before and after structured pruning",
+                "Units (Dense) or filters (Conv) of each layer, before and after "
+                "structured pruning: the after bar is labelled kept/before." + _e(note),
+            )
+        )
         if skipped:
             rows = [(k, v) for k, v in skipped.items()]
             parts.append("<h3>Layers left whole by structured pruning</h3>" + table(["layer", "why"], rows, left=2))
@@ -304,8 +388,9 @@ def _training(m: dict) -> str:
     steps = [_dict(s) for s in _list(m.get("steps"))]
     if not steps:
         return ""
-    histories = [(f"{int(s.get('index', i)) + 1}. {s.get('kind', 'step')}", _dict(s.get("history")))
-                 for i, s in enumerate(steps)]
+    histories = [
+        (f"{int(s.get('index', i)) + 1}. {s.get('kind', 'step')}", _dict(s.get("history"))) for i, s in enumerate(steps)
+    ]
     keys = [k for _, h in histories for k in h if not k.startswith("val_") and k != "loss"]
     wanted = [k for k in _list(_dict(m.get("task")).get("metrics")) if k in keys]
     metric = (wanted or sorted(keys, key=lambda k: not _accuracy_like(k)) or [None])[0]
@@ -321,15 +406,32 @@ def _training(m: dict) -> str:
             if k:
                 bn_text = f"{_metric(k, _dict(bn.get('before')).get(k))} → {_metric(k, _dict(bn.get('after')).get(k))}"
         wall = s.get("wall_time_s")
-        rows.append((str(int(s.get("index", i)) + 1), s.get("kind", ""), str(epochs),
-                     _pct(s.get("sparsity")) if "sparsity" in s else "",
-                     bn_text, f"{wall:.1f} s" if _finite(wall) else "—"))
-    body = _figure(svg, "Line charts of the training and held-out loss per epoch across the steps",
-                   "Loss" + (f" and {_e(metric)}" if metric else "") + " per epoch of every step that trained: "
-                   "training solid, held-out dashed.") if svg else "<p>No step trained.</p>"
-    return ('<section id="training"><h2>Steps and training</h2>' + body
-            + table(["step", "kind", "epochs", "sparsity", "BatchNorm re-estimation (held-out)", "time"], rows,
-                    left=2) + "</section>")
+        rows.append(
+            (
+                str(int(s.get("index", i)) + 1),
+                s.get("kind", ""),
+                str(epochs),
+                _pct(s.get("sparsity")) if "sparsity" in s else "",
+                bn_text,
+                f"{wall:.1f} s" if _finite(wall) else "—",
+            )
+        )
+    body = (
+        _figure(
+            svg,
+            "Line charts of the training and held-out loss per epoch across the steps",
+            "Loss" + (f" and {_e(metric)}" if metric else "") + " per epoch of every step that trained: "
+            "training solid, held-out dashed.",
+        )
+        if svg
+        else "<p>No step trained.</p>"
+    )
+    return (
+        '<section id="training"><h2>Steps and training</h2>'
+        + body
+        + table(["step", "kind", "epochs", "sparsity", "BatchNorm re-estimation (held-out)", "time"], rows, left=2)
+        + "</section>"
+    )
 
 
 # --------------------------------------------------------------------------- budget and sensitivity
@@ -369,13 +471,17 @@ def _budget_sentences(budget: dict) -> list[str]:
     metric = str(budget.get("metric", "metric"))
     met = budget.get("met")
     words = "met" if met else ("<strong>not met</strong>" if met is False else "not judged")
-    s = (f"Budget: held-out {_e(metric)} at most {_e(_fmt_drop(metric, budget.get('max_drop')))} below the "
-         f"baseline {_metric(metric, budget.get('baseline'))}, objective {_e(budget.get('objective', '—'))}: {words}")
+    s = (
+        f"Budget: held-out {_e(metric)} at most {_e(_fmt_drop(metric, budget.get('max_drop')))} below the "
+        f"baseline {_metric(metric, budget.get('baseline'))}, objective {_e(budget.get('objective', '—'))}: {words}"
+    )
     i = _chosen_index(budget.get("chosen"), trials)
     if i is not None:
         t = trials[i]
-        s += (f"; chose level {_e(t.get('level'))} ({_metric(metric, t.get('metric'))}, "
-              f"{_bytes(t.get('size_bytes'))}, {_int(t.get('nonzero_params'))} non-zero parameters)")
+        s += (
+            f"; chose level {_e(t.get('level'))} ({_metric(metric, t.get('metric'))}, "
+            f"{_bytes(t.get('size_bytes'))}, {_int(t.get('nonzero_params'))} non-zero parameters)"
+        )
     return [s + f" after {len(trials)} trials."]
 
 
@@ -394,25 +500,50 @@ def _budget(m: dict) -> str:
     chosen = _chosen_index(budget.get("chosen"), trials)
     limit, higher = _budget_limit(budget, trials)
     by_size = any(_finite(t.get("size_bytes")) for t in trials)
-    svg = plots.pareto_front(trials, metric=metric, baseline=budget.get("baseline"), floor=limit,
-                             higher_better=higher, chosen=chosen,
-                             x_key="size_bytes" if by_size else "nonzero_params",
-                             x_label="model size (bytes)" if by_size else "non-zero parameters")
+    svg = plots.pareto_front(
+        trials,
+        metric=metric,
+        baseline=budget.get("baseline"),
+        floor=limit,
+        higher_better=higher,
+        chosen=chosen,
+        x_key="size_bytes" if by_size else "nonzero_params",
+        x_label="model size (bytes)" if by_size else "non-zero parameters",
+    )
     rows = []
     for i, t in enumerate(trials):
         lat = t.get("latency_ms")
-        rows.append(("★" if i == chosen else "", t.get("level", ""), _metric(metric, t.get("metric")),
-                     _fmt_drop(metric, t.get("drop")), _int(t.get("nonzero_params")), _bytes(t.get("size_bytes")),
-                     _int(t.get("macs")), f"{lat:.3g}" if _finite(lat) else "—",
-                     {True: "yes", False: "no"}.get(t.get("within_budget"), "—"), t.get("epochs", "")))
-    fig = _figure(svg, f"Scatter plot of held-out {metric} against model size for each budget trial",
-                  f"Held-out {_e(metric)} against size for every trial; the step line is the Pareto front, the "
-                  "star the chosen trial, the dashed line the budget's limit.")
-    return ('<section id="budget"><h2>Budget search</h2>' + "".join(f"<p>{s}</p>" for s in _budget_sentences(budget))
-            + fig + table(["chosen", "level", metric, "drop", "non-zero", "size", "MACs", "latency (ms)",
-                           "within budget", "epochs"], rows,
-                          row_class=lambda i: "chosen" if i == chosen else "")
-            + "</section>")
+        rows.append(
+            (
+                "★" if i == chosen else "",
+                t.get("level", ""),
+                _metric(metric, t.get("metric")),
+                _fmt_drop(metric, t.get("drop")),
+                _int(t.get("nonzero_params")),
+                _bytes(t.get("size_bytes")),
+                _int(t.get("macs")),
+                f"{lat:.3g}" if _finite(lat) else "—",
+                {True: "yes", False: "no"}.get(t.get("within_budget"), "—"),
+                t.get("epochs", ""),
+            )
+        )
+    fig = _figure(
+        svg,
+        f"Scatter plot of held-out {metric} against model size for each budget trial",
+        f"Held-out {_e(metric)} against size for every trial; the step line is the Pareto front, the "
+        "star the chosen trial, the dashed line the budget's limit.",
+    )
+    return (
+        '<section id="budget"><h2>Budget search</h2>'
+        + "".join(f"<p>{s}</p>" for s in _budget_sentences(budget))
+        + fig
+        + table(
+            ["chosen", "level", metric, "drop", "non-zero", "size", "MACs", "latency (ms)", "within budget", "epochs"],
+            rows,
+            row_class=lambda i: "chosen" if i == chosen else "",
+        )
+        + "</section>"
+    )
 
 
 def _sensitivity(sens: dict) -> str:
@@ -433,13 +564,18 @@ def _sensitivity(sens: dict) -> str:
     body = [(n, _int(params[n]), *(_fmt_drop(metric, drops[n].get(lv)) for lv in levels)) for n in shown]
     more = f" The {len(shown)} most sensitive of {len(order)} layers are listed." if len(order) > len(shown) else ""
     base = sens.get("baseline")
-    return ('<section id="sensitivity"><h2>Per-layer sensitivity</h2>'
-            f"<p>Each layer pruned alone to each level, the rest of the model untouched; the drop is measured from "
-            f"the baseline held-out {_e(metric)} of {_metric(metric, base)}.{_e(more)}</p>"
-            + _figure(svg, f"Line chart of the drop in held-out {metric} per pruning level for each layer",
-                      f"Drop in held-out {_e(metric)} when one layer is pruned to each level.")
-            + table(["layer", "parameters", *(f"drop at {lv:g}" for lv in levels)], body)
-            + "</section>")
+    return (
+        '<section id="sensitivity"><h2>Per-layer sensitivity</h2>'
+        f"<p>Each layer pruned alone to each level, the rest of the model untouched; the drop is measured from "
+        f"the baseline held-out {_e(metric)} of {_metric(metric, base)}.{_e(more)}</p>"
+        + _figure(
+            svg,
+            f"Line chart of the drop in held-out {metric} per pruning level for each layer",
+            f"Drop in held-out {_e(metric)} when one layer is pruned to each level.",
+        )
+        + table(["layer", "parameters", *(f"drop at {lv:g}" for lv in levels)], body)
+        + "</section>"
+    )
 
 
 # --------------------------------------------------------------------------- the page
@@ -454,15 +590,20 @@ def render_report(manifest: dict, sensitivity: dict | None = None) -> str:
     steps = " → ".join(str(_dict(s).get("kind", "?")) for s in _list(m.get("steps"))) or "no steps"
     meta = _dict(m.get("secateurs"))
     data = _dict(inputs.get("data"))
-    subtitle = (f"{_e(model.get('file', 'model'))} · {_e(steps)}"
-                + (f" · {_int(data.get('train_samples'))} training and {_int(data.get('val_samples'))} held-out "
-                   "samples" if data else " · no dataset"))
+    subtitle = f"{_e(model.get('file', 'model'))} · {_e(steps)}" + (
+        f" · {_int(data.get('train_samples'))} training and {_int(data.get('val_samples'))} held-out samples"
+        if data
+        else " · no dataset"
+    )
     versions = _dict(m.get("versions"))
     wall = m.get("wall_time_s")
-    footer = (f"Secateurs {_e(meta.get('version', ''))}, {_e(meta.get('created_at', ''))}; seed {_e(m.get('seed'))}; "
-              + ", ".join(f"{_e(k)} {_e(v)}" for k, v in versions.items())
-              + (f"; the job took {wall:.1f} s" if _finite(wall) else "") + ".")
-    body = (_verdict(m) + _before_after(m) + _budget(m) + (_sensitivity(sens) if sens else "") + _layers(m)
-            + _training(m))
-    return page(title=f"Secateurs report: {model.get('file', 'model')}", subtitle=subtitle, body=body,
-                footer=footer)
+    footer = (
+        f"Secateurs {_e(meta.get('version', ''))}, {_e(meta.get('created_at', ''))}; seed {_e(m.get('seed'))}; "
+        + ", ".join(f"{_e(k)} {_e(v)}" for k, v in versions.items())
+        + (f"; the job took {wall:.1f} s" if _finite(wall) else "")
+        + "."
+    )
+    body = (
+        _verdict(m) + _before_after(m) + _budget(m) + (_sensitivity(sens) if sens else "") + _layers(m) + _training(m)
+    )
+    return page(title=f"Secateurs report: {model.get('file', 'model')}", subtitle=subtitle, body=body, footer=footer)

@@ -53,10 +53,15 @@ footer{margin-top:2.5rem;border-top:1px solid var(--line);padding-top:.6rem;over
 """
 
 
-def table(head: Sequence[object], rows: Sequence[Sequence[object]],
-          row_class: Callable[[int], str] | None = None, left: int = 1) -> str:
+def table(
+    head: Sequence[object],
+    rows: Sequence[Sequence[object]],
+    row_class: Callable[[int], str] | None = None,
+    left: int = 1,
+) -> str:
     """A table whose every header and cell is escaped text, wrapped so a wide one scrolls on a phone; the first
     `left` columns (names, words) are aligned left, the others (numbers) right."""
+
     def cell(tag: str, j: int, text: object, extra: str = "") -> str:
         cls = ' class="l"' if j < left else ""
         return f"<{tag}{extra}{cls}>{escape(str(text))}</{tag}>"

@@ -92,8 +92,10 @@ class PolynomialDecay:
         _check_fraction("initial_sparsity", self.initial_sparsity)
         _check_fraction("final_sparsity", self.final_sparsity)
         if self.initial_sparsity > self.final_sparsity:
-            raise SpecError(f"initial_sparsity ({self.initial_sparsity}) must be <= final_sparsity "
-                            f"({self.final_sparsity})", field="initial_sparsity")
+            raise SpecError(
+                f"initial_sparsity ({self.initial_sparsity}) must be <= final_sparsity ({self.final_sparsity})",
+                field="initial_sparsity",
+            )
         _check_window(self.begin_step, self.end_step, self.frequency)
         if not isinstance(self.power, (int, float)) or isinstance(self.power, bool) or not 0 < self.power <= 10:
             raise SpecError(f"power must satisfy 0 < power <= 10, got {self.power!r}", field="power")
@@ -181,13 +183,15 @@ class ScheduleSettings:
 
     def __post_init__(self):
         if self.kind not in SCHEDULE_BUILDERS:
-            raise SpecError(f"unknown schedule.kind '{self.kind}'; allowed: {', '.join(SCHEDULE_BUILDERS)}",
-                            field="schedule.kind")
+            raise SpecError(
+                f"unknown schedule.kind '{self.kind}'; allowed: {', '.join(SCHEDULE_BUILDERS)}", field="schedule.kind"
+            )
         if self.kind == "one_shot":
             return
         if self.unit not in UNITS:
-            raise SpecError(f"schedule.unit must be one of {', '.join(UNITS)}, got {self.unit!r}",
-                            field="schedule.unit")
+            raise SpecError(
+                f"schedule.unit must be one of {', '.join(UNITS)}, got {self.unit!r}", field="schedule.unit"
+            )
         upper = 1.0 if self.unit == "fraction" else math.inf
         for name in ("begin", "end"):
             value = getattr(self, name)
@@ -195,8 +199,7 @@ class ScheduleSettings:
                 bound = "0 <= value <= 1 (unit fraction)" if self.unit == "fraction" else "value >= 0"
                 raise SpecError(f"schedule.{name} must satisfy {bound}, got {value!r}", field=f"schedule.{name}")
         if self.end < self.begin:
-            raise SpecError(f"schedule.end ({self.end}) must be >= schedule.begin ({self.begin})",
-                            field="schedule.end")
+            raise SpecError(f"schedule.end ({self.end}) must be >= schedule.begin ({self.begin})", field="schedule.end")
         _check_int("schedule.frequency", self.frequency, 1)
         _check_fraction("schedule.initial_sparsity", self.initial_sparsity)
 
@@ -216,15 +219,21 @@ def ramp_frequency(frequency: int, window: int) -> int:
 
 def _build_polynomial(s: ScheduleSettings, target: float, steps_per_epoch: int, epochs: int):
     begin, end = (to_steps(v, s.unit, steps_per_epoch, epochs) for v in (s.begin, s.end))
-    return PolynomialDecay(initial_sparsity=min(s.initial_sparsity, target), final_sparsity=target,
-                           begin_step=begin, end_step=end, frequency=ramp_frequency(s.frequency, end - begin),
-                           power=s.power)
+    return PolynomialDecay(
+        initial_sparsity=min(s.initial_sparsity, target),
+        final_sparsity=target,
+        begin_step=begin,
+        end_step=end,
+        frequency=ramp_frequency(s.frequency, end - begin),
+        power=s.power,
+    )
 
 
 def _build_constant(s: ScheduleSettings, target: float, steps_per_epoch: int, epochs: int):
     begin, end = (to_steps(v, s.unit, steps_per_epoch, epochs) for v in (s.begin, s.end))
-    return ConstantSparsity(target=target, begin_step=begin, end_step=end,
-                            frequency=ramp_frequency(s.frequency, end - begin))
+    return ConstantSparsity(
+        target=target, begin_step=begin, end_step=end, frequency=ramp_frequency(s.frequency, end - begin)
+    )
 
 
 def _build_one_shot(s: ScheduleSettings, target: float, steps_per_epoch: int, epochs: int):

@@ -51,8 +51,12 @@ LayerEntry = tuple[str, tuple[str, ...], Any]  # (path, enclosing names, layer)
 def _check_range(name: str, value, low: float, high: float, *, low_open: bool = False, high_open: bool = False):
     if value is None:
         return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and (low < value if low_open else low <= value)
+        and (value < high if high_open else value <= high)
+    )
     if not ok:
         bounds = f"{low:g} {'<' if low_open else '<='} {name} {'<' if high_open else '<='} {high:g}"
         raise SpecError(f"layer override {name} must satisfy {bounds}, got {value!r}", field=name)
@@ -83,8 +87,9 @@ class LayerOverride:
         if isinstance(value, Mapping):
             unknown = sorted(set(value) - set(names))
             if unknown:
-                raise SpecError(f"layer override has unknown field(s) {unknown}; allowed: {', '.join(names)}",
-                                field=unknown[0])
+                raise SpecError(
+                    f"layer override has unknown field(s) {unknown}; allowed: {', '.join(names)}", field=unknown[0]
+                )
             return cls(**value)
         return cls(**{n: getattr(value, n) for n in names if hasattr(value, n)})
 
@@ -138,9 +143,11 @@ class Selector:
         include = selection.include if selection is not None else None
         if overrides is None:
             overrides = selection.overrides if selection is not None else {}
-        return cls(include=frozenset(include) if include is not None else None,
-                   exclude=frozenset(selection.exclude if selection is not None else ()),
-                   overrides=_overrides(overrides))
+        return cls(
+            include=frozenset(include) if include is not None else None,
+            exclude=frozenset(selection.exclude if selection is not None else ()),
+            overrides=_overrides(overrides),
+        )
 
     def override(self, path: str, name: str | None = None) -> LayerOverride | None:
         return override_for(self.overrides, path, name)
@@ -175,15 +182,22 @@ class Selector:
         for key, entries in (("include", self.include or ()), ("exclude", self.exclude)):
             unknown = sorted(e for e in entries if e not in names and e not in classes and not is_keras_layer_class(e))
             if unknown:
-                raise SpecError(f"layers.{key} names {unknown}, which match no layer or layer class of model "
-                                f"'{model_name}'; available layers: {available()}", field=f"layers.{key}")
+                raise SpecError(
+                    f"layers.{key} names {unknown}, which match no layer or layer class of model "
+                    f"'{model_name}'; available layers: {available()}",
+                    field=f"layers.{key}",
+                )
         unknown = sorted(n for n in self.overrides if n not in names)
         if unknown:
-            raise SpecError(f"layers.overrides names {unknown}, which match no layer of model '{model_name}'; "
-                            f"available layers: {available()}", field=f"layers.overrides.{unknown[0]}")
+            raise SpecError(
+                f"layers.overrides names {unknown}, which match no layer of model '{model_name}'; "
+                f"available layers: {available()}",
+                field=f"layers.overrides.{unknown[0]}",
+            )
 
-    def refuse_nested(self, model_name: str, layers: Sequence[LayerEntry], *, why: str,
-                      uses: Callable[[Any], bool]) -> None:
+    def refuse_nested(
+        self, model_name: str, layers: Sequence[LayerEntry], *, why: str, uses: Callable[[Any], bool]
+    ) -> None:
         """For a step that acts on the top level of the model only: SpecError for an `include` entry that names
         a layer below the top level or a nested model / wrapper (everything inside it), and for an override under
         a nested path or name for which `uses(override)` is true. `why` says why the step cannot act there."""
@@ -195,16 +209,25 @@ class Selector:
             if entry in classes or is_keras_layer_class(entry):
                 continue
             if entry in containers:
-                raise SpecError(f"layers.include names '{entry}', a nested model or wrapper (everything inside it): "
-                                f"{why}; select layers at the top level of model '{model_name}', or exclude "
-                                f"'{entry}'", field="layers.include")
+                raise SpecError(
+                    f"layers.include names '{entry}', a nested model or wrapper (everything inside it): "
+                    f"{why}; select layers at the top level of model '{model_name}', or exclude "
+                    f"'{entry}'",
+                    field="layers.include",
+                )
             if entry not in top and entry in inside:
-                raise SpecError(f"layers.include names '{entry}', a layer inside '{inside[entry]}': {why}; select "
-                                f"layers at the top level of model '{model_name}'", field="layers.include")
+                raise SpecError(
+                    f"layers.include names '{entry}', a layer inside '{inside[entry]}': {why}; select "
+                    f"layers at the top level of model '{model_name}'",
+                    field="layers.include",
+                )
         for key, o in sorted(self.overrides.items()):
             if key not in top and key in inside and uses(o):
-                raise SpecError(f"layers.overrides names '{key}', a layer inside '{inside[key]}': {why}; only "
-                                f"'skip' can be honoured there", field=f"layers.overrides.{key}")
+                raise SpecError(
+                    f"layers.overrides names '{key}', a layer inside '{inside[key]}': {why}; only "
+                    f"'skip' can be honoured there",
+                    field=f"layers.overrides.{key}",
+                )
 
 
 def _nested_owner(layers: Iterable[LayerEntry]) -> dict[str, str]:

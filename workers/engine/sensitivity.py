@@ -44,8 +44,17 @@ from workers.engine.errors import Cancelled, SpecError
 from workers.engine.masks import magnitude_mask
 from workers.engine.structured import masked_reference, structured_prune
 
-__all__ = ["HeldOutScorer", "Unit", "analyze", "higher_is_better", "magnitude_units", "metric_drop",
-           "resolve_metric", "structured_units", "write_artifacts"]
+__all__ = [
+    "HeldOutScorer",
+    "Unit",
+    "analyze",
+    "higher_is_better",
+    "magnitude_units",
+    "metric_drop",
+    "resolve_metric",
+    "structured_units",
+    "write_artifacts",
+]
 
 ROW_FIELDS = ("layer", "level", "metric", "drop", "params", "macs")
 
@@ -63,8 +72,9 @@ def resolve_metric(available: Sequence[str], wanted: str | None, field: str) -> 
     names = list(available)
     if wanted is not None:
         if wanted not in names:
-            raise SpecError(f"{field} '{wanted}' is not one of the model's held-out metrics: {', '.join(names)}",
-                            field=field)
+            raise SpecError(
+                f"{field} '{wanted}' is not one of the model's held-out metrics: {', '.join(names)}", field=field
+            )
         return wanted
     for name in names:
         if higher_is_better(name):
@@ -90,8 +100,17 @@ class HeldOutScorer:
     """One metric of a compiled model on (a seeded subset of) held-out data, through one traced forward pass;
     the model's weights may change in place between calls."""
 
-    def __init__(self, model: keras.Model, x, y, metric: str, *, batch_size: int = 256,
-                 max_samples: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        model: keras.Model,
+        x,
+        y,
+        metric: str,
+        *,
+        batch_size: int = 256,
+        max_samples: int | None = None,
+        seed: int = 0,
+    ):
         import tensorflow as tf
 
         n = _length(y)
@@ -104,8 +123,9 @@ class HeldOutScorer:
         self._predict = None
         if len(model.outputs) == 1 and not model.losses:  # else: the compiled model.evaluate (metrics.evaluate)
             signature = tf.nest.map_structure(lambda a: tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)), x)
-            self._predict = tf.function(lambda batch: model(batch, training=False), input_signature=[signature],
-                                        autograph=False)
+            self._predict = tf.function(
+                lambda batch: model(batch, training=False), input_signature=[signature], autograph=False
+            )
 
     def __call__(self) -> float:
         if self._predict is None:
@@ -176,8 +196,9 @@ def magnitude_units(model: keras.Model, weights: Sequence) -> list[Unit]:
     return [unit(path, ws) for path, ws in by_path.items()]
 
 
-def structured_units(model: keras.Model, *, criterion: str, selection=None,
-                     overrides: Mapping[str, object] | None = None) -> list[Unit]:
+def structured_units(
+    model: keras.Model, *, criterion: str, selection=None, overrides: Mapping[str, object] | None = None
+) -> list[Unit]:
     """One unit per group of coupled producers the structured surgery would prune (its `selection` and the
     `skip` of `overrides` honoured); a level is the group's keep ratio. `size` counts the group's prunable units."""
     skip = {name: {"skip": True} for name, o in (overrides or {}).items() if getattr(o, "skip", False)}
@@ -211,11 +232,23 @@ def structured_units(model: keras.Model, *, criterion: str, selection=None,
 # --------------------------------------------------------------------------- the sweep
 
 
-def analyze(model: keras.Model, units: Sequence[Unit], levels: Sequence[float], *, method: str, metric: str,
-            x_val, y_val, x_train=None, samples: int | None = 2000, batchnorm_samples: int = 512,
-            batch_size: int = 256, seed: int = 0,
-            progress: Callable[[int, int, Unit], None] | None = None,
-            should_cancel: Callable[[], bool] | None = None) -> dict:
+def analyze(
+    model: keras.Model,
+    units: Sequence[Unit],
+    levels: Sequence[float],
+    *,
+    method: str,
+    metric: str,
+    x_val,
+    y_val,
+    x_train=None,
+    samples: int | None = 2000,
+    batchnorm_samples: int = 512,
+    batch_size: int = 256,
+    seed: int = 0,
+    progress: Callable[[int, int, Unit], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> dict:
     """Measure every unit alone at every level (see the module docstring); the model is left as it was.
 
     `model` must be compiled (its loss and metrics score the predictions); `x_train` (or None) re-estimates
@@ -225,8 +258,11 @@ def analyze(model: keras.Model, units: Sequence[Unit], levels: Sequence[float], 
     scorer = HeldOutScorer(model, x_val, y_val, metric, batch_size=batch_size, max_samples=samples, seed=seed)
     bn_vars = [v for layer in batchnorm_layers(model) for v in (layer.moving_mean, layer.moving_variance)]
     bn_saved = [np.array(v.numpy()) for v in bn_vars]
-    estimator = (BatchNormEstimator(model, x_train, batch_size=max(batch_size, 128), max_samples=batchnorm_samples,
-                                    seed=seed) if bn_vars and x_train is not None else None)
+    estimator = (
+        BatchNormEstimator(model, x_train, batch_size=max(batch_size, 128), max_samples=batchnorm_samples, seed=seed)
+        if bn_vars and x_train is not None
+        else None
+    )
 
     def measure() -> float:
         if should_cancel():
@@ -245,8 +281,16 @@ def analyze(model: keras.Model, units: Sequence[Unit], levels: Sequence[float], 
                 for level in levels:
                     params, macs = unit.apply(float(level))
                     value = measure()
-                    rows.append({"layer": unit.name, "level": float(level), "metric": value,
-                                 "drop": metric_drop(metric, baseline, value), "params": params, "macs": macs})
+                    rows.append(
+                        {
+                            "layer": unit.name,
+                            "level": float(level),
+                            "metric": value,
+                            "drop": metric_drop(metric, baseline, value),
+                            "params": params,
+                            "macs": macs,
+                        }
+                    )
             finally:
                 unit.restore()
                 for v, saved in zip(bn_vars, bn_saved):
@@ -254,8 +298,15 @@ def analyze(model: keras.Model, units: Sequence[Unit], levels: Sequence[float], 
     finally:
         for v, saved in zip(bn_vars, bn_saved):
             v.assign(saved)
-    return {"metric": metric, "baseline": baseline, "method": method, "levels": [float(x) for x in levels],
-            "samples": scorer.samples, "units": [u.describe() for u in units], "rows": rows}
+    return {
+        "metric": metric,
+        "baseline": baseline,
+        "method": method,
+        "levels": [float(x) for x in levels],
+        "samples": scorer.samples,
+        "units": [u.describe() for u in units],
+        "rows": rows,
+    }
 
 
 def curves(result: dict) -> dict[str, tuple[tuple[float, ...], tuple[float, ...]]]:

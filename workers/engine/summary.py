@@ -57,8 +57,14 @@ def quality_check(before_eval: dict | None, after_eval: dict | None, evaluation)
             limit = evaluation.max_loss_increase
             rel = (a - b) / abs(b) if b != 0 else (0.0 if a <= 0 else math.inf)
             ok = _finite(a) and rel <= limit + 1e-12
-            checked[k] = {"before": b, "after": a, "relative_change": rel, "kind": "loss",
-                          "max_increase": limit, "ok": ok}
+            checked[k] = {
+                "before": b,
+                "after": a,
+                "relative_change": rel,
+                "kind": "loss",
+                "max_increase": limit,
+                "ok": ok,
+            }
     if not checked:
         return {"within_tolerance": None, "metrics": {}, "note": None}
     failed = [k for k, c in checked.items() if not c["ok"]]
@@ -68,13 +74,19 @@ def quality_check(before_eval: dict | None, after_eval: dict | None, evaluation)
         for k in failed:
             c = checked[k]
             if c["kind"] == "accuracy":
-                parts.append(f"held-out {k} fell from {c['before']:.1%} to {_pct(c['after'])} "
-                             f"({_points(c['change'])}; tolerance {c['max_drop'] * 100:.1f} points)")
+                parts.append(
+                    f"held-out {k} fell from {c['before']:.1%} to {_pct(c['after'])} "
+                    f"({_points(c['change'])}; tolerance {c['max_drop'] * 100:.1f} points)"
+                )
             else:
-                parts.append(f"held-out {k} rose from {c['before']:.4g} to {c['after']:.4g} "
-                             f"({_rel(c['relative_change'])}; tolerance +{c['max_increase']:.0%})")
-        note = ("QUALITY COLLAPSED: " + "; ".join(parts) + ". The compressed model is not a usable replacement, "
-                "so no win is claimed (win = none); try a lower sparsity, a higher keep_ratio or more epochs.")
+                parts.append(
+                    f"held-out {k} rose from {c['before']:.4g} to {c['after']:.4g} "
+                    f"({_rel(c['relative_change'])}; tolerance +{c['max_increase']:.0%})"
+                )
+        note = (
+            "QUALITY COLLAPSED: " + "; ".join(parts) + ". The compressed model is not a usable replacement, "
+            "so no win is claimed (win = none); try a lower sparsity, a higher keep_ratio or more epochs."
+        )
     return {"within_tolerance": not failed, "metrics": checked, "note": note}
 
 
@@ -102,8 +114,10 @@ def _speed(before: dict, after: dict) -> tuple[dict, dict, list[str]]:
         separated = _finite(a.get("p75")) and _finite(b.get("p25")) and a["p75"] < b["p25"]
         significant[key] = bool(ratio >= SPEED_WIN and separated)
         if ratio >= SPEED_WIN and not separated:
-            notes.append(f"latency {key}: {ratio:.2f}x by the medians, but within the spread of the repeated "
-                         "measurements (interquartile ranges overlap): not claimed as a speed win")
+            notes.append(
+                f"latency {key}: {ratio:.2f}x by the medians, but within the spread of the repeated "
+                "measurements (interquartile ranges overlap): not claimed as a speed win"
+            )
     return speedups, significant, notes
 
 
@@ -124,8 +138,10 @@ def summarize(before: dict, after: dict, artifacts: dict, spec, budget: dict | N
     structured = any(s.kind == "structured" or (s.kind == "budget" and s.method == "structured") for s in spec.steps)
     collapsed = quality["within_tolerance"] is False
     if not structured and not speed_win and not collapsed:
-        notes.append("unstructured sparsity only: a size win (gzip), not a speed win — dense kernels still "
-                     "compute every zero on CPU")
+        notes.append(
+            "unstructured sparsity only: a size win (gzip), not a speed win — dense kernels still "
+            "compute every zero on CPU"
+        )
     if not spec.evaluation.latency:
         notes.append("latency not measured (evaluation.latency = false)")
     kinds = [k for k, ok in (("size", size_win), ("speed", speed_win)) if ok]

@@ -70,8 +70,9 @@ def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
     return f"t={t},v1={_mac(secret, t, body)}"
 
 
-def verify_signature(secret: str, header: str, body: bytes, *, tolerance_s: float = 300.0,
-                     now: float | None = None) -> bool:
+def verify_signature(
+    secret: str, header: str, body: bytes, *, tolerance_s: float = 300.0, now: float | None = None
+) -> bool:
     """Receiver side: True when `header` signs `body` with `secret` and its timestamp is within `tolerance_s`."""
     try:
         fields = dict(part.strip().split("=", 1) for part in header.split(","))
@@ -91,18 +92,21 @@ def _encode(payload: dict) -> bytes:
     return json.dumps(payload, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
 
 
-def _pinned_request(client: httpx.AsyncClient, target: Target, address: str, body: bytes,
-                    headers: dict[str, str]) -> httpx.Request:
+def _pinned_request(
+    client: httpx.AsyncClient, target: Target, address: str, body: bytes, headers: dict[str, str]
+) -> httpx.Request:
     """A request to `address` that still names the original host in Host and (for https) SNI/certificate checks."""
     host = target.url.raw_host.decode("ascii")
     request_headers = {**headers, "Host": target.url.netloc.decode("ascii")}
     extensions = {"sni_hostname": host} if target.url.scheme == "https" else {}
-    return client.build_request("POST", target.url.copy_with(host=address), content=body,
-                                headers=request_headers, extensions=extensions)
+    return client.build_request(
+        "POST", target.url.copy_with(host=address), content=body, headers=request_headers, extensions=extensions
+    )
 
 
-async def _post(client: httpx.AsyncClient, target: Target, body: bytes,
-                headers: dict[str, str]) -> tuple[bool, bool, str]:
+async def _post(
+    client: httpx.AsyncClient, target: Target, body: bytes, headers: dict[str, str]
+) -> tuple[bool, bool, str]:
     """POST to the target's checked addresses in turn until one connects; (delivered, retry, what happened)."""
     outcome = "no address connected"
     for address in target.addresses:
@@ -123,8 +127,16 @@ async def _post(client: httpx.AsyncClient, target: Target, body: bytes,
     return False, True, outcome
 
 
-async def _attempt(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str], *, deadline_s: float,
-                   allow_private: bool, allowed_hosts: Iterable[str]) -> tuple[bool, bool, str]:
+async def _attempt(
+    client: httpx.AsyncClient,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    deadline_s: float,
+    allow_private: bool,
+    allowed_hosts: Iterable[str],
+) -> tuple[bool, bool, str]:
     """One attempt: re-check the URL, then POST within `deadline_s` seconds of wall-clock time.
 
     Returns (delivered, retry, what happened).
@@ -157,9 +169,18 @@ def delivery_budget(timeout: float, attempts: int, backoff: float = 0.5) -> floa
     return attempts * timeout + sum(min(MAX_BACKOFF_S, max(0.0, backoff) * 2**n) for n in range(attempts - 1))
 
 
-def deliver(url: str, payload: dict, *, secret: str | None, timeout: float = 5.0, retries: int = 3,
-            backoff: float = 0.5, allow_private: bool = False, allowed_hosts: frozenset[str] = frozenset(),
-            event: str | None = None) -> bool:
+def deliver(
+    url: str,
+    payload: dict,
+    *,
+    secret: str | None,
+    timeout: float = 5.0,
+    retries: int = 3,
+    backoff: float = 0.5,
+    allow_private: bool = False,
+    allowed_hosts: frozenset[str] = frozenset(),
+    event: str | None = None,
+) -> bool:
     """POST `payload` as JSON to `url`, signed when `secret` is given; True once the receiver answers 2xx.
 
     `event` (default: `payload["event"]`, else "job.updated") goes in `X-Secateurs-Event`. The URL is checked
@@ -172,29 +193,61 @@ def deliver(url: str, payload: dict, *, secret: str | None, timeout: float = 5.0
     try:
         body = _encode(payload)
         name = event or (payload.get("event") if isinstance(payload.get("event"), str) else None) or DEFAULT_EVENT
-        return asyncio.run(_deliver(url, body, name, secret=secret, timeout=float(timeout), retries=retries,
-                                    backoff=backoff, allow_private=allow_private, allowed_hosts=allowed_hosts))
+        return asyncio.run(
+            _deliver(
+                url,
+                body,
+                name,
+                secret=secret,
+                timeout=float(timeout),
+                retries=retries,
+                backoff=backoff,
+                allow_private=allow_private,
+                allowed_hosts=allowed_hosts,
+            )
+        )
     except Exception:  # a webhook must never break the job that sends it
         log.exception("webhook to %s could not be sent", _for_log(url))
     return False
 
 
-async def _deliver(url: str, body: bytes, name: str, *, secret: str | None, timeout: float, retries: int,
-                   backoff: float, allow_private: bool, allowed_hosts: frozenset[str]) -> bool:
-    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, EVENT_HEADER: name,
-               DELIVERY_HEADER: uuid.uuid4().hex}
+async def _deliver(
+    url: str,
+    body: bytes,
+    name: str,
+    *,
+    secret: str | None,
+    timeout: float,
+    retries: int,
+    backoff: float,
+    allow_private: bool,
+    allowed_hosts: frozenset[str],
+) -> bool:
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        EVENT_HEADER: name,
+        DELIVERY_HEADER: uuid.uuid4().hex,
+    }
     attempts = 1 + max(0, int(retries))
     async with httpx.AsyncClient(timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False) as client:
         for n in range(attempts):
             if secret is not None:
                 headers[SIGNATURE_HEADER] = sign(secret, body)  # a fresh timestamp per attempt
-            delivered, retry, outcome = await _attempt(client, url, body, headers, deadline_s=timeout,
-                                                       allow_private=allow_private, allowed_hosts=allowed_hosts)
+            delivered, retry, outcome = await _attempt(
+                client, url, body, headers, deadline_s=timeout, allow_private=allow_private, allowed_hosts=allowed_hosts
+            )
             if delivered:
                 log.info("webhook %s delivered to %s (attempt %d): %s", name, _for_log(url), n + 1, outcome)
                 return True
-            log.warning("webhook %s to %s failed (attempt %d of %d): %s", name, _for_log(url), n + 1,
-                        attempts, outcome.replace(url, _for_log(url)))
+            log.warning(
+                "webhook %s to %s failed (attempt %d of %d): %s",
+                name,
+                _for_log(url),
+                n + 1,
+                attempts,
+                outcome.replace(url, _for_log(url)),
+            )
             if not retry or n + 1 == attempts:
                 return False
             await asyncio.sleep(min(MAX_BACKOFF_S, max(0.0, backoff) * 2**n))

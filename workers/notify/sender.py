@@ -37,10 +37,14 @@ def webhook_payload(job: JobRecord) -> dict:
     """The JSON body of a job's terminal-state webhook."""
     return {
         "event": f"job.{job.status}",
-        "job": {"id": job.id, "status": str(job.status), "error": public_error(job.error),
-                "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-                "artifacts": [a.to_dict() for a in job.artifacts],
-                "summary": (job.manifest or {}).get("summary")},
+        "job": {
+            "id": job.id,
+            "status": str(job.status),
+            "error": public_error(job.error),
+            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+            "artifacts": [a.to_dict() for a in job.artifacts],
+            "summary": (job.manifest or {}).get("summary"),
+        },
     }
 
 
@@ -57,9 +61,17 @@ def deliver_webhook(settings: Settings, job: JobRecord) -> bool:
     try:
         from workers.notify.delivery import deliver
 
-        return bool(deliver(job.webhook_url, webhook_payload(job), secret=settings.webhooks.secret,
-                            timeout=settings.webhooks.timeout, retries=settings.webhooks.max_attempts - 1,
-                            backoff=BACKOFF_S, allow_private=settings.webhooks.allow_private))
+        return bool(
+            deliver(
+                job.webhook_url,
+                webhook_payload(job),
+                secret=settings.webhooks.secret,
+                timeout=settings.webhooks.timeout,
+                retries=settings.webhooks.max_attempts - 1,
+                backoff=BACKOFF_S,
+                allow_private=settings.webhooks.allow_private,
+            )
+        )
     except Exception:  # a webhook must never break the sender
         log.exception("job %s: webhook delivery failed", job.id)
         return False
@@ -70,8 +82,10 @@ class WebhookSender:
 
     def __init__(self, queue_size: int = 1000, threads: int = SENDER_THREADS):
         self.queue: queue.Queue[tuple[Settings, JobRecord]] = queue.Queue(maxsize=max(1, queue_size))
-        self.threads = [threading.Thread(target=self._run, name=f"webhook-sender-{i + 1}", daemon=True)
-                        for i in range(max(1, threads))]
+        self.threads = [
+            threading.Thread(target=self._run, name=f"webhook-sender-{i + 1}", daemon=True)
+            for i in range(max(1, threads))
+        ]
         self.delivered = self.failed = self.dropped = 0
         self.budget_s = 0.0  # the longest delivery budget of anything submitted: what a drain waits at most
         self._lock = threading.Lock()
@@ -87,8 +101,11 @@ class WebhookSender:
         except queue.Full:
             with self._lock:
                 self.dropped += 1
-            log.warning("job %s: webhook dropped: %d webhooks are already waiting to be sent (webhooks.queue_size)",
-                        job.id, self.queue.maxsize)
+            log.warning(
+                "job %s: webhook dropped: %d webhooks are already waiting to be sent (webhooks.queue_size)",
+                job.id,
+                self.queue.maxsize,
+            )
             return False
 
     def _run(self) -> None:

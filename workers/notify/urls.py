@@ -148,13 +148,14 @@ def check_url(url: str, allow_private: bool, allowed_hosts: Iterable[str]) -> Ta
             reason = address_refusal(ipaddress.ip_address(address))
             if reason is not None:
                 where = "is" if address == host else f"resolves to {address}, which is"
-                raise ValueError(f"webhook URL {url!r}: host {host!r} {where} not public ({reason} address); "
-                                 "webhooks may only go to public addresses")
+                raise ValueError(
+                    f"webhook URL {url!r}: host {host!r} {where} not public ({reason} address); "
+                    "webhooks may only go to public addresses"
+                )
     return Target(url=parsed, port=port, addresses=tuple(addresses))
 
 
-def validate_webhook_url(url: str, *, allow_private: bool = False,
-                         allowed_hosts: frozenset[str] = frozenset()) -> str:
+def validate_webhook_url(url: str, *, allow_private: bool = False, allowed_hosts: frozenset[str] = frozenset()) -> str:
     """Check that a webhook may be sent to `url` (see the module docstring) and return it.
 
     Raises ValueError with a message that names the URL and the reason: a scheme other than http/https,

@@ -13,5 +13,14 @@ def open_store(url: str, *, echo: bool = False) -> JobStore:
     return SqlJobStore(url, echo=echo)
 
 
-__all__ = ["Claim", "JobStore", "Page", "QuotaExceeded", "StoreError", "StoreUnavailable", "SweepResult", "TenantQuota",
-           "open_store"]
+__all__ = [
+    "Claim",
+    "JobStore",
+    "Page",
+    "QuotaExceeded",
+    "StoreError",
+    "StoreUnavailable",
+    "SweepResult",
+    "TenantQuota",
+    "open_store",
+]

@@ -41,14 +41,21 @@ class Page:
 class JobStore(Protocol):
     # jobs ------------------------------------------------------------------------------------------------------
     def create_job(self, new: NewJob, *, max_attempts: int, quota: TenantQuota | None = None) -> tuple[JobRecord, bool]:
-        """Save a queued job; returns (job, created). An existing (tenant, idempotency_key) returns (that job, False)."""
+        """Save a queued job; returns (job, created). An existing (tenant, idempotency_key) returns (that job,
+        False)."""
 
     def get_job(self, job_id: str, tenant: str | None = None) -> JobRecord | None: ...
 
     def find_by_idempotency_key(self, tenant: str, key: str) -> JobRecord | None: ...
 
-    def list_jobs(self, tenant: str | None, *, statuses: Iterable[JobStatus] | None = None, limit: int = 50,
-                  cursor: str | None = None) -> Page: ...
+    def list_jobs(
+        self,
+        tenant: str | None,
+        *,
+        statuses: Iterable[JobStatus] | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page: ...
 
     def count_jobs(self, tenant: str | None = None, statuses: Iterable[JobStatus] | None = None) -> int: ...
 
@@ -72,8 +79,15 @@ class JobStore(Protocol):
     def heartbeat(self, claim: Claim) -> bool:
         """Refresh the running attempt's heartbeat; False when the attempt no longer owns the job."""
 
-    def finish(self, claim: Claim, status: JobStatus, *, manifest: dict | None = None, error: dict | None = None,
-               artifacts: list[ArtifactInfo] | None = None) -> bool:
+    def finish(
+        self,
+        claim: Claim,
+        status: JobStatus,
+        *,
+        manifest: dict | None = None,
+        error: dict | None = None,
+        artifacts: list[ArtifactInfo] | None = None,
+    ) -> bool:
         """running -> terminal, only for the attempt that owns the job."""
 
     def retry(self, claim: Claim, reason: str) -> Claim | None:
@@ -83,8 +97,9 @@ class JobStore(Protocol):
     def release(self, claim: Claim, reason: str) -> bool:
         """running -> queued without spending the attempt (graceful worker shutdown)."""
 
-    def sweep_stale(self, older_than: datetime, *, dead_worker: Callable[[str], bool] | None = None
-                    ) -> list[SweepResult]:
+    def sweep_stale(
+        self, older_than: datetime, *, dead_worker: Callable[[str], bool] | None = None
+    ) -> list[SweepResult]:
         """Running jobs whose heartbeat is older than `older_than` (or whose worker `dead_worker` says is gone):
         re-queued, or failed as interrupted when out of attempts; cancelled if a cancel was requested."""
 
@@ -104,8 +119,9 @@ class JobStore(Protocol):
     def events(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[JobEvent]: ...
 
     # API keys --------------------------------------------------------------------------------------------------
-    def create_api_key(self, key_id: str, tenant: str, key_hash: str, name: str | None = None, *,
-                       admin: bool = False) -> ApiKeyRecord: ...
+    def create_api_key(
+        self, key_id: str, tenant: str, key_hash: str, name: str | None = None, *, admin: bool = False
+    ) -> ApiKeyRecord: ...
 
     def find_api_key(self, key_hash: str) -> tuple[ApiKeyRecord, str] | None:
         """(record, stored hash) for a hash, revoked or not."""

@@ -39,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
+from workers.errors import QuotaExceeded, StoreUnavailable
 from workers.jobs import (
     ApiKeyRecord,
     ArtifactInfo,
@@ -52,7 +53,6 @@ from workers.jobs import (
     error_dict,
     utcnow,
 )
-from workers.errors import QuotaExceeded, StoreUnavailable
 from workers.store.base import Claim, Page, SweepResult, TenantQuota
 
 
@@ -154,8 +154,9 @@ def _unavailable_errors(engine: Engine) -> None:
             return
         if ctx.is_disconnect or isinstance(ctx.sqlalchemy_exception, (OperationalError, InterfaceError)):
             reason = " ".join(str(ctx.original_exception).split())[:300]
-            raise StoreUnavailable(f"the job store is unavailable ({engine.url.get_backend_name()}): {reason}") \
-                from ctx.sqlalchemy_exception
+            raise StoreUnavailable(
+                f"the job store is unavailable ({engine.url.get_backend_name()}): {reason}"
+            ) from ctx.sqlalchemy_exception
 
 
 SQLITE_POOL_SIZE = 40
@@ -242,8 +243,14 @@ def _job(row) -> JobRecord:
 
 def _key(row) -> ApiKeyRecord:
     m = row._mapping
-    return ApiKeyRecord(id=m["id"], tenant=m["tenant"], name=m["name"], created_at=m["created_at"],
-                        revoked_at=m["revoked_at"], admin=bool(m["admin"]))
+    return ApiKeyRecord(
+        id=m["id"],
+        tenant=m["tenant"],
+        name=m["name"],
+        created_at=m["created_at"],
+        revoked_at=m["revoked_at"],
+        admin=bool(m["admin"]),
+    )
 
 
 class SqlJobStore:
@@ -258,8 +265,9 @@ class SqlJobStore:
     # -- helpers ------------------------------------------------------------------------------------------------
 
     def _event(self, conn: Connection, job_id: str, kind: EventKind, data: dict, now: datetime | None = None) -> int:
-        result = conn.execute(insert(events).values(job_id=job_id, kind=str(kind), data=data,
-                                                    created_at=now or utcnow()))
+        result = conn.execute(
+            insert(events).values(job_id=job_id, kind=str(kind), data=data, created_at=now or utcnow())
+        )
         return int(result.inserted_primary_key[0])
 
     def _status_event(self, conn: Connection, job_id: str, status: JobStatus, now: datetime, **extra) -> None:
@@ -277,12 +285,23 @@ class SqlJobStore:
             with self.engine.begin() as conn:
                 self._lock_tenant(conn, new.tenant)
                 # insert first, then count: the row's write lock serializes concurrent submits of a tenant
-                conn.execute(insert(jobs).values(
-                    id=new.id, tenant=new.tenant, status=JobStatus.QUEUED.value, spec=new.spec,
-                    inputs={role: f.to_dict() for role, f in new.inputs.items()}, created_at=now, updated_at=now,
-                    attempts=0, max_attempts=max_attempts, cancel_requested=False, webhook_url=new.webhook_url,
-                    idempotency_key=new.idempotency_key, request_fingerprint=new.fingerprint,
-                ))
+                conn.execute(
+                    insert(jobs).values(
+                        id=new.id,
+                        tenant=new.tenant,
+                        status=JobStatus.QUEUED.value,
+                        spec=new.spec,
+                        inputs={role: f.to_dict() for role, f in new.inputs.items()},
+                        created_at=now,
+                        updated_at=now,
+                        attempts=0,
+                        max_attempts=max_attempts,
+                        cancel_requested=False,
+                        webhook_url=new.webhook_url,
+                        idempotency_key=new.idempotency_key,
+                        request_fingerprint=new.fingerprint,
+                    )
+                )
                 if quota is not None:
                     self._check_quota(conn, new.tenant, quota)
                 self._status_event(conn, new.id, JobStatus.QUEUED, now)
@@ -298,24 +317,34 @@ class SqlJobStore:
         return job, True
 
     def _check_quota(self, conn: Connection, tenant: str, quota: TenantQuota) -> None:
-        active = conn.execute(select(func.count()).select_from(jobs).where(
-            jobs.c.tenant == tenant, jobs.c.status.in_(ACTIVE_STATUSES))).scalar_one()
+        active = conn.execute(
+            select(func.count()).select_from(jobs).where(jobs.c.tenant == tenant, jobs.c.status.in_(ACTIVE_STATUSES))
+        ).scalar_one()
         if active > quota.max_active_jobs:
-            raise QuotaExceeded("max_active_jobs_per_tenant", quota.max_active_jobs,
-                                f"tenant '{tenant}' already has {active - 1} queued or running jobs; the limit "
-                                f"(limits.max_active_jobs_per_tenant) is {quota.max_active_jobs}")
+            raise QuotaExceeded(
+                "max_active_jobs_per_tenant",
+                quota.max_active_jobs,
+                f"tenant '{tenant}' already has {active - 1} queued or running jobs; the limit "
+                f"(limits.max_active_jobs_per_tenant) is {quota.max_active_jobs}",
+            )
         stored = conn.execute(select(func.count()).select_from(jobs).where(jobs.c.tenant == tenant)).scalar_one()
         if stored > quota.max_stored_jobs:
-            raise QuotaExceeded("max_stored_jobs_per_tenant", quota.max_stored_jobs,
-                                f"tenant '{tenant}' already stores {stored - 1} jobs; the limit "
-                                f"(limits.max_stored_jobs_per_tenant) is {quota.max_stored_jobs}: delete old jobs")
+            raise QuotaExceeded(
+                "max_stored_jobs_per_tenant",
+                quota.max_stored_jobs,
+                f"tenant '{tenant}' already stores {stored - 1} jobs; the limit "
+                f"(limits.max_stored_jobs_per_tenant) is {quota.max_stored_jobs}: delete old jobs",
+            )
         if quota.max_stored_artifacts is not None:
             stored_artifacts = self._count_artifacts(conn, tenant)
             if stored_artifacts >= quota.max_stored_artifacts:
-                raise QuotaExceeded("max_stored_artifacts_per_tenant", quota.max_stored_artifacts,
-                                    f"tenant '{tenant}' already stores {stored_artifacts} artifacts; the limit "
-                                    f"(limits.max_stored_artifacts_per_tenant) is {quota.max_stored_artifacts}: "
-                                    "delete old jobs")
+                raise QuotaExceeded(
+                    "max_stored_artifacts_per_tenant",
+                    quota.max_stored_artifacts,
+                    f"tenant '{tenant}' already stores {stored_artifacts} artifacts; the limit "
+                    f"(limits.max_stored_artifacts_per_tenant) is {quota.max_stored_artifacts}: "
+                    "delete old jobs",
+                )
 
     @staticmethod
     def _count_artifacts(conn: Connection, tenant: str) -> int:
@@ -341,8 +370,14 @@ class SqlJobStore:
             row = conn.execute(select(jobs).where(jobs.c.tenant == tenant, jobs.c.idempotency_key == key)).first()
         return None if row is None else _job(row)
 
-    def list_jobs(self, tenant: str | None, *, statuses: Iterable[JobStatus] | None = None, limit: int = 50,
-                  cursor: str | None = None) -> Page:
+    def list_jobs(
+        self,
+        tenant: str | None,
+        *,
+        statuses: Iterable[JobStatus] | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
         q = select(jobs).order_by(jobs.c.id.desc()).limit(limit + 1)
         if tenant is not None:
             q = q.where(jobs.c.tenant == tenant)
@@ -373,7 +408,8 @@ class SqlJobStore:
 
     def durations(self) -> list[tuple[JobStatus, float]]:
         q = select(jobs.c.status, jobs.c.started_at, jobs.c.finished_at).where(
-            jobs.c.started_at.is_not(None), jobs.c.finished_at.is_not(None))
+            jobs.c.started_at.is_not(None), jobs.c.finished_at.is_not(None)
+        )
         with self.engine.connect() as conn:
             rows = conn.execute(q).all()
         return [(JobStatus(s), (f - b).total_seconds()) for s, b, f in rows]
@@ -399,17 +435,30 @@ class SqlJobStore:
         with self.engine.begin() as conn:
             result = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, _leaving(JobStatus.QUEUED, JobStatus.RUNNING),
-                       jobs.c.attempts < jobs.c.max_attempts, jobs.c.cancel_requested.is_(False))
-                .values(status=JobStatus.RUNNING.value, attempts=jobs.c.attempts + 1, worker_id=worker_id,
-                        started_at=now, heartbeat_at=now, updated_at=now, progress=None)
+                .where(
+                    jobs.c.id == job_id,
+                    _leaving(JobStatus.QUEUED, JobStatus.RUNNING),
+                    jobs.c.attempts < jobs.c.max_attempts,
+                    jobs.c.cancel_requested.is_(False),
+                )
+                .values(
+                    status=JobStatus.RUNNING.value,
+                    attempts=jobs.c.attempts + 1,
+                    worker_id=worker_id,
+                    started_at=now,
+                    heartbeat_at=now,
+                    updated_at=now,
+                    progress=None,
+                )
             )
             if result.rowcount != 1:
                 return None
             attempts, max_attempts = conn.execute(
-                select(jobs.c.attempts, jobs.c.max_attempts).where(jobs.c.id == job_id)).one()
-            self._status_event(conn, job_id, JobStatus.RUNNING, now, attempt=attempts, max_attempts=max_attempts,
-                               worker=worker_id)
+                select(jobs.c.attempts, jobs.c.max_attempts).where(jobs.c.id == job_id)
+            ).one()
+            self._status_event(
+                conn, job_id, JobStatus.RUNNING, now, attempt=attempts, max_attempts=max_attempts, worker=worker_id
+            )
         job = self.get_job(job_id)
         if job is None:  # pragma: no cover - deleted in between
             return None
@@ -425,16 +474,31 @@ class SqlJobStore:
         with self.engine.begin() as conn:
             return conn.execute(update(jobs).where(*self._owned(claim)).values(heartbeat_at=now)).rowcount == 1
 
-    def finish(self, claim: Claim, status: JobStatus, *, manifest: dict | None = None, error: dict | None = None,
-               artifacts: list[ArtifactInfo] | None = None) -> bool:
+    def finish(
+        self,
+        claim: Claim,
+        status: JobStatus,
+        *,
+        manifest: dict | None = None,
+        error: dict | None = None,
+        artifacts: list[ArtifactInfo] | None = None,
+    ) -> bool:
         if not JobStatus(status).terminal:
             raise ValueError(f"finish() needs a terminal status, not {status}")
         now = utcnow()
         with self.engine.begin() as conn:
-            result = conn.execute(update(jobs).where(*self._owned(claim, to=JobStatus(status))).values(
-                status=str(status), finished_at=now, updated_at=now, manifest=manifest, error=error,
-                artifacts=[a.to_dict() for a in artifacts or []],
-            ))
+            result = conn.execute(
+                update(jobs)
+                .where(*self._owned(claim, to=JobStatus(status)))
+                .values(
+                    status=str(status),
+                    finished_at=now,
+                    updated_at=now,
+                    manifest=manifest,
+                    error=error,
+                    artifacts=[a.to_dict() for a in artifacts or []],
+                )
+            )
             if result.rowcount != 1:
                 return False
             extra = {"error": error} if error else {}
@@ -444,15 +508,28 @@ class SqlJobStore:
     def retry(self, claim: Claim, reason: str) -> Claim | None:
         now = utcnow()
         with self.engine.begin() as conn:
-            result = conn.execute(update(jobs).where(
-                *self._owned(claim), jobs.c.attempts < jobs.c.max_attempts, jobs.c.cancel_requested.is_(False),
-            ).values(attempts=jobs.c.attempts + 1, started_at=now, heartbeat_at=now, updated_at=now, progress=None))
+            result = conn.execute(
+                update(jobs)
+                .where(
+                    *self._owned(claim),
+                    jobs.c.attempts < jobs.c.max_attempts,
+                    jobs.c.cancel_requested.is_(False),
+                )
+                .values(attempts=jobs.c.attempts + 1, started_at=now, heartbeat_at=now, updated_at=now, progress=None)
+            )
             if result.rowcount != 1:
                 return None
             max_attempts = conn.execute(select(jobs.c.max_attempts).where(jobs.c.id == claim.job.id)).scalar_one()
-            self._status_event(conn, claim.job.id, JobStatus.RUNNING, now, attempt=claim.attempt + 1,
-                               max_attempts=max_attempts, worker=claim.worker_id,
-                               reason=f"attempt {claim.attempt} ended: {reason}; retrying")
+            self._status_event(
+                conn,
+                claim.job.id,
+                JobStatus.RUNNING,
+                now,
+                attempt=claim.attempt + 1,
+                max_attempts=max_attempts,
+                worker=claim.worker_id,
+                reason=f"attempt {claim.attempt} ended: {reason}; retrying",
+            )
         job = self.get_job(claim.job.id)
         if job is None:  # pragma: no cover - deleted in between
             return None
@@ -461,22 +538,43 @@ class SqlJobStore:
     def release(self, claim: Claim, reason: str) -> bool:
         now = utcnow()
         with self.engine.begin() as conn:
-            result = conn.execute(update(jobs).where(*self._owned(claim, to=JobStatus.QUEUED)).values(
-                status=JobStatus.QUEUED.value, attempts=jobs.c.attempts - 1, worker_id=None, heartbeat_at=None,
-                updated_at=now, progress=None))
+            result = conn.execute(
+                update(jobs)
+                .where(*self._owned(claim, to=JobStatus.QUEUED))
+                .values(
+                    status=JobStatus.QUEUED.value,
+                    attempts=jobs.c.attempts - 1,
+                    worker_id=None,
+                    heartbeat_at=None,
+                    updated_at=now,
+                    progress=None,
+                )
+            )
             if result.rowcount != 1:
                 return False
             self._status_event(conn, claim.job.id, JobStatus.QUEUED, now, reason=reason)
         return True
 
-    def sweep_stale(self, older_than: datetime, *, dead_worker: Callable[[str], bool] | None = None
-                    ) -> list[SweepResult]:
-        q = select(jobs.c.id, jobs.c.attempts, jobs.c.max_attempts, jobs.c.heartbeat_at, jobs.c.worker_id,
-                   jobs.c.cancel_requested).where(jobs.c.status == JobStatus.RUNNING.value)
+    def sweep_stale(
+        self, older_than: datetime, *, dead_worker: Callable[[str], bool] | None = None
+    ) -> list[SweepResult]:
+        q = select(
+            jobs.c.id,
+            jobs.c.attempts,
+            jobs.c.max_attempts,
+            jobs.c.heartbeat_at,
+            jobs.c.worker_id,
+            jobs.c.cancel_requested,
+        ).where(jobs.c.status == JobStatus.RUNNING.value)
         with self.engine.connect() as conn:
             running = conn.execute(q).all()
-        stale = [r for r in running if r.heartbeat_at is None or r.heartbeat_at < older_than
-                 or (dead_worker is not None and r.worker_id and dead_worker(r.worker_id))]
+        stale = [
+            r
+            for r in running
+            if r.heartbeat_at is None
+            or r.heartbeat_at < older_than
+            or (dead_worker is not None and r.worker_id and dead_worker(r.worker_id))
+        ]
         out = []
         for job_id, attempts, max_attempts, beat, worker, cancel in stale:
             now = utcnow()
@@ -487,11 +585,20 @@ class SqlJobStore:
                 status, values = JobStatus.QUEUED, {"worker_id": None, "heartbeat_at": None, "progress": None}
             else:
                 status = JobStatus.FAILED
-                values = {"finished_at": now, "error": error_dict(
-                    "interrupted", f"the job was interrupted: its worker stopped during attempt {attempts} of "
-                    f"{max_attempts} (worker.max_attempts) and it is not retried again")}
-            where = (jobs.c.id == job_id, _leaving(JobStatus.RUNNING, status), jobs.c.heartbeat_at == beat,
-                     jobs.c.attempts == attempts)
+                values = {
+                    "finished_at": now,
+                    "error": error_dict(
+                        "interrupted",
+                        f"the job was interrupted: its worker stopped during attempt {attempts} of "
+                        f"{max_attempts} (worker.max_attempts) and it is not retried again",
+                    ),
+                }
+            where = (
+                jobs.c.id == job_id,
+                _leaving(JobStatus.RUNNING, status),
+                jobs.c.heartbeat_at == beat,
+                jobs.c.attempts == attempts,
+            )
             with self.engine.begin() as conn:
                 result = conn.execute(update(jobs).where(*where).values(status=str(status), updated_at=now, **values))
                 if result.rowcount == 1:
@@ -502,18 +609,29 @@ class SqlJobStore:
 
     def fail_exhausted(self) -> list[SweepResult]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(jobs.c.id, jobs.c.attempts).where(
-                jobs.c.status == JobStatus.QUEUED.value, jobs.c.attempts >= jobs.c.max_attempts)).all()
+            rows = conn.execute(
+                select(jobs.c.id, jobs.c.attempts).where(
+                    jobs.c.status == JobStatus.QUEUED.value, jobs.c.attempts >= jobs.c.max_attempts
+                )
+            ).all()
         out = []
         for job_id, attempts in rows:
             now = utcnow()
-            error = error_dict("interrupted", f"the job was interrupted on each of its {attempts} attempts "
-                                              "(worker.max_attempts); it is not retried again")
+            error = error_dict(
+                "interrupted",
+                f"the job was interrupted on each of its {attempts} attempts "
+                "(worker.max_attempts); it is not retried again",
+            )
             with self.engine.begin() as conn:
-                result = conn.execute(update(jobs).where(
-                    jobs.c.id == job_id, _leaving(JobStatus.QUEUED, JobStatus.FAILED),
-                    jobs.c.attempts >= jobs.c.max_attempts,
-                ).values(status=JobStatus.FAILED.value, finished_at=now, updated_at=now, error=error))
+                result = conn.execute(
+                    update(jobs)
+                    .where(
+                        jobs.c.id == job_id,
+                        _leaving(JobStatus.QUEUED, JobStatus.FAILED),
+                        jobs.c.attempts >= jobs.c.max_attempts,
+                    )
+                    .values(status=JobStatus.FAILED.value, finished_at=now, updated_at=now, error=error)
+                )
                 if result.rowcount == 1:
                     self._status_event(conn, job_id, JobStatus.FAILED, now, error=error)
                     out.append(SweepResult(job_id, JobStatus.FAILED))
@@ -523,17 +641,27 @@ class SqlJobStore:
         now = utcnow()
         scope = [jobs.c.id == job_id] + ([jobs.c.tenant == tenant] if tenant is not None else [])
         with self.engine.begin() as conn:
-            result = conn.execute(update(jobs).where(*scope, _leaving(JobStatus.QUEUED, JobStatus.CANCELLED)).values(
-                status=JobStatus.CANCELLED.value, cancel_requested=True, finished_at=now, updated_at=now))
+            result = conn.execute(
+                update(jobs)
+                .where(*scope, _leaving(JobStatus.QUEUED, JobStatus.CANCELLED))
+                .values(status=JobStatus.CANCELLED.value, cancel_requested=True, finished_at=now, updated_at=now)
+            )
             if result.rowcount == 1:
                 self._status_event(conn, job_id, JobStatus.CANCELLED, now, reason="cancelled while queued")
             else:
-                result = conn.execute(update(jobs).where(
-                    *scope, jobs.c.status == JobStatus.RUNNING.value, jobs.c.cancel_requested.is_(False),
-                ).values(cancel_requested=True, updated_at=now))
+                result = conn.execute(
+                    update(jobs)
+                    .where(
+                        *scope,
+                        jobs.c.status == JobStatus.RUNNING.value,
+                        jobs.c.cancel_requested.is_(False),
+                    )
+                    .values(cancel_requested=True, updated_at=now)
+                )
                 if result.rowcount == 1:
-                    self._event(conn, job_id, EventKind.LOG, {"message": "cancel requested; stopping at the next "
-                                                                         "batch"}, now)
+                    self._event(
+                        conn, job_id, EventKind.LOG, {"message": "cancel requested; stopping at the next batch"}, now
+                    )
         return self.get_job(job_id, tenant)
 
     def cancel_requested(self, job_id: str) -> bool:
@@ -554,21 +682,26 @@ class SqlJobStore:
                 self._event(conn, claim.job.id, EventKind.PROGRESS, progress, now)
 
     def events(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[JobEvent]:
-        q = (select(events).where(events.c.job_id == job_id, events.c.seq > after)
-             .order_by(events.c.seq).limit(limit))
+        q = select(events).where(events.c.job_id == job_id, events.c.seq > after).order_by(events.c.seq).limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(q).all()
-        return [JobEvent(job_id=r.job_id, seq=r.seq, kind=EventKind(r.kind), data=r.data, created_at=r.created_at)
-                for r in rows]
+        return [
+            JobEvent(job_id=r.job_id, seq=r.seq, kind=EventKind(r.kind), data=r.data, created_at=r.created_at)
+            for r in rows
+        ]
 
     # -- API keys -----------------------------------------------------------------------------------------------
 
-    def create_api_key(self, key_id: str, tenant: str, key_hash: str, name: str | None = None, *,
-                       admin: bool = False) -> ApiKeyRecord:
+    def create_api_key(
+        self, key_id: str, tenant: str, key_hash: str, name: str | None = None, *, admin: bool = False
+    ) -> ApiKeyRecord:
         now = utcnow()
         with self.engine.begin() as conn:
-            conn.execute(insert(api_keys).values(id=key_id, tenant=tenant, name=name, key_hash=key_hash,
-                                                 created_at=now, admin=admin))
+            conn.execute(
+                insert(api_keys).values(
+                    id=key_id, tenant=tenant, name=name, key_hash=key_hash, created_at=now, admin=admin
+                )
+            )
         return ApiKeyRecord(id=key_id, tenant=tenant, name=name, created_at=now, admin=admin)
 
     def find_api_key(self, key_hash: str) -> tuple[ApiKeyRecord, str] | None:
@@ -578,8 +711,14 @@ class SqlJobStore:
 
     def revoke_api_key(self, key_id: str) -> bool:
         with self.engine.begin() as conn:
-            return conn.execute(update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                                .values(revoked_at=utcnow())).rowcount == 1
+            return (
+                conn.execute(
+                    update(api_keys)
+                    .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                    .values(revoked_at=utcnow())
+                ).rowcount
+                == 1
+            )
 
     def list_api_keys(self) -> list[ApiKeyRecord]:
         with self.engine.connect() as conn:

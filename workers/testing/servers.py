@@ -44,8 +44,9 @@ def _entry_point(root: Path | None) -> str:
 
     found = entry_points(group="console_scripts", name="secateurs")
     if not found:
-        raise RuntimeError(f"no `secateurs` command: neither {root}/pyproject.toml nor an installed distribution "
-                           "declares one")
+        raise RuntimeError(
+            f"no `secateurs` command: neither {root}/pyproject.toml nor an installed distribution declares one"
+        )
     return next(iter(found)).value
 
 
@@ -53,8 +54,12 @@ def secateurs_command(*args: str, root: Path | None = None) -> list[str]:
     """`secateurs ARGS` of the checkout at `root` (default: this one), run by this Python interpreter; run it with
     `cwd=root` so that the checkout's packages come first."""
     module, _, function = _entry_point(root or ROOT).partition(":")
-    return [sys.executable, "-c", f"import sys; from {module} import {function}; sys.exit({function}())",
-            *map(str, args)]
+    return [
+        sys.executable,
+        "-c",
+        f"import sys; from {module} import {function}; sys.exit({function}())",
+        *map(str, args),
+    ]
 
 
 def process_env(root: Path | None = None, env: dict[str, str] | None = None) -> dict[str, str]:
@@ -68,8 +73,9 @@ def process_env(root: Path | None = None, env: dict[str, str] | None = None) -> 
     return {**base, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
 
 
-def wait_until_up(url: str, proc: subprocess.Popen, timeout: float, *, status: int | None = 200,
-                  log: Callable[[], str] = lambda: "") -> None:
+def wait_until_up(
+    url: str, proc: subprocess.Popen, timeout: float, *, status: int | None = 200, log: Callable[[], str] = lambda: ""
+) -> None:
     """Poll `url` until it answers (with `status`; None: any answer). RuntimeError, with `log()`, when `proc` exits
     first or `timeout` seconds pass."""
     deadline = time.monotonic() + timeout
@@ -151,8 +157,17 @@ class Server:
     same Server again) and returns once `/readyz` (or `ready`) answers 200. Also a context manager.
     """
 
-    def __init__(self, data_dir: Path, *, workers: int = 1, env: dict[str, str] | None = None,
-                 root: Path | None = None, new_session: bool = True, preexec_fn=None, log_path: Path | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+        root: Path | None = None,
+        new_session: bool = True,
+        preexec_fn=None,
+        log_path: Path | None = None,
+    ):
         self.data_dir = Path(data_dir)
         self.workers = workers
         self.root = Path(root) if root is not None else ROOT
@@ -160,8 +175,9 @@ class Server:
         self.preexec_fn = preexec_fn  # e.g. resource limits of the server process
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = process_env(self.root, {"SECATEURS_DATA_DIR": str(self.data_dir), "SECATEURS_LOG_LEVEL": "warning",
-                                           **(env or {})})
+        self.env = process_env(
+            self.root, {"SECATEURS_DATA_DIR": str(self.data_dir), "SECATEURS_LOG_LEVEL": "warning", **(env or {})}
+        )
         self.proc: subprocess.Popen | None = None
         self.log_path = Path(log_path) if log_path is not None else self.data_dir.parent / f"server-{self.port}.log"
 
@@ -170,10 +186,18 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(self.log_path, "ab")
-        command = secateurs_command("serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers",
-                                    str(self.workers), root=self.root)
-        self.proc = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=self.new_session, preexec_fn=self.preexec_fn)
+        command = secateurs_command(
+            "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers), root=self.root
+        )
+        self.proc = subprocess.Popen(
+            command,
+            cwd=self.root,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=self.new_session,
+            preexec_fn=self.preexec_fn,
+        )
         wait_until_up(f"{self.url}{ready}", self.proc, timeout, log=self.log_tail)
         return self
 

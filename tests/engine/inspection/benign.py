@@ -13,8 +13,15 @@ L = keras.layers
 
 
 def sequential():
-    return keras.Sequential([keras.Input((8,)), L.Dense(16, activation="relu", name="fc1"), L.Dropout(0.1),
-                             L.Dense(3, activation="softmax", name="out")], name="seq")
+    return keras.Sequential(
+        [
+            keras.Input((8,)),
+            L.Dense(16, activation="relu", name="fc1"),
+            L.Dropout(0.1),
+            L.Dense(3, activation="softmax", name="out"),
+        ],
+        name="seq",
+    )
 
 
 def functional_add_concat_bn():
@@ -29,8 +36,9 @@ def functional_add_concat_bn():
 
 
 def nested():
-    inner = keras.Sequential([keras.Input((6,)), L.Dense(6, activation="tanh"), L.BatchNormalization()],
-                             name="inner_block")
+    inner = keras.Sequential(
+        [keras.Input((6,)), L.Dense(6, activation="tanh"), L.BatchNormalization()], name="inner_block"
+    )
     inputs = keras.Input((6,))
     x = inner(inputs)
     x = L.Add()([x, inputs])
@@ -44,9 +52,13 @@ def zoo():
     x = L.Rescaling(1 / 255.0)(image)
     x = L.Normalization(mean=[0.5, 0.5, 0.5], variance=[0.25, 0.25, 0.25])(x)
     x = L.ZeroPadding2D(1)(x)
-    x = L.Conv2D(4, 3, kernel_regularizer=keras.regularizers.L1L2(1e-4, 1e-4),
-                 kernel_constraint=keras.constraints.MaxNorm(2.0),
-                 kernel_initializer=keras.initializers.HeNormal(seed=1))(x)
+    x = L.Conv2D(
+        4,
+        3,
+        kernel_regularizer=keras.regularizers.L1L2(1e-4, 1e-4),
+        kernel_constraint=keras.constraints.MaxNorm(2.0),
+        kernel_initializer=keras.initializers.HeNormal(seed=1),
+    )(x)
     x = L.DepthwiseConv2D(3, padding="same", depth_multiplier=2)(x)
     x = L.SeparableConv2D(4, 3, padding="same")(x)
     x = L.LeakyReLU(0.1)(x)
@@ -67,8 +79,15 @@ def zoo():
     e = L.Embedding(50, 4)(tokens)
     e = L.Flatten()(e)
     e = L.Dense(4, activation="swish", bias_initializer=keras.initializers.Constant(0.1))(e)
-    parts = [L.Add()([x, e]), L.Subtract()([x, e]), L.Multiply()([x, e]), L.Average()([x, e]),
-             L.Maximum()([x, e]), L.Minimum()([x, e]), L.Dot(axes=1)([x, e])]
+    parts = [
+        L.Add()([x, e]),
+        L.Subtract()([x, e]),
+        L.Multiply()([x, e]),
+        L.Average()([x, e]),
+        L.Maximum()([x, e]),
+        L.Minimum()([x, e]),
+        L.Dot(axes=1)([x, e]),
+    ]
     x = L.Concatenate()(parts)
     x = L.Activation("relu")(x)
     x = L.Dense(3)(x)
@@ -85,8 +104,13 @@ def recurrent():
     return keras.Model(inputs, L.Dense(2, activation="softmax")(x), name="recurrent")
 
 
-BENIGN = {"sequential": sequential, "functional": functional_add_concat_bn, "nested": nested, "zoo": zoo,
-          "recurrent": recurrent}
+BENIGN = {
+    "sequential": sequential,
+    "functional": functional_add_concat_bn,
+    "nested": nested,
+    "zoo": zoo,
+    "recurrent": recurrent,
+}
 
 
 def compile_model(model, optimizer="adam"):

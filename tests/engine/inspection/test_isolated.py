@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from tests import hostile
-from workers.engine.inspection import inspect_model_file, inspect_npz
 from workers.engine.errors import DataError, EngineError, ModelRejected
+from workers.engine.inspection import inspect_model_file, inspect_npz
 from workers.engine.inspection.isolated import ModelSummary, inspect_model_isolated, inspect_npz_isolated
 
 L = keras.layers
@@ -54,15 +54,24 @@ def big_config(tmp_path_factory) -> Path:
 def test_a_model_summary_is_what_the_in_process_inspection_finds(model_path):
     found = inspect_model_file(model_path)
     summary = inspect_model_isolated(model_path, timeout_s=60)
-    assert summary == ModelSummary(format="keras", layer_count=found.layer_count, weight_count=found.weight_count,
-                                   sequential_layers=2, keras_version=keras.__version__,
-                                   class_names=found.class_names)
+    assert summary == ModelSummary(
+        format="keras",
+        layer_count=found.layer_count,
+        weight_count=found.weight_count,
+        sequential_layers=2,
+        keras_version=keras.__version__,
+        class_names=found.class_names,
+    )
     assert summary.weight_count == 6 * 6 + 6 + 6 * 2 + 2
 
 
 def test_npz_arrays_are_what_the_in_process_inspection_finds(tmp_path):
-    np.savez(tmp_path / "d.npz", x_train=np.zeros((5, 3), "float32"), y_train=np.arange(5, dtype="uint8"),
-             mask=np.ones(2, bool))
+    np.savez(
+        tmp_path / "d.npz",
+        x_train=np.zeros((5, 3), "float32"),
+        y_train=np.arange(5, dtype="uint8"),
+        mask=np.ones(2, bool),
+    )
     arrays = inspect_npz_isolated(tmp_path / "d.npz", timeout_s=60)
     assert arrays == inspect_npz(tmp_path / "d.npz")
     assert arrays["x_train"] == ((5, 3), np.dtype("float32"))
@@ -89,10 +98,12 @@ def test_limits_are_passed_to_the_child(model_path):
 
 
 # the model takes a second or more to inspect; no child starts Python and numpy within 10 ms
-@pytest.mark.parametrize("inspect, error, timeout_s", [(inspect_model_isolated, ModelRejected, 0.3),
-                                                       (inspect_npz_isolated, DataError, 0.01)])
-def test_an_inspection_past_its_deadline_is_killed_and_the_file_refused_naming_the_limit(inspect, error, timeout_s,
-                                                                                         big_config):
+@pytest.mark.parametrize(
+    "inspect, error, timeout_s", [(inspect_model_isolated, ModelRejected, 0.3), (inspect_npz_isolated, DataError, 0.01)]
+)
+def test_an_inspection_past_its_deadline_is_killed_and_the_file_refused_naming_the_limit(
+    inspect, error, timeout_s, big_config
+):
     started = time.perf_counter()
     with pytest.raises(error) as info:
         inspect(big_config, timeout_s=timeout_s, limit_name="limits.inspection_seconds")

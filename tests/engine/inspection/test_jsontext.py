@@ -14,8 +14,10 @@ from workers.engine.inspection import inspect_model_file
 from workers.engine.inspection.jsontext import json_depth
 
 
-@pytest.mark.parametrize("generate, member", [(hostile.keras_escaped_quotes_config, "config.json"),
-                                              (hostile.keras_escaped_quotes_metadata, "metadata.json")])
+@pytest.mark.parametrize(
+    "generate, member",
+    [(hostile.keras_escaped_quotes_config, "config.json"), (hostile.keras_escaped_quotes_metadata, "metadata.json")],
+)
 def test_unterminated_strings_of_escaped_quotes_are_refused_in_linear_time(generate, member, tmp_path, canary):
     """'"' + '\\"' * 64000 took a quadratic string pattern 48 s (12 s for 32,000 in metadata.json)."""
     path = generate(tmp_path, canary)
@@ -25,9 +27,18 @@ def test_unterminated_strings_of_escaped_quotes_are_refused_in_linear_time(gener
     assert time.perf_counter() - started < 1.0
 
 
-@pytest.mark.parametrize("text, depth", [('{"a": [1, {"b": "x]]]\\"[["}]}', 3), ('"open [[[', 0),
-                                         ('["a\\\\", [[]]]', 3), ('[["\\\\"]]', 2), ('"' + '\\"' * 10, 0),
-                                         ('[' * 50 + '"\\', 50), ("{}", 1)])
+@pytest.mark.parametrize(
+    "text, depth",
+    [
+        ('{"a": [1, {"b": "x]]]\\"[["}]}', 3),
+        ('"open [[[', 0),
+        ('["a\\\\", [[]]]', 3),
+        ('[["\\\\"]]', 2),
+        ('"' + '\\"' * 10, 0),
+        ("[" * 50 + '"\\', 50),
+        ("{}", 1),
+    ],
+)
 def test_json_depth_counts_brackets_outside_strings_only(text, depth):
     assert json_depth(text) == depth
 

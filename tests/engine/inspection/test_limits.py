@@ -9,7 +9,6 @@ import pytest
 from workers.engine.errors import ModelRejected
 from workers.engine.inspection import InspectLimits, inspect_model_file
 
-
 LIMIT_CASES = {
     "max_file_bytes": 1000,
     "max_members": 2,
@@ -27,8 +26,15 @@ LIMIT_CASES = {
 ZIP_ONLY_LIMITS = {"max_members", "max_member_bytes"}
 
 
-@pytest.mark.parametrize("limit, ext", [(limit, ext) for limit in sorted(LIMIT_CASES) for ext in ("keras", "h5")
-                                        if ext == "keras" or limit not in ZIP_ONLY_LIMITS])
+@pytest.mark.parametrize(
+    "limit, ext",
+    [
+        (limit, ext)
+        for limit in sorted(LIMIT_CASES)
+        for ext in ("keras", "h5")
+        if ext == "keras" or limit not in ZIP_ONLY_LIMITS
+    ],
+)
 def test_each_limit_refuses_a_benign_model_that_exceeds_it(limit, ext, saved):
     path, _ = saved["sequential", ext]
     limits = dataclasses.replace(InspectLimits(), **{limit: LIMIT_CASES[limit]})

@@ -21,7 +21,6 @@ from tests.hostile import MODEL_ATTACKS, write_zip
 from workers.engine.errors import EngineError, ModelRejected, UnsupportedFile
 from workers.engine.inspection import ModelInspection, inspect_model_file
 
-
 # --------------------------------------------------------------------------------------------------------------
 # Benign files pass with the right facts
 # --------------------------------------------------------------------------------------------------------------
@@ -96,10 +95,11 @@ def test_keras_file_with_deflated_members_passes(saved, tmp_path):
 def test_optimizer_schedule_loss_and_metric_objects_pass(tmp_path):
     model = sequential()
     schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)
-    model.compile(keras.optimizers.SGD(schedule, momentum=0.9),
-                  loss=keras.losses.SparseCategoricalCrossentropy(),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(), keras.metrics.sparse_top_k_categorical_accuracy,
-                           "acc"])
+    model.compile(
+        keras.optimizers.SGD(schedule, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(), keras.metrics.sparse_top_k_categorical_accuracy, "acc"],
+    )
     model.save(tmp_path / "objects.keras")
     cc = inspect_model_file(tmp_path / "objects.keras").compile_config
     assert cc["optimizer"]["config"]["learning_rate"]["class_name"] == "ExponentialDecay"
@@ -118,8 +118,11 @@ def test_hostile_model_file_is_refused_naming_the_offender(name, tmp_path, canar
     with pytest.raises(error) as info:
         inspect_model_file(path)
     assert fragment in info.value.message
-    assert isinstance(info.value, EngineError) and info.value.code in ("resource_limit", "unsupported_file",
-                                                                     "model_rejected")
+    assert isinstance(info.value, EngineError) and info.value.code in (
+        "resource_limit",
+        "unsupported_file",
+        "model_rejected",
+    )
     assert not canary.exists()
 
 
@@ -183,7 +186,9 @@ def test_damaged_files_raise_engine_errors_only(ext, saved, tmp_path):
 
 def test_inspection_does_not_import_keras_or_tensorflow(saved):
     path, _ = saved["functional", "keras"]
-    code = ("import sys; from workers.engine.inspection import inspect_model_file as i; "
-            f"r = i({str(path)!r}); print(r.layer_count, 'keras' in sys.modules, 'tensorflow' in sys.modules)")
+    code = (
+        "import sys; from workers.engine.inspection import inspect_model_file as i; "
+        f"r = i({str(path)!r}); print(r.layer_count, 'keras' in sys.modules, 'tensorflow' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.stdout.split()[1:] == ["False", "False"], out.stderr[-2000:]

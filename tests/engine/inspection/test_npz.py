@@ -27,22 +27,34 @@ def test_hostile_dataset_is_refused_naming_the_offender(name, tmp_path, canary):
 def test_benign_npz_reports_shapes_and_dtypes_without_loading(save, tmp_path, mnist):
     x_train, y_train, _, _ = mnist
     path = tmp_path / "data.npz"
-    save(path, x_train=x_train[:100], y_train=y_train[:100], mask=np.ones(3, dtype=bool),
-         half=np.zeros((2, 2), dtype="float16"))
+    save(
+        path,
+        x_train=x_train[:100],
+        y_train=y_train[:100],
+        mask=np.ones(3, dtype=bool),
+        half=np.zeros((2, 2), dtype="float16"),
+    )
     arrays = inspect_npz(path)
-    assert arrays == {"x_train": ((100, 28, 28), np.dtype("float32")), "y_train": ((100,), np.dtype("int64")),
-                      "mask": ((3,), np.dtype(bool)), "half": ((2, 2), np.dtype("float16"))}
+    assert arrays == {
+        "x_train": ((100, 28, 28), np.dtype("float32")),
+        "y_train": ((100,), np.dtype("int64")),
+        "mask": ((3,), np.dtype(bool)),
+        "half": ((2, 2), np.dtype("float16")),
+    }
     with np.load(path, allow_pickle=False) as loaded:
         assert {k: (v.shape, v.dtype) for k, v in loaded.items()} == arrays
 
 
-@pytest.mark.parametrize("array, fragment", [
-    (np.array(["a", "b"]), "has dtype <U1"),
-    (np.zeros(2, dtype=[("a", "f4"), ("b", "i4")]), "has dtype"),
-    (np.zeros(2, dtype="complex64"), "has dtype complex64"),
-    (np.zeros(2, dtype="longdouble"), "has dtype float128"),
-    (np.zeros(2, dtype="datetime64[s]"), "has dtype datetime64[s]"),
-])
+@pytest.mark.parametrize(
+    "array, fragment",
+    [
+        (np.array(["a", "b"]), "has dtype <U1"),
+        (np.zeros(2, dtype=[("a", "f4"), ("b", "i4")]), "has dtype"),
+        (np.zeros(2, dtype="complex64"), "has dtype complex64"),
+        (np.zeros(2, dtype="longdouble"), "has dtype float128"),
+        (np.zeros(2, dtype="datetime64[s]"), "has dtype datetime64[s]"),
+    ],
+)
 def test_npz_non_numeric_dtypes_are_refused(array, fragment, tmp_path):
     np.savez(tmp_path / "d.npz", x=array)
     with pytest.raises(DataError) as info:
@@ -50,11 +62,14 @@ def test_npz_non_numeric_dtypes_are_refused(array, fragment, tmp_path):
     assert "array 'x'" in info.value.message and fragment in info.value.message
 
 
-@pytest.mark.parametrize("member, fragment", [
-    ("dir/x.npy", "not a plain NAME.npy"),
-    ("x.pkl", "not a plain NAME.npy"),
-    ("C:\\x.npy", "an absolute path"),
-])
+@pytest.mark.parametrize(
+    "member, fragment",
+    [
+        ("dir/x.npy", "not a plain NAME.npy"),
+        ("x.pkl", "not a plain NAME.npy"),
+        ("C:\\x.npy", "an absolute path"),
+    ],
+)
 def test_npz_member_names_must_be_plain(member, fragment, tmp_path):
     buf = io.BytesIO()
     np.save(buf, np.zeros(2))

@@ -38,33 +38,41 @@ def _all_layers(model):
 
 def mlp_sequential() -> keras.Model:
     """Dense -> Dropout -> Dense -> BN -> Dense(out)."""
-    return keras.Sequential([
-        keras.Input((20,)),
-        L.Dense(64, activation="relu", name="fc1"),
-        L.Dropout(0.2, name="drop"),
-        L.Dense(32, name="fc2"),
-        L.BatchNormalization(name="bn"),
-        L.Activation("relu", name="act"),
-        L.Dense(10, activation="softmax", name="out"),
-    ], name="mlp")
+    return keras.Sequential(
+        [
+            keras.Input((20,)),
+            L.Dense(64, activation="relu", name="fc1"),
+            L.Dropout(0.2, name="drop"),
+            L.Dense(32, name="fc2"),
+            L.BatchNormalization(name="bn"),
+            L.Activation("relu", name="act"),
+            L.Dense(10, activation="softmax", name="out"),
+        ],
+        name="mlp",
+    )
 
 
 def cnn_sequential() -> keras.Model:
     """Conv -> BN -> ReLU -> MaxPool -> Conv -> ZeroPadding -> AvgPool -> Flatten -> Dense -> Dense(out)."""
-    return randomize_batchnorm(keras.Sequential([
-        keras.Input((12, 12, 3)),
-        L.Conv2D(16, 3, padding="same", name="conv1"),
-        L.BatchNormalization(name="bn1"),
-        L.ReLU(name="relu1"),
-        L.MaxPooling2D(2, name="pool1"),
-        L.Conv2D(24, 3, activation="relu", name="conv2"),
-        L.ZeroPadding2D(1, name="pad"),
-        L.SpatialDropout2D(0.1, name="sdrop"),
-        L.AveragePooling2D(2, name="pool2"),
-        L.Flatten(name="flat"),
-        L.Dense(32, activation="relu", name="fc"),
-        L.Dense(5, name="out"),
-    ], name="cnn"))
+    return randomize_batchnorm(
+        keras.Sequential(
+            [
+                keras.Input((12, 12, 3)),
+                L.Conv2D(16, 3, padding="same", name="conv1"),
+                L.BatchNormalization(name="bn1"),
+                L.ReLU(name="relu1"),
+                L.MaxPooling2D(2, name="pool1"),
+                L.Conv2D(24, 3, activation="relu", name="conv2"),
+                L.ZeroPadding2D(1, name="pad"),
+                L.SpatialDropout2D(0.1, name="sdrop"),
+                L.AveragePooling2D(2, name="pool2"),
+                L.Flatten(name="flat"),
+                L.Dense(32, activation="relu", name="fc"),
+                L.Dense(5, name="out"),
+            ],
+            name="cnn",
+        )
+    )
 
 
 def residual_functional() -> keras.Model:
@@ -125,16 +133,21 @@ def conv1d_functional() -> keras.Model:
 
 def conv3d_sequential() -> keras.Model:
     """Conv3D -> BN -> ReLU -> MaxPooling3D -> Conv3D -> GlobalAveragePooling3D -> Dense."""
-    return randomize_batchnorm(keras.Sequential([
-        keras.Input((4, 6, 6, 2)),
-        L.Conv3D(8, 3, padding="same", name="c3d1"),
-        L.BatchNormalization(name="bn"),
-        L.ReLU(name="relu"),
-        L.MaxPooling3D(2, name="pool"),
-        L.Conv3D(12, (1, 3, 3), activation="relu", name="c3d2"),
-        L.GlobalAveragePooling3D(name="gap"),
-        L.Dense(3, name="out"),
-    ], name="conv3d"))
+    return randomize_batchnorm(
+        keras.Sequential(
+            [
+                keras.Input((4, 6, 6, 2)),
+                L.Conv3D(8, 3, padding="same", name="c3d1"),
+                L.BatchNormalization(name="bn"),
+                L.ReLU(name="relu"),
+                L.MaxPooling3D(2, name="pool"),
+                L.Conv3D(12, (1, 3, 3), activation="relu", name="c3d2"),
+                L.GlobalAveragePooling3D(name="gap"),
+                L.Dense(3, name="out"),
+            ],
+            name="conv3d",
+        )
+    )
 
 
 def merge_functional(merge: str) -> keras.Model:
@@ -150,21 +163,24 @@ def merge_functional(merge: str) -> keras.Model:
 
 def conv_net_600k() -> keras.Model:
     """A ~600k-parameter conv net (28x28x1 input) for the latency sanity check."""
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        L.Conv2D(64, 3, padding="same", name="c1"),
-        L.BatchNormalization(name="bn1"),
-        L.ReLU(name="r1"),
-        L.Conv2D(64, 3, padding="same", activation="relu", name="c2"),
-        L.MaxPooling2D(2, name="p1"),
-        L.Conv2D(128, 3, padding="same", activation="relu", name="c3"),
-        L.Conv2D(128, 3, padding="same", activation="relu", name="c4"),
-        L.MaxPooling2D(2, name="p2"),
-        L.Conv2D(256, 3, padding="same", activation="relu", name="c5"),
-        L.GlobalAveragePooling2D(name="gap"),
-        L.Dense(128, activation="relu", name="fc"),
-        L.Dense(10, name="out"),
-    ], name="net600k")
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            L.Conv2D(64, 3, padding="same", name="c1"),
+            L.BatchNormalization(name="bn1"),
+            L.ReLU(name="r1"),
+            L.Conv2D(64, 3, padding="same", activation="relu", name="c2"),
+            L.MaxPooling2D(2, name="p1"),
+            L.Conv2D(128, 3, padding="same", activation="relu", name="c3"),
+            L.Conv2D(128, 3, padding="same", activation="relu", name="c4"),
+            L.MaxPooling2D(2, name="p2"),
+            L.Conv2D(256, 3, padding="same", activation="relu", name="c5"),
+            L.GlobalAveragePooling2D(name="gap"),
+            L.Dense(128, activation="relu", name="fc"),
+            L.Dense(10, name="out"),
+        ],
+        name="net600k",
+    )
 
 
 BUILDERS = {

@@ -21,8 +21,10 @@ def test_residual_add_prunes_every_branch_identically(zoo):
     assert group.kept_indices["stem"] == group.kept_indices["conv_b1"] == group.kept_indices["conv_b2"]
     assert {"stem_bn", "bn_b1", "bn_b2", "add1", "add2", "conv_a1", "conv_a2", "head_conv"} <= set(group.dependents)
     k = group.kept_indices["stem"]
-    np.testing.assert_array_equal(new.get_layer("conv_a2").get_weights()[0],
-                                  model.get_layer("conv_a2").get_weights()[0][:, :, k][..., kept(report, "conv_a2")])
+    np.testing.assert_array_equal(
+        new.get_layer("conv_a2").get_weights()[0],
+        model.get_layer("conv_a2").get_weights()[0][:, :, k][..., kept(report, "conv_a2")],
+    )
 
 
 class ScaledDense(L.Dense):

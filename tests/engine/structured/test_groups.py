@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 
 from tests.engine.structured import models as M
-from tests.engine.structured.helpers import (assert_same_outputs, kept, l1_normalized, merged_model, prune,
-                                            sample_inputs, units)
+from tests.engine.structured.helpers import (
+    assert_same_outputs,
+    kept,
+    l1_normalized,
+    merged_model,
+    prune,
+    sample_inputs,
+    units,
+)
 from workers.engine.structured import keep_count, masked_reference
 
 L = keras.layers
@@ -30,8 +37,15 @@ def test_round_to_8_keeps_multiples_of_8_and_stays_equivalent(zoo, name, scope):
 EXPECTED_UNITS = {  # keep_ratio 0.5, layer scope: ceil(0.5 * n); output layers unchanged
     "mlp_sequential": {"fc1": 32, "fc2": 16, "out": 10},
     "cnn_sequential": {"conv1": 8, "conv2": 12, "fc": 16, "out": 5},
-    "residual_functional": {"stem": 8, "conv_a1": 6, "conv_b1": 8, "conv_a2": 6, "conv_b2": 8, "head_conv": 12,
-                            "out": 4},
+    "residual_functional": {
+        "stem": 8,
+        "conv_a1": 6,
+        "conv_b1": 8,
+        "conv_a2": 6,
+        "conv_b2": 8,
+        "head_conv": 12,
+        "out": 4,
+    },
     "concat_depthwise_functional": {"branch_a": 4, "branch_b": 6, "sep": 8, "pw": 8, "out": 3},
     "conv1d_functional": {"c1": 8, "c2": 8, "sep1d": 4, "c3": 4, "out": 2},
     "conv3d_sequential": {"c3d1": 4, "c3d2": 6, "out": 3},
@@ -39,8 +53,15 @@ EXPECTED_UNITS = {  # keep_ratio 0.5, layer scope: ceil(0.5 * n); output layers 
 EXPECTED_UNITS_ROUND_8 = {  # the same, rounded up to a multiple of 8 and capped at the original count
     "mlp_sequential": {"fc1": 32, "fc2": 16, "out": 10},
     "cnn_sequential": {"conv1": 8, "conv2": 16, "fc": 16, "out": 5},
-    "residual_functional": {"stem": 8, "conv_a1": 8, "conv_b1": 8, "conv_a2": 8, "conv_b2": 8, "head_conv": 16,
-                            "out": 4},
+    "residual_functional": {
+        "stem": 8,
+        "conv_a1": 8,
+        "conv_b1": 8,
+        "conv_a2": 8,
+        "conv_b2": 8,
+        "head_conv": 16,
+        "out": 4,
+    },
     "concat_depthwise_functional": {"branch_a": 8, "branch_b": 8, "sep": 8, "pw": 8, "out": 3},
     "conv1d_functional": {"c1": 8, "c2": 8, "sep1d": 8, "c3": 8, "out": 2},
     "conv3d_sequential": {"c3d1": 8, "c3d2": 8, "out": 3},
@@ -58,13 +79,25 @@ def test_rebuilt_model_has_the_exact_expected_unit_counts(zoo, name, round_to, t
 
 
 def test_keep_count_rounds_up_to_multiples_and_caps_at_the_original_count():
-    assert [keep_count(64, 0.5), keep_count(10, 0.25), keep_count(10, 0.01), keep_count(12, 0.5, 8),
-            keep_count(6, 0.5, 8), keep_count(100, 1.0, 8)] == [32, 3, 1, 8, 6, 100]
+    assert [
+        keep_count(64, 0.5),
+        keep_count(10, 0.25),
+        keep_count(10, 0.01),
+        keep_count(12, 0.5, 8),
+        keep_count(6, 0.5, 8),
+        keep_count(100, 1.0, 8),
+    ] == [32, 3, 1, 8, 6, 100]
 
 
 def _two_dense():
-    return keras.Sequential([keras.Input((6,)), L.Dense(16, activation="relu", name="a"),
-                             L.Dense(16, activation="relu", name="b"), L.Dense(2, name="out")])
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(16, activation="relu", name="a"),
+            L.Dense(16, activation="relu", name="b"),
+            L.Dense(2, name="out"),
+        ]
+    )
 
 
 def test_global_scope_ranks_scores_normalized_per_group_so_layer_scale_does_not_matter():

@@ -25,8 +25,10 @@ def test_next_layer_input_rows_shrink_with_the_producer(zoo):
     assert new.get_layer("out").get_weights()[0].shape == (16, 10)
 
 
-@pytest.mark.parametrize("name, producer, bn", [("mlp_sequential", "fc2", "bn"), ("cnn_sequential", "conv1", "bn1"),
-                                                ("conv1d_functional", "c1", "c1_bn")])
+@pytest.mark.parametrize(
+    "name, producer, bn",
+    [("mlp_sequential", "fc2", "bn"), ("cnn_sequential", "conv1", "bn1"), ("conv1d_functional", "c1", "c1_bn")],
+)
 def test_batchnorm_gamma_beta_and_moving_statistics_follow_the_kept_channels(zoo, name, producer, bn):
     model = zoo[name]
     new, report = prune(model)
@@ -68,13 +70,15 @@ def test_concatenate_offsets_and_depthwise_multiplier_are_respected(zoo):
     np.testing.assert_array_equal(dw_new["kernel"], dw_old["kernel"][:, :, concat, :])
     expanded = [c * 2 + j for c in concat for j in range(2)]  # depth_multiplier 2: outputs c*m .. c*m+m-1
     np.testing.assert_array_equal(dw_new["bias"], dw_old["bias"][expanded])
-    np.testing.assert_array_equal(new.get_layer("dw_bn").get_weights()[0],
-                                  model.get_layer("dw_bn").get_weights()[0][expanded])
+    np.testing.assert_array_equal(
+        new.get_layer("dw_bn").get_weights()[0], model.get_layer("dw_bn").get_weights()[0][expanded]
+    )
     sep_old, sep_new = weights(model.get_layer("sep")), weights(new.get_layer("sep"))
     np.testing.assert_array_equal(sep_new["depthwise_kernel"], sep_old["depthwise_kernel"][:, :, expanded, :])
     mid = [c * 2 + j for c in expanded for j in range(2)]
-    np.testing.assert_array_equal(sep_new["pointwise_kernel"],
-                                  sep_old["pointwise_kernel"][:, :, mid, :][..., kept(report, "sep")])
+    np.testing.assert_array_equal(
+        sep_new["pointwise_kernel"], sep_old["pointwise_kernel"][:, :, mid, :][..., kept(report, "sep")]
+    )
 
 
 def test_conv1d_filters_are_pruned_through_add_crop_pooling_and_1d_depthwise(zoo):

@@ -46,8 +46,14 @@ def test_keep_ratio_one_rebuilds_an_identical_model(zoo):
 def test_masked_reference_equals_zeroing_the_removed_units_at_their_source():
     """An independent construction for a ReLU MLP: zero the removed units' kernel columns and biases."""
     keras.utils.set_random_seed(3)
-    model = keras.Sequential([keras.Input((10,)), L.Dense(24, activation="relu", name="h1"),
-                              L.Dense(16, activation="relu", name="h2"), L.Dense(3, name="out")])
+    model = keras.Sequential(
+        [
+            keras.Input((10,)),
+            L.Dense(24, activation="relu", name="h1"),
+            L.Dense(16, activation="relu", name="h2"),
+            L.Dense(3, name="out"),
+        ]
+    )
     new, report = prune(model, criterion="l2", keep_ratio=0.4, x_calib=None)  # no data: no compensation
     zeroed = keras.models.clone_model(model)
     zeroed.set_weights(model.get_weights())
@@ -72,9 +78,16 @@ def test_units_that_pass_on_a_constant_are_removed_without_changing_the_outputs(
         model = keras.Sequential([keras.Input((6,)), L.Dense(8, activation="relu", name="h"), L.Dense(3, name="out")])
         consumer, where = "out", "bias"
     else:  # valid padding: a constant channel contributes the same at every position
-        model = keras.Sequential([keras.Input((9, 9, 2)), L.Conv2D(8, 3, activation="relu", name="h"),
-                                  L.Conv2D(4, 3, use_bias=False, name="c2"), L.BatchNormalization(name="bn"),
-                                  L.GlobalAveragePooling2D(), L.Dense(3, name="out")])
+        model = keras.Sequential(
+            [
+                keras.Input((9, 9, 2)),
+                L.Conv2D(8, 3, activation="relu", name="h"),
+                L.Conv2D(4, 3, use_bias=False, name="c2"),
+                L.BatchNormalization(name="bn"),
+                L.GlobalAveragePooling2D(),
+                L.Dense(3, name="out"),
+            ]
+        )
         consumer, where = "c2", "bn"
     k, b = model.get_layer("h").get_weights()
     k[..., [0, 2, 4, 6]] = 0.0  # constant units: relu(bias) whatever the input, and the smallest kernel norms
@@ -118,16 +131,22 @@ def test_rebuilt_model_trains_with_a_compiled_step(zoo):
 
 
 APPLICATIONS = {  # stock architectures, random weights (no download): depthwise + residual, bottlenecks, dense concat
-    "MobileNetV2": lambda: keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None,
-                                                          classes=10),
+    "MobileNetV2": lambda: keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10
+    ),
     "ResNet50": lambda: keras.applications.ResNet50(input_shape=(32, 32, 3), weights=None, classes=10),
     "DenseNet121": lambda: keras.applications.DenseNet121(input_shape=(32, 32, 3), weights=None, classes=10),
 }
 
 
-@pytest.mark.parametrize("name", [
-    "MobileNetV2", pytest.param("ResNet50", marks=pytest.mark.slow), pytest.param("DenseNet121", marks=pytest.mark.slow)
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MobileNetV2",
+        pytest.param("ResNet50", marks=pytest.mark.slow),
+        pytest.param("DenseNet121", marks=pytest.mark.slow),
+    ],
+)
 def test_stock_architectures_are_pruned_and_match_their_masked_reference(name):
     keras.utils.set_random_seed(0)
     model = M.randomize_batchnorm(APPLICATIONS[name]())

@@ -26,8 +26,15 @@ def test_weight_criteria_keep_the_units_with_the_largest_incoming_norm(zoo, crit
 def test_weight_criteria_read_the_scale_of_a_following_batchnorm(criterion):
     """A BatchNorm divides out the kernel's scale: a unit with a large kernel but gamma ~ 0 passes on nothing."""
     keras.utils.set_random_seed(2)
-    model = keras.Sequential([keras.Input((6,)), L.Dense(8, use_bias=False, name="h"), L.BatchNormalization(name="bn"),
-                              L.ReLU(), L.Dense(2, name="out")])
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(8, use_bias=False, name="h"),
+            L.BatchNormalization(name="bn"),
+            L.ReLU(),
+            L.Dense(2, name="out"),
+        ]
+    )
     k = model.get_layer("h").get_weights()[0]
     k[:, [0, 2, 4, 6]] *= 10.0  # the largest kernels ...
     model.get_layer("h").set_weights([k])
@@ -81,9 +88,14 @@ def test_data_criteria_without_calibration_data_raise_a_data_error(zoo, criterio
         structured_prune(zoo["mlp_sequential"], criterion=criterion, keep_ratio=0.5)
 
 
-@pytest.mark.parametrize("x, match", [(np.zeros((4, 7), "float32"), "does not fit"),
-                                      (np.zeros((0, 20), "float32"), "empty"),
-                                      (np.full((4, 20), np.nan, "float32"), "NaN")])
+@pytest.mark.parametrize(
+    "x, match",
+    [
+        (np.zeros((4, 7), "float32"), "does not fit"),
+        (np.zeros((0, 20), "float32"), "empty"),
+        (np.full((4, 20), np.nan, "float32"), "NaN"),
+    ],
+)
 def test_bad_calibration_data_is_a_data_error_naming_x_calib(zoo, x, match):
     with pytest.raises(DataError, match=match) as err:
         structured_prune(zoo["mlp_sequential"], criterion="apoz", keep_ratio=0.5, x_calib=x)

@@ -95,8 +95,9 @@ def test_retries_on_500_then_succeeds_with_one_delivery_id():
 def test_retries_are_bounded_and_back_off():
     with Receiver(statuses=[500]) as rx:
         start = time.monotonic()
-        assert deliver(rx.url(), {"n": 1}, secret=None, retries=2, backoff=0.1, timeout=2.0,
-                       allow_private=True) is False
+        assert (
+            deliver(rx.url(), {"n": 1}, secret=None, retries=2, backoff=0.1, timeout=2.0, allow_private=True) is False
+        )
         elapsed = time.monotonic() - start
     assert len(rx.requests) == 3  # the first attempt + 2 retries
     assert elapsed >= 0.1 + 0.2  # backoff * 2**n between attempts
@@ -125,8 +126,10 @@ def test_connection_errors_are_retried_and_return_false():
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there now
     start = time.monotonic()
-    assert deliver(f"http://127.0.0.1:{port}/x", {}, secret="s", retries=2, backoff=0.05, timeout=1.0,
-                   allow_private=True) is False
+    assert (
+        deliver(f"http://127.0.0.1:{port}/x", {}, secret="s", retries=2, backoff=0.05, timeout=1.0, allow_private=True)
+        is False
+    )
     assert time.monotonic() - start >= 0.05 + 0.1  # it waited between the attempts
 
 
@@ -149,8 +152,9 @@ def test_a_receiver_trickling_its_answer_is_cut_off_at_the_deadline_of_each_atte
     """The answer would take 0.25 s x 90 bytes = 22 s per attempt, each read arriving well within the timeout; the
     deadline covers the whole attempt, so two attempts of 1 s end in about 2 s."""
     start = time.monotonic()
-    assert deliver(trickle.url(), {"a": 1}, secret="s", timeout=1.0, retries=1, backoff=0.05,
-                   allow_private=True) is False
+    assert (
+        deliver(trickle.url(), {"a": 1}, secret="s", timeout=1.0, retries=1, backoff=0.05, allow_private=True) is False
+    )
     took = time.monotonic() - start
     assert took < delivery.delivery_budget(1.0, 2, 0.05) + 1.0
     assert took >= 2 * 1.0  # both attempts ran to their deadline
@@ -163,12 +167,15 @@ def test_delivery_budget_is_every_attempt_deadline_plus_the_capped_pauses():
     assert delivery.delivery_budget(1.0, 3, 100.0) == 3.0 + 2 * delivery.MAX_BACKOFF_S
 
 
-@pytest.mark.parametrize("url,payload", [
-    ("not a url", {"a": 1}),
-    ("ftp://127.0.0.1/x", {"a": 1}),
-    ("http://127.0.0.1:1/x", {"unserializable": object()}),
-    ("http://127.0.0.1:1/x", {"nan": float("nan")}),
-])
+@pytest.mark.parametrize(
+    "url,payload",
+    [
+        ("not a url", {"a": 1}),
+        ("ftp://127.0.0.1/x", {"a": 1}),
+        ("http://127.0.0.1:1/x", {"unserializable": object()}),
+        ("http://127.0.0.1:1/x", {"nan": float("nan")}),
+    ],
+)
 def test_deliver_never_raises(url, payload):
     assert deliver(url, payload, secret="s", retries=1, allow_private=True, **FAST) is False
 
@@ -181,8 +188,9 @@ def test_delivery_connects_to_the_checked_address_with_the_original_host_header(
     answers = {1: ["127.0.0.1"]}
     fake_dns["hooks.test"] = lambda n: answers.get(n, socket.gaierror(socket.EAI_NONAME, "second lookup"))
     with Receiver() as rx:
-        ok = deliver(f"http://hooks.test:{rx.port}/hook", {"a": 1}, secret="s",
-                     allowed_hosts=frozenset({"hooks.test"}), **FAST)
+        ok = deliver(
+            f"http://hooks.test:{rx.port}/hook", {"a": 1}, secret="s", allowed_hosts=frozenset({"hooks.test"}), **FAST
+        )
     assert ok is True
     assert fake_dns.calls == ["hooks.test"]
     assert rx.requests[0]["headers"]["Host"] == f"hooks.test:{rx.port}"
@@ -203,8 +211,14 @@ def test_each_attempt_resolves_and_checks_again_and_lookup_failures_are_retried(
     # Attempt 1 reaches the receiver (500), attempt 2's lookup fails (transient), attempt 3 succeeds.
     fake_dns["flip.test"] = lambda n: socket.gaierror(socket.EAI_AGAIN, "try again") if n == 2 else ["127.0.0.1"]
     with Receiver(statuses=[500, 200]) as rx:
-        ok = deliver(f"http://flip.test:{rx.port}/hook", {}, secret=None, retries=3,
-                     allowed_hosts=frozenset({"flip.test"}), **FAST)
+        ok = deliver(
+            f"http://flip.test:{rx.port}/hook",
+            {},
+            secret=None,
+            retries=3,
+            allowed_hosts=frozenset({"flip.test"}),
+            **FAST,
+        )
     assert ok is True
     assert len(rx.requests) == 2
     assert fake_dns.calls == ["flip.test"] * 3  # one lookup per attempt, none by the HTTP client

@@ -12,8 +12,8 @@ import pytest
 
 from tests.workers.receivers import TrickleReceiver
 from workers import notify
-from workers.notify.sender import BACKOFF_S, WebhookSender, budget, webhook_payload
 from workers.jobs import JobStatus, NewJob
+from workers.notify.sender import BACKOFF_S, WebhookSender, budget, webhook_payload
 from workers.settings import Settings
 from workers.store import open_store
 
@@ -38,8 +38,7 @@ def finished_job(settings: Settings, webhook_url: str | None):
 
 @pytest.fixture
 def hook_settings(tmp_path) -> Settings:
-    settings = Settings(data_dir=tmp_path / "data", webhooks={"allow_private": True, "timeout": 0.5,
-                                                               "max_attempts": 1})
+    settings = Settings(data_dir=tmp_path / "data", webhooks={"allow_private": True, "timeout": 0.5, "max_attempts": 1})
     settings.data_dir.mkdir(parents=True)
     return settings
 
@@ -91,7 +90,9 @@ def test_send_skips_a_job_without_a_webhook_url(hook_settings):
 
 def test_the_notify_package_imports_neither_the_runner_nor_the_http_client():
     """Cancelling a queued job sends its webhook from the API: that path imports this package only."""
-    code = ("import sys, workers.notify; "
-            "print(*[m in sys.modules for m in ('workers.runner', 'workers.sandbox', 'httpx', 'keras')])")
+    code = (
+        "import sys, workers.notify; "
+        "print(*[m in sys.modules for m in ('workers.runner', 'workers.sandbox', 'httpx', 'keras')])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == ["False"] * 4

@@ -13,7 +13,6 @@ import pytest
 from tests.workers.notify import PUBLIC_V4, PUBLIC_V6
 from workers.notify.urls import validate_webhook_url
 
-
 # -- validation --------------------------------------------------------------------------------------------------
 
 REFUSED_BY_DEFAULT = {
@@ -49,8 +48,17 @@ def test_non_public_addresses_are_refused_by_default_naming_url_and_reason(url, 
     assert f"({reason}" in str(info.value)
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:9/x", "http://localhost/x", "http://10.0.0.1/x",
-                                 "http://169.254.169.254/", "http://[::1]/x", "http://[::ffff:127.0.0.1]/x"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/x",
+        "http://localhost/x",
+        "http://10.0.0.1/x",
+        "http://169.254.169.254/",
+        "http://[::1]/x",
+        "http://[::ffff:127.0.0.1]/x",
+    ],
+)
 def test_allow_private_accepts_non_public_addresses(url):
     assert validate_webhook_url(url, allow_private=True) == url
 

@@ -13,12 +13,14 @@ from workers.testing.servers import process_env, secateurs_command, wait_until_u
 
 def test_the_command_is_the_one_the_checkouts_pyproject_declares(tmp_path):
     """Another revision's checkout may declare `secateurs` elsewhere: its own entry point runs, from its own tree."""
-    (tmp_path / "pyproject.toml").write_text('[project]\nname = "secateurs"\n[project.scripts]\n'
-                                             'secateurs = "elsewhere.entry:run"\n')
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "secateurs"\n[project.scripts]\nsecateurs = "elsewhere.entry:run"\n'
+    )
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "__init__.py").write_text("")
-    (tmp_path / "elsewhere" / "entry.py").write_text("import sys\ndef run():\n    print('ran', sys.argv[1:])\n"
-                                                     "    return 3\n")
+    (tmp_path / "elsewhere" / "entry.py").write_text(
+        "import sys\ndef run():\n    print('ran', sys.argv[1:])\n    return 3\n"
+    )
     command = secateurs_command("serve", "--port", 1, root=tmp_path)
     assert command[0] == sys.executable and command[-3:] == ["serve", "--port", "1"]
     done = subprocess.run(command, cwd=tmp_path, env=process_env(tmp_path), capture_output=True, text=True)

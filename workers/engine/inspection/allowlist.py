@@ -98,21 +98,27 @@ def _build_allow_list() -> dict[str, dict[str | None, str]]:
 
 ALLOWED_CLASSES = _build_allow_list()
 
-ACTIVATION_NAMES = frozenset("""
+ACTIVATION_NAMES = frozenset(
+    """
     linear relu relu6 leaky_relu elu selu celu gelu silu swish mish sigmoid hard_sigmoid log_sigmoid
     softmax log_softmax softplus softsign tanh hard_tanh tanh_shrink exponential hard_silu hard_swish glu
     sparse_plus squareplus soft_shrink hard_shrink sparsemax sparse_sigmoid threshold
-""".split())
-LOSS_FUNCTION_NAMES = frozenset("""
+""".split()
+)
+LOSS_FUNCTION_NAMES = frozenset(
+    """
     sparse_categorical_crossentropy categorical_crossentropy binary_crossentropy binary_focal_crossentropy
     categorical_focal_crossentropy mean_squared_error mean_absolute_error mean_absolute_percentage_error
     mean_squared_logarithmic_error mse mae mape msle huber log_cosh logcosh kl_divergence kld
     kullback_leibler_divergence poisson hinge squared_hinge categorical_hinge cosine_similarity
-""".split())
-METRIC_FUNCTION_NAMES = frozenset("""
+""".split()
+)
+METRIC_FUNCTION_NAMES = frozenset(
+    """
     accuracy acc binary_accuracy categorical_accuracy sparse_categorical_accuracy
     top_k_categorical_accuracy sparse_top_k_categorical_accuracy crossentropy ce bce
-""".split())
+""".split()
+)
 STOCK_FUNCTION_NAMES = ACTIVATION_NAMES | LOSS_FUNCTION_NAMES | METRIC_FUNCTION_NAMES
 # What Keras writes for a stock function: {"module": "builtins", "class_name": "function", "config": NAME, ...}.
 FUNCTION_MODULES = frozenset({"builtins", "keras.activations", "keras.losses", "keras.metrics"})
@@ -127,9 +133,11 @@ COMPILE_NAMES["weighted_metrics"] = COMPILE_NAMES["metrics"]
 
 # Special objects of the Keras 3 serializer that only carry data.
 DATA_OBJECTS = frozenset({"__keras_tensor__", "__numpy__", "__tensor__", "__ellipsis__", "__slice__"})
-NUMERIC_DTYPE_NAMES = frozenset("""
+NUMERIC_DTYPE_NAMES = frozenset(
+    """
     bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 bfloat16 float32 float64
-""".split())
+""".split()
+)
 
 # Classes refused with a reason of their own (anything else off the allow-list is "not a stock Keras class").
 REFUSED_CLASS_REASONS = {

@@ -78,11 +78,17 @@ class ConfigWalk:
 
     def check_string(self, text: str, path: str, ctx: str, compile_key: str | None) -> None:
         if REGISTERED_NAME.match(text):
-            self.fail(ctx, f"value {text[:80]!r} at {path} names a registered custom object; only stock Keras "
-                           "objects are accepted")
+            self.fail(
+                ctx,
+                f"value {text[:80]!r} at {path} names a registered custom object; only stock Keras "
+                "objects are accepted",
+            )
         if is_path_like(text):
-            self.fail(ctx, f"value {text[:80]!r} at {path} looks like a file path or URL; "
-                           "file-backed state and downloads are not accepted")
+            self.fail(
+                ctx,
+                f"value {text[:80]!r} at {path} looks like a file path or URL; "
+                "file-backed state and downloads are not accepted",
+            )
         if compile_key is not None and compile_key in COMPILE_NAMES and text not in COMPILE_NAMES[compile_key]:
             self.fail(ctx, f"{compile_key} {text[:80]!r} at {path} is not a stock Keras {compile_key} name")
 
@@ -129,11 +135,15 @@ class ConfigWalk:
         where = f" at {path or 'the top level'}"
         if module not in modules:
             allowed = ", ".join(repr(m) for m in modules if m)
-            self.fail(ctx, f"class '{class_name}'{where} names module {module!r}; only the stock Keras "
-                           f"module(s) {allowed} are allowed")
+            self.fail(
+                ctx,
+                f"class '{class_name}'{where} names module {module!r}; only the stock Keras "
+                f"module(s) {allowed} are allowed",
+            )
         if registered is not None and registered != class_name:
-            self.fail(ctx, f"class '{class_name}'{where} has registered_name {registered!r}, "
-                           f"which is not the stock one")
+            self.fail(
+                ctx, f"class '{class_name}'{where} has registered_name {registered!r}, which is not the stock one"
+            )
         if not isinstance(config, dict):
             self.fail(ctx, f"class '{class_name}'{where} has a config that is not an object")
         return modules[module]
@@ -175,8 +185,9 @@ class ConfigWalk:
         except (TypeError, ValueError, IndexError, KeyError, OverflowError):
             declared = 0  # an odd config: Keras will refuse it; the weights-file checks still apply
         if declared > limit:
-            self.fail(ctx, f"the config declares a {declared}-element weight; the limit is {limit} "
-                           "(max_tensor_elements)")
+            self.fail(
+                ctx, f"the config declares a {declared}-element weight; the limit is {limit} (max_tensor_elements)"
+            )
         self.declared_params += declared
         if self.declared_params > self.limits.max_params:
             self.fail(ctx, f"the config declares more than {self.limits.max_params} weights (max_params)")
@@ -195,11 +206,16 @@ class ConfigWalk:
         shown = f"{module}.{name}" if module else str(name)
         where = f" at {path or 'the top level'}"
         if not isinstance(name, str) or module not in FUNCTION_MODULES or name not in STOCK_FUNCTION_NAMES:
-            self.fail(ctx, f"serialized function {shown!r}{where} is not allowed: only stock Keras losses, "
-                           "metrics and activations may be referenced by a model file")
+            self.fail(
+                ctx,
+                f"serialized function {shown!r}{where} is not allowed: only stock Keras losses, "
+                "metrics and activations may be referenced by a model file",
+            )
         if registered not in (None, "function", name):
-            self.fail(ctx, f"serialized function {shown!r}{where} has registered_name {registered!r}, "
-                           "which is not the stock one")
+            self.fail(
+                ctx,
+                f"serialized function {shown!r}{where} has registered_name {registered!r}, which is not the stock one",
+            )
         extra = set(node) - {"module", "class_name", "config", "registered_name"}
         if extra:
             self.fail(ctx, f"serialized function {shown!r}{where} carries unexpected fields {sorted(extra)}")
@@ -240,8 +256,11 @@ def _inline_only(*fields: str, what: str) -> Callable[[ConfigWalk, dict, str], N
         for name in fields:
             value = config.get(name)
             if value is not None and not isinstance(value, (list, int, float)):
-                walk.fail(ctx, f"'{name}' must be inline {what}, not {type(value).__name__} "
-                               f"({str(value)[:80]!r}): {what} files are not accepted")
+                walk.fail(
+                    ctx,
+                    f"'{name}' must be inline {what}, not {type(value).__name__} "
+                    f"({str(value)[:80]!r}): {what} files are not accepted",
+                )
 
     return check
 
@@ -256,8 +275,19 @@ CLASS_CHECKS: dict[str, Callable[[ConfigWalk, dict, str], None]] = {
 
 
 # -- sizes the config declares (Keras allocates them while building the model, before loading weights) ------------
-SIZE_FIELDS = ("units", "filters", "input_dim", "output_dim", "depth_multiplier", "n", "max_tokens", "num_bins",
-               "output_sequence_length", "height", "width")
+SIZE_FIELDS = (
+    "units",
+    "filters",
+    "input_dim",
+    "output_dim",
+    "depth_multiplier",
+    "n",
+    "max_tokens",
+    "num_bins",
+    "output_sequence_length",
+    "height",
+    "width",
+)
 
 
 def _dims(value: Any) -> int:
@@ -293,10 +323,16 @@ PARAM_ESTIMATES: dict[str, Callable[[dict, Any], int]] = {
     "Embedding": lambda c, s: _dims(c.get("input_dim")) * _dims(c.get("output_dim")),
     "DepthwiseConv1D": lambda c, s: _dims(c.get("kernel_size")) * _channels(c, s) * _dims(c.get("depth_multiplier")),
     "DepthwiseConv2D": lambda c, s: _dims(c.get("kernel_size")) * _channels(c, s) * _dims(c.get("depth_multiplier")),
-    **{name: _separable_params for name in ("SeparableConv1D", "SeparableConv2D", "SeparableConvolution1D",
-                                            "SeparableConvolution2D")},
-    **{f"{stem}{d}D{suffix}": _conv_params
-       for stem in ("Conv", "Convolution") for d in (1, 2, 3) for suffix in ("", "Transpose")},
+    **{
+        name: _separable_params
+        for name in ("SeparableConv1D", "SeparableConv2D", "SeparableConvolution1D", "SeparableConvolution2D")
+    },
+    **{
+        f"{stem}{d}D{suffix}": _conv_params
+        for stem in ("Conv", "Convolution")
+        for d in (1, 2, 3)
+        for suffix in ("", "Transpose")
+    },
 }
 
 
@@ -308,8 +344,9 @@ def walk_model_config(config: Any, source: str, limits: InspectLimits) -> Config
     walk.visit({k: v for k, v in config.items() if k != "compile_config"}, "", "")
     class_name = config.get("class_name")
     if class_name not in CONTAINER_MODULES:
-        raise ModelRejected(f"{source}: the top-level object is {class_name!r}; expected a Keras model "
-                            f"({', '.join(CONTAINER_MODULES)})")
+        raise ModelRejected(
+            f"{source}: the top-level object is {class_name!r}; expected a Keras model ({', '.join(CONTAINER_MODULES)})"
+        )
     if config.get("compile_config") is not None:
         walk_compile_config(walk, config["compile_config"], "compile_config")
     return walk

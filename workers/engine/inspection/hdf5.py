@@ -79,66 +79,77 @@ def check_h5(f, name: str, limits: InspectLimits, optimizer_groups: tuple[str, .
             child = f"{gpath.rstrip('/')}/{raw.decode('utf-8', 'replace')}"
             info = group.id.links.get_info(raw)
             if info.type == h5py.h5l.TYPE_EXTERNAL:
-                raise ModelRejected(f"{name}: HDF5 link {child!r} is an external link to "
-                                    f"{_link_target(group, key, info)}; external links are not accepted")
+                raise ModelRejected(
+                    f"{name}: HDF5 link {child!r} is an external link to "
+                    f"{_link_target(group, key, info)}; external links are not accepted"
+                )
             if info.type == h5py.h5l.TYPE_SOFT:
-                raise ModelRejected(f"{name}: HDF5 soft link {child!r} (to {_link_target(group, key, info)}) is "
-                                    "not accepted: Keras writes no links, only groups and datasets")
+                raise ModelRejected(
+                    f"{name}: HDF5 soft link {child!r} (to {_link_target(group, key, info)}) is "
+                    "not accepted: Keras writes no links, only groups and datasets"
+                )
             if info.type != h5py.h5l.TYPE_HARD:
                 raise ModelRejected(f"{name}: HDF5 link {child!r} is of an unsupported kind (type {info.type})")
             first = seen.get(info.u)
             if first is not None:
-                raise ModelRejected(f"{name}: HDF5 link {child!r} is a second hard link to {first!r} (a link cycle "
-                                    "or alias); Keras writes every object once")
+                raise ModelRejected(
+                    f"{name}: HDF5 link {child!r} is a second hard link to {first!r} (a link cycle "
+                    "or alias); Keras writes every object once"
+                )
             seen[info.u] = child
             obj = group[key]
             check_h5_attributes(obj, child, name, limits)
             if isinstance(obj, h5py.Group):
                 stack.append((obj, child))
             elif isinstance(obj, h5py.Dataset):
-                check_h5_dataset(obj, child, name, limits, summary,
-                                 in_optimizer=child.split("/")[1] in optimizer_groups)
+                check_h5_dataset(
+                    obj, child, name, limits, summary, in_optimizer=child.split("/")[1] in optimizer_groups
+                )
             else:
-                raise ModelRejected(f"{name}: HDF5 object {child!r} is a {type(obj).__name__}; only groups and "
-                                    "datasets are accepted")
+                raise ModelRejected(
+                    f"{name}: HDF5 object {child!r} is a {type(obj).__name__}; only groups and datasets are accepted"
+                )
     check_h5_attributes(f, "/", name, limits)
     return summary
 
 
-def check_h5_dataset(ds, path: str, name: str, limits: InspectLimits, summary: H5Summary,
-                     in_optimizer: bool) -> None:
+def check_h5_dataset(ds, path: str, name: str, limits: InspectLimits, summary: H5Summary, in_optimizer: bool) -> None:
     import h5py
 
     dcpl = ds.id.get_create_plist()
     if dcpl.get_layout() == h5py.h5d.VIRTUAL or ds.is_virtual:
-        raise ModelRejected(f"{name}: HDF5 dataset {path!r} is a virtual dataset (data mapped from other "
-                            "files); not accepted")
+        raise ModelRejected(
+            f"{name}: HDF5 dataset {path!r} is a virtual dataset (data mapped from other files); not accepted"
+        )
     if dcpl.get_external_count() > 0:
-        raise ModelRejected(f"{name}: HDF5 dataset {path!r} uses external storage ({ds.external[0][0]!r}); "
-                            "data must be stored inside the file")
+        raise ModelRejected(
+            f"{name}: HDF5 dataset {path!r} uses external storage ({ds.external[0][0]!r}); "
+            "data must be stored inside the file"
+        )
     for i in range(dcpl.get_nfilters()):
         code = dcpl.get_filter(i)[0]
         if code not in KNOWN_H5_FILTERS:
-            raise ModelRejected(f"{name}: HDF5 dataset {path!r} uses filter {code}; only built-in filters are "
-                                "accepted")
+            raise ModelRejected(f"{name}: HDF5 dataset {path!r} uses filter {code}; only built-in filters are accepted")
     dtype = ds.dtype
     if not plain_numeric(dtype):
         raise ModelRejected(f"{name}: HDF5 dataset {path!r} has dtype {dtype}; only numeric dtypes are accepted")
     shape = ds.shape or ()
     elements = math.prod(shape)
     if elements > limits.max_tensor_elements:
-        raise ModelRejected(f"{name}: HDF5 dataset {path!r} declares shape {shape} ({elements} elements); the "
-                            f"limit is {limits.max_tensor_elements} (max_tensor_elements)")
+        raise ModelRejected(
+            f"{name}: HDF5 dataset {path!r} declares shape {shape} ({elements} elements); the "
+            f"limit is {limits.max_tensor_elements} (max_tensor_elements)"
+        )
     summary.datasets += 1
     summary.total_bytes += elements * dtype.itemsize
     if summary.total_bytes > limits.max_total_bytes:
-        raise ModelRejected(f"{name}: HDF5 datasets declare more than {limits.max_total_bytes} bytes in all "
-                            "(max_total_bytes)")
+        raise ModelRejected(
+            f"{name}: HDF5 datasets declare more than {limits.max_total_bytes} bytes in all (max_total_bytes)"
+        )
     if not in_optimizer:
         summary.weight_elements += elements
         if summary.weight_elements > limits.max_params:
-            raise ModelRejected(f"{name}: the model declares more than {limits.max_params} weights "
-                                "(max_params)")
+            raise ModelRejected(f"{name}: the model declares more than {limits.max_params} weights (max_params)")
 
 
 def check_h5_attributes(obj, path: str, name: str, limits: InspectLimits) -> None:
@@ -148,8 +159,10 @@ def check_h5_attributes(obj, path: str, name: str, limits: InspectLimits) -> Non
         shape = attr.shape or ()
         elements = math.prod(shape)
         if elements > limits.max_tensor_elements or elements * attr.dtype.itemsize > limits.max_config_bytes:
-            raise ModelRejected(f"{name}: HDF5 attribute {key!r} of {path!r} declares shape {shape} "
-                                f"({attr.dtype}); larger than max_config_bytes / max_tensor_elements allow")
+            raise ModelRejected(
+                f"{name}: HDF5 attribute {key!r} of {path!r} declares shape {shape} "
+                f"({attr.dtype}); larger than max_config_bytes / max_tensor_elements allow"
+            )
 
 
 def read_h5_text_attr(f, key: str, name: str, limits: InspectLimits) -> str | None:
@@ -164,6 +177,8 @@ def read_h5_text_attr(f, key: str, name: str, limits: InspectLimits) -> str | No
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     if len(value) > limits.max_config_bytes:
-        raise ModelRejected(f"{name}: HDF5 attribute {key!r} is {len(value)} bytes; the limit is "
-                            f"{limits.max_config_bytes} (max_config_bytes)")
+        raise ModelRejected(
+            f"{name}: HDF5 attribute {key!r} is {len(value)} bytes; the limit is "
+            f"{limits.max_config_bytes} (max_config_bytes)"
+        )
     return str(value)

@@ -48,17 +48,24 @@ class ModelSummary:
     class_names: frozenset[str]
 
 
-def inspect_model_isolated(path: str | Path, limits=None, *, timeout_s: float,
-                           limit_name: str = "timeout_s") -> ModelSummary:
+def inspect_model_isolated(
+    path: str | Path, limits=None, *, timeout_s: float, limit_name: str = "timeout_s"
+) -> ModelSummary:
     """`inspection.inspect_model_file` in a child process that is killed after `timeout_s` seconds."""
     result = _run("model", Path(path), limits, timeout_s, limit_name)
-    return ModelSummary(format=result["format"], layer_count=result["layer_count"],
-                        weight_count=result["weight_count"], sequential_layers=result["sequential_layers"],
-                        keras_version=result["keras_version"], class_names=frozenset(result["class_names"]))
+    return ModelSummary(
+        format=result["format"],
+        layer_count=result["layer_count"],
+        weight_count=result["weight_count"],
+        sequential_layers=result["sequential_layers"],
+        keras_version=result["keras_version"],
+        class_names=frozenset(result["class_names"]),
+    )
 
 
-def inspect_npz_isolated(path: str | Path, limits=None, *, timeout_s: float, limit_name: str = "timeout_s"
-                         ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+def inspect_npz_isolated(
+    path: str | Path, limits=None, *, timeout_s: float, limit_name: str = "timeout_s"
+) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """`inspection.inspect_npz` in a child process that is killed after `timeout_s` seconds."""
     result = _run("npz", Path(path), limits, timeout_s, limit_name)
     return {name: (tuple(shape), np.dtype(dtype)) for name, (shape, dtype) in result.items()}
@@ -78,15 +85,28 @@ def _child_env() -> dict[str, str]:
 def _run(kind: str, path: Path, limits, timeout_s: float, limit_name: str) -> Any:
     if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
         raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
-    request = {"kind": kind, "path": str(path), "alarm_s": math.ceil(timeout_s) + 1,
-               "limits": dataclasses.asdict(limits) if limits is not None else None}
+    request = {
+        "kind": kind,
+        "path": str(path),
+        "alarm_s": math.ceil(timeout_s) + 1,
+        "limits": dataclasses.asdict(limits) if limits is not None else None,
+    }
     refuse = _KIND_ERROR[kind]
     try:
-        proc = subprocess.run([sys.executable, "-m", __name__], input=json.dumps(request), capture_output=True,
-                              text=True, timeout=timeout_s, env=_child_env(), start_new_session=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", __name__],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=_child_env(),
+            start_new_session=True,
+        )
     except subprocess.TimeoutExpired:  # subprocess.run has killed (SIGKILL) and reaped the child
-        raise refuse(f"{path.name}: inspecting the file took longer than the limit of {timeout_s:g} s "
-                     f"({limit_name}); it was stopped and the file refused") from None
+        raise refuse(
+            f"{path.name}: inspecting the file took longer than the limit of {timeout_s:g} s "
+            f"({limit_name}); it was stopped and the file refused"
+        ) from None
     lines = proc.stdout.strip().splitlines()
     if proc.returncode == 0 and lines:
         answer = json.loads(lines[-1])
@@ -110,12 +130,18 @@ def _child() -> int:
     try:
         if request["kind"] == "model":
             found = inspect_model_file(request["path"], limits)
-            result: Any = {"format": found.format, "layer_count": found.layer_count,
-                           "weight_count": found.weight_count, "sequential_layers": found.sequential_layers,
-                           "keras_version": found.keras_version, "class_names": sorted(found.class_names)}
+            result: Any = {
+                "format": found.format,
+                "layer_count": found.layer_count,
+                "weight_count": found.weight_count,
+                "sequential_layers": found.sequential_layers,
+                "keras_version": found.keras_version,
+                "class_names": sorted(found.class_names),
+            }
         else:
-            result = {name: [list(shape), dtype.str] for name, (shape, dtype) in
-                      inspect_npz(request["path"], limits).items()}
+            result = {
+                name: [list(shape), dtype.str] for name, (shape, dtype) in inspect_npz(request["path"], limits).items()
+            }
         answer: dict = {"result": result}
     except errors.EngineError as e:
         answer = {"error": {"class": type(e).__name__, "message": e.message, "field": e.field}}

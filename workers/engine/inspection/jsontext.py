@@ -43,8 +43,15 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
     return out
 
 
-def parse_json(raw: bytes | str, source: str, *, max_bytes: int, max_depth: int,
-               error: type[EngineError] = ModelRejected, bytes_limit_name: str = "max_config_bytes") -> Any:
+def parse_json(
+    raw: bytes | str,
+    source: str,
+    *,
+    max_bytes: int,
+    max_depth: int,
+    error: type[EngineError] = ModelRejected,
+    bytes_limit_name: str = "max_config_bytes",
+) -> Any:
     """Parse one JSON document of at most `max_bytes` nesting at most `max_depth` levels; duplicate keys refused.
 
     Raises `error` naming `source` and the limit for anything else.

@@ -54,8 +54,12 @@ class ModelInspection:
 
 
 def _parse_json(raw: bytes | str, source: str, limits: InspectLimits, max_bytes: int | None = None) -> Any:
-    return parse_json(raw, source, max_bytes=limits.max_config_bytes if max_bytes is None else max_bytes,
-                      max_depth=limits.max_json_depth)
+    return parse_json(
+        raw,
+        source,
+        max_bytes=limits.max_config_bytes if max_bytes is None else max_bytes,
+        max_depth=limits.max_json_depth,
+    )
 
 
 def inspect_model_file(path: str | Path, limits: InspectLimits = InspectLimits()) -> ModelInspection:
@@ -82,10 +86,14 @@ def _inspect_keras(path: Path, limits: InspectLimits) -> ModelInspection:
                 continue
             reason = REFUSED_MEMBER_REASONS.get(member) or REFUSED_MEMBER_REASONS.get(top)
             if CONFIG_MEMBER not in names:
-                raise UnsupportedFile(f"{path.name} is a zip archive without {CONFIG_MEMBER} "
-                                      f"(members: {sorted(names)[:5]}), not a Keras 3 model")
-            raise ModelRejected(f"{path.name}: unexpected member {member!r} in the .keras archive"
-                                + (f": {reason}" if reason else f"; only {sorted(KERAS_MEMBERS)} are accepted"))
+                raise UnsupportedFile(
+                    f"{path.name} is a zip archive without {CONFIG_MEMBER} "
+                    f"(members: {sorted(names)[:5]}), not a Keras 3 model"
+                )
+            raise ModelRejected(
+                f"{path.name}: unexpected member {member!r} in the .keras archive"
+                + (f": {reason}" if reason else f"; only {sorted(KERAS_MEMBERS)} are accepted")
+            )
         if CONFIG_MEMBER not in names:
             raise UnsupportedFile(f"{path.name} is a zip archive without {CONFIG_MEMBER}, not a Keras 3 model")
         if WEIGHTS_MEMBER not in names:
@@ -97,8 +105,7 @@ def _inspect_keras(path: Path, limits: InspectLimits) -> ModelInspection:
 
         keras_version = None
         if METADATA_MEMBER in names:
-            meta_raw = read_member(zf, names[METADATA_MEMBER], MAX_METADATA_BYTES, "metadata size",
-                                    ModelRejected)
+            meta_raw = read_member(zf, names[METADATA_MEMBER], MAX_METADATA_BYTES, "metadata size", ModelRejected)
             metadata = _parse_json(meta_raw, METADATA_MEMBER, limits, max_bytes=MAX_METADATA_BYTES)
             if not isinstance(metadata, dict):
                 raise ModelRejected(f"{METADATA_MEMBER} must be a JSON object")
@@ -117,8 +124,9 @@ def _inspect_h5(path: Path, limits: InspectLimits) -> ModelInspection:
         summary = check_h5(f, path.name, limits, optimizer_groups=("optimizer_weights",))
         raw_config = read_h5_text_attr(f, "model_config", path.name, limits)
         if raw_config is None:
-            raise ModelRejected(f"{path.name}: the HDF5 file has no model_config attribute (a weights-only "
-                                "file?); save the whole model")
+            raise ModelRejected(
+                f"{path.name}: the HDF5 file has no model_config attribute (a weights-only file?); save the whole model"
+            )
         raw_training = read_h5_text_attr(f, "training_config", path.name, limits)
         keras_version = read_h5_text_attr(f, "keras_version", path.name, limits)
         has_model_weights = "model_weights" in f
@@ -135,8 +143,9 @@ def _inspect_h5(path: Path, limits: InspectLimits) -> ModelInspection:
     return _passed("h5", config, training_config, walk, summary, keras_version)
 
 
-def _passed(fmt: str, config: dict, compile_config: Any, walk: ConfigWalk, summary: H5Summary,
-            keras_version: str | None) -> ModelInspection:
+def _passed(
+    fmt: str, config: dict, compile_config: Any, walk: ConfigWalk, summary: H5Summary, keras_version: str | None
+) -> ModelInspection:
     """What a model file that passed every check declares (an empty compile config counts as none)."""
     return ModelInspection(
         format=fmt,

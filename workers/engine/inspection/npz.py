@@ -21,8 +21,9 @@ from workers.engine.inspection.ziparchive import open_zip
 _NPZ_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*\.npy$")
 
 
-def inspect_npz(path: str | Path, limits: InspectLimits = InspectLimits()
-                ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+def inspect_npz(
+    path: str | Path, limits: InspectLimits = InspectLimits()
+) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Check a dataset .npz from its zip directory and .npy headers alone; return {array name: (shape, dtype)}.
 
     Raises UnsupportedFile for anything that is not a zip archive and DataError naming the array otherwise.
@@ -48,23 +49,30 @@ def inspect_npz(path: str | Path, limits: InspectLimits = InspectLimits()
                     version = npy_format.read_magic(f)
                     readers = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
                     if version not in readers:
-                        raise DataError(f"{path.name}: array {key!r} uses .npy format version {version}; "
-                                        "only 1.0 and 2.0 are accepted")
+                        raise DataError(
+                            f"{path.name}: array {key!r} uses .npy format version {version}; "
+                            "only 1.0 and 2.0 are accepted"
+                        )
                     shape, _fortran, dtype = readers[version](f)
                     header_bytes = f.tell()
             except (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError) as e:
                 raise DataError(f"{path.name}: array {key!r} has a damaged .npy header: {str(e)[:200]}") from None
             if not plain_numeric(dtype):
-                raise DataError(f"{path.name}: array {key!r} has dtype {dtype}; only bool, integer and float "
-                                "arrays are accepted (no objects, pickles, strings or records)")
+                raise DataError(
+                    f"{path.name}: array {key!r} has dtype {dtype}; only bool, integer and float "
+                    "arrays are accepted (no objects, pickles, strings or records)"
+                )
             elements = math.prod(shape)
             if any(d < 0 for d in shape) or elements > limits.max_tensor_elements:
-                raise DataError(f"{path.name}: array {key!r} declares shape {shape} ({elements} elements); the "
-                                f"limit is {limits.max_tensor_elements} (max_tensor_elements)")
+                raise DataError(
+                    f"{path.name}: array {key!r} declares shape {shape} ({elements} elements); the "
+                    f"limit is {limits.max_tensor_elements} (max_tensor_elements)"
+                )
             expected = header_bytes + elements * dtype.itemsize
             if info.file_size != expected:
-                raise DataError(f"{path.name}: array {key!r} declares shape {shape} {dtype} "
-                                f"({expected} bytes with its header) but the member holds {info.file_size} bytes")
+                raise DataError(
+                    f"{path.name}: array {key!r} declares shape {shape} {dtype} "
+                    f"({expected} bytes with its header) but the member holds {info.file_size} bytes"
+                )
             arrays[key] = (tuple(int(d) for d in shape), dtype)
     return arrays
-

@@ -29,8 +29,7 @@ _SIGNATURES: tuple[tuple[Callable[[bytes], bool], str], ...] = (
     (lambda h: h.startswith(b"\x1f\x8b"), "gzip-compressed data"),
     (lambda h: h[257:262] == b"ustar", "a tar archive"),
     (lambda h: h.lstrip()[:1] in (b"{", b"["), "a JSON document (a config without weights?)"),
-    (lambda h: len(h) >= 9 and h[8:9] == b"{" and int.from_bytes(h[:8], "little") < 1 << 30,
-     "a safetensors file"),
+    (lambda h: len(h) >= 9 and h[8:9] == b"{" and int.from_bytes(h[:8], "little") < 1 << 30, "a safetensors file"),
 )
 
 

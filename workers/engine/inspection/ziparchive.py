@@ -76,16 +76,18 @@ def _unsafe_member_name(name: str) -> str | None:
     return None
 
 
-def open_zip(path: Path, limits: InspectLimits, error: type[EngineError], what: str
-              ) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
+def open_zip(
+    path: Path, limits: InspectLimits, error: type[EngineError], what: str
+) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
     """Open a zip archive after checking its directory: names, count, sizes, ratios, encryption, duplicates."""
     size = path.stat().st_size
     entries, cd_size = _central_directory_size(path, size, error)
     if entries > limits.max_members:
         raise error(f"{path.name}: {what} has {entries} members; the limit is {limits.max_members} (max_members)")
     if cd_size > MAX_CENTRAL_DIRECTORY_BYTES:
-        raise error(f"{path.name}: {what} has a {cd_size}-byte central directory; the limit is "
-                    f"{MAX_CENTRAL_DIRECTORY_BYTES}")
+        raise error(
+            f"{path.name}: {what} has a {cd_size}-byte central directory; the limit is {MAX_CENTRAL_DIRECTORY_BYTES}"
+        )
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as e:
@@ -93,8 +95,9 @@ def open_zip(path: Path, limits: InspectLimits, error: type[EngineError], what: 
     try:
         infos = zf.infolist()
         if len(infos) > limits.max_members:
-            raise error(f"{path.name}: {what} has {len(infos)} members; the limit is {limits.max_members} "
-                        "(max_members)")
+            raise error(
+                f"{path.name}: {what} has {len(infos)} members; the limit is {limits.max_members} (max_members)"
+            )
         seen: set[str] = set()
         total = 0
         for info in infos:
@@ -108,29 +111,38 @@ def open_zip(path: Path, limits: InspectLimits, error: type[EngineError], what: 
             if info.flag_bits & 0x1:
                 raise error(f"{path.name}: member {name!r} is encrypted")
             if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                raise error(f"{path.name}: member {name!r} uses compression method {info.compress_type}; "
-                            "only stored and deflated members are accepted")
+                raise error(
+                    f"{path.name}: member {name!r} uses compression method {info.compress_type}; "
+                    "only stored and deflated members are accepted"
+                )
             if info.file_size > limits.max_member_bytes:
-                raise error(f"{path.name}: member {name!r} expands to {info.file_size} bytes; the limit is "
-                            f"{limits.max_member_bytes} (max_member_bytes)")
+                raise error(
+                    f"{path.name}: member {name!r} expands to {info.file_size} bytes; the limit is "
+                    f"{limits.max_member_bytes} (max_member_bytes)"
+                )
             if info.file_size > RATIO_FLOOR_BYTES and (
-                    info.file_size > limits.max_compression_ratio * max(info.compress_size, 1)):
+                info.file_size > limits.max_compression_ratio * max(info.compress_size, 1)
+            ):
                 ratio = info.file_size / max(info.compress_size, 1)
-                raise error(f"{path.name}: member {name!r} has compression ratio {ratio:.0f}:1 "
-                            f"({info.compress_size} -> {info.file_size} bytes); the limit is "
-                            f"{limits.max_compression_ratio:g}:1 (max_compression_ratio): a zip bomb?")
+                raise error(
+                    f"{path.name}: member {name!r} has compression ratio {ratio:.0f}:1 "
+                    f"({info.compress_size} -> {info.file_size} bytes); the limit is "
+                    f"{limits.max_compression_ratio:g}:1 (max_compression_ratio): a zip bomb?"
+                )
             total += info.file_size
             if total > limits.max_total_bytes:
-                raise error(f"{path.name}: {what} expands to more than {limits.max_total_bytes} bytes "
-                            "(max_total_bytes)")
+                raise error(
+                    f"{path.name}: {what} expands to more than {limits.max_total_bytes} bytes (max_total_bytes)"
+                )
     except BaseException:
         zf.close()
         raise
     return zf, infos
 
 
-def read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, limit_name: str,
-                 error: type[EngineError]) -> bytes:
+def read_member(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, limit_name: str, error: type[EngineError]
+) -> bytes:
     """Read one member, never more than `limit` bytes (whatever its directory entry claims)."""
     if info.file_size > limit:
         raise error(f"member {info.filename!r} is {info.file_size} bytes; the limit is {limit} ({limit_name})")
@@ -176,8 +188,7 @@ class _Window(io.RawIOBase):
 
 
 @contextmanager
-def member_file(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: InspectLimits
-                 ) -> Iterator[io.IOBase]:
+def member_file(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: InspectLimits) -> Iterator[io.IOBase]:
     """A seekable file object over one member: a window into the archive if stored, a temp copy if deflated."""
     if info.compress_type == zipfile.ZIP_STORED:
         with open(path, "rb") as f:
@@ -190,10 +201,11 @@ def member_file(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: 
                 raise ModelRejected(f"{path.name}: member {info.filename!r} is damaged (bad local header)")
             name_len, extra_len = fields[-2], fields[-1]
             local_name = f.read(name_len)
-            if local_name.decode("utf-8", "replace") != info.filename and \
-                    local_name.decode("cp437", "replace") != info.filename:
-                raise ModelRejected(f"{path.name}: member {info.filename!r} has a different name in its local "
-                                    "header")
+            if (
+                local_name.decode("utf-8", "replace") != info.filename
+                and local_name.decode("cp437", "replace") != info.filename
+            ):
+                raise ModelRejected(f"{path.name}: member {info.filename!r} has a different name in its local header")
             start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
             if start + info.file_size > path.stat().st_size:
                 raise ModelRejected(f"{path.name}: member {info.filename!r} runs past the end of the file")
@@ -204,8 +216,10 @@ def member_file(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: 
         while chunk := src.read(1 << 20):
             copied += len(chunk)
             if copied > limits.max_member_bytes:
-                raise ModelRejected(f"{path.name}: member {info.filename!r} is larger than "
-                                    f"{limits.max_member_bytes} bytes (max_member_bytes)")
+                raise ModelRejected(
+                    f"{path.name}: member {info.filename!r} is larger than "
+                    f"{limits.max_member_bytes} bytes (max_member_bytes)"
+                )
             tmp.write(chunk)
         tmp.seek(0)
         yield tmp

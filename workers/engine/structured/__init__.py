@@ -18,5 +18,14 @@ from workers.engine.structured.groups import SCOPES, keep_count
 from workers.engine.structured.handlers import HANDLERS, POINTWISE_ACTIVATIONS, handler_for
 from workers.engine.structured.prune import PrunedGroup, StructuredReport, masked_reference, structured_prune
 
-__all__ = ["HANDLERS", "POINTWISE_ACTIVATIONS", "SCOPES", "PrunedGroup", "StructuredReport", "handler_for",
-           "keep_count", "masked_reference", "structured_prune"]
+__all__ = [
+    "HANDLERS",
+    "POINTWISE_ACTIVATIONS",
+    "SCOPES",
+    "PrunedGroup",
+    "StructuredReport",
+    "handler_for",
+    "keep_count",
+    "masked_reference",
+    "structured_prune",
+]

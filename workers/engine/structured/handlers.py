@@ -28,11 +28,36 @@ if TYPE_CHECKING:
 
 # Activations that act on each value alone: a unit's output does not depend on its neighbours, so removing
 # some units leaves the others unchanged. Anything else (softmax, glu, custom functions) fixes the outputs.
-POINTWISE_ACTIVATIONS = frozenset({
-    "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "swish", "mish",
-    "sigmoid", "hard_sigmoid", "log_sigmoid", "tanh", "hard_tanh", "tanh_shrink", "softplus", "softsign",
-    "exponential", "hard_silu", "hard_swish", "sparse_plus", "squareplus", "soft_shrink", "hard_shrink",
-})
+POINTWISE_ACTIVATIONS = frozenset(
+    {
+        "linear",
+        "relu",
+        "relu6",
+        "leaky_relu",
+        "elu",
+        "selu",
+        "celu",
+        "gelu",
+        "silu",
+        "swish",
+        "mish",
+        "sigmoid",
+        "hard_sigmoid",
+        "log_sigmoid",
+        "tanh",
+        "hard_tanh",
+        "tanh_shrink",
+        "softplus",
+        "softsign",
+        "exponential",
+        "hard_silu",
+        "hard_swish",
+        "sparse_plus",
+        "squareplus",
+        "soft_shrink",
+        "hard_shrink",
+    }
+)
 
 
 def layer_weights(layer) -> list[tuple[str, np.ndarray]]:
@@ -307,9 +332,14 @@ class SeparableHandler(ConvHandler):
 
 
 def _handlers() -> dict[str, Handler]:
-    table: dict[str, Handler] = {"Dense": DenseHandler(), "BatchNormalization": BatchNormHandler(),
-                                  "LayerNormalization": LayerNormHandler(), "Flatten": FlattenHandler(),
-                                  "Concatenate": ConcatenateHandler(), "Activation": ActivationHandler()}
+    table: dict[str, Handler] = {
+        "Dense": DenseHandler(),
+        "BatchNormalization": BatchNormHandler(),
+        "LayerNormalization": LayerNormHandler(),
+        "Flatten": FlattenHandler(),
+        "Concatenate": ConcatenateHandler(),
+        "Activation": ActivationHandler(),
+    }
     for name in ("Conv1D", "Conv2D", "Conv3D"):
         table[name] = ConvHandler()
     for name in ("DepthwiseConv1D", "DepthwiseConv2D"):
@@ -318,15 +348,44 @@ def _handlers() -> dict[str, Handler]:
         table[name] = SeparableHandler()
     for name in ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"):
         table[name] = MergeHandler()
-    for name in ("ReLU", "LeakyReLU", "ELU", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
-                 "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
-                 "Identity"):
+    for name in (
+        "ReLU",
+        "LeakyReLU",
+        "ELU",
+        "Dropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "GaussianNoise",
+        "GaussianDropout",
+        "AlphaDropout",
+        "ActivityRegularization",
+        "Identity",
+    ):
         table[name] = PassThrough(pointwise=True)
-    for name in ("MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
-                 "AveragePooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-                 "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "ZeroPadding1D",
-                 "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D", "UpSampling1D",
-                 "UpSampling2D", "UpSampling3D"):
+    for name in (
+        "MaxPooling1D",
+        "MaxPooling2D",
+        "MaxPooling3D",
+        "AveragePooling1D",
+        "AveragePooling2D",
+        "AveragePooling3D",
+        "GlobalAveragePooling1D",
+        "GlobalAveragePooling2D",
+        "GlobalAveragePooling3D",
+        "GlobalMaxPooling1D",
+        "GlobalMaxPooling2D",
+        "GlobalMaxPooling3D",
+        "ZeroPadding1D",
+        "ZeroPadding2D",
+        "ZeroPadding3D",
+        "Cropping1D",
+        "Cropping2D",
+        "Cropping3D",
+        "UpSampling1D",
+        "UpSampling2D",
+        "UpSampling3D",
+    ):
         table[name] = PassThrough()
     return table
 
@@ -340,4 +399,3 @@ def handler_for(layer) -> Handler | None:
     if getattr(keras.layers, name, None) is not type(layer):
         return None
     return HANDLERS.get(name)
-

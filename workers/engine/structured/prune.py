@@ -62,6 +62,7 @@ class StructuredReport:
         out.pop("shifts")
         return out
 
+
 def _check_arguments(keep_ratio, scope: str, round_to) -> int:
     if not isinstance(keep_ratio, (int, float)) or not 0.0 < float(keep_ratio) <= 1.0:
         raise SpecError(f"keep_ratio must be within (0, 1], got {keep_ratio!r}", field="keep_ratio")
@@ -72,8 +73,7 @@ def _check_arguments(keep_ratio, scope: str, round_to) -> int:
     return int(round_to)
 
 
-def _selector(model, selection: LayerSelection | None,
-              overrides: Mapping[str, LayerOverride] | None) -> Selector:
+def _selector(model, selection: LayerSelection | None, overrides: Mapping[str, LayerOverride] | None) -> Selector:
     """The step's selector; SpecError for entries that name nothing, or ask to prune inside a nested model.
     Override values may be LayerOverrides or mappings of their fields (`LayerOverride.of`)."""
     selector = Selector.of(selection, overrides)
@@ -83,8 +83,9 @@ def _selector(model, selection: LayerSelection | None,
     return selector
 
 
-def _choose(g: Graph, groups: list[Group], skipped: dict[str, str], selector: Selector,
-            keep_ratio: float) -> list[Group]:
+def _choose(
+    g: Graph, groups: list[Group], skipped: dict[str, str], selector: Selector, keep_ratio: float
+) -> list[Group]:
     """The groups whose members are all selected, with their keep ratios; the others go to `skipped`."""
     chosen: list[Group] = []
     for grp in groups:
@@ -92,8 +93,11 @@ def _choose(g: Graph, groups: list[Group], skipped: dict[str, str], selector: Se
         blocked = {n: r for n, r in reasons.items() if r}
         if blocked:
             for n in grp.members:
-                skipped[n] = (f"not pruned: {blocked[n]}" if n in blocked else
-                              f"not pruned: coupled with {', '.join(sorted(blocked))} ({'; '.join(blocked.values())})")
+                skipped[n] = (
+                    f"not pruned: {blocked[n]}"
+                    if n in blocked
+                    else f"not pruned: coupled with {', '.join(sorted(blocked))} ({'; '.join(blocked.values())})"
+                )
             continue
         ratios = [o.keep_ratio for n in grp.members if (o := selector.override(n)) is not None and o.keep_ratio]
         grp.overridden = bool(ratios)
@@ -102,9 +106,17 @@ def _choose(g: Graph, groups: list[Group], skipped: dict[str, str], selector: Se
     return chosen
 
 
-def structured_prune(model, *, criterion: str, keep_ratio: float, scope: str = "layer", round_to: int = 1,
-                     selection: LayerSelection | None = None, x_calib=None,
-                     overrides: Mapping[str, LayerOverride] | None = None) -> tuple[keras.Model, StructuredReport]:
+def structured_prune(
+    model,
+    *,
+    criterion: str,
+    keep_ratio: float,
+    scope: str = "layer",
+    round_to: int = 1,
+    selection: LayerSelection | None = None,
+    x_calib=None,
+    overrides: Mapping[str, LayerOverride] | None = None,
+) -> tuple[keras.Model, StructuredReport]:
     """Remove the least important units/filters and rebuild a genuinely smaller model of stock Keras layers.
 
     Returns the rebuilt (uncompiled) model and a report of every pruned group and every producer left alone.
@@ -129,20 +141,32 @@ def structured_prune(model, *, criterion: str, keep_ratio: float, scope: str = "
     by_class = layers_by_class(g)
     for grp in chosen:
         order = np.argsort(-grp.scores, kind="stable")
-        drop = {int(r) for r in grp.classes[order[grp.keep:]]}
+        drop = {int(r) for r in grp.classes[order[grp.keep :]]}
         removed |= drop
         kept = {n: keep_indices(g, g.producers[n].ids, drop).tolist() for n in grp.members}
-        report_groups.append(PrunedGroup(
-            layers=list(grp.members), units_before=grp.all_classes, units_after=grp.all_classes - len(drop),
-            kept_indices=kept, dependents=dependents(g, by_class, grp.classes, grp.members),
-            keep_ratio=grp.keep_ratio,
-        ))
+        report_groups.append(
+            PrunedGroup(
+                layers=list(grp.members),
+                units_before=grp.all_classes,
+                units_after=grp.all_classes - len(drop),
+                kept_indices=kept,
+                dependents=dependents(g, by_class, grp.classes, grp.members),
+                keep_ratio=grp.keep_ratio,
+            )
+        )
     shifts = compensation(g, removed, x_calib)
     new_model = rebuild(g, removed, zero_only=False, shifts=shifts)
     report = StructuredReport(
-        criterion=crit.name, scope=scope, keep_ratio=float(keep_ratio), round_to=round_to, groups=report_groups,
-        skipped=skipped, params_before=int(model.count_params()), params_after=int(new_model.count_params()),
-        compensated=list(shifts), shifts=shifts,
+        criterion=crit.name,
+        scope=scope,
+        keep_ratio=float(keep_ratio),
+        round_to=round_to,
+        groups=report_groups,
+        skipped=skipped,
+        params_before=int(model.count_params()),
+        params_after=int(new_model.count_params()),
+        compensated=list(shifts),
+        shifts=shifts,
     )
     return new_model, report
 
@@ -154,8 +178,9 @@ def masked_reference(model, report: StructuredReport) -> keras.Model:
     for grp in report.groups:
         for name, kept in grp.kept_indices.items():
             if name not in g.producers:
-                raise SpecError(f"the report names layer '{name}', which is not a producer of model '{model.name}'",
-                                field="report")
+                raise SpecError(
+                    f"the report names layer '{name}', which is not a producer of model '{model.name}'", field="report"
+                )
             ids = g.producers[name].ids
             drop = np.setdiff1d(np.arange(len(ids)), np.asarray(kept, dtype=np.int64))
             removed |= {int(r) for r in g.root[ids[drop]]}

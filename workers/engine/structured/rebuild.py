@@ -84,8 +84,11 @@ def compensation(g: Graph, removed: set[int], x_calib) -> dict[str, tuple[str, n
         else:
             out = node.outputs[0]
             users = g.consumers.get(id(out), [])
-            if (id(out) in g.output_ids or len(users) != 1
-                    or not isinstance(g.handlers.get(users[0].layer.name), BatchNormHandler)):
+            if (
+                id(out) in g.output_ids
+                or len(users) != 1
+                or not isinstance(g.handlers.get(users[0].layer.name), BatchNormHandler)
+            ):
                 continue  # nothing to fold the shift into
             where = users[0].layer.name
         targets.append((name, rows, where))
@@ -100,11 +103,15 @@ def compensation(g: Graph, removed: set[int], x_calib) -> dict[str, tuple[str, n
     return shifts
 
 
-def _shifted(name: str, weights: list[tuple[str, np.ndarray]],
-             shifts: Mapping[str, tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
+def _shifted(
+    name: str, weights: list[tuple[str, np.ndarray]], shifts: Mapping[str, tuple[str, np.ndarray]]
+) -> list[tuple[str, np.ndarray]]:
     """The layer's weights with the compensation shifts that land on it (its bias, or its moving mean)."""
-    landing = [(consumer, delta) for consumer, (where, delta) in shifts.items()
-               if (where == "bias" and consumer == name) or where == name]
+    landing = [
+        (consumer, delta)
+        for consumer, (where, delta) in shifts.items()
+        if (where == "bias" and consumer == name) or where == name
+    ]
     if not landing:
         return weights
     out = []
@@ -118,8 +125,9 @@ def _shifted(name: str, weights: list[tuple[str, np.ndarray]],
     return out
 
 
-def rebuild(g: Graph, removed: set[int], *, zero_only: bool,
-                 shifts: Mapping[str, tuple[str, np.ndarray]] | None = None) -> keras.Model:
+def rebuild(
+    g: Graph, removed: set[int], *, zero_only: bool, shifts: Mapping[str, tuple[str, np.ndarray]] | None = None
+) -> keras.Model:
     """Rebuild the model without the removed channel classes, or (zero_only) a copy with their inputs zeroed;
     both with the compensation `shifts` applied."""
     shifts = shifts or {}

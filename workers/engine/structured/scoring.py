@@ -46,8 +46,10 @@ def activation_scores(model, tensors: list, criterion: importance.Criterion, x_c
     """The criterion on each of `tensors` over the calibration samples, streamed batch by batch (sample-weighted
     mean of the per-batch scores). DataError (field x_calib) when the samples are missing or do not fit."""
     if x_calib is None:
-        raise DataError(f"criterion '{criterion.name}' ranks units on data: x_calib (calibration samples) is required",
-                        field="x_calib")
+        raise DataError(
+            f"criterion '{criterion.name}' ranks units on data: x_calib (calibration samples) is required",
+            field="x_calib",
+        )
     leaves = keras.tree.flatten(x_calib)
     n = len(leaves[0]) if leaves else 0
     if n == 0:
@@ -63,7 +65,7 @@ def activation_scores(model, tensors: list, criterion: importance.Criterion, x_c
     counts = [0] * len(unique)
     size = _calibration_batch(unique.values())
     for start in range(0, n, size):
-        batch = keras.tree.map_structure(lambda a: np.asarray(a[start:start + size]), x_calib)
+        batch = keras.tree.map_structure(lambda a, start=start: np.asarray(a[start : start + size]), x_calib)
         try:
             outs = probe.predict_on_batch(batch)
         except (ValueError, TypeError) as exc:
