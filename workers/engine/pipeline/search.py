@@ -1,0 +1,301 @@
+"""The sensitivity and budget steps (the work is in `sensitivity`, `allocation` and `budget`, on plain values)."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+
+from workers.engine import allocation as allocation_mod
+from workers.engine import budget as budget_mod
+from workers.engine import sensitivity as sensitivity_mod
+from workers.engine.errors import SpecError
+from workers.engine.masks import MaskParams
+from workers.engine.pipeline.run import (
+    _check_cancel,
+    _evaluate,
+    _fit,
+    _pruner,
+    _reestimate_batchnorm,
+    _require_data,
+    _Run,
+    _train_holding_zeros,
+)
+from workers.engine.progress import Progress
+from workers.engine.pruning import PruneSettings
+from workers.engine.registry import prunable_weights
+from workers.engine.schedules import ScheduleSettings
+from workers.engine.selection import override_for
+from workers.engine.structured import structured_prune
+from workers.spec import (
+    DEFAULT_SENSITIVITY_LEVELS,
+    BudgetStep,
+    SensitivityStep,
+)
+
+# --------------------------------------------------------------------------- sensitivity and budget
+
+
+BUDGET_MAGNITUDE_LEVELS = (*DEFAULT_SENSITIVITY_LEVELS, 0.98)  # a budget search often ends past 0.95
+HIGHEST_SPARSITY = 0.995  # the budget search never goes further
+LOWEST_KEEP = 0.02
+TRIAL_RAMP_END = 0.5  # a magnitude trial ramps its sparsity over this fraction of its epochs (Zhu & Gupta)
+FIRST_AT_LEAST = 0.2  # the first trial removes at least this (the prediction, without fine-tuning, is cautious)
+
+
+def _metric_names(run: _Run) -> list[str]:
+    return list(_evaluate(run) or {})
+
+
+def _sensitivity(
+    run: _Run,
+    index: int,
+    method: str,
+    *,
+    levels,
+    criterion: str = "l1",
+    metric: str | None = None,
+    samples: int = 2000,
+    batchnorm_samples: int = 512,
+    field_prefix: str = "",
+) -> dict:
+    """Run a sensitivity analysis of the current model, keep it for later steps and write its artifacts."""
+    data = _require_data(run, f"step {index} (sensitivity)")
+    metric = sensitivity_mod.resolve_metric(_metric_names(run), metric, f"{field_prefix}metric")  # compiles
+    if method == "magnitude":
+        weights = [
+            w
+            for w in prunable_weights(run.model, run.layers)
+            if not ((o := override_for(run.layers.overrides, w.path, w.name)) and o.skip)
+        ]
+        units = sensitivity_mod.magnitude_units(run.model, weights)
+    else:
+        units = sensitivity_mod.structured_units(
+            run.model, criterion=criterion, selection=run.layers, overrides=run.layers.overrides
+        )
+    if not units:
+        raise SpecError(f"step {index}: the model has nothing to prune by {method} (no selected prunable layer)")
+
+    def progress(i: int, n: int, unit) -> None:
+        run.progress(
+            Progress(
+                phase="sensitivity",
+                step_index=index,
+                step=i + 1,
+                steps=n,
+                layer=unit.name,
+                message=f"{method} sensitivity: {unit.name} ({i + 1}/{n})",
+            )
+        )
+
+    result = sensitivity_mod.analyze(
+        run.model,
+        units,
+        levels,
+        method=method,
+        metric=metric,
+        x_val=data.x_val,
+        y_val=data.y_val,
+        x_train=data.x_train if run.training.batchnorm_reestimation else None,
+        samples=samples,
+        batchnorm_samples=batchnorm_samples,
+        batch_size=max(run.training.batch_size, 256),
+        seed=run.spec.seed,
+        progress=progress,
+        should_cancel=run.should_cancel,
+    )
+    other = next((m for m in run.sensitivity if m != method), None)
+    if run.out_dir is not None:
+        name = "sensitivity" if other is None else f"sensitivity_{method}"
+        sensitivity_mod.write_artifacts(result, run.out_dir, name)
+        result = {**result, "artifacts": [f"{name}.json", f"{name}.csv"]}
+    run.sensitivity[method] = result
+    return result
+
+
+def _sensitivity_for(run: _Run, index: int, method: str, criterion: str = "l1") -> dict:
+    """The job's latest analysis of `method`, or a new one with the default levels."""
+    if method in run.sensitivity:
+        return run.sensitivity[method]
+    levels = (
+        BUDGET_MAGNITUDE_LEVELS
+        if method == "magnitude"
+        else sorted(round(1.0 - x, 6) for x in DEFAULT_SENSITIVITY_LEVELS)
+    )
+    return _sensitivity(run, index, method, levels=levels, criterion=criterion)
+
+
+def _run_sensitivity(run: _Run, index: int, step: SensitivityStep) -> dict:
+    result = _sensitivity(
+        run,
+        index,
+        step.method,
+        levels=step.effective_levels,
+        criterion=step.criterion,
+        metric=step.metric,
+        samples=step.samples,
+        batchnorm_samples=step.batchnorm_samples,
+        field_prefix=f"steps.{index}.",
+    )
+    return {
+        k: result[k]
+        for k in ("method", "metric", "baseline", "levels", "samples", "units", "rows", "artifacts")
+        if k in result
+    }
+
+
+def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
+    data = _require_data(run, f"step {index} (budget)")
+    field = f"steps.{index}.metric"
+    metric = sensitivity_mod.resolve_metric(list(run.baseline or _metric_names(run)), step.metric, field)
+    baseline = float((run.baseline or _evaluate(run))[metric])
+    structured = step.method == "structured"
+    result = _sensitivity_for(run, index, step.method, criterion=step.criterion)
+    curves = [allocation_mod.Curve(u["size"], *sensitivity_mod.curves(result)[u["name"]]) for u in result["units"]]
+    if structured:
+        total = sum(u["size"] for u in result["units"])
+        highest = 1.0 - LOWEST_KEEP
+        sizes = {u["name"]: u["size"] for u in result["units"]}
+        states: dict[int, tuple[keras.Model, dict[str, int]]] = {}
+    else:
+        probe = _pruner(run)
+        pool = probe.pool()
+        total, highest = sum(pool.values()), allocation_mod.highest_target(pool, probe.max_zeros, HIGHEST_SPARSITY)
+        probe.detach()
+        states: dict[int, list[np.ndarray]] = {}  # type: ignore[no-redef]
+        original = [np.array(v) for v in run.model.get_weights()]
+    predicted = allocation_mod.total_for_drop(curves, step.max_drop) / max(1, total)
+    first = min(highest, math.floor(max(predicted, FIRST_AT_LEAST) * 100) / 100)
+    original_model, x_calib = run.model, data.x_train[:512]
+
+    def trial(removed: float, start: int | None) -> budget_mod.Trial:
+        _check_cancel(run)
+        level = 1.0 - removed if structured else removed
+        run.progress(
+            Progress(
+                phase="budget",
+                step_index=index,
+                trial=len(trials) + 1,
+                trials=step.max_trials,
+                message=f"trial {len(trials) + 1}/{step.max_trials}: "
+                f"{'keep ratio' if structured else 'sparsity'} {level:.4f}",
+            )
+        )
+        if structured:
+            model, current = states[start] if start is not None else (original_model, sizes)
+            overrides = {
+                **run.layers.overrides,
+                **allocation_mod.keep_overrides(
+                    result["units"], sensitivity_mod.curves(result), level, step.round_to, current
+                ),
+            }
+            run.model, report = structured_prune(
+                model,
+                criterion=step.criterion,
+                keep_ratio=1.0,
+                round_to=step.round_to,
+                selection=run.layers,
+                x_calib=x_calib,
+                overrides=overrides,
+            )
+            cut = {"+".join(g.layers): g.units_before - g.units_after for g in report.groups}
+            current = {name: n - cut.get(name, 0) for name, n in current.items()}
+            if step.epochs:
+                _reestimate_batchnorm(run, "budget", index, evaluate=False)  # train from matching statistics
+                _train_holding_zeros(run, "budget", index, step.epochs)
+        else:
+            run.model.set_weights(states[start] if start is not None else original)
+            pruner = _pruner(run)
+            pruner.hold_zeros()
+            try:
+                targets = pruner.sensitivity_targets(
+                    removed, sensitivity_mod.curves(result), hold=True, field=f"steps.{index}"
+                )
+                if step.epochs:
+                    spe = int(np.ceil(len(data.x_train) / run.training.batch_size))
+                    ramp = PruneSettings(
+                        params=MaskParams(sparsity=removed),
+                        epochs=step.epochs,
+                        schedule=ScheduleSettings("polynomial", end=TRIAL_RAMP_END),
+                    )
+                    _fit(
+                        run, "budget", index, step.epochs, pruner, extra_callbacks=[pruner.callback(ramp, spe, targets)]
+                    )
+                else:
+                    pruner.prune(PruneSettings(params=MaskParams(sparsity=removed)), targets)
+            finally:
+                pruner.detach()
+        _reestimate_batchnorm(run, "budget", index, evaluate=False)
+        value = float(_evaluate(run)[metric])
+        drop = sensitivity_mod.metric_drop(metric, baseline, value)
+        states[len(trials)] = (run.model, current) if structured else [np.array(v) for v in run.model.get_weights()]
+        return budget_mod.Trial(
+            level=level,
+            metric=value,
+            drop=drop,
+            within_budget=drop <= step.max_drop + 1e-12,
+            epochs=step.epochs,
+            **budget_mod.measure(
+                run.model,
+                run.out_dir / ".work",
+                method=step.method,
+                latency_runs=(
+                    run.spec.evaluation.latency_runs
+                    if step.objective == "latency" or (structured and run.spec.evaluation.latency)
+                    else 0
+                ),
+            ),
+        )
+
+    trials: list[budget_mod.Trial] = []
+
+    def on_trial(i: int, t: budget_mod.Trial) -> None:
+        trials.append(t)
+        for j in set(states) - budget_mod.needed(trials, step.objective):
+            del states[j]  # a model no later trial starts from and that cannot be chosen
+        run.progress(
+            Progress(
+                phase="budget",
+                step_index=index,
+                trial=i + 1,
+                trials=step.max_trials,
+                message=f"trial {i + 1}: {metric} {t.metric:.4f} (drop {t.drop:+.4f}), "
+                f"{'within' if t.within_budget else 'outside'} the budget",
+            )
+        )
+
+    found = budget_mod.search(
+        trial,
+        first=first,
+        highest=highest,
+        max_trials=step.max_trials,
+        objective=step.objective,
+        should_cancel=run.should_cancel,
+        on_trial=on_trial,
+    )
+    if structured:
+        run.model = states[found.chosen][0]
+    else:
+        run.model.set_weights(states[found.chosen])
+        run.hold_zeros = True
+    chosen = found.trials[found.chosen]
+    run.budget = {
+        "metric": metric,
+        "baseline": baseline,
+        "max_drop": step.max_drop,
+        "objective": step.objective,
+        "method": step.method,
+        "met": found.met,
+        "chosen": found.chosen,
+        "trials": [t.to_dict() for t in found.trials],
+        "sensitivity": result.get("artifacts"),
+        "note": None
+        if found.met
+        else (
+            f"BUDGET NOT MET: no trial kept held-out {metric} within {step.max_drop:g} of the original "
+            f"({baseline:.4g}); the closest trial (#{found.chosen}, {'keep ratio' if structured else 'sparsity'} "
+            f"{chosen.level:.4f}, {metric} {chosen.metric:.4g}) is returned"
+        ),
+    }
+    return {"budget": run.budget}
