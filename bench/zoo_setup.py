@@ -10,11 +10,9 @@ default, structured `scope: "global"`, to show what the scope choice costs or ga
 
 from __future__ import annotations
 
-import json
-
 from bench.common import LoadMonitor, header, log, write_result
 from bench.harness import Sides
-from bench.zoo import ZOO_CACHE, _call
+from bench.zoo import _call, _pretrained
 
 MODELS = {
     "mobilenet_v2": {"n_train": 8000, "n_test": 2000, "pretrain_epochs": 5},
@@ -30,25 +28,6 @@ ARMS = {
 }
 
 
-def _pretrained(sides: Sides, model: str, m: dict) -> dict:
-    ZOO_CACHE.mkdir(parents=True, exist_ok=True)
-    stem = ZOO_CACHE / f"{model}-n{m['n_train']}-t{m['n_test']}-e{m['pretrain_epochs']}-b{BATCH}"
-    info_path = stem.with_suffix(".json")
-    if info_path.exists() and stem.with_suffix(".keras").exists():
-        return {**json.loads(info_path.read_text()), "cached": True}
-    info = sides["secateurs"].call(
-        "zoo_pretrain",
-        model=model,
-        n_train=m["n_train"],
-        n_test=m["n_test"],
-        epochs=m["pretrain_epochs"],
-        out=str(stem.with_suffix(".keras")),
-        batch_size=BATCH,
-    )
-    info_path.write_text(json.dumps(info))
-    return {**info, "cached": False}
-
-
 def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> dict:
     models = QUICK_MODELS if quick else MODELS
     monitor = LoadMonitor()
@@ -60,7 +39,7 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
     )
     payload["models"] = {}
     for model, m in models.items():
-        pre = _pretrained(sides, model, m)
+        pre = _pretrained(sides, model, m, BATCH, tfmot=False)
         data = {"model": model, "n_train": m["n_train"], "n_test": m["n_test"]}
         plain = _call(
             sides, "secateurs", "zoo_plain", monitor, **data, model_file=pre["keras"], epochs=EPOCHS, batch_size=BATCH

@@ -74,6 +74,22 @@ class Submitted:
     created: bool  # False: an earlier submit with the same Idempotency-Key
 
 
+@contextmanager
+def busy_slot(semaphore, doing: str, setting: str) -> Iterator[None]:
+    """Hold one of `semaphore`'s slots, or answer 503 with Retry-After naming limits.`setting` when none frees up
+    within INSPECTION_WAIT_SECONDS."""
+    if not semaphore.acquire(timeout=INSPECTION_WAIT_SECONDS):
+        raise Unavailable(
+            f"the server is busy {doing}, limits.{setting}); retry later",
+            field=f"limits.{setting}",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    try:
+        yield
+    finally:
+        semaphore.release()
+
+
 class JobService:
     def __init__(
         self,
@@ -254,21 +270,12 @@ class JobService:
                 "invalid spec: " + "; ".join(f"{x['field']}: {x['message']}" for x in errors), errors=errors
             ) from None
 
-    @contextmanager
-    def _inspection_slot(self) -> Iterator[None]:
+    def _inspection_slot(self):
         """At most limits.max_concurrent_inspections inspections at once: each may need a few hundred MiB."""
-        if not self._inspections.acquire(timeout=INSPECTION_WAIT_SECONDS):
-            limit = self.settings.limits.max_concurrent_inspections
-            raise Unavailable(
-                f"the server is busy inspecting other uploads ({limit} at a time, "
-                "limits.max_concurrent_inspections); retry later",
-                field="limits.max_concurrent_inspections",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
-        try:
-            yield
-        finally:
-            self._inspections.release()
+        limit = self.settings.limits.max_concurrent_inspections
+        return busy_slot(
+            self._inspections, f"inspecting other uploads ({limit} at a time", "max_concurrent_inspections"
+        )
 
     def _inspect(self, field: str, path):
         """Inspect the model (its format is returned) or the dataset (its arrays' shapes and dtypes) of form field

@@ -10,14 +10,12 @@ imports TensorFlow. Nothing is stored: the upload is removed when the answer is 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from service.errors import RETRY_AFTER_SECONDS, Unavailable, Unprocessable
-from service.services.jobs import INSPECTION_WAIT_SECONDS, JobService
+from service.errors import Unprocessable
+from service.services.jobs import JobService, busy_slot
 from service.services.uploads import FormRules, ParsedUpload, receive_multipart
 from workers.preflight import PreflightLimits, run_isolated
 from workers.settings import Settings
@@ -63,18 +61,7 @@ class PreflightService:
         result["model"]["file"] = model.filename or result["model"]["file"]
         return result
 
-    @contextmanager
-    def _slot(self) -> Iterator[None]:
+    def _slot(self):
         """At most limits.max_concurrent_preflights TensorFlow children at once."""
-        if not self._slots.acquire(timeout=INSPECTION_WAIT_SECONDS):
-            limit = self.settings.limits.max_concurrent_preflights
-            raise Unavailable(
-                f"the server is busy with other preflights ({limit} at a time, "
-                "limits.max_concurrent_preflights); retry later",
-                field="limits.max_concurrent_preflights",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
-        try:
-            yield
-        finally:
-            self._slots.release()
+        limit = self.settings.limits.max_concurrent_preflights
+        return busy_slot(self._slots, f"with other preflights ({limit} at a time", "max_concurrent_preflights")

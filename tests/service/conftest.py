@@ -3,6 +3,8 @@ the harness that the benchmarks share (workers/testing/servers.py)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -82,3 +84,22 @@ def wait_training(client: httpx.Client, job_id: str, timeout: float = 120.0, **k
         assert job["status"] in ("queued", "running"), job
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} did not start training in {timeout} s")
+
+
+def keys(server: Server, *args) -> subprocess.CompletedProcess:
+    """`secateurs keys ARGS` against `server`'s store, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "keys", *args],
+        cwd=ROOT,
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def key_headers(server: Server, tenant: str) -> dict[str, str]:
+    """A new API key for `tenant` (`secateurs keys create`), as request headers."""
+    made = keys(server, "create", "--tenant", tenant)
+    assert made.returncode == 0, made.stderr
+    return {"Authorization": f"Bearer {made.stdout.strip()}"}

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.service.conftest import ROOT, Server, submit, wait_status
+from tests.service.conftest import Server, keys, submit, wait_status
 
 ONE_SHOT = {
     "steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.5}],
     "evaluation": {"latency": False},
 }
-
-
-def keys(server: Server, *args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli", "keys", *args],
-        cwd=ROOT,
-        env=server.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -5,15 +5,13 @@ kept, and no TensorFlow in the API process (the model is loaded in a bounded chi
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import httpx
 import pytest
 
 from tests import hostile
 from tests.engine.structured.models import residual_functional
-from tests.service.conftest import ROOT, Server
+from tests.service.conftest import Server, key_headers
 from tests.service.test_hostile_uploads import loads_tensorflow
 
 SPEC = {
@@ -33,16 +31,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def auth(server) -> dict[str, str]:
-    made = subprocess.run(
-        [sys.executable, "-m", "service.cli", "keys", "create", "--tenant", "pre"],
-        cwd=ROOT,
-        env=server.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert made.returncode == 0, made.stderr
-    return {"Authorization": f"Bearer {made.stdout.strip()}"}
+    return key_headers(server, "pre")
 
 
 @pytest.fixture(scope="module")

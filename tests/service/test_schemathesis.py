@@ -9,9 +9,6 @@ id (almost always unknown: 404) and with the id of a real, finished job of the c
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -24,7 +21,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.service.conftest import ROOT, Server, submit, wait_status
+from tests.service.conftest import Server, key_headers, submit, wait_status
 
 EXAMPLES_PER_OPERATION = 30
 CHECKS = [
@@ -54,16 +51,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def auth(server) -> dict[str, str]:
-    made = subprocess.run(
-        [sys.executable, "-m", "service.cli", "keys", "create", "--tenant", "fuzz"],
-        cwd=ROOT,
-        env=server.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert made.returncode == 0, made.stderr
-    return {"Authorization": f"Bearer {made.stdout.strip()}"}
+    return key_headers(server, "fuzz")
 
 
 @pytest.fixture(scope="module")
