@@ -478,6 +478,59 @@ def zoo_setup_tables(d: dict) -> str:
     return "\n".join(parts)
 
 
+def budget_tables(d: dict) -> str:
+    """Part 6: the budget step per model and seed: sparsity reached within the budget, drop, trials, time."""
+    cfg = d["config"]
+    parts = [_run_line(d), "", f"Budget step: `{json.dumps(cfg['step'], sort_keys=True)}`; batch {cfg['batch_size']}."]
+    rows = []
+    for name, m in d["models"].items():
+        for r in m["runs"]:
+            b = r["budget"]
+            rows.append(
+                [
+                    name,
+                    r["seed"],
+                    f"{b['baseline']:.4f}",
+                    f"{r['accuracy']:.4f}",
+                    f"{r['drop_points']:.2f}",
+                    f"{r['sparsity']['overall']:.3f}",
+                    f"{len(b['trials'])}",
+                    "yes" if b["met"] else "**no**",
+                    f"{r['gzip_bytes']['before']:,} → {r['gzip_bytes']['after']:,}",
+                    f"{r['wall_time_s']:.0f}",
+                ]
+            )
+    parts += [
+        "",
+        _md(
+            rows,
+            [
+                "model",
+                "seed",
+                "input acc.",
+                "chosen acc.",
+                "drop (points)",
+                "sparsity",
+                "trials",
+                "budget met",
+                "gzip bytes",
+                "job s",
+            ],
+        ),
+    ]
+    goals = [
+        [
+            n,
+            f"≥ {m['goal_sparsity']:.0%} within the budget",
+            f"median {m['sparsity_median']:.3f}",
+            "met" if m["goal_met"] else "**missed**",
+        ]
+        for n, m in d["models"].items()
+    ]
+    parts += ["", _md(goals, ["model", "goal (issue 12)", "value", "verdict"])]
+    return "\n".join(parts)
+
+
 RENDERERS = {
     "overhead": overhead_tables,
     "accuracy": accuracy_tables,
@@ -485,6 +538,7 @@ RENDERERS = {
     "service": service_tables,
     "zoo": zoo_tables,
     "zoo_setup": zoo_setup_tables,
+    "budget": budget_tables,
 }
 
 
