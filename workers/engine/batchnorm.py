@@ -8,8 +8,8 @@ Public API::
 Why: a BatchNormalization layer normalizes with the statistics of the current mini-batch while training and with
 its moving averages (momentum 0.99 by default) at inference. After pruning, a structured rebuild or a few epochs of
 fine-tuning, the weights feeding a BN layer changed faster than its moving averages follow, so the model predicts
-well in training mode and badly in inference mode (MobileNetV2 fine-tuned 2 epochs on the digits: 42% held-out,
-85% after re-estimation). Re-estimating replaces every moving mean / variance by the population statistics of the
+well in training mode and badly in inference mode (docs/BENCHMARKS.md part 5 measures it on MobileNetV2).
+Re-estimating replaces every moving mean / variance by the population statistics of the
 layer's input over up to `max_samples` training samples.
 
 Method (as PyTorch's ``torch.optim.swa_utils.update_bn``): one pass over the samples in batches, through one

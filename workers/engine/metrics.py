@@ -393,8 +393,8 @@ def _chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
         yield from iter(lambda: f.read(size), b"")
 
 
-# gzip's own default level. Level 9 gave files 0.3-0.6% smaller but took 5x as long on a half-sparse ResNet50
-# (95 MB: 21 s against 4 s), three times per job: the size measure grew with the model.
+# gzip's own default level: level 9 gave files barely smaller at several times the time on a large model, three
+# times per job, so the size measure grew with the model (issue 9, item 6).
 GZIP_LEVEL = 6
 
 

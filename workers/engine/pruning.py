@@ -43,16 +43,16 @@ Global magnitude allocation (the default). One ranking across the pool decides h
 (`masks.lamp_allocation`), then each weight is masked by exact-count magnitude. What is ranked (`pruner.score`):
 LAMP scores (Lee et al., ICLR 2021) when the model has a normalization layer (BatchNormalization,
 LayerNormalization, GroupNormalization), since a normalized layer's scale says nothing about its importance (raw
-|w| emptied whole MobileNetV2 layers: 11.5 % held-out vs 79 % with LAMP); raw |w| otherwise, where a layer's scale is
-part of its function and the raw ranking is measurably better (LeNet-300-100 at 90 / 95 %: 96.2 / 94.3 % vs 95.5 /
-92.4 % with LAMP, 3 seeds). Rules, measured on MobileNetV2, a BatchNorm ResNet and LeNet-300-100:
+|w| emptied whole MobileNetV2 layers); raw |w| otherwise, where a layer's scale is part of its function and the
+raw ranking measured better on LeNet-300-100 at 90 and 95 % (docs/BENCHMARKS.md). Rules, measured on MobileNetV2, a
+BatchNorm ResNet and LeNet-300-100:
 - floor: a weight not named explicitly keeps at least FLOOR_SHARE (1/4) of the pool's average density
   ((1 - target) / 4, at least one weight), so no layer is disconnected (raw |w| ranking emptied whole layers);
 - depthwise kernels (DepthwiseConv, SeparableConv's depthwise part) keep the largest weight of every filter, so
   no channel is cut off (a depthwise channel has no other path);
 - 1x1 projections and the output layer: no special case beyond the above; LAMP ranks them by their own
-  distribution (it prunes MobileNetV2's 1x1 expand/project layers most, to ~0.88); a small output layer and the
-  tiny layers stay spared (not sparing them cost MobileNetV2 5.5 points at 80 %);
+  distribution (on MobileNetV2 it prunes the 1x1 expand/project layers most); a small output layer and the
+  tiny layers stay spared (not sparing them cost MobileNetV2 accuracy at 80 %);
 - a weight named explicitly has no floor and may be emptied.
 `targets` ("path/role" -> sparsity, e.g. from `allocation.allocate` on a sensitivity analysis) gives those weights
 their own exact targets, as per-layer overrides would; the other weights are planned as usual.
