@@ -34,15 +34,16 @@ target_count(sparsity, number of blocks) blocks are zeroed.
 
 Global magnitude = an allocation, then exact counts (the pruner picks LAMP or raw |w| scores). A raw |w| ranking
 across layers compares numbers of unrelated scales: behind BatchNorm a layer's scale means nothing, and on
-MobileNetV2 it emptied whole depthwise kernels and Conv_1 (issue 9; docs/BENCHMARKS.md part 5). Global scope
-ranks LAMP scores instead (Lee et al., ICLR 2021): with a tensor's weights sorted by |w| ascending, score(u) = w_u^2 / sum_{v >= u} w_v^2, which is scale-free per tensor (its largest weight scores 1) when
-the model normalizes (see `pruning`). LAMP orders the weights of one tensor exactly like |w|, so a global LAMP mask
-is a per-tensor allocation followed by per-tensor magnitude masks: `lamp_allocation` ranks the scores of every
-tensor up to LAMP_SAMPLE (8192) weights exactly and of larger tensors through a sorted strided sample (each point
-standing for size / 8192 weights; the share moves by < 1 % of the tensor), caps each tensor at its `max_zeros` (the
-pruner's floors), and rounds to whole counts summing exactly to the requested zeros; `count_mask` then zeroes
-exactly that many of each tensor in linear time (`_prune_smallest`). The cost per update is one pass over the
-weights plus a sort of at most 8192 values per tensor (about what the raw global ranking costs).
+MobileNetV2 it emptied whole depthwise kernels and Conv_1 (issue 9; docs/BENCHMARKS.md part 5). Global scope ranks
+LAMP scores instead (Lee et al., ICLR 2021): with a tensor's weights sorted by |w| ascending, score(u) = w_u^2 /
+sum_{v >= u} w_v^2, which is scale-free per tensor (its largest weight scores 1) when the model normalizes (see
+`pruning`). LAMP orders the weights of one tensor exactly like |w|, so a global LAMP mask is a per-tensor allocation
+followed by per-tensor magnitude masks: `lamp_allocation` ranks the scores of every tensor up to LAMP_SAMPLE (8192)
+weights exactly and of larger tensors through a sorted strided sample (each point standing for size / 8192 weights;
+the share moves by < 1 % of the tensor), caps each tensor at its `max_zeros` (the pruner's floors), and rounds to
+whole counts summing exactly to the requested zeros; `count_mask` then zeroes exactly that many of each tensor in
+linear time (`_prune_smallest`). The cost per update is one pass over the weights plus a sort of at most 8192 values
+per tensor (about what the raw global ranking costs).
 
 Global ranking and small tensors. One magnitude ranking across layers tends to wipe out small layers (a first
 convolution holds few, important weights). `spared_small` spares the smallest tensors whose combined size is at
