@@ -14,14 +14,30 @@ import pytest
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def _cli(*args, cwd=None):
+def _cli(*args, cwd=None, env=None):
     return subprocess.run(
         [sys.executable, "-m", "workers.cli", *map(str, args)],
         capture_output=True,
         text=True,
-        env=ENV,
+        env={**ENV, **(env or {})},
         cwd=cwd,
         timeout=600,
+    )
+
+
+def _compress_spec(small_job, tmp_path, spec: dict, **env):
+    """`secateurs compress` of the small job with `spec`, output in tmp_path/o."""
+    (tmp_path / "s.json").write_text(json.dumps(spec))
+    return _cli(
+        "compress",
+        small_job / "m.keras",
+        "--data",
+        small_job / "d.npz",
+        "--spec",
+        tmp_path / "s.json",
+        "--out",
+        tmp_path / "o",
+        env=env,
     )
 
 
@@ -129,26 +145,7 @@ def test_collapsed_job_exits_zero_and_prints_the_quality_note_in_red(small_job, 
         "steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.995}],
         "evaluation": {"latency": False},
     }
-    (tmp_path / "s.json").write_text(json.dumps(spec))
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "workers.cli",
-            "compress",
-            str(small_job / "m.keras"),
-            "--data",
-            str(small_job / "d.npz"),
-            "--spec",
-            str(tmp_path / "s.json"),
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        capture_output=True,
-        text=True,
-        env={**ENV, "FORCE_COLOR": "1", "COLUMNS": "200"},
-        timeout=600,
-    )
+    r = _compress_spec(small_job, tmp_path, spec, FORCE_COLOR="1", COLUMNS="200")
     assert r.returncode == 0, r.stderr
     red = "\x1b[1;31m"
     assert f"win: {red}none" in r.stdout
@@ -163,26 +160,7 @@ def test_compress_runs_a_budget_search_and_prints_whether_it_met_the_budget(smal
         "steps": [{"kind": "budget", "max_drop": 0.05, "epochs": 0, "max_trials": 2}],
         "evaluation": {"latency": False},
     }
-    (tmp_path / "s.json").write_text(json.dumps(spec))
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "workers.cli",
-            "compress",
-            str(small_job / "m.keras"),
-            "--data",
-            str(small_job / "d.npz"),
-            "--spec",
-            str(tmp_path / "s.json"),
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        capture_output=True,
-        text=True,
-        env={**ENV, "COLUMNS": "200"},
-        timeout=600,
-    )
+    r = _compress_spec(small_job, tmp_path, spec, COLUMNS="200")
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     budget = manifest["budget"]
