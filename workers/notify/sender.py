@@ -77,6 +77,9 @@ def deliver_webhook(settings: Settings, job: JobRecord) -> bool:
         return False
 
 
+DRAIN_MARGIN_S = 5.0  # a delivery's deadlines bound its requests, not the client set-up around them
+
+
 class WebhookSender:
     """Daemon threads that deliver queued webhooks, one bounded queue. Counts what it delivered, failed, dropped."""
 
@@ -122,9 +125,10 @@ class WebhookSender:
                 self.queue.task_done()
 
     def drain(self, timeout: float | None = None) -> bool:
-        """Wait up to `timeout` seconds (default: one delivery budget) until every queued webhook was tried; True
-        when none is left."""
-        deadline = time.monotonic() + max(0.0, self.budget_s if timeout is None else timeout)
+        """Wait up to `timeout` seconds (default: one delivery budget plus DRAIN_MARGIN_S, for starting the HTTP client
+        and the thread hand-offs) until every queued webhook was tried; True when none is left."""
+        wait = self.budget_s + DRAIN_MARGIN_S if timeout is None else timeout
+        deadline = time.monotonic() + max(0.0, wait)
         with self.queue.all_tasks_done:
             while self.queue.unfinished_tasks:
                 left = deadline - time.monotonic()
