@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from workers.cli import _BadInput, _exit_status, _fail, _read_spec
+from workers.cli_common import _BadInput, _exit_status, _fail, _read_spec
 
 
 def cmd_preflight(args) -> int:
