@@ -75,10 +75,10 @@ class Submitted:
 
 
 @contextmanager
-def busy_slot(semaphore, doing: str, setting: str) -> Iterator[None]:
+def busy_slot(semaphore, doing: str, setting: str, wait: float = INSPECTION_WAIT_SECONDS) -> Iterator[None]:
     """Hold one of `semaphore`'s slots, or answer 503 with Retry-After naming limits.`setting` when none frees up
-    within INSPECTION_WAIT_SECONDS."""
-    if not semaphore.acquire(timeout=INSPECTION_WAIT_SECONDS):
+    within `wait` seconds."""
+    if not semaphore.acquire(timeout=wait):
         raise Unavailable(
             f"the server is busy {doing}, limits.{setting}); retry later",
             field=f"limits.{setting}",
