@@ -22,78 +22,29 @@ from __future__ import annotations
 
 import base64
 import math
-from html import escape
 
 from workers.engine import plots
-from workers.engine.report_html import CSP, page, table
+from workers.engine.report_html import (  # value formatting
+    CSP,
+    _accuracy_like,
+    _bytes,
+    _dict,
+    _e,
+    _finite,
+    _int,
+    _list,
+    _metric,
+    _metric_change,
+    _pct,
+    _ratio_change,
+    page,
+    table,
+)
 
 REPORT_NAME = "report.html"
 MAX_LAYERS = 150  # per-layer plots show at most this many layers (the largest by parameters)
 
 __all__ = ["CSP", "REPORT_NAME", "render_report"]
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _accuracy_like(name: str) -> bool:
-    return "accuracy" in str(name)
-
-
-def _int(v) -> str:
-    return f"{int(v):,}" if _finite(v) else "—"
-
-
-def _bytes(v) -> str:
-    if not _finite(v):
-        return "—"
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(v) >= size:
-            return f"{v / size:.1f} {unit}"
-    return f"{int(v)} B"
-
-
-def _pct(v) -> str:
-    return f"{v:.1%}" if _finite(v) else "—"
-
-
-def _metric(name: str, v) -> str:
-    if not _finite(v):
-        return "—"
-    return f"{v:.2%}" if _accuracy_like(name) else f"{v:.4g}"
-
-
-def _ratio_change(b, a, smaller: str = "smaller", larger: str = "larger") -> str:
-    if not (_finite(b) and _finite(a)) or b == 0:
-        return ""
-    if a == b:
-        return "unchanged"
-    r = a / b
-    return f"{1 - r:.0%} {smaller}" if r < 1 else f"{r - 1:.0%} {larger}"
-
-
-def _metric_change(name: str, b, a) -> str:
-    if not (_finite(b) and _finite(a)):
-        return ""
-    if _accuracy_like(name):
-        return f"{(a - b) * 100:+.1f} points"
-    return f"{(a - b) / abs(b):+.1%}" if b else f"{a - b:+.4g}"
-
-
-def _e(v) -> str:
-    return escape(str(v), quote=True)
-
-
-def _dict(v) -> dict:
-    return v if isinstance(v, dict) else {}
-
-
-def _list(v) -> list:
-    return v if isinstance(v, list) else []
 
 
 def _figure(svg: bytes | None, alt: str, caption: str) -> str:
