@@ -4,7 +4,6 @@ the harness that the benchmarks share (workers/testing/servers.py)."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -89,8 +88,8 @@ def wait_training(client: httpx.Client, job_id: str, timeout: float = 120.0, **k
 def keys(server: Server, *args) -> subprocess.CompletedProcess:
     """`secateurs keys ARGS` against `server`'s store, as an operator runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", "keys", *args],
-        cwd=ROOT,
+        servers.secateurs_command("keys", *args, root=server.root),
+        cwd=server.root,
         env=server.env,
         capture_output=True,
         text=True,
