@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from workers.engine.errors import SpecError
-from workers.engine.export import FORMATS, HeldOut, export_model, save_model_file, tflite_interpreter, tflite_kernels
+from workers.engine.export import FORMATS, HeldOut, export_model, save_model_file
 from workers.engine.registry import prunable_weights
+from workers.engine.tflite import tflite_interpreter, tflite_kernels
 
 L = keras.layers
 SPARSITY = 0.9

@@ -5,7 +5,7 @@ Public API::
     export_model(model, out_dir, formats, *, calibration=None, held_out=None) -> dict[format, ExportedFile]
     HeldOut(x, y, batch_size=256, max_samples=10_000, min_samples=256, mac_budget=2e11)
     save_model_file(model, path)            # .keras / .h5 with a fresh optimizer, written atomically
-    tflite_interpreter(path) / tflite_kernels(interpreter)
+    (reading a .tflite back: `tflite.tflite_interpreter`, `tflite.tflite_kernels`)
     FORMATS: dict[name, ExportFormat]       # keras, h5, tflite, tflite_int8
 
 =============  ==================  =================================================================
@@ -65,17 +65,15 @@ import numpy as np
 from workers.engine.errors import SpecError
 from workers.engine.fileio import atomic_write
 from workers.engine.metrics import file_size, macs, param_stats, predict_batched, score_predictions, sha256_file
+from workers.engine.tflite import tflite_interpreter, tflite_kernels
 
 __all__ = [
     "ExportedFile",
     "ExportFormat",
     "FORMATS",
     "HeldOut",
-    "TfliteKernel",
     "export_model",
     "save_model_file",
-    "tflite_interpreter",
-    "tflite_kernels",
 ]
 
 
@@ -330,19 +328,6 @@ def _measure_keras_file(model: keras.Model, path: Path, held_out: HeldOut | None
 
 # --------------------------------------------------------------------------- tflite
 
-# TFLite builtin op -> index of its weight operand.
-TFLITE_WEIGHT_OPERAND = {
-    "FULLY_CONNECTED": 1,
-    "CONV_2D": 1,
-    "CONV_3D": 1,
-    "DEPTHWISE_CONV_2D": 1,
-    "TRANSPOSE_CONV": 1,
-    "CONV_3D_TRANSPOSE": 1,
-    "BATCH_MATMUL": 1,
-    "GATHER": 0,
-}
-
-
 CALIBRATION_SAMPLES = 256  # training samples the int8 converter calibrates activation ranges on
 CALIBRATION_BATCH = 16
 
@@ -416,69 +401,6 @@ def _writer(fmt: str) -> Callable[[keras.Model, Path, Any], _Written]:
         return written
 
     return write
-
-
-def tflite_interpreter(path_or_bytes: str | Path | bytes):
-    """A LiteRT interpreter (``ai_edge_litert``; ``tf.lite.Interpreter``, deprecated, only when LiteRT is not
-    installed) with tensors allocated."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # pragma: no cover - ai-edge-litert is a dependency
-        import tensorflow as tf
-
-        Interpreter = tf.lite.Interpreter
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if isinstance(path_or_bytes, bytes):
-            interpreter = Interpreter(model_content=path_or_bytes)
-        else:
-            interpreter = Interpreter(model_path=str(path_or_bytes))
-    interpreter.allocate_tensors()
-    return interpreter
-
-
-@dataclass(frozen=True)
-class TfliteKernel:
-    shape: tuple[int, ...]  # the kernel's dense shape
-    size: int
-    nonzero: int
-    sparse: bool  # stored in TFLite's sparse format (read through a DENSIFY op)
-
-
-def tflite_kernels(interpreter) -> dict[str, TfliteKernel]:
-    """{tensor name: kernel} for the constant weight operands of the interpreter's weight ops, read through
-    DEQUANTIZE (int8 weights) and DENSIFY (sparse weights: the stored values, the dense shape of its output)."""
-    ops = interpreter._get_ops_details()  # the only reader of op operands the interpreter offers
-    # a DELEGATE node stands for graph nodes that are still listed with their own operands: skipped
-    produced = {int(t): op for op in ops if op["op_name"] != "DELEGATE" for t in op["outputs"]}
-    details = {d["index"]: d for d in interpreter.get_tensor_details()}
-    kernels: dict[str, TfliteKernel] = {}
-    seen: set[int] = set()
-    for op in ops:
-        operand = TFLITE_WEIGHT_OPERAND.get(op["op_name"])
-        if operand is None or operand >= len(op["inputs"]):
-            continue
-        index = shape_index = int(op["inputs"][operand])
-        sparse = False
-        source = produced.get(index)
-        while source is not None and source["op_name"] in ("DEQUANTIZE", "DENSIFY"):
-            sparse = sparse or source["op_name"] == "DENSIFY"
-            index = int(source["inputs"][0])
-            source = produced.get(index)
-        if source is not None:
-            continue  # computed at run time, not a stored weight
-        if index < 0 or index in seen:
-            continue
-        seen.add(index)
-        try:
-            values = np.asarray(interpreter.get_tensor(index))
-        except ValueError:  # pragma: no cover - tensor without a buffer
-            continue
-        shape = tuple(int(d) for d in details[shape_index]["shape"])
-        kernels[details[index]["name"] or str(index)] = TfliteKernel(
-            shape=shape, size=int(np.prod(shape)), nonzero=int(np.count_nonzero(values)), sparse=sparse
-        )
-    return kernels
 
 
 def _measure_tflite(model: keras.Model, path: Path, held_out: HeldOut | None) -> tuple[_Measured, dict | None]:
