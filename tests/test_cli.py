@@ -99,17 +99,7 @@ def test_compress_writes_model_and_manifest_and_prints_a_summary(small_job, tmp_
     ],
 )
 def test_bad_spec_is_one_line_naming_the_field(small_job, tmp_path, spec, fragment):
-    (tmp_path / "s.json").write_text(json.dumps(spec))
-    r = _cli(
-        "compress",
-        small_job / "m.keras",
-        "--data",
-        small_job / "d.npz",
-        "--spec",
-        tmp_path / "s.json",
-        "--out",
-        tmp_path / "o",
-    )
+    r = _compress_spec(small_job, tmp_path, spec)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("secateurs: error:") and fragment in lines[0]
