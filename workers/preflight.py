@@ -70,7 +70,7 @@ def preflight_file(model_path: str | Path, spec=None) -> dict:
         # a job's first check: what it trains for
         loss, metrics = model_io.resolve_training(loaded, config.training_settings(spec.training))
         task = {"loss": loss, "metrics": list(metrics)}
-        steps = [StepTarget.of(step.model_dump()) for step in spec.steps]
+        steps = [StepTarget.of({**step.model_dump(), "levels": _sweep_levels(step)}) for step in spec.steps]
         selection = config.layer_selection(spec.layers)
     result = preflight(loaded.model, steps, selection)
     saved = loaded.compile
@@ -91,6 +91,19 @@ def preflight_file(model_path: str | Path, spec=None) -> dict:
         )
     result["wall_time_s"] = time.perf_counter() - started
     return result
+
+
+def _sweep_levels(step) -> list[float] | None:
+    """The levels of the sensitivity sweep `step` runs, as the job would choose them (None: it runs none)."""
+    from workers.engine.pipeline.search import sweep_levels
+
+    if step.kind == "sensitivity":
+        return step.effective_levels
+    if step.kind == "budget":
+        return sweep_levels(step.method)
+    if getattr(step, "allocation", "ranking") == "sensitivity":
+        return sweep_levels("structured" if step.kind == "structured" else "magnitude")
+    return None
 
 
 # --------------------------------------------------------------------------- the isolated child (the API's path)

@@ -127,5 +127,23 @@ def print_preflight(result: dict, console: Console | None = None) -> None:
                 _n(s["gzip_bytes"]),
             )
         console.print(steps)
+        for s in result["steps"]:
+            if line := _cost_line(s):
+                console.print(f"  {s['index'] + 1}. {s['kind']}: {escape(line)}")
     for note in result.get("notes", []):
         console.print(f"  note: {escape(note)}")
+
+
+def _cost_line(step: dict) -> str | None:
+    """What a sweeping or searching step costs, in words (None for the others)."""
+    parts = []
+    if sweep := step.get("sweep"):
+        parts.append(
+            f"a {sweep['method']} sensitivity sweep of {sweep['units']} units × {sweep['levels']} levels "
+            f"({_n(sweep['evaluations'])} evaluations of {_n(sweep['samples'])} held-out samples)"
+        )
+    elif "sweep" in step:
+        parts.append("reuses the sensitivity sweep of an earlier step")
+    if step.get("trials_at_most") is not None:
+        parts.append(f"up to {step['trials_at_most']} trials, {step['training_epochs_at_most']} training epochs in all")
+    return "; ".join(parts) or None

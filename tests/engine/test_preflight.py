@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from tests.engine.structured.models import mlp_sequential, residual_functional
-from workers.engine import metrics
+from workers.engine import metrics, sensitivity
 from workers.engine.errors import SpecError
 from workers.engine.masks import target_count
 from workers.engine.preflight import StepTarget, estimate_steps, layer_table, preflight, weights_size
+from workers.engine.registry import prunable_weights
 from workers.engine.selection import LayerSelection
 from workers.engine.structured import structured_prune
 
@@ -173,6 +174,38 @@ def test_step_targets_are_checked_as_a_job_checks_them():
     assert e.value.field == "target_sparsity" and "cannot be reached by scope 'global'" in e.value.message
 
 
+def test_sweeping_steps_leave_the_model_and_say_what_their_sweep_costs():
+    """The unit counts are those the job's own sweep builds (`sensitivity.magnitude_units` / `structured_units`);
+    a later step of the same method reuses the analysis, so its sweep costs nothing."""
+    model = residual_functional()
+    layers = len(sensitivity.magnitude_units(model, prunable_weights(model)))
+    groups = len(sensitivity.structured_units(residual_functional(), criterion="l1"))
+    total, nonzero = model.count_params(), metrics.param_stats(model)["nonzero"]
+    steps = [
+        StepTarget("sensitivity", levels=(0.5, 0.9), samples=500),
+        StepTarget("budget", levels=(0.3, 0.5, 0.7), max_trials=4, epochs=2),
+        StepTarget("budget", method="structured", levels=(0.7, 0.5), max_trials=3, epochs=1),
+        StepTarget("prune", target_sparsity=0.5, allocation="sensitivity", levels=(0.3, 0.5, 0.7)),
+    ]
+    sweep, budget, structured_budget, prune = estimate_steps(model, steps)
+    assert sweep["sweep"] == {
+        "method": "magnitude",
+        "units": layers,
+        "levels": 2,
+        "evaluations": 2 * layers + 1,
+        "samples": 500,
+    }
+    assert (sweep["params"], sweep["nonzero"]) == (total, nonzero) and "measures only" in sweep["estimate"]
+    assert budget["sweep"] is None  # the sensitivity step's analysis is reused
+    assert budget["trials_at_most"] == 4 and budget["training_epochs_at_most"] == 8 and budget["nonzero"] == nonzero
+    assert (
+        structured_budget["sweep"]["units"] == groups > 0
+        and structured_budget["sweep"]["evaluations"] == 2 * groups + 1
+    )
+    assert structured_budget["params"] == total
+    assert prune["sweep"] is None and prune["sparsity"] > 0.45  # allocated from the magnitude sweep already made
+
+
 def test_step_target_keeps_the_fields_it_knows():
     step = StepTarget.of(
         {
@@ -184,7 +217,7 @@ def test_step_target_keeps_the_fields_it_knows():
             "schedule": None,
         }
     )
-    assert step == StepTarget("prune", method="block", target_sparsity=0.5, block_shape=(1, 4))
+    assert step == StepTarget("prune", method="block", target_sparsity=0.5, block_shape=(1, 4), epochs=3)
 
 
 def test_preflight_without_steps_leaves_the_model_alone():

@@ -63,6 +63,23 @@ def test_table_without_a_spec(files):
     assert "17 layers, 6 prunable" in r.stdout and "What the spec would leave" not in r.stdout
 
 
+def test_table_says_what_a_budget_search_costs(files, tmp_path):
+    """Default levels filled in as the job fills them: 6 for a sensitivity step, 7 for a budget step's own sweep
+    (it searches past 0.95)."""
+    spec = tmp_path / "budget.json"
+    spec.write_text(json.dumps({"steps": [{"kind": "budget", "max_drop": 0.01, "max_trials": 5, "epochs": 3}]}))
+    r = _cli(files / "residual.keras", "--spec", spec)
+    assert r.returncode == 0, r.stderr
+    line = next(line for line in r.stdout.splitlines() if line.strip().startswith("1. budget:"))
+    # every layer with a kernel, the output layer a global ranking spares included: the sweep measures it too
+    assert "a magnitude sensitivity sweep of 7 units × 7 levels (50 evaluations" in line, line
+    assert "up to 5 trials, 15 training epochs in all" in line
+    spec.write_text(json.dumps({"steps": [{"kind": "sensitivity"}, {"kind": "budget", "max_drop": 0.01}]}))
+    steps = json.loads(_cli(files / "residual.keras", "--spec", spec, "--json").stdout)["steps"]
+    assert steps[0]["sweep"]["levels"] == 6 and steps[1]["sweep"] is None
+    assert steps[1]["params"] == steps[0]["params"]
+
+
 @pytest.mark.parametrize("case", ["missing_model", "bad_spec", "hostile_model", "spec_names_no_layer"])
 def test_bad_input_is_one_line_with_status_2(case, files, tmp_path):
     model, spec = files / "residual.keras", files / "spec.json"

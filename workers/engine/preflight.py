@@ -27,18 +27,19 @@ One row per leaf layer (nested models are walked, paths "outer/inner"; InputLaye
   Flatten -> Dense, depthwise). ``structured_reason``: why a layer with a kernel has no units to remove (it reaches
   a model output, feeds a barrier, is coupled with an excluded layer, ...).
 
-Estimates per step (`estimate_steps`) apply each step once to the weights as they are, in order, with the
-engine's own code, and measure the result: a prune step runs the `Pruner` to its final target (the global
-allocation, floors, spared layers and per-layer overrides included; zeros of an earlier prune step are held, as
-the pipeline does), a structured step runs `structured.structured_prune` and rebuilds the smaller model (data criteria
-rank by l1 instead: the counts are the same with scope "layer"; with scope "global" they depend on the ranking).
-Training steps (regularize, finetune) leave the estimate unchanged, and so does, saying so, a step of any other
-kind. So parameters, non-zeros and MACs follow the targets exactly; which weights and units go, and a threshold's
-count, will differ after training. Sizes (`weights_size`): ``size_bytes``
-is the weights stored densely at their dtype (the .keras file adds its config and about 2 KiB of HDF5 headers per
-variable; pruning leaves it unchanged), ``gzip_bytes`` those bytes gzipped at `metrics.GZIP_LEVEL` (measured on up
-to GZIP_SAMPLE_BYTES of evenly spread chunks and scaled when the weights are larger): what zeros save once
-compressed.
+Estimates per step (`estimate_steps`) apply each step once to the weights as they are, in order, with the engine's
+own code, and measure the result: a prune step runs the `Pruner` to its final target (the global allocation, floors,
+spared layers and per-layer overrides included; zeros of an earlier prune step are held, as the pipeline does), a
+structured step runs `structured.structured_prune` and rebuilds the smaller model (data criteria rank by l1 instead:
+the counts are the same with scope "layer"; with scope "global" they depend on the ranking). Training steps
+(regularize, finetune) leave the estimate unchanged, and so do sensitivity and budget steps (the budget's level is
+found by training); a step that runs a sensitivity sweep (sensitivity, budget, allocation "sensitivity") records
+what the sweep costs under "sweep": units × levels held-out evaluations, or None when an earlier step swept the same
+method (the job reuses that analysis). So parameters, non-zeros and MACs follow the targets exactly; which weights
+and units go, and a threshold's count, will differ after training. Sizes (`weights_size`): ``size_bytes`` is the
+weights stored densely at their dtype (the .keras file adds its config and about 2 KiB of HDF5 headers per variable;
+pruning leaves it unchanged), ``gzip_bytes`` those bytes gzipped at `metrics.GZIP_LEVEL` (measured on up to
+GZIP_SAMPLE_BYTES of evenly spread chunks and scaled when the weights are larger): what zeros save once compressed.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from workers.engine.errors import ModelRejected, SpecError
 from workers.engine.masks import MASK_METHODS, MaskParams, get_method
 from workers.engine.pruning import Pruner, PruneSettings
 from workers.engine.registry import output_layer_paths, prunable_weights, roles_for, walk_layers
-from workers.engine.selection import LayerSelection, Selector
+from workers.engine.selection import LayerSelection, Selector, override_for
 from workers.engine.structured import structured_prune
 from workers.engine.structured.graph import Graph
 from workers.engine.structured.groups import dependents, find_groups, layers_by_class
@@ -84,6 +85,11 @@ class StepTarget:
     criterion: str = "l1"
     keep_ratio: float | None = None
     round_to: int = 1
+    allocation: str = "ranking"
+    levels: tuple[float, ...] | None = None  # a sensitivity sweep's levels (the caller fills in the defaults)
+    samples: int = 2000  # held-out samples per sensitivity measurement
+    epochs: int | None = None
+    max_trials: int | None = None
 
     @classmethod
     def of(cls, values: dict) -> StepTarget:
@@ -92,7 +98,18 @@ class StepTarget:
         kept = {k: v for k, v in values.items() if k in known and v is not None}
         if kept.get("block_shape") is not None:
             kept["block_shape"] = tuple(kept["block_shape"])
+        if kept.get("levels") is not None:
+            kept["levels"] = tuple(kept["levels"])
         return cls(**kept)
+
+    @property
+    def sweeps(self) -> bool:
+        """Whether the step runs a sensitivity sweep when none of its method ran before."""
+        return self.kind in ("sensitivity", "budget") or self.allocation == "sensitivity"
+
+    @property
+    def sweep_method(self) -> str:
+        return "structured" if self.kind == "structured" else self.method
 
     def prune_settings(self) -> PruneSettings:
         """A prune step's settings for the `Pruner` (applied once: no schedule)."""
@@ -376,9 +393,11 @@ def estimate_steps(
     SpecError / ModelRejected a job would raise for these targets on this model."""
     overrides = selection.overrides if selection is not None else None
     held = False
+    swept: set[str] = set()
     out = []
     for index, step in enumerate(steps):
         record: dict = {"index": index, "kind": step.kind}
+        sweep = _sweep_cost(model, step, selection, swept) if step.sweeps else None  # on the model before the step
         if step.kind == "prune":
             weights = prunable_weights(model, selection)
             if step.method == "threshold":
@@ -410,10 +429,46 @@ def estimate_steps(
             )
         elif step.kind in TRAINING_KINDS:
             record["estimate"] = "trains only: unchanged"
+        elif step.kind == "sensitivity":
+            record["estimate"] = "measures only (each unit pruned alone, no training): unchanged"
+        elif step.kind == "budget":
+            record["estimate"] = (
+                "searches for the most compressed level within the budget: the result depends on training "
+                "and data, so the model is shown unchanged"
+            )
+            record["trials_at_most"] = step.max_trials
+            record["training_epochs_at_most"] = (step.max_trials or 0) * (step.epochs or 0)
         else:
             record["estimate"] = f"not estimated (a {step.kind} step's result depends on training and data): unchanged"
+        if step.sweeps:
+            record["sweep"] = sweep
         out.append({**record, **_measure(model)})
     return out
+
+
+def _sweep_cost(model, step: StepTarget, selection: LayerSelection | None, swept: set[str]) -> dict | None:
+    """What the sensitivity sweep a step runs costs: units × levels held-out evaluations (each after a BatchNorm
+    re-estimation when the model has BatchNorm), no training. None when an earlier step of the job already swept
+    the same method (the job reuses that analysis)."""
+    method = step.sweep_method
+    if step.kind != "sensitivity" and method in swept:
+        return None
+    swept.add(method)
+    if method == "structured":
+        structure = _structure(model, {})
+        units = sum(1 for g in structure.groups if g["selected"] and g["removable_units"])
+    else:
+        overrides = (selection.overrides if selection is not None else None) or {}
+        weights = prunable_weights(model, selection)
+        units = len({w.path for w in weights if not ((o := override_for(overrides, w.path, w.name)) and o.skip)})
+    levels = len(step.levels or ())
+    return {
+        "method": method,
+        "units": units,
+        "levels": levels,
+        "evaluations": units * levels + 1,  # the unpruned baseline once
+        "samples": step.samples,
+    }
 
 
 def preflight(model: keras.Model, steps: Sequence[StepTarget] = (), selection: LayerSelection | None = None) -> dict:

@@ -118,12 +118,15 @@ def _sensitivity_for(run: _Run, index: int, method: str, criterion: str = "l1") 
     """The job's latest analysis of `method`, or a new one with the default levels."""
     if method in run.sensitivity:
         return run.sensitivity[method]
-    levels = (
-        BUDGET_MAGNITUDE_LEVELS
-        if method == "magnitude"
-        else sorted(round(1.0 - x, 6) for x in DEFAULT_SENSITIVITY_LEVELS)
-    )
-    return _sensitivity(run, index, method, levels=levels, criterion=criterion)
+    return _sensitivity(run, index, method, levels=sweep_levels(method), criterion=criterion)
+
+
+def sweep_levels(method: str) -> list[float]:
+    """The levels of the sweep a budget step or `allocation: "sensitivity"` runs when no analysis of `method` ran
+    before (a sensitivity step has its own: `SensitivityStep.effective_levels`)."""
+    if method == "magnitude":
+        return list(BUDGET_MAGNITUDE_LEVELS)
+    return sorted(round(1.0 - x, 6) for x in DEFAULT_SENSITIVITY_LEVELS)
 
 
 def _run_sensitivity(run: _Run, index: int, step: SensitivityStep) -> dict:
