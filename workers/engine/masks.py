@@ -313,6 +313,35 @@ def lamp_allocation(ws: Sequence, zeros: int, max_zeros: Sequence[int] | None = 
     return [int(c) for c in counts]
 
 
+def erk_allocation(shapes: Sequence[tuple[int, ...]], zeros: int, max_zeros: Sequence[int]) -> list[int]:
+    """Erdos-Renyi-kernel allocation (Evci et al. 2020): density of a tensor proportional to sum(shape) /
+    prod(shape), scaled so that `zeros` weights are zeroed in all, each density within [1 - max_zeros/size, 1]."""
+    sizes = np.array([int(np.prod(s)) for s in shapes], dtype=np.float64)
+    raw = np.array([sum(s) / max(1, int(np.prod(s))) for s in shapes], dtype=np.float64)
+    low = 1.0 - np.minimum(np.asarray(max_zeros, dtype=np.float64), sizes) / np.maximum(sizes, 1)
+    keep = sizes.sum() - zeros
+
+    def kept(eps: float) -> float:
+        return float(np.sum(np.clip(eps * raw, low, 1.0) * sizes))
+
+    lo, hi = 0.0, 1.0
+    while kept(hi) < keep and hi < 1e12:
+        hi *= 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if kept(mid) < keep else (lo, mid)
+    dens = np.clip(hi * raw, low, 1.0)
+    counts = np.minimum(np.floor(sizes * (1 - dens)), np.asarray(max_zeros)).astype(np.int64)
+    left = int(zeros - counts.sum())
+    for i in np.argsort(-sizes, kind="stable"):
+        if left <= 0:
+            break
+        take = int(min(left, max_zeros[i] - counts[i]))
+        counts[i] += take
+        left -= take
+    return [int(c) for c in counts]
+
+
 def count_mask(w, zeros: int, filter_axes: int = 0) -> np.ndarray:
     """Zero exactly `zeros` entries of w, the smallest |w|. With filter_axes = f > 0, the entries sharing their
     last f indices form a filter (a depthwise kernel (*k, channels, multiplier) has f = 2: one filter per

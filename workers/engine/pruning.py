@@ -87,6 +87,7 @@ from workers.engine.masks import (
     MaskMethod,
     MaskParams,
     count_mask,
+    erk_allocation,
     get_method,
     lamp_allocation,
     spared_small,
@@ -97,6 +98,11 @@ from workers.engine.schedules import ONE_SHOT, OneShot, ScheduleSettings, make_s
 from workers.engine.selection import LayerOverride, override_for
 
 OUTPUT_LAYER_BUDGET = 0.10  # global scope spares the output layers only when they hold at most this share
+SPARE_ROLES: tuple[str, ...] = ()
+ALLOCATION = "lamp"
+REGROW = False
+REGROW_UNTIL = 0.0
+REGROW_EVERY = 10
 FLOOR_SHARE = 0.25  # global scope: a layer keeps at least this share of the pool's average density
 NORMALIZATIONS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization, keras.layers.GroupNormalization)
 
@@ -108,14 +114,17 @@ class MaskConstraint(keras.constraints.Constraint):
     `Pruner.detach()` turns into +0.0 (it compresses better).
     """
 
-    def __init__(self, mask: keras.Variable, inner=None):
+    def __init__(self, mask: keras.Variable, inner=None, shadow: keras.Variable | None = None):
         self.mask = mask
         self.inner = inner
+        self.shadow = shadow
 
     def __call__(self, w):
         if self.inner is not None:
             w = self.inner(w)
         mask = self.mask if self.mask.dtype == w.dtype else keras.ops.cast(self.mask, w.dtype)
+        if self.shadow is not None:  # regrowth: the pruned entries' update (they were 0 before it) goes to the shadow
+            self.shadow.assign_add(keras.ops.multiply(w, keras.ops.subtract(1.0, mask)))
         return keras.ops.multiply(w, mask)
 
     def get_config(self):  # lives on a variable only, never in a layer config
@@ -182,6 +191,7 @@ class Pruner:
         # exact zeros per weight as of the last mask update (what the callback reports without re-reading)
         self._zeros: list[int] = [w.size - int(np.count_nonzero(w.variable.numpy())) for w in self.weights]
         self._masks: list[keras.Variable] = []
+        self._shadows: list[keras.Variable] | None = None  # regrowth: the pruned weights' dense values
         self._inner = []
         for w in self.weights:
             v = w.variable
@@ -221,6 +231,9 @@ class Pruner:
         new = _masked(current, keep)
         self._masks[i].assign(keep.astype(current.dtype))
         w.assign(new)
+        if self._shadows is not None:
+            gone = ~keep if floor is None else ~keep & floor
+            self._shadows[i].assign(_masked(current, gone))
         self._zeros[i] = new.size - int(np.count_nonzero(new))
 
     def _sparsity_after_update(self) -> float:
@@ -342,6 +355,9 @@ class Pruner:
             if sum(self.weights[i].size for i in outputs) > OUTPUT_LAYER_BUDGET * pool_size:
                 outputs = []  # the output layers are most of the model: sparing them would prune next to nothing
             candidates = [i for i in pool if i not in outputs]
+            candidates = [
+                i for i in candidates if self.weights[i].role not in SPARE_ROLES or self.weights[i].explicit
+            ]
             small = spared_small([self.weights[i].size for i in candidates])
             candidates = [i for j, i in enumerate(candidates) if j not in small or self.weights[i].explicit]
             if not candidates:  # sparing would leave nothing to prune: spare nothing
@@ -408,9 +424,31 @@ class Pruner:
             changes["threshold"] = o.threshold
         return replace(base, **changes) if changes else base
 
+    def _value(self, i: int) -> np.ndarray:
+        """Weight i as the masks are computed from: its dense value when regrowing (kept + shadow)."""
+        value = self.weights[i].variable.numpy()
+        if self._shadows is not None:
+            value = value + self._shadows[i].numpy()
+        return value
+
+    def enable_regrowth(self) -> None:
+        """Keep the pruned weights' dense values in a shadow variable that takes their gradient updates, so that
+        the next mask update ranks dense magnitudes and a pruned weight can come back (DPF, Lin et al. 2020).
+        Call before the compile that precedes training (the constraint is traced)."""
+        self._check_attached()
+        if self._shadows is not None:
+            return
+        self._shadows = []
+        for w, mask, inner in zip(self.weights, self._masks, self._inner):
+            v = w.variable
+            name = f"{w.path}_{w.role}_shadow".replace("/", "__")
+            shadow = keras.Variable(np.zeros(w.shape, dtype=v.dtype), dtype=v.dtype, trainable=False, name=name)
+            self._shadows.append(shadow)
+            v.constraint = MaskConstraint(mask, inner, shadow)
+
     def _apply(self, method: MaskMethod, groups: Sequence[_Group], params: Sequence[MaskParams]) -> None:
         for group, p in zip(groups, params):
-            values = [self.weights[i].variable.numpy() for i in group.indices]
+            values = [self._value(i) for i in group.indices]
             if group.scope == "global" and group.max_zeros:
                 self._apply_allocated(group, p.sparsity, values)
                 continue
@@ -441,7 +479,10 @@ class Pruner:
             floor = self._floors[i]
             held = 0 if floor is None else floor.size - int(np.count_nonzero(floor))
             caps.append(max(cap, held))  # zeros held from an earlier step stay, whatever the floor
-        counts = lamp_allocation(values, zeros, caps, self.score)
+        if ALLOCATION == "erk":
+            counts = erk_allocation([v.shape for v in values], zeros, caps)
+        else:
+            counts = lamp_allocation(values, zeros, caps, self.score)
         for i, value, count, axes in zip(idx, values, counts, group.filter_axes):
             self._set(i, count_mask(value, count, axes), value)
             self.allocation[f"{self.weights[i].path}/{self.weights[i].role}"] = count / max(1, value.size)
@@ -477,7 +518,14 @@ class Pruner:
             else OneShot(0.0)
             for g in groups
         ]
-        return PruningCallback(self, method, groups, schedules)
+        cb = PruningCallback(self, method, groups, schedules)
+        if REGROW and method.gradual:
+            self.enable_regrowth()
+            total = steps_per_epoch * max(step.epochs, 1)
+            last = cb.update_steps[-1] if cb.update_steps else 0
+            freq = max(1, REGROW_EVERY)
+            cb.update_steps = sorted(set(cb.update_steps) | set(range(last + freq, int(REGROW_UNTIL * total), freq)))
+        return cb
 
 
 def _value_at(schedule, t: int) -> float:
