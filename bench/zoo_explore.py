@@ -44,16 +44,10 @@ def _flags(flags: list[str], step: dict) -> None:
     from workers.engine import pruning
 
     for flag in flags:
-        if flag == "regrow":
-            pruning.REGROW = True
-        elif flag.startswith("until"):
-            pruning.REGROW_UNTIL = int(flag[5:]) / 100
-        elif flag.startswith("every"):
-            pruning.REGROW_EVERY = int(flag[5:])
-        elif flag == "sparedw":
+        if flag == "sparedw":
             pruning.SPARE_ROLES = ("depthwise_kernel",)
-        elif flag == "erk":
-            pruning.ALLOCATION = "erk"
+        elif flag in ("erk", "lamp"):
+            pruning.NORMALIZED_RULE = flag
         elif flag.startswith("floor"):
             pruning.FLOOR_SHARE = int(flag[5:]) / 100
         elif flag.startswith("end"):
