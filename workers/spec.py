@@ -124,8 +124,9 @@ class PruneStep(_Strict):
     )
     scope: Literal["layer", "global"] = Field(
         "global",
-        description="global (default): one ranking across layers (tiny layers and a small output layer "
-        "are spared); layer: every layer reaches the target.",
+        description="global (default): one allocation across layers (Erdos-Renyi-kernel densities in models with "
+        "normalization layers, one |w| ranking otherwise; tiny layers and a small output layer are spared); layer: "
+        "every layer reaches the target.",
     )
     schedule: ScheduleSpec | None = Field(
         None,
@@ -135,9 +136,9 @@ class PruneStep(_Strict):
     allocation: Literal["ranking", "sensitivity"] = Field(
         "ranking",
         description="How global scope splits target_sparsity across layers. ranking (default): one "
-        "ranking of the weights (LAMP or |w|); sensitivity: per-layer targets from a sensitivity analysis (a prior "
-        "sensitivity step of the job, else one is run first) that meet the overall target exactly with the "
-        "smallest predicted drop of the held-out metric. Needs method magnitude, scope global and data.",
+        "allocation of the weights (ERK or a |w| ranking); sensitivity: per-layer targets from a sensitivity "
+        "analysis (a prior sensitivity step of the job, else one is run first) that meet the overall target exactly "
+        "with the smallest predicted drop of the held-out metric. Needs method magnitude, scope global and data.",
     )
 
     @field_validator("allocation")
@@ -206,7 +207,9 @@ class StructuredStep(_Strict):
     )
     keep_ratio: float = Field(..., gt=0.0, le=1.0, description="Fraction of units kept, 0 < p <= 1.")
     scope: Literal["layer", "global"] = Field(
-        "layer", description="layer: each layer keeps keep_ratio; global: one normalized ranking across layers."
+        "global",
+        description="global (default): one ranking across layers of unit scores normalized per group, keep_ratio of "
+        "all units kept; layer: each layer keeps keep_ratio of its units.",
     )
     round_to: int = Field(1, ge=1, le=256, description="Kept counts are rounded up to a multiple of this (e.g. 8).")
     calibration_samples: int = Field(

@@ -342,3 +342,20 @@ def test_magnitude_allocation_of_small_tensors_equals_the_raw_global_ranking():
         raw = masks.global_magnitude_masks(ws, sparsity)
         counts = masks.lamp_allocation(ws, masks.target_count(sparsity, total), score="magnitude")
         assert counts == [int((~k).sum()) for k in raw]
+
+
+@pytest.mark.parametrize("zeros", [0, 1, 5_000, 40_000, 69_000])
+def test_erk_allocation_sums_exactly_within_its_bounds_and_follows_the_erk_densities(zeros):
+    shapes = [(3, 3, 32, 1), (1, 1, 32, 192), (1, 1, 192, 64), (64, 10)]
+    sizes = [int(np.prod(s)) for s in shapes]
+    caps, held = [250, 6000, 12_000, 600], [0, 100, 0, 0]
+    counts = masks.erk_allocation(shapes, zeros, caps, held)
+    assert sum(counts) == min(zeros, sum(caps)) or sum(counts) == sum(held)
+    assert all(h <= c <= cap for c, h, cap in zip(counts, held, caps))
+    free = [i for i, (c, h, cap) in enumerate(zip(counts, held, caps)) if h < c < cap]
+    if len(free) >= 2:  # unclipped tensors: density proportional to sum(shape) / prod(shape), up to rounding
+        a, b = free[:2]
+        ratio = (1 - counts[a] / sizes[a]) / (1 - counts[b] / sizes[b])
+        erk = (sum(shapes[a]) / sizes[a]) / (sum(shapes[b]) / sizes[b])
+        assert ratio == pytest.approx(erk, rel=0.01)
+    assert counts == masks.erk_allocation(shapes, zeros, caps, held)  # deterministic

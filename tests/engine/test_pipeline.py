@@ -182,7 +182,7 @@ def test_regularize_prune_structured_finetune_pipeline(tmp_path, mnist_files):
                     "epochs": 1,
                 },
                 {"kind": "prune", "method": "threshold", "threshold": 0.01},
-                {"kind": "structured", "criterion": "l1", "keep_ratio": 0.5, "round_to": 8},
+                {"kind": "structured", "criterion": "l1", "keep_ratio": 0.5, "round_to": 8, "scope": "layer"},
                 {"kind": "finetune", "epochs": 1},
             ],
             "training": {"batch_size": 128, "optimizer": "adam", "learning_rate": 0.001, "metrics": ["accuracy"]},
@@ -299,7 +299,7 @@ def test_regression_model_prune_and_structured(tmp_path):
     spec = {
         "steps": [
             {"kind": "prune", "method": "magnitude", "target_sparsity": 0.8, "epochs": 3},
-            {"kind": "structured", "criterion": "l2", "keep_ratio": 0.5, "epochs": 3},
+            {"kind": "structured", "criterion": "l2", "keep_ratio": 0.5, "epochs": 3, "scope": "layer"},
         ],
         "training": {"batch_size": 64, "learning_rate": 0.002},
         "evaluation": NO_LATENCY,
@@ -331,6 +331,7 @@ def test_constant_schedule_per_layer_then_apoz_structured(tmp_path, mnist_files)
                     "kind": "structured",
                     "criterion": "apoz",
                     "keep_ratio": 0.75,
+                    "scope": "layer",
                     "calibration_samples": 512,
                     "epochs": 1,
                 },

@@ -646,7 +646,7 @@ def test_floors_refuse_an_unreachable_target_unless_the_layers_are_named_explici
     pruner.detach()
 
 
-def test_global_scope_ranks_raw_magnitudes_without_normalization_and_lamp_scores_with_it():
+def test_global_scope_ranks_raw_magnitudes_without_normalization_and_allocates_by_erk_with_it():
     from workers.engine.masks import global_magnitude_masks, lamp_allocation
 
     model = lenet_300_100()  # no normalization: a layer's scale is part of its function, raw |w| compares
@@ -664,7 +664,35 @@ def test_global_scope_ranks_raw_magnitudes_without_normalization_and_lamp_scores
     pruner.detach()
 
     model = depthwise_residual()
-    assert Pruner(model, prunable_weights(model), {}).score == "lamp"
+    assert Pruner(model, prunable_weights(model), {}).score == "erk"
+
+
+def test_erk_allocation_keeps_depthwise_kernels_denser_than_1x1_projections_and_honours_held_zeros():
+    model = _scale_imbalanced(depthwise_residual())  # ERK reads shapes only: the scale changes nothing
+    pruner = Pruner(model, prunable_weights(model), {})
+    pruner.prune(prune_step(method="magnitude", target_sparsity=0.7, scope="global"))
+    per_layer = pruner.layer_sparsity()
+    total = sum(w.size for w in pruner.weights)
+    assert pruner.sparsity() == target_count(0.7, total) / total
+    # density ~ sum(shape) / prod(shape): 3x3x16x1 -> 29/144, 1x1x16x16 -> 34/256, 1x1x16x64 -> 82/1024
+    assert per_layer["dw0"] < per_layer["pw0"] < per_layer["head"]
+    assert per_layer["dw0"] == per_layer["dw1"] and per_layer["pw0"] == per_layer["pw1"]
+    unclipped = [p for p in ("pw0", "head") if 0.0 < per_layer[p] < 1.0]
+    dens = {p: 1.0 - per_layer[p] for p in unclipped}
+    assert dens["pw0"] / dens["head"] == pytest.approx((34 / 256) / (82 / 1024), rel=0.02)
+    pruner.detach()
+
+    # zeros held from an earlier step stay, and count towards the target (the others get fewer)
+    model = depthwise_residual()
+    head = model.get_layer("head").kernel
+    head.assign(np.where(np.arange(head.numpy().size).reshape(head.shape) < 900, 0.0, head.numpy()))
+    pruner = Pruner(model, prunable_weights(model), {})
+    pruner.hold_zeros()
+    pruner.prune(prune_step(method="magnitude", target_sparsity=0.5, scope="global"))
+    assert pruner.layer_sparsity()["head"] >= 900 / 1024
+    total = sum(w.size for w in pruner.weights)
+    assert pruner.sparsity() == target_count(0.5, total) / total
+    pruner.detach()
 
 
 def test_global_pruning_is_deterministic():

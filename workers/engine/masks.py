@@ -10,6 +10,7 @@ Public API::
     global_magnitude_masks(ws, sparsity) -> list[mask]       one raw |w| ranking across tensors (not the default)
     lamp_scores(w) -> scores                                 LAMP scores of one tensor (exact, a full sort)
     lamp_allocation(ws, zeros, max_zeros=None) -> counts     zeros per tensor from one LAMP ranking, capped
+    erk_allocation(shapes, zeros, max_zeros, min_zeros) -> counts   zeros per tensor, Erdos-Renyi-kernel densities
     count_mask(w, zeros, filter_axes=0) -> mask              exact-count magnitude, optionally one kept per filter
     global_lamp_masks(ws, sparsity, ...) -> list[mask]       LAMP allocation + count_mask: magnitude's global rule
     global_block_masks(ws, sparsity, block_shape) -> masks   one block ranking across tensors
@@ -44,6 +45,11 @@ the share moves by < 1 % of the tensor), caps each tensor at its `max_zeros` (th
 whole counts summing exactly to the requested zeros; `count_mask` then zeroes exactly that many of each tensor in
 linear time (`_prune_smallest`). The cost per update is one pass over the weights plus a sort of at most 8192 values
 per tensor (about what the raw global ranking costs).
+
+ERK. In a model with normalization layers the pruner allocates by shape instead (`erk_allocation`, Evci et al.
+2020): density proportional to sum(shape) / prod(shape), clipped to each tensor's bounds (the pruner's floors and
+the zeros held from earlier steps); `count_mask` then masks each tensor as above. On MobileNetV2 at 80 % it keeps
+the depthwise kernels far denser than LAMP does and scored 2-3.5 points higher (see `pruning`).
 
 Global ranking and small tensors. One magnitude ranking across layers tends to wipe out small layers (a first
 convolution holds few, important weights). `spared_small` spares the smallest tensors whose combined size is at
@@ -310,6 +316,52 @@ def lamp_allocation(ws: Sequence, zeros: int, max_zeros: Sequence[int] | None = 
             if counts[i] > 0:
                 counts[i] -= 1
                 left += 1
+    return [int(c) for c in counts]
+
+
+def erk_allocation(
+    shapes: Sequence[tuple[int, ...]],
+    zeros: int,
+    max_zeros: Sequence[int] | None = None,
+    min_zeros: Sequence[int] | None = None,
+) -> list[int]:
+    """How many weights of each tensor to zero so that `zeros` are zeroed in all, by the Erdos-Renyi-kernel rule
+    (Evci et al., "Rigging the lottery", 2020): a tensor's density is proportional to sum(shape) / prod(shape), one
+    factor for all, each tensor's zeros within [min_zeros, max_zeros] (the factor is found by bisection with the
+    densities clipped to those bounds). Thin tensors (a depthwise kernel, 3 x 3 x C x 1; a layer with few inputs or
+    outputs) stay denser than wide 1x1 projections and large dense layers, whatever their weights' scale. Counts are
+    whole and sum to exactly min(zeros, sum of max_zeros); the remainder of the rounding goes to the largest tensors
+    below their cap."""
+    sizes = np.array([int(np.prod(s)) for s in shapes], dtype=np.float64)
+    if not len(sizes):
+        return []
+    caps = sizes if max_zeros is None else np.minimum(np.asarray(max_zeros, dtype=np.float64), sizes)
+    held = np.zeros_like(sizes) if min_zeros is None else np.minimum(np.asarray(min_zeros, dtype=np.float64), caps)
+    zeros = int(min(max(0, zeros), caps.sum()))
+    raw = np.array([sum(s) / max(1, int(np.prod(s))) for s in shapes], dtype=np.float64)
+    low = 1.0 - caps / np.maximum(sizes, 1)  # density bounds
+    high = 1.0 - held / np.maximum(sizes, 1)
+    keep = sizes.sum() - zeros
+
+    def kept(eps: float) -> float:
+        return float(np.sum(np.clip(eps * raw, low, high) * sizes))
+
+    lo, hi = 0.0, 1.0
+    while kept(hi) < keep and hi < 1e15:
+        hi *= 2.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if kept(mid) < keep else (lo, mid)
+    dens = np.clip(hi * raw, low, high)
+    counts = np.clip(np.floor(sizes * (1.0 - dens) + 1e-9), held, caps).astype(np.int64)
+    left = zeros - int(counts.sum())
+    order = np.argsort(-sizes, kind="stable")
+    for i in order:  # rounding: the largest tensors first (they hold the most zeros, a count moves them least)
+        if left == 0:
+            break
+        step = int(min(left, caps[i] - counts[i])) if left > 0 else -int(min(-left, counts[i] - held[i]))
+        counts[i] += step
+        left -= step
     return [int(c) for c in counts]
 
 

@@ -39,20 +39,26 @@ named explicitly (in `layers.include` by name, or given a per-layer target). `pr
 "path/role". The target holds over the whole pool, spared weights included: the others make up for them, so the
 pool ends with exactly target_count(target, pool size) zeros.
 
-Global magnitude allocation (the default). One ranking across the pool decides how many zeros each weight gets
-(`masks.lamp_allocation`), then each weight is masked by exact-count magnitude. What is ranked (`pruner.score`):
-LAMP scores (Lee et al., ICLR 2021) when the model has a normalization layer (BatchNormalization,
-LayerNormalization, GroupNormalization), since a normalized layer's scale says nothing about its importance (raw
-|w| emptied whole MobileNetV2 layers); raw |w| otherwise, where a layer's scale is part of its function and the
-raw ranking measured better on LeNet-300-100 at 90 and 95 % (docs/BENCHMARKS.md). Rules, measured on MobileNetV2, a
-BatchNorm ResNet and LeNet-300-100:
+Global magnitude allocation (the default). An allocation across the pool decides how many zeros each weight gets,
+then each weight is masked by exact-count magnitude. The rule (`pruner.score`): in a model with a normalization
+layer (BatchNormalization, LayerNormalization, GroupNormalization), the Erdos-Renyi-kernel rule
+(`masks.erk_allocation`, Evci et al. 2020: density proportional to sum(shape) / prod(shape)), since a normalized
+layer's scale says nothing about its importance (raw |w| emptied whole MobileNetV2 layers) and shapes do. On
+MobileNetV2 at 80 % ERK keeps the depthwise kernels ~80 % dense and prunes Conv_1 (1x1, 112 -> 1280) to ~94 %; it
+scored 89.5 and 89.6 % held out (seeds 0 and 1) against 85.9 and 87.2 % for the LAMP ranking (Lee et al., ICLR
+2021; `masks.lamp_allocation`, the rule before, which pruned the depthwise kernels ~46 %), and 97.4 against 97.1 %
+on the BN ResNet (docs/BENCHMARKS.md part 5b); NORMALIZED_RULE = "lamp" brings LAMP back. In a model without
+normalization: one raw |w| ranking (`lamp_allocation` with score "magnitude"), where a layer's scale is part of its
+function and the raw ranking measured better on LeNet-300-100 at 90 and 95 % (docs/BENCHMARKS.md).
+Rules, measured on MobileNetV2, a BatchNorm ResNet and LeNet-300-100:
 - floor: a weight not named explicitly keeps at least FLOOR_SHARE (1/4) of the pool's average density
   ((1 - target) / 4, at least one weight), so no layer is disconnected (raw |w| ranking emptied whole layers);
 - depthwise kernels (DepthwiseConv, SeparableConv's depthwise part) keep the largest weight of every filter, so
   no channel is cut off (a depthwise channel has no other path);
-- 1x1 projections and the output layer: no special case beyond the above; LAMP ranks them by their own
-  distribution (on MobileNetV2 it prunes the 1x1 expand/project layers most); a small output layer and the
-  tiny layers stay spared (not sparing them cost MobileNetV2 accuracy at 80 %);
+- 1x1 projections and the output layer: no special case beyond the above; ERK gives wide 1x1 layers the highest
+  sparsity; a small output layer and the tiny layers stay spared (not sparing them cost MobileNetV2 accuracy at
+  80 %); sparing the depthwise kernels too (SPARE_ROLES) scored below ERK (88.6 % at one seed);
+- zeros held from an earlier step stay and count towards the weight's share (ERK's lower bound, LAMP scores 0);
 - a weight named explicitly has no floor and may be emptied.
 `targets` ("path/role" -> sparsity, e.g. from `allocation.allocate` on a sensitivity analysis) gives those weights
 their own exact targets, as per-layer overrides would; the other weights are planned as usual.
@@ -87,6 +93,7 @@ from workers.engine.masks import (
     MaskMethod,
     MaskParams,
     count_mask,
+    erk_allocation,
     get_method,
     lamp_allocation,
     spared_small,
@@ -97,6 +104,8 @@ from workers.engine.schedules import ONE_SHOT, OneShot, ScheduleSettings, make_s
 from workers.engine.selection import LayerOverride, override_for
 
 OUTPUT_LAYER_BUDGET = 0.10  # global scope spares the output layers only when they hold at most this share
+SPARE_ROLES: tuple[str, ...] = ()  # roles global scope leaves dense (none; bench.zoo_explore measures the depthwise)
+NORMALIZED_RULE = "erk"  # global magnitude allocation in a model with normalization layers ("erk" or "lamp")
 FLOOR_SHARE = 0.25  # global scope: a layer keeps at least this share of the pool's average density
 NORMALIZATIONS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization, keras.layers.GroupNormalization)
 
@@ -174,10 +183,9 @@ class Pruner:
         self.spared: list[str] = []
         self.allocation: dict[str, float] = {}  # "path/role" -> sparsity planned by the last plan or update
         self._outputs = output_layer_paths(model)
-        # global magnitude ranks LAMP scores in a model with normalization layers, raw |w| in one without
-        self.score = (
-            "lamp" if any(isinstance(layer, NORMALIZATIONS) for _, _, layer in walk_layers(model)) else "magnitude"
-        )
+        # global magnitude: ERK allocation in a model with normalization layers, one raw |w| ranking in one without
+        normalized = any(isinstance(layer, NORMALIZATIONS) for _, _, layer in walk_layers(model))
+        self.score = NORMALIZED_RULE if normalized else "magnitude"
         self._floors: list[np.ndarray | None] = [None] * len(self.weights)
         # exact zeros per weight as of the last mask update (what the callback reports without re-reading)
         self._zeros: list[int] = [w.size - int(np.count_nonzero(w.variable.numpy())) for w in self.weights]
@@ -342,6 +350,7 @@ class Pruner:
             if sum(self.weights[i].size for i in outputs) > OUTPUT_LAYER_BUDGET * pool_size:
                 outputs = []  # the output layers are most of the model: sparing them would prune next to nothing
             candidates = [i for i in pool if i not in outputs]
+            candidates = [i for i in candidates if self.weights[i].role not in SPARE_ROLES or self.weights[i].explicit]
             small = spared_small([self.weights[i].size for i in candidates])
             candidates = [i for j, i in enumerate(candidates) if j not in small or self.weights[i].explicit]
             if not candidates:  # sparing would leave nothing to prune: spare nothing
@@ -427,21 +436,25 @@ class Pruner:
                 self._set(i, keep, value)
 
     def _apply_allocated(self, group: _Group, sparsity: float, values: Sequence[np.ndarray]) -> None:
-        """Global magnitude: one ranking (`self.score`: LAMP or raw |w|) decides each weight's count
-        (`masks.lamp_allocation`) so that the pool and its spared weights together hold target_count(sparsity,
-        their size) zeros, within the floors; each weight is then masked by exact-count magnitude."""
+        """Global magnitude: the allocation (`self.score`: ERK shapes, or a LAMP / raw |w| ranking) decides each
+        weight's count (`masks.erk_allocation`, `masks.lamp_allocation`) so that the pool and its spared weights
+        together hold target_count(sparsity, their size) zeros, within the floors; each weight is then masked by
+        exact-count magnitude."""
         idx = group.indices
         total = sum(self.weights[i].size for i in idx + group.spared)
         spared_zeros = sum(
             self.weights[i].size - int(np.count_nonzero(self.weights[i].variable.numpy())) for i in group.spared
         )  # small: at most ~11% of the pool
         zeros = target_count(sparsity, total) - spared_zeros
-        caps = []
+        caps, held = [], []
         for i, cap in zip(idx, group.max_zeros):
             floor = self._floors[i]
-            held = 0 if floor is None else floor.size - int(np.count_nonzero(floor))
-            caps.append(max(cap, held))  # zeros held from an earlier step stay, whatever the floor
-        counts = lamp_allocation(values, zeros, caps, self.score)
+            held.append(0 if floor is None else floor.size - int(np.count_nonzero(floor)))
+            caps.append(max(cap, held[-1]))  # zeros held from an earlier step stay, whatever the floor
+        if self.score == "erk":
+            counts = erk_allocation([v.shape for v in values], zeros, caps, held)
+        else:
+            counts = lamp_allocation(values, zeros, caps, self.score)
         for i, value, count, axes in zip(idx, values, counts, group.filter_axes):
             self._set(i, count_mask(value, count, axes), value)
             self.allocation[f"{self.weights[i].path}/{self.weights[i].role}"] = count / max(1, value.size)

@@ -135,3 +135,18 @@ def test_global_scope_keeps_at_least_round_to_units_in_every_group(zoo):
     new, report = prune(model, scope="global", keep_ratio=0.05, round_to=8)
     assert units(new) == {"conv1": 8, "conv2": 8, "fc": 8, "out": 5}
     assert_same_outputs(new, masked_reference(model, report), sample_inputs(model))
+
+
+def test_a_structured_step_without_a_scope_ranks_units_globally(zoo):
+    """The job default is scope "global" (issue 9: on MobileNetV2 at keep 0.75 the per-layer default cut the narrow
+    residual chains by a quarter and lost ~22 points more than the global ranking, docs/BENCHMARKS.md part 5b)."""
+    from workers.spec import JobSpec
+
+    step = JobSpec.model_validate({"steps": [{"kind": "structured", "keep_ratio": 0.4}]}).steps[0]
+    assert step.scope == "global"
+    model = zoo["residual_functional"]
+    _, report = prune(model, scope=step.scope, keep_ratio=step.keep_ratio)
+    _, ranked = prune(model, scope="global", keep_ratio=0.4)
+    assert report.scope == "global" and report.to_dict() == ranked.to_dict()
+    before = sum(g.units_before for g in report.groups)
+    assert sum(g.units_after for g in report.groups) == math.ceil(0.4 * before)
