@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("parts", nargs="+", choices=[*PARTS, *EXTRA_PARTS, "all", "report"])
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer repetitions (< 3 minutes for all)")
     parser.add_argument("--repeats", type=int, default=None, help="override the number of repetitions")
-    parser.add_argument("--models", default=None, help="zoo only: comma-separated subset of its models")
+    parser.add_argument("--models", default=None, help="zoo, zoo_setup: comma-separated subset of its models")
     args = parser.parse_args(argv)
     command = "python -m bench " + " ".join(shlex.quote(a) for a in argv)
     named = [p for p in args.parts if p not in ("report", "all")]
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         for part in parts:
             t0 = time.monotonic()
             module = importlib.import_module({**PARTS, **EXTRA_PARTS}[part])
-            extra = {"models": args.models.split(",")} if part == "zoo" and args.models else {}
+            extra = {"models": args.models.split(",")} if part in ("zoo", "zoo_setup") and args.models else {}
             module.run(sides, quick=args.quick, command=command, repeats=args.repeats, **extra)
             log(f"{part}: done in {time.monotonic() - t0:.0f} s")
     if "report" in args.parts or (parts and not args.quick):

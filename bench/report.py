@@ -475,6 +475,9 @@ def zoo_setup_tables(d: dict) -> str:
             ],
         ),
     ]
+    own = [(name, m["run"]) for name, m in d["models"].items() if m.get("run", d)["date"] != d["date"]]
+    if own:  # models kept from another run (`--models`): each says which
+        parts += ["", *(f"- {name}: " + _run_line(r).strip("_") for name, r in own)]
     return "\n".join(parts)
 
 
