@@ -64,7 +64,15 @@ import numpy as np
 
 from workers.engine.errors import SpecError
 from workers.engine.fileio import atomic_write
-from workers.engine.metrics import file_size, macs, param_stats, predict_batched, score_predictions, sha256_file
+from workers.engine.metrics import (
+    file_size,
+    in_background,
+    macs,
+    param_stats,
+    predict_batched,
+    score_predictions,
+    sha256_file,
+)
 from workers.engine.tflite import tflite_interpreter, tflite_kernels
 
 __all__ = [
@@ -513,14 +521,16 @@ def export_model(
         final = out_dir / fmt.file_name
         written: list[_Written] = []
         atomic_write(final, lambda tmp, fmt=fmt, written=written: written.append(fmt.write(model, tmp, calibration)))
+        # the file's size, gzip size and hash are computed on a thread while it is reloaded and evaluated
+        sizing = in_background(lambda path=final: (file_size(path), sha256_file(path)))
         m, evaluation = fmt.measure(model, final, held_out)
-        size = file_size(final)
+        size, sha256 = sizing.result()
         artifacts[name] = ExportedFile(
             format=name,
             file=fmt.file_name,
             bytes=size["bytes"],
             gzip_bytes=size["gzip_bytes"],
-            sha256=sha256_file(final),
+            sha256=sha256,
             params=m.params,
             nonzero_params=m.nonzero,
             sparsity=m.sparsity,
