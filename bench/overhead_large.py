@@ -140,6 +140,7 @@ def run(sides, quick: bool, command: str, repeats: int | None = None) -> dict:
                     f"outside {r['outside_training_s']:.1f} s (load {r['load1'][0]:.2f})"
                 )
             log(f"  repetition {rep + 1}/{cfg['repeats']} done")
+            write_result("overhead_large", {**payload, "runs": results, "load": monitor.summary()}, quick)
     payload["runs"] = results
     payload["arms"] = {label: analyse(rs) for label, rs in results.items()}
     payload["load"] = monitor.summary()
