@@ -148,3 +148,101 @@ def run(sides, quick: bool, command: str, repeats: int | None = None) -> dict:
     path = write_result("overhead_large", payload, quick)
     log(f"overhead_large: wrote {path}")
     return payload
+
+
+# --------------------------------------------------------------------------- docs/BENCHMARKS.md (bench.report)
+
+PHASES = ("load", "before", "step", "after", "export", "report")
+CALLS = {  # engine function (as bench/overhead_job.py names it) -> what it is
+    "metrics.evaluate": "held-out evaluation of the model in memory",
+    "metrics.latency": "latency timing (trace shared with evaluation after)",
+    "batchnorm.reestimate_batchnorm": "BatchNorm re-estimation pass",
+    "metrics.file_size": "gzip size (in blocks on threads after)",
+    "export.save_model_file": "save to scratch for the before/after size",
+    "keras.saving.save_model": "every .keras save (scratch and export)",
+    "keras.saving.load_model": "loads (the upload, the exported file)",
+    "export._measure_keras_file": "exported file: reload, zeros, held-out evaluation",
+}
+
+
+def _phase_cells(arm: dict) -> list[str]:
+    p = arm["phases_outside_s"]
+    step = sum(v for k, v in p.items() if k not in PHASES and k != "start")
+    values = {**p, "step": step}
+    return [f"{values.get(k, 0.0):.1f}" for k in PHASES]
+
+
+def tables(d: dict) -> str:
+    from bench.report import _md, _run_line
+
+    cfg, arms = d["config"], d["arms"]
+    sides = {"before": f"main {cfg['before']}", "after": f"this change ({d.get('commit')})"}
+    parts = [
+        _run_line(d),
+        "",
+        f"ResNet50 ({d.get('model_params', 0):,} parameters), {cfg['samples']} digits at 64×64 RGB, "
+        f"{cfg['epochs']} epochs at batch {cfg['batch_size']}, every other setting the engine's default; each job a "
+        f"fresh process; median of {cfg['repeats']} interleaved repetitions. *Outside* = compress() wall time minus "
+        "the time inside `model.fit`; CPU = process CPU time of all threads (less sensitive to the other processes "
+        "on the machine than wall time).",
+        "",
+    ]
+    rows = []
+    for job in cfg["jobs"]:
+        for side, name in sides.items():
+            a = arms.get(f"{side}:{job}")
+            if a is None:
+                continue
+            loads = [r["load1"][0] for r in d["runs"][f"{side}:{job}"]]
+            rows.append(
+                [
+                    job,
+                    name,
+                    f"{a['wall_s']:.0f}",
+                    f"{a['training_s']:.0f}",
+                    f"**{a['outside_training_s']:.1f}**",
+                    f"{a['outside_training_cpu_s']:.1f}",
+                    *_phase_cells(a),
+                    f"{min(loads):.1f}–{max(loads):.1f}",
+                ]
+            )
+    header = ["job", "code", "wall s", "training s", "outside s", "outside CPU s"]
+    header += [f"{p} s" for p in PHASES] + ["load at start"]
+    parts += [_md(rows, header), ""]
+    rows = []
+    for call, what in CALLS.items():
+        cells = []
+        for job in cfg["jobs"]:
+            for side in sides:
+                a = arms.get(f"{side}:{job}")
+                cells.append(f"{a['calls_s'].get(call, 0.0):.1f}" if a else "")
+        rows.append([f"`{call}`", what, *cells])
+    header = ["engine function", "what", *(f"{job}, {side}" for job in cfg["jobs"] for side in sides)]
+    parts += ["Seconds inside the engine functions that make up the overhead (inclusive, summed per job):", ""]
+    parts += [_md(rows, header), ""]
+    rows = []
+    for job in cfg["jobs"]:
+        for side, name in sides.items():
+            runs = d["runs"].get(f"{side}:{job}")
+            if not runs:
+                continue
+            rep = runs[-1]["reported"]
+            after, keras = rep["after"], rep["artifacts"].get("keras", {})
+            lat = after["latency_ms"]
+            rows.append(
+                [
+                    job,
+                    name,
+                    f"{rep['before']['evaluation']['accuracy']:.4f}",
+                    f"{after['evaluation']['accuracy']:.4f}",
+                    f"{(keras.get('evaluation') or {}).get('accuracy', float('nan')):.4f}",
+                    f"{rep['before']['file']['gzip_bytes']:,}",
+                    f"{after['file']['gzip_bytes']:,}",
+                    f"{lat['batch_1']['median']:.1f} ({lat['batch_1']['runs']})",
+                    f"{lat['batch_32']['median']:.0f} ({lat['batch_32']['runs']})",
+                ]
+            )
+    header = ["job", "code", "acc. before", "acc. after", "model.keras acc.", "gzip before", "gzip after"]
+    header += ["latency b1 ms (runs)", "latency b32 ms (runs)"]
+    parts += ["What the manifests report (last repetition):", "", _md(rows, header)]
+    return "\n".join(parts)

@@ -298,3 +298,15 @@ def test_weights_fingerprint_is_equal_for_equal_weights_only():
     moving_mean = model.layers[1].moving_mean
     moving_mean.assign(moving_mean.numpy() + np.float32(1e-7))  # one statistic, the smallest change
     assert metrics.weights_fingerprint(model) != first
+
+
+def test_the_cached_inference_function_does_not_keep_a_model_alive():
+    import gc
+    import weakref
+
+    model = _seq((6,), L.Dense(4), L.Dense(2))
+    metrics.forward(model)(np.zeros((2, 6), "float32"))
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None

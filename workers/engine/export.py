@@ -66,7 +66,6 @@ from workers.engine.errors import SpecError
 from workers.engine.fileio import atomic_write
 from workers.engine.metrics import (
     file_size,
-    in_background,
     macs,
     param_stats,
     predict_batched,
@@ -521,10 +520,8 @@ def export_model(
         final = out_dir / fmt.file_name
         written: list[_Written] = []
         atomic_write(final, lambda tmp, fmt=fmt, written=written: written.append(fmt.write(model, tmp, calibration)))
-        # the file's size, gzip size and hash are computed on a thread while it is reloaded and evaluated
-        sizing = in_background(lambda path=final: (file_size(path), sha256_file(path)))
         m, evaluation = fmt.measure(model, final, held_out)
-        size, sha256 = sizing.result()
+        size, sha256 = file_size(final), sha256_file(final)
         artifacts[name] = ExportedFile(
             format=name,
             file=fmt.file_name,

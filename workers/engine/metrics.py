@@ -10,7 +10,6 @@ Public API::
     score_predictions(compile_config, y_pred, y) -> {loss and metric name: value}
     file_size(path) -> {"bytes", "gzip_bytes"}
     sha256_file(path) -> str
-    in_background(fn, *args) -> Future      # file measurements overlapping model work (never latency timing)
     weights_fingerprint(model) -> tuple      # equal tuples: bit-identical weights
     forward(model) -> tf.function            # model(x, training=False), traced once per model for any batch size
 
@@ -323,9 +322,15 @@ def forward(model: keras.Model):
     if inputs:
         specs = [tf.TensorSpec((None, *t.shape[1:]), tf.as_dtype(str(t.dtype))) for t in inputs]
         signature = [specs[0] if len(specs) == 1 else specs]
-        fn = tf.function(lambda x: model(x, training=False), input_signature=signature)
+    ref = weakref.ref(model)  # the cache must not keep the model alive: the function holds it weakly
+
+    def call(x):
+        return ref()(x, training=False)
+
+    if inputs:
+        fn = tf.function(call, input_signature=signature)
     else:  # pragma: no cover - a subclassed model never called symbolically
-        fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        fn = tf.function(call, reduce_retracing=True)
     _FORWARD[model] = (key, fn)
     return fn
 
@@ -515,16 +520,6 @@ def _gzip_blocks(path: str | Path) -> bytes:
         crc = zlib.crc32(chunk, crc)
     header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
     return header + body + struct.pack("<II", crc, size & 0xFFFFFFFF)
-
-
-_FILES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="secateurs-files")
-
-
-def in_background(fn: Callable, *args):
-    """Run `fn(*args)` (a file measurement: gzip and hashes release the GIL) on a background thread; returns its
-    Future. Callers overlap it with model work whose result does not depend on time (evaluation, reloading) and
-    collect it before anything is timed."""
-    return _FILES.submit(fn, *args)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -259,25 +259,19 @@ def _evaluate(run: _Run, compile: bool = True) -> dict | None:
 
 def _measure(run: _Run, phase: str, scratch: Path, save: bool = True) -> dict:
     """Held-out metrics, parameters, MACs, latency and (with `save`) the size of the model saved as .keras; without
-    `save` the caller fills "file" in (the exported model.keras is the same file: `pipeline.compress`). The saved
-    file is gzipped on a background thread while the model is evaluated, and measured before latency is timed."""
+    `save` the caller fills "file" in (the exported model.keras is the same file: `pipeline.compress`)."""
     run.progress(Progress(phase=phase, message="evaluating"))
-    out: dict[str, Any] = {}
-    path = scratch / f"{phase}.keras"
-    sizing = None
-    if save:
-        if run.data is not None:  # compiled as `_evaluate` compiles it: the file carries that compile config
-            model_io.compile_model(run.model, run.training, run.loss, run.metrics)
-        export_mod.save_model_file(run.model, path)  # weights and config only, like the exported artifact
-        sizing = metrics_mod.in_background(metrics_mod.file_size, path)
-    out["evaluation"] = _evaluate(run, compile=not save)
+    out: dict[str, Any] = {"evaluation": _evaluate(run)}
     out["params"] = _jsonable(metrics_mod.param_stats(run.model))
     out["compute"] = _jsonable(metrics_mod.macs(run.model))
-    if sizing is not None:
-        out["file"] = _jsonable(sizing.result())
-        path.unlink(missing_ok=True)
     if run.spec.evaluation.latency:
         out["latency_ms"] = _jsonable(
             metrics_mod.latency(run.model, batch_sizes=(1, 32), runs=run.spec.evaluation.latency_runs)
         )
+    if not save:
+        return out
+    path = scratch / f"{phase}.keras"
+    export_mod.save_model_file(run.model, path)  # weights and config only, like the exported artifact
+    out["file"] = _jsonable(metrics_mod.file_size(path))
+    path.unlink(missing_ok=True)
     return out
