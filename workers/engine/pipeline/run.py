@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import platform
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -50,7 +51,7 @@ class _Run:
     sensitivity: dict[str, dict] = field(default_factory=dict)  # method -> the latest analysis
     budget: dict | None = None  # manifest.budget
     training_s: float = 0.0  # wall seconds inside model.fit so far (manifest.timings)
-    evaluated: tuple | None = None  # (weights fingerprint, held-out metrics) of the latest evaluation
+    evaluated: tuple | None = None  # (model weakref, weights fingerprint, held-out metrics) of the latest evaluation
 
 
 class _ProgressCallback(keras.callbacks.Callback):
@@ -241,19 +242,20 @@ def _with_batchnorm(record: dict, run: _Run, phase: str, index: int) -> dict:
 
 
 def _evaluate(run: _Run, compile: bool = True) -> dict | None:
-    """Held-out metrics of the run's model. A model whose weights are bit for bit those of the latest evaluation
-    (`metrics.weights_fingerprint`) is not run again: the latest result is returned (a copy)."""
+    """Held-out metrics of the run's model. The same model object with weights bit for bit those of the latest
+    evaluation (`metrics.weights_fingerprint`) is not run again: the latest result is returned (a copy); a copy of
+    the model is evaluated (and compiled) afresh."""
     if run.data is None:
         return None
     fingerprint = metrics_mod.weights_fingerprint(run.model)
-    if run.evaluated is not None and run.evaluated[0] == fingerprint:
-        return dict(run.evaluated[1])
+    if run.evaluated is not None and run.evaluated[0]() is run.model and run.evaluated[1] == fingerprint:
+        return dict(run.evaluated[2])
     if compile:  # compile=False reuses the compiled evaluation of the previous call (same model, new values)
         model_io.compile_model(run.model, run.training, run.loss, run.metrics)
     result = metrics_mod.evaluate(
         run.model, run.data.x_val, run.data.y_val, batch_size=max(run.spec.training.batch_size, 256)
     )
-    run.evaluated = (fingerprint, dict(result))
+    run.evaluated = (weakref.ref(run.model), fingerprint, dict(result))
     return result
 
 
