@@ -534,6 +534,8 @@ def budget_tables(d: dict) -> str:
     return "\n".join(parts)
 
 
+from bench.overhead_large import tables as overhead_large_tables  # noqa: E402 - part 5c keeps its own table
+
 RENDERERS = {
     "overhead": overhead_tables,
     "accuracy": accuracy_tables,
@@ -541,6 +543,7 @@ RENDERERS = {
     "service": service_tables,
     "zoo": zoo_tables,
     "zoo_setup": zoo_setup_tables,
+    "overhead_large": overhead_large_tables,
     "budget": budget_tables,
 }
 

@@ -437,7 +437,7 @@ class EvaluationSpec(_Strict):
         30,
         ge=3,
         le=1000,
-        description="Timed runs per batch size at most (timing stops after 2 s once 8 runs are in; "
+        description="Timed runs per batch size at most (timing stops after 1 s once 8 runs are in; "
         "the manifest records how many were taken); median and spread (p10..p90) are reported. A "
         "speed win needs the medians' ratio >= 1.10 and the interquartile ranges of before and after not to overlap.",
     )

@@ -255,3 +255,58 @@ def test_predict_batched_handles_lists_of_inputs_and_a_short_last_batch():
     out = metrics.predict_batched(lambda batch: batch[0] + batch[1], [a, b], batch_size=4)
     np.testing.assert_array_equal(out, a + 1)
     assert out.dtype == np.float32
+
+
+def test_file_size_of_a_file_in_several_blocks_is_a_valid_gzip_stream_near_the_serial_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(metrics, "GZIP_BLOCK", 1 << 18)  # 5 blocks of a 1.1 MiB half-sparse float file
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal(300_000).astype("float32")
+    w[rng.random(w.size) < 0.5] = 0.0
+    path = tmp_path / "w.bin"
+    path.write_bytes(w.tobytes())
+    stream = metrics._gzip_blocks(path)
+    assert gzip.decompress(stream) == path.read_bytes()  # header, blocks and trailer form one gzip file
+    result = metrics.file_size(path)
+    assert result["gzip_bytes"] == len(stream)
+    serial = len(gzip.compress(path.read_bytes(), compresslevel=metrics.GZIP_LEVEL, mtime=0))
+    assert abs(result["gzip_bytes"] - serial) <= 0.001 * serial  # primed blocks lose next to nothing
+
+
+def test_forward_is_traced_once_for_every_batch_size_and_shared_by_evaluate_and_latency():
+    model = _seq((6,), L.Dense(4, activation="relu"), L.Dense(3, activation="softmax"))
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(70, 6)), rng.integers(0, 3, 70)  # float64 inputs: cast to the model's float32
+    got = metrics.evaluate(model, x, y, batch_size=32)  # batches of 32, 32 and 6
+    metrics.latency(model, batch_sizes=(1, 5), runs=3)
+    fn = metrics.forward(model)
+    assert fn.experimental_get_tracing_count() == 1
+    expected = model.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+    assert got == pytest.approx({k: float(v) for k, v in expected.items()}, rel=1e-5)
+    model.layers[0].kernel.assign(np.zeros((6, 4), "float32"))  # weights changed in place: the trace reads them
+    np.testing.assert_allclose(fn(np.asarray(x[:4], "float32")), model.predict(x[:4], verbose=0), rtol=1e-6)
+    assert metrics.forward(model) is fn
+
+
+def test_weights_fingerprint_is_equal_for_equal_weights_only():
+    model = _seq((6,), L.Dense(4), L.BatchNormalization(), L.Dense(2))
+    first = metrics.weights_fingerprint(model)
+    assert metrics.weights_fingerprint(model) == first
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    assert metrics.weights_fingerprint(clone) == first
+    moving_mean = model.layers[1].moving_mean
+    moving_mean.assign(moving_mean.numpy() + np.float32(1e-7))  # one statistic, the smallest change
+    assert metrics.weights_fingerprint(model) != first
+
+
+def test_the_cached_inference_function_does_not_keep_a_model_alive():
+    import gc
+    import weakref
+
+    model = _seq((6,), L.Dense(4), L.Dense(2))
+    metrics.forward(model)(np.zeros((2, 6), "float32"))
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None

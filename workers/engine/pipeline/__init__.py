@@ -85,6 +85,7 @@ def compress(
     scratch.mkdir(exist_ok=True)
     keras.utils.set_random_seed(spec.seed)
 
+    marks = {"start": started}  # phase -> perf_counter at its start (manifest.timings)
     progress(Progress(phase="load", message=f"loading {model_path.name}"))
     loaded = model_io.load_model(model_path)
     training = config.training_settings(spec.training)
@@ -124,20 +125,28 @@ def compress(
             "label_form": data.label_form,
         }
 
+    marks["before"] = time.perf_counter()
     before = _measure(run, "before", scratch)
     run.baseline = before["evaluation"]
-    steps = []
+    marks["steps"] = time.perf_counter()
+    steps, step_timings = [], []
     for index, step in enumerate(spec.steps):
         _check_cancel(run)
-        t0 = time.perf_counter()
+        t0, trained = time.perf_counter(), run.training_s
         progress(
             Progress(phase=step.kind, step_index=index, message=f"step {index + 1}/{len(spec.steps)}: {step.kind}")
         )
         report = STEP_RUNNERS[step.kind](run, index, step)
-        steps.append({"index": index, "kind": step.kind, "wall_time_s": time.perf_counter() - t0, **_jsonable(report)})
+        wall, training_s = time.perf_counter() - t0, run.training_s - trained
+        steps.append({"index": index, "kind": step.kind, "wall_time_s": wall, **_jsonable(report)})
+        step_timings.append({"kind": step.kind, "wall_s": wall, "training_s": training_s, "other_s": wall - training_s})
     _check_cancel(run)
-    after = _measure(run, "after", scratch)
+    marks["after"] = time.perf_counter()
+    # the exported model.keras is the file the "after" size describes (the same save): measured once, there
+    keras_exported = "keras" in spec.export.formats
+    after = _measure(run, "after", scratch, save=not keras_exported)
 
+    marks["export"] = time.perf_counter()
     progress(Progress(phase="export", message=", ".join(spec.export.formats)))
     artifacts = _jsonable(
         export_mod.export_model(
@@ -151,6 +160,9 @@ def compress(
         )
     )
     shutil.rmtree(scratch, ignore_errors=True)
+    if keras_exported:
+        after["file"] = {k: artifacts["keras"][k] for k in ("bytes", "gzip_bytes")}
+    marks["report"] = time.perf_counter()
 
     manifest = {
         "secateurs": {"version": _package_version(), "created_at": datetime.now(timezone.utc).isoformat()},
@@ -170,10 +182,29 @@ def compress(
         manifest["budget"] = run.budget
     manifest = _jsonable(manifest)
     manifest["report"] = _write_report(run, out_dir, manifest)
+    manifest["timings"] = _timings(marks, step_timings, run.training_s, time.perf_counter())
     text = json.dumps(manifest, indent=2, sort_keys=True)
     atomic_write(out_dir / MANIFEST_NAME, lambda tmp: tmp.write_text(text))
     progress(Progress(phase="done", message="finished"))
     return manifest
+
+
+def _timings(marks: dict[str, float], steps: list[dict], training_s: float, end: float) -> dict:
+    """manifest.timings: wall seconds per phase of the job (load, before, the steps, after, export, report), each
+    step's split into training (inside `model.fit`) and the rest, and the job's total split likewise. The phases
+    add up to `wall_s` but for the bookkeeping between them (microseconds)."""
+    wall = end - marks["start"]
+    return {
+        "load_s": marks["before"] - marks["start"],
+        "before_s": marks["steps"] - marks["before"],
+        "steps": steps,
+        "after_s": marks["export"] - marks["after"],
+        "export_s": marks["report"] - marks["export"],
+        "report_s": end - marks["report"],
+        "training_s": training_s,
+        "outside_training_s": wall - training_s,
+        "wall_s": wall,
+    }
 
 
 def _write_report(run: _Run, out_dir: Path, manifest: dict) -> dict:

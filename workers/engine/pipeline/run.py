@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import platform
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -49,6 +50,8 @@ class _Run:
     baseline: dict | None = None  # held-out metrics of the uploaded model (the budget is relative to them)
     sensitivity: dict[str, dict] = field(default_factory=dict)  # method -> the latest analysis
     budget: dict | None = None  # manifest.budget
+    training_s: float = 0.0  # wall seconds inside model.fit so far (manifest.timings)
+    evaluated: tuple | None = None  # (model weakref, weights fingerprint, held-out metrics) of the latest evaluation
 
 
 class _ProgressCallback(keras.callbacks.Callback):
@@ -169,16 +172,20 @@ def _fit(
     cb = _ProgressCallback(
         run, phase, index, epochs, steps_per_epoch, sparsity=(pruner.sparsity if pruner is not None else (lambda: None))
     )
-    history = run.model.fit(
-        data.x_train,
-        data.y_train,
-        batch_size=spec.batch_size,
-        epochs=epochs,
-        shuffle=spec.shuffle,
-        validation_data=(data.x_val, data.y_val),
-        verbose=0,
-        callbacks=[*(extra_callbacks or []), cb],
-    )
+    started = time.perf_counter()
+    try:
+        history = run.model.fit(
+            data.x_train,
+            data.y_train,
+            batch_size=spec.batch_size,
+            epochs=epochs,
+            shuffle=spec.shuffle,
+            validation_data=(data.x_val, data.y_val),
+            verbose=0,
+            callbacks=[*(extra_callbacks or []), cb],
+        )
+    finally:
+        run.training_s += time.perf_counter() - started
     if cb.cancelled:
         raise Cancelled(f"the job was cancelled during step {index} ({phase})")
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
@@ -235,16 +242,26 @@ def _with_batchnorm(record: dict, run: _Run, phase: str, index: int) -> dict:
 
 
 def _evaluate(run: _Run, compile: bool = True) -> dict | None:
+    """Held-out metrics of the run's model. The same model object with weights bit for bit those of the latest
+    evaluation (`metrics.weights_fingerprint`) is not run again: the latest result is returned (a copy); a copy of
+    the model is evaluated (and compiled) afresh."""
     if run.data is None:
         return None
+    fingerprint = metrics_mod.weights_fingerprint(run.model)
+    if run.evaluated is not None and run.evaluated[0]() is run.model and run.evaluated[1] == fingerprint:
+        return dict(run.evaluated[2])
     if compile:  # compile=False reuses the compiled evaluation of the previous call (same model, new values)
         model_io.compile_model(run.model, run.training, run.loss, run.metrics)
-    return metrics_mod.evaluate(
+    result = metrics_mod.evaluate(
         run.model, run.data.x_val, run.data.y_val, batch_size=max(run.spec.training.batch_size, 256)
     )
+    run.evaluated = (weakref.ref(run.model), fingerprint, dict(result))
+    return result
 
 
-def _measure(run: _Run, phase: str, scratch: Path) -> dict:
+def _measure(run: _Run, phase: str, scratch: Path, save: bool = True) -> dict:
+    """Held-out metrics, parameters, MACs, latency and (with `save`) the size of the model saved as .keras; without
+    `save` the caller fills "file" in (the exported model.keras is the same file: `pipeline.compress`)."""
     run.progress(Progress(phase=phase, message="evaluating"))
     out: dict[str, Any] = {"evaluation": _evaluate(run)}
     out["params"] = _jsonable(metrics_mod.param_stats(run.model))
@@ -253,6 +270,8 @@ def _measure(run: _Run, phase: str, scratch: Path) -> dict:
         out["latency_ms"] = _jsonable(
             metrics_mod.latency(run.model, batch_sizes=(1, 32), runs=run.spec.evaluation.latency_runs)
         )
+    if not save:
+        return out
     path = scratch / f"{phase}.keras"
     export_mod.save_model_file(run.model, path)  # weights and config only, like the exported artifact
     out["file"] = _jsonable(metrics_mod.file_size(path))

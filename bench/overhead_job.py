@@ -1,0 +1,209 @@
+"""One job of part 5c (`bench.overhead_large`), in a fresh process: `python bench/overhead_job.py prepare|job ...`.
+
+Run as a file (not `-m`) with the working directory and PYTHONPATH of the tree under test, so the `workers` package
+imported is that tree's (main's code for "before", this checkout's for "after"); this script imports nothing from
+`bench`, so it runs against any revision.
+
+`prepare OUT_DIR N_TRAIN`: builds `keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=10)`,
+compiles it (Adam, sparse categorical cross-entropy, accuracy) and saves OUT_DIR/resnet50.keras; the data
+(OUT_DIR/digits64.npz) is written by the orchestrator.
+
+`job MODEL DATA SPEC_JSON OUT_DIR`: runs `workers.engine.pipeline.compress` and prints one JSON line with:
+  wall_s, cpu_s           compress() wall-clock and process CPU time (all threads)
+  training_s, training_cpu_s   inside `keras.Model.fit` (wrapped here, so any revision can be measured alike)
+  outside_training_s      wall_s - training_s
+  phases                  wall seconds between the job's progress phases (load, before, the steps, after, export,
+                          report), each with the fit time inside it subtracted under "outside_s"
+  calls                   inclusive wall seconds and counts of the engine functions that make up the overhead
+                          (evaluate, latency, file sizes, saves, loads, conversions, ...), where the revision has them
+  manifest_timings        the manifest's own "timings" record, when the revision writes one
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)  # bench/ itself is not a package root: its modules must not shadow anything
+
+
+def prepare(out_dir: str) -> None:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=10)
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    path = Path(out_dir) / "resnet50.keras"
+    model.save(path)
+    print(json.dumps({"model": str(path), "params": int(model.count_params())}))
+
+
+class _Clock:
+    """Inclusive wall time and call counts of wrapped callables; the time inside `keras.Model.fit` separately."""
+
+    def __init__(self):
+        self.calls: dict[str, dict] = {}
+        self.fit_s = 0.0
+        self.fit_cpu_s = 0.0
+        self.depth: dict[str, int] = {}
+
+    def wrap(self, label: str, fn):
+        def wrapper(*args, **kwargs):
+            if self.depth.get(label):  # recursion or a wrapper met twice: count the outermost call only
+                return fn(*args, **kwargs)
+            self.depth[label] = 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.depth[label] = 0
+                entry = self.calls.setdefault(label, {"s": 0.0, "n": 0})
+                entry["s"] += time.perf_counter() - t0
+                entry["n"] += 1
+
+        wrapper.__wrapped_by_bench__ = True
+        return wrapper
+
+
+def _instrument(clock: _Clock) -> None:
+    """Wrap the model's fit and the engine's measuring functions in every loaded engine module that binds them."""
+    import importlib
+    import pkgutil
+
+    import keras
+    import tensorflow as tf
+
+    import workers.engine as engine
+
+    fit = keras.Model.fit
+
+    def timed_fit(self, *args, **kwargs):
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            return fit(self, *args, **kwargs)
+        finally:
+            clock.fit_s += time.perf_counter() - t0
+            clock.fit_cpu_s += time.process_time() - c0
+
+    keras.Model.fit = timed_fit
+
+    modules = []
+    for info in pkgutil.walk_packages(engine.__path__, engine.__name__ + "."):
+        try:
+            modules.append(importlib.import_module(info.name))
+        except Exception:  # noqa: BLE001 - a module this revision cannot import is not measured
+            continue
+    names = {
+        "metrics": ("evaluate", "latency", "file_size", "sha256_file", "param_stats", "macs", "score_predictions"),
+        "export": ("export_model", "save_model_file", "_measure_keras_file", "_measure_tflite", "_tflite_bytes"),
+        "model_io": ("load_model", "compile_model"),
+        "batchnorm": ("reestimate_batchnorm",),
+        "report": ("render_report",),
+        "summary": ("summarize",),
+    }
+    originals = {}
+    for short, fns in names.items():
+        mod = sys.modules.get(f"workers.engine.{short}")
+        for name in fns:
+            fn = getattr(mod, name, None) if mod is not None else None
+            if callable(fn):
+                originals[id(fn)] = (f"{short}.{name}", fn)
+    wrapped = {key: clock.wrap(label, fn) for key, (label, fn) in originals.items()}
+    for mod in modules:
+        for attr, value in list(vars(mod).items()):
+            if callable(value) and id(value) in wrapped:
+                setattr(mod, attr, wrapped[id(value)])
+    # the export table refers to its functions through FORMATS entries
+    export = sys.modules.get("workers.engine.export")
+    if export is not None and hasattr(export, "FORMATS"):
+        import dataclasses
+
+        for key, fmt in list(export.FORMATS.items()):
+            changes = {
+                f.name: wrapped[id(getattr(fmt, f.name))]
+                for f in dataclasses.fields(fmt)
+                if id(getattr(fmt, f.name)) in wrapped
+            }
+            if changes:
+                export.FORMATS[key] = dataclasses.replace(fmt, **changes)
+    keras.saving.load_model = clock.wrap("keras.saving.load_model", keras.saving.load_model)
+    keras.saving.save_model = clock.wrap("keras.saving.save_model", keras.saving.save_model)
+    tf.lite.TFLiteConverter.convert = clock.wrap("tflite.convert", tf.lite.TFLiteConverter.convert)
+
+
+def job(model: str, data: str, spec_json: str, out_dir: str) -> None:
+    import keras  # noqa: F401 - imported before timing starts
+
+    from workers.engine.pipeline import compress
+    from workers.spec import JobSpec
+
+    clock = _Clock()
+    _instrument(clock)
+    spec = JobSpec.model_validate(json.loads(spec_json))
+    marks: list[tuple[str, float, float]] = []  # (phase, wall time, fit time so far)
+
+    def progress(p) -> None:
+        if not marks or marks[-1][0] != p.phase:
+            marks.append((p.phase, time.perf_counter(), clock.fit_s))
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    manifest = compress(model, data, spec, out_dir, progress=progress)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    end = time.perf_counter()
+    phases = []
+    for i, (phase, start, fit_before) in enumerate(marks):
+        stop, fit_after = (marks[i + 1][1], marks[i + 1][2]) if i + 1 < len(marks) else (end, clock.fit_s)
+        if phase == "done":
+            continue
+        fit_s = fit_after - fit_before
+        phases.append({"phase": phase, "s": stop - start, "fit_s": fit_s, "outside_s": stop - start - fit_s})
+    first = marks[0][1] if marks else end
+    phases.insert(0, {"phase": "start", "s": first - t0, "fit_s": 0.0, "outside_s": first - t0})
+    artifacts = manifest.get("artifacts", {})
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "training_s": clock.fit_s,
+                "training_cpu_s": clock.fit_cpu_s,
+                "outside_training_s": wall - clock.fit_s,
+                "outside_training_cpu_s": cpu - clock.fit_cpu_s,
+                "phases": phases,
+                "calls": clock.calls,
+                "manifest_wall_time_s": manifest.get("wall_time_s"),
+                "manifest_timings": manifest.get("timings"),
+                "reported": {
+                    "before": _reported(manifest.get("before", {})),
+                    "after": _reported(manifest.get("after", {})),
+                    "artifacts": {
+                        name: {
+                            k: a.get(k) for k in ("bytes", "gzip_bytes", "sparsity", "sparsity_preserved", "evaluation")
+                        }
+                        for name, a in artifacts.items()
+                    },
+                    "summary_win": manifest.get("summary", {}).get("win"),
+                },
+            }
+        )
+    )
+
+
+def _reported(measure: dict) -> dict:
+    latency = measure.get("latency_ms") or {}
+    return {
+        "evaluation": measure.get("evaluation"),
+        "sparsity": (measure.get("params") or {}).get("sparsity"),
+        "file": measure.get("file"),
+        "latency_ms": {b: {k: v.get(k) for k in ("median", "p25", "p75", "runs")} for b, v in latency.items()},
+    }
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "prepare":
+        prepare(sys.argv[2])
+    else:
+        job(*sys.argv[2:6])
