@@ -64,6 +64,14 @@ def _verdict(met: bool | None) -> str:
     return {True: "met", False: "**missed**", None: "not judged"}[met]
 
 
+def _reference(r: dict) -> str:
+    ref = r.get("reference")
+    if not ref:
+        return "—"
+    bn = ref.get("reestimated", {}).get("accuracy")
+    return f"{r['chain_epochs']} epochs: {ref['accuracy']:.4f} / " + (f"{bn:.4f}" if bn is not None else "—")
+
+
 def budget_zoo_tables(d: dict) -> str:
     """Part 6b: MobileNetV2, structured budget: every trial of every run, then the goal."""
     cfg = d["config"]
@@ -84,6 +92,7 @@ def budget_zoo_tables(d: dict) -> str:
                     r["seed"],
                     i,
                     f"{t['level']:.4f}",
+                    "input" if t.get("start") is None else t["start"],
                     f"{t['metric']:.4f}",
                     f"{100 * t['drop']:+.2f}",
                     f"{t['macs_ratio']:.3f}×",
@@ -94,7 +103,10 @@ def budget_zoo_tables(d: dict) -> str:
             )
     parts += [
         "",
-        _md(rows, ["seed", "trial", "keep ratio", "held-out acc.", "drop (points)", "MACs", "params", "within", ""]),
+        _md(
+            rows,
+            ["seed", "trial", "keep ratio", "from", "held-out acc.", "drop (points)", "MACs", "params", "within", ""],
+        ),
     ]
     runs = [
         [
@@ -106,6 +118,7 @@ def budget_zoo_tables(d: dict) -> str:
             f"{r['params_before']:,} → {r['params_after']:,}",
             "yes" if r["budget"]["met"] else "**no**",
             r["epochs_spent"],
+            _reference(r),
             f"{r['sensitivity_s']:.0f}" if r.get("sensitivity_s") is not None else "—",
             f"{r['wall_time_s']:.0f}",
         ]
@@ -123,7 +136,8 @@ def budget_zoo_tables(d: dict) -> str:
                 "MACs",
                 "params",
                 "budget met",
-                "epochs",
+                "epochs (all trials)",
+                "unpruned, same epochs as the returned model: plain / BN re-estimated",
                 "sensitivity s",
                 "job s",
             ],
