@@ -60,12 +60,27 @@ def _sizes(rs: list[dict]) -> dict:
     }
 
 
+def dominated_by(budget: dict, settings: dict[str, dict]) -> list[str]:
+    """The tfmot settings with no more non-zero weights and no lower accuracy than the budget's model (an empty list:
+    the budget's model is on the Pareto front of the settings tried)."""
+    return sorted(
+        k
+        for k, s in settings.items()
+        if s["nonzero_weights"] <= budget["nonzero_weights"] and s["accuracy"] >= budget["accuracy"]
+    )
+
+
 def verdict(base: float, max_drop: float, budget: dict, settings: dict[str, dict]) -> dict:
     """The smallest tfmot setting within the budget (median accuracy >= base - max_drop; fewest non-zero weights), and
     whether the budget's model is smaller (both fewer non-zero weights and fewer gzip bytes) at equal or better
-    accuracy than it (`met`), or smaller and within the budget whatever the accuracy order (`met_within_budget`)."""
+    accuracy than it (`met`), or smaller and within the budget whatever the accuracy order (`met_within_budget`); and
+    the settings that dominate the budget's model (`dominated_by`)."""
     within = {k: s for k, s in settings.items() if s["accuracy"] >= base - max_drop - 1e-12}
-    out = {"tfmot_within_budget": sorted(within), "budget_within_budget": budget["accuracy"] >= base - max_drop - 1e-12}
+    out = {
+        "tfmot_within_budget": sorted(within),
+        "budget_within_budget": budget["accuracy"] >= base - max_drop - 1e-12,
+        "dominated_by": dominated_by(budget, settings),
+    }
     if not within:
         out.update(tfmot_best=None, smaller=True, accuracy_margin=None, met=out["budget_within_budget"])
         return out

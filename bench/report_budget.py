@@ -208,8 +208,33 @@ def budget_tfmot_tables(d: dict) -> str:
                 f"{v['size_ratio_nonzero']:.2f}× the non-zero weights, {v['size_ratio_gzip']:.2f}× the gzip bytes of "
                 f"{v['tfmot_best']}, accuracy {100 * v['accuracy_margin']:+.2f} points"
             )
-        verdicts.append([name, value, _verdict(v["met"])])
-    parts += ["", _md(verdicts, ["model", "budget vs the smallest tfmot setting within 1 point", "verdict"])]
+        dominated = v.get("dominated_by")
+        if dominated is None:  # results written before the field existed
+            from bench.budget_tfmot import dominated_by
+
+            dominated = dominated_by(b, m["tfmot"])
+        verdicts.append(
+            [
+                name,
+                value,
+                _verdict(v["met"]),
+                "yes" if v.get("met_within_budget") else "no",
+                ", ".join(dominated) if dominated else "none",
+            ]
+        )
+    parts += [
+        "",
+        _md(
+            verdicts,
+            [
+                "model",
+                "budget vs the smallest tfmot setting within 1 point",
+                "smaller at equal or better accuracy",
+                "smaller, both within 1 point",
+                "tfmot settings as small and as accurate",
+            ],
+        ),
+    ]
     return "\n".join(parts)
 
 
@@ -225,17 +250,18 @@ def budget_timing_tables(d: dict) -> str:
     )
     parts = [_run_line(d), "", f"Status: {status}."]
     pre_load = lambda runs: ", ".join(f"{r['load1']:.1f}" for r in runs)  # noqa: E731
+    inner = lambda runs: "/".join(f"{r['inner_s']:.1f}" for r in runs)  # noqa: E731
     rows = [
         [
             "preflight, `secateurs preflight MODEL --json` (new process)",
-            f"{_spread(p['cli']['wall_s'])} s",
+            f"{_spread(p['cli']['wall_s'])} s (loading and table: {inner(p['cli']['runs'])} s)",
             pre_load(p["cli"]["runs"]),
             "< 10 s",
             _verdict(d["goals_met"]["preflight_s"]),
         ],
         [
             "preflight, the service's bounded child (`run_isolated`)",
-            f"{_spread(p['isolated']['wall_s'])} s",
+            f"{_spread(p['isolated']['wall_s'])} s (loading and table: {inner(p['isolated']['runs'])} s)",
             pre_load(p["isolated"]["runs"]),
             "",
             "",
