@@ -173,7 +173,7 @@ def _phase_cells(arm: dict) -> list[str]:
 
 
 def tables(d: dict) -> str:
-    from bench.report import _md, _run_line
+    from bench.report_format import _md, _run_line
 
     cfg, arms = d["config"], d["arms"]
     sides = {"before": f"main {cfg['before']}", "after": f"this change ({d.get('commit')})"}

@@ -11,6 +11,9 @@ import re
 from pathlib import Path
 
 from bench.common import RESULTS_DIR, ROOT
+from bench.overhead_large import tables as overhead_large_tables
+from bench.report_budget import RENDERERS as BUDGET_RENDERERS
+from bench.report_format import _md, _run_line, _spread, _x
 
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 
@@ -18,29 +21,6 @@ DOC = ROOT / "docs" / "BENCHMARKS.md"
 def _load(name: str, quick: bool = False) -> dict | None:
     path = RESULTS_DIR / (f"{name}.quick.json" if quick else f"{name}.json")
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def _md(rows: list[list], header: list[str]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def _x(v: float) -> str:
-    return f"{v:.2f}×"
-
-
-def _spread(s: dict) -> str:
-    return f"{s['median']:.2f} ({s['min']:.2f}–{s['max']:.2f})"
-
-
-def _run_line(d: dict) -> str:
-    load = d.get("load", {})
-    return (
-        f"_Run {d['date']} (commit {d.get('commit')}), `{d['command']}`; 1-min load average during the run "
-        f"{load.get('load1_min')}–{load.get('load1_max')} (median {load.get('load1_median')}) on "
-        f"{load.get('cores')} cores._"
-    )
 
 
 def overhead_tables(d: dict) -> str:
@@ -481,61 +461,6 @@ def zoo_setup_tables(d: dict) -> str:
     return "\n".join(parts)
 
 
-def budget_tables(d: dict) -> str:
-    """Part 6: the budget step per model and seed: sparsity reached within the budget, drop, trials, time."""
-    cfg = d["config"]
-    parts = [_run_line(d), "", f"Budget step: `{json.dumps(cfg['step'], sort_keys=True)}`; batch {cfg['batch_size']}."]
-    rows = []
-    for name, m in d["models"].items():
-        for r in m["runs"]:
-            b = r["budget"]
-            rows.append(
-                [
-                    name,
-                    r["seed"],
-                    f"{b['baseline']:.4f}",
-                    f"{r['accuracy']:.4f}",
-                    f"{r['drop_points']:.2f}",
-                    f"{r['sparsity']['overall']:.3f}",
-                    f"{len(b['trials'])}",
-                    "yes" if b["met"] else "**no**",
-                    f"{r['gzip_bytes']['before']:,} → {r['gzip_bytes']['after']:,}",
-                    f"{r['wall_time_s']:.0f}",
-                ]
-            )
-    parts += [
-        "",
-        _md(
-            rows,
-            [
-                "model",
-                "seed",
-                "input acc.",
-                "chosen acc.",
-                "drop (points)",
-                "sparsity",
-                "trials",
-                "budget met",
-                "gzip bytes",
-                "job s",
-            ],
-        ),
-    ]
-    goals = [
-        [
-            n,
-            f"≥ {m['goal_sparsity']:.0%} within the budget",
-            f"median {m['sparsity_median']:.3f}",
-            "met" if m["goal_met"] else "**missed**",
-        ]
-        for n, m in d["models"].items()
-    ]
-    parts += ["", _md(goals, ["model", "goal (issue 12)", "value", "verdict"])]
-    return "\n".join(parts)
-
-
-from bench.overhead_large import tables as overhead_large_tables  # noqa: E402 - part 5c keeps its own table
-
 RENDERERS = {
     "overhead": overhead_tables,
     "accuracy": accuracy_tables,
@@ -544,7 +469,7 @@ RENDERERS = {
     "zoo": zoo_tables,
     "zoo_setup": zoo_setup_tables,
     "overhead_large": overhead_large_tables,
-    "budget": budget_tables,
+    **BUDGET_RENDERERS,
 }
 
 

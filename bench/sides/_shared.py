@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import gzip
+import io
 import os
 import random
 import time
@@ -45,6 +47,19 @@ def kernel_sparsity(model) -> dict:
         per_layer[layer.name] = {"size": int(w.size), "sparsity": z / w.size}
         zeros, total = zeros + z, total + w.size
     return {"overall": zeros / total if total else 0.0, "layers": per_layer}
+
+
+def weights_gzip_bytes(model) -> int:
+    """gzip (level 9) of the model's weights saved as one .npz: a size that does not depend on either Keras's file
+    format (both sides compute it the same way)."""
+    buf = io.BytesIO()
+    np.savez(buf, *model.get_weights())
+    return len(gzip.compress(buf.getvalue(), compresslevel=9))
+
+
+def nonzero_weights(model) -> int:
+    """Non-zero values among all the model's weights (kernels, biases, anything else it holds)."""
+    return int(sum(np.count_nonzero(w) for w in model.get_weights()))
 
 
 class Stopwatch:

@@ -1,5 +1,10 @@
-"""The budget benchmark's task on the Secateurs side: a budget job run as a user runs it
-(`workers.engine.pipeline.compress` with a JobSpec) on a pretrained model and the bench's MNIST split.
+"""The budget benchmark's tasks on the Secateurs side: jobs run as a user runs them
+(`workers.engine.pipeline.compress` with a JobSpec) on a pretrained model.
+
+  budget_job        a budget step on a part-2 model and the bench's MNIST split (bench.budget, bench.budget_tfmot)
+  zoo_budget_job    a budget step on a zoo model and its data file (bench.budget_zoo)
+  sensitivity_job   a sensitivity step alone on a zoo model, timed per layer from the progress events
+                    (bench.budget_timing)
 
 Registered into `bench.sides.secateurs.TASKS` (the worker imports that module).
 """
@@ -13,9 +18,48 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.sides._shared import data, held_out_accuracy, kernel_sparsity
+from bench.sides._shared import data, held_out_accuracy, kernel_sparsity, nonzero_weights, weights_gzip_bytes
 
 _TMP = Path(tempfile.mkdtemp(prefix="bench-budget-secateurs-"))
+
+
+class _Events:
+    """Progress events of the job, time-stamped: each phase's first event, and every sensitivity/budget event that
+    names a layer or a trial (what the timing tables need; per-batch training events are not kept)."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.events: list[dict] = []
+        self._phase = None
+
+    def __call__(self, p) -> None:
+        t = time.perf_counter() - self.t0
+        if p.phase != self._phase or p.layer is not None or (p.phase == "budget" and p.trial is not None):
+            self.events.append({"t": t, "phase": p.phase, "layer": p.layer, "trial": p.trial, "message": p.message})
+        self._phase = p.phase
+
+    def first(self, phase: str) -> float | None:
+        return next((e["t"] for e in self.events if e["phase"] == phase), None)
+
+
+def _compress(model_file: str, data_file: str, spec: dict) -> tuple[dict, float, Path, _Events]:
+    from workers.engine.pipeline import compress
+    from workers.spec import JobSpec
+
+    out = _TMP / f"out-{time.monotonic_ns()}"
+    job = JobSpec.model_validate(spec)
+    events = _Events()
+    t0 = time.perf_counter()
+    manifest = compress(model_file, data_file, job, out, progress=events)
+    return manifest, time.perf_counter() - t0, out, events
+
+
+def _mnist_npz() -> Path:
+    npz = _TMP / "mnist.npz"
+    if not npz.exists():
+        x, y, xv, yv = data()
+        np.savez(npz, x_train=x, y_train=y, x_val=xv, y_val=yv)
+    return npz
 
 
 def budget_job(model_file: str, step: dict, batch_size: int = 128, seed: int = 0) -> dict:
@@ -23,25 +67,14 @@ def budget_job(model_file: str, step: dict, batch_size: int = 128, seed: int = 0
     accuracy of the returned model (measured by the bench itself, not the engine)."""
     import keras
 
-    from workers.engine.pipeline import compress
-    from workers.spec import JobSpec
-
-    x, y, xv, yv = data()
-    npz = _TMP / "mnist.npz"
-    if not npz.exists():
-        np.savez(npz, x_train=x, y_train=y, x_val=xv, y_val=yv)
-    out = _TMP / f"out-{time.monotonic_ns()}"
-    spec = JobSpec.model_validate(
-        {"steps": [step], "training": {"batch_size": batch_size}, "evaluation": {"latency": False}, "seed": seed}
-    )
-    t0 = time.perf_counter()
-    manifest = compress(model_file, npz, spec, out)
-    wall = time.perf_counter() - t0
+    spec = {"steps": [step], "training": {"batch_size": batch_size}, "evaluation": {"latency": False}, "seed": seed}
+    manifest, wall, out, events = _compress(model_file, str(_mnist_npz()), spec)
     model = keras.saving.load_model(out / "model.keras")
     result = {
         "budget": manifest["budget"],
         "summary": manifest["summary"],
         "wall_time_s": wall,
+        "sensitivity_s": _sensitivity_seconds(events),
         "before": manifest["before"]["evaluation"],
         "after": manifest["after"]["evaluation"],
         "sparsity": kernel_sparsity(model),
@@ -50,10 +83,86 @@ def budget_job(model_file: str, step: dict, batch_size: int = 128, seed: int = 0
             "before": manifest["before"]["file"]["gzip_bytes"],
             "after": manifest["after"]["file"]["gzip_bytes"],
         },
+        "weights_gzip_bytes": weights_gzip_bytes(model),
+        "nonzero_weights": nonzero_weights(model),
         "step_wall_time_s": manifest["steps"][0]["wall_time_s"],
     }
     shutil.rmtree(out, ignore_errors=True)
     return result
 
 
-TASKS = {"budget_job": budget_job}
+def _sensitivity_seconds(events: _Events) -> float | None:
+    """From the first sensitivity event to the first trial (the budget step's own analysis)."""
+    start, trial = events.first("sensitivity"), next((e["t"] for e in events.events if e["trial"] is not None), None)
+    return trial - start if start is not None and trial is not None else None
+
+
+def zoo_budget_job(
+    model: str,
+    model_file: str,
+    data_file: str,
+    step: dict,
+    n_train: int,
+    n_test: int,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> dict:
+    """compress() with one budget step on a zoo model (its data file: x_val/y_val are the held-out digits); the
+    returned model is scored by the bench (`zoo_common.accuracy`) and its MACs compared with the input's."""
+    import keras
+
+    from bench.models import digits
+    from bench.sides.zoo_common import accuracy
+
+    _, _, xt, yt = digits(model, n_train, n_test)
+    spec = {"steps": [step], "training": {"batch_size": batch_size}, "evaluation": {"latency": False}, "seed": seed}
+    manifest, wall, out, events = _compress(model_file, data_file, spec)
+    exported = keras.saving.load_model(out / "model.keras")
+    before, after = manifest["before"], manifest["after"]
+    result = {
+        "budget": manifest["budget"],
+        "summary": {k: manifest["summary"].get(k) for k in ("budget_met", "win", "notes", "evaluation_delta")},
+        "wall_time_s": wall,
+        "sensitivity_s": _sensitivity_seconds(events),
+        "trial_events": [e for e in events.events if e["trial"] is not None],
+        "before": before["evaluation"],
+        "after": after["evaluation"],
+        "accuracy": accuracy(exported, xt, yt),
+        "macs_before": before["compute"]["macs"],
+        "macs_after": after["compute"]["macs"],
+        "macs_ratio": after["compute"]["macs"] / before["compute"]["macs"],
+        "params_before": before["params"]["total"],
+        "params_after": after["params"]["total"],
+    }
+    shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
+def sensitivity_job(model_file: str, data_file: str, step: dict, batch_size: int = 128, seed: int = 0) -> dict:
+    """compress() with one sensitivity step: total job time, the step's time, and each unit's time (from its
+    progress event to the next one)."""
+    spec = {"steps": [step], "training": {"batch_size": batch_size}, "evaluation": {"latency": False}, "seed": seed}
+    manifest, wall, out, events = _compress(model_file, data_file, spec)
+    stamps = [e for e in events.events if e["phase"] == "sensitivity" and e["layer"] is not None]
+    end = next((e["t"] for e in events.events if e["t"] > stamps[-1]["t"] and e["phase"] != "sensitivity"), None)
+    ends = [e["t"] for e in stamps[1:]] + [end]
+    per_layer = [{"layer": e["layer"], "s": (t1 - e["t"]) if t1 is not None else None} for e, t1 in zip(stamps, ends)]
+    s = manifest["steps"][0]
+    result = {
+        "wall_time_s": wall,
+        "step_wall_time_s": s.get("wall_time_s"),
+        "sensitivity_s": (end - events.first("sensitivity")) if end is not None else None,
+        "units": len(stamps),
+        "levels": s.get("levels"),
+        "rows": len(s.get("rows") or []),
+        "samples": s.get("samples"),
+        "baseline": s.get("baseline"),
+        "metric": s.get("metric"),
+        "per_layer": per_layer,
+        "phases": [{k: e[k] for k in ("t", "phase")} for e in events.events if e["layer"] is None],
+    }
+    shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
+TASKS = {"budget_job": budget_job, "zoo_budget_job": zoo_budget_job, "sensitivity_job": sensitivity_job}

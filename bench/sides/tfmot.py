@@ -19,7 +19,15 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
 from bench.models import build
-from bench.sides._shared import Stopwatch, data, held_out_accuracy, kernel_sparsity, seed_everything
+from bench.sides._shared import (
+    Stopwatch,
+    data,
+    held_out_accuracy,
+    kernel_sparsity,
+    nonzero_weights,
+    seed_everything,
+    weights_gzip_bytes,
+)
 
 _TMP = Path(tempfile.mkdtemp(prefix="bench-tfmot-"))
 
@@ -65,7 +73,8 @@ def _finish(model, sw: Stopwatch, extra: dict) -> dict:
     model.save(_TMP / "out.keras")
     sw.mark("saved")
     acc = held_out_accuracy(model)
-    return {**sw.report(), "accuracy": acc, "sparsity": kernel_sparsity(model), **extra}
+    sizes = {"weights_gzip_bytes": weights_gzip_bytes(model), "nonzero_weights": nonzero_weights(model)}
+    return {**sw.report(), "accuracy": acc, "sparsity": kernel_sparsity(model), **sizes, **extra}
 
 
 def plain_job(model_file: str, epochs: int, batch_size: int, lr: float = 1e-3, seed: int = 0) -> dict:

@@ -1,0 +1,287 @@
+"""Part 6's tables (issue 12's budget search): budget, budget_zoo, budget_tfmot, budget_timing."""
+
+from __future__ import annotations
+
+import json
+
+from bench.report_format import _md, _run_line, _spread
+
+
+def budget_tables(d: dict) -> str:
+    """Part 6: the budget step per model and seed: sparsity reached within the budget, drop, trials, time."""
+    cfg = d["config"]
+    parts = [_run_line(d), "", f"Budget step: `{json.dumps(cfg['step'], sort_keys=True)}`; batch {cfg['batch_size']}."]
+    rows = []
+    for name, m in d["models"].items():
+        for r in m["runs"]:
+            b = r["budget"]
+            rows.append(
+                [
+                    name,
+                    r["seed"],
+                    f"{b['baseline']:.4f}",
+                    f"{r['accuracy']:.4f}",
+                    f"{r['drop_points']:.2f}",
+                    f"{r['sparsity']['overall']:.3f}",
+                    f"{len(b['trials'])}",
+                    "yes" if b["met"] else "**no**",
+                    f"{r['gzip_bytes']['before']:,} → {r['gzip_bytes']['after']:,}",
+                    f"{r['wall_time_s']:.0f}",
+                ]
+            )
+    parts += [
+        "",
+        _md(
+            rows,
+            [
+                "model",
+                "seed",
+                "input acc.",
+                "chosen acc.",
+                "drop (points)",
+                "sparsity",
+                "trials",
+                "budget met",
+                "gzip bytes",
+                "job s",
+            ],
+        ),
+    ]
+    goals = [
+        [
+            n,
+            f"≥ {m['goal_sparsity']:.0%} within the budget",
+            f"median {m['sparsity_median']:.3f}",
+            "met" if m["goal_met"] else "**missed**",
+        ]
+        for n, m in d["models"].items()
+    ]
+    parts += ["", _md(goals, ["model", "goal (issue 12)", "value", "verdict"])]
+    return "\n".join(parts)
+
+
+def _verdict(met: bool | None) -> str:
+    return {True: "met", False: "**missed**", None: "not judged"}[met]
+
+
+def _reference(r: dict) -> str:
+    ref = r.get("reference")
+    if not ref:
+        return "—"
+    bn = ref.get("reestimated", {}).get("accuracy")
+    return f"{r['chain_epochs']} epochs: {ref['accuracy']:.4f} / " + (f"{bn:.4f}" if bn is not None else "—")
+
+
+def budget_zoo_tables(d: dict) -> str:
+    """Part 6b: MobileNetV2, structured budget: every trial of every run, then the goal."""
+    cfg = d["config"]
+    pre = d["pretrained"]
+    parts = [
+        _run_line(d),
+        "",
+        f"Budget step: `{json.dumps(cfg['step'], sort_keys=True)}`; batch {cfg['batch_size']}; "
+        f"{len(cfg['seeds'])} seed(s). Input model: {cfg['model']} trained {cfg['data']['pretrain_epochs']} epochs "
+        f"on {cfg['data']['n_train']:,} digits, held-out accuracy {pre['accuracy']:.4f}, {pre['macs']:,} MACs.",
+    ]
+    rows = []
+    for r in d["runs"]:
+        b = r["budget"]
+        for i, t in enumerate(b["trials"]):
+            rows.append(
+                [
+                    r["seed"],
+                    i,
+                    f"{t['level']:.4f}",
+                    "input" if t.get("start") is None else t["start"],
+                    f"{t['metric']:.4f}",
+                    f"{100 * t['drop']:+.2f}",
+                    f"{t['macs_ratio']:.3f}×",
+                    f"{t['params']:,}" if t.get("params") is not None else "—",
+                    "yes" if t["within_budget"] else "no",
+                    "**chosen**" if i == b["chosen"] else "",
+                ]
+            )
+    parts += [
+        "",
+        _md(
+            rows,
+            ["seed", "trial", "keep ratio", "from", "held-out acc.", "drop (points)", "MACs", "params", "within", ""],
+        ),
+    ]
+    runs = [
+        [
+            r["seed"],
+            f"{r['budget']['baseline']:.4f}",
+            f"{r['accuracy']:.4f}",
+            f"{r['drop_points']:.2f}",
+            f"{r['macs_before']:,} → {r['macs_after']:,} ({r['macs_ratio']:.3f}×)",
+            f"{r['params_before']:,} → {r['params_after']:,}",
+            "yes" if r["budget"]["met"] else "**no**",
+            r["epochs_spent"],
+            _reference(r),
+            f"{r['sensitivity_s']:.0f}" if r.get("sensitivity_s") is not None else "—",
+            f"{r['wall_time_s']:.0f}",
+        ]
+        for r in d["runs"]
+    ]
+    parts += [
+        "",
+        _md(
+            runs,
+            [
+                "seed",
+                "input acc. (job)",
+                "returned acc. (bench)",
+                "drop (points)",
+                "MACs",
+                "params",
+                "budget met",
+                "epochs (all trials)",
+                "unpruned, same epochs as the returned model: plain / BN re-estimated",
+                "sensitivity s",
+                "job s",
+            ],
+        ),
+    ]
+    ratios = ", ".join(f"{r['macs_ratio']:.3f}×" for r in d["runs"])
+    goal = [["MACs ≤ 0.6× within 2 points (structured)", ratios, _verdict(d["goal_met"])]]
+    parts += ["", _md(goal, ["goal (issue 12)", "value", "verdict"])]
+    return "\n".join(parts)
+
+
+def budget_tfmot_tables(d: dict) -> str:
+    """Part 6c: the budget's model against tfmot's hand-picked settings at the same total epochs."""
+    cfg = d["config"]
+    parts = [
+        _run_line(d),
+        "",
+        f"Budget step: `{json.dumps(cfg['step'], sort_keys=True)}`; tfmot PolynomialDecay per layer, 0 → s over all "
+        f"steps, frequency {' and '.join(str(f) for f in cfg['frequencies'])}, for the budget job's total epochs; "
+        f"batch {cfg['batch_size']}; medians over seeds {', '.join(str(s) for s in cfg['seeds'])}. Size: non-zero "
+        "weights and gzip -9 of the weights as one .npz (the same for both sides).",
+    ]
+    verdicts = []
+    for name, m in d["models"].items():
+        base, v = m["pretrained_accuracy"], m["verdict"]
+        limit = base - cfg["step"]["max_drop"]
+        rows = []
+        b = m["budget"]
+        epochs = "/".join(str(e) for e in m["total_epochs"])
+        rows.append(
+            [
+                "**budget** (Secateurs)",
+                epochs,
+                f"{b['sparsity']:.3f}",
+                f"{b['accuracy']:.4f}",
+                f"{100 * (b['accuracy'] - base):+.2f}",
+                f"{b['nonzero_weights']:,.0f}",
+                f"{b['weights_gzip_bytes']:,.0f}",
+                "yes" if b["accuracy"] >= limit - 1e-12 else "no",
+            ]
+        )
+        for label, s in sorted(m["tfmot"].items(), key=lambda kv: (kv[1]["frequency"], kv[1]["target"])):
+            rows.append(
+                [
+                    label + (" ← best within" if label == v.get("tfmot_best") else ""),
+                    epochs,
+                    f"{s['sparsity']:.3f}",
+                    f"{s['accuracy']:.4f}",
+                    f"{100 * (s['accuracy'] - base):+.2f}",
+                    f"{s['nonzero_weights']:,.0f}",
+                    f"{s['weights_gzip_bytes']:,.0f}",
+                    "yes" if s["accuracy"] >= limit - 1e-12 else "no",
+                ]
+            )
+        parts += [
+            "",
+            f"**{name}** (input model {base:.4f}; budget: ≥ {limit:.4f})",
+            "",
+            _md(
+                rows,
+                ["arm", "epochs", "sparsity", "held-out acc.", "vs input (points)", "non-zero", "gzip bytes", "within"],
+            ),
+        ]
+        if v.get("tfmot_best") is None:
+            value = "no tfmot setting within the budget"
+        else:
+            value = (
+                f"{v['size_ratio_nonzero']:.2f}× the non-zero weights, {v['size_ratio_gzip']:.2f}× the gzip bytes of "
+                f"{v['tfmot_best']}, accuracy {100 * v['accuracy_margin']:+.2f} points"
+            )
+        dominated = v.get("dominated_by")
+        if dominated is None:  # results written before the field existed
+            from bench.budget_tfmot import dominated_by
+
+            dominated = dominated_by(b, m["tfmot"])
+        verdicts.append(
+            [
+                name,
+                value,
+                _verdict(v["met"]),
+                "yes" if v.get("met_within_budget") else "no",
+                ", ".join(dominated) if dominated else "none",
+            ]
+        )
+    parts += [
+        "",
+        _md(
+            verdicts,
+            [
+                "model",
+                "budget vs the smallest tfmot setting within 1 point",
+                "smaller at equal or better accuracy",
+                "smaller, both within 1 point",
+                "tfmot settings as small and as accurate",
+            ],
+        ),
+    ]
+    return "\n".join(parts)
+
+
+def budget_timing_tables(d: dict) -> str:
+    """Part 6d: preflight and sensitivity sweep times of MobileNetV2, with the load they ran under."""
+    p, s = d["preflight"], d["sensitivity"]
+    load = d["load"]
+    status = (
+        "quiet machine"
+        if d["quiet"]
+        else f"**pending a quiet run**: load average {d['load_at_start'][0]} at the start, up to {load['load1_max']} "
+        f"on {load['cores']} cores (the numbers below are real, but loaded)"
+    )
+    parts = [_run_line(d), "", f"Status: {status}."]
+    pre_load = lambda runs: ", ".join(f"{r['load1']:.1f}" for r in runs)  # noqa: E731
+    inner = lambda runs: "/".join(f"{r['inner_s']:.1f}" for r in runs)  # noqa: E731
+    rows = [
+        [
+            "preflight, `secateurs preflight MODEL --json` (new process)",
+            f"{_spread(p['cli']['wall_s'])} s (loading and table: {inner(p['cli']['runs'])} s)",
+            pre_load(p["cli"]["runs"]),
+            "< 10 s",
+            _verdict(d["goals_met"]["preflight_s"]),
+        ],
+        [
+            "preflight, the service's bounded child (`run_isolated`)",
+            f"{_spread(p['isolated']['wall_s'])} s (loading and table: {inner(p['isolated']['runs'])} s)",
+            pre_load(p["isolated"]["runs"]),
+            "",
+            "",
+        ],
+        [
+            f"sensitivity step, {s['units']} layers × {len(s['levels'] or [])} levels",
+            f"{s['step_wall_time_s']:.0f} s (job {s['wall_time_s']:.0f} s; per layer median "
+            f"{s['per_layer_s']['median']:.2f} s, max {s['per_layer_s']['max']:.2f} s)",
+            f"{load['load1_median']} (median of the run)",
+            "< 300 s",
+            _verdict(d["goals_met"]["sensitivity_s"]),
+        ],
+    ]
+    parts += ["", _md(rows, ["what", "wall time", "1-min load", "goal", "verdict"])]
+    return "\n".join(parts)
+
+
+RENDERERS = {
+    "budget": budget_tables,
+    "budget_zoo": budget_zoo_tables,
+    "budget_tfmot": budget_tfmot_tables,
+    "budget_timing": budget_timing_tables,
+}

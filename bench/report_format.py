@@ -1,0 +1,26 @@
+"""Formatting helpers of the rendered tables (bench.report and the part modules it imports)."""
+
+from __future__ import annotations
+
+
+def _md(rows: list[list], header: list[str]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _x(v: float) -> str:
+    return f"{v:.2f}×"
+
+
+def _spread(s: dict) -> str:
+    return f"{s['median']:.2f} ({s['min']:.2f}–{s['max']:.2f})"
+
+
+def _run_line(d: dict) -> str:
+    load = d.get("load", {})
+    return (
+        f"_Run {d['date']} (commit {d.get('commit')}), `{d['command']}`; 1-min load average during the run "
+        f"{load.get('load1_min')}–{load.get('load1_max')} (median {load.get('load1_median')}) on "
+        f"{load.get('cores')} cores._"
+    )
