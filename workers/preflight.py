@@ -94,16 +94,14 @@ def preflight_file(model_path: str | Path, spec=None) -> dict:
 
 
 def _sweep_levels(step) -> list[float] | None:
-    """The levels of the sensitivity sweep `step` runs, as the job would choose them (None: it runs none)."""
+    """The levels of the sensitivity sweep `step` would run, as the job chooses them (`StepTarget.sweeps` says
+    whether it runs one)."""
     from workers.engine.pipeline.search import sweep_levels
 
     if step.kind == "sensitivity":
         return step.effective_levels
-    if step.kind == "budget":
-        return sweep_levels(step.method)
-    if getattr(step, "allocation", "ranking") == "sensitivity":
-        return sweep_levels("structured" if step.kind == "structured" else "magnitude")
-    return None
+    method = "structured" if step.kind == "structured" else getattr(step, "method", None)
+    return sweep_levels(method) if method in ("magnitude", "structured") else None
 
 
 # --------------------------------------------------------------------------- the isolated child (the API's path)

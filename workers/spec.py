@@ -240,6 +240,13 @@ class FinetuneStep(_Strict):
 DEFAULT_SENSITIVITY_LEVELS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)  # sparsities; structured: keep ratios 1 - level
 
 
+def default_sensitivity_levels(method: str) -> list[float]:
+    """A sensitivity sweep's default levels: sparsities (magnitude) or the matching keep ratios (structured)."""
+    if method == "structured":
+        return sorted(round(1.0 - x, 6) for x in DEFAULT_SENSITIVITY_LEVELS)
+    return list(DEFAULT_SENSITIVITY_LEVELS)
+
+
 class SensitivityStep(_Strict):
     """Prune each layer (or structured group) alone at each level, without fine-tuning, and measure the held-out
     metric: artifacts sensitivity.json and sensitivity.csv. The model itself is left unchanged."""
@@ -288,11 +295,7 @@ class SensitivityStep(_Strict):
 
     @property
     def effective_levels(self) -> list[float]:
-        if self.levels is not None:
-            return list(self.levels)
-        if self.method == "structured":
-            return sorted(round(1.0 - x, 6) for x in DEFAULT_SENSITIVITY_LEVELS)
-        return list(DEFAULT_SENSITIVITY_LEVELS)
+        return list(self.levels) if self.levels is not None else default_sensitivity_levels(self.method)
 
 
 class BudgetStep(_Strict):

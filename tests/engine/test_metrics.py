@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import struct
+import zlib
 
 import keras
 import numpy as np
@@ -257,6 +259,16 @@ def test_predict_batched_handles_lists_of_inputs_and_a_short_last_batch():
     assert out.dtype == np.float32
 
 
+def _gzip_blocks(path) -> bytes:
+    """The whole gzip stream whose size `file_size` gives for a file of several blocks: header, the blocks' deflate
+    data (`metrics._deflate_block`), CRC-32 and length."""
+    data = path.read_bytes()
+    blocks = max(1, -(-len(data) // metrics.GZIP_BLOCK))
+    body = b"".join(metrics._deflate_block(path, i, blocks) for i in range(blocks))
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+    return header + body + struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
+
+
 def test_file_size_of_a_file_in_several_blocks_is_a_valid_gzip_stream_near_the_serial_size(tmp_path, monkeypatch):
     monkeypatch.setattr(metrics, "GZIP_BLOCK", 1 << 18)  # 5 blocks of a 1.1 MiB half-sparse float file
     rng = np.random.default_rng(2)
@@ -264,7 +276,7 @@ def test_file_size_of_a_file_in_several_blocks_is_a_valid_gzip_stream_near_the_s
     w[rng.random(w.size) < 0.5] = 0.0
     path = tmp_path / "w.bin"
     path.write_bytes(w.tobytes())
-    stream = metrics._gzip_blocks(path)
+    stream = _gzip_blocks(path)
     assert gzip.decompress(stream) == path.read_bytes()  # header, blocks and trailer form one gzip file
     result = metrics.file_size(path)
     assert result["gzip_bytes"] == len(stream)

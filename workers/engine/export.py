@@ -64,14 +64,7 @@ import numpy as np
 
 from workers.engine.errors import SpecError
 from workers.engine.fileio import atomic_write
-from workers.engine.metrics import (
-    file_size,
-    macs,
-    param_stats,
-    predict_batched,
-    score_predictions,
-    sha256_file,
-)
+from workers.engine.metrics import file_size, macs, param_stats, predict_batched, score_predictions, sha256_file
 from workers.engine.tflite import tflite_interpreter, tflite_kernels
 
 __all__ = [
@@ -521,13 +514,13 @@ def export_model(
         written: list[_Written] = []
         atomic_write(final, lambda tmp, fmt=fmt, written=written: written.append(fmt.write(model, tmp, calibration)))
         m, evaluation = fmt.measure(model, final, held_out)
-        size, sha256 = file_size(final), sha256_file(final)
+        size = file_size(final)
         artifacts[name] = ExportedFile(
             format=name,
             file=fmt.file_name,
             bytes=size["bytes"],
             gzip_bytes=size["gzip_bytes"],
-            sha256=sha256,
+            sha256=sha256_file(final),
             params=m.params,
             nonzero_params=m.nonzero,
             sparsity=m.sparsity,

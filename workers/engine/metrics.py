@@ -471,7 +471,8 @@ def file_size(path: str | Path) -> dict:
     A file of more than one GZIP_BLOCK is deflated in blocks of GZIP_BLOCK bytes on up to 4 threads, as ``pigz``
     does: every block is primed with the 32 KiB that precede it (deflate's whole window, so matches across a block
     boundary are still found) and ends on a sync flush; the blocks concatenated are one valid gzip stream
-    (`_gzip_blocks`), a few bytes per block larger than the single-threaded one. Smaller files: one stream.
+    (the tests assemble and decompress it), a few bytes per block larger than the single-threaded one. Smaller
+    files: one stream.
     """
     path = Path(path)
     size = path.stat().st_size
@@ -504,22 +505,6 @@ def _deflate_block(path: Path, index: int, blocks: int) -> bytes:
     else:
         compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
     return compressor.compress(data) + compressor.flush(zlib.Z_FINISH if index == blocks - 1 else zlib.Z_SYNC_FLUSH)
-
-
-def _gzip_blocks(path: str | Path) -> bytes:
-    """The whole gzip stream whose size `file_size` gives for a file of several blocks (for tests): header, the
-    blocks' deflate data, CRC-32 and length."""
-    import struct
-
-    path = Path(path)
-    size = path.stat().st_size
-    blocks = max(1, -(-size // GZIP_BLOCK))
-    body = b"".join(_deflate_block(path, i, blocks) for i in range(blocks))
-    crc = 0
-    for chunk in _chunks(path):
-        crc = zlib.crc32(chunk, crc)
-    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-    return header + body + struct.pack("<II", crc, size & 0xFFFFFFFF)
 
 
 def sha256_file(path: str | Path) -> str:

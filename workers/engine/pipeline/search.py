@@ -32,6 +32,7 @@ from workers.spec import (
     DEFAULT_SENSITIVITY_LEVELS,
     BudgetStep,
     SensitivityStep,
+    default_sensitivity_levels,
 )
 
 # --------------------------------------------------------------------------- sensitivity and budget
@@ -124,9 +125,7 @@ def _sensitivity_for(run: _Run, index: int, method: str, criterion: str = "l1") 
 def sweep_levels(method: str) -> list[float]:
     """The levels of the sweep a budget step or `allocation: "sensitivity"` runs when no analysis of `method` ran
     before (a sensitivity step has its own: `SensitivityStep.effective_levels`)."""
-    if method == "magnitude":
-        return list(BUDGET_MAGNITUDE_LEVELS)
-    return sorted(round(1.0 - x, 6) for x in DEFAULT_SENSITIVITY_LEVELS)
+    return list(BUDGET_MAGNITUDE_LEVELS) if method == "magnitude" else default_sensitivity_levels(method)
 
 
 def _run_sensitivity(run: _Run, index: int, step: SensitivityStep) -> dict:
