@@ -4,42 +4,17 @@ evaluated twice)."""
 
 from __future__ import annotations
 
-import keras
-import numpy as np
 import pytest
 
 from workers.engine.pipeline import compress
+from workers.engine.pipeline import run as run_mod
 from workers.spec import JobSpec
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def bn_files(tmp_path_factory, mnist):
-    x_train, y_train, x_test, y_test = mnist
-    keras.utils.set_random_seed(0)
-    L = keras.layers
-    model = keras.Sequential(
-        [
-            keras.Input((28, 28)),
-            L.Reshape((28, 28, 1)),
-            L.Conv2D(8, 3, strides=2, use_bias=False, name="conv1"),
-            L.BatchNormalization(name="bn1"),
-            L.ReLU(),
-            L.Flatten(),
-            L.Dense(10, activation="softmax", name="predictions"),
-        ]
-    )
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x_train[:1000], y_train[:1000], epochs=1, batch_size=64, verbose=0)
-    d = tmp_path_factory.mktemp("timings")
-    model.save(d / "bn.keras")
-    np.savez(d / "digits.npz", x_train=x_train[:1000], y_train=y_train[:1000], x_val=x_test[:500], y_val=y_test[:500])
-    return d / "bn.keras", d / "digits.npz"
-
-
-def _job(tmp_path, files, spec: dict) -> dict:
-    return compress(files[0], files[1], JobSpec.model_validate(spec), tmp_path / "out")
+def _job(tmp_path, files, spec: dict, progress=None) -> dict:
+    return compress(files[0], files[1], JobSpec.model_validate(spec), tmp_path / "out", progress=progress)
 
 
 def test_timings_split_the_wall_time_by_phase_and_into_training_and_the_rest(tmp_path, bn_files):
@@ -68,9 +43,19 @@ def test_timings_split_the_wall_time_by_phase_and_into_training_and_the_rest(tmp
     assert manifest["wall_time_s"] <= t["wall_s"]  # wall_time_s stops before the report is drawn
 
 
-def test_the_after_size_is_the_exported_keras_file_and_an_unchanged_model_is_not_rerun(tmp_path, bn_files):
+def test_the_after_size_is_the_exported_keras_file_and_an_unchanged_model_is_not_rerun(tmp_path, bn_files, monkeypatch):
+    evaluations, at_phase = [], {}
+    real = run_mod.metrics_mod.evaluate
+
+    def counted(*args, **kwargs):  # the real evaluation, counted
+        evaluations.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_mod.metrics_mod, "evaluate", counted)
     spec = {"steps": [{"kind": "finetune", "epochs": 1}], "evaluation": {"latency": False}}
-    manifest = _job(tmp_path, bn_files, spec)
+    manifest = _job(tmp_path, bn_files, spec, progress=lambda p: at_phase.setdefault(p.phase, len(evaluations)))
+    assert at_phase["before"] == 0 and at_phase["after"] >= 2  # before the job, around the re-estimation
+    assert at_phase["export"] == at_phase["after"]  # measuring "after" ran no evaluation
     keras_file = manifest["artifacts"]["keras"]
     assert manifest["after"]["file"] == {"bytes": keras_file["bytes"], "gzip_bytes": keras_file["gzip_bytes"]}
     assert (tmp_path / "out" / "model.keras").stat().st_size == keras_file["bytes"]
