@@ -1,10 +1,12 @@
-"""Fixtures shared by the engine's pipeline tests."""
+"""Fixtures shared by the engine's tests."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
+
+from tests.engine.pruning_models import compile_, small_mlp
 
 
 @pytest.fixture(scope="module")
@@ -34,3 +36,13 @@ def bn_files(tmp_path_factory, mnist):
     model.save(d / "bn.keras")
     np.savez(d / "digits.npz", x_train=x_train[:2000], y_train=y_train[:2000], x_val=x_test[:1000], y_val=y_test[:1000])
     return d / "bn.keras", d / "digits.npz"
+
+
+@pytest.fixture(scope="module")
+def trained_small(mnist):
+    """Weights of the small MLP (tests/engine/pruning_models.py) after one epoch on the digits."""
+    keras.utils.set_random_seed(0)
+    model = small_mlp()
+    compile_(model)
+    model.fit(mnist[0], mnist[1], epochs=1, batch_size=128, verbose=0)
+    return model.get_weights()

@@ -47,12 +47,8 @@ def _loads(module: str, prefixes) -> bool:
     return any(module == p or module.startswith(p + ".") for p in prefixes)
 
 
-def test_engine_imports_no_web_queue_or_db_modules():
-    code = (
-        "import sys, json; import workers.engine.pipeline, workers.engine.inspection, workers.engine.preflight, "
-        "workers.cli; "
-        "print(json.dumps(sorted(sys.modules)))"
-    )
+def _modules_loaded_by(code: str) -> list[str]:
+    """The modules in sys.modules after a fresh interpreter runs `code` (which prints them as its last line)."""
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -60,7 +56,16 @@ def test_engine_imports_no_web_queue_or_db_modules():
         check=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
-    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_engine_imports_no_web_queue_or_db_modules():
+    code = (
+        "import sys, json; import workers.engine.pipeline, workers.engine.inspection, workers.engine.preflight, "
+        "workers.cli; "
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    loaded = _modules_loaded_by(code)
     bad = [m for m in loaded if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)]
     assert bad == []
     assert "keras" in loaded and "workers.engine.pipeline" in loaded
@@ -87,14 +92,7 @@ def test_engine_below_the_facade_imports_no_pydantic_and_no_job_spec():
         f"import importlib, json, sys; [importlib.import_module(m) for m in {modules!r}]; "
         "print(json.dumps(sorted(sys.modules)))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    loaded = _modules_loaded_by(code)
     assert set(modules) <= set(loaded)
     assert [m for m in loaded if _loads(m, CONTRACT)] == []
 

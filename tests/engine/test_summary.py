@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from workers.engine.metrics import latency_stats
 from workers.engine.summary import SPEED_WIN, quality_check, summarize
 from workers.spec import JobSpec, load_spec
 
@@ -15,19 +16,7 @@ STRUCTURED = {"steps": [{"kind": "structured", "keep_ratio": 0.5}]}
 
 def _latency(samples_ms) -> dict:
     """A latency entry as metrics.latency computes it from repeated timings."""
-    a = np.asarray(samples_ms, dtype=float)
-    p10, p25, p75, p90 = np.percentile(a, [10, 25, 75, 90])
-    return {
-        "batch_size": 1,
-        "median": float(np.median(a)),
-        "p10": p10,
-        "p25": p25,
-        "p75": p75,
-        "p90": p90,
-        "mean": float(a.mean()),
-        "min": float(a.min()),
-        "runs": len(a),
-    }
+    return latency_stats(samples_ms, 1)
 
 
 def _measure(evaluation, gzip_bytes=1000, latency_ms=None) -> dict:

@@ -50,6 +50,16 @@ def submit(
             f[1].close()
 
 
+@pytest.fixture
+def client(request, server):
+    """An HTTP client of the module's `server` fixture; after each test it removes every job when the module sets
+    CLEAN_JOBS = True."""
+    with server.client() as c:
+        yield c
+        if getattr(request.module, "CLEAN_JOBS", False):
+            remove_all_jobs(c)
+
+
 def remove_all_jobs(client: httpx.Client) -> None:
     """Cancel and delete every job the client can see (a fixture's clean-up between tests)."""
     for job in client.get("/v1/jobs", params={"limit": 200}).json()["items"]:

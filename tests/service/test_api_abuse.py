@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.service.conftest import Server, remove_all_jobs, submit
+from tests.service.conftest import Server, submit
 from tests.service.test_api_errors import assert_problem
 from tests.workers.jobfiles import QUICK_SPEC
 
@@ -18,16 +18,11 @@ TOO_BIG = str(2**63)  # 9223372036854775808: one past SQLite's (and Python's C) 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("abuse") / "data", workers=0).start()  # default limits
-    yield srv
-    srv.stop()
+    with Server(tmp_path_factory.mktemp("abuse") / "data", workers=0) as srv:  # default limits
+        yield srv
 
 
-@pytest.fixture
-def client(server):
-    with server.client() as c:
-        yield c
-        remove_all_jobs(c)
+CLEAN_JOBS = True  # the `client` fixture (conftest) removes every job after each test
 
 
 @pytest.fixture(scope="module")

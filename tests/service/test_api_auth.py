@@ -14,9 +14,8 @@ ONE_SHOT = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("auth") / "data", workers=1).start()
-    yield srv
-    srv.stop()
+    with Server(tmp_path_factory.mktemp("auth") / "data", workers=1) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.service.conftest import Server, remove_all_jobs, submit
+from tests.service.conftest import Server, submit
 from tests.workers.jobfiles import QUICK_SPEC
 
 UPLOAD_LIMIT = 3_000_000
@@ -23,7 +23,7 @@ ARTIFACT_LIMIT = 3
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(
+    with Server(
         tmp_path_factory.mktemp("errors") / "data",
         workers=0,
         env={
@@ -32,16 +32,11 @@ def server(tmp_path_factory):
             "SECATEURS_LIMITS__MAX_ACTIVE_JOBS_PER_TENANT": "2",
             "SECATEURS_LIMITS__MAX_STORED_ARTIFACTS_PER_TENANT": str(ARTIFACT_LIMIT),
         },
-    ).start()
-    yield srv
-    srv.stop()
+    ) as srv:
+        yield srv
 
 
-@pytest.fixture
-def client(server):
-    with server.client() as c:
-        yield c
-        remove_all_jobs(c)
+CLEAN_JOBS = True  # the `client` fixture (conftest) removes every job after each test
 
 
 def assert_problem(r: httpx.Response, status: int, code: str, *, field: str | None = None, says: str = "") -> dict:

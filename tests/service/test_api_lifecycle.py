@@ -24,15 +24,8 @@ ONE_SHOT = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("lifecycle") / "data", workers=2).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def client(server):
-    with server.client() as c:
-        yield c
+    with Server(tmp_path_factory.mktemp("lifecycle") / "data", workers=2) as srv:
+        yield srv
 
 
 def sse_events(server, job_id: str, timeout: float = 180.0) -> list[tuple[str, dict]]:

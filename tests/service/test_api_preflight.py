@@ -24,9 +24,8 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("preflight") / "data", workers=0).start()
-    yield srv
-    srv.stop()
+    with Server(tmp_path_factory.mktemp("preflight") / "data", workers=0) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,8 @@ BUDGET = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("search") / "data", workers=1).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def client(server):
-    with server.client() as c:
-        yield c
+    with Server(tmp_path_factory.mktemp("search") / "data", workers=1) as srv:
+        yield srv
 
 
 @pytest.mark.slow

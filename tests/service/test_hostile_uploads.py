@@ -53,16 +53,15 @@ def loads_tensorflow(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(
+    with Server(
         tmp_path_factory.mktemp("hostile") / "data",
         workers=1,
         env={
             "SECATEURS_LIMITS__JOB_MEMORY_BYTES": str(JOB_MEMORY_BYTES),
             "SECATEURS_WORKER__TF_THREADS": "2",
         },
-    ).start()
-    yield srv
-    srv.stop()
+    ) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

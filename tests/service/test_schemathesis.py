@@ -40,13 +40,12 @@ ONE_SHOT = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(
+    with Server(
         tmp_path_factory.mktemp("schemathesis") / "data",
         workers=0,
         env={"SECATEURS_LIMITS__MAX_UPLOAD_BYTES": str(4 * 2**20)},
-    ).start()
-    yield srv
-    srv.stop()
+    ) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -28,9 +28,8 @@ FAST_RETRY = RetryPolicy(attempts=4, backoff=0.05, max_backoff=2.0)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("client") / "data", workers=1).start()
-    yield srv
-    srv.stop()
+    with Server(tmp_path_factory.mktemp("client") / "data", workers=1) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

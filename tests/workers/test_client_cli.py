@@ -39,9 +39,8 @@ def cli(*args, env: dict | None = None, timeout: float = 600) -> subprocess.Comp
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("client-cli") / "data", workers=1).start()
-    yield srv
-    srv.stop()
+    with Server(tmp_path_factory.mktemp("client-cli") / "data", workers=1) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -418,20 +418,25 @@ def latency(
                 times.append((time.perf_counter() - t0) * 1000.0)
                 if len(times) >= LATENCY_MIN_RUNS and time.perf_counter() - started >= budget_s:
                     break
-            a = np.asarray(times)
-            p10, p25, p75, p90 = (float(v) for v in np.percentile(a, [10, 25, 75, 90]))
-            out[f"batch_{int(b)}"] = {
-                "batch_size": int(b),
-                "median": float(np.median(a)),
-                "p10": p10,
-                "p25": p25,
-                "p75": p75,
-                "p90": p90,
-                "mean": float(a.mean()),
-                "min": float(a.min()),
-                "runs": len(times),
-            }
+            out[f"batch_{int(b)}"] = latency_stats(times, int(b))
     return out
+
+
+def latency_stats(times_ms, batch_size: int) -> dict:
+    """One batch size's latency entry from its repeated timings (ms): median, spread percentiles, mean, min, runs."""
+    a = np.asarray(times_ms, dtype=float)
+    p10, p25, p75, p90 = (float(v) for v in np.percentile(a, [10, 25, 75, 90]))
+    return {
+        "batch_size": batch_size,
+        "median": float(np.median(a)),
+        "p10": p10,
+        "p25": p25,
+        "p75": p75,
+        "p90": p90,
+        "mean": float(a.mean()),
+        "min": float(a.min()),
+        "runs": len(a),
+    }
 
 
 def cpu_copy(model: keras.Model) -> keras.Model:

@@ -37,7 +37,7 @@ import keras
 
 from workers.engine.errors import ModelRejected, SpecError
 from workers.engine.inspection import InspectLimits, ModelInspection, inspect_model_file
-from workers.engine.names import ALLOWED_LOSSES, ALLOWED_METRICS
+from workers.engine.names import ALLOWED_LOSSES, ALLOWED_METRICS, INFERENCE_IDENTITY_LAYERS
 
 __all__ = [
     "CompileInfo",
@@ -111,20 +111,7 @@ METRIC_ALIASES = {"acc": "accuracy"}
 # Layers that only move or drop values: the output's activation is the one of the layer before them.
 _PASS_THROUGH = tuple(
     getattr(keras.layers, n)
-    for n in (
-        "Dropout",
-        "SpatialDropout1D",
-        "SpatialDropout2D",
-        "SpatialDropout3D",
-        "GaussianNoise",
-        "GaussianDropout",
-        "AlphaDropout",
-        "ActivityRegularization",
-        "Reshape",
-        "Flatten",
-        "Permute",
-        "Identity",
-    )
+    for n in (*INFERENCE_IDENTITY_LAYERS, "Reshape", "Flatten", "Permute", "Identity")
     if hasattr(keras.layers, n)
 )
 

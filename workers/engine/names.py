@@ -35,3 +35,15 @@ ALLOWED_METRICS = frozenset(
 )
 
 __all__ = ["ALLOWED_LOSSES", "ALLOWED_METRICS"]
+
+# Layers that drop, perturb or regularize values in training and pass them through unchanged at inference.
+INFERENCE_IDENTITY_LAYERS = (
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "ActivityRegularization",
+)

@@ -1,7 +1,7 @@
 """workers/engine/inspection/model.py: .keras and .h5 model files pass with Keras's own facts or are refused.
 
 Benign files are real models saved by Keras 3 (.keras and .h5) and a committed legacy .h5 saved by tf_keras 2.x;
-hostile files come from tests/hostile.py (one generator per attack class, each with a canary payload).
+hostile files come from tests/hostile/ (one generator per attack class, each with a canary payload).
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
+from workers.engine.names import INFERENCE_IDENTITY_LAYERS
+
 if TYPE_CHECKING:
     from workers.engine.structured.graph import Graph
 
@@ -348,20 +350,7 @@ def _handlers() -> dict[str, Handler]:
         table[name] = SeparableHandler()
     for name in ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"):
         table[name] = MergeHandler()
-    for name in (
-        "ReLU",
-        "LeakyReLU",
-        "ELU",
-        "Dropout",
-        "SpatialDropout1D",
-        "SpatialDropout2D",
-        "SpatialDropout3D",
-        "GaussianNoise",
-        "GaussianDropout",
-        "AlphaDropout",
-        "ActivityRegularization",
-        "Identity",
-    ):
+    for name in ("ReLU", "LeakyReLU", "ELU", *INFERENCE_IDENTITY_LAYERS, "Identity"):
         table[name] = PassThrough(pointwise=True)
     for name in (
         "MaxPooling1D",
