@@ -285,7 +285,8 @@ def budget_matched_tables(d: dict) -> str:
     parts = [
         _run_line(d),
         "",
-        f"Budget step: `{json.dumps(cfg['step'], sort_keys=True)}` with `max_drop` set per row to the tfmot setting's "
+        f"Budget step: `{json.dumps({k: v for k, v in cfg['step'].items() if k != 'max_drop'}, sort_keys=True)}` with "
+        "`max_drop` set per row to the tfmot setting's "
         f"drop (input model minus tfmot's median held-out accuracy at the budget's planned {cfg['planned_epochs']} "
         f"epochs; {cfg['tiny']:g} where tfmot is not below the input model, marked ‡); tfmot PolynomialDecay per "
         f"layer at the better of frequencies {' and '.join(str(f) for f in cfg['frequencies'])}, for the epochs each "
