@@ -130,6 +130,7 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
             "pretrain_epochs": 10,
             "planned_epochs": planned,
             "tiny": TINY,
+            "tie": TIE,
         },
     )
     monitor = LoadMonitor()

@@ -279,16 +279,33 @@ def budget_timing_tables(d: dict) -> str:
     return "\n".join(parts)
 
 
+def _tie(d: dict) -> float:
+    """What the matched max_drop adds to the setting's drop (results written before `tie` was recorded: inferred)."""
+    if "tie" in d["config"]:
+        return d["config"]["tie"]
+    for m in d["models"].values():
+        for st in m["settings"].values():
+            if not st["tiny"]:
+                return round(
+                    st["max_drop"]
+                    - round(m["pretrained_accuracy"] - st["tfmot_planned"][str(st["frequency"])]["accuracy"], 6),
+                    7,
+                )
+    return 0.0
+
+
 def budget_matched_tables(d: dict) -> str:
     """Part 6e: per model and hand-picked tfmot setting, the budget given that setting's own drop."""
     cfg = d["config"]
+    tie = _tie(d)
     parts = [
         _run_line(d),
         "",
         f"Budget step: `{json.dumps({k: v for k, v in cfg['step'].items() if k != 'max_drop'}, sort_keys=True)}` with "
         "`max_drop` set per row to the tfmot setting's "
         f"drop (input model minus tfmot's median held-out accuracy at the budget's planned {cfg['planned_epochs']} "
-        f"epochs; {cfg['tiny']:g} where tfmot is not below the input model, marked ‡); tfmot PolynomialDecay per "
+        + (f"epochs, plus {tie:g} so that a trial exactly as accurate counts as within; " if tie else "epochs; ")
+        + f"{cfg['tiny']:g} where tfmot is not below the input model, marked ‡); tfmot PolynomialDecay per "
         f"layer at the better of frequencies {' and '.join(str(f) for f in cfg['frequencies'])}, for the epochs each "
         f"budget job spent; batch {cfg['batch_size']}; medians over seeds {', '.join(str(s) for s in cfg['seeds'])}. "
         "Size: non-zero weights and gzip -9 of the weights as one .npz.",
