@@ -32,7 +32,7 @@ QUICK = {"models": ("lenet_300_100",), "seeds": (0,), "sparsities": (0.9,)}
 BATCH = 128
 
 
-def _step(quick: bool) -> dict:
+def step_config(quick: bool) -> dict:
     from bench.budget import QUICK as BUDGET_QUICK
 
     cfg = BUDGET_QUICK if quick else BUDGET_FULL
@@ -47,11 +47,38 @@ def _step(quick: bool) -> dict:
     }
 
 
+def label(target: float, frequency: int) -> str:
+    return f"tfmot poly {target:g} f{frequency}"
+
+
+def budget_job(sides: Sides, pre: dict, step: dict, seed: int) -> dict:
+    """One budget job on the pretrained model; `total_epochs`: the sum of its trials' epochs."""
+    r = sides["secateurs"].call("budget_job", model_file=pre["keras"], step=step, seed=seed)
+    r.update(seed=seed, total_epochs=sum(t["epochs"] for t in r["budget"]["trials"]))
+    return r
+
+
+def tfmot_job(sides: Sides, pre: dict, epochs: int, target: float, frequency: int, seed: int) -> dict:
+    """tfmot's guide (PolynomialDecay 0 -> target over all steps) on the same pretrained weights."""
+    t = sides["tfmot"].call(
+        "prune_job",
+        model_file=pre["tfk"],
+        epochs=epochs,
+        batch_size=BATCH,
+        target=target,
+        schedule="polynomial",
+        frequency=frequency,
+        seed=seed,
+    )
+    t.update(seed=seed, epochs=epochs, target=target, frequency=frequency)
+    return t
+
+
 def _median(rs: list[dict], key) -> float:
     return statistics.median(key(r) for r in rs)
 
 
-def _sizes(rs: list[dict]) -> dict:
+def sizes(rs: list[dict]) -> dict:
     return {
         "accuracy": _median(rs, lambda r: r["accuracy"]),
         "sparsity": _median(rs, lambda r: r["sparsity"]["overall"]),
@@ -108,7 +135,7 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
     cfg = dict(QUICK if quick else FULL)
     if repeats:
         cfg["seeds"] = tuple(range(repeats))
-    step = _step(quick)
+    step = step_config(quick)
     payload = header(
         "budget_tfmot",
         command,
@@ -122,9 +149,8 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
         budget_runs, tf_runs = [], {}
         for seed in cfg["seeds"]:
             monitor.sample()
-            r = sides["secateurs"].call("budget_job", model_file=pre["keras"], step=step, seed=seed)
-            epochs = sum(t["epochs"] for t in r["budget"]["trials"])
-            r.update(seed=seed, total_epochs=epochs)
+            r = budget_job(sides, pre, step, seed)
+            epochs = r["total_epochs"]
             budget_runs.append(r)
             log(
                 f"budget_tfmot: {model} seed {seed}: budget sparsity {r['sparsity']['overall']:.4f}, accuracy "
@@ -133,25 +159,15 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
             for s in cfg["sparsities"]:
                 for f in FREQUENCIES:
                     monitor.sample()
-                    t = sides["tfmot"].call(
-                        "prune_job",
-                        model_file=pre["tfk"],
-                        epochs=epochs,
-                        batch_size=BATCH,
-                        target=s,
-                        schedule="polynomial",
-                        frequency=f,
-                        seed=seed,
-                    )
-                    t.update(seed=seed, epochs=epochs, target=s, frequency=f)
-                    tf_runs.setdefault(f"tfmot poly {s:g} f{f}", []).append(t)
+                    t = tfmot_job(sides, pre, epochs, s, f, seed)
+                    tf_runs.setdefault(label(s, f), []).append(t)
                     log(
                         f"budget_tfmot: {model} seed {seed}: tfmot {s:g} f{f}: accuracy {t['accuracy']:.4f}, "
                         f"{t['weights_gzip_bytes']:,} gzip bytes"
                     )
-        budget = _sizes(budget_runs)
+        budget = sizes(budget_runs)
         settings = {
-            k: {**_sizes(rs), "target": rs[0]["target"], "frequency": rs[0]["frequency"]} for k, rs in tf_runs.items()
+            k: {**sizes(rs), "target": rs[0]["target"], "frequency": rs[0]["frequency"]} for k, rs in tf_runs.items()
         }
         payload["models"][model] = {
             "pretrained_accuracy": pre["accuracy"],

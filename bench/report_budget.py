@@ -1,4 +1,4 @@
-"""Part 6's tables (issue 12's budget search): budget, budget_zoo, budget_tfmot, budget_timing."""
+"""Part 6's tables (issue 12's budget search): budget, budget_zoo, budget_tfmot, budget_timing, budget_matched."""
 
 from __future__ import annotations
 
@@ -279,9 +279,95 @@ def budget_timing_tables(d: dict) -> str:
     return "\n".join(parts)
 
 
+def _tie(d: dict) -> float:
+    """What the matched max_drop adds to the setting's drop (results written before `tie` was recorded: inferred)."""
+    if "tie" in d["config"]:
+        return d["config"]["tie"]
+    for m in d["models"].values():
+        for st in m["settings"].values():
+            if not st["tiny"]:
+                return round(
+                    st["max_drop"]
+                    - round(m["pretrained_accuracy"] - st["tfmot_planned"][str(st["frequency"])]["accuracy"], 6),
+                    7,
+                )
+    return 0.0
+
+
+def budget_matched_tables(d: dict) -> str:
+    """Part 6e: per model and hand-picked tfmot setting, the budget given that setting's own drop."""
+    cfg = d["config"]
+    tie = _tie(d)
+    parts = [
+        _run_line(d),
+        "",
+        f"Budget step: `{json.dumps({k: v for k, v in cfg['step'].items() if k != 'max_drop'}, sort_keys=True)}` with "
+        "`max_drop` set per row to the tfmot setting's "
+        f"drop (input model minus tfmot's median held-out accuracy at the budget's planned {cfg['planned_epochs']} "
+        + (f"epochs, plus {tie:g} so that a trial exactly as accurate counts as within; " if tie else "epochs; ")
+        + f"{cfg['tiny']:g} where tfmot is not below the input model, marked ‡); tfmot PolynomialDecay per "
+        f"layer at the better of frequencies {' and '.join(str(f) for f in cfg['frequencies'])}, for the epochs each "
+        f"budget job spent; batch {cfg['batch_size']}; medians over seeds {', '.join(str(s) for s in cfg['seeds'])}. "
+        "Size: non-zero weights and gzip -9 of the weights as one .npz.",
+    ]
+    rows = []
+    for name, m in d["models"].items():
+        base = m["pretrained_accuracy"]
+        for key, st in m["settings"].items():
+            b, t, v = st["budget"], st["tfmot"], st["verdict"]
+            epochs = "/".join(str(e) for e in sorted(set(st["total_epochs"])))
+            met = sum(bool(x) for x in st["budget_met"])
+            rows.append(
+                [
+                    f"{name} ({base:.4f})",
+                    key,
+                    f"{t['accuracy']:.4f} ({100 * (t['accuracy'] - base):+.2f})",
+                    f"{st['max_drop']:g}" + (" ‡" if st["tiny"] else ""),
+                    epochs,
+                    f"{b['sparsity']:.3f} / {t['sparsity']:.3f}",
+                    f"{b['accuracy']:.4f} ({100 * (b['accuracy'] - base):+.2f})",
+                    f"{met}/{len(st['budget_met'])}",
+                    f"{b['nonzero_weights']:,.0f} / {t['nonzero_weights']:,.0f} ({v['size_ratio_nonzero']:.2f}×)",
+                    f"{b['weights_gzip_bytes']:,.0f} / {t['weights_gzip_bytes']:,.0f} ({v['size_ratio_gzip']:.2f}×)",
+                    f"{100 * v['accuracy_margin']:+.2f}",
+                    _verdict(v["met"]),
+                ]
+            )
+    parts += [
+        "",
+        _md(
+            rows,
+            [
+                "model (input acc.)",
+                "tfmot setting",
+                "tfmot acc. (vs input, points)",
+                "budget max_drop",
+                "epochs",
+                "sparsity budget / tfmot",
+                "budget acc. (vs input)",
+                "budget met (seeds)",
+                "non-zero budget / tfmot",
+                "gzip bytes budget / tfmot",
+                "acc. budget − tfmot (points)",
+                "smaller at equal or better accuracy",
+            ],
+        ),
+    ]
+    g = d.get("goal", {})
+    if g:
+        parts += [
+            "",
+            f"Pairs met: {g['met']} of {g['pairs']}"
+            + (f" ({', '.join(g['met_pairs'])})" if g["met_pairs"] else "")
+            + f"; smaller while both stay within the setting's drop: {g['smaller_within']} of {g['pairs']}.",
+        ]
+    return "\n".join(parts)
+
+
 RENDERERS = {
     "budget": budget_tables,
     "budget_zoo": budget_zoo_tables,
     "budget_tfmot": budget_tfmot_tables,
     "budget_timing": budget_timing_tables,
+    "budget_matched": budget_matched_tables,
 }

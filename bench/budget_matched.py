@@ -1,0 +1,154 @@
+"""Part 6e: the budget step given exactly each hand-picked tfmot setting's drop (`python -m bench budget_matched`).
+
+Part 6c gave the budget a fixed 1 point and compared it with the smallest tfmot setting within that point. This part
+is the direct test of issue 12's goal ("compared with a hand-picked tfmot setting at equal total epochs, the budget
+result is smaller at equal or better accuracy"): per model (part 2's LeNet-300-100 and tutorial CNN, the same
+pretrained weights for both sides, `bench.harness.pretrained`) and per hand-picked final sparsity s in SPARSITIES,
+
+  tfmot    part 6c's tfmot arm (`bench.budget_tfmot.tfmot_job`) at s, frequencies 100 and 10, for the budget's
+           planned total epochs (epochs x max_trials: 12, as every budget job of part 6c spent), every seed; the
+           frequency with the higher median held-out accuracy is the setting;
+  budget   part 6c's budget job (`bench.budget_tfmot.budget_job`: epochs 2, max_trials 6, magnitude, objective
+           nonzero_params) with max_drop = that setting's drop (input model's held-out accuracy minus the setting's
+           median; TINY when tfmot is not below the input model: max_drop cannot ask for a gain), every seed;
+  matched  the tfmot arm compared with is the run of the same seed at the epochs that budget job actually spent (the
+           tfmot run above when it spent the planned epochs, else a new one).
+
+Verdict per (model, s): `bench.budget_tfmot.verdict` with that one setting: met when the budget's model has fewer
+non-zero weights AND fewer gzip bytes at an equal or higher median held-out accuracy. Results:
+bench/results/budget_matched.json.
+"""
+
+from __future__ import annotations
+
+from bench.budget_tfmot import FREQUENCIES, budget_job, label, sizes, step_config, tfmot_job, verdict
+from bench.common import LoadMonitor, header, log, write_result
+from bench.harness import Sides, pretrained
+
+SPARSITIES = (0.8, 0.9, 0.95, 0.97)
+FULL = {"models": ("lenet_300_100", "tutorial_cnn"), "seeds": (0, 1, 2), "sparsities": SPARSITIES}
+QUICK = {"models": ("lenet_300_100",), "seeds": (0,), "sparsities": (0.9,)}
+TINY = 0.001  # the budget given when tfmot's setting is not below the input model
+TIE = 1e-6  # added to the matched drop: a trial exactly at tfmot's accuracy is within (see matched_budget)
+
+
+def matched_budget(base: float, tfmot_accuracy: float) -> tuple[float, bool]:
+    """(max_drop, tiny): the setting's drop in accuracy from the input model plus TIE, or TINY with tiny=True when
+    the setting is as accurate as the input model or more. TIE: the engine computes accuracies in float32 and checks
+    drop <= max_drop + 1e-12, so a trial exactly as accurate as tfmot's median (0.944 - 0.834 = 0.11000001 in float32)
+    would be judged outside; 1e-6 is far below the 0.0005 step of 2,000 digits, so it admits ties only."""
+    drop = round(base - tfmot_accuracy, 6)
+    return (round(drop + TIE, 7), False) if drop > 0 else (TINY, True)
+
+
+def better_frequency(by_frequency: dict[int, dict]) -> int:
+    """The frequency whose setting has the higher median accuracy (ties: fewer non-zero weights, then the lower
+    frequency)."""
+    return max(by_frequency, key=lambda f: (by_frequency[f]["accuracy"], -by_frequency[f]["nonzero_weights"], -f))
+
+
+def tally(pairs: list[dict]) -> dict:
+    """How many (model, setting) pairs met the strict reading, and how many are smaller while both stay within the
+    setting's drop (`met_within_budget`): the overall verdict is met only when every pair is."""
+    met = [f"{p['model']} {p['name']}" for p in pairs if p["verdict"]["met"]]
+    return {
+        "pairs": len(pairs),
+        "met": len(met),
+        "met_pairs": met,
+        "smaller_within": sum(bool(p["verdict"].get("met_within_budget")) for p in pairs),
+        "all_met": bool(pairs) and len(met) == len(pairs),
+    }
+
+
+def _setting(sides: Sides, pre: dict, base: float, s: float, step: dict, seeds, planned: int, monitor) -> dict:
+    runs: dict[int, list[dict]] = {}
+    for f in FREQUENCIES:
+        for seed in seeds:
+            monitor.sample()
+            t = tfmot_job(sides, pre, planned, s, f, seed)
+            runs.setdefault(f, []).append(t)
+            log(f"budget_matched: tfmot {s:g} f{f} seed {seed}: accuracy {t['accuracy']:.4f} ({planned} epochs)")
+    by_freq = {f: sizes(rs) for f, rs in runs.items()}
+    f = better_frequency(by_freq)
+    max_drop, tiny = matched_budget(base, by_freq[f]["accuracy"])
+    budget_step = {**step, "max_drop": max_drop}
+    budget_runs, matched = [], []
+    for seed, planned_run in zip(seeds, runs[f]):
+        monitor.sample()
+        r = budget_job(sides, pre, budget_step, seed)
+        budget_runs.append(r)
+        epochs = r["total_epochs"]
+        if epochs == planned:
+            t = planned_run
+        else:
+            monitor.sample()
+            t = tfmot_job(sides, pre, epochs, s, f, seed)
+        matched.append(t)
+        log(
+            f"budget_matched: {label(s, f)} seed {seed}: max_drop {max_drop:g} -> budget sparsity "
+            f"{r['sparsity']['overall']:.4f}, accuracy {r['accuracy']:.4f}, {r['nonzero_weights']:,} non-zero, "
+            f"{epochs} epochs; tfmot {t['accuracy']:.4f}, {t['nonzero_weights']:,} non-zero"
+        )
+    budget = sizes(budget_runs)
+    tf = {**sizes(matched), "target": s, "frequency": f}
+    name = label(s, f)
+    return {
+        "name": name,
+        "target": s,
+        "frequency": f,
+        "planned_epochs": planned,
+        "tfmot_planned": {str(k): v for k, v in by_freq.items()},
+        "tfmot_planned_runs": {str(k): v for k, v in runs.items()},
+        "max_drop": max_drop,
+        "tiny": tiny,
+        "budget_runs": budget_runs,
+        "budget": budget,
+        "budget_met": [r["budget"]["met"] for r in budget_runs],
+        "total_epochs": [r["total_epochs"] for r in budget_runs],
+        "tfmot_runs": matched,
+        "tfmot_reran": [t["epochs"] != planned for t in matched],
+        "tfmot": tf,
+        "verdict": verdict(base, max_drop, budget, {name: tf}),
+    }
+
+
+def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> dict:
+    cfg = dict(QUICK if quick else FULL)
+    if repeats:
+        cfg["seeds"] = tuple(range(repeats))
+    step = step_config(quick)
+    planned = step["epochs"] * step["max_trials"]
+    payload = header(
+        "budget_matched",
+        command,
+        quick,
+        {
+            **cfg,
+            "step": step,
+            "frequencies": FREQUENCIES,
+            "batch_size": 128,
+            "pretrain_epochs": 10,
+            "planned_epochs": planned,
+            "tiny": TINY,
+            "tie": TIE,
+        },
+    )
+    monitor = LoadMonitor()
+    payload["models"] = {}
+    pairs = []
+    for model in cfg["models"]:
+        pre = pretrained(sides, model, epochs=10)
+        base = pre["accuracy"]
+        settings = {}
+        for s in cfg["sparsities"]:
+            m = _setting(sides, pre, base, s, step, cfg["seeds"], planned, monitor)
+            settings[m["name"]] = m
+            pairs.append({"model": model, **m})
+            log(f"budget_matched: {model} {m['name']}: verdict {m['verdict']}")
+            payload["models"][model] = {"pretrained_accuracy": base, "settings": settings}
+            payload["goal"] = tally(pairs)
+            write_result("budget_matched", {**payload, "load": monitor.summary()}, quick)
+    payload["load"] = monitor.summary()
+    path = write_result("budget_matched", payload, quick)
+    log(f"budget_matched: wrote {path}; {payload['goal']}")
+    return payload
