@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from workers.engine.summary import within_limit
+
 
 @dataclass(frozen=True)
 class Gates:
@@ -67,7 +69,7 @@ def _accuracy(manifest: dict, limit: float) -> GateResult:
     parts, ok = [], True
     for k, (b, a) in sorted(pairs.items()):
         drop = b - a if a is not None else float("inf")
-        good = drop <= limit + 1e-12
+        good = within_limit(drop, limit)
         ok &= good
         parts.append(f"held-out {k} {b:.4f} -> {a:.4f} (drop {drop:+.4f}, allowed {limit:g})")
     return GateResult(name, ok, f"{name} {limit:g}: " + "; ".join(parts))

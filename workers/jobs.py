@@ -27,7 +27,8 @@ TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 
 # Every status change a job can go through; the job store's conditional updates take their status conditions from
-# this table (`_leaving` in workers/store/schema.py, used by workers/store/sql.py) and refuse any change it does not list.
+# this table (`_leaving` in workers/store/schema.py, used by workers/store/sql.py) and refuse any change it does not
+# list.
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
     # running -> queued: an interrupted attempt is re-queued (the next claim counts another attempt)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from workers.engine.metrics import latency_stats
-from workers.engine.summary import SPEED_WIN, quality_check, summarize
+from workers.engine.summary import METRIC_TIE, SPEED_WIN, quality_check, summarize, within_limit
 from workers.spec import JobSpec, load_spec
 
 PRUNE = {"steps": [{"kind": "prune", "method": "magnitude", "target_sparsity": 0.8}]}
@@ -54,6 +54,16 @@ def test_accuracy_tolerance_is_the_spec_field():
     before, after = _measure({"accuracy": 0.95}), _measure({"accuracy": 0.921}, gzip_bytes=300)
     s = summarize(before, after, {}, _spec(PRUNE, max_accuracy_drop=0.02))
     assert s["win"] == "none" and "tolerance 2.0 points" in s["notes"][0]
+
+
+def test_a_drop_exactly_at_the_tolerance_counts_as_within_although_float32_overshoots():
+    """Keras reports float32 accuracies: 944 and 933.5 digits of 1,000 differ by 0.010500014, a tie with 0.0105."""
+    before, tie, below = (float(np.float32(v)) for v in (0.944, 0.9335, 0.9330))
+    assert before - tie > 0.0105  # what a comparison without the tie margin refused
+    ev = _spec(PRUNE, max_accuracy_drop=0.0105).evaluation
+    assert quality_check({"accuracy": before}, {"accuracy": tie}, ev)["within_tolerance"] is True
+    assert quality_check({"accuracy": before}, {"accuracy": below}, ev)["within_tolerance"] is False
+    assert within_limit(before - tie, 0.0105) and not within_limit(before - tie, 0.0105 - 10 * METRIC_TIE)
 
 
 def test_regression_loss_is_judged_relative():

@@ -3,6 +3,7 @@ is missing is missed with the reason, never passed silently. (The CLI tests chec
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from workers.gates import Gates, check
@@ -47,6 +48,11 @@ def only(results):
 def test_accuracy_drop_is_absolute_and_inclusive(limit, ok):
     r = only(check(manifest(accuracy=(0.90, 0.88)), Gates(max_accuracy_drop=limit)))
     assert r.ok is ok and "held-out accuracy 0.9000 -> 0.8800 (drop +0.0200" in r.line
+
+
+def test_accuracy_drop_equal_to_the_limit_in_float32_meets_the_gate():
+    before, after = float(np.float32(0.944)), float(np.float32(0.9335))  # 0.010500014 apart in float32
+    assert only(check(manifest(accuracy=(before, after)), Gates(max_accuracy_drop=0.0105))).ok
 
 
 def test_accuracy_gate_without_an_accuracy_metric_is_missed():

@@ -29,7 +29,7 @@ SPEED_WIN = 1.10  # latency must improve by at least 10% at some batch size to b
 SIZE_WIN = 0.90  # gzipped size must shrink by at least 10% to be called a size win
 MANIFEST_NAME = "manifest.json"  # the job's manifest in its output directory; the summary is one of its fields
 
-__all__ = ["MANIFEST_NAME", "SIZE_WIN", "SPEED_WIN", "quality_check", "summarize"]
+__all__ = ["MANIFEST_NAME", "METRIC_TIE", "SIZE_WIN", "SPEED_WIN", "quality_check", "summarize", "within_limit"]
 
 
 def _is_accuracy(name: str) -> bool:
@@ -38,6 +38,16 @@ def _is_accuracy(name: str) -> bool:
 
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+# Held-out metrics are float32 (Keras): about 7 significant digits. A drop this close to its limit is a tie and
+# counts as within it (to float32, 0.944 - 0.9335 is 0.010500014, which a limit of 0.0105 would otherwise refuse).
+METRIC_TIE = 1e-6
+
+
+def within_limit(drop: float, limit: float) -> bool:
+    """Whether a metric's drop (or relative increase, for losses) is within `limit`, float32 ties included."""
+    return drop <= limit + METRIC_TIE
 
 
 def quality_check(before_eval: dict | None, after_eval: dict | None, evaluation) -> dict:
@@ -51,12 +61,12 @@ def quality_check(before_eval: dict | None, after_eval: dict | None, evaluation)
         a = float(a) if a is not None else math.nan
         if k in accuracy:
             limit = evaluation.max_accuracy_drop
-            ok = _finite(a) and b - a <= limit + 1e-12
+            ok = _finite(a) and within_limit(b - a, limit)
             checked[k] = {"before": b, "after": a, "change": a - b, "kind": "accuracy", "max_drop": limit, "ok": ok}
         else:
             limit = evaluation.max_loss_increase
             rel = (a - b) / abs(b) if b != 0 else (0.0 if a <= 0 else math.inf)
-            ok = _finite(a) and rel <= limit + 1e-12
+            ok = _finite(a) and within_limit(rel, limit)
             checked[k] = {
                 "before": b,
                 "after": a,

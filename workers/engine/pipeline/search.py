@@ -10,6 +10,7 @@ import numpy as np
 from workers.engine import allocation as allocation_mod
 from workers.engine import budget as budget_mod
 from workers.engine import sensitivity as sensitivity_mod
+from workers.engine import summary as summary_mod
 from workers.engine.errors import SpecError
 from workers.engine.masks import MaskParams
 from workers.engine.pipeline.run import (
@@ -236,7 +237,7 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
             level=level,
             metric=value,
             drop=drop,
-            within_budget=drop <= step.max_drop + 1e-12,
+            within_budget=summary_mod.within_limit(drop, step.max_drop),
             epochs=step.epochs,
             **budget_mod.measure(
                 run.model,
