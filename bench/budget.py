@@ -20,11 +20,9 @@ FULL = {"models": ("lenet_300_100", "tutorial_cnn"), "seeds": (0,), "max_drop": 
 QUICK = {"models": ("lenet_300_100",), "seeds": (0,), "max_drop": 0.01, "epochs": 1, "max_trials": 2}
 
 
-def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> dict:
-    cfg = dict(QUICK if quick else FULL)
-    if repeats:
-        cfg["seeds"] = tuple(range(repeats))
-    step = {
+def budget_step(cfg: dict) -> dict:
+    """Part 6's budget step (magnitude, fewest non-zero weights) with the max_drop, epochs and trials of `cfg`."""
+    return {
         "kind": "budget",
         "metric": "accuracy",
         "max_drop": cfg["max_drop"],
@@ -33,6 +31,13 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
         "objective": "nonzero_params",
         "method": "magnitude",
     }
+
+
+def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> dict:
+    cfg = dict(QUICK if quick else FULL)
+    if repeats:
+        cfg["seeds"] = tuple(range(repeats))
+    step = budget_step(cfg)
     payload = header("budget", command, quick, {**cfg, "step": step, "batch_size": 128, "pretrain_epochs": 10})
     monitor = LoadMonitor()
     payload["models"] = {}

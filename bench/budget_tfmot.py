@@ -22,6 +22,8 @@ from __future__ import annotations
 import statistics
 
 from bench.budget import FULL as BUDGET_FULL
+from bench.budget import QUICK as BUDGET_QUICK
+from bench.budget import budget_step
 from bench.common import LoadMonitor, header, log, write_result
 from bench.harness import Sides, pretrained
 
@@ -33,18 +35,7 @@ BATCH = 128
 
 
 def step_config(quick: bool) -> dict:
-    from bench.budget import QUICK as BUDGET_QUICK
-
-    cfg = BUDGET_QUICK if quick else BUDGET_FULL
-    return {
-        "kind": "budget",
-        "metric": "accuracy",
-        "max_drop": cfg["max_drop"],
-        "epochs": cfg["epochs"],
-        "max_trials": cfg["max_trials"],
-        "objective": "nonzero_params",
-        "method": "magnitude",
-    }
+    return budget_step(BUDGET_QUICK if quick else BUDGET_FULL)
 
 
 def label(target: float, frequency: int) -> str:
