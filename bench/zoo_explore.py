@@ -1,6 +1,11 @@
-"""Screening arms for issue 9's MobileNetV2 gaps at part 5b's setup, one arm per process (not a bench part).
+"""Screening arms for issue 9's gaps at part 5b's setup, one arm per process (not a bench part).
 
-    python -m bench.zoo_explore MODEL ARM [SEED]
+    python -m bench.zoo_explore MODEL ARM[+FLAG...] [SEED]
+
+MODEL: mobilenet_v2, resnet_bn16 or efficientnet_b0. FLAGs set engine switches (`_flags`), e.g. for the structured
+global ranking `macs+pow50+tgt130+share25` (groups.GLOBAL_RULE "macs", POWER 0.5, TARGET_POWER 1.3, MIN_SHARE
+0.25), `reshape` (handlers.TRACE_UNIT_RESHAPE: squeeze-excite's Reshape traced), `keepchains` (EfficientNetB0's
+project convs and stem overridden to keep 1.0) and `keepNN` (keep_ratio NN / 100).
 
 Loads the pretrained model that `python -m bench zoo_setup` caches (bench/.cache/zoo, 8,000 digits), runs one
 JobSpec through `pipeline.compress` exactly as `bench.sides.zoo_secateurs.zoo_engine` does (2 epochs, batch 128,
@@ -16,7 +21,7 @@ import sys
 import time
 
 from bench.zoo import ZOO_CACHE
-from bench.zoo_setup import BATCH, EPOCHS, MODELS
+from bench.zoo_setup import BATCH, EPOCHS, MODELS, NAMED_MODELS
 
 PRUNE = {"kind": "prune", "method": "magnitude", "target_sparsity": 0.8, "epochs": EPOCHS}
 STRUCT = {"kind": "structured", "keep_ratio": 0.75, "epochs": EPOCHS}
@@ -42,9 +47,26 @@ def _kind(key: str) -> str:
 def _flags(flags: list[str], step: dict) -> None:
     """Engine variants under test, set on the engine's modules (this process runs one arm)."""
     from workers.engine import pruning
+    from workers.engine.structured import groups, handlers
 
     for flag in flags:
-        if flag == "sparedw":
+        if flag in ("units", "macs"):  # the structured global ranking (groups.GLOBAL_RULE and its knobs)
+            groups.GLOBAL_RULE = flag
+        elif flag.startswith("pow"):
+            groups.POWER = int(flag[3:]) / 100
+        elif flag.startswith("tgt"):
+            groups.TARGET_POWER = int(flag[3:]) / 100
+        elif flag.startswith("share"):
+            groups.MIN_SHARE = int(flag[5:]) / 100
+        elif flag == "reshape":  # trace squeeze-excite's Reshape((1, 1, C)) (handlers.TRACE_UNIT_RESHAPE)
+            handlers.TRACE_UNIT_RESHAPE = True
+        elif flag == "keepchains":  # EfficientNetB0: residual streams (project convs, stem) keep every unit
+            blocks = "1a 2a 2b 3a 3b 4a 4b 4c 5a 5b 5c 6a 6b 6c 6d 7a".split()
+            names = [f"block{b}_project_conv" for b in blocks] + ["stem_conv"]
+            step["_overrides"] = {n: {"keep_ratio": 1.0} for n in names}
+        elif flag.startswith("keep"):
+            step["keep_ratio"] = int(flag[4:]) / 100
+        elif flag == "sparedw":
             pruning.SPARE_ROLES = ("depthwise_kernel",)
         elif flag in ("erk", "lamp"):
             pruning.NORMALIZED_RULE = flag
@@ -61,7 +83,7 @@ def _flags(flags: list[str], step: dict) -> None:
 def main(model: str, arm: str, seed: int = 0) -> dict:
     from bench.sides.zoo_secateurs import zoo_engine, zoo_plain
 
-    m = MODELS[model]
+    m = {**MODELS, **NAMED_MODELS}[model]
     stem = ZOO_CACHE / f"{model}-n{m['n_train']}-t{m['n_test']}-e{m['pretrain_epochs']}-b{BATCH}"
     data = {"model": model, "n_train": m["n_train"], "n_test": m["n_test"], "model_file": str(stem) + ".keras"}
     t0 = time.perf_counter()
@@ -71,7 +93,10 @@ def main(model: str, arm: str, seed: int = 0) -> dict:
     else:
         step, extra = dict(ARMS[arm.split("+")[0]]), {}
         _flags(arm.split("+")[1:], step)
+        overrides = step.pop("_overrides", None)
         spec = {"steps": [step], "training": {"batch_size": BATCH}, "evaluation": {"latency": False}, "seed": seed}
+        if overrides:
+            spec["layers"] = {"overrides": overrides}
         spec.update(extra)
         from workers.engine.pipeline import steps as steps_mod
 

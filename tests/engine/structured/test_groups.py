@@ -18,7 +18,8 @@ from tests.engine.structured.helpers import (
     sample_inputs,
     units,
 )
-from workers.engine.structured import keep_count, masked_reference
+from workers.engine import metrics
+from workers.engine.structured import groups, keep_count, masked_reference
 
 L = keras.layers
 
@@ -150,3 +151,39 @@ def test_a_structured_step_without_a_scope_ranks_units_globally(zoo):
     assert report.scope == "global" and report.to_dict() == ranked.to_dict()
     before = sum(g.units_before for g in report.groups)
     assert sum(g.units_after for g in report.groups) == math.ceil(0.4 * before)
+
+
+def _equal_units():
+    """a: 6 -> 16, b: 16 -> 16, out: 16 -> 2; every unit of a and b has the same L1 norm (equal scores)."""
+    model = _two_dense()
+    for name in ("a", "b"):
+        k, b = model.get_layer(name).get_weights()
+        model.get_layer(name).set_weights([np.ones_like(k), b])
+    return model
+
+
+def test_the_macs_rule_removes_the_costlier_units_first_at_equal_score(monkeypatch):
+    """A unit of a costs 6 (its row in a) + 16 (its input row in b) MACs, one of b 16 + 2: at equal scores the
+    MACs-aware ranking (groups.GLOBAL_RULE "macs") takes units from a, the default ranking keeps ties in order."""
+    model = _equal_units()
+    _, default = prune(model, scope="global", keep_ratio=0.75)
+    assert len(kept(default, "a")) == 16 and len(kept(default, "b")) < 16
+    monkeypatch.setattr(groups, "GLOBAL_RULE", "macs")
+    monkeypatch.setattr(groups, "POWER", 1.0)
+    monkeypatch.setattr(groups, "TARGET_POWER", 1.0)
+    new, report = prune(model, scope="global", keep_ratio=0.75)
+    ka, kb = len(kept(report, "a")), len(kept(report, "b"))
+    assert ka < 16 and kb == 16
+    before, after = metrics.macs(model)["macs"], metrics.macs(new)["macs"]
+    assert after == 6 * ka + ka * 16 + 16 * 2  # the MACs the rule counted, on the rebuilt model
+    assert after <= 0.75 * before < after + 22  # within the budget, and one unit of a fewer would be too many
+
+
+def test_the_macs_rule_keeps_floors_and_overrides(monkeypatch, zoo):
+    monkeypatch.setattr(groups, "GLOBAL_RULE", "macs")
+    model = zoo["residual_functional"]
+    new, report = prune(model, scope="global", keep_ratio=0.1, round_to=2, overrides={"conv_a1": {"keep_ratio": 0.5}})
+    assert units(new)["conv_a1"] == 6  # its own share: ceil(0.5 * 12)
+    for g in report.groups:
+        assert g.units_after >= min(2, g.units_before) and g.units_after % 2 == 0
+    assert_same_outputs(new, masked_reference(model, report), sample_inputs(model))

@@ -8,7 +8,7 @@ import pytest
 
 from tests.engine.structured import models as M
 from tests.engine.structured.helpers import assert_same_outputs, kept, prune, sample_inputs, units, weights
-from workers.engine.structured import HANDLERS, masked_reference
+from workers.engine.structured import HANDLERS, handlers, masked_reference
 
 L = keras.layers
 
@@ -109,3 +109,58 @@ def test_layer_normalization_over_channels_is_a_barrier_and_over_positions_passe
 
 def test_every_registered_handler_names_a_stock_keras_layer():
     assert all(isinstance(getattr(keras.layers, name, None), type) for name in HANDLERS)
+
+
+def _squeeze_excite(target=(1, 1, 12)):
+    """EfficientNet's squeeze-excite: expand -> depthwise -> GAP -> Reshape((1, 1, C)) -> reduce -> expand ->
+    Multiply with the depthwise output -> project."""
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(12, 1, name="expand")(inp)
+    x = L.BatchNormalization(name="expand_bn")(x)
+    x = L.Activation("swish", name="expand_act")(x)
+    x = L.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    se = L.GlobalAveragePooling2D(name="squeeze")(x)
+    se = L.Reshape(target, name="se_reshape")(se)
+    se = L.Conv2D(4, 1, activation="swish", name="se_reduce")(se)
+    se = L.Conv2D(12, 1, activation="sigmoid", name="se_expand")(se)
+    x = L.Multiply(name="excite")([x, se])
+    x = L.Conv2D(6, 1, name="project")(x)
+    return M.randomize_batchnorm(keras.Model(inp, L.Dense(2, name="out")(L.GlobalAveragePooling2D(name="gap")(x))))
+
+
+def test_a_reshape_is_a_barrier_by_default():
+    model = _squeeze_excite()
+    _, report = prune(model, criterion="l1", keep_ratio=0.5)
+    assert "se_reshape" in report.skipped["expand"]
+    assert not any("expand" in g.layers for g in report.groups)
+
+
+def test_a_reshape_that_only_adds_unit_axes_passes_channels_and_follows_the_kept_count(monkeypatch):
+    """With TRACE_UNIT_RESHAPE, squeeze-excite's Reshape((1, 1, C)) no longer fixes the expanded channels: expand and
+    se_expand (coupled through the Multiply) lose the same units, the reshape's target follows them, and the
+    rebuilt model matches."""
+    monkeypatch.setattr(handlers, "TRACE_UNIT_RESHAPE", True)
+    model = _squeeze_excite()
+    new, report = prune(model, criterion="l1", keep_ratio=0.5)
+    group = next(g for g in report.groups if "expand" in g.layers)
+    assert group.layers == ["expand", "se_expand"] and group.units_after == 6
+    assert group.kept_indices["expand"] == group.kept_indices["se_expand"]
+    assert tuple(new.get_layer("se_reshape").target_shape) == (1, 1, 6)
+    assert new.get_layer("se_reduce").get_weights()[0].shape == (1, 1, 6, 2)
+    assert_same_outputs(new, masked_reference(model, report), sample_inputs(model))
+    reloaded = keras.Model.from_config(new.get_config())  # the rebuilt config is a stock, consistent one
+    assert tuple(reloaded.get_layer("se_reshape").target_shape) == (1, 1, 6)
+
+
+def test_a_reshape_that_moves_channels_stays_a_barrier(monkeypatch):
+    monkeypatch.setattr(handlers, "TRACE_UNIT_RESHAPE", True)
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((12,))
+    x = L.Dense(12, activation="relu", name="producer")(inp)
+    x = L.Reshape((3, 4), name="moves")(x)
+    x = L.Dense(4, name="after")(x)
+    model = keras.Model(inp, L.Dense(2, name="out")(L.Flatten(name="flat")(x)))
+    new, report = prune(model, keep_ratio=0.5)
+    assert "producer" in report.skipped and "moves" in report.skipped["producer"]
+    assert units(new)["producer"] == 12

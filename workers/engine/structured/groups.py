@@ -5,11 +5,19 @@ Channels united by merges form one *class* (removed together); producers sharing
 the count each group keeps:
 
 - scope="layer": each group keeps ceil(keep_ratio * units);
-- scope="global": one ranking over all groups of scores normalized per group; a group with an override's
-  keep_ratio is taken out of the ranking and keeps its own share.
+- scope="global": one ranking over all groups of scores normalized per group (mean 1), keep_ratio of all their
+  units kept; a group with an override's keep_ratio is taken out of the ranking and keeps its own share.
 
 Counts are rounded up to a multiple of round_to (capped at the original count) and at least max(1, round_to)
 units stay in every group.
+
+A MACs-aware variant of the global ranking exists as a screening switch, off by default (`GLOBAL_RULE = "macs"`,
+`bench.zoo_explore` flag `macs`): units ranked by score / cost**POWER, where a unit's cost is the MACs of the traced
+layers that carry it (`MacsModel`, from `metrics.macs`), and removed in that order until the MACs of those layers
+are at most keep_ratio**TARGET_POWER of what they were (floors permitting). Measured for issue 9
+(docs/BENCHMARKS.md part 5b) it was not adopted: with scores normalized per group the cost decides whole groups, so
+it cuts the costliest residual streams and stems first; at best EfficientNetB0 82.2 % (-9.2 points; 55.9 % with
+seed 1) at MACs 0.72x, MobileNetV2 -5.9 points at 0.69x (-2.75 at 0.68x with the default).
 """
 
 from __future__ import annotations
@@ -80,27 +88,63 @@ def keep_count(units: int, keep_ratio: float, round_to: int = 1) -> int:
     return min(k, units)
 
 
-def _keep_layer(groups: list[Group], keep_ratio: float, round_to: int) -> None:
+def _keep_layer(groups: list[Group], keep_ratio: float, round_to: int, macs: MacsModel | None = None) -> None:
     for grp in groups:
         grp.keep = keep_count(len(grp.classes), grp.keep_ratio, round_to)
 
 
-def _keep_global(groups: list[Group], keep_ratio: float, round_to: int) -> None:
+# screening switches (bench.zoo_explore flags units / macs / powNN / tgtNN / shareNN), defaults = the job's rule
+GLOBAL_RULE = "units"  # "units": score only, keep_ratio of the units; "macs": score / cost**POWER, removed
+# until the MACs of the layers the ranked classes touch are at most keep_ratio**TARGET_POWER of what they were
+POWER = 1.0
+TARGET_POWER = 2.0
+MIN_SHARE = 0.0  # every ranked group keeps at least this share of its units (the floor max(1, round_to) stays)
+
+
+def _floor(grp: Group, round_to: int) -> int:
+    n = len(grp.classes)
+    return max(min(max(1, round_to), n), math.ceil(MIN_SHARE * n - 1e-9))
+
+
+def _counts(ranked: list[Group], owner: np.ndarray, order: np.ndarray, total: int, round_to: int) -> list[int]:
+    chosen = np.bincount(owner[order[:total]], minlength=len(ranked))
+    out = []
+    for i, grp in enumerate(ranked):
+        k = max(int(chosen[i]), _floor(grp, round_to))
+        out.append(min(math.ceil(k / round_to) * round_to, len(grp.classes)))
+    return out
+
+
+def _keep_global(groups: list[Group], keep_ratio: float, round_to: int, macs: MacsModel | None = None) -> None:
     ranked = [grp for grp in groups if not grp.overridden]
     _keep_layer([grp for grp in groups if grp.overridden], keep_ratio, round_to)
     if not ranked:
         return
     pooled = np.concatenate([importance.normalize(grp.scores) for grp in ranked])
     owner = np.concatenate([np.full(len(grp.classes), i) for i, grp in enumerate(ranked)])
-    total = max(1, math.ceil(keep_ratio * len(pooled) - 1e-9))
-    chosen = owner[np.argsort(-pooled, kind="stable")[:total]]
-    for i, grp in enumerate(ranked):
-        n = len(grp.classes)
-        k = max(int(np.sum(chosen == i)), min(max(1, round_to), n))
-        grp.keep = min(math.ceil(k / round_to) * round_to, n)
+    if GLOBAL_RULE == "units" or macs is None:
+        order = np.argsort(-pooled, kind="stable")
+        total = max(1, math.ceil(keep_ratio * len(pooled) - 1e-9))
+    else:
+        cost = np.concatenate([macs.costs(grp.classes) for grp in ranked])
+        rel = cost / max(float(cost.mean()), 1e-12)
+        order = np.argsort(-pooled / np.maximum(rel, 1e-6) ** POWER, kind="stable")
+        fixed = [grp for grp in groups if grp.overridden]
+        full = macs.touched(ranked, fixed, [len(grp.classes) for grp in ranked])
+        budget = keep_ratio**TARGET_POWER * full
+        lo, hi = 1, len(pooled)  # the most units (in ranking order) whose MACs stay within the budget
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if macs.touched(ranked, fixed, _counts(ranked, owner, order, mid, round_to)) <= budget + 1e-9 * full:
+                lo = mid
+            else:
+                hi = mid - 1
+        total = lo
+    for grp, k in zip(ranked, _counts(ranked, owner, order, total, round_to)):
+        grp.keep = k
 
 
-SCOPES: dict[str, Callable[[list[Group], float, int], None]] = {"layer": _keep_layer, "global": _keep_global}
+SCOPES: dict[str, Callable[..., None]] = {"layer": _keep_layer, "global": _keep_global}
 
 
 def layers_by_class(g: Graph) -> dict[int, list[str]]:
@@ -118,3 +162,53 @@ def dependents(g: Graph, index: dict[int, list[str]], classes: np.ndarray, membe
     """Layers other than the members that are resliced with the group, in graph order."""
     names = {n for r in classes for n in index.get(int(r), [])} - set(members)
     return [n for n in g.handlers if n in names]
+
+
+class MacsModel:
+    """The MACs per sample of the traced layers as a function of the classes removed.
+
+    A layer of M MACs costs M * (kept inputs / inputs) * (kept outputs / outputs) when it mixes its inputs through
+    a kernel (Dense, Conv, Separable, counted as one product) and M * kept outputs / outputs when it follows its
+    inputs (Depthwise). A class's cost is what removing it alone saves: M * (c_in / n + c_out / m) summed over
+    the layers that carry it, c_in / c_out of their n inputs / m outputs.
+    """
+
+    def __init__(self, g: Graph, layer_macs: dict[str, int]):
+        self.root = g.root
+        self.layers: list[tuple[float, np.ndarray, np.ndarray | None]] = []
+        cost = np.zeros(len(g.root))
+        for name, handler in g.handlers.items():
+            m = float(layer_macs.get(name, 0))
+            outs = np.concatenate(g.out_maps[name]) if g.out_maps[name] else np.zeros(0, dtype=np.int64)
+            ins = np.concatenate(g.in_maps[name]) if g.in_maps[name] else np.zeros(0, dtype=np.int64)
+            if m <= 0 or not len(outs):
+                continue
+            outs = g.root[outs]
+            ins = g.root[ins] if handler.consumer and len(ins) else None
+            self.layers.append((m, outs, ins))
+            for side in (outs, ins):
+                if side is not None:
+                    np.add.at(cost, side, m / len(side))
+        self.cost = cost
+
+    def costs(self, classes: np.ndarray) -> np.ndarray:
+        return self.cost[classes]
+
+    def touched(self, ranked: list[Group], fixed: list[Group], keeps: list[int]) -> float:
+        """MACs of the layers that carry a class of `ranked`, each ranked group keeping its best `keeps` units
+        (by score) and each group of `fixed` its own `keep`."""
+        removed = np.zeros(len(self.root), dtype=bool)
+        for grp, k in [*zip(ranked, keeps), *((grp, grp.keep) for grp in fixed)]:
+            removed[grp.classes[np.argsort(-grp.scores, kind="stable")[k:]]] = True
+        mask = np.zeros(len(self.root), dtype=bool)
+        for grp in ranked:
+            mask[grp.classes] = True
+        total = 0.0
+        for m, outs, ins in self.layers:
+            if not (mask[outs].any() or (ins is not None and mask[ins].any())):
+                continue
+            f = 1.0 - removed[outs].mean()
+            if ins is not None:
+                f *= 1.0 - removed[ins].mean()
+            total += m * f
+        return total

@@ -8,7 +8,8 @@ A handler answers, for one stock Keras layer class:
   SeparableConv1D/2D) create fresh ids; BatchNormalization and pooling pass them on; Flatten repeats them per
   position (row = spatial * C + c); DepthwiseConv repeats each m times (c*m .. c*m+m-1); Concatenate appends them
   at their offsets; Add/Subtract/Multiply/Average/Maximum/Minimum *unite* the ids of their inputs position by
-  position;
+  position; Reshape only when it adds or drops size-1 axes, behind the screening switch `TRACE_UNIT_RESHAPE`
+  (off: a barrier);
 - `slice` / `zero_inputs`: the layer's weights without the removed channels (the rebuild), or with the input rows
   of removed channels set to zero (the masked reference);
 - `resize` (producers): the new unit / filter count in the layer config; `kernel`: what weight criteria score.
@@ -92,6 +93,7 @@ class Handler:
     producer = False  # creates fresh output channels (units / filters) that can be pruned
     consumer = False  # mixes input channels through a kernel whose input rows can be sliced / zeroed
     pointwise = False  # output value depends on the same channel at the same position only (activation tracing)
+    resized = False  # not a producer, but its config names the channel count (`resize` gets the kept count)
 
     def barrier_reason(self, layer, in_shapes: list[tuple], in_maps: list[np.ndarray]) -> str | None:
         return _data_format_reason(layer)
@@ -185,6 +187,34 @@ class ConcatenateHandler(MergeHandler):
         if self._on_channels(layer, in_shapes):
             return [np.concatenate(in_maps)]
         return super().propagate(g, layer, in_maps, in_shapes, out_shapes)
+
+
+# screening switch (bench.zoo_explore flag "reshape"), off by default: see ReshapeHandler
+TRACE_UNIT_RESHAPE = False
+
+
+class ReshapeHandler(Handler):
+    """Only a reshape that adds or drops size-1 axes in front of the channels (squeeze-excite's (C,) -> (1, 1, C)):
+    channel c stays channel c, and the target shape's last entry follows the kept count. Off by default
+    (`TRACE_UNIT_RESHAPE`): it opens EfficientNet's expanded channels to pruning, which at keep 0.75 cut its MACs to
+    0.66x but lost 24 points after 2 fine-tune epochs (docs/BENCHMARKS.md part 5b); while off, Reshape is a
+    barrier as before."""
+
+    resized = True
+
+    def barrier_reason(self, layer, in_shapes, in_maps):
+        if not TRACE_UNIT_RESHAPE:
+            return "not traced (Reshape)"
+        target = tuple(layer.target_shape)
+        inner = tuple(in_shapes[0][1:])
+        if not target or not inner or target[-1] != inner[-1] or target[-1] is None:
+            return "it moves channels to other axes"
+        if any(d != 1 for d in (*target[:-1], *inner[:-1])):
+            return "it moves channels to other axes"
+        return None
+
+    def resize(self, config, units):
+        config["target_shape"] = [*list(config["target_shape"])[:-1], int(units)]
 
 
 class FlattenHandler(Handler):
@@ -341,6 +371,7 @@ def _handlers() -> dict[str, Handler]:
         "Flatten": FlattenHandler(),
         "Concatenate": ConcatenateHandler(),
         "Activation": ActivationHandler(),
+        "Reshape": ReshapeHandler(),
     }
     for name in ("Conv1D", "Conv2D", "Conv3D"):
         table[name] = ConvHandler()

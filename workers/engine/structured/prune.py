@@ -19,12 +19,13 @@ from dataclasses import asdict, dataclass, field
 import keras
 import numpy as np
 
-from workers.engine import importance
+from workers.engine import importance, metrics
 from workers.engine.errors import SpecError
 from workers.engine.registry import walk_layers
 from workers.engine.selection import LayerOverride, LayerSelection, Selector
+from workers.engine.structured import groups as groups_mod
 from workers.engine.structured.graph import Graph, keep_indices
-from workers.engine.structured.groups import SCOPES, Group, dependents, find_groups, layers_by_class
+from workers.engine.structured.groups import SCOPES, Group, MacsModel, dependents, find_groups, layers_by_class
 from workers.engine.structured.rebuild import compensation, rebuild
 from workers.engine.structured.scoring import group_scores, member_scores
 
@@ -134,7 +135,10 @@ def structured_prune(
     scores = member_scores(g, chosen, crit, x_calib) if chosen else {}
     for grp in chosen:
         grp.scores = group_scores(g, grp, scores)
-    SCOPES[scope](chosen, float(keep_ratio), round_to)
+    macs = None
+    if scope == "global" and chosen and groups_mod.GLOBAL_RULE == "macs":
+        macs = MacsModel(g, {path: e["macs"] for path, e in metrics.macs(model)["layers"].items()})
+    SCOPES[scope](chosen, float(keep_ratio), round_to, macs=macs)
 
     removed: set[int] = set()
     report_groups = []

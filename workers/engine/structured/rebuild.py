@@ -144,7 +144,7 @@ def rebuild(
             continue
         removed_in = [np.setdiff1d(np.arange(len(m)), k) for k, m in zip(keep_in, ins)]
         plans[name] = (keep_in, keep_out, removed_in)
-        if handler.producer and not zero_only and name in g.producers:
+        if not zero_only and ((handler.producer and name in g.producers) or handler.resized):
             handler.resize(entries[name]["config"], len(keep_out))
     for entry in entries.values():
         entry.pop("build_config", None)
