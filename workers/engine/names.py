@@ -1,7 +1,8 @@
-"""The stock loss and metric names the engine trains and evaluates with.
+"""The stock loss and metric names the engine trains and evaluates with, and stock layer names it reads alike.
 
 Plain Python (no Keras import), so the job spec (`workers.spec`) validates against the same sets that
-`model_io` compiles with: one list, read by the contract and by the engine.
+`model_io` compiles with: one list, read by the contract and by the engine. `INFERENCE_IDENTITY_LAYERS` is read
+by `model_io` (which activation a model ends with) and by the structured handlers (layers channels pass through).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ ALLOWED_METRICS = frozenset(
     }
 )
 
-__all__ = ["ALLOWED_LOSSES", "ALLOWED_METRICS"]
+__all__ = ["ALLOWED_LOSSES", "ALLOWED_METRICS", "INFERENCE_IDENTITY_LAYERS"]
 
 # Layers that drop, perturb or regularize values in training and pass them through unchanged at inference.
 INFERENCE_IDENTITY_LAYERS = (
