@@ -48,8 +48,8 @@ per tensor (about what the raw global ranking costs).
 
 ERK. In a model with normalization layers the pruner allocates by shape instead (`erk_allocation`, Evci et al.
 2020): density proportional to sum(shape) / prod(shape), clipped to each tensor's bounds (the pruner's floors and
-the zeros held from earlier steps); `count_mask` then masks each tensor as above. On MobileNetV2 at 80 % it keeps
-the depthwise kernels far denser than LAMP does and scored 2-3.5 points higher (see `pruning`).
+the zeros held from earlier steps); `count_mask` then masks each tensor as above. On MobileNetV2 it keeps the
+depthwise kernels far denser than LAMP does and measured better (see `pruning`, docs/BENCHMARKS.md part 5b).
 
 Global ranking and small tensors. One magnitude ranking across layers tends to wipe out small layers (a first
 convolution holds few, important weights). `spared_small` spares the smallest tensors whose combined size is at

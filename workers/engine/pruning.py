@@ -43,13 +43,12 @@ Global magnitude allocation (the default). An allocation across the pool decides
 then each weight is masked by exact-count magnitude. The rule (`pruner.score`): in a model with a normalization
 layer (BatchNormalization, LayerNormalization, GroupNormalization), the Erdos-Renyi-kernel rule
 (`masks.erk_allocation`, Evci et al. 2020: density proportional to sum(shape) / prod(shape)), since a normalized
-layer's scale says nothing about its importance (raw |w| emptied whole MobileNetV2 layers) and shapes do. On
-MobileNetV2 at 80 % ERK keeps the depthwise kernels ~80 % dense and prunes Conv_1 (1x1, 112 -> 1280) to ~94 %; it
-scored 89.5 and 89.6 % held out (seeds 0 and 1) against 85.9 and 87.2 % for the LAMP ranking (Lee et al., ICLR
-2021; `masks.lamp_allocation`, the rule before, which pruned the depthwise kernels ~46 %), and 97.4 against 97.1 %
-on the BN ResNet (docs/BENCHMARKS.md part 5b); NORMALIZED_RULE = "lamp" brings LAMP back. In a model without
-normalization: one raw |w| ranking (`lamp_allocation` with score "magnitude"), where a layer's scale is part of its
-function and the raw ranking measured better on LeNet-300-100 at 90 and 95 % (docs/BENCHMARKS.md).
+layer's scale says nothing about its importance (raw |w| emptied whole MobileNetV2 layers) and shapes do: ERK keeps
+the depthwise kernels far denser than the LAMP ranking (Lee et al., ICLR 2021; `masks.lamp_allocation`, the rule
+before) and measured better on MobileNetV2 and the BN ResNet (docs/BENCHMARKS.md part 5b); NORMALIZED_RULE =
+"lamp" brings LAMP back. In a model without normalization: one raw |w| ranking (`lamp_allocation` with score
+"magnitude"), where a layer's scale is part of its function and the raw ranking measured better on LeNet-300-100
+(docs/BENCHMARKS.md parts 1-2).
 Rules, measured on MobileNetV2, a BatchNorm ResNet and LeNet-300-100:
 - floor: a weight not named explicitly keeps at least FLOOR_SHARE (1/4) of the pool's average density
   ((1 - target) / 4, at least one weight), so no layer is disconnected (raw |w| ranking emptied whole layers);
@@ -57,7 +56,7 @@ Rules, measured on MobileNetV2, a BatchNorm ResNet and LeNet-300-100:
   no channel is cut off (a depthwise channel has no other path);
 - 1x1 projections and the output layer: no special case beyond the above; ERK gives wide 1x1 layers the highest
   sparsity; a small output layer and the tiny layers stay spared (not sparing them cost MobileNetV2 accuracy at
-  80 %); sparing the depthwise kernels too (SPARE_ROLES) scored below ERK (88.6 % at one seed);
+  80 %); sparing the depthwise kernels too (SPARE_ROLES) scored below ERK (part 5b);
 - zeros held from an earlier step stay and count towards the weight's share (ERK's lower bound, LAMP scores 0);
 - a weight named explicitly has no floor and may be emptied.
 `targets` ("path/role" -> sparsity, e.g. from `allocation.allocate` on a sensitivity analysis) gives those weights

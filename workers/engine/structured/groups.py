@@ -16,8 +16,8 @@ A MACs-aware variant of the global ranking exists as a screening switch, off by 
 layers that carry it (`MacsModel`, from `metrics.macs`), and removed in that order until the MACs of those layers
 are at most keep_ratio**TARGET_POWER of what they were (floors permitting). Measured for issue 9
 (docs/BENCHMARKS.md part 5b) it was not adopted: with scores normalized per group the cost decides whole groups, so
-it cuts the costliest residual streams and stems first; at best EfficientNetB0 82.2 % (-9.2 points; 55.9 % with
-seed 1) at MACs 0.72x, MobileNetV2 -5.9 points at 0.69x (-2.75 at 0.68x with the default).
+it cuts the costliest residual streams and stems first, and did not bring EfficientNetB0 within the goal while it
+cost MobileNetV2 accuracy against the default.
 """
 
 from __future__ import annotations

@@ -196,9 +196,9 @@ TRACE_UNIT_RESHAPE = False
 class ReshapeHandler(Handler):
     """Only a reshape that adds or drops size-1 axes in front of the channels (squeeze-excite's (C,) -> (1, 1, C)):
     channel c stays channel c, and the target shape's last entry follows the kept count. Off by default
-    (`TRACE_UNIT_RESHAPE`): it opens EfficientNet's expanded channels to pruning, which at keep 0.75 cut its MACs to
-    0.66x but lost 24 points after 2 fine-tune epochs (docs/BENCHMARKS.md part 5b); while off, Reshape is a
-    barrier as before."""
+    (`TRACE_UNIT_RESHAPE`): it opens EfficientNet's expanded channels to pruning, which cut its MACs but lost far
+    more accuracy than the goal allows after 2 fine-tune epochs (docs/BENCHMARKS.md part 5b); while off, Reshape
+    is a barrier as before."""
 
     resized = True
 
