@@ -29,6 +29,7 @@ SPARSITIES = (0.8, 0.9, 0.95, 0.97)
 FULL = {"models": ("lenet_300_100", "tutorial_cnn"), "seeds": (0, 1, 2), "sparsities": SPARSITIES}
 QUICK = {"models": ("lenet_300_100",), "seeds": (0,), "sparsities": (0.9,)}
 TINY = 0.001  # the budget given when tfmot's setting is not below the input model
+PRETRAIN_EPOCHS = 10  # part 2's input models
 TIE = 1e-6  # added to the matched drop: a trial exactly at tfmot's accuracy is within (see matched_budget)
 
 
@@ -114,13 +115,21 @@ def _setting(sides: Sides, pre: dict, base: float, s: float, step: dict, seeds, 
 
 
 def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> dict:
+    return run_matched(sides, quick, command, repeats, name="budget_matched", pretrain_epochs=PRETRAIN_EPOCHS)
+
+
+def run_matched(
+    sides: Sides, quick: bool, command: str, repeats: int | None, *, name: str, pretrain_epochs: int
+) -> dict:
+    """The part's runs on input models pretrained `pretrain_epochs` (part 2's 10 here; 6f's converged models at
+    30), written to bench/results/<name>.json."""
     cfg = dict(QUICK if quick else FULL)
     if repeats:
         cfg["seeds"] = tuple(range(repeats))
     step = step_config(quick)
     planned = step["epochs"] * step["max_trials"]
     payload = header(
-        "budget_matched",
+        name,
         command,
         quick,
         {
@@ -128,7 +137,7 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
             "step": step,
             "frequencies": FREQUENCIES,
             "batch_size": 128,
-            "pretrain_epochs": 10,
+            "pretrain_epochs": pretrain_epochs,
             "planned_epochs": planned,
             "tiny": TINY,
             "tie": TIE,
@@ -138,18 +147,18 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
     payload["models"] = {}
     pairs = []
     for model in cfg["models"]:
-        pre = pretrained(sides, model, epochs=10)
+        pre = pretrained(sides, model, epochs=pretrain_epochs)
         base = pre["accuracy"]
         settings = {}
         for s in cfg["sparsities"]:
             m = _setting(sides, pre, base, s, step, cfg["seeds"], planned, monitor)
             settings[m["name"]] = m
             pairs.append({"model": model, **m})
-            log(f"budget_matched: {model} {m['name']}: verdict {m['verdict']}")
+            log(f"{name}: {model} {m['name']}: verdict {m['verdict']}")
             payload["models"][model] = {"pretrained_accuracy": base, "settings": settings}
             payload["goal"] = tally(pairs)
-            write_result("budget_matched", {**payload, "load": monitor.summary()}, quick)
+            write_result(name, {**payload, "load": monitor.summary()}, quick)
     payload["load"] = monitor.summary()
-    path = write_result("budget_matched", payload, quick)
-    log(f"budget_matched: wrote {path}; {payload['goal']}")
+    path = write_result(name, payload, quick)
+    log(f"{name}: wrote {path}; {payload['goal']}")
     return payload

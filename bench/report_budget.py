@@ -1,4 +1,5 @@
-"""Part 6's tables (issue 12's budget search): budget, budget_zoo, budget_tfmot, budget_timing, budget_matched."""
+"""Part 6's tables (issue 12's budget search): budget, budget_zoo, budget_tfmot, budget_timing, budget_matched and
+budget_converged (6f: 6e's tables on converged input models)."""
 
 from __future__ import annotations
 
@@ -295,12 +296,13 @@ def _tie(d: dict) -> float:
 
 
 def budget_matched_tables(d: dict) -> str:
-    """Part 6e: per model and hand-picked tfmot setting, the budget given that setting's own drop."""
+    """Parts 6e and 6f: per model and hand-picked tfmot setting, the budget given that setting's own drop."""
     cfg = d["config"]
     tie = _tie(d)
     parts = [
         _run_line(d),
         "",
+        f"Input models trained {cfg['pretrain_epochs']} epochs on the training digits. "
         f"Budget step: `{json.dumps({k: v for k, v in cfg['step'].items() if k != 'max_drop'}, sort_keys=True)}` with "
         "`max_drop` set per row to the tfmot setting's "
         f"drop (input model minus tfmot's median held-out accuracy at the budget's planned {cfg['planned_epochs']} "
@@ -370,4 +372,5 @@ RENDERERS = {
     "budget_tfmot": budget_tfmot_tables,
     "budget_timing": budget_timing_tables,
     "budget_matched": budget_matched_tables,
+    "budget_converged": budget_matched_tables,
 }
