@@ -21,6 +21,8 @@ bench/results/budget_matched.json.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bench.budget_tfmot import FREQUENCIES, budget_job, label, sizes, step_config, tfmot_job, verdict
 from bench.common import LoadMonitor, header, log, write_result
 from bench.harness import Sides, pretrained
@@ -119,10 +121,17 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
 
 
 def run_matched(
-    sides: Sides, quick: bool, command: str, repeats: int | None, *, name: str, pretrain_epochs: int
+    sides: Sides,
+    quick: bool,
+    command: str,
+    repeats: int | None,
+    *,
+    name: str,
+    pretrain_epochs: int,
+    before: Callable[[dict, dict], dict] | None = None,
 ) -> dict:
     """The part's runs on input models pretrained `pretrain_epochs` (part 2's 10 here; 6f's converged models at
-    30), written to bench/results/<name>.json."""
+    30), written to bench/results/<name>.json; `before(cfg, step)` adds its entries to the results first."""
     cfg = dict(QUICK if quick else FULL)
     if repeats:
         cfg["seeds"] = tuple(range(repeats))
@@ -144,6 +153,8 @@ def run_matched(
         },
     )
     monitor = LoadMonitor()
+    if before is not None:
+        payload.update(before(cfg, step))
     payload["models"] = {}
     pairs = []
     for model in cfg["models"]:
