@@ -7,8 +7,8 @@ match them. A user brings a trained model; here the same architectures are train
 seed 0, `bench.harness.pretrained`), and everything else is part 6e's: tfmot at 0.8 / 0.9 / 0.95 / 0.97 for 12
 epochs at the better of frequencies 100 and 10, the budget job given that setting's drop, seeds 0-2, the same
 verdict. Before the settings, each input model is also fine-tuned plainly for 2 epochs per seed, at the constant
-learning rate and under the budget trials' warm-up + cosine schedule (`finetune_rates`): what a trial's training
-alone costs a converged model. Results: bench/results/budget_converged.json.
+learning rate (as the engine trains) and under a warm-up + cosine schedule (`finetune_rates`): what a trial's
+training alone costs a converged model. Results: bench/results/budget_converged.json.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ PRETRAIN_EPOCHS = 30
 
 def finetune_rates(sides: Sides, models, seeds, epochs: int) -> dict:
     """Per model, the input model's held-out accuracy and, per seed, after `epochs` of plain fine-tuning at the
-    constant rate and under the trials' schedule."""
+    constant rate and under a warm-up + cosine schedule."""
     out = {}
     for model in models:
         pre = pretrained(sides, model, epochs=PRETRAIN_EPOCHS)

@@ -355,6 +355,8 @@ def budget_matched_tables(d: dict) -> str:
             ],
         ),
     ]
+    if d.get("finetune"):
+        parts += ["", _finetune_table(d["finetune"])]
     g = d.get("goal", {})
     if g:
         parts += [
@@ -364,6 +366,30 @@ def budget_matched_tables(d: dict) -> str:
             + f"; smaller while both stay within the setting's drop: {g['smaller_within']} of {g['pairs']}.",
         ]
     return "\n".join(parts)
+
+
+def _finetune_table(finetune: dict) -> str:
+    """Part 6f: each input model after plain fine-tuning alone, constant rate against warm-up + cosine, per seed."""
+    rows = []
+    for name, m in finetune.items():
+        runs = m["runs"]
+        for key in ("constant", "warmup_cosine"):
+            values = [r[key] for r in runs]
+            rows.append(
+                [
+                    f"{name} ({m['input']:.4f})",
+                    f"{runs[0]['epochs']} epochs, Adam {runs[0]['lr']:g}, "
+                    + ("constant rate" if key == "constant" else "warm-up 10 % + cosine to 0"),
+                    " / ".join(f"{v:.4f}" for v in values),
+                    " / ".join(f"{100 * (v - m['input']):+.2f}" for v in values),
+                ]
+            )
+    return (
+        "Plain fine-tuning of the input model alone (no pruning), seeds "
+        + ", ".join(str(i) for i in range(len(next(iter(finetune.values()))["runs"])))
+        + ":\n\n"
+        + _md(rows, ["model (input acc.)", "fine-tuning", "held-out acc. per seed", "vs input (points)"])
+    )
 
 
 RENDERERS = {

@@ -5,8 +5,8 @@
   zoo_budget_job    a budget step on a zoo model and its data file (bench.budget_zoo)
   sensitivity_job   a sensitivity step alone on a zoo model, timed per layer from the progress events
                     (bench.budget_timing)
-  finetune_rates    plain fine-tuning of a part-2 model at a constant learning rate and under the budget trials'
-                    warm-up + cosine schedule (bench.budget_converged)
+  finetune_rates    plain fine-tuning of a part-2 model at a constant learning rate and under a warm-up + cosine
+                    schedule (bench.budget_converged)
 
 Registered into `bench.sides.secateurs.TASKS` (the worker imports that module).
 """
@@ -169,20 +169,26 @@ def sensitivity_job(model_file: str, data_file: str, step: dict, batch_size: int
 
 def finetune_rates(model_file: str, epochs: int, batch_size: int = 128, seed: int = 0, lr: float = 1e-3) -> dict:
     """Held-out accuracy of the model as loaded and after `epochs` of plain fine-tuning with a fresh Adam, once at
-    the constant rate `lr` (the engine's default steps) and once under `model_io.warmup_cosine(lr, steps)` (the
-    budget search's trials); compiled by the engine's `compile_model`, as its jobs compile."""
+    the constant rate `lr` (as the engine trains) and once with the rate rising from 0 over the first tenth of the
+    steps, then decaying to 0 along a cosine (an alternative measured in part 6f, not the engine's)."""
     import keras
-
-    from workers.engine import model_io
 
     x, y, _, _ = data()
     steps = epochs * int(np.ceil(len(x) / batch_size))
+    warmup = max(1, steps // 10)
+    rates = {
+        "constant": lambda: lr,
+        "warmup_cosine": lambda: keras.optimizers.schedules.CosineDecay(
+            0.0, steps - warmup, alpha=0.0, warmup_target=lr, warmup_steps=warmup
+        ),
+    }
     out = {"input": held_out_accuracy(keras.saving.load_model(model_file)), "epochs": epochs, "lr": lr}
-    for name, decay in (("constant", None), ("warmup_cosine", steps)):
+    for name, rate in rates.items():
         keras.utils.set_random_seed(seed)
         model = keras.saving.load_model(model_file)
-        training = model_io.TrainingSettings(batch_size=batch_size, learning_rate=lr)
-        model_io.compile_model(model, training, "sparse_categorical_crossentropy", ["accuracy"], decay_steps=decay)
+        model.compile(
+            optimizer=keras.optimizers.Adam(rate()), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+        )
         model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
         out[name] = held_out_accuracy(model)
     return out

@@ -338,25 +338,6 @@ def test_compile_model_builds_the_spec_optimizer_and_trains(optimizer):
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
 
-@pytest.mark.parametrize("steps", [2, 10, 125])
-def test_decay_steps_warm_up_then_decay_to_zero_over_exactly_those_steps(steps):
-    model = _sequential()
-    compile_model(model, TrainingSettings(learning_rate=0.01), "sparse_categorical_crossentropy", [], decay_steps=steps)
-    schedule = keras.optimizers.schedules.deserialize(model.optimizer.get_config()["learning_rate"])
-    rates = [float(schedule(t)) for t in range(steps + 1)]
-    warmup = max(1, int(steps * model_io.WARMUP_FRACTION))
-    assert rates[0] == 0.0 and rates[warmup] == pytest.approx(0.01)
-    assert all(a < b for a, b in zip(rates[:warmup], rates[1 : warmup + 1]))  # rising to the peak
-    assert all(a >= b for a, b in zip(rates[warmup:], rates[warmup + 1 :]))  # then never rising again
-    assert rates[-1] == pytest.approx(0.0, abs=1e-12)
-    x = np.random.default_rng(0).normal(size=(32, 6)).astype("float32")
-    before = model.get_weights()
-    model.train_on_batch(x, np.arange(32) % 3)  # step 0 runs at rate 0: an Adam step of size 0
-    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
-    model.train_on_batch(x, np.arange(32) % 3)
-    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
-
-
 @pytest.mark.parametrize("loss", sorted(model_io.LOSSES))
 def test_compile_model_accepts_every_allowed_loss(loss):
     units = 1 if model_io.LOSSES[loss].label_form in ("regression", "binary") else 3

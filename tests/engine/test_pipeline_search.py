@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import zipfile
 
 import keras
 import numpy as np
@@ -146,10 +145,6 @@ def test_a_budget_job_that_meets_its_budget(tmp_path, mlp_files):
     assert zeros / sum(k.size for k in kernels.values()) == pytest.approx(chosen["level"], abs=1e-4)
     assert chosen["level"] >= 0.5
     assert (out / "sensitivity.json").exists()  # computed for the allocation, kept as an artifact
-    # trials train under a warm-up + cosine schedule; the model leaves at the job's constant learning rate
-    with zipfile.ZipFile(out / "model.keras") as z:
-        optimizer = json.loads(z.read("config.json"))["compile_config"]["optimizer"]["config"]
-    assert optimizer["learning_rate"] == pytest.approx(1e-3)
     numbered = sorted({e.trial for e in events if e.phase == "budget" and e.trial})
     assert numbered == list(range(1, len(trials) + 1))
     for i, t in enumerate(trials[1:], 1):  # warm starts: from the most compressed trial within budget before

@@ -5,8 +5,7 @@ Public API::
     TrainingSettings(batch_size=128, optimizer="adam", learning_rate=1e-3, loss=None, metrics=None, ...)
     load_model(path, limits=None) -> LoadedModel
     resolve_training(loaded, training: TrainingSettings) -> (loss name, metric names)
-    compile_model(model, training: TrainingSettings, loss, metrics, *, from_logits=None, decay_steps=None) -> model
-    warmup_cosine(learning_rate, steps) -> a Keras learning-rate schedule (the budget search's trials use it)
+    compile_model(model, training: TrainingSettings, loss, metrics, *, from_logits=None) -> model
     output_activation(model) -> str | None
     LOSSES: dict[name, LossKind]        OPTIMIZERS: dict[name, optimizer class]
 
@@ -423,21 +422,6 @@ def output_units(model: keras.Model) -> int | None:
 STEPS_PER_EXECUTION = 8
 
 
-WARMUP_FRACTION = 0.1
-
-
-def warmup_cosine(learning_rate: float, steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
-    """The learning rate rising linearly from 0 over the first WARMUP_FRACTION of `steps` (at least one step), then
-    decaying to 0 along a cosine by the last step. A fresh adaptive optimizer's first steps at the full rate move
-    every weight by about the rate whatever its gradient, which throws a converged model off its optimum; the decay
-    ends the training converged again (docs/BENCHMARKS.md part 6f measures both on the budget search's trials)."""
-    steps = max(int(steps), 2)
-    warmup = max(1, int(steps * WARMUP_FRACTION))
-    return keras.optimizers.schedules.CosineDecay(
-        0.0, steps - warmup, alpha=0.0, warmup_target=float(learning_rate), warmup_steps=warmup
-    )
-
-
 def compile_model(
     model: keras.Model,
     training: TrainingSettings,
@@ -446,14 +430,11 @@ def compile_model(
     *,
     from_logits: bool | None = None,
     steps_per_execution: int = STEPS_PER_EXECUTION,
-    decay_steps: int | None = None,
 ) -> keras.Model:
     """Compile `model` with a fresh optimizer from the training settings and a stock loss.
 
     `from_logits` (cross-entropy only) defaults to whether the output is linear (logits) rather than a
     softmax / sigmoid. `steps_per_execution`: see STEPS_PER_EXECUTION (1 runs batch callbacks after every step).
-    `decay_steps`: None trains at the constant `training.learning_rate`; a step count gives `warmup_cosine` over
-    that many optimizer steps instead.
     """
     kind = LOSSES.get(loss)
     if kind is None:
@@ -475,11 +456,7 @@ def compile_model(
     if from_logits is None:
         from_logits = output_activation(model) == "linear"
     model.compile(
-        optimizer=optimizer_cls(
-            learning_rate=training.learning_rate
-            if decay_steps is None
-            else warmup_cosine(training.learning_rate, decay_steps)
-        ),
+        optimizer=optimizer_cls(learning_rate=training.learning_rate),
         loss=kind.build(from_logits),
         metrics=list(metrics),
         steps_per_execution=steps_per_execution,

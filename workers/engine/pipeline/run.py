@@ -162,24 +162,13 @@ def _require_data(run: _Run, what: str):
 
 
 def _fit(
-    run: _Run,
-    phase: str,
-    index: int,
-    epochs: int,
-    pruner: Pruner | None,
-    extra_callbacks: list | None = None,
-    *,
-    decay: bool = False,
+    run: _Run, phase: str, index: int, epochs: int, pruner: Pruner | None, extra_callbacks: list | None = None
 ) -> dict:
-    """Compile afresh (so attached masks/penalties are traced in) and train; returns per-epoch history. `decay`:
-    the learning rate warms up and decays to 0 over these epochs (`model_io.warmup_cosine`) instead of staying
-    constant."""
+    """Compile afresh (so attached masks/penalties are traced in) and train; returns per-epoch history."""
     data = _require_data(run, f"step {index} ({phase})")
     spec = run.training
+    model_io.compile_model(run.model, spec, run.loss, run.metrics)
     steps_per_epoch = int(np.ceil(len(data.x_train) / spec.batch_size))
-    model_io.compile_model(
-        run.model, spec, run.loss, run.metrics, decay_steps=epochs * steps_per_epoch if decay else None
-    )
     cb = _ProgressCallback(
         run, phase, index, epochs, steps_per_epoch, sparsity=(pruner.sparsity if pruner is not None else (lambda: None))
     )
@@ -207,15 +196,14 @@ def _pruner(run: _Run) -> Pruner:
     return Pruner(run.model, weights, run.layers.overrides)
 
 
-def _train_holding_zeros(run: _Run, phase: str, index: int, epochs: int, setup=None, *, decay: bool = False) -> dict:
-    """Train `epochs` with zeros held when a prune step ran before; `setup(weights)` may attach penalties;
-    `decay` as in `_fit`."""
+def _train_holding_zeros(run: _Run, phase: str, index: int, epochs: int, setup=None) -> dict:
+    """Train `epochs` with zeros held when a prune step ran before; `setup(weights)` may attach penalties."""
     pruner = _pruner(run) if run.hold_zeros else None
     if pruner is not None:
         pruner.hold_zeros()
     handle = setup(prunable_weights(run.model, run.layers)) if setup else None
     try:
-        return _fit(run, phase, index, epochs, pruner, decay=decay)
+        return _fit(run, phase, index, epochs, pruner)
     finally:
         if handle is not None:
             handle.detach()

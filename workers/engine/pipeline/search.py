@@ -206,7 +206,7 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
             current = {name: n - cut.get(name, 0) for name, n in current.items()}
             if step.epochs:
                 _reestimate_batchnorm(run, "budget", index, evaluate=False)  # train from matching statistics
-                _train_holding_zeros(run, "budget", index, step.epochs, decay=True)
+                _train_holding_zeros(run, "budget", index, step.epochs)
         else:
             run.model.set_weights(states[start] if start is not None else original)
             pruner = _pruner(run)
@@ -223,13 +223,7 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
                         schedule=ScheduleSettings("polynomial", end=TRIAL_RAMP_END),
                     )
                     _fit(
-                        run,
-                        "budget",
-                        index,
-                        step.epochs,
-                        pruner,
-                        extra_callbacks=[pruner.callback(ramp, spe, targets)],
-                        decay=True,
+                        run, "budget", index, step.epochs, pruner, extra_callbacks=[pruner.callback(ramp, spe, targets)]
                     )
                 else:
                     pruner.prune(PruneSettings(params=MaskParams(sparsity=removed)), targets)
