@@ -5,8 +5,10 @@ caller (`pipeline`) through the `run_trial` callable. Public API::
 
     Trial(...)                                        one trial's measurements (manifest.budget.trials[i])
     LevelSearch(first, highest, max_trials)           proposes the fraction to remove next
-    search(run_trial, *, first, highest, max_trials, objective, ...) -> BudgetResult
-    choose(trials, objective) -> (index, met); needed(trials, objective) -> indices whose models to keep
+    search(run_trial, *, first, highest, max_trials, objective, retry=None, ...) -> BudgetResult
+    choose(trials, objective) -> (index, met); needed(trials, objective, pending) -> indices whose models to keep
+    near_miss(drop, max_drop, noise) -> bool         a miss worth one more fine-tune at the same level
+    accuracy_noise(metric, baseline, samples) -> float   one standard error of a held-out accuracy
     OBJECTIVES: dict[str, Callable[[Trial], float]]   what "most compressed" means
     measure(model, scratch, method, latency_runs) -> dict   a trial's size measurements
 
@@ -17,9 +19,15 @@ trial met the budget, the next one halves the density of the best (0.9 -> 0.95 -
 miss it bisects between the most compressed trial within budget and the least compressed one outside it (the
 geometric mean of their densities), and stops early once the two are within `min_ratio` of each other.
 Each trial warm-starts from the most compressed trial within budget so far (the original model before there is
-one), so fine-tuning accumulates along the way up, as in iterative pruning (Han et al. 2015). The chosen trial
-is the best within budget by the objective (ties: the more compressed); when none is within budget, the trial
-with the smallest drop, and `met` is false.
+one), so fine-tuning accumulates along the way up, as in iterative pruning (Han et al. 2015).
+
+Near misses. A trial's held-out metric moves by more than a tight budget from one fine-tune to the next (the
+noise of a few hundred optimizer steps from a fresh optimizer, and of a finite held-out set), so a trial that
+misses by little says little about its level. When `retry(trial)` says a miss is near (`near_miss`: past the
+budget by at most the budget itself or one standard error of the held-out metric, whichever is larger), the next
+trial fine-tunes *that* trial's model once more at the same level (its `retry_of`) before the search records the
+level as outside; a retry is not retried. The chosen trial is the best within budget by the objective (ties: the
+more compressed); when none is within budget, the trial with the smallest drop, and `met` is false.
 """
 
 from __future__ import annotations
@@ -34,7 +42,18 @@ from workers.engine import export as export_mod
 from workers.engine import metrics as metrics_mod
 from workers.engine.errors import Cancelled
 
-__all__ = ["OBJECTIVES", "BudgetResult", "LevelSearch", "Trial", "choose", "measure", "needed", "search"]
+__all__ = [
+    "OBJECTIVES",
+    "BudgetResult",
+    "LevelSearch",
+    "Trial",
+    "accuracy_noise",
+    "choose",
+    "measure",
+    "near_miss",
+    "needed",
+    "search",
+]
 
 
 @dataclass
@@ -50,6 +69,7 @@ class Trial:
     epochs: int
     removed: float = 0.0  # the fraction removed (= level for magnitude, 1 - level for structured)
     start: int | None = None  # the trial it was warm-started from (None: the original model)
+    retry_of: int | None = None  # the near miss this trial fine-tunes again at the same level
     wall_time_s: float = 0.0
     extra: dict = field(default_factory=dict)
 
@@ -102,6 +122,20 @@ class LevelSearch:
         return 1.0 - math.sqrt(d_ok * d_bad)
 
 
+def near_miss(drop: float, max_drop: float, noise: float = 0.0) -> bool:
+    """Whether a trial outside the budget missed it by at most max(max_drop, noise): a miss that one more
+    fine-tune at the same level may well turn, given how much a held-out metric moves between fine-tunes."""
+    return math.isfinite(drop) and drop > max_drop and drop - max_drop <= max(max_drop, noise)
+
+
+def accuracy_noise(metric_is_accuracy: bool, baseline: float, samples: int) -> float:
+    """One standard error of an accuracy measured on `samples` held-out samples (binomial, at the input model's
+    accuracy); 0 for other metrics, or without samples."""
+    if not metric_is_accuracy or samples <= 0 or not 0.0 <= baseline <= 1.0:
+        return 0.0
+    return math.sqrt(baseline * (1.0 - baseline) / samples)
+
+
 @dataclass
 class BudgetResult:
     trials: list[Trial]
@@ -117,30 +151,41 @@ def search(
     max_trials: int,
     objective: str,
     should_cancel: Callable[[], bool] | None = None,
-    on_trial: Callable[[int, Trial], None] | None = None,
+    on_trial: Callable[[int, Trial, int | None], None] | None = None,
+    retry: Callable[[Trial], bool] | None = None,
 ) -> BudgetResult:
     """Run up to `max_trials` trials; `run_trial(removed, start)` prunes the model (from trial `start`'s model,
     or the original when None) so that the fraction `removed` is gone, fine-tunes, measures and returns a Trial.
-    `on_trial(i, trial)` is called after each one. Cancellation is checked before every trial."""
+    `retry(trial)`: whether a trial outside the budget is a near miss to fine-tune once more (module docstring).
+    `on_trial(i, trial, pending)` is called after each one; `pending` is the trial the next one retries (its model
+    must be kept), else None. Cancellation is checked before every trial."""
     levels = LevelSearch(first, highest)
     trials: list[Trial] = []
     best: int | None = None  # the most compressed trial within budget
+    pending: int | None = None  # a near miss that the next trial fine-tunes again
     while len(trials) < max_trials:
-        removed = levels.next()
-        if removed is None:
-            break
+        if pending is not None:
+            removed, start = trials[pending].removed, pending
+        else:
+            removed, start = levels.next(), best
+            if removed is None:
+                break
         if should_cancel is not None and should_cancel():
             raise Cancelled("the job was cancelled between budget trials")
         t0 = time.perf_counter()
-        trial = run_trial(removed, best)
-        trial.removed, trial.start = removed, best
+        trial = run_trial(removed, start)
+        trial.removed, trial.start, trial.retry_of = removed, start, pending
         trial.wall_time_s = time.perf_counter() - t0
         trials.append(trial)
-        levels.record(removed, trial.within_budget)
+        if pending is None and not trial.within_budget and retry is not None and retry(trial):
+            pending = len(trials) - 1  # its level is judged by the retry
+        else:
+            levels.record(removed, trial.within_budget)
+            pending = None
         if trial.within_budget and (best is None or removed > trials[best].removed):
             best = len(trials) - 1
         if on_trial is not None:
-            on_trial(len(trials) - 1, trial)
+            on_trial(len(trials) - 1, trial, pending)
     chosen, met = choose(trials, objective)
     return BudgetResult(trials, chosen, met)
 
@@ -155,12 +200,12 @@ def choose(trials: list[Trial], objective: str) -> tuple[int, bool]:
     return min(range(len(trials)), key=lambda i: (trials[i].drop, trials[i].removed)), False
 
 
-def needed(trials: list[Trial], objective: str) -> set[int]:
-    """The trials whose models may still be used: the one `choose` picks now and the most compressed within
-    budget (the next warm start)."""
+def needed(trials: list[Trial], objective: str, pending: int | None = None) -> set[int]:
+    """The trials whose models may still be used: the one `choose` picks now, the most compressed within
+    budget (the next warm start) and `pending`, the near miss the next trial retries."""
     if not trials:
         return set()
-    out = {choose(trials, objective)[0]}
+    out = {choose(trials, objective)[0]} | ({pending} if pending is not None else set())
     within = [i for i, t in enumerate(trials) if t.within_budget]
     if within:
         out.add(max(within, key=lambda i: trials[i].removed))

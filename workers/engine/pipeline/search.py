@@ -253,9 +253,9 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
 
     trials: list[budget_mod.Trial] = []
 
-    def on_trial(i: int, t: budget_mod.Trial) -> None:
+    def on_trial(i: int, t: budget_mod.Trial, pending: int | None) -> None:
         trials.append(t)
-        for j in set(states) - budget_mod.needed(trials, step.objective):
+        for j in set(states) - budget_mod.needed(trials, step.objective, pending):
             del states[j]  # a model no later trial starts from and that cannot be chosen
         run.progress(
             Progress(
@@ -264,9 +264,12 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
                 trial=i + 1,
                 trials=step.max_trials,
                 message=f"trial {i + 1}: {metric} {t.metric:.4f} (drop {t.drop:+.4f}), "
-                f"{'within' if t.within_budget else 'outside'} the budget",
+                f"{'within' if t.within_budget else 'outside'} the budget"
+                + ("; a near miss: the next trial fine-tunes it again" if pending == i else ""),
             )
         )
+
+    noise = budget_mod.accuracy_noise(sensitivity_mod.higher_is_better(metric), baseline, len(data.y_val))
 
     found = budget_mod.search(
         trial,
@@ -276,6 +279,7 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
         objective=step.objective,
         should_cancel=run.should_cancel,
         on_trial=on_trial,
+        retry=lambda t: budget_mod.near_miss(t.drop, step.max_drop, noise),
     )
     if structured:
         run.model = states[found.chosen][0]
