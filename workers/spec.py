@@ -301,7 +301,8 @@ class SensitivityStep(_Strict):
 class BudgetStep(_Strict):
     """Find the most compressed model whose held-out metric stays within max_drop of the original: sensitivity-based
     allocation per layer, a search over the global level (each trial fine-tuned `epochs`, warm-started from the best
-    model so far), the best trial within budget returned. Nothing within budget: the closest trial, met = false."""
+    model so far; a near miss fine-tuned once more at its level), the best trial within budget returned. Nothing
+    within budget: the closest trial, met = false."""
 
     kind: Literal["budget"] = "budget"
     metric: str | None = Field(

@@ -118,6 +118,8 @@ def test_a_budget_job_that_meets_its_budget(tmp_path, mlp_files):
     assert budget["met"] is True and manifest["summary"]["budget_met"] is True
     assert budget["metric"] == "accuracy" and budget["max_drop"] == 0.02 and budget["objective"] == "nonzero_params"
     assert budget["baseline"] == manifest["before"]["evaluation"]["accuracy"]
+    b, n = budget["baseline"], 2000  # one standard error of the held-out accuracy: the near-miss margin
+    assert budget["noise"] == pytest.approx(math.sqrt(b * (1 - b) / n)) and budget["note"] is None
     trials = budget["trials"]
     assert 1 <= len(trials) <= 3
     for t in trials:
@@ -153,6 +155,16 @@ def test_a_budget_job_that_meets_its_budget(tmp_path, mlp_files):
             continue
         before = [j for j in range(i) if trials[j]["within_budget"]]
         assert t["start"] == (max(before, key=lambda j: trials[j]["level"]) if before else None)
+
+
+def test_a_budget_below_the_noise_of_the_held_out_metric_says_so(tmp_path, mlp_files):
+    spec = {"steps": [{"kind": "budget", "max_drop": 0.001, "epochs": 1, "max_trials": 1}], "evaluation": QUIET}
+    manifest, _ = _run(tmp_path, mlp_files, spec)
+    budget = manifest["budget"]
+    assert budget["noise"] > 0.001  # about 0.005 at 94 % on 2,000 digits
+    assert "below one standard error of the held-out accuracy" in budget["note"]
+    assert budget["note"] in manifest["summary"]["notes"]
+    assert budget["note"].startswith("BUDGET NOT MET") == (not budget["met"])
 
 
 def test_a_budget_that_cannot_be_met_returns_the_closest_trial_and_says_so(tmp_path, linear_files):

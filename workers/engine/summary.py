@@ -15,7 +15,8 @@ Rules (honest by construction):
   nothing to check: `within_tolerance` is null.
 * **Size:** the gzipped `.keras` file shrank to at most SIZE_WIN of its size.
 * **Budget** (a budget step ran): `budget_met` says whether a trial stayed within the step's max_drop; when none
-  did, a note says so and which trial was returned.
+  did, a note says so and which trial was returned; a max_drop below one standard error of the held-out accuracy
+  gets a note too (trials then pass or fail by chance as much as by the pruning).
 * **Speed:** at some batch size the median latency improved by at least SPEED_WIN *and* the interquartile ranges
   of the repeated measurements do not overlap (after's p75 below before's p25): a gain inside the noise is not
   claimed (a note says so).

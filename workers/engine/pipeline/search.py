@@ -148,6 +148,26 @@ def _run_sensitivity(run: _Run, index: int, step: SensitivityStep) -> dict:
     }
 
 
+def _budget_note(
+    found: budget_mod.BudgetResult, metric: str, baseline: float, max_drop: float, noise: float, samples: int, unit: str
+) -> str | None:
+    """The budget's note: that it was not met and which trial is returned, and that a budget tighter than one
+    standard error of the held-out metric is decided by chance as much as by the pruning; None when neither."""
+    parts = []
+    if not found.met:
+        chosen = found.trials[found.chosen]
+        parts.append(
+            f"BUDGET NOT MET: no trial kept held-out {metric} within {max_drop:g} of the original ({baseline:.4g}); "
+            f"the closest trial (#{found.chosen}, {unit} {chosen.level:.4f}, {metric} {chosen.metric:.4g}) is returned"
+        )
+    if max_drop < noise:
+        parts.append(
+            f"max_drop {max_drop:g} is below one standard error of the held-out {metric} ({noise:.2g} on {samples} "
+            "samples): whether a trial lands within the budget is decided by chance as much as by the pruning"
+        )
+    return "; ".join(parts) or None
+
+
 def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
     data = _require_data(run, f"step {index} (budget)")
     field = f"steps.{index}.metric"
@@ -286,7 +306,6 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
     else:
         run.model.set_weights(states[found.chosen])
         run.hold_zeros = True
-    chosen = found.trials[found.chosen]
     run.budget = {
         "metric": metric,
         "baseline": baseline,
@@ -297,12 +316,9 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
         "chosen": found.chosen,
         "trials": [t.to_dict() for t in found.trials],
         "sensitivity": result.get("artifacts"),
-        "note": None
-        if found.met
-        else (
-            f"BUDGET NOT MET: no trial kept held-out {metric} within {step.max_drop:g} of the original "
-            f"({baseline:.4g}); the closest trial (#{found.chosen}, {'keep ratio' if structured else 'sparsity'} "
-            f"{chosen.level:.4f}, {metric} {chosen.metric:.4g}) is returned"
+        "noise": noise,
+        "note": _budget_note(
+            found, metric, baseline, step.max_drop, noise, len(data.y_val), "keep ratio" if structured else "sparsity"
         ),
     }
     return {"budget": run.budget}
