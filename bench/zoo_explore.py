@@ -6,8 +6,8 @@ MODEL: mobilenet_v2, resnet_bn16 or efficientnet_b0. FLAGs set engine switches (
 global ranking `macs+pow50+tgt130+share25` (groups.GLOBAL_RULE "macs", POWER 0.5, TARGET_POWER 1.3, MIN_SHARE
 0.25), `reshape` (handlers.TRACE_UNIT_RESHAPE: squeeze-excite's Reshape traced), `gradual`
 (structured.gradual.GRADUAL: units removed progressively during the fine-tune, one surgery at its end; `gendNN`: its
-ramp ends at NN % of the steps, `gpowNN`: its power is NN / 10), `keepchains` (EfficientNetB0's project convs and
-stem overridden to keep 1.0) and `keepNN` (keep_ratio NN / 100).
+ramp ends at NN % of the steps, `gpowNN`: its power is NN / 10, `gkeepnorm`: gradual.RENORMALIZE off),
+`keepchains` (EfficientNetB0's project convs and stem overridden to keep 1.0) and `keepNN` (keep_ratio NN / 100).
 
 Loads the pretrained model that `python -m bench zoo_setup` caches (bench/.cache/zoo, 8,000 digits), runs one
 JobSpec through `pipeline.compress` exactly as `bench.sides.zoo_secateurs.zoo_engine` does (2 epochs, batch 128,
@@ -66,6 +66,8 @@ def _flags(flags: list[str], step: dict) -> None:
             gradual.GRADUAL = True
         elif flag.startswith("gend"):  # the gradual ramp ends at NN % of the fine-tune's steps (gradual.END)
             gradual.END = int(flag[4:]) / 100
+        elif flag == "gkeepnorm":  # gradual: groups normalized by their mean before the removed zeros
+            gradual.RENORMALIZE = False
         elif flag.startswith("gpow"):  # the gradual ramp's polynomial power NN / 10 (gradual.POWER)
             gradual.POWER = int(flag[4:]) / 10
         elif flag == "keepchains":  # EfficientNetB0: residual streams (project convs, stem) keep every unit

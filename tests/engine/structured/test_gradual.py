@@ -89,7 +89,9 @@ def _check(model, g, before):
     return new, report
 
 
-def test_gradual_residual_model_cuts_exactly_the_held_units():
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_gradual_residual_model_cuts_exactly_the_held_units(monkeypatch, renormalize):
+    monkeypatch.setattr(gradual, "RENORMALIZE", renormalize)
     keras.utils.set_random_seed(1)
     model = M.residual_functional()
     g, before = _train_gradually(model, keep_ratio=0.5)

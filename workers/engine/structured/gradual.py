@@ -33,6 +33,9 @@ GRADUAL = False  # screening switch (bench.zoo_explore flag `gradual`); off: one
 END = 0.75  # the ramp ends at this fraction of the fine-tune's optimizer steps (the rest trains at keep_ratio)
 FREQUENCY = 10  # ramp updates every this many steps at most (`schedules.ramp_frequency` keeps >= 8 updates)
 POWER = 3.0  # polynomial decay of the removed share, Zhu & Gupta (2017)
+# global scope: a group's scores, removed units at 0, are normalized by their mean with those zeros (True: the
+# survivors of a group cut before rise, which spreads later cuts over other groups) or by the mean before (False)
+RENORMALIZE = True
 
 
 class GradualStructured:
@@ -101,7 +104,17 @@ class GradualStructured:
         share = 1.0 if self.keep_ratio >= 1.0 else (1.0 - ratio) / (1.0 - self.keep_ratio)  # 0 -> 1 over the ramp
         for grp, base in zip(self.chosen, self._base):
             grp.keep_ratio = 1.0 - (1.0 - base) * share
-        _allocate(self.g, self.chosen, self.crit, ratio, self.scope, self.round_to, self.x_calib, forced=self.removed)
+        _allocate(
+            self.g,
+            self.chosen,
+            self.crit,
+            ratio,
+            self.scope,
+            self.round_to,
+            self.x_calib,
+            forced=self.removed,
+            renormalize=RENORMALIZE,
+        )
         for grp in self.chosen:
             order = np.argsort(-grp.scores, kind="stable")
             self.removed |= {int(r) for r in grp.classes[order[grp.keep :]]}

@@ -128,13 +128,16 @@ def _allocate(
     round_to: int,
     x_calib,
     forced: set[int] | None = None,
+    renormalize: bool = True,
 ) -> None:
     """Score every chosen group on the model's current weights and set its `keep`. Classes in `forced` (removed
-    before, `gradual`) score 0 so that they rank last in their group."""
+    before, `gradual`) score 0 so that they rank last in their group; the global ranking then normalizes each group
+    over its scores with those zeros (`renormalize`: its survivors rise), or by the mean before the zeros."""
     scores = member_scores(g, chosen, crit, x_calib) if chosen else {}
     for grp in chosen:
         grp.scores = group_scores(g, grp, scores)
         if forced:
+            grp.scale = None if renormalize else float(grp.scores.mean())
             grp.scores[np.isin(grp.classes, list(forced))] = 0.0
     macs = None
     if scope == "global" and chosen and groups_mod.GLOBAL_RULE == "macs":
