@@ -4,8 +4,10 @@
 
 MODEL: mobilenet_v2, resnet_bn16 or efficientnet_b0. FLAGs set engine switches (`_flags`), e.g. for the structured
 global ranking `macs+pow50+tgt130+share25` (groups.GLOBAL_RULE "macs", POWER 0.5, TARGET_POWER 1.3, MIN_SHARE
-0.25), `reshape` (handlers.TRACE_UNIT_RESHAPE: squeeze-excite's Reshape traced), `keepchains` (EfficientNetB0's
-project convs and stem overridden to keep 1.0) and `keepNN` (keep_ratio NN / 100).
+0.25), `reshape` (handlers.TRACE_UNIT_RESHAPE: squeeze-excite's Reshape traced), `gradual`
+(structured.gradual.GRADUAL: units removed progressively during the fine-tune, one surgery at its end; `gendNN`: its
+ramp ends at NN % of the steps, `gpowNN`: its power is NN / 10, `gkeepnorm`: gradual.RENORMALIZE off),
+`keepchains` (EfficientNetB0's project convs and stem overridden to keep 1.0) and `keepNN` (keep_ratio NN / 100).
 
 Loads the pretrained model that `python -m bench zoo_setup` caches (bench/.cache/zoo, 8,000 digits), runs one
 JobSpec through `pipeline.compress` exactly as `bench.sides.zoo_secateurs.zoo_engine` does (2 epochs, batch 128,
@@ -47,7 +49,7 @@ def _kind(key: str) -> str:
 def _flags(flags: list[str], step: dict) -> None:
     """Engine variants under test, set on the engine's modules (this process runs one arm)."""
     from workers.engine import pruning
-    from workers.engine.structured import groups, handlers
+    from workers.engine.structured import gradual, groups, handlers
 
     for flag in flags:
         if flag in ("units", "macs"):  # the structured global ranking (groups.GLOBAL_RULE and its knobs)
@@ -60,6 +62,14 @@ def _flags(flags: list[str], step: dict) -> None:
             groups.MIN_SHARE = int(flag[5:]) / 100
         elif flag == "reshape":  # trace squeeze-excite's Reshape((1, 1, C)) (handlers.TRACE_UNIT_RESHAPE)
             handlers.TRACE_UNIT_RESHAPE = True
+        elif flag == "gradual":  # units leave during the fine-tune, one cut at its end (structured.gradual.GRADUAL)
+            gradual.GRADUAL = True
+        elif flag.startswith("gend"):  # the gradual ramp ends at NN % of the fine-tune's steps (gradual.END)
+            gradual.END = int(flag[4:]) / 100
+        elif flag == "gkeepnorm":  # gradual: groups normalized by their mean before the removed zeros
+            gradual.RENORMALIZE = False
+        elif flag.startswith("gpow"):  # the gradual ramp's polynomial power NN / 10 (gradual.POWER)
+            gradual.POWER = int(flag[4:]) / 10
         elif flag == "keepchains":  # EfficientNetB0: residual streams (project convs, stem) keep every unit
             blocks = "1a 2a 2b 3a 3b 4a 4b 4c 5a 5b 5c 6a 6b 6c 6d 7a".split()
             names = [f"block{b}_project_conv" for b in blocks] + ["stem_conv"]
@@ -108,6 +118,16 @@ def main(model: str, arm: str, seed: int = 0) -> dict:
             return model, report
 
         steps_mod.structured_prune = recording
+        from workers.engine.structured import gradual as gradual_mod
+
+        real_finish = gradual_mod.GradualStructured.finish
+
+        def finishing(self):  # the gradual variant's one cut (flag `gradual`)
+            model, report = real_finish(self)
+            reports.append(report)
+            return model, report
+
+        gradual_mod.GradualStructured.finish = finishing
         r = zoo_engine(**data, data_file=str(stem) + "-data.npz", spec=spec)
         if reports:
             out_groups = {

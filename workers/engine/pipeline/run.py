@@ -196,14 +196,16 @@ def _pruner(run: _Run) -> Pruner:
     return Pruner(run.model, weights, run.layers.overrides)
 
 
-def _train_holding_zeros(run: _Run, phase: str, index: int, epochs: int, setup=None) -> dict:
+def _train_holding_zeros(
+    run: _Run, phase: str, index: int, epochs: int, setup=None, extra_callbacks: list | None = None
+) -> dict:
     """Train `epochs` with zeros held when a prune step ran before; `setup(weights)` may attach penalties."""
     pruner = _pruner(run) if run.hold_zeros else None
     if pruner is not None:
         pruner.hold_zeros()
     handle = setup(prunable_weights(run.model, run.layers)) if setup else None
     try:
-        return _fit(run, phase, index, epochs, pruner)
+        return _fit(run, phase, index, epochs, pruner, extra_callbacks=extra_callbacks)
     finally:
         if handle is not None:
             handle.detach()

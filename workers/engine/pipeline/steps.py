@@ -24,6 +24,7 @@ from workers.engine.pipeline.search import _sensitivity_for
 from workers.engine.progress import Progress
 from workers.engine.registry import prunable_weights
 from workers.engine.regularizers import attach_regularization
+from workers.engine.structured import gradual as gradual_mod
 from workers.engine.structured import structured_prune
 from workers.spec import (
     FinetuneStep,
@@ -128,6 +129,8 @@ def _run_structured(run: _Run, index: int, step: StructuredStep) -> dict:
         )
         overrides.update(keeps)
         out["allocation"] = {name: o["keep_ratio"] for name, o in keeps.items()}
+    if gradual_mod.GRADUAL and step.epochs and run.data is not None:
+        return _run_structured_gradual(run, index, step, x_calib, overrides, out)
     run.progress(Progress(phase="structured", step_index=index, message=f"ranking units by {step.criterion}"))
     new_model, report = structured_prune(
         run.model,
@@ -147,6 +150,33 @@ def _run_structured(run: _Run, index: int, step: StructuredStep) -> dict:
     if rebuilt is not None:
         out["batchnorm_after_rebuild"] = rebuilt
     out["history"] = _train_holding_zeros(run, "structured", index, step.epochs)
+    return _with_batchnorm(out, run, "structured", index)
+
+
+def _run_structured_gradual(run: _Run, index: int, step: StructuredStep, x_calib, overrides, out: dict) -> dict:
+    """The screening variant (`structured.gradual.GRADUAL`): units leave during the fine-tune, then one cut."""
+    run.progress(Progress(phase="structured", step_index=index, message=f"gradual: ranking units by {step.criterion}"))
+    gradual = gradual_mod.GradualStructured(
+        run.model,
+        criterion=step.criterion,
+        keep_ratio=step.keep_ratio,
+        scope=step.scope,
+        round_to=step.round_to,
+        selection=run.layers,
+        x_calib=x_calib,
+        overrides=overrides,
+    )
+    steps_per_epoch = int(np.ceil(len(run.data.x_train) / run.spec.training.batch_size))
+    try:
+        out["history"] = _train_holding_zeros(
+            run, "structured", index, step.epochs, extra_callbacks=[gradual.callback(steps_per_epoch, step.epochs)]
+        )
+    finally:
+        gradual.detach()
+    new_model, report = gradual.finish()
+    run.model = new_model
+    out["report"] = _jsonable(report)
+    out["gradual"] = gradual.updates
     return _with_batchnorm(out, run, "structured", index)
 
 

@@ -41,6 +41,7 @@ class Group:
     overridden: bool = False
     scores: np.ndarray | None = None
     keep: int = 0
+    scale: float | None = None  # global scope divides the scores by this instead of their mean (gradual variant)
 
 
 def find_groups(g: Graph) -> tuple[list[Group], dict[str, str]]:
@@ -120,7 +121,9 @@ def _keep_global(groups: list[Group], keep_ratio: float, round_to: int, macs: Ma
     _keep_layer([grp for grp in groups if grp.overridden], keep_ratio, round_to)
     if not ranked:
         return
-    pooled = np.concatenate([importance.normalize(grp.scores) for grp in ranked])
+    pooled = np.concatenate(
+        [importance.normalize(grp.scores) if not grp.scale else grp.scores / grp.scale for grp in ranked]
+    )
     owner = np.concatenate([np.full(len(grp.classes), i) for i, grp in enumerate(ranked)])
     if GLOBAL_RULE == "units" or macs is None:
         order = np.argsort(-pooled, kind="stable")

@@ -107,6 +107,103 @@ def _choose(
     return chosen
 
 
+def _prepare(model, criterion: str, keep_ratio, scope: str, round_to, selection, overrides):
+    """The criterion, checked round_to, traced graph, chosen groups (with their keep ratios) and skipped producers."""
+    crit = importance.get_criterion(criterion)
+    round_to = _check_arguments(keep_ratio, scope, round_to)
+    g = Graph(model)
+    selector = _selector(model, selection, overrides)
+    groups, skipped = find_groups(g)
+    skipped.update({name: f"not pruned: it is a barrier: {why}" for name, why in g.blocked_producers.items()})
+    chosen = _choose(g, groups, skipped, selector, keep_ratio)
+    return crit, round_to, g, chosen, skipped
+
+
+def _allocate(
+    g: Graph,
+    chosen: list[Group],
+    crit,
+    keep_ratio: float,
+    scope: str,
+    round_to: int,
+    x_calib,
+    forced: set[int] | None = None,
+    renormalize: bool = True,
+) -> None:
+    """Score every chosen group on the model's current weights and set its `keep`. Classes in `forced` (removed
+    before, `gradual`) score 0 so that they rank last in their group; the global ranking then normalizes each group
+    over its scores with those zeros (`renormalize`: its survivors rise), or by the mean before the zeros."""
+    scores = member_scores(g, chosen, crit, x_calib) if chosen else {}
+    for grp in chosen:
+        grp.scores = group_scores(g, grp, scores)
+        if forced:
+            grp.scale = None if renormalize else float(grp.scores.mean())
+            grp.scores[np.isin(grp.classes, list(forced))] = 0.0
+    macs = None
+    if scope == "global" and chosen and groups_mod.GLOBAL_RULE == "macs":
+        macs = MacsModel(g, {path: e["macs"] for path, e in metrics.macs(g.model)["layers"].items()})
+    SCOPES[scope](chosen, float(keep_ratio), round_to, macs=macs)
+
+
+def _drops(chosen: list[Group], forced: set[int] | None = None) -> list[set[int]]:
+    """Per chosen group, the classes removed: those ranked below its `keep`, and the `forced` ones it holds."""
+    out = []
+    for grp in chosen:
+        order = np.argsort(-grp.scores, kind="stable")
+        drop = {int(r) for r in grp.classes[order[grp.keep :]]}
+        if forced:
+            drop |= {int(r) for r in grp.classes if int(r) in forced}
+        out.append(drop)
+    return out
+
+
+def _surgery(
+    model,
+    g: Graph,
+    chosen: list[Group],
+    drops: list[set[int]],
+    skipped: dict[str, str],
+    *,
+    criterion: str,
+    scope: str,
+    keep_ratio: float,
+    round_to: int,
+    x_calib,
+) -> tuple[keras.Model, StructuredReport]:
+    """Rebuild without the classes in `drops` (one set per chosen group) and report every group."""
+    removed: set[int] = set()
+    report_groups = []
+    by_class = layers_by_class(g)
+    for grp, drop in zip(chosen, drops):
+        removed |= drop
+        kept = {n: keep_indices(g, g.producers[n].ids, drop).tolist() for n in grp.members}
+        report_groups.append(
+            PrunedGroup(
+                layers=list(grp.members),
+                units_before=grp.all_classes,
+                units_after=grp.all_classes - len(drop),
+                kept_indices=kept,
+                dependents=dependents(g, by_class, grp.classes, grp.members),
+                keep_ratio=grp.keep_ratio,
+            )
+        )
+    shifts = compensation(g, removed, x_calib)
+    new_model = rebuild(g, removed, zero_only=False, shifts=shifts)
+    report = StructuredReport(
+        criterion=criterion,
+        scope=scope,
+        keep_ratio=float(keep_ratio),
+        round_to=round_to,
+        groups=report_groups,
+        skipped=skipped,
+        params_before=int(model.count_params()),
+        params_after=int(new_model.count_params()),
+        compensated=list(shifts),
+        shifts=shifts,
+    )
+    return new_model, report
+
+
 def structured_prune(
     model,
     *,
@@ -124,55 +221,20 @@ def structured_prune(
     Data criteria ("mean_activation", "apoz") need `x_calib`: the calibration samples, used in full.
     `overrides`, when given, replaces `selection.overrides`.
     """
-    crit = importance.get_criterion(criterion)
-    round_to = _check_arguments(keep_ratio, scope, round_to)
-    g = Graph(model)
-    selector = _selector(model, selection, overrides)
-    groups, skipped = find_groups(g)
-    skipped.update({name: f"not pruned: it is a barrier: {why}" for name, why in g.blocked_producers.items()})
-    chosen = _choose(g, groups, skipped, selector, keep_ratio)
-
-    scores = member_scores(g, chosen, crit, x_calib) if chosen else {}
-    for grp in chosen:
-        grp.scores = group_scores(g, grp, scores)
-    macs = None
-    if scope == "global" and chosen and groups_mod.GLOBAL_RULE == "macs":
-        macs = MacsModel(g, {path: e["macs"] for path, e in metrics.macs(model)["layers"].items()})
-    SCOPES[scope](chosen, float(keep_ratio), round_to, macs=macs)
-
-    removed: set[int] = set()
-    report_groups = []
-    by_class = layers_by_class(g)
-    for grp in chosen:
-        order = np.argsort(-grp.scores, kind="stable")
-        drop = {int(r) for r in grp.classes[order[grp.keep :]]}
-        removed |= drop
-        kept = {n: keep_indices(g, g.producers[n].ids, drop).tolist() for n in grp.members}
-        report_groups.append(
-            PrunedGroup(
-                layers=list(grp.members),
-                units_before=grp.all_classes,
-                units_after=grp.all_classes - len(drop),
-                kept_indices=kept,
-                dependents=dependents(g, by_class, grp.classes, grp.members),
-                keep_ratio=grp.keep_ratio,
-            )
-        )
-    shifts = compensation(g, removed, x_calib)
-    new_model = rebuild(g, removed, zero_only=False, shifts=shifts)
-    report = StructuredReport(
+    crit, round_to, g, chosen, skipped = _prepare(model, criterion, keep_ratio, scope, round_to, selection, overrides)
+    _allocate(g, chosen, crit, float(keep_ratio), scope, round_to, x_calib)
+    return _surgery(
+        model,
+        g,
+        chosen,
+        _drops(chosen),
+        skipped,
         criterion=crit.name,
         scope=scope,
         keep_ratio=float(keep_ratio),
         round_to=round_to,
-        groups=report_groups,
-        skipped=skipped,
-        params_before=int(model.count_params()),
-        params_after=int(new_model.count_params()),
-        compensated=list(shifts),
-        shifts=shifts,
+        x_calib=x_calib,
     )
-    return new_model, report
 
 
 def masked_reference(model, report: StructuredReport) -> keras.Model:
