@@ -129,19 +129,19 @@ def _run_structured(run: _Run, index: int, step: StructuredStep) -> dict:
         )
         overrides.update(keeps)
         out["allocation"] = {name: o["keep_ratio"] for name, o in keeps.items()}
+    args = {
+        "criterion": step.criterion,
+        "keep_ratio": step.keep_ratio,
+        "scope": step.scope,
+        "round_to": step.round_to,
+        "selection": run.layers,
+        "x_calib": x_calib,
+        "overrides": overrides,
+    }
     if gradual_mod.GRADUAL and step.epochs and run.data is not None:
-        return _run_structured_gradual(run, index, step, x_calib, overrides, out)
+        return _run_structured_gradual(run, index, step, args, out)
     run.progress(Progress(phase="structured", step_index=index, message=f"ranking units by {step.criterion}"))
-    new_model, report = structured_prune(
-        run.model,
-        criterion=step.criterion,
-        keep_ratio=step.keep_ratio,
-        scope=step.scope,
-        round_to=step.round_to,
-        selection=run.layers,
-        x_calib=x_calib,
-        overrides=overrides,
-    )
+    new_model, report = structured_prune(run.model, **args)
     run.model = new_model
     out["report"] = _jsonable(report)
     if not step.epochs:
@@ -153,19 +153,11 @@ def _run_structured(run: _Run, index: int, step: StructuredStep) -> dict:
     return _with_batchnorm(out, run, "structured", index)
 
 
-def _run_structured_gradual(run: _Run, index: int, step: StructuredStep, x_calib, overrides, out: dict) -> dict:
-    """The screening variant (`structured.gradual.GRADUAL`): units leave during the fine-tune, then one cut."""
+def _run_structured_gradual(run: _Run, index: int, step: StructuredStep, args: dict, out: dict) -> dict:
+    """The screening variant (`structured.gradual.GRADUAL`): units leave during the fine-tune, then one cut;
+    `args`: structured_prune's keyword arguments."""
     run.progress(Progress(phase="structured", step_index=index, message=f"gradual: ranking units by {step.criterion}"))
-    gradual = gradual_mod.GradualStructured(
-        run.model,
-        criterion=step.criterion,
-        keep_ratio=step.keep_ratio,
-        scope=step.scope,
-        round_to=step.round_to,
-        selection=run.layers,
-        x_calib=x_calib,
-        overrides=overrides,
-    )
+    gradual = gradual_mod.GradualStructured(run.model, **args)
     steps_per_epoch = int(np.ceil(len(run.data.x_train) / run.spec.training.batch_size))
     try:
         out["history"] = _train_holding_zeros(
