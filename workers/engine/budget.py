@@ -8,7 +8,7 @@ caller (`pipeline`) through the `run_trial` callable. Public API::
     search(run_trial, *, first, highest, max_trials, objective, retry=None, ...) -> BudgetResult
     choose(trials, objective) -> (index, met); needed(trials, objective, pending) -> indices whose models to keep
     near_miss(drop, max_drop, noise) -> bool         a miss worth one more fine-tune at the same level
-    accuracy_noise(metric, baseline, samples) -> float   one standard error of a held-out accuracy
+    accuracy_noise(is_accuracy, baseline, samples) -> float   one standard error of a held-out accuracy
     OBJECTIVES: dict[str, Callable[[Trial], float]]   what "most compressed" means
     measure(model, scratch, method, latency_runs) -> dict   a trial's size measurements
 
