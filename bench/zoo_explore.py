@@ -4,9 +4,10 @@
 
 MODEL: mobilenet_v2, resnet_bn16 or efficientnet_b0. FLAGs set engine switches (`_flags`), e.g. for the structured
 global ranking `macs+pow50+tgt130+share25` (groups.GLOBAL_RULE "macs", POWER 0.5, TARGET_POWER 1.3, MIN_SHARE
-0.25), `reshape` (handlers.TRACE_UNIT_RESHAPE: squeeze-excite's Reshape traced), `gradual`
-(structured.gradual.GRADUAL: units removed progressively during the fine-tune, one surgery at its end; `gendNN`: its
-ramp ends at NN % of the steps, `gpowNN`: its power is NN / 10, `gkeepnorm`: gradual.RENORMALIZE off),
+0.25), `reshape` / `noreshape` (handlers.TRACE_UNIT_RESHAPE on / off: squeeze-excite's Reshape traced or a
+barrier), `gradual` / `oneshot` (the structured step's `removal`: units removed progressively during the fine-tune,
+one surgery at its end, or one cut first; `gendNN`: the gradual ramp ends at NN % of the steps, `gpowNN`: its power
+is NN / 10, `gkeepnorm` / `grenorm`: gradual.RENORMALIZE off / on),
 `keepchains` (EfficientNetB0's project convs and stem overridden to keep 1.0) and `keepNN` (keep_ratio NN / 100).
 
 Loads the pretrained model that `python -m bench zoo_setup` caches (bench/.cache/zoo, 8,000 digits), runs one
@@ -60,14 +61,20 @@ def _flags(flags: list[str], step: dict) -> None:
             groups.TARGET_POWER = int(flag[3:]) / 100
         elif flag.startswith("share"):
             groups.MIN_SHARE = int(flag[5:]) / 100
-        elif flag == "reshape":  # trace squeeze-excite's Reshape((1, 1, C)) (handlers.TRACE_UNIT_RESHAPE)
+        elif flag == "reshape":  # trace squeeze-excite's Reshape((1, 1, C)) (handlers.TRACE_UNIT_RESHAPE, now on)
             handlers.TRACE_UNIT_RESHAPE = True
-        elif flag == "gradual":  # units leave during the fine-tune, one cut at its end (structured.gradual.GRADUAL)
-            gradual.GRADUAL = True
+        elif flag == "noreshape":  # squeeze-excite's Reshape a barrier again (the default before it was traced)
+            handlers.TRACE_UNIT_RESHAPE = False
+        elif flag == "gradual":  # units leave during the fine-tune, one cut at its end (removal "gradual", default)
+            step["removal"] = "gradual"
+        elif flag == "oneshot":  # one cut, then the fine-tune (removal "one_shot", the default before gradual)
+            step["removal"] = "one_shot"
         elif flag.startswith("gend"):  # the gradual ramp ends at NN % of the fine-tune's steps (gradual.END)
             gradual.END = int(flag[4:]) / 100
-        elif flag == "gkeepnorm":  # gradual: groups normalized by their mean before the removed zeros
+        elif flag == "gkeepnorm":  # gradual: groups normalized by their mean before the removed zeros (default)
             gradual.RENORMALIZE = False
+        elif flag == "grenorm":  # gradual: groups normalized by their mean with the removed zeros
+            gradual.RENORMALIZE = True
         elif flag.startswith("gpow"):  # the gradual ramp's polynomial power NN / 10 (gradual.POWER)
             gradual.POWER = int(flag[4:]) / 10
         elif flag == "keepchains":  # EfficientNetB0: residual streams (project convs, stem) keep every unit

@@ -3,9 +3,10 @@
 Part 5 (`bench.zoo`) trains MobileNetV2 and the BN ResNet on 4,000 digits to keep the whole zoo, tfmot arms
 included, near an hour on two cores; its 2 fine-tune epochs are then 64 optimizer steps. Issue 9 measured its
 goals on all 8,000 training digits (126 steps for 2 epochs). This part reruns the goal points on that setup with the
-same tasks (`bench.sides.zoo_secateurs`: `zoo_pretrain`, `zoo_plain`, `zoo_engine`), and adds one arm that is not a
-default, structured `scope: "layer"` (the default before `global`), to show what the scope choice costs or gains on
-each model. No tfmot arm (part 5 has them). Results: bench/results/zoo_setup.json.
+same tasks (`bench.sides.zoo_secateurs`: `zoo_pretrain`, `zoo_plain`, `zoo_engine`), and adds arms that are not
+defaults: structured `scope: "layer"` (the default before `global`) and `removal: "one_shot"` (the default before
+gradual removal), to show what each choice costs or gains on each model. No tfmot arm (part 5 has them).
+Results: bench/results/zoo_setup.json.
 
 EfficientNetB0 costs several times what the two others cost together, so it runs when named:
 `python -m bench zoo_setup --models efficientnet_b0` reruns only the models named and keeps the other models'
@@ -27,11 +28,14 @@ MODELS = {
 NAMED_MODELS = {"efficientnet_b0": {"n_train": 8000, "n_test": 2000, "pretrain_epochs": 6}}  # run when named
 QUICK_MODELS = {"resnet_bn16": {"n_train": 1000, "n_test": 500, "pretrain_epochs": 1}}
 EPOCHS, BATCH = 2, 128
+STRUCT = {"kind": "structured", "epochs": EPOCHS}
 ARMS = {
     "prune 0.8 (default)": {"kind": "prune", "method": "magnitude", "target_sparsity": 0.8, "epochs": EPOCHS},
-    "structured 0.75 (default, global)": {"kind": "structured", "keep_ratio": 0.75, "epochs": EPOCHS},
-    "structured 0.75, scope layer": {"kind": "structured", "keep_ratio": 0.75, "epochs": EPOCHS, "scope": "layer"},
-    "structured 0.5 (default, global)": {"kind": "structured", "keep_ratio": 0.5, "epochs": EPOCHS},
+    "structured 0.75 (default: global, gradual)": {**STRUCT, "keep_ratio": 0.75},
+    "structured 0.75, one-shot cut": {**STRUCT, "keep_ratio": 0.75, "removal": "one_shot"},
+    "structured 0.75, scope layer": {**STRUCT, "keep_ratio": 0.75, "scope": "layer"},
+    "structured 0.5 (default: global, gradual)": {**STRUCT, "keep_ratio": 0.5},
+    "structured 0.5, one-shot cut": {**STRUCT, "keep_ratio": 0.5, "removal": "one_shot"},
 }
 
 

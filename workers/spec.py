@@ -220,7 +220,15 @@ class StructuredStep(_Strict):
         "(mean_activation, apoz) and, for every criterion, measure the removed channels' mean contribution, folded "
         "back into the next layer's bias or BatchNorm.",
     )
-    epochs: int = Field(0, ge=0, le=1000, description="Fine-tuning epochs of the rebuilt model.")
+    epochs: int = Field(0, ge=0, le=1000, description="Fine-tuning epochs of the step.")
+    removal: Literal["gradual", "one_shot"] | None = Field(
+        None,
+        description="How units leave. gradual (the default when epochs > 0): the model keeps its shape while it "
+        "fine-tunes, units are re-ranked on the current weights and masked out on a linear ramp that reaches "
+        "keep_ratio at 75% of the step's optimizer steps, then one surgery removes exactly those units; one_shot "
+        "(the default, and the only choice, when epochs = 0): one cut, then epochs of fine-tuning of the rebuilt "
+        "model.",
+    )
     allocation: Literal["ranking", "sensitivity"] = Field(
         "ranking",
         description="ranking (default): units kept per `scope`; sensitivity: per-group keep ratios from "
@@ -228,6 +236,19 @@ class StructuredStep(_Strict):
         "first) that keep keep_ratio of the units overall (up to round_to) with the smallest predicted drop; "
         "`scope` is then not used. Needs data.",
     )
+
+    @field_validator("removal")
+    @classmethod
+    def _removal_fits(cls, v, info: ValidationInfo):
+        if v == "gradual" and info.data.get("epochs") == 0:
+            raise ValueError("removal 'gradual' removes units while the step fine-tunes: it needs epochs >= 1")
+        return v
+
+    @property
+    def effective_removal(self) -> str:
+        if self.removal is not None:
+            return self.removal
+        return "gradual" if self.epochs > 0 else "one_shot"
 
 
 class FinetuneStep(_Strict):

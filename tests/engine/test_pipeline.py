@@ -392,7 +392,7 @@ def test_structured_rebuild_reestimates_before_and_after_training(tmp_path, bn_f
         tmp_path,
         bn_files,
         {
-            "steps": [{"kind": "structured", "keep_ratio": 0.5, "epochs": 1}],
+            "steps": [{"kind": "structured", "keep_ratio": 0.5, "epochs": 1, "removal": "one_shot"}],
             "training": {"batchnorm_samples": 512},
             "evaluation": NO_LATENCY,
         },

@@ -131,6 +131,8 @@ def test_union_tags_are_the_kinds_of_steps_and_schedules_and_field_paths_leave_t
             "method 'magnitude'",
         ),
         ([{"kind": "structured", "keep_ratio": 0.5, "allocation": "greedy"}], "steps.0.allocation:", "sensitivity"),
+        ([{"kind": "structured", "keep_ratio": 0.5, "removal": "gradual"}], "steps.0.removal:", "epochs >= 1"),
+        ([{"kind": "structured", "keep_ratio": 0.5, "removal": "slow"}], "steps.0.removal:", "one_shot"),
         ([{"kind": "budget", "max_drop": 0.01}, {"kind": "budget", "max_drop": 0.02}], "steps:", "one budget"),
         ([{"kind": "sensitivity"}, {"kind": "sensitivity"}], "steps:", "one sensitivity"),
     ],
@@ -152,5 +154,11 @@ def test_sensitivity_and_budget_defaults_and_what_they_need():
     assert JobSpec.model_validate(
         {"steps": [{"kind": "prune", "target_sparsity": 0.5, "allocation": "sensitivity"}]}
     ).trains
+    step = {"kind": "structured", "keep_ratio": 0.5}
+    removal = [
+        JobSpec.model_validate({"steps": [{**step, **extra}]}).steps[0].effective_removal
+        for extra in ({}, {"epochs": 2}, {"epochs": 2, "removal": "one_shot"}, {"removal": "one_shot"})
+    ]
+    assert removal == ["one_shot", "gradual", "one_shot", "one_shot"]  # gradual by default when the step trains
     levels = JobSpec.model_validate({"steps": [{"kind": "sensitivity", "levels": [0.9, 0.2]}]}).steps[0].levels
     assert levels == [0.2, 0.9]

@@ -13,7 +13,7 @@ import pytest
 from tests.engine.structured import models as M
 from tests.engine.structured.helpers import assert_same_outputs, outputs, sample_inputs, units
 from workers.engine.pipeline import compress
-from workers.engine.structured import gradual, handlers, masked_reference
+from workers.engine.structured import gradual, masked_reference
 from workers.engine.structured.graph import keep_indices
 from workers.spec import JobSpec
 
@@ -102,7 +102,6 @@ def test_gradual_residual_model_cuts_exactly_the_held_units(monkeypatch, renorma
 
 
 def test_gradual_with_squeeze_excite_traced_cuts_exactly_the_held_units(monkeypatch):
-    monkeypatch.setattr(handlers, "TRACE_UNIT_RESHAPE", True)
     keras.utils.set_random_seed(2)
     model = _squeeze_excite_residual()
     g, before = _train_gradually(model, keep_ratio=0.6)
@@ -112,10 +111,8 @@ def test_gradual_with_squeeze_excite_traced_cuts_exactly_the_held_units(monkeypa
     assert tuple(new.get_layer("se_reshape").target_shape) == (1, 1, units(new)["expand"])
 
 
-@pytest.mark.parametrize("switch", [False, True])
-def test_the_structured_step_runs_gradually_only_with_the_switch(tmp_path, monkeypatch, switch):
-    monkeypatch.setattr(handlers, "TRACE_UNIT_RESHAPE", True)
-    monkeypatch.setattr(gradual, "GRADUAL", switch)
+@pytest.mark.parametrize("removal", [None, "gradual", "one_shot"])
+def test_the_structured_step_runs_gradually_unless_asked_for_one_cut(tmp_path, removal):
     keras.utils.set_random_seed(3)
     model = _squeeze_excite_residual()
     rng = np.random.default_rng(0)
@@ -125,14 +122,16 @@ def test_the_structured_step_runs_gradually_only_with_the_switch(tmp_path, monke
     model.save(tmp_path / "m.keras")
     np.savez(tmp_path / "d.npz", x_train=x[:128], y_train=y[:128], x_val=x[128:], y_val=y[128:])
     spec = {
-        "steps": [{"kind": "structured", "keep_ratio": 0.5, "epochs": 2}],
+        "steps": [{"kind": "structured", "keep_ratio": 0.5, "epochs": 2, "removal": removal}],
         "training": {"batch_size": 16},
         "evaluation": {"latency": False},
     }
     manifest = compress(tmp_path / "m.keras", tmp_path / "d.npz", JobSpec.model_validate(spec), tmp_path / "o")
     record = manifest["steps"][0]
-    assert ("gradual" in record) == switch
-    if switch:
+    gradually = removal != "one_shot"  # gradual is the default of a step that fine-tunes
+    assert record["removal"] == ("gradual" if gradually else "one_shot")
+    assert ("gradual" in record) == gradually
+    if gradually:
         assert [u["keep_ratio"] for u in record["gradual"]][-1] == 0.5
         assert record["report"]["compensated"] == []
     out = keras.saving.load_model(tmp_path / "o" / "model.keras")

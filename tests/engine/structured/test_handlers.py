@@ -129,18 +129,18 @@ def _squeeze_excite(target=(1, 1, 12)):
     return M.randomize_batchnorm(keras.Model(inp, L.Dense(2, name="out")(L.GlobalAveragePooling2D(name="gap")(x))))
 
 
-def test_a_reshape_is_a_barrier_by_default():
+def test_a_reshape_is_a_barrier_with_the_switch_off(monkeypatch):
+    monkeypatch.setattr(handlers, "TRACE_UNIT_RESHAPE", False)
     model = _squeeze_excite()
     _, report = prune(model, criterion="l1", keep_ratio=0.5)
     assert "se_reshape" in report.skipped["expand"]
     assert not any("expand" in g.layers for g in report.groups)
 
 
-def test_a_reshape_that_only_adds_unit_axes_passes_channels_and_follows_the_kept_count(monkeypatch):
-    """With TRACE_UNIT_RESHAPE, squeeze-excite's Reshape((1, 1, C)) no longer fixes the expanded channels: expand and
-    se_expand (coupled through the Multiply) lose the same units, the reshape's target follows them, and the
+def test_a_reshape_that_only_adds_unit_axes_passes_channels_and_follows_the_kept_count():
+    """By default (TRACE_UNIT_RESHAPE), squeeze-excite's Reshape((1, 1, C)) does not fix the expanded channels: expand
+    and se_expand (coupled through the Multiply) lose the same units, the reshape's target follows them, and the
     rebuilt model matches."""
-    monkeypatch.setattr(handlers, "TRACE_UNIT_RESHAPE", True)
     model = _squeeze_excite()
     new, report = prune(model, criterion="l1", keep_ratio=0.5)
     group = next(g for g in report.groups if "expand" in g.layers)
@@ -153,8 +153,7 @@ def test_a_reshape_that_only_adds_unit_axes_passes_channels_and_follows_the_kept
     assert tuple(reloaded.get_layer("se_reshape").target_shape) == (1, 1, 6)
 
 
-def test_a_reshape_that_moves_channels_stays_a_barrier(monkeypatch):
-    monkeypatch.setattr(handlers, "TRACE_UNIT_RESHAPE", True)
+def test_a_reshape_that_moves_channels_stays_a_barrier():
     keras.utils.set_random_seed(5)
     inp = keras.Input((12,))
     x = L.Dense(12, activation="relu", name="producer")(inp)

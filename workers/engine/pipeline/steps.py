@@ -138,7 +138,8 @@ def _run_structured(run: _Run, index: int, step: StructuredStep) -> dict:
         "x_calib": x_calib,
         "overrides": overrides,
     }
-    if gradual_mod.GRADUAL and step.epochs and run.data is not None:
+    out["removal"] = step.effective_removal
+    if step.effective_removal == "gradual":
         return _run_structured_gradual(run, index, step, args, out)
     run.progress(Progress(phase="structured", step_index=index, message=f"ranking units by {step.criterion}"))
     new_model, report = structured_prune(run.model, **args)
@@ -154,11 +155,12 @@ def _run_structured(run: _Run, index: int, step: StructuredStep) -> dict:
 
 
 def _run_structured_gradual(run: _Run, index: int, step: StructuredStep, args: dict, out: dict) -> dict:
-    """The screening variant (`structured.gradual.GRADUAL`): units leave during the fine-tune, then one cut;
-    `args`: structured_prune's keyword arguments."""
+    """Units leave during the fine-tune, then one cut (`structured.gradual`); `args`: structured_prune's keyword
+    arguments."""
+    data = _require_data(run, f"step {index} (structured, removal gradual)")
     run.progress(Progress(phase="structured", step_index=index, message=f"gradual: ranking units by {step.criterion}"))
     gradual = gradual_mod.GradualStructured(run.model, **args)
-    steps_per_epoch = int(np.ceil(len(run.data.x_train) / run.spec.training.batch_size))
+    steps_per_epoch = int(np.ceil(len(data.x_train) / run.spec.training.batch_size))
     try:
         out["history"] = _train_holding_zeros(
             run, "structured", index, step.epochs, extra_callbacks=[gradual.callback(steps_per_epoch, step.epochs)]

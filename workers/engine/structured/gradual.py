@@ -1,12 +1,12 @@
 """Gradual structured pruning: units leave during the fine-tune, then one surgery removes exactly those units.
 
-A screening switch, off by default (`GRADUAL`, read where the structured step runs; `bench.zoo_explore` flag
-`gradual`). With it on, a structured step with epochs and data does not cut once and then fine-tune: the model keeps
-its shape while it trains, and at ramp updates (a polynomial schedule, as the unstructured pruner's: from keep 1.0
-at the first step down to the step's keep_ratio at END of the fine-tune steps, every FREQUENCY steps at most) the
-units are re-scored on the current weights with the step's criterion and scope (`prune._allocate`), and the units
-to remove for the current keep ratio r_t are added to those removed before. Removal is monotonic: a unit removed
-once scores 0 from then on (it ranks last in its group) and stays removed.
+A structured step's default when it fine-tunes (`StructuredStep.removal`, "gradual"): the step does not cut once
+and then fine-tune. The model keeps its shape while it trains, and at ramp updates (a polynomial schedule as the
+unstructured pruner's, here linear: from keep 1.0 at the first step down to the step's keep_ratio at END of the
+fine-tune steps, every FREQUENCY steps at most) the units are re-scored on the current weights with the step's
+criterion and scope (`prune._allocate`), and the units to remove for the current keep ratio r_t are added to those
+removed before. Removal is monotonic: a unit removed once scores 0 from then on (it ranks last in its group) and
+stays removed.
 
 A removed unit is held out of the network exactly as `masked_reference` describes the rebuilt model: every consumer
 (Dense / Conv kernels, SeparableConv pointwise kernels) has the input rows of removed channels at zero, held after
@@ -29,13 +29,15 @@ from workers.engine.schedules import ScheduleSettings, make_schedule
 from workers.engine.selection import LayerOverride, LayerSelection
 from workers.engine.structured.prune import StructuredReport, _allocate, _prepare, _surgery
 
-GRADUAL = False  # screening switch (bench.zoo_explore flag `gradual`); off: one-shot surgery, then fine-tune
 END = 0.75  # the ramp ends at this fraction of the fine-tune's optimizer steps (the rest trains at keep_ratio)
 FREQUENCY = 10  # ramp updates every this many steps at most (`schedules.ramp_frequency` keeps >= 8 updates)
-POWER = 3.0  # polynomial decay of the removed share, Zhu & Gupta (2017)
-# global scope: a group's scores, removed units at 0, are normalized by their mean with those zeros (True: the
-# survivors of a group cut before rise, which spreads later cuts over other groups) or by the mean before (False)
-RENORMALIZE = True
+# the removed share's polynomial power (Zhu & Gupta 2017 use 3 for weights); linear measured better for units
+# (docs/BENCHMARKS.md 5b, EfficientNetB0 keep 0.75, seeds 0 / 1: cubic -10.05 / -15.0 points, linear -1.9 / -3.75)
+POWER = 1.0
+# global scope: a group's scores, removed units at 0, are normalized by their mean before the removals (False, as
+# the one-shot ranking) or by their mean with those zeros (True: the survivors of a group cut before rise, which
+# spreads later cuts over other groups; measured worse in 5b)
+RENORMALIZE = False
 
 
 class GradualStructured:

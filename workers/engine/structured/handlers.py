@@ -8,8 +8,8 @@ A handler answers, for one stock Keras layer class:
   SeparableConv1D/2D) create fresh ids; BatchNormalization and pooling pass them on; Flatten repeats them per
   position (row = spatial * C + c); DepthwiseConv repeats each m times (c*m .. c*m+m-1); Concatenate appends them
   at their offsets; Add/Subtract/Multiply/Average/Maximum/Minimum *unite* the ids of their inputs position by
-  position; Reshape only when it adds or drops size-1 axes, behind the screening switch `TRACE_UNIT_RESHAPE`
-  (off: a barrier);
+  position; Reshape only when it adds or drops size-1 axes (squeeze-excite; `TRACE_UNIT_RESHAPE`, on; off: a
+  barrier);
 - `slice` / `zero_inputs`: the layer's weights without the removed channels (the rebuild), or with the input rows
   of removed channels set to zero (the masked reference);
 - `resize` (producers): the new unit / filter count in the layer config; `kernel`: what weight criteria score.
@@ -189,16 +189,17 @@ class ConcatenateHandler(MergeHandler):
         return super().propagate(g, layer, in_maps, in_shapes, out_shapes)
 
 
-# screening switch (bench.zoo_explore flag "reshape"), off by default: see ReshapeHandler
-TRACE_UNIT_RESHAPE = False
+# squeeze-excite's Reshape((1, 1, C)) traced (on; bench.zoo_explore flag `noreshape` turns it off): see ReshapeHandler
+TRACE_UNIT_RESHAPE = True
 
 
 class ReshapeHandler(Handler):
     """Only a reshape that adds or drops size-1 axes in front of the channels (squeeze-excite's (C,) -> (1, 1, C)):
-    channel c stays channel c, and the target shape's last entry follows the kept count. Off by default
-    (`TRACE_UNIT_RESHAPE`): it opens EfficientNet's expanded channels to pruning, which cut its MACs but lost far
-    more accuracy than the goal allows after 2 fine-tune epochs (docs/BENCHMARKS.md part 5b); while off, Reshape
-    is a barrier as before."""
+    channel c stays channel c, and the target shape's last entry follows the kept count. Any other reshape, or every
+    Reshape with `TRACE_UNIT_RESHAPE` off, is a barrier. Traced, it opens EfficientNet's expanded channels to
+    pruning: with gradual removal (the structured step's default when it fine-tunes) EfficientNetB0 at keep 0.75
+    reaches MACs 0.65x within 4 points; a one-shot cut of the same channels then 2 fine-tune epochs lost 24 points
+    (docs/BENCHMARKS.md part 5b)."""
 
     resized = True
 
