@@ -1,16 +1,17 @@
 """`python -m bench <part>... [--quick]`: run benchmarks side by side and write bench/results/*.json.
 
-Parts: overhead (1), accuracy (2), structured (3), service (4), zoo (5: MobileNetV2, a BN ResNet, EfficientNetB0,
-up to an hour on 2 busy cores), zoo_setup (5b: the zoo's goal points at issue 9's own setup, 8,000 digits,
-Secateurs and plain fine-tuning only), overhead_large (5c: a job's time outside training on a ResNet50, main's code
-against this checkout; about 25 minutes), budget (6: the smallest LeNet-300-100 and tutorial CNN within 1 point),
-budget_zoo (6b: MobileNetV2, structured, within 2 points), budget_tfmot (6c: the budget against hand-picked tfmot
-settings at equal epochs), budget_timing (6d: preflight and sensitivity sweep times of MobileNetV2; needs a quiet
-machine), budget_matched (6e: the budget given each hand-picked tfmot setting's own drop), budget_converged
-(6f: 6e on input models trained to convergence); parts 5 to 6f are not in `all`. `all` runs 1-4 in one command;
-`report` re-renders the tables of docs/BENCHMARKS.md from the JSON results. `--quick` is a smoke run (< 3 minutes
-per part, the zoo's about 4): fewer repetitions, seeds, models and points; its results go to *.quick.json and are
-never rendered into the doc.
+Parts: overhead (1), accuracy (2), structured (3), structured_removal (3b: the structured step's gradual and
+one-shot removal on LeNet-300-100, the tutorial CNN and a BN ResNet), service (4), zoo (5: MobileNetV2, a BN ResNet,
+EfficientNetB0, up to an hour on 2 busy cores), zoo_setup (5b: the zoo's goal points at issue 9's own setup, 8,000
+digits, Secateurs and plain fine-tuning only), overhead_large (5c: a job's time outside training on a ResNet50,
+main's code against this checkout; about 25 minutes), budget (6: the smallest LeNet-300-100 and tutorial CNN within
+1 point), budget_zoo (6b: MobileNetV2, structured, within 2 points), budget_tfmot (6c: the budget against
+hand-picked tfmot settings at equal epochs), budget_timing (6d: preflight and sensitivity sweep times of MobileNetV2;
+needs a quiet machine), budget_matched (6e: the budget given each hand-picked tfmot setting's own drop),
+budget_converged (6f: 6e on input models trained to convergence); parts 3b and 5 to 6f are not in `all`. `all` runs
+1-4 in one command; `report` re-renders the tables of docs/BENCHMARKS.md from the JSON results. `--quick` is a smoke
+run (< 3 minutes per part, the zoo's about 4): fewer repetitions, seeds, models and points; its results go to
+*.quick.json and are never rendered into the doc.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ EXTRA_PARTS = {  # run only when named
     "zoo": "bench.zoo",
     "zoo_setup": "bench.zoo_setup",
     "overhead_large": "bench.overhead_large",
+    "structured_removal": "bench.structured_removal",
     "budget": "bench.budget",
     "budget_zoo": "bench.budget_zoo",
     "budget_tfmot": "bench.budget_tfmot",

@@ -14,6 +14,7 @@ from bench.common import RESULTS_DIR, ROOT
 from bench.overhead_large import tables as overhead_large_tables
 from bench.report_budget import RENDERERS as BUDGET_RENDERERS
 from bench.report_format import _md, _run_line, _spread, _x
+from bench.structured_removal import tables as structured_removal_tables
 
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 
@@ -465,6 +466,7 @@ RENDERERS = {
     "overhead": overhead_tables,
     "accuracy": accuracy_tables,
     "structured": structured_tables,
+    "structured_removal": structured_removal_tables,
     "service": service_tables,
     "zoo": zoo_tables,
     "zoo_setup": zoo_setup_tables,

@@ -217,8 +217,8 @@ class StructuredStep(_Strict):
         ge=1,
         le=100_000,
         description="Training samples that rank units for data-driven criteria "
-        "(mean_activation, apoz) and, for every criterion, measure the removed channels' mean contribution, folded "
-        "back into the next layer's bias or BatchNorm.",
+        "(mean_activation, apoz) and, with removal one_shot, for every criterion, measure the removed channels' mean "
+        "contribution, folded back into the next layer's bias or BatchNorm.",
     )
     epochs: int = Field(0, ge=0, le=1000, description="Fine-tuning epochs of the step.")
     removal: Literal["gradual", "one_shot"] | None = Field(

@@ -7,6 +7,8 @@
                     (bench.budget_timing)
   finetune_rates    plain fine-tuning of a part-2 model at a constant learning rate and under a warm-up + cosine
                     schedule (bench.budget_converged)
+  step_job          any one step (structured, finetune, ...) on a pretrained model and the bench's MNIST split
+                    (bench.structured_removal)
 
 Registered into `bench.sides.secateurs.TASKS` (the worker imports that module).
 """
@@ -194,7 +196,31 @@ def finetune_rates(model_file: str, epochs: int, batch_size: int = 128, seed: in
     return out
 
 
+def step_job(model_file: str, step: dict, batch_size: int = 128, seed: int = 0) -> dict:
+    """compress() with one step on the bench's MNIST split: the held-out accuracy of the exported model (measured by
+    the bench), MACs and parameters before / after (the manifest's), the claimed win and the step's record."""
+    import keras
+
+    spec = {"steps": [step], "training": {"batch_size": batch_size}, "evaluation": {"latency": False}, "seed": seed}
+    manifest, wall, out, _ = _compress(model_file, str(_mnist_npz()), spec)
+    model = keras.saving.load_model(out / "model.keras")
+    record = manifest["steps"][0]
+    history = record.get("history") or {}
+    result = {
+        "accuracy": held_out_accuracy(model),
+        "train_accuracy": (history.get("accuracy") or [None])[-1],
+        "macs": {k: manifest[k]["compute"]["macs"] for k in ("before", "after")},
+        "params": {k: manifest[k]["params"]["total"] for k in ("before", "after")},
+        "win": manifest["summary"]["win"],
+        "removal": record.get("removal"),
+        "wall_time_s": wall,
+    }
+    shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
 TASKS = {
+    "step_job": step_job,
     "budget_job": budget_job,
     "zoo_budget_job": zoo_budget_job,
     "sensitivity_job": sensitivity_job,
