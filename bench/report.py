@@ -428,13 +428,15 @@ def zoo_setup_tables(d: dict) -> str:
                 rows.append([name, "", "", "", arm, f"failed: {r.get('error', '')[:60]}", "—", "—"])
                 continue
             delta = f"{100 * (r['accuracy'] - ref):+.1f}" if ref is not None else "—"
+            removal = next((s["removal"] for s in r.get("steps", []) if s.get("removal")), None)
+            label = f"{arm} → {removal.replace('_', '-')}" if removal and "(default)" in arm else arm
             rows.append(
                 [
                     name,
                     "",
                     "",
                     "",
-                    arm,
+                    label,
                     f"{r['accuracy']:.4f} ({delta})",
                     f"{r['macs_ratio']:.2f}×",
                     r.get("summary", {}).get("win", "—"),

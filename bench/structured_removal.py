@@ -1,10 +1,10 @@
 """Part 3b: how a structured step removes units, on the toy models and a BN ResNet (`python -m bench
 structured_removal`).
 
-Since commit 4777a62 a structured step that fine-tunes removes its units gradually by default (`removal:
-"gradual"`: units re-ranked on the current weights and masked out on a linear ramp, one surgery at the end); before
-it, it cut once and then fine-tuned (`removal: "one_shot"`). Part 5b chose that default on the zoo. This part puts
-the two side by side on the models the engine's other defaults were measured on: LeNet-300-100 and the tutorial CNN
+A structured step that fine-tunes can remove its units gradually (`removal: "gradual"`: units re-ranked on the
+current weights and masked out on a linear ramp, one surgery at the end) or cut once and then fine-tune (`removal:
+"one_shot"`); by default it is gradual only where the units pass through a squeeze-excite gate (part 5b). This part
+puts the two side by side on the models the engine's other defaults were measured on: LeNet-300-100 and the tutorial CNN
 (part 2's pretrained models, 10 epochs) and part 3's BN ResNet (`resnet_bn`, width 32, 5 epochs), each job run as a
 user runs it (`pipeline.compress` with one step: keep 0.75 or 0.5, 2 epochs, batch 128, everything else default),
 against plain fine-tuning for as long (a `finetune` step, BatchNorm re-estimated as every job does). Seeds 0-2,
@@ -79,7 +79,7 @@ def tables(d: dict) -> str:
             params = median(r["params"]["after"] / r["params"]["before"] for r in row["runs"])
             wins = ", ".join(sorted({r["win"] for r in row["runs"]}))
             rows.append(
-                ["", "", "", row["removal"] + (" (default)" if row["removal"] == "gradual" else ""),
+                ["", "", "", row["removal"],
                  row["keep_ratio"], f"{macs:.2f}× / {params:.2f}×", " / ".join(f"{a:.4f}" for a in acc),
                  f"{delta:+.2f}", wins]
             )  # fmt: skip

@@ -223,11 +223,12 @@ class StructuredStep(_Strict):
     epochs: int = Field(0, ge=0, le=1000, description="Fine-tuning epochs of the step.")
     removal: Literal["gradual", "one_shot"] | None = Field(
         None,
-        description="How units leave. gradual (the default when epochs > 0): the model keeps its shape while it "
-        "fine-tunes, units are re-ranked on the current weights and masked out on a linear ramp that reaches "
-        "keep_ratio at 75% of the step's optimizer steps, then one surgery removes exactly those units; one_shot "
-        "(the default, and the only choice, when epochs = 0): one cut, then epochs of fine-tuning of the rebuilt "
-        "model.",
+        description="How units leave. gradual: the model keeps its shape while it fine-tunes, units are re-ranked "
+        "on the current weights and masked out on a linear ramp that reaches keep_ratio at 75% of the step's "
+        "optimizer steps, then one surgery removes exactly those units (needs epochs >= 1); one_shot: one cut, then "
+        "epochs of fine-tuning of the rebuilt model. Default: gradual when the step fine-tunes and units to remove "
+        "pass through a squeeze-excite gate (EfficientNet-like models, where it measured far better), one_shot "
+        "otherwise; the manifest's step record says which ran.",
     )
     allocation: Literal["ranking", "sensitivity"] = Field(
         "ranking",
@@ -243,12 +244,6 @@ class StructuredStep(_Strict):
         if v == "gradual" and info.data.get("epochs") == 0:
             raise ValueError("removal 'gradual' removes units while the step fine-tunes: it needs epochs >= 1")
         return v
-
-    @property
-    def effective_removal(self) -> str:
-        if self.removal is not None:
-            return self.removal
-        return "gradual" if self.epochs > 0 else "one_shot"
 
 
 class FinetuneStep(_Strict):

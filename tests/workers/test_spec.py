@@ -156,9 +156,9 @@ def test_sensitivity_and_budget_defaults_and_what_they_need():
     ).trains
     step = {"kind": "structured", "keep_ratio": 0.5}
     removal = [
-        JobSpec.model_validate({"steps": [{**step, **extra}]}).steps[0].effective_removal
-        for extra in ({}, {"epochs": 2}, {"epochs": 2, "removal": "one_shot"}, {"removal": "one_shot"})
+        JobSpec.model_validate({"steps": [{**step, **extra}]}).steps[0].removal
+        for extra in ({}, {"epochs": 2}, {"epochs": 2, "removal": "gradual"}, {"removal": "one_shot"})
     ]
-    assert removal == ["one_shot", "gradual", "one_shot", "one_shot"]  # gradual by default when the step trains
+    assert removal == [None, None, "gradual", "one_shot"]  # None: chosen per model when the job runs
     levels = JobSpec.model_validate({"steps": [{"kind": "sensitivity", "levels": [0.9, 0.2]}]}).steps[0].levels
     assert levels == [0.2, 0.9]

@@ -111,12 +111,10 @@ def test_gradual_with_squeeze_excite_traced_cuts_exactly_the_held_units(monkeypa
     assert tuple(new.get_layer("se_reshape").target_shape) == (1, 1, units(new)["expand"])
 
 
-@pytest.mark.parametrize("removal", [None, "gradual", "one_shot"])
-def test_the_structured_step_runs_gradually_unless_asked_for_one_cut(tmp_path, removal):
-    keras.utils.set_random_seed(3)
-    model = _squeeze_excite_residual()
+def _job(tmp_path, model, removal):
+    """One structured step (keep 0.5, 2 epochs) on random images through `compress`; the step's record and x."""
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(160, 8, 8, 3)).astype("float32")
+    x = rng.normal(size=(160, *model.input_shape[1:])).astype("float32")
     y = (x[:, :4, :, 0].mean(axis=(1, 2)) > 0).astype("int64") + (x[:, 4:, :, 1].mean(axis=(1, 2)) > 0)
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.save(tmp_path / "m.keras")
@@ -127,8 +125,14 @@ def test_the_structured_step_runs_gradually_unless_asked_for_one_cut(tmp_path, r
         "evaluation": {"latency": False},
     }
     manifest = compress(tmp_path / "m.keras", tmp_path / "d.npz", JobSpec.model_validate(spec), tmp_path / "o")
-    record = manifest["steps"][0]
-    gradually = removal != "one_shot"  # gradual is the default of a step that fine-tunes
+    return manifest["steps"][0], x
+
+
+@pytest.mark.parametrize("removal", [None, "gradual", "one_shot"])
+def test_a_squeeze_excite_model_is_pruned_gradually_unless_asked_for_one_cut(tmp_path, removal):
+    keras.utils.set_random_seed(3)
+    record, x = _job(tmp_path, _squeeze_excite_residual(), removal)
+    gradually = removal != "one_shot"  # the default where units pass through a squeeze-excite gate
     assert record["removal"] == ("gradual" if gradually else "one_shot")
     assert ("gradual" in record) == gradually
     if gradually:
@@ -138,3 +142,12 @@ def test_the_structured_step_runs_gradually_unless_asked_for_one_cut(tmp_path, r
     kept = {n: len(k) for grp in record["report"]["groups"] for n, k in grp["kept_indices"].items()}
     assert {n: units(out)[n] for n in kept} == kept and kept["expand"] < 16
     assert np.isfinite(outputs(out, x[128:])).all()
+
+
+@pytest.mark.parametrize("removal", [None, "gradual"])
+def test_a_model_without_a_gate_is_cut_once_by_default(tmp_path, removal):
+    keras.utils.set_random_seed(4)
+    record, _ = _job(tmp_path, M.residual_functional(), removal)
+    assert record["removal"] == (removal or "one_shot")
+    assert ("gradual" in record) == (removal == "gradual")
+    assert any(grp["units_after"] < grp["units_before"] for grp in record["report"]["groups"])

@@ -138,8 +138,9 @@ def _run_structured(run: _Run, index: int, step: StructuredStep) -> dict:
         "x_calib": x_calib,
         "overrides": overrides,
     }
-    out["removal"] = step.effective_removal
-    if step.effective_removal == "gradual":
+    removal = step.removal or ("one_shot" if not step.epochs else gradual_mod.default_removal(run.model, **args))
+    out["removal"] = removal
+    if removal == "gradual":
         return _run_structured_gradual(run, index, step, args, out)
     run.progress(Progress(phase="structured", step_index=index, message=f"ranking units by {step.criterion}"))
     new_model, report = structured_prune(run.model, **args)
