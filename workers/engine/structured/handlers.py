@@ -197,9 +197,9 @@ class ReshapeHandler(Handler):
     """Only a reshape that adds or drops size-1 axes in front of the channels (squeeze-excite's (C,) -> (1, 1, C)):
     channel c stays channel c, and the target shape's last entry follows the kept count. Any other reshape, or every
     Reshape with `TRACE_UNIT_RESHAPE` off, is a barrier. Traced, it opens EfficientNet's expanded channels to
-    pruning: with gradual removal (the structured step's default when it fine-tunes) EfficientNetB0 at keep 0.75
-    reaches MACs 0.65x within 4 points; a one-shot cut of the same channels then 2 fine-tune epochs lost 24 points
-    (docs/BENCHMARKS.md part 5b)."""
+    pruning: with gradual removal (the structured step's default for units behind such a gate,
+    `gradual.default_removal`) EfficientNetB0 at keep 0.75 reaches MACs 0.65x within 4 points; a one-shot cut of the
+    same channels then 2 fine-tune epochs lost 24 points (docs/BENCHMARKS.md part 5b)."""
 
     resized = True
 
