@@ -41,24 +41,14 @@ POWER = 1.0
 RENORMALIZE = False
 
 
-def default_removal(
-    model,
-    *,
-    criterion: str,
-    keep_ratio: float,
-    scope: str = "global",
-    round_to: int = 1,
-    selection: LayerSelection | None = None,
-    overrides: Mapping[str, LayerOverride] | None = None,
-    x_calib=None,
-) -> str:
-    """The structured step's removal when the spec leaves it out and the step fine-tunes (the arguments are
-    structured_prune's; `x_calib` is not needed): "gradual" when a chosen group's units pass through a traced Reshape
-    (squeeze-excite's gate, `handlers.ReshapeHandler`), else "one_shot". Measured (docs/BENCHMARKS.md 5b, 3b, 5): with
-    squeeze-excite channels open, EfficientNetB0 at keep 0.75 scored 89.45 % gradually and 67.55 % after one cut;
-    without a gate the one cut was better in most comparisons (MobileNetV2 88.05 % against 84.3 %, the BN ResNet
-    98.0 % against 97.15 %) and within 0.65 points on the toy models."""
-    _, _, g, chosen, _ = _prepare(model, criterion, keep_ratio, scope, round_to, selection, overrides)
+def default_removal(model, *, x_calib=None, **args) -> str:
+    """The structured step's removal when the spec leaves it out and the step fine-tunes (`args`: all of
+    structured_prune's keyword arguments; `x_calib` is not needed): "gradual" when a chosen group's units pass
+    through a traced Reshape (squeeze-excite's gate, `handlers.ReshapeHandler`), else "one_shot". Measured
+    (docs/BENCHMARKS.md 5b, 3b, 5): with squeeze-excite channels open, EfficientNetB0 at keep 0.75 scored 89.45 %
+    gradually and 67.55 % after one cut; without a gate the one cut was better in most comparisons (MobileNetV2
+    88.05 % against 84.3 %, the BN ResNet 98.0 % against 97.15 %) and within 0.65 points on the toy models."""
+    _, _, g, chosen, _ = _prepare(model, **args)
     prunable = {int(r) for grp in chosen for r in grp.classes}
     for name, handler in g.handlers.items():
         if isinstance(handler, ReshapeHandler) and any(prunable & set(g.root[m].tolist()) for m in g.in_maps[name]):
