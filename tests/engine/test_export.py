@@ -180,6 +180,26 @@ def test_every_artifact_is_evaluated_by_running_the_file(trained, fmt):
         assert evaluation["loss"] == pytest.approx(expected["loss"], rel=1e-5)
 
 
+def test_a_keras_file_is_scored_with_the_loss_and_metrics_its_own_config_stores(trained, tmp_path):
+    model = trained["dense"]
+    held_out = trained["held_out"]
+    uncompiled = type(model).from_config(model.get_config())  # clone_model would compile the copy
+    uncompiled.set_weights(model.get_weights())
+    bare = export_model(uncompiled, tmp_path / "bare", ["keras"], held_out=held_out)["keras"].evaluation
+    assert bare == {"samples": 0, "note": "not evaluated: the file holds no compile config (loss, metrics)"}
+
+    recompiled = keras.models.clone_model(model)
+    recompiled.set_weights(model.get_weights())
+    recompiled.compile(loss="sparse_categorical_crossentropy", metrics=["sparse_top_k_categorical_accuracy"])
+    scored = export_model(recompiled, tmp_path / "top_k", ["keras"], held_out=held_out)["keras"].evaluation
+    expected = recompiled.evaluate(held_out.x, held_out.y, verbose=0, return_dict=True)
+    assert set(expected) <= set(scored) and "accuracy" not in scored
+    assert scored["sparse_top_k_categorical_accuracy"] == pytest.approx(
+        expected["sparse_top_k_categorical_accuracy"], abs=1e-6
+    )
+    assert scored["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+
+
 def _tflite_predict(path, x):
     runner = tflite_interpreter(path).get_signature_runner()
     ((name, detail),) = runner.get_input_details().items()

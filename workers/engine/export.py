@@ -285,10 +285,23 @@ def _write_keras_file(model: keras.Model, tmp: Path, calibration=None) -> _Writt
     return _Written(encoding="float32")
 
 
+def _archive_compile_config(path: Path) -> dict | None:
+    """The compile config (loss, metrics, ...) a .keras archive's config.json stores; None when it has none."""
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+    compile_config = config.get("compile_config") if isinstance(config, dict) else None
+    return compile_config if isinstance(compile_config, dict) and compile_config else None
+
+
 def _measure_keras_file(model: keras.Model, path: Path, held_out: HeldOut | None) -> tuple[_Measured, dict | None]:
+    # A .keras file is reloaded uncompiled and scored with the loss and metrics of its own config.json: compiling
+    # it would also build its optimizer (two slots per weight for Adam), which scoring does not use and which
+    # cost a ResNet50 half a second (docs/BENCHMARKS.md part 5d). A legacy .h5 file keeps its compile config in
+    # HDF5 attributes: it is reloaded compiled.
+    archive = path.suffix == ".keras"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # legacy .h5: the "compiled metrics not built" notice
-        reloaded = keras.saving.load_model(path, compile=held_out is not None, safe_mode=True)
+        reloaded = keras.saving.load_model(path, compile=held_out is not None and not archive, safe_mode=True)
     ours, theirs = model.get_weights(), reloaded.get_weights()
     stats = param_stats(reloaded)
     note = ""
@@ -307,7 +320,10 @@ def _measure_keras_file(model: keras.Model, path: Path, held_out: HeldOut | None
     )
     evaluation = None
     if held_out is not None:
-        config = reloaded.get_compile_config() if reloaded.compiled else None
+        if archive:
+            config = _archive_compile_config(path)
+        else:
+            config = reloaded.get_compile_config() if reloaded.compiled else None
         if len(reloaded.outputs) != 1:
             evaluation = {"samples": 0, "note": "not evaluated: only single-output models are scored"}
         elif not config:
@@ -320,8 +336,8 @@ def _measure_keras_file(model: keras.Model, path: Path, held_out: HeldOut | None
             evaluation = {
                 **score_predictions(config, y_pred, held_out.y[:n], held_out.batch_size),
                 "samples": n,
-                "how": "the file reloaded with its compile config, run eagerly (batched), scored with "
-                "its loss and metrics",
+                "how": "the file reloaded, run eagerly (batched), scored with the loss and metrics of its "
+                "compile config",
             }
     return measured, evaluation
 
