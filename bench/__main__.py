@@ -4,14 +4,15 @@ Parts: overhead (1), accuracy (2), structured (3), structured_removal (3b: the s
 one-shot removal on LeNet-300-100, the tutorial CNN and a BN ResNet), service (4), zoo (5: MobileNetV2, a BN ResNet,
 EfficientNetB0, up to an hour on 2 busy cores), zoo_setup (5b: the zoo's goal points at issue 9's own setup, 8,000
 digits, Secateurs and plain fine-tuning only), overhead_large (5c: a job's time outside training on a ResNet50,
-main's code against this checkout; about 25 minutes), budget (6: the smallest LeNet-300-100 and tutorial CNN within
-1 point), budget_zoo (6b: MobileNetV2, structured, within 2 points), budget_tfmot (6c: the budget against
-hand-picked tfmot settings at equal epochs), budget_timing (6d: preflight and sensitivity sweep times of MobileNetV2;
-needs a quiet machine), budget_matched (6e: the budget given each hand-picked tfmot setting's own drop),
-budget_converged (6f: 6e on input models trained to convergence); parts 3b and 5 to 6f are not in `all`. `all` runs
-1-4 in one command; `report` re-renders the tables of docs/BENCHMARKS.md from the JSON results. `--quick` is a smoke
-run (< 3 minutes per part, the zoo's about 4): fewer repetitions, seeds, models and points; its results go to
-*.quick.json and are never rendered into the doc.
+main's code against this checkout; about 25 minutes), overhead_floor (5d: what the measurements of that job cost at
+the least, each piece timed alone and warm, beside the job; about 7 minutes), budget (6: the smallest LeNet-300-100
+and tutorial CNN within 1 point), budget_zoo (6b: MobileNetV2, structured, within 2 points), budget_tfmot (6c: the
+budget against hand-picked tfmot settings at equal epochs), budget_timing (6d: preflight and sensitivity sweep times
+of MobileNetV2; needs a quiet machine), budget_matched (6e: the budget given each hand-picked tfmot setting's own
+drop), budget_converged (6f: 6e on input models trained to convergence); parts 3b and 5 to 6f are not in `all`.
+`all` runs 1-4 in one command; `report` re-renders the tables of docs/BENCHMARKS.md from the JSON results. `--quick`
+is a smoke run (< 3 minutes per part, the zoo's about 4): fewer repetitions, seeds, models and points; its results
+go to *.quick.json and are never rendered into the doc.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ EXTRA_PARTS = {  # run only when named
     "zoo": "bench.zoo",
     "zoo_setup": "bench.zoo_setup",
     "overhead_large": "bench.overhead_large",
+    "overhead_floor": "bench.overhead_floor",
     "structured_removal": "bench.structured_removal",
     "budget": "bench.budget",
     "budget_zoo": "bench.budget_zoo",

@@ -1,4 +1,5 @@
-"""One job of part 5c (`bench.overhead_large`), in a fresh process: `python bench/overhead_job.py prepare|job ...`.
+"""One job of part 5c (`bench.overhead_large`) or the floor of part 5d (`bench.overhead_floor`), in a fresh process:
+`python bench/overhead_job.py prepare|job|floor ...`.
 
 Run as a file (not `-m`) with the working directory and PYTHONPATH of the tree under test, so the `workers` package
 imported is that tree's (main's code for "before", this checkout's for "after"); this script imports nothing from
@@ -7,6 +8,8 @@ imported is that tree's (main's code for "before", this checkout's for "after");
 `prepare OUT_DIR N_TRAIN`: builds `keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=10)`,
 compiles it (Adam, sparse categorical cross-entropy, accuracy) and saves OUT_DIR/resnet50.keras; the data
 (OUT_DIR/digits64.npz) is written by the orchestrator.
+
+`floor MODEL DATA`: times each piece of work the job's measurements require, alone and warm (`floor`).
 
 `job MODEL DATA SPEC_JSON OUT_DIR`: runs `workers.engine.pipeline.compress` and prints one JSON line with:
   wall_s, cpu_s           compress() wall-clock and process CPU time (all threads)
@@ -192,6 +195,94 @@ def job(model: str, data: str, spec_json: str, out_dir: str) -> None:
     )
 
 
+FLOOR_REPEATS = 3
+
+
+def floor(model_path: str, data_path: str) -> None:
+    """Time, alone and warm, each piece of work a job's measurements require on this model (part 5d,
+    `bench.overhead_floor`), and print one JSON line: {"pieces": {name: {"s": median seconds, "runs": [...]}},
+    "traces": {...}, "held_out", "train"}.
+
+    Warm: every compiled function is traced and called once before it is timed, so no piece includes a trace;
+    each piece is timed FLOOR_REPEATS times and the median kept. The pieces are the engine's own functions where
+    the engine has the fastest way to do the work (the traced forward pass, the BatchNorm pass, latency, gzip)
+    and Keras's where the engine adds checks around it (load and save; loads with compile=False). The split is the
+    engine's: 20 % of the samples held out (102 of 512), the rest trains and feeds the BatchNorm pass."""
+    import tempfile
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from workers.engine import batchnorm, metrics
+
+    data = np.load(data_path)
+    x, n_val = data["x_train"], int(round(0.2 * len(data["x_train"])))
+    x_train, x_val = x[: len(x) - n_val], x[len(x) - n_val :]
+    eval_batch = 256  # the engine's held-out batch: max(training batch 128, 256)
+
+    def timed(fn, repeats: int = FLOOR_REPEATS) -> dict:
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - t0)
+        return {"s": sorted(runs)[len(runs) // 2], "runs": runs}
+
+    def load(path, compile: bool):
+        return keras.saving.load_model(path, compile=compile, safe_mode=True)
+
+    pieces, traces = {}, {}
+    pieces["load"] = timed(lambda: load(model_path, False))
+    model = load(model_path, True)  # compiled (Adam, no state), as the job's model is when it is saved
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = Path(tmp) / "model.keras"
+        pieces["save"] = timed(lambda: keras.saving.save_model(model, saved))
+        pieces["gzip"] = timed(lambda: metrics.file_size(saved))
+        # the exported file: Keras builds a compiled model's optimizer (two slots per weight here) as it loads it,
+        # which scoring does not need (the loss and metrics can be read from the file's config.json)
+        pieces["reload"] = timed(lambda: load(saved, False))
+        traces["reload_compiled_s"] = timed(lambda: load(saved, True), repeats=1)["s"]
+        fresh = load(saved, False)
+        t0 = time.perf_counter()
+        metrics.predict_batched(lambda b: fresh(b, training=False), x_val, eval_batch)
+        traces["eager_evaluation_fresh_model_s"] = time.perf_counter() - t0
+
+    fn = metrics.forward(model)
+    t0 = time.perf_counter()
+    fn(tf.constant(x_val[:1]))
+    traces["forward_first_call_s"] = time.perf_counter() - t0
+    metrics.predict_batched(lambda b: fn(tf.constant(b)), x_val, eval_batch)  # the held-out batch shape, once
+    pieces["evaluate"] = timed(lambda: metrics.predict_batched(lambda b: fn(tf.constant(b)), x_val, eval_batch))
+
+    estimator = batchnorm.BatchNormEstimator(model, x_train, batch_size=128)
+    t0 = time.perf_counter()
+    estimator()
+    traces["batchnorm_first_call_s"] = time.perf_counter() - t0
+    pieces["batchnorm"] = timed(estimator)
+
+    metrics.latency(model)  # warm: every batch size called once
+    pieces["latency"] = timed(lambda: metrics.latency(model))
+    inputs = {b: tf.constant(np.zeros((b, *x_val.shape[1:]), x_val.dtype)) for b in (1, 32)}
+    pieces["latency_one_run"] = timed(lambda: [np.asarray(fn(inputs[b])) for b in (1, 32)])
+    print(
+        json.dumps(
+            {
+                "pieces": pieces,
+                "traces": traces,
+                "held_out": int(n_val),
+                "train": int(len(x_train)),
+                "eval_batch": eval_batch,
+                "latency_settings": {
+                    "runs": 30,
+                    "min_runs": metrics.LATENCY_MIN_RUNS,
+                    "budget_s": metrics.LATENCY_BUDGET_S,
+                },
+            }
+        )
+    )
+
+
 def _reported(measure: dict) -> dict:
     latency = measure.get("latency_ms") or {}
     return {
@@ -205,5 +296,7 @@ def _reported(measure: dict) -> dict:
 if __name__ == "__main__":
     if sys.argv[1] == "prepare":
         prepare(sys.argv[2])
+    elif sys.argv[1] == "floor":
+        floor(*sys.argv[2:4])
     else:
         job(*sys.argv[2:6])

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from bench.common import RESULTS_DIR, ROOT
+from bench.overhead_floor import tables as overhead_floor_tables
 from bench.overhead_large import tables as overhead_large_tables
 from bench.report_budget import RENDERERS as BUDGET_RENDERERS
 from bench.report_format import _md, _run_line, _spread, _x
@@ -473,6 +474,7 @@ RENDERERS = {
     "zoo": zoo_tables,
     "zoo_setup": zoo_setup_tables,
     "overhead_large": overhead_large_tables,
+    "overhead_floor": overhead_floor_tables,
     **BUDGET_RENDERERS,
 }
 
