@@ -260,6 +260,11 @@ def floor(model_path: str, data_path: str) -> None:
     estimator()
     traces["batchnorm_first_call_s"] = time.perf_counter() - t0
     pieces["batchnorm"] = timed(estimator)
+    tf.config.run_functions_eagerly(True)  # the same pass with no trace at all: op by op
+    try:
+        traces["batchnorm_eager_s"] = timed(estimator, repeats=1)["s"]
+    finally:
+        tf.config.run_functions_eagerly(False)
 
     metrics.latency(model)  # warm: every batch size called once
     pieces["latency"] = timed(lambda: metrics.latency(model))
