@@ -19,8 +19,8 @@ import json
 import os
 import statistics
 
-from bench.common import LoadMonitor, header, log, write_result
-from bench.overhead_large import BATCH, CACHE, GOAL_S, JOBS, SAMPLES, _prepare, _script
+from bench.common import LoadMonitor, log, write_result
+from bench.overhead_large import BATCH, CACHE, JOBS, _script, start
 
 FLOOR = {  # piece -> (times per job, what it is)
     "load": (1, "the upload, loaded by Keras (compile=False; the engine inspects the archive first)"),
@@ -101,21 +101,8 @@ def run(sides, quick: bool, command: str, repeats: int | None = None) -> dict:
     cfg = dict(QUICK if quick else FULL)
     if repeats:
         cfg["repeats"] = repeats
-    model, data = _prepare()
-    payload = header(
-        "overhead_floor",
-        command,
-        quick,
-        {
-            **cfg,
-            "model": "keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=10)",
-            "samples": SAMPLES,
-            "batch_size": BATCH,
-            "jobs": JOBS,
-            "floor": {name: count for name, (count, _) in FLOOR.items()},
-            "goal_outside_training_s": GOAL_S,
-        },
-    )
+    floor = {name: count for name, (count, _) in FLOOR.items()}
+    payload, model, data = start("overhead_floor", command, quick, cfg, floor=floor)
     monitor = LoadMonitor()
     floor_runs: list[dict] = []
     job_runs: dict[str, list[dict]] = {}

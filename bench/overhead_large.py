@@ -96,6 +96,22 @@ def analyse(runs: list[dict]) -> dict:
     }
 
 
+def start(name: str, command: str, quick: bool, cfg: dict, **config) -> tuple[dict, Path, Path]:
+    """The cached model and data, and the results header of a part run on them (5c here, 5d)."""
+    model, data = _prepare()
+    config = {
+        **cfg,
+        "model": "keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=10)",
+        "samples": SAMPLES,
+        "epochs": EPOCHS,
+        "batch_size": BATCH,
+        "jobs": JOBS,
+        "goal_outside_training_s": GOAL_S,
+        **config,
+    }
+    return header(name, command, quick, config), model, data
+
+
 def run(sides, quick: bool, command: str, repeats: int | None = None) -> dict:
     """`sides` is not used: every job is a fresh process of the tree it measures."""
     from bench.revisions import checkout
@@ -103,22 +119,7 @@ def run(sides, quick: bool, command: str, repeats: int | None = None) -> dict:
     cfg = dict(QUICK if quick else FULL)
     if repeats:
         cfg["repeats"] = repeats
-    model, data = _prepare()
-    payload = header(
-        "overhead_large",
-        command,
-        quick,
-        {
-            **cfg,
-            "model": "keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=10)",
-            "samples": SAMPLES,
-            "epochs": EPOCHS,
-            "batch_size": BATCH,
-            "jobs": JOBS,
-            "before": BEFORE,
-            "goal_outside_training_s": GOAL_S,
-        },
-    )
+    payload, model, data = start("overhead_large", command, quick, cfg, before=BEFORE)
     monitor = LoadMonitor()
     results: dict[str, list[dict]] = {}
     with ExitStack() as stack:
