@@ -215,7 +215,9 @@ def floor(model_path: str, data_path: str) -> None:
     import tensorflow as tf
 
     from workers.engine import batchnorm, metrics
+    from workers.spec import EvaluationSpec
 
+    runs = EvaluationSpec().latency_runs  # the job's default cap on timed runs per batch size
     data = np.load(data_path)
     x, n_val = data["x_train"], int(round(0.2 * len(data["x_train"])))
     x_train, x_val = x[: len(x) - n_val], x[len(x) - n_val :]
@@ -266,8 +268,8 @@ def floor(model_path: str, data_path: str) -> None:
     finally:
         tf.config.run_functions_eagerly(False)
 
-    metrics.latency(model)  # warm: every batch size called once
-    pieces["latency"] = timed(lambda: metrics.latency(model))
+    metrics.latency(model, batch_sizes=(1, 32), runs=runs)  # warm: every batch size called once
+    pieces["latency"] = timed(lambda: metrics.latency(model, batch_sizes=(1, 32), runs=runs))
     inputs = {b: tf.constant(np.zeros((b, *x_val.shape[1:]), x_val.dtype)) for b in (1, 32)}
     pieces["latency_one_run"] = timed(lambda: [np.asarray(fn(inputs[b])) for b in (1, 32)])
     print(
@@ -279,7 +281,7 @@ def floor(model_path: str, data_path: str) -> None:
                 "train": int(len(x_train)),
                 "eval_batch": eval_batch,
                 "latency_settings": {
-                    "runs": 30,
+                    "runs": runs,
                     "min_runs": metrics.LATENCY_MIN_RUNS,
                     "budget_s": metrics.LATENCY_BUDGET_S,
                 },
