@@ -296,7 +296,7 @@ def _archive_compile_config(path: Path) -> dict | None:
 def _measure_keras_file(model: keras.Model, path: Path, held_out: HeldOut | None) -> tuple[_Measured, dict | None]:
     # A .keras file is reloaded uncompiled and scored with the loss and metrics of its own config.json: compiling
     # it would also build its optimizer (two slots per weight for Adam), which scoring does not use and which
-    # cost a ResNet50 half a second (docs/BENCHMARKS.md part 5d). A legacy .h5 file keeps its compile config in
+    # cost a ResNet50 0.4 s (docs/BENCHMARKS.md part 5d). A legacy .h5 file keeps its compile config in
     # HDF5 attributes: it is reloaded compiled.
     archive = path.suffix == ".keras"
     with warnings.catch_warnings():
