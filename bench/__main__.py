@@ -5,7 +5,7 @@ one-shot removal on LeNet-300-100, the tutorial CNN and a BN ResNet), service (4
 EfficientNetB0, up to an hour on 2 busy cores), zoo_setup (5b: the zoo's goal points at issue 9's own setup, 8,000
 digits, Secateurs and plain fine-tuning only), overhead_large (5c: a job's time outside training on a ResNet50,
 main's code against this checkout; about 25 minutes), overhead_floor (5d: what the measurements of that job cost at
-the least, each piece timed alone and warm, beside the job; about 7 minutes), budget (6: the smallest LeNet-300-100
+the least, each piece timed alone and warm, beside the job; about 5 minutes), budget (6: the smallest LeNet-300-100
 and tutorial CNN within 1 point), budget_zoo (6b: MobileNetV2, structured, within 2 points), budget_tfmot (6c: the
 budget against hand-picked tfmot settings at equal epochs), budget_timing (6d: preflight and sensitivity sweep times
 of MobileNetV2; needs a quiet machine), budget_matched (6e: the budget given each hand-picked tfmot setting's own
