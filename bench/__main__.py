@@ -9,7 +9,8 @@ the least, each piece timed alone and warm, beside the job; about 5 minutes), bu
 and tutorial CNN within 1 point), budget_zoo (6b: MobileNetV2, structured, within 2 points), budget_tfmot (6c: the
 budget against hand-picked tfmot settings at equal epochs), budget_timing (6d: preflight and sensitivity sweep times
 of MobileNetV2; needs a quiet machine), budget_matched (6e: the budget given each hand-picked tfmot setting's own
-drop), budget_converged (6f: 6e on input models trained to convergence); parts 3b and 5 to 6f are not in `all`.
+drop), budget_converged (6f: 6e on input models trained to convergence), budget_seeds (6g: 6f's one miss over ten
+seeds); parts 3b and 5 to 6g are not in `all`.
 `all` runs 1-4 in one command; `report` re-renders the tables of docs/BENCHMARKS.md from the JSON results. `--quick`
 is a smoke run (< 3 minutes per part, the zoo's about 4): fewer repetitions, seeds, models and points; its results
 go to *.quick.json and are never rendered into the doc.
@@ -43,6 +44,7 @@ EXTRA_PARTS = {  # run only when named
     "budget_timing": "bench.budget_timing",
     "budget_matched": "bench.budget_matched",
     "budget_converged": "bench.budget_converged",
+    "budget_seeds": "bench.budget_seeds",
 }
 
 

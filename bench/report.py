@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+from bench.budget_seeds import tables as budget_seeds_tables
 from bench.common import RESULTS_DIR, ROOT
 from bench.overhead_floor import tables as overhead_floor_tables
 from bench.overhead_large import tables as overhead_large_tables
@@ -476,6 +477,7 @@ RENDERERS = {
     "overhead_large": overhead_large_tables,
     "overhead_floor": overhead_floor_tables,
     **BUDGET_RENDERERS,
+    "budget_seeds": budget_seeds_tables,
 }
 
 

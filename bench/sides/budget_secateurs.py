@@ -5,8 +5,8 @@
   zoo_budget_job    a budget step on a zoo model and its data file (bench.budget_zoo)
   sensitivity_job   a sensitivity step alone on a zoo model, timed per layer from the progress events
                     (bench.budget_timing)
-  finetune_rates    plain fine-tuning of a part-2 model at a constant learning rate and under a warm-up + cosine
-                    schedule (bench.budget_converged)
+  finetune_rates    plain fine-tuning of a part-2 model at a constant learning rate, under a warm-up + cosine
+                    schedule, and continuing the file's own optimizer state (bench.budget_converged, budget_seeds)
   step_job          any one step (structured, finetune, ...) on a pretrained model and the bench's MNIST split
                     (bench.structured_removal)
 
@@ -170,9 +170,11 @@ def sensitivity_job(model_file: str, data_file: str, step: dict, batch_size: int
 
 
 def finetune_rates(model_file: str, epochs: int, batch_size: int = 128, seed: int = 0, lr: float = 1e-3) -> dict:
-    """Held-out accuracy of the model as loaded and after `epochs` of plain fine-tuning with a fresh Adam, once at
-    the constant rate `lr` (as the engine trains) and once with the rate rising from 0 over the first tenth of the
-    steps, then decaying to 0 along a cosine (an alternative measured in part 6f, not the engine's)."""
+    """Held-out accuracy of the model as loaded and after `epochs` of plain fine-tuning: with a fresh Adam at the
+    constant rate `lr` (as the engine trains), with a fresh Adam whose rate rises from 0 over the first tenth of the
+    steps and then decays to 0 along a cosine (an alternative measured in part 6f, not the engine's), and, when the
+    file carries its optimizer's state (a model saved compiled), continuing with that Adam state at the same rate
+    (`own_state`: part 6g; None when the file has no optimizer state)."""
     import keras
 
     x, y, _, _ = data()
@@ -193,6 +195,14 @@ def finetune_rates(model_file: str, epochs: int, batch_size: int = 128, seed: in
         )
         model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
         out[name] = held_out_accuracy(model)
+    keras.utils.set_random_seed(seed)
+    model = keras.saving.load_model(model_file)  # compiled: its optimizer's variables are restored from the file
+    trained_steps = int(model.optimizer.iterations.numpy()) if model.optimizer is not None else 0
+    out["own_state"], out["own_state_steps"] = None, trained_steps  # the steps the file's optimizer had taken
+    if trained_steps:
+        model.optimizer.learning_rate = lr
+        model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
+        out["own_state"] = held_out_accuracy(model)
     return out
 
 
