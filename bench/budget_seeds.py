@@ -7,11 +7,15 @@ three seeds. This part reruns that one row, exactly as 6f runs it, over SEEDS:
 
   tfmot    `bench.budget_tfmot.tfmot_job` at 0.8, frequency 10 (6f's better one), 12 epochs, every seed;
   budget   `bench.budget_tfmot.budget_job` with 6f's max_drop: the input model's accuracy minus the median of tfmot's
-           seeds 0-2 (6f's seeds), plus `budget_matched.TIE`, every seed.
+           seeds 0-2 (6f's seeds), plus `budget_matched.TIE`, every seed;
+  plain    the input model fine-tuned for one trial's epochs with no pruning, every seed
+           (`bench.sides.budget_secateurs.finetune_rates`): a fresh Adam at the constant rate (the engine's), a fresh
+           Adam under a warm-up + cosine schedule, and the Adam state saved in the model file.
 
 It reports, per seed, both sides' accuracy and size; how many of tfmot's own runs land within the budget taken from
 its median; how many budget jobs end within the budget and at or past tfmot's sparsity; the pairs (same seed) where
-the budget's model is smaller at equal or better accuracy; and 6e's verdict on the medians of all seeds. Results:
+the budget's model is smaller at equal or better accuracy; 6e's verdict on the medians of all seeds; and what the
+plain fine-tunes cost the input model. Results:
 bench/results/budget_seeds.json.
 """
 
