@@ -185,9 +185,36 @@ def test_a_budget_that_cannot_be_met_returns_the_closest_trial_and_says_so(tmp_p
     chosen = trials[budget["chosen"]]
     assert chosen["drop"] == min(t["drop"] for t in trials)
     assert "BUDGET NOT MET" in budget["note"] and budget["note"] in manifest["summary"]["notes"]
+    assert "fine-tuning, not pruning" not in budget["note"]  # here the pruning itself costs the loss
     kernel = _kernels(out / "model.keras")["linear"]
     assert int(np.sum(kernel == 0)) == math.floor(chosen["level"] * 16 + 0.5)
     assert manifest["after"]["evaluation"]["loss"] == pytest.approx(chosen["metric"], rel=1e-5)
+
+
+def test_a_budget_lost_to_fine_tuning_not_to_pruning_says_so(tmp_path, mlp_files):
+    # a learning rate of 1.0 wrecks the MLP whatever is pruned, while the analysis (no training) predicts that the
+    # lightest trials' pruning alone stays within 2 points
+    manifest, _ = _run(
+        tmp_path,
+        mlp_files,
+        {
+            "steps": [{"kind": "budget", "max_drop": 0.02, "epochs": 1, "max_trials": 3}],
+            "training": {"learning_rate": 1.0},
+            "evaluation": QUIET,
+        },
+    )
+    budget = manifest["budget"]
+    trials = budget["trials"]
+    assert budget["met"] is False and all(t["drop"] > 0.2 for t in trials)
+    least = min(trials, key=lambda t: t["level"])
+    assert least["level"] < trials[0]["level"]  # the search moved down after the misses
+    analysis = json.loads((tmp_path / "out" / "sensitivity.json").read_text())
+    lowest = {r["layer"]: r["drop"] for r in analysis["rows"] if r["level"] == min(analysis["levels"])}
+    assert max(lowest.values()) < 0.02  # pruning one layer at the lowest level alone costs under the budget
+    note = budget["note"]
+    assert note.startswith("BUDGET NOT MET") and note in manifest["summary"]["notes"]
+    assert f"fine-tuning, not pruning, cost the budget: the least pruned trial (sparsity {least['level']:.4f})" in note
+    assert "after 1 epoch(s) at learning rate 1" in note
 
 
 def test_cancelling_mid_search_stops_before_the_next_trial(tmp_path, mlp_files):

@@ -168,6 +168,31 @@ def _budget_note(
     return "; ".join(parts) or None
 
 
+def _finetune_cost_note(
+    found: budget_mod.BudgetResult, curves: list, total: int, max_drop: float, metric: str, step: BudgetStep, lr: float
+) -> str | None:
+    """When no trial met the budget although the sensitivity analysis predicts that the least pruned trial's pruning
+    alone, with no fine-tuning, stays within it: the trials' fine-tuning, not the pruning, cost the held-out metric
+    (a trained model fine-tuned afresh for a few epochs moves it: docs/BENCHMARKS.md part 6g). None otherwise."""
+    if found.met or not found.trials:
+        return None
+    least = min(found.trials, key=lambda t: t.removed)
+    try:
+        counts = allocation_mod.allocate(curves, round(least.removed * total))
+    except ValueError:  # outside what the layers allow: no prediction
+        return None
+    predicted = sum(allocation_mod.predicted_drop(c, n) for c, n in zip(curves, counts))
+    if predicted > max_drop or least.drop <= max_drop:
+        return None
+    unit = "keep ratio" if step.method == "structured" else "sparsity"
+    return (
+        f"fine-tuning, not pruning, cost the budget: the least pruned trial ({unit} {least.level:.4f}) lost "
+        f"{least.drop:.4g} of held-out {metric} after {step.epochs} epoch(s) at learning rate {lr:g}, while the "
+        f"sensitivity analysis predicts {max(predicted, 0.0):.2g} for that pruning alone; a trained model fine-tuned "
+        "afresh moves its held-out metric by more than this max_drop, so no level can be certified with these trials"
+    )
+
+
 def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
     data = _require_data(run, f"step {index} (budget)")
     field = f"steps.{index}.metric"
@@ -317,8 +342,22 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
         "trials": [t.to_dict() for t in found.trials],
         "sensitivity": result.get("artifacts"),
         "noise": noise,
-        "note": _budget_note(
-            found, metric, baseline, step.max_drop, noise, len(data.y_val), "keep ratio" if structured else "sparsity"
-        ),
+        "note": "; ".join(
+            part
+            for part in (
+                _budget_note(
+                    found,
+                    metric,
+                    baseline,
+                    step.max_drop,
+                    noise,
+                    len(data.y_val),
+                    "keep ratio" if structured else "sparsity",
+                ),
+                _finetune_cost_note(found, curves, total, step.max_drop, metric, step, run.training.learning_rate),
+            )
+            if part
+        )
+        or None,
     }
     return {"budget": run.budget}
