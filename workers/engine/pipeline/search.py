@@ -174,7 +174,7 @@ def _finetune_cost_note(
     """When no trial met the budget although the sensitivity analysis predicts that the least pruned trial's pruning
     alone, with no fine-tuning, stays within it: the trials' fine-tuning, not the pruning, cost the held-out metric
     (a trained model fine-tuned afresh for a few epochs moves it: docs/BENCHMARKS.md part 6g). None otherwise."""
-    if found.met or not found.trials:
+    if found.met or not found.trials or not step.epochs:
         return None
     least = min(found.trials, key=lambda t: t.removed)
     try:
@@ -331,6 +331,11 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
     else:
         run.model.set_weights(states[found.chosen])
         run.hold_zeros = True
+    unit = "keep ratio" if structured else "sparsity"
+    notes = (
+        _budget_note(found, metric, baseline, step.max_drop, noise, len(data.y_val), unit),
+        _finetune_cost_note(found, curves, total, step.max_drop, metric, step, run.training.learning_rate),
+    )
     run.budget = {
         "metric": metric,
         "baseline": baseline,
@@ -342,22 +347,6 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
         "trials": [t.to_dict() for t in found.trials],
         "sensitivity": result.get("artifacts"),
         "noise": noise,
-        "note": "; ".join(
-            part
-            for part in (
-                _budget_note(
-                    found,
-                    metric,
-                    baseline,
-                    step.max_drop,
-                    noise,
-                    len(data.y_val),
-                    "keep ratio" if structured else "sparsity",
-                ),
-                _finetune_cost_note(found, curves, total, step.max_drop, metric, step, run.training.learning_rate),
-            )
-            if part
-        )
-        or None,
+        "note": "; ".join(note for note in notes if note) or None,
     }
     return {"budget": run.budget}
