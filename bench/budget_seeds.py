@@ -10,7 +10,8 @@ three seeds. This part reruns that one row, exactly as 6f runs it, over SEEDS:
            seeds 0-2 (6f's seeds), plus `budget_matched.TIE`, every seed;
   plain    the input model fine-tuned for one trial's epochs with no pruning, every seed
            (`bench.sides.budget_secateurs.finetune_rates`): a fresh Adam at the constant rate (the engine's), a fresh
-           Adam under a warm-up + cosine schedule, and the Adam state saved in the model file.
+           Adam under a warm-up + cosine schedule, a fresh Adam ending on the moving average of the weights, and the
+           Adam state saved in the model file.
 
 It reports, per seed, both sides' accuracy and size; how many of tfmot's own runs land within the budget taken from
 its median; how many budget jobs end within the budget and at or past tfmot's sparsity; the pairs (same seed) where
@@ -137,6 +138,7 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
 FINETUNE_ARMS = {
     "constant": "fresh Adam, constant rate (the engine's)",
     "warmup_cosine": "fresh Adam, warm-up 10 % + cosine to 0",
+    "ema": "fresh Adam, constant rate, ending on the weights' moving average (momentum {ema_momentum:g})",
     "own_state": "the file's own Adam state, constant rate",
 }
 
@@ -153,7 +155,13 @@ def _finetune_lines(d: dict) -> list[str]:
         if any(x is None for x in values):
             continue
         drops = sorted(100 * (x - base) for x in values)
-        rows.append([what, " / ".join(f"{100 * (x - base):+.2f}" for x in values), f"{statistics.median(drops):+.2f}"])
+        rows.append(
+            [
+                what.format(**first),
+                " / ".join(f"{100 * (x - base):+.2f}" for x in values),
+                f"{statistics.median(drops):+.2f}",
+            ]
+        )
     return [
         "",
         f"The input model fine-tuned {first['epochs']} epochs with no pruning at all (Adam {first['lr']:g}, batch "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bench.budget_matched import matched_budget
-from bench.budget_seeds import paired, summarize, tables
+from bench.budget_seeds import _finetune_lines, paired, summarize, tables
 
 
 def _run(seed: int, accuracy: float, nonzero: int, gz: int, sparsity: float, met: bool | None = None) -> dict:
@@ -85,3 +85,40 @@ def test_the_table_has_a_row_per_seed_and_states_the_verdict():
     assert "Medians of all 3 seeds" in text and text.rstrip().endswith("met.")
     assert "tfmot's own run lands within the budget taken from its median in 2;" in text  # seed 2's is below
     assert "smaller at equal or better accuracy in 2." in text  # seed 0's model is smaller but less accurate
+
+
+def test_the_plain_fine_tune_table_has_a_row_per_arm_that_ran_and_its_median():
+    runs = [
+        {
+            "seed": 0,
+            "epochs": 2,
+            "lr": 0.001,
+            "ema_momentum": 0.98,
+            "own_state_steps": 1890,
+            "constant": 0.962,
+            "warmup_cosine": 0.968,
+            "ema": 0.965,
+            "own_state": None,
+        },
+        {
+            "seed": 1,
+            "epochs": 2,
+            "lr": 0.001,
+            "ema_momentum": 0.98,
+            "own_state_steps": 1890,
+            "constant": 0.948,
+            "warmup_cosine": 0.966,
+            "ema": 0.9675,
+            "own_state": None,
+        },
+    ]
+    d = {"pretrained_accuracy": BASE, "config": {"batch_size": 128}, "finetune": runs}
+    lines = "\n".join(_finetune_lines(d)).splitlines()
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in lines if line.startswith("| fresh")}
+    assert list(rows) == [
+        "fresh Adam, constant rate (the engine's)",
+        "fresh Adam, warm-up 10 % + cosine to 0",
+        "fresh Adam, constant rate, ending on the weights' moving average (momentum 0.98)",
+    ]  # no own-state row: the file had no optimizer state in these runs
+    assert rows["fresh Adam, constant rate (the engine's)"] == ["-0.75 / -2.15", "-1.45 |"]
+    assert any("the file's optimizer had taken 1,890 steps" in line for line in lines)
