@@ -71,7 +71,7 @@ def summarize(base: float, max_drop: float, tfmot_runs: list[dict], budget_runs:
 
 def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> dict:
     seeds = QUICK["seeds"] if quick else (tuple(range(repeats)) if repeats else SEEDS)
-    budget_seeds = QUICK["budget_seeds"] if quick else BUDGET_SEEDS
+    budget_seeds = QUICK["budget_seeds"] if quick else tuple(s for s in BUDGET_SEEDS if s in seeds) or seeds[:1]
     step = step_config(quick)
     planned = step["epochs"] * step["max_trials"]
     payload = header(
