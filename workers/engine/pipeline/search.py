@@ -169,7 +169,7 @@ def _budget_note(
 
 
 def _finetune_cost_note(
-    found: budget_mod.BudgetResult, curves: list, total: int, max_drop: float, metric: str, step: BudgetStep, lr: float
+    found: budget_mod.BudgetResult, curves: list, total: int, step: BudgetStep, metric: str, unit: str, lr: float
 ) -> str | None:
     """When no trial met the budget although the sensitivity analysis predicts that the least pruned trial's pruning
     alone, with no fine-tuning, stays within it: the trials' fine-tuning, not the pruning, cost the held-out metric
@@ -182,9 +182,8 @@ def _finetune_cost_note(
     except ValueError:  # outside what the layers allow: no prediction
         return None
     predicted = sum(allocation_mod.predicted_drop(c, n) for c, n in zip(curves, counts))
-    if predicted > max_drop or least.drop <= max_drop:
+    if predicted > step.max_drop or least.drop <= step.max_drop:
         return None
-    unit = "keep ratio" if step.method == "structured" else "sparsity"
     return (
         f"fine-tuning, not pruning, cost the budget: the least pruned trial ({unit} {least.level:.4f}) lost "
         f"{least.drop:.4g} of held-out {metric} after {step.epochs} epoch(s) at learning rate {lr:g}, while the "
@@ -334,7 +333,7 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
     unit = "keep ratio" if structured else "sparsity"
     notes = (
         _budget_note(found, metric, baseline, step.max_drop, noise, len(data.y_val), unit),
-        _finetune_cost_note(found, curves, total, step.max_drop, metric, step, run.training.learning_rate),
+        _finetune_cost_note(found, curves, total, step, metric, unit, run.training.learning_rate),
     )
     run.budget = {
         "metric": metric,
