@@ -339,9 +339,9 @@ def test_gradual_pruning_of_lenet_300_100_costs_little_over_plain_fit_and_keeps_
             )
             callbacks = [pruner.callback(step, int(np.ceil(len(x) / 128)))]
         compile_(model)
-        start = time.perf_counter()
+        start = time.process_time()  # CPU time of this process: a busy neighbour (another test worker) barely moves it
         model.fit(x, y, epochs=2, batch_size=128, verbose=0, callbacks=callbacks)
-        return time.perf_counter() - start, model, pruner
+        return time.process_time() - start, model, pruner
 
     run(False)  # warm up TensorFlow
     plain_times, pruned_runs = [], []
@@ -353,12 +353,12 @@ def test_gradual_pruning_of_lenet_300_100_costs_little_over_plain_fit_and_keeps_
     _, model, pruner = pruned_runs[-1]
     ratio = pruned_time / plain
     print(
-        f"\nLeNet-300-100, 2 epochs of 8,000 MNIST digits: plain fit {plain:.2f}s, gradual pruning "
+        f"\nLeNet-300-100, 2 epochs of 8,000 MNIST digits, CPU time: plain fit {plain:.2f}s, gradual pruning "
         f"{pruned_time:.2f}s, ratio {ratio:.3f}"
     )
     assert pruner.layer_sparsity()["out"] == 0.0
     assert pruner.sparsity() == pytest.approx(0.9, abs=1e-5)  # the spared output layer is made up elsewhere
     acc = model.evaluate(x_test, y_test, verbose=0)[1]
     assert acc > dense_acc - 0.02, (acc, dense_acc)
-    assert ratio < 1.5  # the goal is <= 1.05 (met on an idle machine); the bound is loose for a shared 2-core box
+    assert ratio < 1.5  # the goal is <= 1.05 (docs/BENCHMARKS.md part 1); the bound is loose for a shared box
     pruner.detach()
