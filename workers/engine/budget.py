@@ -21,6 +21,14 @@ geometric mean of their densities), and stops early once the two are within `min
 Each trial warm-starts from the most compressed trial within budget so far (the original model before there is
 one), so fine-tuning accumulates along the way up, as in iterative pruning (Han et al. 2015).
 
+Pruned or fine-tuned. A trial measures its level twice: pruned at once (BatchNorm re-estimated, no training;
+`pruned_metric`) and after its fine-tune, and keeps the better (`kept`: "fine_tuned" or "pruned"). A model trained
+to convergence and fine-tuned afresh for a few epochs moves its held-out metric by more than a tight budget
+(docs/BENCHMARKS.md part 6g: a median 0.9 points for 2 epochs on LeNet-300-100), so without the pruned
+candidate such a budget cannot be met at any level, while the pruning alone often stays within it; the later
+trials then warm-start from those pruned weights. Both candidates are judged on the same held-out data, as the
+trials are, so the chosen one's drop is optimistic by as much as the larger of two noisy measurements.
+
 Near misses. A trial's held-out metric moves by more than a tight budget from one fine-tune to the next (the
 noise of a few hundred optimizer steps from a fresh optimizer, and of a finite held-out set), so a trial that
 misses by little says little about its level. When `retry(trial)` says a miss is near (`near_miss`: past the
@@ -70,6 +78,8 @@ class Trial:
     removed: float = 0.0  # the fraction removed (= level for magnitude, 1 - level for structured)
     start: int | None = None  # the trial it was warm-started from (None: the original model)
     retry_of: int | None = None  # the near miss this trial fine-tunes again at the same level
+    pruned_metric: float | None = None  # the held-out metric after pruning, before fine-tuning
+    kept: str = "fine_tuned"  # which weights the trial kept: "fine_tuned", or "pruned" when fine-tuning lost more
     wall_time_s: float = 0.0
     extra: dict = field(default_factory=dict)
 

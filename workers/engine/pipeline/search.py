@@ -168,28 +168,23 @@ def _budget_note(
     return "; ".join(parts) or None
 
 
-def _finetune_cost_note(
-    found: budget_mod.BudgetResult, curves: list, total: int, step: BudgetStep, metric: str, unit: str, lr: float
-) -> str | None:
-    """When no trial met the budget although the sensitivity analysis predicts that the least pruned trial's pruning
-    alone, with no fine-tuning, stays within it: the trials' fine-tuning, not the pruning, cost the held-out metric
-    (a trained model fine-tuned afresh for a few epochs moves it: docs/BENCHMARKS.md part 6g). None otherwise."""
-    if found.met or not found.trials or not step.epochs:
-        return None
-    least = min(found.trials, key=lambda t: t.removed)
+def _measured(run: _Run, metric: str) -> tuple[float, list[np.ndarray]]:
+    """The model's held-out `metric` now and a copy of its weights (a trial's candidate before fine-tuning)."""
+    return float(_evaluate(run)[metric]), [np.array(v) for v in run.model.get_weights()]
+
+
+def _pruned_at_once(run: _Run, removed: float, result: dict, index: int, metric: str) -> tuple[float, list[np.ndarray]]:
+    """Prune the model now to `removed` at once (zeros held, the sensitivity allocation), re-estimate BatchNorm and
+    measure it: a magnitude trial's candidate before fine-tuning. The model is left pruned."""
+    pruner = _pruner(run)
+    pruner.hold_zeros()
     try:
-        counts = allocation_mod.allocate(curves, round(least.removed * total))
-    except ValueError:  # outside what the layers allow: no prediction
-        return None
-    predicted = sum(allocation_mod.predicted_drop(c, n) for c, n in zip(curves, counts))
-    if predicted > step.max_drop or least.drop <= step.max_drop:
-        return None
-    return (
-        f"fine-tuning, not pruning, cost the budget: the least pruned trial ({unit} {least.level:.4f}) lost "
-        f"{least.drop:.4g} of held-out {metric} after {step.epochs} epoch(s) at learning rate {lr:g}, while the "
-        f"sensitivity analysis predicts {max(predicted, 0.0):.2g} for that pruning alone; a trained model fine-tuned "
-        "afresh moves its held-out metric by more than this max_drop, so no level can be certified with these trials"
-    )
+        targets = pruner.sensitivity_targets(removed, sensitivity_mod.curves(result), hold=True, field=f"steps.{index}")
+        pruner.prune(PruneSettings(params=MaskParams(sparsity=removed)), targets)
+    finally:
+        pruner.detach()
+    _reestimate_batchnorm(run, "budget", index, evaluate=False)
+    return _measured(run, metric)
 
 
 def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
@@ -250,9 +245,13 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
             current = {name: n - cut.get(name, 0) for name, n in current.items()}
             if step.epochs:
                 _reestimate_batchnorm(run, "budget", index, evaluate=False)  # train from matching statistics
+                pruned = _measured(run, metric)
                 _train_holding_zeros(run, "budget", index, step.epochs)
         else:
             run.model.set_weights(states[start] if start is not None else original)
+            if step.epochs:  # the level pruned at once, measured before any fine-tuning
+                pruned = _pruned_at_once(run, removed, result, index, metric)
+                run.model.set_weights(states[start] if start is not None else original)
             pruner = _pruner(run)
             pruner.hold_zeros()
             try:
@@ -276,6 +275,13 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
         _reestimate_batchnorm(run, "budget", index, evaluate=False)
         value = float(_evaluate(run)[metric])
         drop = sensitivity_mod.metric_drop(metric, baseline, value)
+        pruned_metric, kept = value, "pruned"
+        if step.epochs:
+            pruned_metric, kept = pruned[0], "fine_tuned"
+            if sensitivity_mod.metric_drop(metric, baseline, pruned_metric) < drop:  # fine-tuning lost more
+                run.model.set_weights(pruned[1])
+                value, kept = pruned_metric, "pruned"
+                drop = sensitivity_mod.metric_drop(metric, baseline, value)
         states[len(trials)] = (run.model, current) if structured else [np.array(v) for v in run.model.get_weights()]
         return budget_mod.Trial(
             level=level,
@@ -283,6 +289,8 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
             drop=drop,
             within_budget=summary_mod.within_limit(drop, step.max_drop),
             epochs=step.epochs,
+            pruned_metric=pruned_metric,
+            kept=kept,
             **budget_mod.measure(
                 run.model,
                 run.out_dir / ".work",
@@ -331,10 +339,7 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
         run.model.set_weights(states[found.chosen])
         run.hold_zeros = True
     unit = "keep ratio" if structured else "sparsity"
-    notes = (
-        _budget_note(found, metric, baseline, step.max_drop, noise, len(data.y_val), unit),
-        _finetune_cost_note(found, curves, total, step, metric, unit, run.training.learning_rate),
-    )
+    note = _budget_note(found, metric, baseline, step.max_drop, noise, len(data.y_val), unit)
     run.budget = {
         "metric": metric,
         "baseline": baseline,
@@ -346,6 +351,6 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
         "trials": [t.to_dict() for t in found.trials],
         "sensitivity": result.get("artifacts"),
         "noise": noise,
-        "note": "; ".join(note for note in notes if note) or None,
+        "note": note,
     }
     return {"budget": run.budget}
