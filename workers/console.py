@@ -114,10 +114,12 @@ def print_summary(manifest: dict, out_dir: Path, console: Console | None = None)
     if budget:
         chosen = budget["trials"][budget["chosen"]]
         met = "[bold]met[/bold]" if budget["met"] else "[bold red]NOT met[/bold red]"
+        at_once = chosen.get("kept") == "pruned" and chosen.get("epochs")
         console.print(
             f"budget {met}: trial {budget['chosen'] + 1} of {len(budget['trials'])}, level "
             f"{chosen['level']:.4f}, held-out {escape(budget['metric'])} {chosen['metric']:.4g} "
             f"(drop {chosen['drop']:+.4f}, max {budget['max_drop']:g})"
+            + (", pruned at once: its fine-tune lost more" if at_once else "")
         )
     for i, note in enumerate(summary.get("notes", [])):
         # the quality note comes first when the held-out metric fell beyond the tolerance: printed in red

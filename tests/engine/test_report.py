@@ -159,6 +159,8 @@ def test_a_budget_draws_the_pareto_front_with_the_chosen_trial_starred(chosen):
     labels = svg_text(pareto)
     assert "chosen" in labels and "within budget" in labels and "over budget" in labels
     assert "budget limit 0.9" in labels and "baseline 0.92" in labels  # 0.92 - 0.02
+    assert "pruned at once" in page.text and "kept" in page.text  # the trial table's columns
+    assert "fine-tuned" in text and "81.00%" in text  # trial 0.7: 91.00% fine-tuned, 81.00% pruned at once
 
 
 def test_a_budget_on_a_loss_puts_its_limit_above_the_baseline():

@@ -470,6 +470,8 @@ def _budget(m: dict) -> str:
                 t.get("level", ""),
                 _metric(metric, t.get("metric")),
                 _fmt_drop(metric, t.get("drop")),
+                _metric(metric, t.get("pruned_metric")) if t.get("pruned_metric") is not None else "—",
+                {"fine_tuned": "fine-tuned", "pruned": "pruned"}.get(t.get("kept"), "—"),
                 _int(t.get("nonzero_params")),
                 _bytes(t.get("size_bytes")),
                 _int(t.get("macs")),
@@ -489,7 +491,20 @@ def _budget(m: dict) -> str:
         + "".join(f"<p>{s}</p>" for s in _budget_sentences(budget))
         + fig
         + table(
-            ["chosen", "level", metric, "drop", "non-zero", "size", "MACs", "latency (ms)", "within budget", "epochs"],
+            [
+                "chosen",
+                "level",
+                metric,
+                "drop",
+                "pruned at once",
+                "kept",
+                "non-zero",
+                "size",
+                "MACs",
+                "latency (ms)",
+                "within budget",
+                "epochs",
+            ],
             rows,
             row_class=lambda i: "chosen" if i == chosen else "",
         )
