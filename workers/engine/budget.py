@@ -24,10 +24,10 @@ one), so fine-tuning accumulates along the way up, as in iterative pruning (Han 
 Pruned or fine-tuned. A trial measures its level twice: pruned at once (BatchNorm re-estimated, no training;
 `pruned_metric`) and after its fine-tune, and keeps the better (`kept`: "fine_tuned" or "pruned"). A model trained
 to convergence and fine-tuned afresh for a few epochs moves its held-out metric by more than a tight budget
-(docs/BENCHMARKS.md part 6g: a median 0.9 points for 2 epochs on LeNet-300-100), so without the pruned
-candidate such a budget cannot be met at any level, while the pruning alone often stays within it; the later
-trials then warm-start from those pruned weights. Both candidates are judged on the same held-out data, as the
-trials are, so the chosen one's drop is optimistic by as much as the larger of two noisy measurements.
+(docs/BENCHMARKS.md part 6g: a median 0.5-0.9 points for 2 epochs on LeNet-300-100, by host), so without the
+pruned candidate such a budget cannot be met at any level, while the pruning alone often stays within it; the
+later trials then warm-start from those pruned weights. Both candidates are judged on the same held-out data that
+judges the trials, so picking the better one adds to the optimism of the reported drop.
 
 Near misses. A trial's held-out metric moves by more than a tight budget from one fine-tune to the next (the
 noise of a few hundred optimizer steps from a fresh optimizer, and of a finite held-out set), so a trial that
