@@ -40,6 +40,7 @@ EXTRA_PARTS = {  # run only when named
     "structured_removal": "bench.structured_removal",
     "budget": "bench.budget",
     "budget_zoo": "bench.budget_zoo",
+    "budget_zoo_magnitude": "bench.budget_zoo_magnitude",
     "budget_tfmot": "bench.budget_tfmot",
     "budget_timing": "bench.budget_timing",
     "budget_matched": "bench.budget_matched",

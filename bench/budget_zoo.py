@@ -51,10 +51,26 @@ def chain_epochs(trials: list[dict], index: int) -> int:
 
 
 def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> dict:
+    return run_step(sides, quick, command, repeats, name="budget_zoo", step=STEP, goal_macs=GOAL_MACS)
+
+
+def run_step(
+    sides: Sides,
+    quick: bool,
+    command: str,
+    repeats: int | None,
+    *,
+    name: str,
+    step: dict,
+    goal_macs: float | None,
+) -> dict:
+    """One budget job per seed with `step` on the zoo's MobileNetV2, written to bench/results/NAME.json; the goal
+    (MACs <= goal_macs within the budget) is judged only when goal_macs is given."""
     cfg = dict(QUICK if quick else FULL)
+    cfg["step"] = {**step, **({"epochs": 1, "max_trials": 2} if quick else {})}
     if repeats:
         cfg["seeds"] = tuple(range(repeats))
-    payload = header("budget_zoo", command, quick, {**cfg, "model": MODEL, "batch_size": BATCH, "goal_macs": GOAL_MACS})
+    payload = header(name, command, quick, {**cfg, "model": MODEL, "batch_size": BATCH, "goal_macs": goal_macs})
     monitor = LoadMonitor()
     pre = _pretrained(sides, MODEL, cfg["data"], BATCH, tfmot=False)
     data = {"model": MODEL, "n_train": cfg["data"]["n_train"], "n_test": cfg["data"]["n_test"]}
@@ -72,7 +88,9 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
             seed=seed,
             drop_points=100 * (pre["accuracy"] - r["accuracy"]),
             epochs_spent=sum(t["epochs"] for t in b["trials"]),
-            goal_met=bool(b["met"] and r["macs_ratio"] <= GOAL_MACS and b["trials"][b["chosen"]]["within_budget"]),
+            goal_met=None
+            if goal_macs is None
+            else bool(b["met"] and r["macs_ratio"] <= goal_macs and b["trials"][b["chosen"]]["within_budget"]),
         )
         r["chain_epochs"] = chain_epochs(b["trials"], b["chosen"])
         if cfg.get("reference", True):
@@ -82,24 +100,24 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
                 "zoo_plain", **data, model_file=pre["keras"], epochs=r["chain_epochs"], batch_size=BATCH, seed=seed
             )
             log(
-                f"budget_zoo: reference, {r['chain_epochs']} epochs unpruned: {r['reference']['accuracy']:.4f}, "
+                f"{name}: reference, {r['chain_epochs']} epochs unpruned: {r['reference']['accuracy']:.4f}, "
                 f"with BatchNorm re-estimated {r['reference']['reestimated'].get('accuracy')}"
             )
         runs.append(r)
         log(
-            f"budget_zoo: seed {seed}: MACs {r['macs_ratio']:.3f}x, accuracy {pre['accuracy']:.4f} -> "
+            f"{name}: seed {seed}: MACs {r['macs_ratio']:.3f}x, accuracy {pre['accuracy']:.4f} -> "
             f"{r['accuracy']:.4f} ({-r['drop_points']:+.2f} points), {len(b['trials'])} trials, met {b['met']}, "
             f"{r['wall_time_s']:.0f} s"
         )
         for i, t in enumerate(b["trials"]):
             log(
-                f"budget_zoo:   trial {i}: keep {t['level']:.4f}, accuracy {t['metric']:.4f} (drop {t['drop']:+.4f}), "
+                f"{name}:   trial {i}: level {t['level']:.4f}, accuracy {t['metric']:.4f} (drop {t['drop']:+.4f}), "
                 f"MACs {t['macs_ratio']:.3f}x, within {t['within_budget']}"
             )
     payload["pretrained"] = pre
     payload["runs"] = runs
-    payload["goal_met"] = all(r["goal_met"] for r in runs)
+    payload["goal_met"] = None if goal_macs is None else all(r["goal_met"] for r in runs)
     payload["load"] = monitor.summary()
-    path = write_result("budget_zoo", payload, quick)
-    log(f"budget_zoo: wrote {path}")
+    path = write_result(name, payload, quick)
+    log(f"{name}: wrote {path}")
     return payload

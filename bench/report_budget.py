@@ -74,9 +74,11 @@ def _reference(r: dict) -> str:
 
 
 def budget_zoo_tables(d: dict) -> str:
-    """Part 6b: MobileNetV2, structured budget: every trial of every run, then the goal."""
+    """Parts 6b and 6h: MobileNetV2 with a structured or a magnitude budget: every trial of every run, then the goal
+    (6b only)."""
     cfg = d["config"]
     pre = d["pretrained"]
+    structured = cfg["step"].get("method") == "structured"
     parts = [
         _run_line(d),
         "",
@@ -97,7 +99,8 @@ def budget_zoo_tables(d: dict) -> str:
                     f"{t['metric']:.4f}",
                     f"{100 * t['drop']:+.2f}",
                     f"{t['macs_ratio']:.3f}×",
-                    f"{t['params']:,}" if t.get("params") is not None else "—",
+                    _trial_size(t, structured),
+                    {"fine_tuned": "fine-tuned", "pruned": "pruned"}.get(t.get("kept"), "—"),
                     "yes" if t["within_budget"] else "no",
                     "**chosen**" if i == b["chosen"] else "",
                 ]
@@ -106,7 +109,19 @@ def budget_zoo_tables(d: dict) -> str:
         "",
         _md(
             rows,
-            ["seed", "trial", "keep ratio", "from", "held-out acc.", "drop (points)", "MACs", "params", "within", ""],
+            [
+                "seed",
+                "trial",
+                "keep ratio" if structured else "sparsity",
+                "from",
+                "held-out acc.",
+                "drop (points)",
+                "MACs" if structured else "MACs (zero-skipping)",
+                "params" if structured else "non-zero",
+                "kept",
+                "within",
+                "",
+            ],
         ),
     ]
     runs = [
@@ -116,7 +131,9 @@ def budget_zoo_tables(d: dict) -> str:
             f"{r['accuracy']:.4f}",
             f"{r['drop_points']:.2f}",
             f"{r['macs_before']:,} → {r['macs_after']:,} ({r['macs_ratio']:.3f}×)",
-            f"{r['params_before']:,} → {r['params_after']:,}",
+            f"{r['params_before']:,} → {r['params_after']:,}"
+            if structured
+            else f"{r['nonzero_before']:,} → {r['nonzero_after']:,}",
             "yes" if r["budget"]["met"] else "**no**",
             r["epochs_spent"],
             _reference(r),
@@ -134,8 +151,8 @@ def budget_zoo_tables(d: dict) -> str:
                 "input acc. (job)",
                 "returned acc. (bench)",
                 "drop (points)",
-                "MACs",
-                "params",
+                "MACs" if structured else "MACs (zero-skipping)",
+                "params" if structured else "non-zero",
                 "budget met",
                 "epochs (all trials)",
                 "unpruned, same epochs as the returned model: plain / BN re-estimated",
@@ -144,10 +161,18 @@ def budget_zoo_tables(d: dict) -> str:
             ],
         ),
     ]
+    if not structured:
+        return "\n".join(parts)
     ratios = ", ".join(f"{r['macs_ratio']:.3f}×" for r in d["runs"])
     goal = [["MACs ≤ 0.6× within 2 points (structured)", ratios, _verdict(d["goal_met"])]]
     parts += ["", _md(goal, ["goal (issue 12)", "value", "verdict"])]
     return "\n".join(parts)
+
+
+def _trial_size(t: dict, structured: bool) -> str:
+    """A trial's parameters (structured: the rebuilt model's total) or non-zero parameters (magnitude)."""
+    value = t.get("params") if structured else t.get("nonzero_params")
+    return f"{value:,}" if value is not None else "—"
 
 
 def budget_tfmot_tables(d: dict) -> str:
@@ -395,6 +420,7 @@ def _finetune_table(finetune: dict) -> str:
 RENDERERS = {
     "budget": budget_tables,
     "budget_zoo": budget_zoo_tables,
+    "budget_zoo_magnitude": budget_zoo_tables,
     "budget_tfmot": budget_tfmot_tables,
     "budget_timing": budget_timing_tables,
     "budget_matched": budget_matched_tables,

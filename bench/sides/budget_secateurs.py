@@ -138,6 +138,8 @@ def zoo_budget_job(
         "macs_ratio": after["compute"]["macs"] / before["compute"]["macs"],
         "params_before": before["params"]["total"],
         "params_after": after["params"]["total"],
+        "nonzero_before": before["params"]["nonzero"],
+        "nonzero_after": after["params"]["nonzero"],
     }
     shutil.rmtree(out, ignore_errors=True)
     return result
