@@ -12,6 +12,7 @@ def _trial(level, metric, *, start, kept="fine_tuned", params=400_000, nonzero=3
         "level": level,
         "metric": metric,
         "drop": 0.8 - metric,
+        "macs": int(0.7 * 1_196_592) if within else 100_000,
         "macs_ratio": 0.7,
         "params": params,
         "nonzero_params": nonzero,
@@ -68,6 +69,7 @@ def test_a_magnitude_run_shows_sparsity_and_non_zero_weights_and_no_macs_goal():
     text = budget_zoo_tables(_result("magnitude", None))
     assert "| sparsity |" in text and "| non-zero |" in text and "MACs (zero-skipping)" in text
     assert "423,018 → 105,755" in text  # the run's non-zero parameters, not its (unchanged) total
+    assert "1,196,592 → 837,614 (0.700×)" in text  # the chosen trial's zero-skipping MACs
     assert "| 211,509 |" in text and "| pruned |" in text and "| fine-tuned |" in text
     assert "goal (issue 12)" not in text
     assert chain_epochs(_result("magnitude", None)["runs"][0]["budget"]["trials"], 1) == 4
