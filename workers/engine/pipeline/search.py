@@ -173,20 +173,6 @@ def _measured(run: _Run, metric: str) -> tuple[float, list[np.ndarray]]:
     return float(_evaluate(run)[metric]), [np.array(v) for v in run.model.get_weights()]
 
 
-def _pruned_at_once(run: _Run, removed: float, result: dict, index: int, metric: str) -> tuple[float, list[np.ndarray]]:
-    """Prune the model now to `removed` at once (zeros held, the sensitivity allocation), re-estimate BatchNorm and
-    measure it: a magnitude trial's candidate before fine-tuning. The model is left pruned."""
-    pruner = _pruner(run)
-    pruner.hold_zeros()
-    try:
-        targets = pruner.sensitivity_targets(removed, sensitivity_mod.curves(result), hold=True, field=f"steps.{index}")
-        pruner.prune(PruneSettings(params=MaskParams(sparsity=removed)), targets)
-    finally:
-        pruner.detach()
-    _reestimate_batchnorm(run, "budget", index, evaluate=False)
-    return _measured(run, metric)
-
-
 def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
     data = _require_data(run, f"step {index} (budget)")
     field = f"steps.{index}.metric"
@@ -243,45 +229,50 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
             )
             cut = {"+".join(g.layers): g.units_before - g.units_after for g in report.groups}
             current = {name: n - cut.get(name, 0) for name, n in current.items()}
+            _reestimate_batchnorm(run, "budget", index, evaluate=False)  # and train from matching statistics
+            pruned = _measured(run, metric)  # the level cut at once, before any fine-tuning
             if step.epochs:
-                _reestimate_batchnorm(run, "budget", index, evaluate=False)  # train from matching statistics
-                pruned = _measured(run, metric)
                 _train_holding_zeros(run, "budget", index, step.epochs)
         else:
-            run.model.set_weights(states[start] if start is not None else original)
-            if step.epochs:  # the level pruned at once, measured before any fine-tuning
-                pruned = _pruned_at_once(run, removed, result, index, metric)
-                run.model.set_weights(states[start] if start is not None else original)
+            start_weights = states[start] if start is not None else original
+            run.model.set_weights(start_weights)
             pruner = _pruner(run)
             pruner.hold_zeros()
             try:
                 targets = pruner.sensitivity_targets(
                     removed, sensitivity_mod.curves(result), hold=True, field=f"steps.{index}"
                 )
-                if step.epochs:
-                    spe = int(np.ceil(len(data.x_train) / run.training.batch_size))
-                    ramp = PruneSettings(
-                        params=MaskParams(sparsity=removed),
-                        epochs=step.epochs,
-                        schedule=ScheduleSettings("polynomial", end=TRIAL_RAMP_END),
-                    )
+                pruner.prune(PruneSettings(params=MaskParams(sparsity=removed)), targets)
+            finally:
+                pruner.detach()
+            _reestimate_batchnorm(run, "budget", index, evaluate=False)
+            pruned = _measured(run, metric)  # the level pruned at once, before any fine-tuning
+            if step.epochs:  # from the start again: the sparsity ramps up during the fine-tune
+                run.model.set_weights(start_weights)
+                pruner = _pruner(run)
+                pruner.hold_zeros()
+                spe = int(np.ceil(len(data.x_train) / run.training.batch_size))
+                ramp = PruneSettings(
+                    params=MaskParams(sparsity=removed),
+                    epochs=step.epochs,
+                    schedule=ScheduleSettings("polynomial", end=TRIAL_RAMP_END),
+                )
+                try:
                     _fit(
                         run, "budget", index, step.epochs, pruner, extra_callbacks=[pruner.callback(ramp, spe, targets)]
                     )
-                else:
-                    pruner.prune(PruneSettings(params=MaskParams(sparsity=removed)), targets)
-            finally:
-                pruner.detach()
-        _reestimate_batchnorm(run, "budget", index, evaluate=False)
-        value = float(_evaluate(run)[metric])
-        drop = sensitivity_mod.metric_drop(metric, baseline, value)
-        pruned_metric, kept = value, "pruned"
+                finally:
+                    pruner.detach()
+        value, kept = pruned[0], "pruned"
         if step.epochs:
-            pruned_metric, kept = pruned[0], "fine_tuned"
-            if sensitivity_mod.metric_drop(metric, baseline, pruned_metric) < drop:  # fine-tuning lost more
+            _reestimate_batchnorm(run, "budget", index, evaluate=False)
+            tuned = float(_evaluate(run)[metric])
+            at_once, after = (sensitivity_mod.metric_drop(metric, baseline, v) for v in (pruned[0], tuned))
+            if at_once < after:  # fine-tuning lost more: keep the pruned weights
                 run.model.set_weights(pruned[1])
-                value, kept = pruned_metric, "pruned"
-                drop = sensitivity_mod.metric_drop(metric, baseline, value)
+            else:
+                value, kept = tuned, "fine_tuned"
+        drop = sensitivity_mod.metric_drop(metric, baseline, value)
         states[len(trials)] = (run.model, current) if structured else [np.array(v) for v in run.model.get_weights()]
         return budget_mod.Trial(
             level=level,
@@ -289,7 +280,7 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
             drop=drop,
             within_budget=summary_mod.within_limit(drop, step.max_drop),
             epochs=step.epochs,
-            pruned_metric=pruned_metric,
+            pruned_metric=pruned[0],
             kept=kept,
             **budget_mod.measure(
                 run.model,
@@ -338,8 +329,6 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
     else:
         run.model.set_weights(states[found.chosen])
         run.hold_zeros = True
-    unit = "keep ratio" if structured else "sparsity"
-    note = _budget_note(found, metric, baseline, step.max_drop, noise, len(data.y_val), unit)
     run.budget = {
         "metric": metric,
         "baseline": baseline,
@@ -351,6 +340,8 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
         "trials": [t.to_dict() for t in found.trials],
         "sensitivity": result.get("artifacts"),
         "noise": noise,
-        "note": note,
+        "note": _budget_note(
+            found, metric, baseline, step.max_drop, noise, len(data.y_val), "keep ratio" if structured else "sparsity"
+        ),
     }
     return {"budget": run.budget}
