@@ -10,7 +10,7 @@ pretrained weights for both sides, `bench.harness.pretrained`) and per hand-pick
            frequency with the higher median held-out accuracy is the setting;
   budget   part 6c's budget job (`bench.budget_tfmot.budget_job`: epochs 2, max_trials 6, magnitude, objective
            nonzero_params) with max_drop = that setting's drop (input model's held-out accuracy minus the setting's
-           median; negative where tfmot ends above the input model: the step then asks for that gain), every seed;
+           median; TINY when tfmot is not below the input model: max_drop cannot ask for a gain), every seed;
   matched  the tfmot arm compared with is the run of the same seed at the epochs that budget job actually spent (the
            tfmot run above when it spent the planned epochs, else a new one).
 
@@ -30,20 +30,19 @@ from bench.harness import Sides, pretrained
 SPARSITIES = (0.8, 0.9, 0.95, 0.97)
 FULL = {"models": ("lenet_300_100", "tutorial_cnn"), "seeds": (0, 1, 2), "sparsities": SPARSITIES}
 QUICK = {"models": ("lenet_300_100",), "seeds": (0,), "sparsities": (0.9,)}
+TINY = 0.001  # the budget given when tfmot's setting is not below the input model
 PRETRAIN_EPOCHS = 10  # part 2's input models
 TIE = 1e-6  # added to the matched drop: a trial exactly at tfmot's accuracy is within (see matched_budget)
 
 
 def matched_budget(base: float, tfmot_accuracy: float) -> tuple[float, bool]:
-    """(max_drop, gain): the setting's drop in accuracy from the input model plus TIE, and whether the setting is as
-    accurate as the input model or more (its max_drop is then <= 0: the step asks for that gain; before commit
-    "budget: a negative max_drop asks for a gain" the step refused it and this part gave 0.001 instead). TIE: the
-    engine computes accuracies in float32, and when this part was first run it checked drop <= max_drop + 1e-12, so
-    a trial exactly as accurate as tfmot's median (0.944 - 0.834 = 0.11000001 in float32) was judged outside; 1e-6
-    is far below the 0.0005 step of 2,000 digits, so it admits ties only. (The engine now counts such ties as within
-    itself: `summary.within_limit`.)"""
+    """(max_drop, tiny): the setting's drop in accuracy from the input model plus TIE, or TINY with tiny=True when
+    the setting is as accurate as the input model or more. TIE: the engine computes accuracies in float32, and when
+    this part was run it checked drop <= max_drop + 1e-12, so a trial exactly as accurate as tfmot's median (0.944 -
+    0.834 = 0.11000001 in float32) was judged outside; 1e-6 is far below the 0.0005 step of 2,000 digits, so it admits
+    ties only. (The engine now counts such ties as within itself: `summary.within_limit`.)"""
     drop = round(base - tfmot_accuracy, 6)
-    return round(drop + TIE, 7), drop <= 0
+    return (round(drop + TIE, 7), False) if drop > 0 else (TINY, True)
 
 
 def better_frequency(by_frequency: dict[int, dict]) -> int:
@@ -75,7 +74,7 @@ def _setting(sides: Sides, pre: dict, base: float, s: float, step: dict, seeds, 
             log(f"budget_matched: tfmot {s:g} f{f} seed {seed}: accuracy {t['accuracy']:.4f} ({planned} epochs)")
     by_freq = {f: sizes(rs) for f, rs in runs.items()}
     f = better_frequency(by_freq)
-    max_drop, gain = matched_budget(base, by_freq[f]["accuracy"])
+    max_drop, tiny = matched_budget(base, by_freq[f]["accuracy"])
     budget_step = {**step, "max_drop": max_drop}
     budget_runs, matched = [], []
     for seed, planned_run in zip(seeds, runs[f]):
@@ -105,7 +104,7 @@ def _setting(sides: Sides, pre: dict, base: float, s: float, step: dict, seeds, 
         "tfmot_planned": {str(k): v for k, v in by_freq.items()},
         "tfmot_planned_runs": {str(k): v for k, v in runs.items()},
         "max_drop": max_drop,
-        "gain": gain,
+        "tiny": tiny,
         "budget_runs": budget_runs,
         "budget": budget,
         "budget_met": [r["budget"]["met"] for r in budget_runs],
@@ -149,6 +148,7 @@ def run_matched(
             "batch_size": 128,
             "pretrain_epochs": pretrain_epochs,
             "planned_epochs": planned,
+            "tiny": TINY,
             "tie": TIE,
         },
     )

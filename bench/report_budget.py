@@ -320,7 +320,7 @@ def _tie(d: dict) -> float:
         return d["config"]["tie"]
     for m in d["models"].values():
         for st in m["settings"].values():
-            if not st.get("tiny"):
+            if not st["tiny"]:
                 return round(
                     st["max_drop"]
                     - round(m["pretrained_accuracy"] - st["tfmot_planned"][str(st["frequency"])]["accuracy"], 6),
@@ -341,12 +341,7 @@ def budget_matched_tables(d: dict) -> str:
         "`max_drop` set per row to the tfmot setting's "
         f"drop (input model minus tfmot's median held-out accuracy at the budget's planned {cfg['planned_epochs']} "
         + (f"epochs, plus {tie:g} so that a trial exactly as accurate counts as within; " if tie else "epochs; ")
-        + (
-            f"{cfg['tiny']:g} where tfmot is not below the input model, marked ‡); "
-            if "tiny" in cfg
-            else "negative where tfmot ends above the input model, marked ‡: the step asks for that gain); "
-        )
-        + "tfmot PolynomialDecay per "
+        + f"{cfg['tiny']:g} where tfmot is not below the input model, marked ‡); tfmot PolynomialDecay per "
         f"layer at the better of frequencies {' and '.join(str(f) for f in cfg['frequencies'])}, for the epochs each "
         f"budget job spent; batch {cfg['batch_size']}; medians over seeds {', '.join(str(s) for s in cfg['seeds'])}. "
         "Size: non-zero weights and gzip -9 of the weights as one .npz.",
@@ -363,7 +358,7 @@ def budget_matched_tables(d: dict) -> str:
                     f"{name} ({base:.4f})",
                     key,
                     f"{t['accuracy']:.4f} ({100 * (t['accuracy'] - base):+.2f})",
-                    f"{st['max_drop']:g}" + (" ‡" if st.get("gain", st.get("tiny")) else ""),
+                    f"{st['max_drop']:g}" + (" ‡" if st["tiny"] else ""),
                     epochs,
                     f"{b['sparsity']:.3f} / {t['sparsity']:.3f}",
                     f"{b['accuracy']:.4f} ({100 * (b['accuracy'] - base):+.2f})",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.budget_matched import TIE, better_frequency, matched_budget, tally
+from bench.budget_matched import TIE, TINY, better_frequency, matched_budget, tally
 from bench.budget_tfmot import verdict
 
 
@@ -15,8 +15,8 @@ def _m(accuracy: float, nonzero: int, gz: int) -> dict:
 
 
 def test_matched_budget_is_the_settings_drop_and_admits_a_tie():
-    max_drop, gain = matched_budget(0.962, 0.959)
-    assert max_drop == pytest.approx(0.003 + TIE, abs=1e-9) and not gain
+    max_drop, tiny = matched_budget(0.962, 0.959)
+    assert max_drop == pytest.approx(0.003 + TIE, abs=1e-9) and not tiny
     assert max_drop == round(max_drop, 7)  # no float residue such as 0.0030000000000000027
     # a trial exactly at tfmot's accuracy, as the engine measures it (float32), is within; half a digit more is not
     base, limit = float(np.float32(0.944)), float(np.float32(0.834))
@@ -25,10 +25,9 @@ def test_matched_budget_is_the_settings_drop_and_admits_a_tie():
     assert base - float(np.float32(0.8335)) > max_drop + 1e-12
 
 
-@pytest.mark.parametrize("tfmot, max_drop", [(0.962, TIE), (0.9685, -0.0065 + TIE)])
-def test_matched_budget_asks_for_the_gain_when_tfmot_is_not_below_the_input(tfmot, max_drop):
-    got, gain = matched_budget(0.962, tfmot)
-    assert gain and got == pytest.approx(max_drop, abs=1e-9) and got == round(got, 7)
+@pytest.mark.parametrize("tfmot", [0.962, 0.9685])
+def test_matched_budget_is_tiny_when_tfmot_is_not_below_the_input(tfmot):
+    assert matched_budget(0.962, tfmot) == (TINY, True)
 
 
 def test_better_frequency_by_accuracy_then_size_then_lower_frequency():
@@ -45,12 +44,11 @@ def test_verdict_against_the_one_matched_setting():
     assert smaller_as_accurate["met"] and smaller_as_accurate["tfmot_best"] == "t"
     # fewer non-zero weights but more gzip bytes: not smaller
     assert not verdict(base, max_drop, _m(0.960, 8729, 130000), tf)["met"]
-    # tfmot above the input model: the budget asks for its gain; a smaller model short of it is outside and missed
-    gain_drop, gain = matched_budget(base, 0.9685)
-    v = verdict(base, gain_drop, _m(0.9615, 20000, 90000), {"t": _m(0.9685, 53650, 296563)})
-    assert gain and not v["budget_within_budget"] and not v["met"]
-    v = verdict(base, gain_drop, _m(0.9685, 20000, 90000), {"t": _m(0.9685, 53650, 296563)})
-    assert v["budget_within_budget"] and v["smaller"] and v["met"] and v["accuracy_margin"] == pytest.approx(0.0)
+    # smaller but less accurate than tfmot (the tiny case: tfmot above the input model)
+    tiny_drop, tiny = matched_budget(base, 0.9685)
+    v = verdict(base, tiny_drop, _m(0.9615, 20000, 90000), {"t": _m(0.9685, 53650, 296563)})
+    assert tiny and v["budget_within_budget"] and v["smaller"] and not v["met"]
+    assert v["accuracy_margin"] == pytest.approx(-0.007)
 
 
 def test_tally_counts_pairs_and_names_the_met_ones():

@@ -35,8 +35,8 @@ def test_paired_needs_fewer_weights_fewer_bytes_and_no_lower_accuracy():
 
 
 def test_summarize_counts_each_side_against_the_budget_from_tfmots_median():
-    max_drop, gain = matched_budget(BASE, 0.968)  # the median of the three tfmot runs
-    assert not gain and max_drop == pytest.approx(0.0015 + 1e-6)
+    max_drop, tiny = matched_budget(BASE, 0.968)  # the median of the three tfmot runs
+    assert not tiny and max_drop == pytest.approx(0.0015 + 1e-6)
     budget = [
         _run(0, 0.9675, 178764, 700000, 0.33, False),  # outside, less sparse
         _run(1, 0.968, 22704, 120000, 0.916, True),  # within, past tfmot, as accurate as its seed: paired

@@ -104,10 +104,10 @@ def register(subparsers) -> None:
     p.add_argument("--spec", help="job spec JSON file (see `secateurs schema`); required unless --budget")
     p.add_argument(
         "--budget",
-        type=_number(-1, 10, open_low=True),
+        type=_number(0, open_low=True),
         metavar="DROP",
-        help="search the most compressed model within DROP of the original's held-out metric (a negative DROP "
-        "asks for a gain): submits a budget step (with --spec, the spec's other settings are kept) and gates on it",
+        help="search the most compressed model within DROP of the original's held-out metric: submits "
+        "a budget step (with --spec, the spec's other settings are kept) and gates on it",
     )
     p.add_argument("--webhook-url", help="POSTed a signed JSON event when the job ends")
     p.add_argument("--wait", action="store_true", help="wait until the job ends, then download (--out) and gate")

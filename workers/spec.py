@@ -330,11 +330,10 @@ class BudgetStep(_Strict):
     )
     max_drop: float = Field(
         ...,
-        gt=-1.0,
+        ge=0.0,
         le=10.0,
         description="Tolerated drop: absolute for accuracy-like metrics (0.01 = 1 point), "
-        "relative for losses and errors (0.05 = 5% higher). Negative asks for a gain: -0.005 = at least "
-        "half a point above the original.",
+        "relative for losses and errors (0.05 = 5% higher).",
     )
     method: Literal["magnitude", "structured"] = Field(
         "magnitude",

@@ -1,5 +1,4 @@
-"""Budget search: the most compressed model whose held-out metric stays within a tolerated drop (a negative drop
-asks for a gain: the metric must end that much better than the original's).
+"""Budget search: the most compressed model whose held-out metric stays within a tolerated drop.
 
 Plain values; the trials themselves (prune with a sensitivity allocation, fine-tune, measure) are run by the
 caller (`pipeline`) through the `run_trial` callable. Public API::
@@ -33,7 +32,7 @@ judges the trials, so picking the better one adds to the optimism of the reporte
 Near misses. A trial's held-out metric moves by more than a tight budget from one fine-tune to the next (the
 noise of a few hundred optimizer steps from a fresh optimizer, and of a finite held-out set), so a trial that
 misses by little says little about its level. When `retry(trial)` says a miss is near (`near_miss`: past the
-budget by at most the budget's size or one standard error of the held-out metric, whichever is larger), the next
+budget by at most the budget itself or one standard error of the held-out metric, whichever is larger), the next
 trial fine-tunes *that* trial's model once more at the same level (its `retry_of`) before the search records the
 level as outside; a retry is not retried. The chosen trial is the best within budget by the objective (ties: the
 more compressed); when none is within budget, the trial with the smallest drop, and `met` is false.
@@ -134,10 +133,9 @@ class LevelSearch:
 
 
 def near_miss(drop: float, max_drop: float, noise: float = 0.0) -> bool:
-    """Whether a trial outside the budget missed it by at most max(|max_drop|, noise): a miss that one more
-    fine-tune at the same level may well turn, given how much a held-out metric moves between fine-tunes. (A
-    negative max_drop asks for a gain; its size is the budget's scale all the same.)"""
-    return math.isfinite(drop) and drop > max_drop and drop - max_drop <= max(abs(max_drop), noise)
+    """Whether a trial outside the budget missed it by at most max(max_drop, noise): a miss that one more
+    fine-tune at the same level may well turn, given how much a held-out metric moves between fine-tunes."""
+    return math.isfinite(drop) and drop > max_drop and drop - max_drop <= max(max_drop, noise)
 
 
 def accuracy_noise(metric_is_accuracy: bool, baseline: float, samples: int) -> float:

@@ -422,10 +422,9 @@ def _budget_sentences(budget: dict) -> list[str]:
     metric = str(budget.get("metric", "metric"))
     met = budget.get("met")
     words = "met" if met else ("<strong>not met</strong>" if met is False else "not judged")
-    bound = _budget_bound(metric, budget.get("max_drop"), _budget_limit(budget, trials)[1])
     s = (
-        f"Budget: held-out {_e(metric)} {_e(bound)} "
-        f"the baseline {_metric(metric, budget.get('baseline'))}, objective {_e(budget.get('objective', '—'))}: {words}"
+        f"Budget: held-out {_e(metric)} at most {_e(_fmt_drop(metric, budget.get('max_drop')))} below the "
+        f"baseline {_metric(metric, budget.get('baseline'))}, objective {_e(budget.get('objective', '—'))}: {words}"
     )
     i = _chosen_index(budget.get("chosen"), trials)
     if i is not None:
@@ -435,16 +434,6 @@ def _budget_sentences(budget: dict) -> list[str]:
             f"{_bytes(t.get('size_bytes'))}, {_int(t.get('nonzero_params'))} non-zero parameters)"
         )
     return [s + f" after {len(trials)} trials."]
-
-
-def _budget_bound(metric: str, max_drop, higher: bool) -> str:
-    """'at most 1.0 points below' (a tolerated drop; for a loss, 'above' and relative) or, for a negative max_drop
-    that asks for a gain, 'at least 0.5 points above'."""
-    if not _finite(max_drop):
-        return "within — of"
-    worse, better = ("below", "above") if higher else ("above", "below")
-    amount = _fmt_drop(metric, abs(max_drop))
-    return f"at most {amount} {worse}" if max_drop >= 0 else f"at least {amount} {better}"
 
 
 def _fmt_drop(metric: str, v) -> str:

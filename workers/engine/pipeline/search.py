@@ -160,16 +160,10 @@ def _budget_note(
             f"BUDGET NOT MET: no trial kept held-out {metric} within {max_drop:g} of the original ({baseline:.4g}); "
             f"the closest trial (#{found.chosen}, {unit} {chosen.level:.4f}, {metric} {chosen.metric:.4g}) is returned"
         )
-    if 0 <= max_drop < noise:
+    if max_drop < noise:
         parts.append(
             f"max_drop {max_drop:g} is below one standard error of the held-out {metric} ({noise:.2g} on {samples} "
             "samples): whether a trial lands within the budget is decided by chance as much as by the pruning"
-        )
-    elif -noise < max_drop < 0:
-        parts.append(
-            f"the gain max_drop {max_drop:g} asks for is below one standard error of the held-out {metric} "
-            f"({noise:.2g} on {samples} samples): whether a trial achieves it is decided by chance as much as by the "
-            "fine-tuning"
         )
     return "; ".join(parts) or None
 
