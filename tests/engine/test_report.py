@@ -159,6 +159,7 @@ def test_a_budget_draws_the_pareto_front_with_the_chosen_trial_starred(chosen):
     labels = svg_text(pareto)
     assert "chosen" in labels and "within budget" in labels and "over budget" in labels
     assert "budget limit 0.9" in labels and "baseline 0.92" in labels  # 0.92 - 0.02
+    assert "held-out accuracy at most 2.0 points below the baseline 92.00%" in text
     assert "pruned at once" in page.text and "kept" in page.text  # the trial table's columns
     assert "fine-tuned" in text and "81.00%" in text  # trial 0.7: 91.00% fine-tuned, 81.00% pruned at once
 
@@ -173,6 +174,7 @@ def test_a_budget_on_a_loss_puts_its_limit_above_the_baseline():
     page = Page(render_report(m))
     labels = svg_text(next(s for s in page.svgs() if "Pareto front" in svg_text(s)))
     assert "budget limit 0.32" in labels and "chosen" not in labels.split()
+    assert "held-out loss at most 0.02 above the baseline" in "".join(page.text)
 
 
 def test_sensitivity_curves_and_table_when_given():

@@ -422,8 +422,9 @@ def _budget_sentences(budget: dict) -> list[str]:
     metric = str(budget.get("metric", "metric"))
     met = budget.get("met")
     words = "met" if met else ("<strong>not met</strong>" if met is False else "not judged")
+    side = "below" if _budget_limit(budget, trials)[1] else "above"  # a loss may rise by at most max_drop
     s = (
-        f"Budget: held-out {_e(metric)} at most {_e(_fmt_drop(metric, budget.get('max_drop')))} below the "
+        f"Budget: held-out {_e(metric)} at most {_e(_fmt_drop(metric, budget.get('max_drop')))} {side} the "
         f"baseline {_metric(metric, budget.get('baseline'))}, objective {_e(budget.get('objective', '—'))}: {words}"
     )
     i = _chosen_index(budget.get("chosen"), trials)
