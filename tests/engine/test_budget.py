@@ -157,6 +157,35 @@ def test_a_big_miss_or_a_retry_that_misses_again_is_not_retried():
     assert all(t.retry_of is None for t in result.trials if t.removed > 0.9)  # 0.95 (drop 0.5) is never retried
 
 
+def test_a_level_missed_from_further_back_is_tried_again_from_the_nearer_model():
+    levels_by_index = []
+
+    def run(removed, start):
+        # past 0.9 a trial stays within budget only when its start is at most half a halving of density away
+        frm = 0.0 if start is None else levels_by_index[start]
+        levels_by_index.append(removed)
+        small_step = (1 - frm) / (1 - removed) <= np.sqrt(2) + 1e-9
+        return trial_fn(lambda r: 0.0 if r <= 0.9 or small_step else 0.5, 0.01, [])(removed, start)
+
+    result = search(run, first=0.8, highest=0.99, max_trials=6, objective="nonzero_params")
+    levels = [round(t.removed, 4) for t in result.trials]
+    mid = round(1 - np.sqrt(0.1 * 0.05), 4)
+    # 0.95 misses from 0.9 (a whole halving); 0.9293 is within from 0.9; 0.95 again, from 0.9293: within
+    assert levels[:5] == [0.8, 0.9, 0.95, mid, 0.95]
+    assert [t.within_budget for t in result.trials[:5]] == [True, True, False, True, True]
+    assert result.trials[4].start == 3 and result.trials[4].retry_of is None
+    assert levels[5] == 0.975 and not result.trials[5].within_budget  # then on up, a whole halving: missed
+    assert result.trials[result.chosen].removed == pytest.approx(0.95)
+    # a miss from the model it is retried from is not tried again: the search bisects
+    s = LevelSearch(first=0.8, highest=0.99)
+    s.record(0.8, True, 0.0)
+    s.record(0.9, False, 0.8)
+    s.record(0.86, True, 0.8)
+    assert s.next() == pytest.approx(0.9)  # 0.9 was pruned from 0.8, before 0.86 was within
+    s.record(0.9, False, 0.86)
+    assert s.next() == pytest.approx(1 - np.sqrt(0.14 * 0.1))
+
+
 def test_choose_uses_the_objective_among_trials_within_budget():
     def t(removed, within, latency):
         return Trial(

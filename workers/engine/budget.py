@@ -4,7 +4,7 @@ Plain values; the trials themselves (prune with a sensitivity allocation, fine-t
 caller (`pipeline`) through the `run_trial` callable. Public API::
 
     Trial(...)                                        one trial's measurements (manifest.budget.trials[i])
-    LevelSearch(first, highest, max_trials)           proposes the fraction to remove next
+    LevelSearch(first, highest)                       proposes the fraction to remove next (record each trial)
     search(run_trial, *, first, highest, max_trials, objective, retry=None, ...) -> BudgetResult
     choose(trials, objective) -> (index, met); needed(trials, objective, pending) -> indices whose models to keep
     near_miss(drop, max_drop, noise) -> bool         a miss worth one more fine-tune at the same level
@@ -19,7 +19,11 @@ trial met the budget, the next one halves the density of the best (0.9 -> 0.95 -
 miss it bisects between the most compressed trial within budget and the least compressed one outside it (the
 geometric mean of their densities), and stops early once the two are within `min_ratio` of each other.
 Each trial warm-starts from the most compressed trial within budget so far (the original model before there is
-one), so fine-tuning accumulates along the way up, as in iterative pruning (Han et al. 2015).
+one), so fine-tuning accumulates along the way up, as in iterative pruning (Han et al. 2015). A miss therefore
+says how far the level is from the model it was pruned from as much as how far it is from the original: when a
+level was missed pruned from further back than the best trial within budget now (the halving step overshot, the
+bisection point in between was within), it is tried once more from that nearer model before the search bisects
+towards it (docs/BENCHMARKS.md part 6e: the tutorial CNN missed 0.97 from 0.94 in two epochs of three seeds).
 
 Pruned or fine-tuned. A trial measures its level twice: pruned at once (BatchNorm re-estimated, no training;
 `pruned_metric`) and after its fine-tune, and keeps the better (`kept`: "fine_tuned" or "pruned"). A model trained
@@ -108,14 +112,21 @@ class LevelSearch:
         self.min_ratio = min_ratio
         self.ok = 0.0  # the most compressed level within budget (0: the original model)
         self.bad: float | None = None  # the least compressed level outside it
+        self.bad_from: float | None = None  # the level the trial that missed `bad` was pruned from (None: unknown)
         self.tried: list[float] = []
 
-    def record(self, removed: float, within: bool) -> None:
+    def record(self, removed: float, within: bool, start: float | None = None) -> None:
+        """A trial at `removed`, warm-started from a model at level `start` (0: the original model; None: not
+        said, and a miss is then never tried again)."""
         self.tried.append(removed)
         if within:
             self.ok = max(self.ok, removed)
-        else:
-            self.bad = removed if self.bad is None else min(self.bad, removed)
+            if self.bad is not None and self.bad <= self.ok:
+                self.bad = self.bad_from = None  # a miss from further back, now within from nearer
+        elif self.bad is None or removed < self.bad - 1e-12:
+            self.bad, self.bad_from = removed, start
+        elif abs(removed - self.bad) <= 1e-12 and start is not None:
+            self.bad_from = start if self.bad_from is None else max(self.bad_from, start)
 
     def next(self) -> float | None:
         """The next fraction to try, or None when the search has converged."""
@@ -126,6 +137,8 @@ class LevelSearch:
             if self.ok >= self.highest - 1e-12:
                 return None  # the most the layers allow is within budget
             return min(1.0 - d_ok / 2.0, self.highest)
+        if self.bad_from is not None and self.bad_from < self.ok - 1e-12:
+            return self.bad  # missed when pruned from further back: try it again from the nearer model
         d_bad = 1.0 - self.bad
         if d_ok / d_bad <= self.min_ratio:
             return None
@@ -190,7 +203,8 @@ def search(
         if pending is None and not trial.within_budget and retry is not None and retry(trial):
             pending = len(trials) - 1  # its level is judged by the retry
         else:
-            levels.record(removed, trial.within_budget)
+            origin = start if pending is None else trials[pending].start  # a retry: where its level was pruned from
+            levels.record(removed, trial.within_budget, trials[origin].removed if origin is not None else 0.0)
             pending = None
         if trial.within_budget and (best is None or removed > trials[best].removed):
             best = len(trials) - 1
