@@ -21,9 +21,10 @@ geometric mean of their densities), and stops early once the two are within `min
 Each trial warm-starts from the most compressed trial within budget so far (the original model before there is
 one), so fine-tuning accumulates along the way up, as in iterative pruning (Han et al. 2015). A miss therefore
 says how far the level is from the model it was pruned from as much as how far it is from the original: when a
-level was missed pruned from further back than the best trial within budget now (the halving step overshot, the
-bisection point in between was within), it is tried once more from that nearer model before the search bisects
-towards it (docs/BENCHMARKS.md part 6e: the tutorial CNN missed 0.97 from 0.94 in two epochs of three seeds).
+level missed after being pruned from further back than the best trial within budget now (the halving step
+overshot, then the bisection point in between was within), it is tried once more from that nearer model before
+the search bisects towards it (docs/BENCHMARKS.md part 6e: the tutorial CNN missed 0.97 from 0.94 in two of three
+seeds, and reached it from 0.959).
 
 Pruned or fine-tuned. A trial measures its level twice: pruned at once (BatchNorm re-estimated, no training;
 `pruned_metric`) and after its fine-tune, and keeps the better (`kept`: "fine_tuned" or "pruned"). A model trained
