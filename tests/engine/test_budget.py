@@ -186,6 +186,33 @@ def test_a_level_missed_from_further_back_is_tried_again_from_the_nearer_model()
     assert s.next() == pytest.approx(1 - np.sqrt(0.14 * 0.1))
 
 
+def test_a_retried_miss_counts_as_pruned_from_where_its_first_try_started():
+    attempts = {}
+
+    def run(removed, start):
+        key = round(removed, 6)
+        attempts[key] = attempts.get(key, 0) + 1
+        # 0.9 is a near miss twice (from 0.8, then the retry); from the bisection point it passes
+        drop = 0.0 if removed < 0.9 - 1e-9 or attempts[key] > 2 else 0.015
+        return trial_fn(lambda r: drop, 0.01, [])(removed, start)
+
+    result = search(
+        run,
+        first=0.8,
+        highest=0.99,
+        max_trials=5,
+        objective="nonzero_params",
+        retry=lambda t: near_miss(t.drop, 0.01),
+    )
+    levels = [round(t.removed, 4) for t in result.trials]
+    mid = round(1 - np.sqrt(0.2 * 0.1), 4)
+    # the retry of 0.9 started from 0.9's own model, but the level was pruned from 0.8, behind the bisection point:
+    # so 0.9 is tried again from 0.8586 rather than bisected towards
+    assert levels == [0.8, 0.9, 0.9, mid, 0.9]
+    assert result.trials[2].retry_of == 1 and result.trials[4].start == 3 and result.trials[4].within_budget
+    assert result.trials[result.chosen].removed == pytest.approx(0.9)
+
+
 def test_choose_uses_the_objective_among_trials_within_budget():
     def t(removed, within, latency):
         return Trial(
