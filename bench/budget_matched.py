@@ -7,15 +7,17 @@ pretrained weights for both sides, `bench.harness.pretrained`) and per hand-pick
 
   tfmot    part 6c's tfmot arm (`bench.budget_tfmot.tfmot_job`) at s, frequencies 100 and 10, for the budget's
            planned total epochs (epochs x max_trials: 12, as every budget job of part 6c spent), every seed; the
-           frequency with the higher median held-out accuracy is the setting;
+           frequency with the higher median val accuracy is the setting;
   budget   part 6c's budget job (`bench.budget_tfmot.budget_job`: epochs 2, max_trials 6, magnitude, objective
-           nonzero_params) with max_drop = that setting's drop (input model's held-out accuracy minus the setting's
+           nonzero_params) with max_drop = that setting's drop (input model's val accuracy minus the setting's
            median; TINY when tfmot is not below the input model: max_drop cannot ask for a gain), every seed;
   matched  the tfmot arm compared with is the run of the same seed at the epochs that budget job actually spent (the
            tfmot run above when it spent the planned epochs, else a new one).
 
+The held-out digits are split as in part 6c (`bench.budget.SPLIT`): the setting is picked and its drop taken on
+the val half, the budget job chooses on the val half, and both are judged on the test half, which no job sees.
 Verdict per (model, s): `bench.budget_tfmot.verdict` with that one setting: met when the budget's model has fewer
-non-zero weights AND fewer gzip bytes at an equal or higher median held-out accuracy. Results:
+non-zero weights AND fewer gzip bytes at an equal or higher median test accuracy. Results:
 bench/results/budget_matched.json.
 """
 
@@ -23,7 +25,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.budget_tfmot import FREQUENCIES, budget_job, label, sizes, step_config, tfmot_job, verdict
+from bench.budget_tfmot import (
+    FREQUENCIES,
+    SPLIT,
+    budget_job,
+    input_accuracy,
+    label,
+    sizes,
+    step_config,
+    tfmot_job,
+    verdict,
+)
 from bench.common import LoadMonitor, header, log, write_result
 from bench.harness import Sides, pretrained
 
@@ -46,9 +58,9 @@ def matched_budget(base: float, tfmot_accuracy: float) -> tuple[float, bool]:
 
 
 def better_frequency(by_frequency: dict[int, dict]) -> int:
-    """The frequency whose setting has the higher median accuracy (ties: fewer non-zero weights, then the lower
-    frequency)."""
-    return max(by_frequency, key=lambda f: (by_frequency[f]["accuracy"], -by_frequency[f]["nonzero_weights"], -f))
+    """The frequency whose setting has the higher median val accuracy (ties: fewer non-zero weights, then the lower
+    frequency): picked on the data a user holds out, as the budget job picks its trials."""
+    return max(by_frequency, key=lambda f: (by_frequency[f]["val_accuracy"], -by_frequency[f]["nonzero_weights"], -f))
 
 
 def tally(pairs: list[dict]) -> dict:
@@ -64,17 +76,21 @@ def tally(pairs: list[dict]) -> dict:
     }
 
 
-def _setting(sides: Sides, pre: dict, base: float, s: float, step: dict, seeds, planned: int, monitor) -> dict:
+def _setting(sides: Sides, pre: dict, base: dict, s: float, step: dict, seeds, planned: int, monitor) -> dict:
+    """One hand-picked sparsity s; `base`: the input model's {"val", "test"} accuracy."""
     runs: dict[int, list[dict]] = {}
     for f in FREQUENCIES:
         for seed in seeds:
             monitor.sample()
             t = tfmot_job(sides, pre, planned, s, f, seed)
             runs.setdefault(f, []).append(t)
-            log(f"budget_matched: tfmot {s:g} f{f} seed {seed}: accuracy {t['accuracy']:.4f} ({planned} epochs)")
+            log(
+                f"budget_matched: tfmot {s:g} f{f} seed {seed}: accuracy {t['accuracy']:.4f} "
+                f"(val {t['val_accuracy']:.4f}; {planned} epochs)"
+            )
     by_freq = {f: sizes(rs) for f, rs in runs.items()}
     f = better_frequency(by_freq)
-    max_drop, tiny = matched_budget(base, by_freq[f]["accuracy"])
+    max_drop, tiny = matched_budget(base["val"], by_freq[f]["val_accuracy"])
     budget_step = {**step, "max_drop": max_drop}
     budget_runs, matched = [], []
     for seed, planned_run in zip(seeds, runs[f]):
@@ -150,6 +166,7 @@ def run_matched(
             "planned_epochs": planned,
             "tiny": TINY,
             "tie": TIE,
+            "split": SPLIT,
         },
     )
     monitor = LoadMonitor()
@@ -159,14 +176,19 @@ def run_matched(
     pairs = []
     for model in cfg["models"]:
         pre = pretrained(sides, model, epochs=pretrain_epochs)
-        base = pre["accuracy"]
+        base = input_accuracy(sides, pre)
         settings = {}
         for s in cfg["sparsities"]:
             m = _setting(sides, pre, base, s, step, cfg["seeds"], planned, monitor)
             settings[m["name"]] = m
             pairs.append({"model": model, **m})
             log(f"{name}: {model} {m['name']}: verdict {m['verdict']}")
-            payload["models"][model] = {"pretrained_accuracy": base, "settings": settings}
+            payload["models"][model] = {
+                "pretrained_accuracy": base["test"],
+                "pretrained_val_accuracy": base["val"],
+                "pretrained_accuracy_all": base["all"],
+                "settings": settings,
+            }
             payload["goal"] = tally(pairs)
             write_result(name, {**payload, "load": monitor.summary()}, quick)
     payload["load"] = monitor.summary()

@@ -25,9 +25,10 @@ from __future__ import annotations
 import json
 import statistics
 
+from bench.budget import SPLIT
 from bench.budget_converged import PRETRAIN_EPOCHS
 from bench.budget_matched import matched_budget
-from bench.budget_tfmot import budget_job, label, sizes, step_config, tfmot_job, verdict
+from bench.budget_tfmot import budget_job, input_accuracy, label, sizes, step_config, tfmot_job, verdict
 from bench.common import LoadMonitor, header, log, write_result
 from bench.harness import Sides, pretrained
 from bench.report_format import _md, _run_line
@@ -48,9 +49,10 @@ def paired(tfmot_run: dict, budget_run: dict) -> bool:
     )
 
 
-def summarize(base: float, max_drop: float, tfmot_runs: list[dict], budget_runs: list[dict]) -> dict:
-    """Counts over the seeds (module docstring) and the verdict on the medians of all of them."""
-    floor = base - max_drop - 1e-12
+def summarize(base: dict, max_drop: float, tfmot_runs: list[dict], budget_runs: list[dict]) -> dict:
+    """Counts over the seeds (module docstring), each side judged on the test half against the input model's test
+    accuracy (`base`: {"val", "test"}), and the verdict on the medians of all of them."""
+    floor = base["test"] - max_drop - 1e-12
     name = label(TARGET, FREQUENCY)
     budget, tf = sizes(budget_runs), {**sizes(tfmot_runs), "target": TARGET, "frequency": FREQUENCY}
     return {
@@ -88,11 +90,12 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
             "pretrain_epochs": PRETRAIN_EPOCHS,
             "planned_epochs": planned,
             "batch_size": 128,
+            "split": SPLIT,
         },
     )
     monitor = LoadMonitor()
     pre = pretrained(sides, MODEL, epochs=PRETRAIN_EPOCHS)
-    base = pre["accuracy"]
+    base = input_accuracy(sides, pre)
     tfmot_runs = []
     for seed in seeds:
         monitor.sample()
@@ -109,7 +112,7 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
         )
         log(f"budget_seeds: plain fine-tune seed {seed}: {finetune[-1]}")
     by_seed = {t["seed"]: t for t in tfmot_runs}
-    max_drop, _ = matched_budget(base, sizes([by_seed[s] for s in budget_seeds])["accuracy"])
+    max_drop, _ = matched_budget(base["val"], sizes([by_seed[s] for s in budget_seeds])["val_accuracy"])
     budget_runs = []
     for seed, t in zip(seeds, tfmot_runs):
         monitor.sample()
@@ -122,7 +125,8 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
             f" ({r['total_epochs']} epochs); tfmot {t['accuracy']:.4f}"
         )
     payload.update(
-        pretrained_accuracy=base,
+        pretrained_accuracy=base["test"],
+        pretrained_val_accuracy=base["val"],
         max_drop=max_drop,
         tfmot_runs=tfmot_runs,
         budget_runs=budget_runs,
@@ -165,8 +169,9 @@ def _finetune_lines(d: dict) -> list[str]:
     return [
         "",
         f"The input model fine-tuned {first['epochs']} epochs with no pruning at all (Adam {first['lr']:g}, batch "
-        f"{d['config']['batch_size']}; the file's optimizer had taken {first['own_state_steps']:,} steps), held-out "
-        "accuracy against the input model, in points:",
+        f"{d['config']['batch_size']}; the file's optimizer had taken {first['own_state_steps']:,} steps), "
+        + ("test" if "split" in d["config"] else "held-out")
+        + " accuracy against the input model, in points:",
         "",
         _md(rows, ["fine-tuning", "per seed " + ", ".join(str(r["seed"]) for r in runs), "median"]),
     ]
@@ -175,6 +180,7 @@ def _finetune_lines(d: dict) -> list[str]:
 def tables(d: dict) -> str:
     """Per seed, tfmot's run and the budget job's model; the counts and the verdict on the medians."""
     cfg, base, s = d["config"], d["pretrained_accuracy"], d["summary"]
+    split = "split" in cfg  # bench.budget.SPLIT: the budget chosen on val, every accuracy below on test
     floor = base - d["max_drop"] - 1e-12
     rows = []
     for r in d["budget_runs"]:
@@ -198,12 +204,21 @@ def tables(d: dict) -> str:
         [
             _run_line(d),
             "",
-            f"{cfg['model']} trained {cfg['pretrain_epochs']} epochs (held-out accuracy {base:.4f}). tfmot "
+            f"{cfg['model']} trained {cfg['pretrain_epochs']} epochs ("
+            + (
+                f"val accuracy {d['pretrained_val_accuracy']:.4f}, test {base:.4f}"
+                if split
+                else f"held-out accuracy {base:.4f}"
+            )
+            + "). tfmot "
             f"PolynomialDecay 0 → {cfg['target']:g} per layer, frequency {cfg['frequency']}, "
             f"{cfg['planned_epochs']} epochs. Budget step "
             f"`{json.dumps({k: v for k, v in cfg['step'].items() if k != 'max_drop'}, sort_keys=True)}` with "
             f"`max_drop` {d['max_drop']:g}: the input model minus tfmot's median over seeds "
-            f"{', '.join(str(x) for x in cfg['budget_seeds'])} (part 6f's budget). Batch {cfg['batch_size']}.",
+            f"{', '.join(str(x) for x in cfg['budget_seeds'])} (part 6f's budget"
+            + (", on val" if split else "")
+            + f"). Batch {cfg['batch_size']}."
+            + (f" Held-out data: {cfg['split']}." if split else ""),
             "",
             _md(
                 rows,

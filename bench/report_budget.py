@@ -8,10 +8,22 @@ import json
 from bench.report_format import _md, _run_line, _spread
 
 
+def _split(d: dict) -> bool:
+    """Whether the run judged on the test half of the held-out digits (`bench.budget.SPLIT`; runs before it scored
+    every side on all 2,000, the digits the budget job also chose on)."""
+    return "split" in d["config"]
+
+
+def _split_line(d: dict) -> list[str]:
+    return ["", f"Held-out data: {d['config']['split']}."] if _split(d) else []
+
+
 def budget_tables(d: dict) -> str:
     """Part 6: the budget step per model and seed: sparsity reached within the budget, drop, trials, time."""
     cfg = d["config"]
+    split = _split(d)
     parts = [_run_line(d), "", f"Budget step: `{json.dumps(cfg['step'], sort_keys=True)}`; batch {cfg['batch_size']}."]
+    parts += _split_line(d)
     rows = []
     for name, m in d["models"].items():
         for r in m["runs"]:
@@ -20,9 +32,9 @@ def budget_tables(d: dict) -> str:
                 [
                     name,
                     r["seed"],
-                    f"{b['baseline']:.4f}",
+                    f"{m['pretrained_accuracy']:.4f}" if split else f"{b['baseline']:.4f}",
                     f"{r['accuracy']:.4f}",
-                    f"{r['drop_points']:.2f}",
+                    f"{r['drop_points']:.2f}" + (f" ({r['val_drop_points']:.2f})" if split else ""),
                     f"{r['sparsity']['overall']:.3f}",
                     f"{len(b['trials'])}",
                     "yes" if b["met"] else "**no**",
@@ -37,9 +49,9 @@ def budget_tables(d: dict) -> str:
             [
                 "model",
                 "seed",
-                "input acc.",
-                "chosen acc.",
-                "drop (points)",
+                "input acc. (test)" if split else "input acc.",
+                "chosen acc. (test)" if split else "chosen acc.",
+                "drop in points: test (val, the job's own)" if split else "drop (points)",
                 "sparsity",
                 "trials",
                 "budget met",
@@ -51,7 +63,7 @@ def budget_tables(d: dict) -> str:
     goals = [
         [
             n,
-            f"≥ {m['goal_sparsity']:.0%} within the budget",
+            f"≥ {m['goal_sparsity']:.0%} within the budget" + (" on test" if split else ""),
             f"median {m['sparsity_median']:.3f}",
             "met" if m["goal_met"] else "**missed**",
         ]
@@ -194,11 +206,16 @@ def budget_tfmot_tables(d: dict) -> str:
         f"steps, frequency {' and '.join(str(f) for f in cfg['frequencies'])}, for the budget job's total epochs; "
         f"batch {cfg['batch_size']}; medians over seeds {', '.join(str(s) for s in cfg['seeds'])}. Size: non-zero "
         "weights and gzip -9 of the weights as one .npz (the same for both sides).",
+        *_split_line(d),
     ]
+    split = _split(d)
     verdicts = []
     for name, m in d["models"].items():
         base, v = m["pretrained_accuracy"], m["verdict"]
         limit = base - cfg["step"]["max_drop"]
+        base_val = m.get("pretrained_val_accuracy")
+        limit_val = base_val - cfg["step"]["max_drop"] if split else limit
+        val = lambda x: [f"{x['val_accuracy']:.4f}"] if split else []  # noqa: E731
         rows = []
         b = m["budget"]
         epochs = "/".join(str(e) for e in m["total_epochs"])
@@ -207,11 +224,12 @@ def budget_tfmot_tables(d: dict) -> str:
                 "**budget** (Secateurs)",
                 epochs,
                 f"{b['sparsity']:.3f}",
+                *val(b),
                 f"{b['accuracy']:.4f}",
                 f"{100 * (b['accuracy'] - base):+.2f}",
                 f"{b['nonzero_weights']:,.0f}",
                 f"{b['weights_gzip_bytes']:,.0f}",
-                "yes" if b["accuracy"] >= limit - 1e-12 else "no",
+                _within(b, limit, limit_val, split),
             ]
         )
         for label, s in sorted(m["tfmot"].items(), key=lambda kv: (kv[1]["frequency"], kv[1]["target"])):
@@ -220,20 +238,30 @@ def budget_tfmot_tables(d: dict) -> str:
                     label + (" ← best within" if label == v.get("tfmot_best") else ""),
                     epochs,
                     f"{s['sparsity']:.3f}",
+                    *val(s),
                     f"{s['accuracy']:.4f}",
                     f"{100 * (s['accuracy'] - base):+.2f}",
                     f"{s['nonzero_weights']:,.0f}",
                     f"{s['weights_gzip_bytes']:,.0f}",
-                    "yes" if s["accuracy"] >= limit - 1e-12 else "no",
+                    _within(s, limit, limit_val, split),
                 ]
             )
         parts += [
             "",
-            f"**{name}** (input model {base:.4f}; budget: ≥ {limit:.4f})",
+            f"**{name}** (input model {base:.4f}; budget: ≥ {limit:.4f})"
+            if not split
+            else f"**{name}** (input model: val {base_val:.4f}, test {base:.4f}; budget: ≥ {limit_val:.4f} on val, "
+            f"≥ {limit:.4f} on test)",
             "",
             _md(
                 rows,
-                ["arm", "epochs", "sparsity", "held-out acc.", "vs input (points)", "non-zero", "gzip bytes", "within"],
+                ["arm", "epochs", "sparsity"]
+                + (
+                    ["val acc.", "test acc.", "vs input (test, points)"]
+                    if split
+                    else ["held-out acc.", "vs input (points)"]
+                )
+                + ["non-zero", "gzip bytes", "within: val / test" if split else "within"],
             ),
         ]
         if v.get("tfmot_best") is None:
@@ -263,14 +291,20 @@ def budget_tfmot_tables(d: dict) -> str:
             verdicts,
             [
                 "model",
-                "budget vs the smallest tfmot setting within 1 point",
-                "smaller at equal or better accuracy",
-                "smaller, both within 1 point",
-                "tfmot settings as small and as accurate",
+                "budget vs the smallest tfmot setting within 1 point" + (" on val (test accuracy)" if split else ""),
+                "smaller at equal or better accuracy" + (" (test)" if split else ""),
+                "smaller, both within 1 point" + (" (test)" if split else ""),
+                "tfmot settings as small and as accurate" + (" (test)" if split else ""),
             ],
         ),
     ]
     return "\n".join(parts)
+
+
+def _within(x: dict, limit: float, limit_val: float, split: bool) -> str:
+    """Whether an arm's median stays within the budget: on val / on test (split runs), or on all 2,000."""
+    test = "yes" if x["accuracy"] >= limit - 1e-12 else "no"
+    return f"{'yes' if x['val_accuracy'] >= limit_val - 1e-12 else 'no'} / {test}" if split else test
 
 
 def budget_timing_tables(d: dict) -> str:
@@ -339,13 +373,22 @@ def budget_matched_tables(d: dict) -> str:
         f"Input models trained {cfg['pretrain_epochs']} epochs on the training digits. "
         f"Budget step: `{json.dumps({k: v for k, v in cfg['step'].items() if k != 'max_drop'}, sort_keys=True)}` with "
         "`max_drop` set per row to the tfmot setting's "
-        f"drop (input model minus tfmot's median held-out accuracy at the budget's planned {cfg['planned_epochs']} "
+        f"drop (input model minus tfmot's median {'val' if _split(d) else 'held-out'} accuracy at the budget's "
+        f"planned {cfg['planned_epochs']} "
         + (f"epochs, plus {tie:g} so that a trial exactly as accurate counts as within; " if tie else "epochs; ")
         + f"{cfg['tiny']:g} where tfmot is not below the input model, marked ‡); tfmot PolynomialDecay per "
         f"layer at the better of frequencies {' and '.join(str(f) for f in cfg['frequencies'])}, for the epochs each "
         f"budget job spent; batch {cfg['batch_size']}; medians over seeds {', '.join(str(s) for s in cfg['seeds'])}. "
         "Size: non-zero weights and gzip -9 of the weights as one .npz.",
+        *_split_line(d),
     ]
+    split = _split(d)
+    if split:
+        parts += [
+            "",
+            "The setting (its frequency) is picked and its drop taken on val, where the budget job also chooses; every "
+            "accuracy in the table is on test, except the column that says val.",
+        ]
     rows = []
     for name, m in d["models"].items():
         base = m["pretrained_accuracy"]
@@ -355,9 +398,12 @@ def budget_matched_tables(d: dict) -> str:
             met = sum(bool(x) for x in st["budget_met"])
             rows.append(
                 [
-                    f"{name} ({base:.4f})",
+                    f"{name} ({base:.4f})"
+                    if not split
+                    else f"{name} (val {m['pretrained_val_accuracy']:.4f}, test {base:.4f})",
                     key,
                     f"{t['accuracy']:.4f} ({100 * (t['accuracy'] - base):+.2f})",
+                    *([f"{t['val_accuracy']:.4f} / {b['val_accuracy']:.4f}"] if split else []),
                     f"{st['max_drop']:g}" + (" ‡" if st["tiny"] else ""),
                     epochs,
                     f"{b['sparsity']:.3f} / {t['sparsity']:.3f}",
@@ -377,6 +423,7 @@ def budget_matched_tables(d: dict) -> str:
                 "model (input acc.)",
                 "tfmot setting",
                 "tfmot acc. (vs input, points)",
+                *(["val acc. tfmot / budget"] if split else []),
                 "budget max_drop",
                 "epochs",
                 "sparsity budget / tfmot",
@@ -390,7 +437,7 @@ def budget_matched_tables(d: dict) -> str:
         ),
     ]
     if d.get("finetune"):
-        parts += ["", _finetune_table(d["finetune"])]
+        parts += ["", _finetune_table(d["finetune"], "test acc. per seed" if split else "held-out acc. per seed")]
     g = d.get("goal", {})
     if g:
         parts += [
@@ -402,7 +449,7 @@ def budget_matched_tables(d: dict) -> str:
     return "\n".join(parts)
 
 
-def _finetune_table(finetune: dict) -> str:
+def _finetune_table(finetune: dict, column: str) -> str:
     """Part 6f: each input model after plain fine-tuning alone, constant rate against warm-up + cosine, per seed."""
     rows = []
     for name, m in finetune.items():
@@ -422,7 +469,7 @@ def _finetune_table(finetune: dict) -> str:
         "Plain fine-tuning of the input model alone (no pruning), seeds "
         + ", ".join(str(i) for i in range(len(next(iter(finetune.values()))["runs"])))
         + ":\n\n"
-        + _md(rows, ["model (input acc.)", "fine-tuning", "held-out acc. per seed", "vs input (points)"])
+        + _md(rows, ["model (input acc.)", "fine-tuning", column, "vs input (points)"])
     )
 
 

@@ -1,5 +1,6 @@
 """Part 6e's verdict logic (bench/budget_matched.py): the budget given a tfmot setting's own drop, the frequency
-chosen, the strict comparison with that one setting and the tally over pairs. Plain values, no training."""
+chosen, the strict comparison with that one setting and the tally over pairs; and the split of the held-out digits
+the budget parts judge on. Plain values, no training."""
 
 from __future__ import annotations
 
@@ -8,10 +9,22 @@ import pytest
 
 from bench.budget_matched import TIE, TINY, better_frequency, matched_budget, tally
 from bench.budget_tfmot import verdict
+from bench.sides._shared import TEST, VAL
 
 
-def _m(accuracy: float, nonzero: int, gz: int) -> dict:
-    return {"accuracy": accuracy, "nonzero_weights": nonzero, "weights_gzip_bytes": gz, "sparsity": 0.9}
+def _m(accuracy: float, nonzero: int, gz: int, val: float | None = None) -> dict:
+    """An arm's medians: `accuracy` on the test half, `val_accuracy` on the val half (the same unless given)."""
+    return {
+        "accuracy": accuracy,
+        "val_accuracy": accuracy if val is None else val,
+        "nonzero_weights": nonzero,
+        "weights_gzip_bytes": gz,
+        "sparsity": 0.9,
+    }
+
+
+def _base(accuracy: float, val: float | None = None) -> dict:
+    return {"test": accuracy, "val": accuracy if val is None else val}
 
 
 def test_matched_budget_is_the_settings_drop_and_admits_a_tie():
@@ -34,18 +47,20 @@ def test_better_frequency_by_accuracy_then_size_then_lower_frequency():
     assert better_frequency({100: _m(0.965, 27127, 1), 10: _m(0.964, 27030, 1)}) == 100
     assert better_frequency({100: _m(0.964, 27127, 1), 10: _m(0.964, 27030, 1)}) == 10
     assert better_frequency({100: _m(0.964, 27030, 1), 10: _m(0.964, 27030, 1)}) == 10
+    # picked on the val half, as a user picks on the data they hold out: the test half does not decide
+    assert better_frequency({100: _m(0.970, 27127, 1, val=0.962), 10: _m(0.960, 27030, 1, val=0.963)}) == 10
 
 
 def test_verdict_against_the_one_matched_setting():
-    base = 0.962
-    max_drop, _ = matched_budget(base, 0.959)
+    base = _base(0.962)
+    max_drop, _ = matched_budget(base["val"], 0.959)
     tf = {"t": _m(0.959, 13720, 125909)}
     smaller_as_accurate = verdict(base, max_drop, _m(0.959, 8729, 48692), tf)
     assert smaller_as_accurate["met"] and smaller_as_accurate["tfmot_best"] == "t"
     # fewer non-zero weights but more gzip bytes: not smaller
     assert not verdict(base, max_drop, _m(0.960, 8729, 130000), tf)["met"]
     # smaller but less accurate than tfmot (the tiny case: tfmot above the input model)
-    tiny_drop, tiny = matched_budget(base, 0.9685)
+    tiny_drop, tiny = matched_budget(base["val"], 0.9685)
     v = verdict(base, tiny_drop, _m(0.9615, 20000, 90000), {"t": _m(0.9685, 53650, 296563)})
     assert tiny and v["budget_within_budget"] and v["smaller"] and not v["met"]
     assert v["accuracy_margin"] == pytest.approx(-0.007)
@@ -61,3 +76,27 @@ def test_tally_counts_pairs_and_names_the_met_ones():
     assert (t["pairs"], t["met"], t["smaller_within"], t["all_met"]) == (3, 1, 2, False)
     assert t["met_pairs"] == ["a s1"]
     assert tally(pairs[:1])["all_met"] and not tally([])["all_met"]
+
+
+def test_the_budget_setting_is_picked_on_val_and_judged_on_test():
+    base = _base(0.962, val=0.960)
+    # within 1 point on val (0.951 >= 0.950) though not on test: the setting a user would hand-pick
+    tf = {"small": _m(0.950, 13720, 125909, val=0.951), "large": _m(0.960, 27030, 186000, val=0.958)}
+    v = verdict(base, 0.01, _m(0.953, 8729, 48692, val=0.955), tf)
+    assert v["tfmot_within_budget"] == ["large", "small"] and v["tfmot_best"] == "small"
+    assert v["met"] and v["accuracy_margin"] == pytest.approx(0.003)
+    assert v["budget_within_budget"] and v["budget_within_budget_val"]
+    assert not v["tfmot_best_within_budget"] and not v["met_within_budget"]  # tfmot's pick is outside on test
+    # the budget's model better on val, worse on test than the setting: missed, whatever it chose on
+    # and a setting smaller and more accurate on test dominates it, though it is outside the budget on val
+    tf["tiny"] = _m(0.950, 8000, 40000, val=0.940)
+    v = verdict(base, 0.01, _m(0.949, 8729, 48692, val=0.959), tf)
+    assert not v["met"] and not v["budget_within_budget"] and v["budget_within_budget_val"]
+    assert v["tfmot_best"] == "small" and v["dominated_by"] == ["tiny"]
+
+
+def test_the_val_and_test_halves_partition_the_held_out_digits():
+    positions = np.arange(2000)
+    val, test = positions[VAL], positions[TEST]
+    assert len(val) == len(test) == 1000
+    assert not set(val) & set(test) and set(val) | set(test) == set(positions)

@@ -1,7 +1,9 @@
 """The budget benchmark's tasks on the Secateurs side: jobs run as a user runs them
 (`workers.engine.pipeline.compress` with a JobSpec) on a pretrained model.
 
-  budget_job        a budget step on a part-2 model and the bench's MNIST split (bench.budget, bench.budget_tfmot)
+  budget_job        a budget step on a part-2 model, the training digits and one half of the held-out digits,
+                    scored on the other half (bench.budget, bench.budget_tfmot)
+  input_accuracy    a model file's accuracy on each half of the held-out digits (the budget parts' input models)
   zoo_budget_job    a budget step on a zoo model and its data file (bench.budget_zoo)
   sensitivity_job   a sensitivity step alone on a zoo model, timed per layer from the progress events
                     (bench.budget_timing)
@@ -23,7 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.sides._shared import data, held_out_accuracy, kernel_sparsity, nonzero_weights, weights_gzip_bytes
+from bench.sides._shared import (
+    data,
+    held_out_accuracy,
+    kernel_sparsity,
+    nonzero_weights,
+    split_accuracy,
+    val_split,
+    weights_gzip_bytes,
+)
 
 _TMP = Path(tempfile.mkdtemp(prefix="bench-budget-secateurs-"))
 
@@ -67,14 +77,34 @@ def _mnist_npz() -> Path:
     return npz
 
 
+def _budget_npz() -> Path:
+    """The training digits and, as x_val / y_val, only the held-out half a budget job may choose on (`val_split`)."""
+    npz = _TMP / "mnist-budget.npz"
+    if not npz.exists():
+        x, y, _, _ = data()
+        xv, yv = val_split()
+        np.savez(npz, x_train=x, y_train=y, x_val=xv, y_val=yv)
+    return npz
+
+
+def input_accuracy(model_file: str) -> dict:
+    """The model file's accuracy on the held-out halves and on all of them (`split_accuracy`)."""
+    import keras
+
+    return split_accuracy(keras.saving.load_model(model_file))
+
+
 def budget_job(model_file: str, step: dict, batch_size: int = 128, seed: int = 0) -> dict:
-    """compress() with one budget step; returns the manifest's budget, the kernels' sparsity and the held-out
-    accuracy of the returned model (measured by the bench itself, not the engine)."""
+    """compress() with one budget step on the training digits and the held-out half `val_split` (its x_val); returns
+    the manifest's budget, the kernels' sparsity and the returned model's accuracy measured by the bench itself:
+    `accuracy` on the test half, which the job never saw, `val_accuracy` on the half it chose on, `accuracy_all` on
+    both."""
     import keras
 
     spec = {"steps": [step], "training": {"batch_size": batch_size}, "evaluation": {"latency": False}, "seed": seed}
-    manifest, wall, out, events = _compress(model_file, str(_mnist_npz()), spec)
+    manifest, wall, out, events = _compress(model_file, str(_budget_npz()), spec)
     model = keras.saving.load_model(out / "model.keras")
+    split = split_accuracy(model)
     result = {
         "budget": manifest["budget"],
         "summary": manifest["summary"],
@@ -83,7 +113,9 @@ def budget_job(model_file: str, step: dict, batch_size: int = 128, seed: int = 0
         "before": manifest["before"]["evaluation"],
         "after": manifest["after"]["evaluation"],
         "sparsity": kernel_sparsity(model),
-        "accuracy": held_out_accuracy(model),
+        "accuracy": split["test"],
+        "val_accuracy": split["val"],
+        "accuracy_all": split["all"],
         "gzip_bytes": {
             "before": manifest["before"]["file"]["gzip_bytes"],
             "after": manifest["after"]["file"]["gzip_bytes"],
@@ -176,7 +208,8 @@ EMA_MOMENTUM = 0.98  # about the last 50 steps of a 2-epoch trial (126 steps on 
 
 
 def finetune_rates(model_file: str, epochs: int, batch_size: int = 128, seed: int = 0, lr: float = 1e-3) -> dict:
-    """Held-out accuracy of the model as loaded and after `epochs` of plain fine-tuning: with a fresh Adam at the
+    """Accuracy on the held-out test half (`split_accuracy`; the val half under "val") of the model as loaded and
+    after `epochs` of plain fine-tuning: with a fresh Adam at the
     constant rate `lr` (as the engine trains), with a fresh Adam whose rate rises from 0 over the first tenth of the
     steps and then decays to 0 along a cosine (an alternative measured in part 6f, not the engine's), with a fresh
     Adam at `lr` that ends on the moving average of the weights (`ema`, Keras' use_ema at EMA_MOMENTUM: part 6g), and,
@@ -196,8 +229,10 @@ def finetune_rates(model_file: str, epochs: int, batch_size: int = 128, seed: in
         ),
         "ema": lambda: keras.optimizers.Adam(lr, use_ema=True, ema_momentum=EMA_MOMENTUM),
     }
+    split = split_accuracy(keras.saving.load_model(model_file))
     out = {
-        "input": held_out_accuracy(keras.saving.load_model(model_file)),
+        "input": split["test"],
+        "val": {"input": split["val"]},
         "epochs": epochs,
         "lr": lr,
         "ema_momentum": EMA_MOMENTUM,
@@ -207,7 +242,8 @@ def finetune_rates(model_file: str, epochs: int, batch_size: int = 128, seed: in
         model = keras.saving.load_model(model_file)
         model.compile(optimizer=optimizer(), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
-        out[name] = held_out_accuracy(model)
+        split = split_accuracy(model)
+        out[name], out["val"][name] = split["test"], split["val"]
     keras.utils.set_random_seed(seed)
     model = keras.saving.load_model(model_file)  # compiled: its optimizer's variables are restored from the file
     trained_steps = int(model.optimizer.iterations.numpy()) if model.optimizer is not None else 0
@@ -215,7 +251,8 @@ def finetune_rates(model_file: str, epochs: int, batch_size: int = 128, seed: in
     if trained_steps:
         model.optimizer.learning_rate = lr
         model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
-        out["own_state"] = held_out_accuracy(model)
+        split = split_accuracy(model)
+        out["own_state"], out["val"]["own_state"] = split["test"], split["val"]
     return out
 
 
@@ -248,4 +285,5 @@ TASKS = {
     "zoo_budget_job": zoo_budget_job,
     "sensitivity_job": sensitivity_job,
     "finetune_rates": finetune_rates,
+    "input_accuracy": input_accuracy,
 }

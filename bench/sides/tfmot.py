@@ -26,6 +26,7 @@ from bench.sides._shared import (
     kernel_sparsity,
     nonzero_weights,
     seed_everything,
+    split_accuracy,
     weights_gzip_bytes,
 )
 
@@ -72,9 +73,16 @@ def _schedule(
 def _finish(model, sw: Stopwatch, extra: dict) -> dict:
     model.save(_TMP / "out.keras")
     sw.mark("saved")
-    acc = held_out_accuracy(model)
+    split = split_accuracy(model)  # all 2,000 held-out digits (parts 1-2), and the halves of the budget parts
     sizes = {"weights_gzip_bytes": weights_gzip_bytes(model), "nonzero_weights": nonzero_weights(model)}
-    return {**sw.report(), "accuracy": acc, "sparsity": kernel_sparsity(model), **sizes, **extra}
+    return {
+        **sw.report(),
+        "accuracy": split["all"],
+        "split_accuracy": split,
+        "sparsity": kernel_sparsity(model),
+        **sizes,
+        **extra,
+    }
 
 
 def plain_job(model_file: str, epochs: int, batch_size: int, lr: float = 1e-3, seed: int = 0) -> dict:
