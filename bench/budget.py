@@ -18,9 +18,9 @@ from bench.common import LoadMonitor, header, log, write_result
 from bench.harness import Sides, pretrained
 
 SPLIT = (
-    "the 2,000 held-out digits split in two: val, the even positions (1,000: a budget job's x_val, on which it makes "
-    "every choice, and on which a tfmot setting is hand-picked), and test, the odd positions (1,000: never shown to a "
-    "job), on which the results are judged"
+    "the held-out digits split in two halves: val, the even positions (a budget job's x_val, on which it makes every "
+    "choice, and on which a tfmot setting is hand-picked), and test, the odd positions (never shown to a job), on "
+    "which the results are judged"
 )
 
 GOALS = {"lenet_300_100": 0.92, "tutorial_cnn": 0.90}

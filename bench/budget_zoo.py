@@ -5,16 +5,18 @@ training digits padded to 32x32 RGB, BatchNorm statistics settled, cached under 
 `_pretrained`). One job with one step
 `{"kind": "budget", "method": "structured", "metric": "accuracy", "max_drop": 0.02, "objective": "macs",
 "epochs": 2, "max_trials": 6}`, batch 128, through the engine's `compress` as a user runs it. The budget is
-relative to the input model's held-out accuracy as the job measures it (manifest.before, on the same 2,000
-held-out digits the bench scores). One seed: a job costs 10-20 minutes on the 2 bench cores.
-Goal (issue 12): MACs of the returned model <= 0.6x the input's, within the 2 points. The input model is not
-converged (5 epochs), so the run also fine-tunes the unpruned input model for as many epochs as the returned model
-was trained along its chain of warm starts (`zoo_plain`: plain, and with BatchNorm re-estimated): the reference
-that separates what pruning cost from what the extra training gained.
+relative to the input model's accuracy as the job measures it (manifest.before) on the val half of the 2,000
+held-out digits, the only held-out digits it gets; the bench scores the input and the returned model on the test
+half, which the job never sees (`bench.budget.SPLIT`). One seed: a job costs 10-20 minutes on the 2 bench cores.
+Goal (issue 12): MACs of the returned model <= 0.6x the input's, within the 2 points on the test half. The input
+model is not converged (5 epochs), so the run also fine-tunes the unpruned input model for as many epochs as the
+returned model was trained along its chain of warm starts (`zoo_plain`: plain, and with BatchNorm re-estimated): the
+reference that separates what pruning cost from what the extra training gained.
 """
 
 from __future__ import annotations
 
+from bench.budget import SPLIT
 from bench.common import LoadMonitor, header, log, write_result
 from bench.harness import Sides
 from bench.zoo import _pretrained
@@ -70,7 +72,9 @@ def run_step(
     cfg["step"] = {**step, **cfg.get("step", {})}  # a quick run trains less
     if repeats:
         cfg["seeds"] = tuple(range(repeats))
-    payload = header(name, command, quick, {**cfg, "model": MODEL, "batch_size": BATCH, "goal_macs": goal_macs})
+    payload = header(
+        name, command, quick, {**cfg, "model": MODEL, "batch_size": BATCH, "goal_macs": goal_macs, "split": SPLIT}
+    )
     monitor = LoadMonitor()
     pre = _pretrained(sides, MODEL, cfg["data"], BATCH, tfmot=False)
     data = {"model": MODEL, "n_train": cfg["data"]["n_train"], "n_test": cfg["data"]["n_test"]}
@@ -86,12 +90,12 @@ def run_step(
             t["macs_ratio"] = t["macs"] / r["macs_before"]
         r.update(
             seed=seed,
-            drop_points=100 * (pre["accuracy"] - r["accuracy"]),
+            drop_points=100 * (r["input_accuracy"]["test"] - r["accuracy"]),
             epochs_spent=sum(t["epochs"] for t in b["trials"]),
-            goal_met=None
-            if goal_macs is None
-            else bool(b["met"] and r["macs_ratio"] <= goal_macs and b["trials"][b["chosen"]]["within_budget"]),
         )
+        # the goal is judged on the test half: MACs within the ratio and the drop within the budget there
+        within = r["drop_points"] <= 100 * cfg["step"]["max_drop"] + 1e-9
+        r["goal_met"] = None if goal_macs is None else bool(within and r["macs_ratio"] <= goal_macs)
         r["chain_epochs"] = chain_epochs(b["trials"], b["chosen"])
         if cfg.get("reference", True):
             # the unpruned input model trained as long as the returned one was (its chain of warm starts), plain
@@ -105,7 +109,7 @@ def run_step(
             )
         runs.append(r)
         log(
-            f"{name}: seed {seed}: MACs {r['macs_ratio']:.3f}x, accuracy {pre['accuracy']:.4f} -> "
+            f"{name}: seed {seed}: MACs {r['macs_ratio']:.3f}x, test accuracy {r['input_accuracy']['test']:.4f} -> "
             f"{r['accuracy']:.4f} ({-r['drop_points']:+.2f} points), {len(b['trials'])} trials, met {b['met']}, "
             f"{r['wall_time_s']:.0f} s"
         )

@@ -77,12 +77,15 @@ def _verdict(met: bool | None) -> str:
     return {True: "met", False: "**missed**", None: "not judged"}[met]
 
 
-def _reference(r: dict) -> str:
+def _reference(r: dict, split: bool) -> str:
+    """The unpruned input trained as long as the returned model: plain / BatchNorm re-estimated (test half in split
+    runs)."""
     ref = r.get("reference")
     if not ref:
         return "—"
-    bn = ref.get("reestimated", {}).get("accuracy")
-    return f"{r['chain_epochs']} epochs: {ref['accuracy']:.4f} / " + (f"{bn:.4f}" if bn is not None else "—")
+    score = (lambda x: x.get("split_accuracy", {}).get("test")) if split else (lambda x: x.get("accuracy"))
+    plain, bn = score(ref), score(ref.get("reestimated", {}))
+    return f"{r['chain_epochs']} epochs: {plain:.4f} / " + (f"{bn:.4f}" if bn is not None else "—")
 
 
 def budget_zoo_tables(d: dict) -> str:
@@ -91,12 +94,20 @@ def budget_zoo_tables(d: dict) -> str:
     cfg = d["config"]
     pre = d["pretrained"]
     structured = cfg["step"].get("method") == "structured"
+    split = _split(d)
+    held = (
+        f"accuracy {d['runs'][0]['input_accuracy']['val']:.4f} on val, {d['runs'][0]['input_accuracy']['test']:.4f} "
+        "on test"
+        if split and d["runs"]
+        else f"held-out accuracy {pre['accuracy']:.4f}"
+    )
     parts = [
         _run_line(d),
         "",
         f"Budget step: `{json.dumps(cfg['step'], sort_keys=True)}`; batch {cfg['batch_size']}; "
         f"{len(cfg['seeds'])} seed(s). Input model: {cfg['model']} trained {cfg['data']['pretrain_epochs']} epochs "
-        f"on {cfg['data']['n_train']:,} digits, held-out accuracy {pre['accuracy']:.4f}, {pre['macs']:,} MACs.",
+        f"on {cfg['data']['n_train']:,} digits, {held}, {pre['macs']:,} MACs.",
+        *_split_line(d),
     ]
     rows = []
     for r in d["runs"]:
@@ -126,7 +137,7 @@ def budget_zoo_tables(d: dict) -> str:
                 "trial",
                 "keep ratio" if structured else "sparsity",
                 "from",
-                "held-out acc.",
+                "val acc. (the job's)" if split else "held-out acc.",
                 "drop (points)",
                 "MACs" if structured else "MACs (zero-skipping)",
                 "params" if structured else "non-zero",
@@ -140,6 +151,7 @@ def budget_zoo_tables(d: dict) -> str:
         [
             r["seed"],
             f"{r['budget']['baseline']:.4f}",
+            *([f"{r['input_accuracy']['test']:.4f}"] if split else []),
             f"{r['accuracy']:.4f}",
             f"{r['drop_points']:.2f}",
             _run_macs(r, structured),
@@ -148,7 +160,7 @@ def budget_zoo_tables(d: dict) -> str:
             else f"{r['nonzero_before']:,} → {r['nonzero_after']:,}",
             "yes" if r["budget"]["met"] else "**no**",
             r["epochs_spent"],
-            _reference(r),
+            _reference(r, split),
             f"{r['sensitivity_s']:.0f}" if r.get("sensitivity_s") is not None else "—",
             f"{r['wall_time_s']:.0f}",
         ]
@@ -160,9 +172,10 @@ def budget_zoo_tables(d: dict) -> str:
             runs,
             [
                 "seed",
-                "input acc. (job)",
-                "returned acc. (bench)",
-                "drop (points)",
+                "input acc. (job" + (", val)" if split else ")"),
+                *(["input acc. (test)"] if split else []),
+                "returned acc. (bench" + (", test)" if split else ")"),
+                "drop (points" + (", test)" if split else ")"),
                 "MACs" if structured else "MACs (zero-skipping)",
                 "params" if structured else "non-zero",
                 "budget met",
@@ -176,7 +189,8 @@ def budget_zoo_tables(d: dict) -> str:
     if not structured:
         return "\n".join(parts)
     ratios = ", ".join(f"{r['macs_ratio']:.3f}×" for r in d["runs"])
-    goal = [["MACs ≤ 0.6× within 2 points (structured)", ratios, _verdict(d["goal_met"])]]
+    what = "MACs ≤ 0.6× within 2 points (structured" + (", on test)" if split else ")")
+    goal = [[what, ratios, _verdict(d["goal_met"])]]
     parts += ["", _md(goal, ["goal (issue 12)", "value", "verdict"])]
     return "\n".join(parts)
 

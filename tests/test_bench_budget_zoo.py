@@ -79,3 +79,24 @@ def test_a_structured_run_keeps_its_keep_ratios_params_and_goal():
     text = budget_zoo_tables(_result("structured", 0.6))
     assert "| keep ratio |" in text and "| params |" in text and "423,018 → 300,000" in text
     assert "MACs ≤ 0.6× within 2 points (structured)" in text and "**missed**" in text
+
+
+def test_a_split_run_shows_the_jobs_val_accuracy_and_judges_on_test():
+    from bench.budget import SPLIT
+
+    d = _result("structured", 0.6)
+    d["config"]["split"] = SPLIT
+    run = d["runs"][0]
+    run["input_accuracy"] = {"val": 0.8, "test": 0.81, "all": 0.805}
+    run["reference"] = {
+        "accuracy": 0.9,
+        "split_accuracy": {"val": 0.89, "test": 0.91},
+        "reestimated": {"accuracy": 0.92, "split_accuracy": {"val": 0.915, "test": 0.925}},
+    }
+    text = budget_zoo_tables(d)
+    assert "accuracy 0.8000 on val, 0.8100 on test" in text and f"Held-out data: {SPLIT}." in text
+    assert "| val acc. (the job's) |" in text
+    assert "| input acc. (job, val) | input acc. (test) | returned acc. (bench, test) |" in text
+    assert "| 0.8000 | 0.8100 | 0.8300 |" in text  # the job's baseline, the input and the returned model on test
+    assert "4 epochs: 0.9100 / 0.9250" in text  # the unpruned reference on test, plain / BatchNorm re-estimated
+    assert "MACs ≤ 0.6× within 2 points (structured, on test)" in text

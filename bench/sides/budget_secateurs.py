@@ -4,7 +4,8 @@
   budget_job        a budget step on a part-2 model, the training digits and one half of the held-out digits,
                     scored on the other half (bench.budget, bench.budget_tfmot)
   input_accuracy    a model file's accuracy on each half of the held-out digits (the budget parts' input models)
-  zoo_budget_job    a budget step on a zoo model and its data file (bench.budget_zoo)
+  zoo_budget_job    a budget step on a zoo model, its training digits and one half of its held-out digits, scored
+                    on the other half (bench.budget_zoo)
   sensitivity_job   a sensitivity step alone on a zoo model, timed per layer from the progress events
                     (bench.budget_timing)
   finetune_rates    plain fine-tuning of a part-2 model at a constant learning rate, under a warm-up + cosine
@@ -144,17 +145,26 @@ def zoo_budget_job(
     batch_size: int = 128,
     seed: int = 0,
 ) -> dict:
-    """compress() with one budget step on a zoo model (its data file: x_val/y_val are the held-out digits); the
-    returned model is scored by the bench (`zoo_common.accuracy`) and its MACs compared with the input's."""
+    """compress() with one budget step on a zoo model, given its data file's training digits and, as x_val, the val
+    half of its held-out digits (`bench.sides._shared.VAL`); the input and the returned model are scored by the
+    bench on both halves (`zoo_common.split_accuracy`): `accuracy` on the test half, which the job never saw. Its
+    MACs are compared with the input's. (`model`, `n_train`, `n_test`: the zoo's call signature; the data file
+    holds those digits.)"""
     import keras
 
-    from bench.models import digits
-    from bench.sides.zoo_common import accuracy
+    from bench.sides._shared import VAL
+    from bench.sides.zoo_common import split_accuracy
 
-    _, _, xt, yt = digits(model, n_train, n_test)
+    with np.load(data_file) as f:
+        x, y, xt, yt = (f[k] for k in ("x_train", "y_train", "x_val", "y_val"))
+    job_data = _TMP / f"{Path(data_file).stem}-val-half.npz"
+    if not job_data.exists():
+        np.savez(job_data, x_train=x, y_train=y, x_val=xt[VAL], y_val=yt[VAL])
+    source = split_accuracy(keras.saving.load_model(model_file), xt, yt)
     spec = {"steps": [step], "training": {"batch_size": batch_size}, "evaluation": {"latency": False}, "seed": seed}
-    manifest, wall, out, events = _compress(model_file, data_file, spec)
+    manifest, wall, out, events = _compress(model_file, str(job_data), spec)
     exported = keras.saving.load_model(out / "model.keras")
+    split = split_accuracy(exported, xt, yt)
     before, after = manifest["before"], manifest["after"]
     result = {
         "budget": manifest["budget"],
@@ -164,7 +174,10 @@ def zoo_budget_job(
         "trial_events": [e for e in events.events if e["trial"] is not None],
         "before": before["evaluation"],
         "after": after["evaluation"],
-        "accuracy": accuracy(exported, xt, yt),
+        "accuracy": split["test"],
+        "val_accuracy": split["val"],
+        "accuracy_all": split["all"],
+        "input_accuracy": source,
         "macs_before": before["compute"]["macs"],
         "macs_after": after["compute"]["macs"],
         "macs_ratio": after["compute"]["macs"] / before["compute"]["macs"],

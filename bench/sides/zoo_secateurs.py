@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from bench.models import build, digits
-from bench.sides.zoo_common import accuracy, sparsity_report
+from bench.sides.zoo_common import accuracy, sparsity_report, split_accuracy
 
 _TMP = Path(tempfile.mkdtemp(prefix="bench-zoo-secateurs-"))
 
@@ -94,8 +94,10 @@ def _reestimate(model, x: np.ndarray, xt: np.ndarray, yt: np.ndarray) -> dict:
     t0 = time.perf_counter()
     record = batchnorm.reestimate_batchnorm(model, x, batch_size=128)
     seconds = time.perf_counter() - t0
+    split = split_accuracy(model, xt, yt)
     return {
-        "accuracy": accuracy(model, xt, yt),
+        "accuracy": split["all"],
+        "split_accuracy": split,
         "record": _jsonable(record),
         "seconds": seconds,
         "stand_in": bool(getattr(batchnorm, "STAND_IN", False)),
@@ -118,8 +120,10 @@ def zoo_plain(
     t0 = time.perf_counter()
     history = m.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
     wall = time.perf_counter() - t0
+    split = split_accuracy(m, xt, yt)  # all held-out digits (part 5b), and the halves of parts 6b and 6h
     out = {
-        "accuracy": accuracy(m, xt, yt),
+        "accuracy": split["all"],
+        "split_accuracy": split,
         "train_accuracy": float(history.history["accuracy"][-1]),
         "wall_s": wall,
         **sparsity_report(m),
