@@ -108,7 +108,7 @@ def build_parser(*more: Callable[[argparse._SubParsersAction], None]) -> argpars
 
     p = sub.add_parser("compress", help="run a job spec on a model locally")
     p.add_argument("model", help="a .keras or legacy .h5 model file")
-    p.add_argument("--data", help=".npz with x_train, y_train and optional x_val, y_val")
+    p.add_argument("--data", help=".npz with x_train, y_train and optional x_val, y_val, x_test, y_test")
     p.add_argument("--spec", required=True, help="job spec JSON (see `secateurs schema`)")
     p.add_argument("--out", required=True, help="output directory for the model, artifacts and manifest.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

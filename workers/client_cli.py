@@ -100,7 +100,7 @@ def _add_wait(p: argparse.ArgumentParser) -> None:
 def register(subparsers) -> None:
     p = subparsers.add_parser("submit", help="submit a job to a Secateurs server (optionally wait and gate)")
     p.add_argument("model", help="a .keras or legacy .h5 model file")
-    p.add_argument("--data", help=".npz with x_train, y_train and optional x_val, y_val")
+    p.add_argument("--data", help=".npz with x_train, y_train and optional x_val, y_val, x_test, y_test")
     p.add_argument("--spec", help="job spec JSON file (see `secateurs schema`); required unless --budget")
     p.add_argument(
         "--budget",

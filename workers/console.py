@@ -80,8 +80,9 @@ def print_summary(manifest: dict, out_dir: Path, console: Console | None = None)
     table.add_column("metric")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
-    for k in sorted((after.get("evaluation") or {})):
-        table.add_row(f"held-out {k}", _fmt((before.get("evaluation") or {}).get(k)), _fmt(after["evaluation"][k]))
+    for data, key in (("held-out", "evaluation"), ("test", "test_evaluation")):
+        for k in sorted(after.get(key) or {}):
+            table.add_row(f"{data} {k}", _fmt((before.get(key) or {}).get(k)), _fmt(after[key][k]))
     table.add_row("parameters", _fmt(before["params"].get("total")), _fmt(after["params"].get("total")))
     table.add_row("non-zero parameters", _fmt(before["params"].get("nonzero")), _fmt(after["params"].get("nonzero")))
     table.add_row(
@@ -121,8 +122,15 @@ def print_summary(manifest: dict, out_dir: Path, console: Console | None = None)
             f"(drop {chosen['drop']:+.4f}, max {budget['max_drop']:g})"
             + (", pruned at once: its fine-tune lost more" if at_once else "")
         )
+        test = budget.get("test")
+        if test is not None:
+            within = "within the budget" if test["within_budget"] else "[bold red]beyond the budget[/bold red]"
+            console.print(
+                f"  on the test data, which the search never saw: {escape(budget['metric'])} {test['metric']:.4g} "
+                f"(drop {test['drop']:+.4f}), {within}"
+            )
     for i, note in enumerate(summary.get("notes", [])):
-        # the quality note comes first when the held-out metric fell beyond the tolerance: printed in red
+        # the quality note comes first when a held-out (or test) metric fell beyond the tolerance: printed in red
         style = "bold red" if collapsed and i == 0 else "default"
         console.print(f"  note: {escape(note)}", style=style)
 

@@ -4,12 +4,14 @@
 
 Every gate reads the manifest the job wrote (`summary` and the `before`/`after` measurements):
 
-* `max_accuracy_drop` X: every accuracy-like held-out metric fell by at most X (absolute: 0.01 = 1 point).
+* `max_accuracy_drop` X: every accuracy-like held-out metric fell by at most X (absolute: 0.01 = 1 point), and so
+  did every one measured on the dataset's test arrays when it had them (x_test: measured, never decided on).
 * `min_sparsity` S: the fraction of zeros in the prunable weights after compression is at least S.
 * `max_size_ratio` R: gzipped `.keras` size after / before is at most R.
 * `min_speedup` F: at some batch size the median CPU latency improved at least F times *and* the measurements'
   interquartile ranges do not overlap (a gain inside the noise does not count).
-* `budget`: the job's budget step met its budget (`manifest.budget.met` / `summary.budget_met`).
+* `budget`: the job's budget step met its budget (`manifest.budget.met` / `summary.budget_met`), and, with test
+  arrays, the returned model is within the budget on them too (`manifest.budget.test`).
 * Always: the job's own quality check (`summary.within_tolerance`, the spec's `evaluation` tolerances) passed.
 
 A gate whose number is missing from the manifest (no accuracy metric, latency not measured) is missed, never
@@ -51,13 +53,16 @@ class GateResult:
     line: str
 
 
-def _accuracy_pairs(manifest: dict) -> dict[str, tuple[float, float]]:
-    quality = (manifest.get("summary") or {}).get("quality") or {}
-    pairs = {k: (c["before"], c["after"]) for k, c in quality.items() if c.get("kind") == "accuracy"}
-    if pairs:
-        return pairs
-    before = (manifest.get("before") or {}).get("evaluation") or {}
-    after = (manifest.get("after") or {}).get("evaluation") or {}
+def _accuracy_pairs(manifest: dict, key: str = "evaluation") -> dict[str, tuple[float, float]]:
+    """Accuracy-like metrics before and after, measured on the held-out data (`key` "evaluation") or on the test
+    arrays ("test_evaluation")."""
+    if key == "evaluation":
+        quality = (manifest.get("summary") or {}).get("quality") or {}
+        pairs = {k: (c["before"], c["after"]) for k, c in quality.items() if c.get("kind") == "accuracy"}
+        if pairs:
+            return pairs
+    before = (manifest.get("before") or {}).get(key) or {}
+    after = (manifest.get("after") or {}).get(key) or {}
     return {k: (before[k], after[k]) for k in after if "accuracy" in k and k in before}
 
 
@@ -67,11 +72,11 @@ def _accuracy(manifest: dict, limit: float) -> GateResult:
     if not pairs:
         return GateResult(name, False, f"{name} {limit:g}: the job has no accuracy-like held-out metric to check")
     parts, ok = [], True
-    for k, (b, a) in sorted(pairs.items()):
-        drop = b - a if a is not None else float("inf")
-        good = within_limit(drop, limit)
-        ok &= good
-        parts.append(f"held-out {k} {b:.4f} -> {a:.4f} (drop {drop:+.4f}, allowed {limit:g})")
+    for data, measured in (("held-out", pairs), ("test", _accuracy_pairs(manifest, "test_evaluation"))):
+        for k, (b, a) in sorted(measured.items()):
+            drop = b - a if a is not None else float("inf")
+            ok &= within_limit(drop, limit)
+            parts.append(f"{data} {k} {b:.4f} -> {a:.4f} (drop {drop:+.4f}, allowed {limit:g})")
     return GateResult(name, ok, f"{name} {limit:g}: " + "; ".join(parts))
 
 
@@ -147,6 +152,10 @@ def _budget(manifest: dict) -> GateResult:
         trial = trials[chosen] if isinstance(chosen, int) and 0 <= chosen < len(trials) else {}
         drop = f", chosen trial's drop {trial['drop']:.4f}" if trial.get("drop") is not None else ""
         detail = f" (max_drop {budget['max_drop']:g} on {budget.get('metric', 'the metric')}{drop})"
+    test = budget.get("test")
+    if test is not None:  # the returned model on the test arrays, which the search never saw
+        detail += f"; on the test data: drop {test['drop']:.4f}, {'within' if test['within_budget'] else 'beyond'}"
+        met = met and test["within_budget"]
     return GateResult(name, bool(met), f"{name}: {'met' if met else 'not met'}{detail}")
 
 

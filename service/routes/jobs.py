@@ -107,8 +107,9 @@ SUBMIT_OPENAPI = {
                         "data": {
                             "type": "string",
                             "format": "binary",
-                            "description": "`.npz` with x_train, y_train (optional x_val, y_val); required when "
-                            "the spec trains or ranks units on activations.",
+                            "description": "`.npz` with x_train, y_train (optional x_val, y_val; optional x_test, "
+                            "y_test, measured but never decided on); required when the spec trains or ranks units "
+                            "on activations.",
                         },
                         "spec": {
                             "$ref": "#/components/schemas/JobSpec",

@@ -67,6 +67,18 @@ def test_given_validation_arrays_are_used_as_given(tmp_path, mnist, models):
     assert ds.x_train.dtype == np.float32 and ds.x_val.dtype == np.float32
     np.testing.assert_array_equal(ds.x_train, x_train[:500])
     np.testing.assert_array_equal(ds.y_val, y_test[:100])
+    assert ds.x_test is None and ds.y_test is None  # no test arrays in the file
+
+
+def test_test_arrays_are_kept_apart_from_the_held_out_split(tmp_path, mnist, models):
+    x_train, y_train, x_test, y_test = mnist
+    path = _npz(tmp_path, x_train=x_train[:500], y_train=y_train[:500], x_test=x_test[:50], y_test=y_test[:50])
+    ds = _load(path, models["digits"], fraction=0.2)
+    # the held-out set is still taken from x_train; the test arrays are neither trained on nor held out
+    assert ds.split == "held_out" and (len(ds.x_train), len(ds.x_val)) == (400, 100)
+    assert ds.x_test.dtype == np.float32 and len(ds.x_test) == 50
+    np.testing.assert_array_equal(ds.y_test, y_test[:50])
+    np.testing.assert_array_equal(np.sort(np.concatenate([ds.y_train, ds.y_val])), np.sort(y_train[:500]))
 
 
 @pytest.mark.parametrize(
@@ -319,6 +331,30 @@ BAD = {
         SPARSE,
         "has 'x_val' but no 'y_val'; give both or neither",
     ),
+    "x-test-without-y-test": (
+        lambda: _digits(y_test=np.arange(2)),
+        "digits",
+        SPARSE,
+        "has 'y_test' but no 'x_test'; give both or neither",
+    ),
+    "test-sample-count": (
+        lambda: _digits(x_test=np.zeros((3, 28, 28)), y_test=np.arange(4)),
+        "digits",
+        SPARSE,
+        "x_test has 3 samples but y_test has 4",
+    ),
+    "test-label-out-of-range": (
+        lambda: _digits(x_test=np.zeros((3, 28, 28)), y_test=np.array([0, 10, 2])),
+        "digits",
+        SPARSE,
+        "y_test[1] = 10 is outside 0..9",
+    ),
+    "test-shape": (
+        lambda: _digits(x_test=np.zeros((3, 27, 28)), y_test=np.arange(3)),
+        "digits",
+        SPARSE,
+        "x_test has sample shape (27, 28) but model input",
+    ),
     "unknown-array": (
         lambda: _digits(x_valid=np.zeros((2, 28, 28))),
         "digits",
@@ -354,8 +390,8 @@ def test_bad_data_is_refused_naming_the_array_and_the_problem(tmp_path, models, 
         _load(path, models[model], loss=loss)
 
 
-def test_only_the_four_documented_array_names_are_accepted():
-    assert ARRAY_NAMES == ("x_train", "y_train", "x_val", "y_val")
+def test_only_the_six_documented_array_names_are_accepted():
+    assert ARRAY_NAMES == ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
 
 @pytest.mark.parametrize("attack", sorted(hostile.DATASET_ATTACKS))

@@ -163,6 +163,44 @@ def test_a_budget_job_that_meets_its_budget(tmp_path, mlp_files):
         assert t["start"] == (max(before, key=lambda j: trials[j]["level"]) if before else None)
 
 
+def test_test_arrays_are_measured_but_never_decide_the_search(tmp_path, mlp_files, mnist):
+    """x_test/y_test: the job measures the model on them before and after and judges the returned model there, and
+    nothing it chooses depends on them: the same job without them runs the same trials to the digit."""
+    _, _, xv, yv = mnist
+    with np.load(mlp_files[1]) as f:
+        train = {k: f[k] for k in ("x_train", "y_train")}
+    held, tested = tmp_path / "held.npz", tmp_path / "tested.npz"
+    np.savez(held, **train, x_val=xv[::2], y_val=yv[::2])
+    np.savez(tested, **train, x_val=xv[::2], y_val=yv[::2], x_test=xv[1::2], y_test=yv[1::2])
+    spec = {"steps": [{"kind": "budget", "max_drop": 0.02, "epochs": 1, "max_trials": 2}], "evaluation": QUIET}
+    plain, _ = _run(tmp_path / "plain", (mlp_files[0], held), spec)
+    manifest, out = _run(tmp_path / "tested", (mlp_files[0], tested), spec)
+
+    assert manifest["inputs"]["data"]["test_samples"] == len(yv[1::2])
+    assert plain["inputs"]["data"]["test_samples"] is None
+    assert [t["metric"] for t in manifest["budget"]["trials"]] == [t["metric"] for t in plain["budget"]["trials"]]
+    assert manifest["budget"]["chosen"] == plain["budget"]["chosen"]
+    assert manifest["after"]["evaluation"] == plain["after"]["evaluation"]
+    # measured on the test half, before and after, as Keras measures it
+    model = keras.saving.load_model(out / "model.keras")
+    after = manifest["after"]["test_evaluation"]
+    keras_says = model.evaluate(xv[1::2], yv[1::2], verbose=0, return_dict=True)["accuracy"]
+    assert after["accuracy"] == pytest.approx(keras_says)
+    test = manifest["budget"]["test"]
+    assert test["baseline"] == manifest["before"]["test_evaluation"]["accuracy"] and test["metric"] == after["accuracy"]
+    assert test["drop"] == pytest.approx(test["baseline"] - test["metric"])
+    assert test["within_budget"] == (test["drop"] <= 0.02 + 1e-6)
+    summary = manifest["summary"]
+    assert summary["budget_met_on_test"] == test["within_budget"] and "accuracy" in summary["quality_test"]
+    assert "budget" not in plain or "test" not in plain["budget"]
+    assert "budget_met_on_test" not in plain["summary"] and "quality_test" not in plain["summary"]
+    assert "On the test data, which the search never saw" in (out / "report.html").read_text()
+    console = Console(record=True, width=200)
+    print_summary(manifest, out, console)
+    text = console.export_text()
+    assert "test accuracy" in text and "on the test data, which the search never saw" in text
+
+
 def test_a_budget_below_the_noise_of_the_held_out_metric_says_so(tmp_path, mlp_files):
     spec = {"steps": [{"kind": "budget", "max_drop": 0.001, "epochs": 1, "max_trials": 1}], "evaluation": QUIET}
     manifest, _ = _run(tmp_path, mlp_files, spec)

@@ -177,6 +177,22 @@ def test_a_budget_on_a_loss_puts_its_limit_above_the_baseline():
     assert "held-out loss at most 0.02 above the baseline" in "".join(page.text)
 
 
+def test_test_arrays_get_their_own_rows_sentences_and_budget_line():
+    m = manifests.manifest()
+    m["before"]["test_evaluation"] = {"accuracy": 0.93, "loss": 0.28}
+    m["after"]["test_evaluation"] = {"accuracy": 0.905, "loss": 0.36}
+    m["summary"]["quality_test"] = {
+        "accuracy": {"before": 0.93, "after": 0.905, "change": -0.025, "kind": "accuracy", "max_drop": 0.05, "ok": True}
+    }
+    m["budget"] = manifests.budget(chosen=2)
+    m["budget"]["test"] = {"baseline": 0.93, "metric": 0.905, "drop": 0.025, "within_budget": False}
+    page = Page(render_report(m))
+    text = "".join(page.text)
+    assert "test accuracy" in page.text and "test loss" in page.text  # the before / after rows
+    assert "Test accuracy: 93.00% → 90.50%" in text and "Held-out accuracy" in text
+    assert "On the test data, which the search never saw: 93.00% → 90.50% (beyond the budget)." in text
+
+
 def test_sensitivity_curves_and_table_when_given():
     names = tuple(f"block_{i}" for i in range(12))
     page = Page(render_report(manifests.manifest(names), manifests.sensitivity(names)))

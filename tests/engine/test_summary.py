@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from workers.engine.metrics import latency_stats
 from workers.engine.summary import METRIC_TIE, SPEED_WIN, quality_check, summarize, within_limit
@@ -113,6 +114,39 @@ def test_collapse_wins_over_a_real_speed_gain():
         _spec(STRUCTURED),
     )
     assert s["win"] == "none" and s["latency_speedup_beyond_spread"] == {"batch_1": True}
+
+
+def _tested(evaluation, test, gzip_bytes=1000) -> dict:
+    return {**_measure(evaluation, gzip_bytes), "test_evaluation": test}
+
+
+def test_a_collapse_on_the_test_arrays_alone_fails_the_quality_and_says_where():
+    before = _tested({"accuracy": 0.95}, {"accuracy": 0.96})
+    after = _tested({"accuracy": 0.94}, {"accuracy": 0.90}, gzip_bytes=300)  # -1 point held out, -6 on test
+    s = summarize(before, after, {}, _spec(PRUNE))
+    assert s["win"] == "none" and s["within_tolerance"] is False
+    assert s["quality"]["accuracy"]["ok"] is True and s["quality_test"]["accuracy"]["ok"] is False
+    assert s["notes"][0].startswith("QUALITY COLLAPSED: test accuracy fell from 96.0% to 90.0% (-6.0 points")
+    assert s["test_delta"]["accuracy"] == pytest.approx(-0.06)
+    # within on both: the size win stands, and the test check is recorded beside the held-out one
+    ok = summarize(before, _tested({"accuracy": 0.94}, {"accuracy": 0.95}, 300), {}, _spec(PRUNE))
+    assert ok["win"] == "size" and ok["within_tolerance"] is True and ok["quality_test"]["accuracy"]["ok"]
+    # no test arrays: no test fields
+    plain = summarize(_measure({"accuracy": 0.95}), _measure({"accuracy": 0.94}, 300), {}, _spec(PRUNE))
+    assert "quality_test" not in plain and "test_delta" not in plain
+
+
+def test_a_budget_met_on_the_held_out_data_but_not_on_test_says_so():
+    budget = {"metric": "accuracy", "max_drop": 0.01, "met": True, "note": None}
+    before = _tested({"accuracy": 0.95}, {"accuracy": 0.96})
+    after = _tested({"accuracy": 0.945}, {"accuracy": 0.945}, gzip_bytes=300)
+    test = {"baseline": 0.96, "metric": 0.945, "drop": 0.015, "within_budget": False}
+    s = summarize(before, after, {}, _spec(PRUNE), budget={**budget, "test": test})
+    assert s["budget_met"] is True and s["budget_met_on_test"] is False
+    assert any(n.startswith("BUDGET MISSED ON TEST DATA") and "drop is 0.015" in n for n in s["notes"])
+    s = summarize(before, after, {}, _spec(PRUNE), budget={**budget, "test": {**test, "within_budget": True}})
+    assert s["budget_met_on_test"] is True and not any("ON TEST DATA" in n for n in s["notes"])
+    assert "budget_met_on_test" not in summarize(before, after, {}, _spec(PRUNE), budget=budget)
 
 
 def test_infinity_threshold_spec_never_reaches_the_summary():

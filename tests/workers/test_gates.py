@@ -106,6 +106,21 @@ def test_budget_gate_reads_the_budget_search():
     assert not r.ok and "no budget search" in r.line
 
 
+def test_gates_also_read_the_test_arrays_when_the_job_had_them():
+    m = manifest(accuracy=(0.90, 0.89))
+    m["before"]["test_evaluation"], m["after"]["test_evaluation"] = {"accuracy": 0.91}, {"accuracy": 0.88}
+    r = only(check(m, Gates(max_accuracy_drop=0.02)))
+    assert not r.ok  # within on the held-out data, 3 points on test
+    assert "held-out accuracy 0.9000 -> 0.8900" in r.line and "test accuracy 0.9100 -> 0.8800 (drop +0.0300" in r.line
+    assert only(check(m, Gates(max_accuracy_drop=0.03))).ok
+    budget = {"met": True, "max_drop": 0.01, "metric": "accuracy", "chosen": 0, "trials": [{"drop": 0.01}]}
+    missed = {**budget, "test": {"drop": 0.03, "within_budget": False}}
+    r = only(check(manifest(budget=missed), Gates(budget=True)))
+    assert not r.ok and "on the test data: drop 0.0300, beyond" in r.line
+    r = only(check(manifest(budget={**missed, "test": {"drop": 0.004, "within_budget": True}}), Gates(budget=True)))
+    assert r.ok and "on the test data: drop 0.0040, within" in r.line
+
+
 def test_the_jobs_own_quality_check_always_counts():
     assert check(manifest(within=True), Gates()) == []
     r = only(check(manifest(within=False), Gates()))

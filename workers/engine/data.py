@@ -3,25 +3,30 @@
 Public API::
 
     load_dataset(path, model, loss, validation_fraction, seed) -> Dataset
-    ARRAY_NAMES = ("x_train", "y_train", "x_val", "y_val")
+    ARRAY_NAMES = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
 The file is first checked by `inspection.inspect_npz` (plain numeric .npy members, headers within limits; no pickle
 can hide in it) and then read with ``np.load(allow_pickle=False)``.
 
 Rules (each violation raises a DataError naming the array and what is wrong):
 
-* Arrays: ``x_train`` and ``y_train`` are required; ``x_val`` and ``y_val`` are optional but come together.
+* Arrays: ``x_train`` and ``y_train`` are required; ``x_val`` and ``y_val`` are optional but come together, and so
+  do ``x_test`` and ``y_test``.
   Any other array is **refused** (not ignored): a misspelt ``x_valid`` would otherwise silently fall back to a
   held-out split and the reported accuracy would be measured on different data than the user meant.
 * Without ``x_val``/``y_val`` a held-out set is taken from the training arrays: a permutation seeded by the job
   seed, ``round(n * validation_fraction)`` samples (at least 1, leaving at least 1 to train on). Both
   parts keep the file's order. ``Dataset.split`` records which case applied.
+* The held-out set (x_val) is what the job decides on: budget trials, sensitivity rows, pruned-or-fine-tuned,
+  retries. ``x_test``/``y_test`` are never used for any of that, nor to train or calibrate: the job only measures
+  the model on them before and after, which gives a figure its choices did not bias (``Dataset.x_test`` is None
+  without them).
 * Inputs: integer or float arrays (no bool); the sample shape must equal the model input's shape, where a
   ``None`` dimension of the model matches anything. Float models get float32 (uint8 images are cast *as
   stored*: 0..255 stays 0..255, nothing is rescaled); models with an integer input (e.g. Embedding) require
   integer x and keep it. Single-input, single-output models only.
-* Every array: at least one sample and no empty dimension; x_train and y_train (and x_val and y_val) have the
-  same number of samples; the training set has at least 2 samples; no NaN or Inf.
+* Every array: at least one sample and no empty dimension; x_train and y_train (and x_val and y_val, x_test and
+  y_test) have the same number of samples; the training set has at least 2 samples; no NaN or Inf.
 * Labels follow the loss (`model_io.LOSSES[loss].label_form`):
 
   ==========  ==================================  =========================================================
@@ -52,7 +57,7 @@ from workers.engine.model_io import LOSSES, output_activation, output_units
 
 __all__ = ["ARRAY_NAMES", "Dataset", "load_dataset"]
 
-ARRAY_NAMES = ("x_train", "y_train", "x_val", "y_val")
+ARRAY_NAMES = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 X_DTYPE_KINDS = {"i": "signed integer", "u": "unsigned integer", "f": "float"}
 Y_DTYPE_KINDS = {"b": "bool", **X_DTYPE_KINDS}
 ONE_HOT_TOLERANCE = 1e-3
@@ -67,6 +72,8 @@ class Dataset:
     label_form: str  # "sparse" | "onehot" | "binary" | "regression"
     num_classes: int | None  # None for regression
     split: str = "given"  # "given": x_val/y_val came with the file; "held_out": taken from x_train
+    x_test: np.ndarray | None = None  # measured before and after only (module docstring)
+    y_test: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------- the model's side
@@ -314,9 +321,10 @@ def _check_names(path: Path, header: dict[str, tuple[tuple[int, ...], np.dtype]]
     for required in ("x_train", "y_train"):
         if required not in header:
             raise DataError(f"{path.name} has no array {required!r}; found {sorted(header) or 'none'}")
-    if ("x_val" in header) != ("y_val" in header):
-        present, missing = ("x_val", "y_val") if "x_val" in header else ("y_val", "x_val")
-        raise DataError(f"{path.name} has {present!r} but no {missing!r}; give both or neither")
+    for x, y in (("x_val", "y_val"), ("x_test", "y_test")):
+        if (x in header) != (y in header):
+            present, missing = (x, y) if x in header else (y, x)
+            raise DataError(f"{path.name} has {present!r} but no {missing!r}; give both or neither")
     for name, (shape, _dtype) in header.items():
         if len(shape) == 0:
             raise DataError(f"{name} is a scalar; it needs one entry per sample along its first axis")
@@ -379,6 +387,11 @@ def load_dataset(
         else:
             x_train, y_train, x_val, y_val = _held_out_split(x_train, y_train, validation_fraction, seed)
             split = "held_out"
+        x_test = y_test = None
+        if "x_test" in header:
+            x_test = _check_x("x_test", npz["x_test"], target)
+            y_test = check_labels("y_test", npz["y_test"], target, loss)
+            _pair("x_test", x_test, "y_test", y_test)
     return Dataset(
         x_train=x_train,
         y_train=y_train,
@@ -387,4 +400,6 @@ def load_dataset(
         label_form=kind.label_form,
         num_classes=_num_classes(kind.label_form, target),
         split=split,
+        x_test=x_test,
+        y_test=y_test,
     )

@@ -61,9 +61,16 @@ def _figure(svg: bytes | None, alt: str, caption: str) -> str:
 
 
 def _quality_sentences(summary: dict) -> list[str]:
-    quality = _dict(summary.get("quality"))
     if summary.get("within_tolerance") is None:
         return ["No held-out data: the quality of the compressed model was not checked."]
+    out = []
+    for data, key in (("Held-out", "quality"), ("Test", "quality_test")):
+        out += _quality_lines(data, _dict(summary.get(key)))
+    return out
+
+
+def _quality_lines(data: str, quality: dict) -> list[str]:
+    """One sentence per checked metric on `data` ("Held-out", or "Test": the dataset's x_test, never decided on)."""
     out = []
     for name, q in quality.items():
         q = _dict(q)
@@ -74,7 +81,7 @@ def _quality_sentences(summary: dict) -> list[str]:
             tol = f"tolerance +{q['max_increase']:.0%}" if _finite(q.get("max_increase")) else ""
         ok = "within" if q.get("ok") else "<strong>beyond</strong>"
         out.append(
-            f"Held-out {_e(name)}: {_metric(name, b)} → {_metric(name, a)} "
+            f"{data} {_e(name)}: {_metric(name, b)} → {_metric(name, a)} "
             f"({_metric_change(name, b, a)}; {ok} the {tol})."
         )
     return out
@@ -150,11 +157,12 @@ def _eval_names(before: dict, after: dict) -> list[str]:
 def _before_after(m: dict) -> str:
     before, after = _dict(m.get("before")), _dict(m.get("after"))
     rows = []
-    eb, ea = _dict(before.get("evaluation")), _dict(after.get("evaluation"))
-    for k in _eval_names(before, after):
-        rows.append(
-            (f"held-out {k}", _metric(k, eb.get(k)), _metric(k, ea.get(k)), _metric_change(k, eb.get(k), ea.get(k)))
-        )
+    for data, key in (("held-out", "evaluation"), ("test", "test_evaluation")):
+        eb, ea = _dict(before.get(key)), _dict(after.get(key))
+        for k in sorted({*eb, *ea}, key=lambda k: (not _accuracy_like(k), k)):
+            rows.append(
+                (f"{data} {k}", _metric(k, eb.get(k)), _metric(k, ea.get(k)), _metric_change(k, eb.get(k), ea.get(k)))
+            )
     pb, pa = _dict(before.get("params")), _dict(after.get("params"))
     rows += [
         ("parameters", _int(pb.get("total")), _int(pa.get("total")), _ratio_change(pb.get("total"), pa.get("total"))),
@@ -434,7 +442,15 @@ def _budget_sentences(budget: dict) -> list[str]:
             f"; chose level {_e(t.get('level'))} ({_metric(metric, t.get('metric'))}, "
             f"{_bytes(t.get('size_bytes'))}, {_int(t.get('nonzero_params'))} non-zero parameters)"
         )
-    return [s + f" after {len(trials)} trials."]
+    s += f" after {len(trials)} trials."
+    test = _dict(budget.get("test"))
+    if test:
+        ok = "within" if test.get("within_budget") else "<strong>beyond</strong>"
+        s += (
+            f" On the test data, which the search never saw: {_metric(metric, test.get('baseline'))} → "
+            f"{_metric(metric, test.get('metric'))} ({ok} the budget)."
+        )
+    return [s]
 
 
 def _fmt_drop(metric: str, v) -> str:

@@ -12,11 +12,15 @@ Rules (honest by construction):
   and error metrics (lower is better), which may rise by at most `evaluation.max_loss_increase` (relative, default
   0.10 = 10%). A non-finite result fails. When the check fails, `win` is "none" whatever the size or speed,
   `within_tolerance` is false and the first note says what dropped, in words. Without held-out data there is
-  nothing to check: `within_tolerance` is null.
+  nothing to check: `within_tolerance` is null. When the dataset has test arrays (x_test, which the job measures
+  but never decides on), the same check runs on them too (`quality_test`, `test_delta`) and either failing fails
+  the job's quality.
 * **Size:** the gzipped `.keras` file shrank to at most SIZE_WIN of its size.
 * **Budget** (a budget step ran): `budget_met` says whether a trial stayed within the step's max_drop; when none
   did, a note says so and which trial was returned; a max_drop below one standard error of the held-out accuracy
-  gets a note too (trials then pass or fail by chance as much as by the pruning).
+  gets a note too (trials then pass or fail by chance as much as by the pruning). With test arrays,
+  `budget_met_on_test` says whether the returned model is within max_drop on them, and a note says so when the
+  search's own figure (on the held-out data it chose on) was within and the test figure is not.
 * **Speed:** at some batch size the median latency improved by at least SPEED_WIN *and* the interquartile ranges
   of the repeated measurements do not overlap (after's p75 below before's p25): a gain inside the noise is not
   claimed (a note says so).
@@ -51,8 +55,9 @@ def within_limit(drop: float, limit: float) -> bool:
     return drop <= limit + METRIC_TIE
 
 
-def quality_check(before_eval: dict | None, after_eval: dict | None, evaluation) -> dict:
-    """Compare held-out metrics; returns {"within_tolerance": bool | None, "metrics": {name: {...}}, "note"}."""
+def quality_check(before_eval: dict | None, after_eval: dict | None, evaluation, data: str = "held-out") -> dict:
+    """Compare the metrics measured on `data` (the held-out set, or "test"); returns {"within_tolerance": bool |
+    None, "metrics": {name: {...}}, "note"}."""
     before_eval, after_eval = before_eval or {}, after_eval or {}
     common = [k for k in after_eval if k in before_eval and _finite(before_eval[k])]
     accuracy = [k for k in common if _is_accuracy(k)]
@@ -86,12 +91,12 @@ def quality_check(before_eval: dict | None, after_eval: dict | None, evaluation)
             c = checked[k]
             if c["kind"] == "accuracy":
                 parts.append(
-                    f"held-out {k} fell from {c['before']:.1%} to {_pct(c['after'])} "
+                    f"{data} {k} fell from {c['before']:.1%} to {_pct(c['after'])} "
                     f"({_points(c['change'])}; tolerance {c['max_drop'] * 100:.1f} points)"
                 )
             else:
                 parts.append(
-                    f"held-out {k} rose from {c['before']:.4g} to {c['after']:.4g} "
+                    f"{data} {k} rose from {c['before']:.4g} to {c['after']:.4g} "
                     f"({_rel(c['relative_change'])}; tolerance +{c['max_increase']:.0%})"
                 )
         note = (
@@ -141,13 +146,21 @@ def summarize(before: dict, after: dict, artifacts: dict, spec, budget: dict | N
     speed_win = any(significant.values())
     size_win = size_ratio <= SIZE_WIN
     quality = quality_check(before.get("evaluation"), after.get("evaluation"), spec.evaluation)
-    if quality["note"]:
-        notes.append(quality["note"])
+    tested = "test_evaluation" in before and "test_evaluation" in after
+    on_test = quality_check(before.get("test_evaluation"), after.get("test_evaluation"), spec.evaluation, "test")
+    notes.extend(q["note"] for q in (quality, on_test) if q["note"])
     if budget is not None and budget.get("note"):
         notes.append(budget["note"])
+    budget_test = (budget or {}).get("test")
+    if budget_test is not None and budget["met"] and not budget_test["within_budget"]:
+        notes.append(
+            f"BUDGET MISSED ON TEST DATA: on the held-out data the search chose on, the returned model is within "
+            f"max_drop {budget['max_drop']:g}, but on x_test its {budget['metric']} drop is "
+            f"{budget_test['drop']:.4g}: the held-out figure was optimistic by the choice"
+        )
     notes.extend(speed_notes)
     structured = any(s.kind == "structured" or (s.kind == "budget" and s.method == "structured") for s in spec.steps)
-    collapsed = quality["within_tolerance"] is False
+    collapsed = quality["within_tolerance"] is False or on_test["within_tolerance"] is False
     if not structured and not speed_win and not collapsed:
         notes.append(
             "unstructured sparsity only: a size win (gzip), not a speed win — dense kernels still "
@@ -158,7 +171,7 @@ def summarize(before: dict, after: dict, artifacts: dict, spec, budget: dict | N
     kinds = [k for k, ok in (("size", size_win), ("speed", speed_win)) if ok]
     out = {
         "win": "none" if collapsed or not kinds else "+".join(kinds),
-        "within_tolerance": quality["within_tolerance"],
+        "within_tolerance": False if collapsed else quality["within_tolerance"],
         "quality": quality["metrics"],
         "params_total_before": b_params.get("total"),
         "params_total_after": a_params.get("total"),
@@ -173,6 +186,12 @@ def summarize(before: dict, after: dict, artifacts: dict, spec, budget: dict | N
     }
     if budget is not None:
         out["budget_met"] = bool(budget["met"])
+        if budget_test is not None:
+            out["budget_met_on_test"] = bool(budget_test["within_budget"])
     eb, ea = before.get("evaluation") or {}, after.get("evaluation") or {}
     out["evaluation_delta"] = {k: ea[k] - eb[k] for k in ea if k in eb}
+    if tested:
+        out["quality_test"] = on_test["metrics"]
+        tb, ta = before["test_evaluation"] or {}, after["test_evaluation"] or {}
+        out["test_delta"] = {k: ta[k] - tb[k] for k in ta if k in tb}
     return out

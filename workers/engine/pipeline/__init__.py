@@ -45,7 +45,7 @@ from workers.engine import report as report_mod
 from workers.engine.errors import SpecError
 from workers.engine.fileio import atomic_write
 from workers.engine.pipeline.run import SENSITIVITY_NAME, _check_cancel, _jsonable, _measure, _Run, _versions
-from workers.engine.pipeline.search import _run_budget, _run_sensitivity
+from workers.engine.pipeline.search import _run_budget, _run_sensitivity, budget_on_test
 from workers.engine.pipeline.steps import _run_finetune, _run_prune, _run_regularize, _run_structured
 from workers.engine.progress import CancelFn, Progress, ProgressFn, never_cancel, no_progress
 from workers.engine.summary import MANIFEST_NAME
@@ -122,6 +122,7 @@ def compress(
             "bytes": data_path.stat().st_size,
             "train_samples": int(len(data.x_train)),
             "val_samples": int(len(data.x_val)),
+            "test_samples": None if data.x_test is None else int(len(data.x_test)),
             "label_form": data.label_form,
         }
 
@@ -145,6 +146,8 @@ def compress(
     # the exported model.keras is the file the "after" size describes (the same save): measured once, there
     keras_exported = "keras" in spec.export.formats
     after = _measure(run, "after", scratch, save=not keras_exported)
+    if run.budget is not None and (test := budget_on_test(run.budget, before, after)) is not None:
+        run.budget["test"] = test
 
     marks["export"] = time.perf_counter()
     progress(Progress(phase="export", message=", ".join(spec.export.formats)))

@@ -262,10 +262,17 @@ def _evaluate(run: _Run, compile: bool = True) -> dict | None:
 
 
 def _measure(run: _Run, phase: str, scratch: Path, save: bool = True) -> dict:
-    """Held-out metrics, parameters, MACs, latency and (with `save`) the size of the model saved as .keras; without
-    `save` the caller fills "file" in (the exported model.keras is the same file: `pipeline.compress`)."""
+    """Held-out metrics (and the test metrics when the dataset has x_test), parameters, MACs, latency and (with
+    `save`) the size of the model saved as .keras; without `save` the caller fills "file" in (the exported
+    model.keras is the same file: `pipeline.compress`)."""
     run.progress(Progress(phase=phase, message="evaluating"))
     out: dict[str, Any] = {"evaluation": _evaluate(run)}
+    if run.data is not None and run.data.x_test is not None:  # measured here only: nothing is decided on it
+        if not getattr(run.model, "compiled", False):
+            model_io.compile_model(run.model, run.training, run.loss, run.metrics)
+        out["test_evaluation"] = metrics_mod.evaluate(
+            run.model, run.data.x_test, run.data.y_test, batch_size=max(run.spec.training.batch_size, 256)
+        )
     out["params"] = _jsonable(metrics_mod.param_stats(run.model))
     out["compute"] = _jsonable(metrics_mod.macs(run.model))
     if run.spec.evaluation.latency:

@@ -148,6 +148,19 @@ def _run_sensitivity(run: _Run, index: int, step: SensitivityStep) -> dict:
     }
 
 
+def budget_on_test(budget: dict, before: dict, after: dict) -> dict | None:
+    """The returned model's drop on the dataset's x_test, which the search never saw ({"baseline", "metric", "drop",
+    "within_budget"}; None without test metrics). The trials' drops were measured on the held-out data the search
+    chose on, so they are optimistic by that choice; this one is not."""
+    metric = budget["metric"]
+    b, a = (before.get("test_evaluation") or {}).get(metric), (after.get("test_evaluation") or {}).get(metric)
+    if b is None or a is None:
+        return None
+    drop = sensitivity_mod.metric_drop(metric, b, a)
+    within = summary_mod.within_limit(drop, budget["max_drop"])
+    return {"baseline": b, "metric": a, "drop": drop, "within_budget": within}
+
+
 def _budget_note(
     found: budget_mod.BudgetResult, metric: str, baseline: float, max_drop: float, noise: float, samples: int, unit: str
 ) -> str | None:
