@@ -186,8 +186,10 @@ def test_test_arrays_get_their_own_rows_sentences_and_budget_line():
     }
     m["budget"] = manifests.budget(chosen=2)
     m["budget"]["test"] = {"baseline": 0.93, "metric": 0.905, "drop": 0.025, "within_budget": False}
+    m["inputs"]["data"]["test_samples"] = 1000
     page = Page(render_report(m))
     text = "".join(page.text)
+    assert "held-out samples, 1,000 test samples" in text
     assert "test accuracy" in page.text and "test loss" in page.text  # the before / after rows
     assert "Test accuracy: 93.00% → 90.50%" in text and "Held-out accuracy" in text
     assert "On the test data, which the search never saw: 93.00% → 90.50% (beyond the budget)." in text

@@ -6,6 +6,7 @@ and data: images only, no script; the favicon is an empty data: URL so a browser
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Callable, Sequence
 from html import escape
@@ -161,3 +162,13 @@ def _dict(v) -> dict:
 
 def _list(v) -> list:
     return v if isinstance(v, list) else []
+
+
+def _figure(svg: bytes | None, alt: str, caption: str) -> str:
+    if not svg:
+        return ""
+    data = base64.b64encode(svg).decode("ascii")
+    return (
+        f'<figure><img src="data:image/svg+xml;base64,{data}" alt="{_e(alt)}">'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
