@@ -101,6 +101,7 @@ def _instrument(clock: _Clock) -> None:
             continue
     names = {
         "metrics": ("evaluate", "latency", "file_size", "sha256_file", "param_stats", "macs", "score_predictions"),
+        "counting": ("param_stats", "macs"),  # in metrics before they moved
         "export": ("export_model", "save_model_file", "_measure_keras_file", "_measure_tflite", "_tflite_bytes"),
         "model_io": ("load_model", "compile_model"),
         "batchnorm": ("reestimate_batchnorm",),

@@ -15,7 +15,7 @@ the image nets) and cached under bench/.cache/zoo. From those weights, with the 
   plain+bn     the same model after `workers.engine.batchnorm.reestimate_batchnorm` on the training digits
 
 Recorded per run: held-out accuracy, the sparsity of the prunable weights (Dense/Conv/DepthwiseConv kernels),
-layers over 98 % sparse, the MACs ratio (the engine's `metrics.macs` before/after), wall time. The goals of
+layers over 98 % sparse, the MACs ratio (the engine's `counting.macs` before/after), wall time. The goals of
 issue 9 are judged in `goals()`. Results: bench/results/zoo.json (zoo.quick.json for --quick).
 """
 

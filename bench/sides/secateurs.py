@@ -205,13 +205,13 @@ TASKS = {"pretrain": pretrain, "plain_job": plain_job, "prune_job": prune_job, "
 
 
 def _measure_model(model, path: Path) -> dict:
-    from workers.engine import metrics
+    from workers.engine import counting, metrics
 
     model.save(path)
-    params = metrics.param_stats(model)
+    params = counting.param_stats(model)
     return {
         "params": int(params["total"]),
-        "macs": int(metrics.macs(model)["macs"]),
+        "macs": int(counting.macs(model)["macs"]),
         "file": metrics.file_size(path),
         "accuracy": held_out_accuracy(model),
     }

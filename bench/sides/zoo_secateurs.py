@@ -53,7 +53,7 @@ def zoo_pretrain(
     """Train `model` from scratch (Adam 1e-3) on the digits, settle its BatchNorm statistics (`settle_batchnorm`);
     save `out` (.keras), its weights (.npz, w0..wn) and a data file for the engine (`<out>-data.npz`: x_train,
     y_train and the held-out digits as x_val, y_val)."""
-    from workers.engine import metrics
+    from workers.engine import counting
 
     keras.utils.set_random_seed(seed)
     x, y, xt, yt = digits(model, n_train, n_test)
@@ -76,7 +76,7 @@ def zoo_pretrain(
         "accuracy_before_settling": accuracy_trained,
         "batchnorm_layers": settled,
         "params": int(m.count_params()),
-        "macs": int(metrics.macs(m)["macs"]),
+        "macs": int(counting.macs(m)["macs"]),
         "train_s": train_s,
         "epoch_s": train_s / epochs,
         "layers": len(m.layers),

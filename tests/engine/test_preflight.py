@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.engine.structured.models import mlp_sequential, residual_functional
-from workers.engine import metrics, sensitivity
+from workers.engine import counting, metrics, sensitivity
 from workers.engine.errors import SpecError
 from workers.engine.masks import target_count
 from workers.engine.preflight import StepTarget, estimate_steps, layer_table, preflight, weights_size
@@ -62,7 +62,7 @@ def test_residual_rows_name_groups_methods_and_reasons():
 def test_params_and_macs_are_what_metrics_counts():
     model = residual_functional()
     table = layer_table(model)
-    stats, compute = metrics.param_stats(model), metrics.macs(model)
+    stats, compute = counting.param_stats(model), counting.macs(model)
     r = rows(table)
     for path, entry in compute["layers"].items():
         assert r[path]["macs"] == entry["macs"]
@@ -158,7 +158,7 @@ def test_structured_estimate_has_the_counts_of_the_data_ranked_step():
         model, [StepTarget("structured", criterion="apoz", keep_ratio=0.5, scope="layer", round_to=4)]
     )
     assert estimate["params"] == real.count_params() < 0.5 * residual_functional().count_params()
-    assert estimate["macs"] == metrics.macs(real)["macs"]
+    assert estimate["macs"] == counting.macs(real)["macs"]
     assert "ranks by apoz" in estimate["estimate"]
 
 
@@ -180,7 +180,7 @@ def test_sweeping_steps_leave_the_model_and_say_what_their_sweep_costs():
     model = residual_functional()
     layers = len(sensitivity.magnitude_units(model, prunable_weights(model)))
     groups = len(sensitivity.structured_units(residual_functional(), criterion="l1"))
-    total, nonzero = model.count_params(), metrics.param_stats(model)["nonzero"]
+    total, nonzero = model.count_params(), counting.param_stats(model)["nonzero"]
     steps = [
         StepTarget("sensitivity", levels=(0.5, 0.9), samples=500),
         StepTarget("budget", levels=(0.3, 0.5, 0.7), max_trials=4, epochs=2),

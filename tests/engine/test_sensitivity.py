@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.engine.structured.models import cnn_sequential, residual_functional
+from workers.engine import counting
 from workers.engine import metrics as metrics_mod
 from workers.engine.batchnorm import reestimate_batchnorm
 from workers.engine.errors import Cancelled, SpecError
@@ -93,7 +94,7 @@ def test_magnitude_rows_measure_each_layer_alone_and_leave_the_model_unchanged(t
     by_hand = metrics_mod.evaluate(model, xv, yv)["accuracy"]
     kernel.assign(saved)
     assert by[("out", 0.9)]["metric"] == pytest.approx(by_hand, abs=1e-6)
-    total_nonzero = metrics_mod.param_stats(model)["nonzero"]
+    total_nonzero = counting.param_stats(model)["nonzero"]
     assert by[("out", 0.9)]["params"] == total_nonzero - int(np.floor(0.9 * 480 + 0.5))
     for r in rows:
         assert r["drop"] == pytest.approx(result["baseline"] - r["metric"])
@@ -173,7 +174,7 @@ def test_structured_rows_equal_the_rebuilt_model_with_batchnorm_reestimated(buil
     rebuilt.compile("adam", "mse")
     reestimate_batchnorm(rebuilt, x, batch_size=256, max_samples=64)
     assert row["params"] == rebuilt.count_params() == rep.params_after
-    assert row["macs"] == metrics_mod.macs(rebuilt)["macs"]
+    assert row["macs"] == counting.macs(rebuilt)["macs"]
     assert row["metric"] == pytest.approx(metrics_mod.evaluate(rebuilt, x, y)["loss"], rel=1e-4)
     assert curves(result)[units[0].name][0] == (0.75, 0.5)  # fractions removed = 1 - keep ratio
 

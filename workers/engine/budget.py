@@ -51,6 +51,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from workers.engine import counting
 from workers.engine import export as export_mod
 from workers.engine import metrics as metrics_mod
 from workers.engine.errors import Cancelled
@@ -242,8 +243,8 @@ def measure(model, scratch: Path, *, method: str, latency_runs: int = 0) -> dict
     and removed), macs (zero-skipping MACs for magnitude, MACs of the rebuilt model for structured) and
     latency_ms (compiled CPU, batch 1, median of up to `latency_runs` runs; None when 0); `extra` holds the
     parameter total and the sparsity of the prunable weights."""
-    stats = metrics_mod.param_stats(model)
-    compute = metrics_mod.macs(model)
+    stats = counting.param_stats(model)
+    compute = counting.macs(model)
     scratch.mkdir(parents=True, exist_ok=True)
     path = scratch / "trial.keras"
     export_mod.save_model_file(model, path)

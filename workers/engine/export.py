@@ -62,9 +62,10 @@ from typing import Any
 import keras
 import numpy as np
 
+from workers.engine.counting import macs, param_stats
 from workers.engine.errors import SpecError
 from workers.engine.fileio import atomic_write
-from workers.engine.metrics import file_size, macs, param_stats, predict_batched, score_predictions, sha256_file
+from workers.engine.metrics import file_size, predict_batched, score_predictions, sha256_file
 from workers.engine.tflite import tflite_interpreter, tflite_kernels
 
 __all__ = [

@@ -11,8 +11,8 @@ Public API::
 
 One row per leaf layer (nested models are walked, paths "outer/inner"; InputLayers are left out):
 
-* ``params`` / ``nonzero``: elements of the layer's variables (`metrics.param_stats`); ``macs``: per sample
-  (`metrics.macs`, None when a spatial size is unknown).
+* ``params`` / ``nonzero``: elements of the layer's variables (`counting.param_stats`); ``macs``: per sample
+  (`counting.macs`, None when a spatial size is unknown).
 * ``methods``: the methods that can prune the layer under the selection: the unstructured ones (`masks.MASK_METHODS`:
   magnitude, threshold, n_m, block) for a layer with a prunable kernel (`registry.prunable_weights`), and
   ``structured`` for a producer of a structured group whose members are all selected.
@@ -52,7 +52,7 @@ from dataclasses import dataclass, fields
 import keras
 import numpy as np
 
-from workers.engine import metrics
+from workers.engine import counting, metrics
 from workers.engine.errors import ModelRejected, SpecError
 from workers.engine.masks import MASK_METHODS, MaskParams, get_method
 from workers.engine.pruning import Pruner, PruneSettings
@@ -253,8 +253,8 @@ def layer_table(model: keras.Model, selection: LayerSelection | None = None, *, 
         kernels[w.path] = kernels.get(w.path, 0) + w.size
     registered = {w.path for w in everything}
     spared = _spared(model, selected, selection) if global_scope else {}
-    stats = metrics.param_stats(model)
-    compute = metrics.macs(model)
+    stats = counting.param_stats(model)
+    compute = counting.macs(model)
     walked = [
         (p, prefix, layer)
         for p, prefix, layer in walk_layers(model)
@@ -372,8 +372,8 @@ def _check_threshold(weights, threshold: float) -> None:
 
 
 def _measure(model) -> dict:
-    stats = metrics.param_stats(model)
-    compute = metrics.macs(model)
+    stats = counting.param_stats(model)
+    compute = counting.macs(model)
     return {
         "params": int(stats["total"]),
         "nonzero": int(stats["nonzero"]),

@@ -38,6 +38,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from workers.engine import counting
 from workers.engine import metrics as metrics_mod
 from workers.engine.batchnorm import BatchNormEstimator, batchnorm_layers
 from workers.engine.errors import Cancelled, SpecError
@@ -173,7 +174,7 @@ def magnitude_units(model: keras.Model, weights: Sequence) -> list[Unit]:
     by_path: dict[str, list] = {}
     for w in weights:
         by_path.setdefault(w.path, []).append(w)
-    base_nonzero = metrics_mod.param_stats(model)["nonzero"]
+    base_nonzero = counting.param_stats(model)["nonzero"]
 
     def unit(path: str, ws: list) -> Unit:
         originals = [np.array(w.variable.numpy()) for w in ws]
@@ -185,7 +186,7 @@ def magnitude_units(model: keras.Model, weights: Sequence) -> list[Unit]:
                 pruned = value * magnitude_mask(value, level)
                 w.variable.assign(pruned.astype(value.dtype))
                 left += int(np.count_nonzero(pruned))
-            return base_nonzero - (nonzero - left), int(metrics_mod.macs(model)["effective_macs"])
+            return base_nonzero - (nonzero - left), int(counting.macs(model)["effective_macs"])
 
         def restore() -> None:
             for w, value in zip(ws, originals):
@@ -222,7 +223,7 @@ def structured_units(
             restore()  # the surgery reads the model's weights: the unit's earlier level must not be in them
             rebuilt, rep = prune(layers, keep)
             model.set_weights(masked_reference(model, rep).get_weights())
-            return int(rep.params_after), int(metrics_mod.macs(rebuilt)["macs"])
+            return int(rep.params_after), int(counting.macs(rebuilt)["macs"])
 
         return Unit("+".join(layers), layers, int(prunable), apply, restore)
 

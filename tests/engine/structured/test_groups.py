@@ -18,7 +18,7 @@ from tests.engine.structured.helpers import (
     sample_inputs,
     units,
 )
-from workers.engine import metrics
+from workers.engine import counting
 from workers.engine.structured import groups, keep_count, masked_reference
 
 L = keras.layers
@@ -174,7 +174,7 @@ def test_the_macs_rule_removes_the_costlier_units_first_at_equal_score(monkeypat
     new, report = prune(model, scope="global", keep_ratio=0.75)
     ka, kb = len(kept(report, "a")), len(kept(report, "b"))
     assert ka < 16 and kb == 16
-    before, after = metrics.macs(model)["macs"], metrics.macs(new)["macs"]
+    before, after = counting.macs(model)["macs"], counting.macs(new)["macs"]
     assert after == 6 * ka + ka * 16 + 16 * 2  # the MACs the rule counted, on the rebuilt model
     assert after <= 0.75 * before < after + 22  # within the budget, and one unit of a fewer would be too many
 

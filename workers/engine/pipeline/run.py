@@ -15,9 +15,9 @@ import keras
 import numpy as np
 
 from workers.engine import batchnorm as batchnorm_mod
+from workers.engine import counting, model_io
 from workers.engine import export as export_mod
 from workers.engine import metrics as metrics_mod
-from workers.engine import model_io
 from workers.engine.errors import Cancelled, SpecError
 from workers.engine.model_io import TrainingSettings
 from workers.engine.progress import CancelFn, Progress, ProgressFn
@@ -273,8 +273,8 @@ def _measure(run: _Run, phase: str, scratch: Path, save: bool = True) -> dict:
         out["test_evaluation"] = metrics_mod.evaluate(
             run.model, run.data.x_test, run.data.y_test, batch_size=max(run.spec.training.batch_size, 256)
         )
-    out["params"] = _jsonable(metrics_mod.param_stats(run.model))
-    out["compute"] = _jsonable(metrics_mod.macs(run.model))
+    out["params"] = _jsonable(counting.param_stats(run.model))
+    out["compute"] = _jsonable(counting.macs(run.model))
     if run.spec.evaluation.latency:
         out["latency_ms"] = _jsonable(
             metrics_mod.latency(run.model, batch_sizes=(1, 32), runs=run.spec.evaluation.latency_runs)

@@ -13,7 +13,7 @@ units stay in every group.
 
 A MACs-aware variant of the global ranking exists as a screening switch, off by default (`GLOBAL_RULE = "macs"`,
 `bench.zoo_explore` flag `macs`): units ranked by score / cost**POWER, where a unit's cost is the MACs of the traced
-layers that carry it (`MacsModel`, from `metrics.macs`), and removed in that order until the MACs of those layers
+layers that carry it (`MacsModel`, from `counting.macs`), and removed in that order until the MACs of those layers
 are at most keep_ratio**TARGET_POWER of what they were (floors permitting). Measured for issue 9
 (docs/BENCHMARKS.md part 5b) it was not adopted: with scores normalized per group the cost decides whole groups, so
 it cuts the costliest residual streams and stems first, and did not bring EfficientNetB0 within the goal while it

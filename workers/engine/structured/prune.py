@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import keras
 import numpy as np
 
-from workers.engine import importance, metrics
+from workers.engine import counting, importance
 from workers.engine.errors import SpecError
 from workers.engine.registry import walk_layers
 from workers.engine.selection import LayerOverride, LayerSelection, Selector
@@ -141,7 +141,7 @@ def _allocate(
             grp.scores[np.isin(grp.classes, list(forced))] = 0.0
     macs = None
     if scope == "global" and chosen and groups_mod.GLOBAL_RULE == "macs":
-        macs = MacsModel(g, {path: e["macs"] for path, e in metrics.macs(g.model)["layers"].items()})
+        macs = MacsModel(g, {path: e["macs"] for path, e in counting.macs(g.model)["layers"].items()})
     SCOPES[scope](chosen, float(keep_ratio), round_to, macs=macs)
 
 
