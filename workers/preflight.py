@@ -186,7 +186,7 @@ def _error(exc: BaseException, memory_bytes: int) -> dict:
 def _child() -> int:
     request = json.loads(sys.stdin.read())
     signal.alarm(int(request["alarm_s"]))  # default action: the process ends, even inside a C call
-    from workers.sandbox import _set_limits
+    from workers.sandbox_child import _set_limits
 
     _set_limits({"memory_bytes": request["memory_bytes"]})
     try:

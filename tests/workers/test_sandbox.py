@@ -14,7 +14,8 @@ import time
 import pytest
 
 from workers.engine.errors import DataError, ModelRejected, SpecError
-from workers.sandbox import JOB_NICE, SandboxLimits, classify_exception, explain_death, threads_per_job
+from workers.sandbox import JOB_NICE, SandboxLimits, explain_death, threads_per_job
+from workers.sandbox_child import classify_exception
 
 LIMITS = SandboxLimits(memory_bytes=2 * 2**30, file_bytes=1000, cpu_seconds=60)
 

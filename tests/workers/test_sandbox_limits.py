@@ -13,14 +13,8 @@ from tests import hostile
 from tests.workers.jobfiles import QUICK_SPEC
 from workers.engine.errors import EngineError
 from workers.jobs import JobStatus
-from workers.sandbox import (
-    SandboxJob,
-    SandboxLimits,
-    child_environment,
-    classify_exception,
-    inspect_inputs,
-    run_sandboxed,
-)
+from workers.sandbox import SandboxJob, SandboxLimits, child_environment, run_sandboxed
+from workers.sandbox_child import classify_exception, inspect_inputs
 
 # `import tensorflow` fails under this address-space limit (its shared libraries alone map more), while plain
 # Python inspection needs a fraction of it: a job process that fails for anything but memory under it never
