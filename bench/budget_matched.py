@@ -51,7 +51,7 @@ def matched_budget(base: float, tfmot_accuracy: float) -> tuple[float, bool]:
     """(max_drop, tiny): the setting's drop in accuracy from the input model plus TIE, or TINY with tiny=True when
     the setting is as accurate as the input model or more. TIE: the engine computes accuracies in float32, and when
     this part was run it checked drop <= max_drop + 1e-12, so a trial exactly as accurate as tfmot's median (0.944 -
-    0.834 = 0.11000001 in float32) was judged outside; 1e-6 is far below the 0.0005 step of 2,000 digits, so it admits
+    0.834 = 0.11000001 in float32) was judged outside; 1e-6 is far below the 0.001 step of 1,000 digits, so it admits
     ties only. (The engine now counts such ties as within itself: `summary.within_limit`.)"""
     drop = round(base - tfmot_accuracy, 6)
     return (round(drop + TIE, 7), False) if drop > 0 else (TINY, True)
