@@ -6,6 +6,7 @@ import json
 import time
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.service.conftest import Server, submit, wait_status
@@ -26,8 +27,14 @@ def server(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_budget_job_runs_to_done_with_its_trials_in_the_manifest(server, client, job_files):
-    r = submit(client, job_files, BUDGET)
+def test_a_budget_job_runs_to_done_with_its_trials_in_the_manifest(server, client, job_files, mnist, tmp_path):
+    # the upload also holds a test split of held-out digits: measured before and after, never decided on
+    n = 300
+    with np.load(job_files.data) as f:
+        arrays = {k: f[k] for k in f.files}
+    data = tmp_path / "with-test.npz"
+    np.savez(data, **arrays, x_test=mnist[2][:n], y_test=mnist[3][:n])
+    r = submit(client, job_files, BUDGET, data=data)
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
     events = sse_events(server, job_id, timeout=600)
@@ -44,6 +51,11 @@ def test_a_budget_job_runs_to_done_with_its_trials_in_the_manifest(server, clien
     assert manifest["summary"]["budget_met"] == budget["met"] == any(t["within_budget"] for t in budget["trials"])
     chosen = budget["trials"][budget["chosen"]]
     assert manifest["after"]["params"]["nonzero"] == chosen["nonzero_params"]
+    assert manifest["inputs"]["data"]["test_samples"] == n
+    test = budget["test"]
+    assert test["baseline"] == manifest["before"]["test_evaluation"]["accuracy"]
+    assert test["metric"] == manifest["after"]["test_evaluation"]["accuracy"]
+    assert manifest["summary"]["budget_met_on_test"] == test["within_budget"]
     names = {a["name"]: a for a in job["artifacts"]}
     assert {"model.keras", "manifest.json", "sensitivity.json", "sensitivity.csv"} <= set(names)
     analysis = client.get(names["sensitivity.json"]["url"]).json()
