@@ -167,9 +167,8 @@ def _finetune_lines(d: dict) -> list[str]:
     return [
         "",
         f"The input model fine-tuned {first['epochs']} epochs with no pruning at all (Adam {first['lr']:g}, batch "
-        f"{d['config']['batch_size']}; the file's optimizer had taken {first['own_state_steps']:,} steps), "
-        + ("test" if "split" in d["config"] else "held-out")
-        + " accuracy against the input model, in points:",
+        f"{d['config']['batch_size']}; the file's optimizer had taken {first['own_state_steps']:,} steps), test "
+        "accuracy against the input model, in points:",
         "",
         _md(rows, ["fine-tuning", "per seed " + ", ".join(str(r["seed"]) for r in runs), "median"]),
     ]
@@ -178,7 +177,6 @@ def _finetune_lines(d: dict) -> list[str]:
 def tables(d: dict) -> str:
     """Per seed, tfmot's run and the budget job's model; the counts and the verdict on the medians."""
     cfg, base, s = d["config"], d["pretrained_accuracy"], d["summary"]
-    split = "split" in cfg  # bench.budget.SPLIT: the budget chosen on val, every accuracy below on test
     floor = base - d["max_drop"] - 1e-12
     rows = []
     for r in d["budget_runs"]:
@@ -202,21 +200,13 @@ def tables(d: dict) -> str:
         [
             _run_line(d),
             "",
-            f"{cfg['model']} trained {cfg['pretrain_epochs']} epochs ("
-            + (
-                f"val accuracy {d['pretrained_val_accuracy']:.4f}, test {base:.4f}"
-                if split
-                else f"held-out accuracy {base:.4f}"
-            )
-            + "). tfmot "
-            f"PolynomialDecay 0 → {cfg['target']:g} per layer, frequency {cfg['frequency']}, "
+            f"{cfg['model']} trained {cfg['pretrain_epochs']} epochs (val accuracy {d['pretrained_val_accuracy']:.4f}, "
+            f"test {base:.4f}). tfmot PolynomialDecay 0 → {cfg['target']:g} per layer, frequency {cfg['frequency']}, "
             f"{cfg['planned_epochs']} epochs. Budget step "
             f"`{json.dumps({k: v for k, v in cfg['step'].items() if k != 'max_drop'}, sort_keys=True)}` with "
             f"`max_drop` {d['max_drop']:g}: the input model minus tfmot's median over seeds "
-            f"{', '.join(str(x) for x in cfg['budget_seeds'])} (part 6f's budget"
-            + (", on val" if split else "")
-            + f"). Batch {cfg['batch_size']}."
-            + (f" Held-out data: {cfg['split']}." if split else ""),
+            f"{', '.join(str(x) for x in cfg['budget_seeds'])} (part 6f's budget, on val). Batch {cfg['batch_size']}. "
+            f"Held-out data: {cfg['split']}.",
             "",
             _md(
                 rows,

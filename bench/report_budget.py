@@ -8,20 +8,16 @@ import json
 from bench.report_format import _md, _run_line, _spread
 
 
-def _split(d: dict) -> bool:
-    """Whether the run judged on the test half of the held-out digits (`bench.budget.SPLIT`; runs before it scored
-    every side on all 2,000, the digits the budget job also chose on)."""
-    return "split" in d["config"]
-
-
 def _split_line(d: dict) -> list[str]:
-    return ["", f"Held-out data: {d['config']['split']}."] if _split(d) else []
+    """How the run split the held-out digits (`bench.budget.SPLIT`): the budget job chooses on val, the results are
+    judged on test. (Results from before the split scored on all the digits the job chose on; they are in the git
+    history, not rendered.)"""
+    return ["", f"Held-out data: {d['config']['split']}."]
 
 
 def budget_tables(d: dict) -> str:
     """Part 6: the budget step per model and seed: sparsity reached within the budget, drop, trials, time."""
     cfg = d["config"]
-    split = _split(d)
     parts = [_run_line(d), "", f"Budget step: `{json.dumps(cfg['step'], sort_keys=True)}`; batch {cfg['batch_size']}."]
     parts += _split_line(d)
     rows = []
@@ -32,9 +28,9 @@ def budget_tables(d: dict) -> str:
                 [
                     name,
                     r["seed"],
-                    f"{m['pretrained_accuracy']:.4f}" if split else f"{b['baseline']:.4f}",
+                    f"{m['pretrained_accuracy']:.4f}",
                     f"{r['accuracy']:.4f}",
-                    f"{r['drop_points']:.2f}" + (f" ({r['val_drop_points']:.2f})" if split else ""),
+                    f"{r['drop_points']:.2f} ({r['val_drop_points']:.2f})",
                     f"{r['sparsity']['overall']:.3f}",
                     f"{len(b['trials'])}",
                     "yes" if b["met"] else "**no**",
@@ -49,9 +45,9 @@ def budget_tables(d: dict) -> str:
             [
                 "model",
                 "seed",
-                "input acc. (test)" if split else "input acc.",
-                "chosen acc. (test)" if split else "chosen acc.",
-                "drop in points: test (val, the job's own)" if split else "drop (points)",
+                "input acc. (test)",
+                "chosen acc. (test)",
+                "drop in points: test (val, the job's own)",
                 "sparsity",
                 "trials",
                 "budget met",
@@ -63,7 +59,7 @@ def budget_tables(d: dict) -> str:
     goals = [
         [
             n,
-            f"≥ {m['goal_sparsity']:.0%} within the budget" + (" on test" if split else ""),
+            f"≥ {m['goal_sparsity']:.0%} within the budget on test",
             f"median {m['sparsity_median']:.3f}",
             "met" if m["goal_met"] else "**missed**",
         ]
@@ -77,14 +73,12 @@ def _verdict(met: bool | None) -> str:
     return {True: "met", False: "**missed**", None: "not judged"}[met]
 
 
-def _reference(r: dict, split: bool) -> str:
-    """The unpruned input trained as long as the returned model: plain / BatchNorm re-estimated (test half in split
-    runs)."""
+def _reference(r: dict) -> str:
+    """The unpruned input trained as long as the returned model, on test: plain / BatchNorm re-estimated."""
     ref = r.get("reference")
     if not ref:
         return "—"
-    score = (lambda x: x.get("split_accuracy", {}).get("test")) if split else (lambda x: x.get("accuracy"))
-    plain, bn = score(ref), score(ref.get("reestimated", {}))
+    plain, bn = (x.get("split_accuracy", {}).get("test") for x in (ref, ref.get("reestimated", {})))
     return f"{r['chain_epochs']} epochs: {plain:.4f} / " + (f"{bn:.4f}" if bn is not None else "—")
 
 
@@ -94,13 +88,8 @@ def budget_zoo_tables(d: dict) -> str:
     cfg = d["config"]
     pre = d["pretrained"]
     structured = cfg["step"].get("method") == "structured"
-    split = _split(d)
-    held = (
-        f"accuracy {d['runs'][0]['input_accuracy']['val']:.4f} on val, {d['runs'][0]['input_accuracy']['test']:.4f} "
-        "on test"
-        if split and d["runs"]
-        else f"held-out accuracy {pre['accuracy']:.4f}"
-    )
+    source = d["runs"][0]["input_accuracy"]  # the same input model in every run
+    held = f"accuracy {source['val']:.4f} on val, {source['test']:.4f} on test"
     parts = [
         _run_line(d),
         "",
@@ -137,7 +126,7 @@ def budget_zoo_tables(d: dict) -> str:
                 "trial",
                 "keep ratio" if structured else "sparsity",
                 "from",
-                "val acc. (the job's)" if split else "held-out acc.",
+                "val acc. (the job's)",
                 "drop (points)",
                 "MACs" if structured else "MACs (zero-skipping)",
                 "params" if structured else "non-zero",
@@ -151,7 +140,7 @@ def budget_zoo_tables(d: dict) -> str:
         [
             r["seed"],
             f"{r['budget']['baseline']:.4f}",
-            *([f"{r['input_accuracy']['test']:.4f}"] if split else []),
+            f"{r['input_accuracy']['test']:.4f}",
             f"{r['accuracy']:.4f}",
             f"{r['drop_points']:.2f}",
             _run_macs(r, structured),
@@ -160,7 +149,7 @@ def budget_zoo_tables(d: dict) -> str:
             else f"{r['nonzero_before']:,} → {r['nonzero_after']:,}",
             "yes" if r["budget"]["met"] else "**no**",
             r["epochs_spent"],
-            _reference(r, split),
+            _reference(r),
             f"{r['sensitivity_s']:.0f}" if r.get("sensitivity_s") is not None else "—",
             f"{r['wall_time_s']:.0f}",
         ]
@@ -172,10 +161,10 @@ def budget_zoo_tables(d: dict) -> str:
             runs,
             [
                 "seed",
-                "input acc. (job" + (", val)" if split else ")"),
-                *(["input acc. (test)"] if split else []),
-                "returned acc. (bench" + (", test)" if split else ")"),
-                "drop (points" + (", test)" if split else ")"),
+                "input acc. (job, val)",
+                "input acc. (test)",
+                "returned acc. (bench, test)",
+                "drop (points, test)",
                 "MACs" if structured else "MACs (zero-skipping)",
                 "params" if structured else "non-zero",
                 "budget met",
@@ -189,8 +178,7 @@ def budget_zoo_tables(d: dict) -> str:
     if not structured:
         return "\n".join(parts)
     ratios = ", ".join(f"{r['macs_ratio']:.3f}×" for r in d["runs"])
-    what = "MACs ≤ 0.6× within 2 points (structured" + (", on test)" if split else ")")
-    goal = [[what, ratios, _verdict(d["goal_met"])]]
+    goal = [["MACs ≤ 0.6× within 2 points (structured, on test)", ratios, _verdict(d["goal_met"])]]
     parts += ["", _md(goal, ["goal (issue 12)", "value", "verdict"])]
     return "\n".join(parts)
 
@@ -222,14 +210,10 @@ def budget_tfmot_tables(d: dict) -> str:
         "weights and gzip -9 of the weights as one .npz (the same for both sides).",
         *_split_line(d),
     ]
-    split = _split(d)
     verdicts = []
     for name, m in d["models"].items():
-        base, v = m["pretrained_accuracy"], m["verdict"]
-        limit = base - cfg["step"]["max_drop"]
-        base_val = m.get("pretrained_val_accuracy")
-        limit_val = base_val - cfg["step"]["max_drop"] if split else limit
-        val = lambda x: [f"{x['val_accuracy']:.4f}"] if split else []  # noqa: E731
+        base, base_val, v = m["pretrained_accuracy"], m["pretrained_val_accuracy"], m["verdict"]
+        limit, limit_val = base - cfg["step"]["max_drop"], base_val - cfg["step"]["max_drop"]
         rows = []
         b = m["budget"]
         epochs = "/".join(str(e) for e in m["total_epochs"])
@@ -238,12 +222,12 @@ def budget_tfmot_tables(d: dict) -> str:
                 "**budget** (Secateurs)",
                 epochs,
                 f"{b['sparsity']:.3f}",
-                *val(b),
+                f"{b['val_accuracy']:.4f}",
                 f"{b['accuracy']:.4f}",
                 f"{100 * (b['accuracy'] - base):+.2f}",
                 f"{b['nonzero_weights']:,.0f}",
                 f"{b['weights_gzip_bytes']:,.0f}",
-                _within(b, limit, limit_val, split),
+                _within(b, limit, limit_val),
             ]
         )
         for label, s in sorted(m["tfmot"].items(), key=lambda kv: (kv[1]["frequency"], kv[1]["target"])):
@@ -252,30 +236,32 @@ def budget_tfmot_tables(d: dict) -> str:
                     label + (" ← best within" if label == v.get("tfmot_best") else ""),
                     epochs,
                     f"{s['sparsity']:.3f}",
-                    *val(s),
+                    f"{s['val_accuracy']:.4f}",
                     f"{s['accuracy']:.4f}",
                     f"{100 * (s['accuracy'] - base):+.2f}",
                     f"{s['nonzero_weights']:,.0f}",
                     f"{s['weights_gzip_bytes']:,.0f}",
-                    _within(s, limit, limit_val, split),
+                    _within(s, limit, limit_val),
                 ]
             )
         parts += [
             "",
-            f"**{name}** (input model {base:.4f}; budget: ≥ {limit:.4f})"
-            if not split
-            else f"**{name}** (input model: val {base_val:.4f}, test {base:.4f}; budget: ≥ {limit_val:.4f} on val, "
+            f"**{name}** (input model: val {base_val:.4f}, test {base:.4f}; budget: ≥ {limit_val:.4f} on val, "
             f"≥ {limit:.4f} on test)",
             "",
             _md(
                 rows,
-                ["arm", "epochs", "sparsity"]
-                + (
-                    ["val acc.", "test acc.", "vs input (test, points)"]
-                    if split
-                    else ["held-out acc.", "vs input (points)"]
-                )
-                + ["non-zero", "gzip bytes", "within: val / test" if split else "within"],
+                [
+                    "arm",
+                    "epochs",
+                    "sparsity",
+                    "val acc.",
+                    "test acc.",
+                    "vs input (test, points)",
+                    "non-zero",
+                    "gzip bytes",
+                    "within: val / test",
+                ],
             ),
         ]
         if v.get("tfmot_best") is None:
@@ -305,20 +291,20 @@ def budget_tfmot_tables(d: dict) -> str:
             verdicts,
             [
                 "model",
-                "budget vs the smallest tfmot setting within 1 point" + (" on val (test accuracy)" if split else ""),
-                "smaller at equal or better accuracy" + (" (test)" if split else ""),
-                "smaller, both within 1 point" + (" (test)" if split else ""),
-                "tfmot settings as small and as accurate" + (" (test)" if split else ""),
+                "budget vs the smallest tfmot setting within 1 point on val (test accuracy)",
+                "smaller at equal or better accuracy (test)",
+                "smaller, both within 1 point (test)",
+                "tfmot settings as small and as accurate (test)",
             ],
         ),
     ]
     return "\n".join(parts)
 
 
-def _within(x: dict, limit: float, limit_val: float, split: bool) -> str:
-    """Whether an arm's median stays within the budget: on val / on test (split runs), or on all 2,000."""
-    test = "yes" if x["accuracy"] >= limit - 1e-12 else "no"
-    return f"{'yes' if x['val_accuracy'] >= limit_val - 1e-12 else 'no'} / {test}" if split else test
+def _within(x: dict, limit: float, limit_val: float) -> str:
+    """Whether an arm's median stays within the budget: on val / on test."""
+    val = "yes" if x["val_accuracy"] >= limit_val - 1e-12 else "no"
+    return f"{val} / {'yes' if x['accuracy'] >= limit - 1e-12 else 'no'}"
 
 
 def budget_timing_tables(d: dict) -> str:
@@ -387,7 +373,7 @@ def budget_matched_tables(d: dict) -> str:
         f"Input models trained {cfg['pretrain_epochs']} epochs on the training digits. "
         f"Budget step: `{json.dumps({k: v for k, v in cfg['step'].items() if k != 'max_drop'}, sort_keys=True)}` with "
         "`max_drop` set per row to the tfmot setting's "
-        f"drop (input model minus tfmot's median {'val' if _split(d) else 'held-out'} accuracy at the budget's "
+        "drop (input model minus tfmot's median val accuracy at the budget's "
         f"planned {cfg['planned_epochs']} "
         + (f"epochs, plus {tie:g} so that a trial exactly as accurate counts as within; " if tie else "epochs; ")
         + f"{cfg['tiny']:g} where tfmot is not below the input model, marked ‡); tfmot PolynomialDecay per "
@@ -395,14 +381,10 @@ def budget_matched_tables(d: dict) -> str:
         f"budget job spent; batch {cfg['batch_size']}; medians over seeds {', '.join(str(s) for s in cfg['seeds'])}. "
         "Size: non-zero weights and gzip -9 of the weights as one .npz.",
         *_split_line(d),
+        "",
+        "The setting (its frequency) is picked and its drop taken on val, where the budget job also chooses; every "
+        "accuracy in the table is on test, except the column that says val.",
     ]
-    split = _split(d)
-    if split:
-        parts += [
-            "",
-            "The setting (its frequency) is picked and its drop taken on val, where the budget job also chooses; every "
-            "accuracy in the table is on test, except the column that says val.",
-        ]
     rows = []
     for name, m in d["models"].items():
         base = m["pretrained_accuracy"]
@@ -412,12 +394,10 @@ def budget_matched_tables(d: dict) -> str:
             met = sum(bool(x) for x in st["budget_met"])
             rows.append(
                 [
-                    f"{name} ({base:.4f})"
-                    if not split
-                    else f"{name} (val {m['pretrained_val_accuracy']:.4f}, test {base:.4f})",
+                    f"{name} (val {m['pretrained_val_accuracy']:.4f}, test {base:.4f})",
                     key,
                     f"{t['accuracy']:.4f} ({100 * (t['accuracy'] - base):+.2f})",
-                    *([f"{t['val_accuracy']:.4f} / {b['val_accuracy']:.4f}"] if split else []),
+                    f"{t['val_accuracy']:.4f} / {b['val_accuracy']:.4f}",
                     f"{st['max_drop']:g}" + (" ‡" if st["tiny"] else ""),
                     epochs,
                     f"{b['sparsity']:.3f} / {t['sparsity']:.3f}",
@@ -437,7 +417,7 @@ def budget_matched_tables(d: dict) -> str:
                 "model (input acc.)",
                 "tfmot setting",
                 "tfmot acc. (vs input, points)",
-                *(["val acc. tfmot / budget"] if split else []),
+                "val acc. tfmot / budget",
                 "budget max_drop",
                 "epochs",
                 "sparsity budget / tfmot",
@@ -451,7 +431,7 @@ def budget_matched_tables(d: dict) -> str:
         ),
     ]
     if d.get("finetune"):
-        parts += ["", _finetune_table(d["finetune"], "test acc. per seed" if split else "held-out acc. per seed")]
+        parts += ["", _finetune_table(d["finetune"])]
     g = d.get("goal", {})
     if g:
         parts += [
@@ -463,7 +443,7 @@ def budget_matched_tables(d: dict) -> str:
     return "\n".join(parts)
 
 
-def _finetune_table(finetune: dict, column: str) -> str:
+def _finetune_table(finetune: dict) -> str:
     """Part 6f: each input model after plain fine-tuning alone, constant rate against warm-up + cosine, per seed."""
     rows = []
     for name, m in finetune.items():
@@ -483,7 +463,7 @@ def _finetune_table(finetune: dict, column: str) -> str:
         "Plain fine-tuning of the input model alone (no pruning), seeds "
         + ", ".join(str(i) for i in range(len(next(iter(finetune.values()))["runs"])))
         + ":\n\n"
-        + _md(rows, ["model (input acc.)", "fine-tuning", column, "vs input (points)"])
+        + _md(rows, ["model (input acc.)", "fine-tuning", "test acc. per seed", "vs input (points)"])
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench.budget import SPLIT
 from bench.budget_matched import matched_budget
 from bench.budget_seeds import _finetune_lines, paired, summarize, tables
 
@@ -75,8 +76,10 @@ def test_the_table_has_a_row_per_seed_and_states_the_verdict():
             "pretrain_epochs": 30,
             "planned_epochs": 12,
             "batch_size": 128,
+            "split": SPLIT,
         },
         "pretrained_accuracy": BASE,
+        "pretrained_val_accuracy": BASE,
         "max_drop": max_drop,
         "budget_runs": runs,
         "summary": summarize(BASES, max_drop, TFMOT, runs),
@@ -85,6 +88,7 @@ def test_the_table_has_a_row_per_seed_and_states_the_verdict():
     rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [r.split(" | ")[0] for r in rows] == ["| 0", "| 1", "| 2"]
     assert "Medians of all 3 seeds" in text and text.rstrip().endswith("met.")
+    assert f"(val accuracy {BASE:.4f}, test {BASE:.4f})" in text and f"Held-out data: {SPLIT}." in text
     assert "tfmot's own run lands within the budget taken from its median in 2;" in text  # seed 2's is below
     assert "smaller at equal or better accuracy in 2." in text  # seed 0's model is smaller but less accurate
 
