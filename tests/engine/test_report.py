@@ -177,6 +177,13 @@ def test_a_budget_on_a_loss_puts_its_limit_above_the_baseline():
     assert "held-out loss at most 0.02 above the baseline" in "".join(page.text)
 
 
+def test_the_steps_table_shows_each_batchnorm_re_estimation_before_and_after():
+    page = Page(render_report(manifests.manifest()))
+    cells = [t.strip() for t in page.text if t.strip()]
+    row = cells[cells.index("prune") - 1 : cells.index("prune") + 5]  # step 1: its record has 50% -> 90%
+    assert row == ["1", "prune", "3", "80.0%", "50.00% → 90.00%", "3.5 s"]
+
+
 def test_test_arrays_get_their_own_rows_sentences_and_budget_line():
     m = manifests.manifest()
     m["before"]["test_evaluation"] = {"accuracy": 0.93, "loss": 0.28}

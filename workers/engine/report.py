@@ -139,8 +139,9 @@ def _verdict(m: dict) -> str:
 # --------------------------------------------------------------------------- before / after
 
 
-def _eval_names(before: dict, after: dict) -> list[str]:
-    names = {*_dict(before.get("evaluation")), *_dict(after.get("evaluation"))}
+def _eval_names(*evaluations: dict) -> list[str]:
+    """The metric names of some {name: value} measurements, accuracy-like ones first."""
+    names = {k for e in evaluations for k in _dict(e)}
     return sorted(names, key=lambda k: (not _accuracy_like(k), k))
 
 
@@ -149,7 +150,7 @@ def _before_after(m: dict) -> str:
     rows = []
     for data, key in (("held-out", "evaluation"), ("test", "test_evaluation")):
         eb, ea = _dict(before.get(key)), _dict(after.get(key))
-        for k in sorted({*eb, *ea}, key=lambda k: (not _accuracy_like(k), k)):
+        for k in _eval_names(eb, ea):
             rows.append(
                 (f"{data} {k}", _metric(k, eb.get(k)), _metric(k, ea.get(k)), _metric_change(k, eb.get(k), ea.get(k)))
             )
@@ -226,17 +227,8 @@ def _files(m: dict) -> str:
     artifacts = _dict(m.get("artifacts"))
     if not artifacts:
         return ""
-    names = _eval_names(
-        {},
-        {
-            "evaluation": {
-                k: 1
-                for a in artifacts.values()
-                for k in _dict(_dict(a).get("evaluation"))
-                if k not in ("how", "samples")
-            }
-        },
-    )
+    evaluations = [_dict(_dict(a).get("evaluation")) for a in artifacts.values()]
+    names = [k for k in _eval_names(*evaluations) if k not in ("how", "samples")]
     rows = []
     for fmt, a in artifacts.items():
         a = _dict(a)
