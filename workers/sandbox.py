@@ -44,23 +44,6 @@ CANCEL_GRACE_SECONDS = 20.0  # a cancelled child that does not reach a batch bou
 JOB_NICE = 19
 
 
-def lower_priority(nice: int) -> None:
-    """Lower this process's CPU priority by `nice` (0: leave it). The job runs in its own session
-    (start_new_session), which on Linux with autogrouping (kernel.sched_autogroup_enabled=1, the default on desktop
-    and many server kernels) is its own scheduling group: a plain nice only ranks threads *inside* that group, so
-    the group's nice is set too."""
-    if nice <= 0:
-        return
-    try:
-        os.nice(nice)
-    except OSError:  # pragma: no cover - not permitted: train at the normal priority
-        pass
-    try:
-        Path("/proc/self/autogroup").write_text(str(nice))
-    except OSError:  # no autogrouping (or not Linux): the plain nice above is what counts
-        pass
-
-
 @dataclass(frozen=True)
 class SandboxLimits:
     wall_seconds: float = 3600.0

@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from workers.engine.priority import lower_priority
 from workers.jobs import error_dict
 from workers.postmortem import EXIT_PARENT_GONE, gib
-from workers.sandbox import CANCEL_FLAG, JOB_NICE, OUT_DIR, lower_priority
+from workers.sandbox import CANCEL_FLAG, JOB_NICE, OUT_DIR
 
 
 class _Channel:

@@ -132,7 +132,7 @@ def test_a_job_process_runs_at_the_configured_nice_level(settings, nice):
     limits = SandboxLimits.from_settings(chosen)
     assert limits.job_nice == nice
     code = (
-        "import os; from workers.sandbox import lower_priority; before = os.nice(0); "
+        "import os; from workers.engine.priority import lower_priority; before = os.nice(0); "
         f"lower_priority({limits.job_nice}); print(before, os.nice(0))"
     )
     before, after = map(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
@@ -18,7 +19,12 @@ import pytest
 from tests import hostile
 from workers.engine.errors import DataError, EngineError, ModelRejected
 from workers.engine.inspection import inspect_model_file, inspect_npz
-from workers.engine.inspection.isolated import ModelSummary, inspect_model_isolated, inspect_npz_isolated
+from workers.engine.inspection.isolated import (
+    INSPECTOR_NICE,
+    ModelSummary,
+    inspect_model_isolated,
+    inspect_npz_isolated,
+)
 
 L = keras.layers
 
@@ -116,6 +122,30 @@ def test_an_inspection_past_its_deadline_is_killed_and_the_file_refused_naming_t
 def test_the_big_config_passes_when_given_time(big_config):
     """The deadline test above refuses a file that is valid: it is the deadline that stops it."""
     assert inspect_model_isolated(big_config, timeout_s=120).format == "keras"
+
+
+def _nice(pid: int) -> int | None:
+    """The nice value of a live process (field 19 of /proc/PID/stat), None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+def test_the_inspector_reads_the_upload_below_the_callers_priority(big_config):
+    """The child lowers itself by INSPECTOR_NICE as it starts (before its imports are done it still runs at the
+    caller's level), and reads the file there, so the API it serves keeps the CPU."""
+    ours, lowered = os.nice(0), min(19, os.nice(0) + INSPECTOR_NICE)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(inspect_model_isolated, big_config, timeout_s=120)
+        samples: list[int] = []
+        while not pending.done():  # the big config takes a second or more to read
+            samples += [n for n in map(_nice, _children()) if n is not None]
+            time.sleep(0.01)
+        assert pending.result().format == "keras"
+    assert set(samples) <= {ours, lowered} and samples[-1] == lowered
+    assert samples.count(lowered) > samples.count(ours)  # the reading, most of its time, is at the lower priority
 
 
 @pytest.mark.parametrize("timeout_s", [0, -1, float("nan"), float("inf")])

@@ -6,8 +6,10 @@ alone: `inspect_model_isolated` and `inspect_npz_isolated` run the inspection in
 imports numpy and h5py, never TensorFlow or Keras: a start costs a few tenths of a second), wait at most
 `timeout_s`, and kill it on expiry. The child reports a small JSON summary on stdout (never the parsed config, and
 never a pickle); whatever it allocated is returned to the system when it exits. The child also arms an alarm of its
-own, so it ends even if its caller dies first, and it inherits none of the caller's environment but what Python
-needs to start (no credentials).
+own, so it ends even if its caller dies first, it inherits none of the caller's environment but what Python needs
+to start (no credentials), and it lowers its CPU priority to INSPECTOR_NICE before it reads the file: below the
+API it serves, above the jobs (nice 19 by default), so that one upload's inspection neither slows the API's answers
+to other requests nor waits behind training.
 
 Errors come back as the engine's own classes with the child's message: ModelRejected / UnsupportedFile for models,
 DataError / UnsupportedFile for datasets; a deadline or a crash (a signal) raises the kind's refusal class naming
@@ -30,8 +32,10 @@ from typing import Any
 import numpy as np
 
 from workers.engine import errors
+from workers.engine.priority import lower_priority
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[3]
+INSPECTOR_NICE = 10  # CPU weight about 1/9 of the API's (nice 0) and about 7x a job's (nice 19)
 _KIND_ERROR = {"model": errors.ModelRejected, "npz": errors.DataError}
 _RETURNED_ERRORS = {cls.__name__: cls for cls in (errors.ModelRejected, errors.UnsupportedFile, errors.DataError)}
 
@@ -122,6 +126,7 @@ def _run(kind: str, path: Path, limits, timeout_s: float, limit_name: str) -> An
 
 
 def _child() -> int:
+    lower_priority(INSPECTOR_NICE)
     request = json.loads(sys.stdin.read())
     signal.alarm(int(request["alarm_s"]))  # default action: the process ends, even inside a C call
     from workers.engine.inspection import InspectLimits, inspect_model_file, inspect_npz
