@@ -47,12 +47,17 @@ def val_split() -> tuple[np.ndarray, np.ndarray]:
     return x[VAL], y[VAL]
 
 
-def split_accuracy(model) -> dict:
-    """Top-1 accuracy on the two halves of the held-out digits (`val`: the job's, `test`: never shown to a job) and on
-    all 2,000 (`all`, = held_out_accuracy), from one predict."""
-    _, _, x, y = data()
-    right = np.argmax(model.predict(x, batch_size=500, verbose=0), axis=-1) == y
+def halves_accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> dict:
+    """Top-1 accuracy on the two halves of held-out samples (`val`: the job's, `test`: never shown to a job) and on
+    all of them (`all`), from one predict."""
+    right = np.argmax(model.predict(x, batch_size=batch_size, verbose=0), axis=-1) == y
     return {"val": float(right[VAL].mean()), "test": float(right[TEST].mean()), "all": float(right.mean())}
+
+
+def split_accuracy(model) -> dict:
+    """`halves_accuracy` on the 2,000 held-out digits (`all` = held_out_accuracy)."""
+    _, _, x, y = data()
+    return halves_accuracy(model, x, y)
 
 
 def kernel_sparsity(model) -> dict:

@@ -147,24 +147,23 @@ def zoo_budget_job(
 ) -> dict:
     """compress() with one budget step on a zoo model, given its data file's training digits and, as x_val, the val
     half of its held-out digits (`bench.sides._shared.VAL`); the input and the returned model are scored by the
-    bench on both halves (`zoo_common.split_accuracy`): `accuracy` on the test half, which the job never saw. Its
+    bench on both halves (`_shared.halves_accuracy`): `accuracy` on the test half, which the job never saw. Its
     MACs are compared with the input's. (`model`, `n_train`, `n_test`: the zoo's call signature; the data file
     holds those digits.)"""
     import keras
 
-    from bench.sides._shared import VAL
-    from bench.sides.zoo_common import split_accuracy
+    from bench.sides._shared import VAL, halves_accuracy
 
     with np.load(data_file) as f:
         x, y, xt, yt = (f[k] for k in ("x_train", "y_train", "x_val", "y_val"))
     job_data = _TMP / f"{Path(data_file).stem}-val-half.npz"
     if not job_data.exists():
         np.savez(job_data, x_train=x, y_train=y, x_val=xt[VAL], y_val=yt[VAL])
-    source = split_accuracy(keras.saving.load_model(model_file), xt, yt)
+    source = halves_accuracy(keras.saving.load_model(model_file), xt, yt, batch_size=250)
     spec = {"steps": [step], "training": {"batch_size": batch_size}, "evaluation": {"latency": False}, "seed": seed}
     manifest, wall, out, events = _compress(model_file, str(job_data), spec)
     exported = keras.saving.load_model(out / "model.keras")
-    split = split_accuracy(exported, xt, yt)
+    split = halves_accuracy(exported, xt, yt, batch_size=250)
     before, after = manifest["before"], manifest["after"]
     result = {
         "budget": manifest["budget"],

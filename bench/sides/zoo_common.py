@@ -13,15 +13,6 @@ def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(probs, axis=-1) == y))
 
 
-def split_accuracy(model, x: np.ndarray, y: np.ndarray) -> dict:
-    """Top-1 accuracy on the halves of the held-out digits the budget parts use (`bench.sides._shared.VAL` / `TEST`)
-    and on all of them, from one predict."""
-    from bench.sides._shared import TEST, VAL
-
-    right = np.argmax(model.predict(x, batch_size=250, verbose=0), axis=-1) == y
-    return {"val": float(right[VAL].mean()), "test": float(right[TEST].mean()), "all": float(right.mean())}
-
-
 def _kernel(layer):
     """The weight both tools prune: `kernel` (Dense, Conv; Keras 3 DepthwiseConv2D) or `depthwise_kernel`
     (tf_keras DepthwiseConv2D)."""

@@ -16,7 +16,8 @@ import keras
 import numpy as np
 
 from bench.models import build, digits
-from bench.sides.zoo_common import accuracy, sparsity_report, split_accuracy
+from bench.sides._shared import halves_accuracy
+from bench.sides.zoo_common import accuracy, sparsity_report
 
 _TMP = Path(tempfile.mkdtemp(prefix="bench-zoo-secateurs-"))
 
@@ -94,7 +95,7 @@ def _reestimate(model, x: np.ndarray, xt: np.ndarray, yt: np.ndarray) -> dict:
     t0 = time.perf_counter()
     record = batchnorm.reestimate_batchnorm(model, x, batch_size=128)
     seconds = time.perf_counter() - t0
-    split = split_accuracy(model, xt, yt)
+    split = halves_accuracy(model, xt, yt, batch_size=250)
     return {
         "accuracy": split["all"],
         "split_accuracy": split,
@@ -120,7 +121,8 @@ def zoo_plain(
     t0 = time.perf_counter()
     history = m.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
     wall = time.perf_counter() - t0
-    split = split_accuracy(m, xt, yt)  # all held-out digits (part 5b), and the halves of parts 6b and 6h
+    # all held-out digits (part 5b), and the halves of parts 6b and 6h
+    split = halves_accuracy(m, xt, yt, batch_size=250)
     out = {
         "accuracy": split["all"],
         "split_accuracy": split,
