@@ -268,8 +268,7 @@ def _measure(run: _Run, phase: str, scratch: Path, save: bool = True) -> dict:
     run.progress(Progress(phase=phase, message="evaluating"))
     out: dict[str, Any] = {"evaluation": _evaluate(run)}
     if run.data is not None and run.data.x_test is not None:  # measured here only: nothing is decided on it
-        if not getattr(run.model, "compiled", False):
-            model_io.compile_model(run.model, run.training, run.loss, run.metrics)
+        # the model is compiled: _evaluate compiled it, or evaluated these very weights of it before
         out["test_evaluation"] = metrics_mod.evaluate(
             run.model, run.data.x_test, run.data.y_test, batch_size=max(run.spec.training.batch_size, 256)
         )
