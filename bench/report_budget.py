@@ -444,17 +444,24 @@ def budget_matched_tables(d: dict) -> str:
 
 
 def _finetune_table(finetune: dict) -> str:
-    """Part 6f: each input model after plain fine-tuning alone, constant rate against warm-up + cosine, per seed."""
+    """Part 6f: each input model after plain fine-tuning alone, per seed: constant rate, warmed up then constant (a
+    budget trial's; absent from runs before it), warm-up + cosine."""
+    arms = {
+        "constant": "constant rate",
+        "warmup": "warm-up 10 % then constant",
+        "warmup_cosine": "warm-up 10 % + cosine to 0",
+    }
     rows = []
     for name, m in finetune.items():
         runs = m["runs"]
-        for key in ("constant", "warmup_cosine"):
-            values = [r[key] for r in runs]
+        for key, what in arms.items():
+            values = [r.get(key) for r in runs]
+            if any(v is None for v in values):
+                continue
             rows.append(
                 [
                     f"{name} ({m['input']:.4f})",
-                    f"{runs[0]['epochs']} epochs, Adam {runs[0]['lr']:g}, "
-                    + ("constant rate" if key == "constant" else "warm-up 10 % + cosine to 0"),
+                    f"{runs[0]['epochs']} epochs, Adam {runs[0]['lr']:g}, {what}",
                     " / ".join(f"{v:.4f}" for v in values),
                     " / ".join(f"{100 * (v - m['input']):+.2f}" for v in values),
                 ]
