@@ -103,6 +103,7 @@ def _instrument(clock: _Clock) -> None:
         "metrics": ("evaluate", "latency", "file_size", "sha256_file", "param_stats", "macs", "score_predictions"),
         "counting": ("param_stats", "macs"),  # in metrics before they moved
         "export": ("export_model", "save_model_file", "_measure_keras_file", "_measure_tflite", "_tflite_bytes"),
+        "export_tflite": ("_measure_tflite", "_tflite_bytes"),  # in export before they moved
         "model_io": ("load_model", "compile_model"),
         "batchnorm": ("reestimate_batchnorm",),
         "report": ("render_report",),
