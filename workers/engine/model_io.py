@@ -458,13 +458,11 @@ def compile_model(
         )
     if from_logits is None:
         from_logits = output_activation(model) == "linear"
-    rate = training.learning_rate
-    if warmup_steps > 0:  # cosine "decay" to alpha=1.0 of the target is the constant target after the warm-up
-        rate = keras.optimizers.schedules.CosineDecay(
-            0.0, decay_steps=1, alpha=1.0, warmup_target=training.learning_rate, warmup_steps=warmup_steps
-        )
+    extra = {}
+    if warmup_steps > 0:  # EXPERIMENT: end on the moving average of the weights over about the last warmup_steps
+        extra = {"use_ema": True, "ema_momentum": 1.0 - 1.0 / warmup_steps}
     model.compile(
-        optimizer=optimizer_cls(learning_rate=rate),
+        optimizer=optimizer_cls(learning_rate=training.learning_rate, **extra),
         loss=kind.build(from_logits),
         metrics=list(metrics),
         steps_per_execution=steps_per_execution,

@@ -45,7 +45,7 @@ LOWEST_KEEP = 0.02
 TRIAL_RAMP_END = 0.5  # a magnitude trial ramps its sparsity over this fraction of its epochs (Zhu & Gupta)
 # A trial's fresh optimizer warms its learning rate up over this share of its steps: a trial is a short fine-tune
 # of a trained model, which a cold Adam's first full-rate steps knock back (docs/BENCHMARKS.md, part 6g).
-TRIAL_WARMUP = 0.1
+TRIAL_WARMUP = 0.25
 FIRST_AT_LEAST = 0.2  # the first trial removes at least this (the prediction, without fine-tuning, is cautious)
 
 
