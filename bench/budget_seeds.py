@@ -8,8 +8,8 @@ part 6f rests on medians of three seeds; this part reruns that one row, exactly 
   budget   `bench.budget_tfmot.budget_job` with 6f's max_drop: the input model's val accuracy minus the median of
            tfmot's seeds 0-2 (6f's seeds), plus `budget_matched.TIE`, every seed;
   plain    the input model fine-tuned for one trial's epochs with no pruning, every seed
-           (`bench.sides.budget_secateurs.finetune_rates`): a fresh Adam at the constant rate (the engine's outside
-           budget trials), the same warmed up over the first tenth of the steps (a budget trial's), a fresh Adam
+           (`bench.sides.budget_secateurs.finetune_rates`): a fresh Adam at the constant rate (the engine's), the
+           same warmed up over the first tenth of the steps (tried for the budget trials, not adopted), a fresh Adam
            under a warm-up + cosine schedule, a fresh Adam ending on the moving average of the weights, and the Adam
            state saved in the model file.
 
@@ -139,8 +139,8 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
 
 
 FINETUNE_ARMS = {
-    "constant": "fresh Adam, constant rate (the engine's outside budget trials)",
-    "warmup": "fresh Adam, warm-up 10 % then constant (a budget trial's)",
+    "constant": "fresh Adam, constant rate (the engine's)",
+    "warmup": "fresh Adam, warm-up 10 % then constant",
     "warmup_cosine": "fresh Adam, warm-up 10 % + cosine to 0",
     "ema": "fresh Adam, constant rate, ending on the weights' moving average (momentum {ema_momentum:g})",
     "own_state": "the file's own Adam state, constant rate",

@@ -222,10 +222,10 @@ EMA_MOMENTUM = 0.98  # about the last 50 steps of a 2-epoch trial (126 steps on 
 def finetune_rates(model_file: str, epochs: int, batch_size: int = 128, seed: int = 0, lr: float = 1e-3) -> dict:
     """Accuracy on the held-out test half (`split_accuracy`; the val half under "val") of the model as loaded and
     after `epochs` of plain fine-tuning: with a fresh Adam at the
-    constant rate `lr` (as the engine trains outside budget trials), with a fresh Adam whose rate rises from 0 over the
-    first tenth of the steps and then holds `lr` (`warmup`: how a budget trial trains, `search.TRIAL_WARMUP`), with a
-    fresh Adam whose rate rises the same way and then decays to 0 along a cosine (an alternative measured in part 6f,
-    not the engine's), with a fresh
+    constant rate `lr` (as the engine trains), with a fresh Adam whose rate rises from 0 over the first tenth of the
+    steps and then holds `lr` (`warmup`: tried for the budget trials in part 6g, not the engine's), with a fresh Adam
+    whose rate rises the same way and then decays to 0 along a cosine (an alternative measured in part 6f, not the
+    engine's), with a fresh
     Adam at `lr` that ends on the moving average of the weights (`ema`, Keras' use_ema at EMA_MOMENTUM: part 6g), and,
     when the file carries its optimizer's state (a model saved compiled), continuing with that Adam state at the same
     rate (`own_state`: part 6g; None when the file has no optimizer state)."""

@@ -338,18 +338,6 @@ def test_compile_model_builds_the_spec_optimizer_and_trains(optimizer):
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
 
-def test_compile_model_warms_the_rate_up_then_holds_it():
-    model = _sequential()
-    compile_model(model, TrainingSettings(learning_rate=0.05), "sparse_categorical_crossentropy", [], warmup_steps=4)
-    rates = []  # the optimizer's current rate, from its own step count
-    x = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
-    for _ in range(7):
-        rates.append(float(model.optimizer.learning_rate.numpy()))
-        model.train_on_batch(x, np.arange(8) % 3)
-    assert rates[:5] == pytest.approx([0.0, 0.0125, 0.025, 0.0375, 0.05])
-    assert rates[5:] == pytest.approx([0.05, 0.05])
-
-
 @pytest.mark.parametrize("loss", sorted(model_io.LOSSES))
 def test_compile_model_accepts_every_allowed_loss(loss):
     units = 1 if model_io.LOSSES[loss].label_form in ("regression", "binary") else 3

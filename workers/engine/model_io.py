@@ -430,14 +430,11 @@ def compile_model(
     *,
     from_logits: bool | None = None,
     steps_per_execution: int = STEPS_PER_EXECUTION,
-    warmup_steps: int = 0,
 ) -> keras.Model:
     """Compile `model` with a fresh optimizer from the training settings and a stock loss.
 
     `from_logits` (cross-entropy only) defaults to whether the output is linear (logits) rather than a
     softmax / sigmoid. `steps_per_execution`: see STEPS_PER_EXECUTION (1 runs batch callbacks after every step).
-    `warmup_steps` > 0: the learning rate rises linearly from 0 over that many steps, then holds (a fresh Adam's
-    first steps move every weight by about the full rate, whatever its gradient: a kick to a trained model).
     """
     kind = LOSSES.get(loss)
     if kind is None:
@@ -458,11 +455,8 @@ def compile_model(
         )
     if from_logits is None:
         from_logits = output_activation(model) == "linear"
-    extra = {}
-    if warmup_steps > 0:  # EXPERIMENT: end on the moving average of the weights over about the last warmup_steps
-        extra = {"use_ema": True, "ema_momentum": 1.0 - 1.0 / warmup_steps}
     model.compile(
-        optimizer=optimizer_cls(learning_rate=training.learning_rate, **extra),
+        optimizer=optimizer_cls(learning_rate=training.learning_rate),
         loss=kind.build(from_logits),
         metrics=list(metrics),
         steps_per_execution=steps_per_execution,

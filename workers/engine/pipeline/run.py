@@ -162,21 +162,13 @@ def _require_data(run: _Run, what: str):
 
 
 def _fit(
-    run: _Run,
-    phase: str,
-    index: int,
-    epochs: int,
-    pruner: Pruner | None,
-    extra_callbacks: list | None = None,
-    warmup: float = 0.0,
+    run: _Run, phase: str, index: int, epochs: int, pruner: Pruner | None, extra_callbacks: list | None = None
 ) -> dict:
-    """Compile afresh (so attached masks/penalties are traced in) and train; returns per-epoch history.
-    `warmup`: the share of the steps over which the learning rate rises from 0 (`model_io.compile_model`)."""
+    """Compile afresh (so attached masks/penalties are traced in) and train; returns per-epoch history."""
     data = _require_data(run, f"step {index} ({phase})")
     spec = run.training
+    model_io.compile_model(run.model, spec, run.loss, run.metrics)
     steps_per_epoch = int(np.ceil(len(data.x_train) / spec.batch_size))
-    warmup_steps = int(np.ceil(warmup * epochs * steps_per_epoch))
-    model_io.compile_model(run.model, spec, run.loss, run.metrics, warmup_steps=warmup_steps)
     cb = _ProgressCallback(
         run, phase, index, epochs, steps_per_epoch, sparsity=(pruner.sparsity if pruner is not None else (lambda: None))
     )
@@ -205,13 +197,7 @@ def _pruner(run: _Run) -> Pruner:
 
 
 def _train_holding_zeros(
-    run: _Run,
-    phase: str,
-    index: int,
-    epochs: int,
-    setup=None,
-    extra_callbacks: list | None = None,
-    warmup: float = 0.0,
+    run: _Run, phase: str, index: int, epochs: int, setup=None, extra_callbacks: list | None = None
 ) -> dict:
     """Train `epochs` with zeros held when a prune step ran before; `setup(weights)` may attach penalties."""
     pruner = _pruner(run) if run.hold_zeros else None
@@ -219,7 +205,7 @@ def _train_holding_zeros(
         pruner.hold_zeros()
     handle = setup(prunable_weights(run.model, run.layers)) if setup else None
     try:
-        return _fit(run, phase, index, epochs, pruner, extra_callbacks=extra_callbacks, warmup=warmup)
+        return _fit(run, phase, index, epochs, pruner, extra_callbacks=extra_callbacks)
     finally:
         if handle is not None:
             handle.detach()

@@ -43,9 +43,6 @@ BUDGET_MAGNITUDE_LEVELS = (*DEFAULT_SENSITIVITY_LEVELS, 0.98)  # a budget search
 HIGHEST_SPARSITY = 0.995  # the budget search never goes further
 LOWEST_KEEP = 0.02
 TRIAL_RAMP_END = 0.5  # a magnitude trial ramps its sparsity over this fraction of its epochs (Zhu & Gupta)
-# A trial's fresh optimizer warms its learning rate up over this share of its steps: a trial is a short fine-tune
-# of a trained model, which a cold Adam's first full-rate steps knock back (docs/BENCHMARKS.md, part 6g).
-TRIAL_WARMUP = 0.25
 FIRST_AT_LEAST = 0.2  # the first trial removes at least this (the prediction, without fine-tuning, is cautious)
 
 
@@ -248,7 +245,7 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
             _reestimate_batchnorm(run, "budget", index, evaluate=False)  # and train from matching statistics
             pruned = _measured(run, metric)  # the level cut at once, before any fine-tuning
             if step.epochs:
-                _train_holding_zeros(run, "budget", index, step.epochs, warmup=TRIAL_WARMUP)
+                _train_holding_zeros(run, "budget", index, step.epochs)
         else:
             start_weights = states[start] if start is not None else original
             run.model.set_weights(start_weights)
@@ -275,13 +272,7 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
                 )
                 try:
                     _fit(
-                        run,
-                        "budget",
-                        index,
-                        step.epochs,
-                        pruner,
-                        extra_callbacks=[pruner.callback(ramp, spe, targets)],
-                        warmup=TRIAL_WARMUP,
+                        run, "budget", index, step.epochs, pruner, extra_callbacks=[pruner.callback(ramp, spe, targets)]
                     )
                 finally:
                     pruner.detach()
