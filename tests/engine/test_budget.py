@@ -19,6 +19,7 @@ from workers.engine.budget import (
     near_miss,
     needed,
     search,
+    worth_retesting,
 )
 from workers.engine.errors import Cancelled
 
@@ -183,6 +184,47 @@ def test_a_level_missed_from_further_back_is_tried_again_from_the_nearer_model()
     s.record(0.86, True, 0.8)
     assert s.next() == pytest.approx(0.9)  # 0.9 was pruned from 0.8, before 0.86 was within
     s.record(0.9, False, 0.86)
+    assert s.next() == pytest.approx(1 - np.sqrt(0.14 * 0.1))
+
+
+def test_worth_retesting_is_past_the_budget_by_at_most_twice_a_near_miss():
+    assert worth_retesting(0.03, 0.01) and worth_retesting(0.005, 0.01)  # 2 x 0.01 past it; within it
+    assert not worth_retesting(0.0301, 0.01) and not worth_retesting(float("inf"), 0.01)
+    assert worth_retesting(0.013, 0.001, noise=0.006) and not worth_retesting(0.0131, 0.001, noise=0.006)
+
+
+@pytest.mark.parametrize("collapse, retested", [(0.5, False), (0.025, True)])
+def test_only_a_miss_within_reach_is_tried_again_from_the_nearer_model(collapse, retested):
+    levels_by_index = []
+
+    def run(removed, start):
+        # past 0.9 a trial is within budget only from a start at most half a halving of density away; from further
+        # back it loses `collapse`
+        frm = 0.0 if start is None else levels_by_index[start]
+        levels_by_index.append(removed)
+        small_step = (1 - frm) / (1 - removed) <= np.sqrt(2) + 1e-9
+        return trial_fn(lambda r: 0.0 if r <= 0.9 or small_step else collapse, 0.01, [])(removed, start)
+
+    result = search(
+        run,
+        first=0.8,
+        highest=0.99,
+        max_trials=5,
+        objective="nonzero_params",
+        retest=lambda t: worth_retesting(t.drop, 0.01),
+    )
+    levels = [round(t.removed, 4) for t in result.trials]
+    mid = round(1 - np.sqrt(0.1 * 0.05), 4)
+    assert levels[:4] == [0.8, 0.9, 0.95, mid]  # 0.95 missed from 0.9, the bisection point is within
+    if retested:  # 2.5 times the budget, 1.5 past it: tried again from 0.9293, where it is within
+        assert levels[4] == 0.95 and result.trials[4].start == 3 and result.trials[4].within_budget
+    else:  # 50 times the budget: the search bisects between 0.9293 and 0.95 instead
+        assert levels[4] == round(1 - np.sqrt((1 - mid) * 0.05), 4) and result.trials[4].start == 3
+    # the same through LevelSearch: a miss recorded as not worth re-testing is bisected towards at once
+    s = LevelSearch(first=0.8, highest=0.99)
+    s.record(0.8, True, 0.0)
+    s.record(0.9, False, 0.8, retest=False)
+    s.record(0.86, True, 0.8)
     assert s.next() == pytest.approx(1 - np.sqrt(0.14 * 0.1))
 
 

@@ -5,9 +5,10 @@ caller (`pipeline`) through the `run_trial` callable. Public API::
 
     Trial(...)                                        one trial's measurements (manifest.budget.trials[i])
     LevelSearch(first, highest)                       proposes the fraction to remove next (record each trial)
-    search(run_trial, *, first, highest, max_trials, objective, retry=None, ...) -> BudgetResult
+    search(run_trial, *, first, highest, max_trials, objective, retry=None, retest=None, ...) -> BudgetResult
     choose(trials, objective) -> (index, met); needed(trials, objective, pending) -> indices whose models to keep
     near_miss(drop, max_drop, noise) -> bool         a miss worth one more fine-tune at the same level
+    worth_retesting(drop, max_drop, noise) -> bool   a miss worth trying again from a nearer model
     accuracy_noise(is_accuracy, baseline, samples) -> float   one standard error of a held-out accuracy
     OBJECTIVES: dict[str, Callable[[Trial], float]]   what "most compressed" means
     measure(model, scratch, method, latency_runs) -> dict   a trial's size measurements
@@ -24,7 +25,11 @@ says how far the level is from the model it was pruned from as much as how far i
 level missed after being pruned from further back than the best trial within budget now (the halving step
 overshot, then the bisection point in between was within), it is tried once more from that nearer model before
 the search bisects towards it (docs/BENCHMARKS.md part 6e: the tutorial CNN missed 0.97 from 0.94 in two of three
-seeds, and reached it from 0.959).
+seeds, and reached it from 0.959). Only a miss past the budget by at most twice what makes a near miss
+(`worth_retesting`) is tried again: a level that collapsed (in part 6b a structured cut past a cliff lost 63
+points against a budget of 2, and 61 again from the nearer model) is as far out of reach from a nearer start. Over
+the runs of parts 6-6h before this bound, it keeps all 5 re-tests that ended within budget and skips 4 of the 6
+that missed again, the cliff among them (a bound read off those 11 re-tests, not tested on others).
 
 Pruned or fine-tuned. A trial measures its level twice: pruned at once (BatchNorm re-estimated, no training;
 `pruned_metric`) and after its fine-tune, and keeps the better (`kept`: "fine_tuned" or "pruned"). A model trained
@@ -67,6 +72,7 @@ __all__ = [
     "near_miss",
     "needed",
     "search",
+    "worth_retesting",
 ]
 
 
@@ -117,18 +123,22 @@ class LevelSearch:
         self.bad_from: float | None = None  # the level the trial that missed `bad` was pruned from (None: unknown)
         self.tried: list[float] = []
 
-    def record(self, removed: float, within: bool, start: float | None = None) -> None:
+    def record(self, removed: float, within: bool, start: float | None = None, retest: bool = True) -> None:
         """A trial at `removed`, warm-started from a model at level `start` (0: the original model; None: not
-        said, and a miss is then never tried again)."""
+        said, and a miss is then never tried again). `retest` False: a miss never to try again from a nearer
+        model (`worth_retesting`)."""
         self.tried.append(removed)
         if within:
             self.ok = max(self.ok, removed)
             if self.bad is not None and self.bad <= self.ok:
                 self.bad = self.bad_from = None  # a miss from further back, now within from nearer
         elif self.bad is None or removed < self.bad - 1e-12:
-            self.bad, self.bad_from = removed, start
-        elif abs(removed - self.bad) <= 1e-12 and start is not None:
-            self.bad_from = start if self.bad_from is None else max(self.bad_from, start)
+            self.bad, self.bad_from = removed, (start if retest else None)
+        elif abs(removed - self.bad) <= 1e-12:
+            if not retest:
+                self.bad_from = None
+            elif start is not None:
+                self.bad_from = start if self.bad_from is None else max(self.bad_from, start)
 
     def next(self) -> float | None:
         """The next fraction to try, or None when the search has converged."""
@@ -151,6 +161,15 @@ def near_miss(drop: float, max_drop: float, noise: float = 0.0) -> bool:
     """Whether a trial outside the budget missed it by at most max(max_drop, noise): a miss that one more
     fine-tune at the same level may well turn, given how much a held-out metric moves between fine-tunes."""
     return math.isfinite(drop) and drop > max_drop and drop - max_drop <= max(max_drop, noise)
+
+
+RETEST_REACH = 2.0  # a miss is tried again from a nearer model when past the budget by at most this many near misses
+
+
+def worth_retesting(drop: float, max_drop: float, noise: float = 0.0) -> bool:
+    """Whether a level that missed the budget when pruned from further back is worth trying again from the nearer
+    model within budget now: past the budget by at most RETEST_REACH times max(max_drop, noise) (module docstring)."""
+    return math.isfinite(drop) and drop - max_drop <= RETEST_REACH * max(max_drop, noise)
 
 
 def accuracy_noise(metric_is_accuracy: bool, baseline: float, samples: int) -> float:
@@ -178,10 +197,12 @@ def search(
     should_cancel: Callable[[], bool] | None = None,
     on_trial: Callable[[int, Trial, int | None], None] | None = None,
     retry: Callable[[Trial], bool] | None = None,
+    retest: Callable[[Trial], bool] | None = None,
 ) -> BudgetResult:
     """Run up to `max_trials` trials; `run_trial(removed, start)` prunes the model (from trial `start`'s model,
     or the original when None) so that the fraction `removed` is gone, fine-tunes, measures and returns a Trial.
-    `retry(trial)`: whether a trial outside the budget is a near miss to fine-tune once more (module docstring).
+    `retry(trial)`: whether a trial outside the budget is a near miss to fine-tune once more; `retest(trial)`:
+    whether a level it missed may be tried again from a nearer model (None: always; module docstring).
     `on_trial(i, trial, pending)` is called after each one; `pending` is the trial the next one retries (its model
     must be kept), else None. Cancellation is checked before every trial."""
     levels = LevelSearch(first, highest)
@@ -206,7 +227,12 @@ def search(
             pending = len(trials) - 1  # its level is judged by the retry
         else:
             origin = start if pending is None else trials[pending].start  # a retry: where its level was pruned from
-            levels.record(removed, trial.within_budget, trials[origin].removed if origin is not None else 0.0)
+            levels.record(
+                removed,
+                trial.within_budget,
+                trials[origin].removed if origin is not None else 0.0,
+                retest=retest is None or trial.within_budget or retest(trial),
+            )
             pending = None
         if trial.within_budget and (best is None or removed > trials[best].removed):
             best = len(trials) - 1

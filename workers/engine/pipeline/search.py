@@ -336,6 +336,7 @@ def _run_budget(run: _Run, index: int, step: BudgetStep) -> dict:
         should_cancel=run.should_cancel,
         on_trial=on_trial,
         retry=lambda t: budget_mod.near_miss(t.drop, step.max_drop, noise),
+        retest=lambda t: budget_mod.worth_retesting(t.drop, step.max_drop, noise),
     )
     if structured:
         run.model = states[found.chosen][0]
