@@ -1,4 +1,5 @@
-"""Unstructured pruning of Keras 3 models: mask state, the pruning callback and the facade.
+"""Unstructured pruning of Keras 3 models: mask state and the facade (the training callback that updates the
+masks during `fit` is `pruning_callback.PruningCallback`).
 
 Public API (used by `pipeline`)::
 
@@ -71,10 +72,8 @@ Held zeros. `hold_zeros()` records a floor: weights that are zero then stay zero
 update (new mask = computed mask AND floor). When an earlier step left more zeros in a layer than the new
 target, that layer ends above its target.
 
-Speed. Masks are recomputed (numpy, on the host) only at the schedule's update steps. Per batch the callback
-does one integer comparison in `on_train_batch_begin`, which Keras dispatches synchronously without
-converting logs, and it leaves `on_train_batch_end` alone so Keras keeps its asynchronous batch-end dispatch.
-The optimizer step is read from `optimizer.iterations` once per epoch (and before validation), not per batch.
+Speed. Masks are recomputed (numpy, on the host) only at the schedule's update steps; what the callback does
+per batch is in `pruning_callback`.
 """
 
 from __future__ import annotations
@@ -98,6 +97,7 @@ from workers.engine.masks import (
     spared_small,
     target_count,
 )
+from workers.engine.pruning_callback import PruningCallback
 from workers.engine.registry import PrunableWeight, output_layer_paths, walk_layers
 from workers.engine.schedules import ONE_SHOT, OneShot, ScheduleSettings, make_schedule
 from workers.engine.selection import LayerOverride, override_for
@@ -490,79 +490,3 @@ class Pruner:
             for g in groups
         ]
         return PruningCallback(self, method, groups, schedules)
-
-
-def _value_at(schedule, t: int) -> float:
-    value = schedule(t)
-    if value is None:  # not one of this schedule's own update steps (schedules of a step share them)
-        value = schedule.value(t) if hasattr(schedule, "value") else schedule.final_sparsity
-    return value
-
-
-class PruningCallback(keras.callbacks.Callback):
-    """Updates the masks at the schedule's steps; `sparsity` is the pruner's sparsity after the last update.
-
-    The step is the number of optimizer updates applied since `on_train_begin`, read from
-    `optimizer.iterations` at each epoch start and counted by batch index in between.
-    """
-
-    def __init__(self, pruner: Pruner, method: MaskMethod, groups: Sequence[_Group], schedules: Sequence):
-        super().__init__()
-        self.pruner, self.method = pruner, method
-        self.groups, self.schedules = list(groups), list(schedules)
-        self.update_steps = sorted({t for s in self.schedules for t in s.update_steps()})
-        self.updates: list[tuple[int, float]] = []  # (step, sparsity) after each mask update
-        self.sparsity: float | None = None
-        self._next = 0
-        self._start = 0
-        self._base = 0
-        self._training = False
-
-    def _iterations(self) -> int:
-        opt = getattr(self.model, "optimizer", None)
-        return 0 if opt is None else int(keras.ops.convert_to_numpy(opt.iterations))
-
-    def _update(self, t: int) -> None:
-        if self.method.gradual:
-            params = [replace(g.params, sparsity=_value_at(s, t)) for g, s in zip(self.groups, self.schedules)]
-        else:
-            params = [g.params for g in self.groups]
-        self.pruner._apply(self.method, self.groups, params)
-        self.sparsity = self.pruner._sparsity_after_update()
-        self.updates.append((t, self.sparsity))
-
-    def _advance(self, t: int) -> None:
-        last = None
-        while self._next < len(self.update_steps) and self.update_steps[self._next] <= t:
-            last = self.update_steps[self._next]
-            self._next += 1
-        if last is not None:
-            self._update(last)
-
-    def on_train_begin(self, logs=None):
-        self._start = self._iterations()
-        self._base = 0
-        self._next = 0
-        self._training = True
-        self._advance(0)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._base = self._iterations() - self._start
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self._next < len(self.update_steps) and self._base + batch >= self.update_steps[self._next]:
-            self._advance(self._base + batch)
-
-    def on_test_begin(self, logs=None):
-        if self._training:  # validation inside fit: bring the masks up to date first
-            self._advance(self._iterations() - self._start)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._advance(self._iterations() - self._start)
-
-    def on_train_end(self, logs=None):
-        # reach the final sparsity even if training ran fewer steps than planned
-        if self._next < len(self.update_steps):
-            self._next = len(self.update_steps)
-            self._update(self.update_steps[-1])
-        self._training = False
