@@ -158,17 +158,22 @@ def test_a_big_miss_or_a_retry_that_misses_again_is_not_retried():
     assert all(t.retry_of is None for t in result.trials if t.removed > 0.9)  # 0.95 (drop 0.5) is never retried
 
 
-def test_a_level_missed_from_further_back_is_tried_again_from_the_nearer_model():
+def far_steps_miss(miss: float):
+    """Trials past 0.9 within budget (drop 0) only when their start is at most half a halving of density away;
+    from further back they lose `miss`."""
     levels_by_index = []
 
     def run(removed, start):
-        # past 0.9 a trial stays within budget only when its start is at most half a halving of density away
         frm = 0.0 if start is None else levels_by_index[start]
         levels_by_index.append(removed)
         small_step = (1 - frm) / (1 - removed) <= np.sqrt(2) + 1e-9
-        return trial_fn(lambda r: 0.0 if r <= 0.9 or small_step else 0.5, 0.01, [])(removed, start)
+        return trial_fn(lambda r: 0.0 if r <= 0.9 or small_step else miss, 0.01, [])(removed, start)
 
-    result = search(run, first=0.8, highest=0.99, max_trials=6, objective="nonzero_params")
+    return run
+
+
+def test_a_level_missed_from_further_back_is_tried_again_from_the_nearer_model():
+    result = search(far_steps_miss(0.5), first=0.8, highest=0.99, max_trials=6, objective="nonzero_params")
     levels = [round(t.removed, 4) for t in result.trials]
     mid = round(1 - np.sqrt(0.1 * 0.05), 4)
     # 0.95 misses from 0.9 (a whole halving); 0.9293 is within from 0.9; 0.95 again, from 0.9293: within
@@ -195,18 +200,8 @@ def test_worth_retesting_is_past_the_budget_by_at_most_twice_a_near_miss():
 
 @pytest.mark.parametrize("collapse, retested", [(0.5, False), (0.025, True)])
 def test_only_a_miss_within_reach_is_tried_again_from_the_nearer_model(collapse, retested):
-    levels_by_index = []
-
-    def run(removed, start):
-        # past 0.9 a trial is within budget only from a start at most half a halving of density away; from further
-        # back it loses `collapse`
-        frm = 0.0 if start is None else levels_by_index[start]
-        levels_by_index.append(removed)
-        small_step = (1 - frm) / (1 - removed) <= np.sqrt(2) + 1e-9
-        return trial_fn(lambda r: 0.0 if r <= 0.9 or small_step else collapse, 0.01, [])(removed, start)
-
     result = search(
-        run,
+        far_steps_miss(collapse),
         first=0.8,
         highest=0.99,
         max_trials=5,
