@@ -444,8 +444,9 @@ def budget_matched_tables(d: dict) -> str:
 
 
 def _finetune_table(finetune: dict) -> str:
-    """Part 6f: each input model after plain fine-tuning alone, per seed: constant rate, warmed up then constant (a
-    budget trial's; absent from runs before it), warm-up + cosine."""
+    """Part 6f: each input model after plain fine-tuning alone, per seed: constant rate (the engine's), warmed up
+    then constant (tried for the budget trials in part 6g, not adopted; absent from runs before it), warm-up +
+    cosine."""
     arms = {
         "constant": "constant rate",
         "warmup": "warm-up 10 % then constant",

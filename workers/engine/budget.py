@@ -163,7 +163,7 @@ def near_miss(drop: float, max_drop: float, noise: float = 0.0) -> bool:
     return math.isfinite(drop) and drop > max_drop and drop - max_drop <= max(max_drop, noise)
 
 
-RETEST_REACH = 2.0  # a miss is tried again from a nearer model when past the budget by at most this many near misses
+RETEST_REACH = 2.0  # tried again from a nearer model: a miss past the budget by at most this many near misses' reach
 
 
 def worth_retesting(drop: float, max_drop: float, noise: float = 0.0) -> bool:
