@@ -18,7 +18,7 @@ from typing import get_args
 from pydantic import Field, field_validator
 
 from workers.engine.names import ALLOWED_LOSSES, ALLOWED_METRICS
-from workers.spec.base import MAX_THRESHOLD, Fraction, _Strict
+from workers.spec.base import MAX_THRESHOLD, _Strict
 from workers.spec.schedules import (
     ConstantScheduleSpec,
     OneShotScheduleSpec,
@@ -49,7 +49,6 @@ __all__ = [
     "EvaluationSpec",
     "ExportSpec",
     "FinetuneStep",
-    "Fraction",
     "JobSpec",
     "LayerOverride",
     "LayerSelection",

@@ -3,12 +3,7 @@ constants the sections share."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from pydantic import BaseModel, ConfigDict, Field
-
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-
+from pydantic import BaseModel, ConfigDict
 
 MAX_THRESHOLD = 100.0  # |w| < 100 zeroes every weight of any ordinary trained network: a larger threshold is a mistake
 
