@@ -3,7 +3,7 @@
 Public API::
 
     export_model(model, out_dir, formats, *, calibration=None, held_out=None) -> dict[format, ExportedFile]
-    HeldOut(x, y, batch_size=256, max_samples=10_000, min_samples=256, mac_budget=2e11)  # from export_tflite
+    HeldOut(x, y, batch_size=256, max_samples=10_000, min_samples=256, mac_budget=2e11)  # from export_records
     save_model_file(model, path)            # .keras / .h5 with a fresh optimizer, written atomically
     FORMATS: dict[name, ExportFormat]       # keras, h5, tflite, tflite_int8
 
@@ -67,15 +67,8 @@ import numpy as np
 
 from workers.engine.counting import param_stats
 from workers.engine.errors import SpecError
-from workers.engine.export_tflite import (
-    HeldOut,
-    _head,
-    _measure_tflite,
-    _Measured,
-    _sample_count,
-    _writer,
-    _Written,
-)
+from workers.engine.export_records import HeldOut, _head, _Measured, _sample_count, _Written
+from workers.engine.export_tflite import _measure_tflite, _writer
 from workers.engine.fileio import atomic_write
 from workers.engine.metrics import file_size, predict_batched, score_predictions, sha256_file
 

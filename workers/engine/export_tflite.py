@@ -2,8 +2,7 @@
 with the LiteRT interpreter, and run it on held-out samples. `export.FORMATS` writes and measures .tflite files through
 `_writer` and `_measure_tflite` (the format table and the entry point, `export_model`, are in export.py).
 
-Also here, as export.py imports this module (not the other way): `HeldOut`, the measurement records
-(`_Measured`, `_Written`) and the held-out sample count (`_sample_count`, `_head`), which the Keras files use too.
+The held-out samples and the measurement records both kinds of file use are in `export_records`.
 """
 
 from __future__ import annotations
@@ -12,52 +11,19 @@ import contextlib
 import io
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from workers.engine.counting import macs, param_stats
+from workers.engine.counting import param_stats
 from workers.engine.errors import SpecError
+from workers.engine.export_records import HeldOut, _head, _length, _Measured, _sample_count, _Written
 from workers.engine.metrics import predict_batched, score_predictions
 from workers.engine.tflite import tflite_interpreter, tflite_kernels
 
-__all__ = ["CALIBRATION_BATCH", "CALIBRATION_SAMPLES", "HeldOut"]
-
-
-@dataclass(frozen=True)
-class HeldOut:
-    """Held-out samples every artifact is evaluated on, by running the written file.
-
-    Loss and metrics are the in-memory model's compiled ones. At most `max_samples` samples are used, fewer when
-    the model is big: ``samples * MACs per sample <= mac_budget`` (at least `min_samples`), so evaluating the
-    files of a big model costs a bounded few seconds; the evaluation entry says how many were used.
-    """
-
-    x: Any  # an array, or a list of arrays (one per model input)
-    y: np.ndarray
-    batch_size: int = 256
-    max_samples: int = 10_000
-    min_samples: int = 256
-    mac_budget: float = 2e11
-
-
-@dataclass(frozen=True)
-class _Measured:
-    params: int
-    nonzero: int
-    sparsity: float
-    preserved: bool
-    measured: str
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class _Written:
-    encoding: str = ""
-    note: str = ""
+__all__ = ["CALIBRATION_BATCH", "CALIBRATION_SAMPLES"]
 
 
 # --------------------------------------------------------------------------- tflite
@@ -106,14 +72,6 @@ def _tflite_bytes(model: keras.Model, fmt: str, calibration=None) -> tuple[bytes
             f"TFLite: {type(e).__name__}: {text}",
             field="export.formats",
         ) from None
-
-
-def _length(x) -> int:
-    return len(x[0]) if isinstance(x, (list, tuple)) else len(x)
-
-
-def _head(x, n: int):
-    return [a[:n] for a in x] if isinstance(x, (list, tuple)) else x[:n]
 
 
 def _representative(model: keras.Model, calibration):
@@ -171,12 +129,6 @@ def _measure_tflite(model: keras.Model, path: Path, held_out: HeldOut | None) ->
 
 
 # --------------------------------------------------------------------------- evaluating a file
-
-
-def _sample_count(model: keras.Model, held_out: HeldOut) -> int:
-    n = min(_length(held_out.x), held_out.max_samples)
-    per_sample = max(1, macs(model)["macs"])
-    return int(min(n, max(held_out.min_samples, held_out.mac_budget // per_sample)))
 
 
 def _evaluate_tflite(model: keras.Model, interpreter, held_out: HeldOut) -> dict:
