@@ -31,6 +31,7 @@ from bench.budget_tfmot import (
     budget_job,
     input_accuracy,
     label,
+    margin_interval,
     sizes,
     step_config,
     tfmot_job,
@@ -128,7 +129,10 @@ def _setting(sides: Sides, pre: dict, base: dict, s: float, step: dict, seeds, p
         "tfmot_runs": matched,
         "tfmot_reran": [t["epochs"] != planned for t in matched],
         "tfmot": tf,
-        "verdict": verdict(base, max_drop, budget, {name: tf}),
+        "verdict": {
+            **verdict(base, max_drop, budget, {name: tf}),
+            "accuracy_margin_ci95": margin_interval(budget_runs, matched),
+        },
     }
 
 

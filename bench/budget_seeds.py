@@ -27,10 +27,19 @@ import statistics
 from bench.budget import SPLIT
 from bench.budget_converged import PRETRAIN_EPOCHS
 from bench.budget_matched import matched_budget
-from bench.budget_tfmot import budget_job, input_accuracy, label, sizes, step_config, tfmot_job, verdict
+from bench.budget_tfmot import (
+    budget_job,
+    input_accuracy,
+    label,
+    margin_interval,
+    sizes,
+    step_config,
+    tfmot_job,
+    verdict,
+)
 from bench.common import LoadMonitor, header, log, write_result
 from bench.harness import Sides, pretrained
-from bench.report_format import _md, _run_line
+from bench.report_format import _margin, _md, _run_line
 
 MODEL, TARGET, FREQUENCY = "lenet_300_100", 0.8, 10  # part 6f's miss
 SEEDS = tuple(range(10))
@@ -66,7 +75,10 @@ def summarize(base: dict, max_drop: float, tfmot_runs: list[dict], budget_runs: 
         "paired": sum(paired(t, r) for t, r in zip(tfmot_runs, budget_runs)),
         "budget": budget,
         "tfmot": tf,
-        "verdict": verdict(base, max_drop, budget, {name: tf}),
+        "verdict": {
+            **verdict(base, max_drop, budget, {name: tf}),
+            "accuracy_margin_ci95": margin_interval(budget_runs, tfmot_runs),
+        },
     }
 
 
@@ -231,7 +243,8 @@ def tables(d: dict) -> str:
             f"accuracy in {s['paired']}. Medians of all {n} seeds: budget {b['accuracy']:.4f} at "
             f"{b['nonzero_weights']:,.0f} non-zero, tfmot {tf['accuracy']:.4f} at {tf['nonzero_weights']:,.0f} "
             f"({b['nonzero_weights'] / tf['nonzero_weights']:.2f}× the non-zero weights, "
-            f"{b['weights_gzip_bytes'] / tf['weights_gzip_bytes']:.2f}× the gzip bytes): "
+            f"{b['weights_gzip_bytes'] / tf['weights_gzip_bytes']:.2f}× the gzip bytes; accuracy budget − tfmot "
+            f"{_margin(v)} points, in brackets a 95 % interval over the test digits): "
             + ("met." if v["met"] else "**missed**."),
             *_finetune_lines(d),
         ]

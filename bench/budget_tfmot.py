@@ -23,17 +23,21 @@ from __future__ import annotations
 
 import statistics
 
+import numpy as np
+
 from bench.budget import FULL as BUDGET_FULL
 from bench.budget import QUICK as BUDGET_QUICK
 from bench.budget import SPLIT, budget_step
 from bench.common import LoadMonitor, header, log, write_result
 from bench.harness import Sides, pretrained
+from bench.sides._shared import unpack_right
 
 SPARSITIES = (0.8, 0.9, 0.95, 0.97)
 FREQUENCIES = (100, 10)
 FULL = {"models": ("lenet_300_100", "tutorial_cnn"), "seeds": (0, 1, 2), "sparsities": SPARSITIES}
 QUICK = {"models": ("lenet_300_100",), "seeds": (0,), "sparsities": (0.9,)}
 BATCH = 128
+DRAWS = 2000  # bootstrap draws of the test digits (margin_interval)
 
 
 def step_config(quick: bool) -> dict:
@@ -71,6 +75,7 @@ def tfmot_job(sides: Sides, pre: dict, epochs: int, target: float, frequency: in
     split = t["split_accuracy"]  # judged on the test half, as the budget job's model (module docstring)
     t.update(seed=seed, epochs=epochs, target=target, frequency=frequency)
     t.update(accuracy=split["test"], val_accuracy=split["val"], accuracy_all=split["all"])
+    t.update(test_right=split["test_right"])
     return t
 
 
@@ -97,6 +102,23 @@ def dominated_by(budget: dict, settings: dict[str, dict]) -> list[str]:
         for k, s in settings.items()
         if s["nonzero_weights"] <= budget["nonzero_weights"] and s["accuracy"] >= budget["accuracy"]
     )
+
+
+def margin_interval(budget_runs: list[dict], tfmot_runs: list[dict], draws: int = DRAWS) -> list[float] | None:
+    """How far the test digits alone can move the verdict's accuracy margin (the budget's median test accuracy over
+    seeds minus tfmot's, as `sizes` takes it): a 95 % percentile bootstrap that redraws the test half's digits with
+    replacement, the same draw for every run of both sides (each run's `test_right`, digit by digit), and takes the
+    margin on each draw. [low, high] in accuracy (0.001 = one digit of 1,000); None when a run lacks `test_right`.
+    An interval that holds 0 means these digits cannot tell which side is the more accurate; seeds are not redrawn,
+    so it says nothing of how much the margin moves from seed to seed."""
+    if not budget_runs or not tfmot_runs or any("test_right" not in r for r in [*budget_runs, *tfmot_runs]):
+        return None
+    b, t = (np.stack([unpack_right(r["test_right"]) for r in rs]) for rs in (budget_runs, tfmot_runs))
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, b.shape[1], size=(draws, b.shape[1]))
+    margins = np.median(b[:, idx].mean(axis=-1), axis=0) - np.median(t[:, idx].mean(axis=-1), axis=0)
+    low, high = np.percentile(margins, [2.5, 97.5])
+    return [round(float(low), 6), round(float(high), 6)]
 
 
 def verdict(base: dict, max_drop: float, budget: dict, settings: dict[str, dict]) -> dict:
@@ -190,6 +212,9 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
             "tfmot": settings,
             "verdict": verdict(base, step["max_drop"], budget, settings),
         }
+        v = payload["models"][model]["verdict"]
+        if v["tfmot_best"] is not None:
+            v["accuracy_margin_ci95"] = margin_interval(budget_runs, tf_runs[v["tfmot_best"]])
         v = payload["models"][model]["verdict"]
         log(f"budget_tfmot: {model}: verdict {v}")
         write_result("budget_tfmot", {**payload, "load": monitor.summary()}, quick)

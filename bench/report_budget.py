@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from bench.report_format import _md, _run_line, _spread
+from bench.report_format import _margin, _md, _run_line, _spread
 
 
 def _split_line(d: dict) -> list[str]:
@@ -269,7 +269,7 @@ def budget_tfmot_tables(d: dict) -> str:
         else:
             value = (
                 f"{v['size_ratio_nonzero']:.2f}× the non-zero weights, {v['size_ratio_gzip']:.2f}× the gzip bytes of "
-                f"{v['tfmot_best']}, accuracy {100 * v['accuracy_margin']:+.2f} points"
+                f"{v['tfmot_best']}, accuracy {_margin(v)} points"
             )
         dominated = v.get("dominated_by")
         if dominated is None:  # results written before the field existed
@@ -291,7 +291,8 @@ def budget_tfmot_tables(d: dict) -> str:
             verdicts,
             [
                 "model",
-                "budget vs the smallest tfmot setting within 1 point on val (test accuracy)",
+                "budget vs the smallest tfmot setting within 1 point on val (test accuracy, points [95 % interval "
+                "over the test digits])",
                 "smaller at equal or better accuracy (test)",
                 "smaller, both within 1 point (test)",
                 "tfmot settings as small and as accurate (test)",
@@ -405,7 +406,7 @@ def budget_matched_tables(d: dict) -> str:
                     f"{met}/{len(st['budget_met'])}",
                     f"{b['nonzero_weights']:,.0f} / {t['nonzero_weights']:,.0f} ({v['size_ratio_nonzero']:.2f}×)",
                     f"{b['weights_gzip_bytes']:,.0f} / {t['weights_gzip_bytes']:,.0f} ({v['size_ratio_gzip']:.2f}×)",
-                    f"{100 * v['accuracy_margin']:+.2f}",
+                    _margin(v),
                     _verdict(v["met"]),
                 ]
             )
@@ -425,7 +426,7 @@ def budget_matched_tables(d: dict) -> str:
                 "budget met (seeds)",
                 "non-zero budget / tfmot",
                 "gzip bytes budget / tfmot",
-                "acc. budget − tfmot (points)",
+                "acc. budget − tfmot, points [95 % interval over the test digits]",
                 "smaller at equal or better accuracy",
             ],
         ),

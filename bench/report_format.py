@@ -24,3 +24,11 @@ def _run_line(d: dict) -> str:
         f"{load.get('load1_min')}–{load.get('load1_max')} (median {load.get('load1_median')}) on "
         f"{load.get('cores')} cores._"
     )
+
+
+def _margin(v: dict) -> str:
+    """A verdict's accuracy margin in points, with its 95 % interval over the test digits when the run recorded one
+    (`bench.budget_tfmot.margin_interval`): "+0.10 [-0.50, +0.70]"."""
+    out = f"{100 * v['accuracy_margin']:+.2f}"
+    ci = v.get("accuracy_margin_ci95")
+    return out + (f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else "")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from bench.budget_matched import TIE, TINY, better_frequency, matched_budget, tally
-from bench.budget_tfmot import verdict
-from bench.sides._shared import TEST, VAL
+from bench.budget_tfmot import margin_interval, verdict
+from bench.sides._shared import TEST, VAL, pack_right, unpack_right
 
 
 def _m(accuracy: float, nonzero: int, gz: int, val: float | None = None) -> dict:
@@ -100,3 +100,40 @@ def test_the_val_and_test_halves_partition_the_held_out_digits():
     val, test = positions[VAL], positions[TEST]
     assert len(val) == len(test) == 1000
     assert not set(val) & set(test) and set(val) | set(test) == set(positions)
+
+
+def _runs(rights: list[np.ndarray]) -> list[dict]:
+    return [{"test_right": pack_right(r)} for r in rights]
+
+
+def test_packed_right_answers_round_trip():
+    rng = np.random.default_rng(3)
+    for n in (1, 8, 1000, 1003):
+        right = rng.random(n) < 0.9
+        packed = pack_right(right)
+        assert packed["n"] == n and len(packed["bits"]) == 2 * ((n + 7) // 8)
+        np.testing.assert_array_equal(unpack_right(packed), right)
+
+
+def test_margin_interval_resamples_the_same_digits_for_both_sides():
+    rng = np.random.default_rng(0)
+    right = [rng.random(1000) < 0.96 for _ in range(3)]
+    # the same answers on both sides: every redraw gives the margin 0
+    assert margin_interval(_runs(right), _runs(right)) == [0.0, 0.0]
+    # tfmot wrong on 100 more digits in every seed: a margin of +0.1 that no redraw of the digits can flip
+    worse = [r.copy() for r in right]
+    for w in worse:
+        w[np.flatnonzero(w)[:100]] = False
+    low, high = margin_interval(_runs(right), _runs(worse))
+    assert 0.07 < low < 0.1 < high < 0.13
+    # two digits apart out of 1,000, each side wrong on its own digits: the digits cannot tell the sides apart
+    a, b = np.ones(1000, bool), np.ones(1000, bool)
+    a[:40], b[38:80] = False, False
+    low, high = margin_interval(_runs([a]), _runs([b]))
+    assert low < 0 < high and np.mean(a) - np.mean(b) == pytest.approx(0.002)
+
+
+def test_margin_interval_needs_every_runs_answers():
+    right = np.ones(10, bool)
+    assert margin_interval([{"accuracy": 1.0}], _runs([right])) is None
+    assert margin_interval([], _runs([right])) is None

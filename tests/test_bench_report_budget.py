@@ -103,3 +103,8 @@ def test_6e_rows_pick_on_val_and_show_both_sides_val_accuracy():
     assert row[2:5] == ["0.9560 (-0.60)", "0.9550 / 0.9570", "0.005001"]  # test, then val: tfmot / budget
     assert row[-2:] == ["+0.20", "met"]
     assert "Pairs met: 1 of 1" in text
+    # a run that recorded each model's answers shows the margin's interval over the test digits
+    setting["verdict"]["accuracy_margin_ci95"] = [-0.004, 0.0085]
+    text = budget_matched_tables({**RUN, "config": cfg, "models": models, "goal": goal})
+    (row,) = [r for r in _rows(text) if r[0].startswith("lenet")]
+    assert row[-2:] == ["+0.20 [-0.40, +0.85]", "met"]

@@ -117,6 +117,7 @@ def budget_job(model_file: str, step: dict, batch_size: int = 128, seed: int = 0
         "accuracy": split["test"],
         "val_accuracy": split["val"],
         "accuracy_all": split["all"],
+        "test_right": split["test_right"],
         "gzip_bytes": {
             "before": manifest["before"]["file"]["gzip_bytes"],
             "after": manifest["after"]["file"]["gzip_bytes"],
