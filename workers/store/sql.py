@@ -9,7 +9,7 @@ same transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import (
@@ -23,9 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from workers.errors import QuotaExceeded
 from workers.jobs import (
-    ApiKeyRecord,
     ArtifactInfo,
     EventKind,
     InputFile,
@@ -33,10 +31,9 @@ from workers.jobs import (
     JobRecord,
     JobStatus,
     NewJob,
-    error_dict,
     utcnow,
 )
-from workers.store.base import Claim, Page, SweepResult, TenantQuota
+from workers.store.base import Claim, Page, TenantQuota
 from workers.store.schema import (  # noqa: F401 (tests and tools import tables here)
     ACTIVE_STATUSES,
     ADDED_COLUMNS,
@@ -49,6 +46,9 @@ from workers.store.schema import (  # noqa: F401 (tests and tools import tables 
     make_engine,
     metadata,
 )
+from workers.store.sql_keys import ApiKeys
+from workers.store.sql_quota import check_quota, count_artifacts
+from workers.store.sql_sweeps import Sweeps
 
 
 def _job(row) -> JobRecord:
@@ -78,19 +78,9 @@ def _job(row) -> JobRecord:
     )
 
 
-def _key(row) -> ApiKeyRecord:
-    m = row._mapping
-    return ApiKeyRecord(
-        id=m["id"],
-        tenant=m["tenant"],
-        name=m["name"],
-        created_at=m["created_at"],
-        revoked_at=m["revoked_at"],
-        admin=bool(m["admin"]),
-    )
+class SqlJobStore(Sweeps, ApiKeys):
+    """The job store over one SQLAlchemy engine; its sweeps and API keys are in `sql_sweeps` and `sql_keys`."""
 
-
-class SqlJobStore:
     def __init__(self, url: str, *, echo: bool = False, create: bool = True):
         self.url = url
         self.engine = make_engine(url, echo=echo)
@@ -140,7 +130,7 @@ class SqlJobStore:
                     )
                 )
                 if quota is not None:
-                    self._check_quota(conn, new.tenant, quota)
+                    check_quota(conn, new.tenant, quota)
                 self._status_event(conn, new.id, JobStatus.QUEUED, now)
         except IntegrityError:
             if new.idempotency_key is None:
@@ -153,46 +143,9 @@ class SqlJobStore:
         assert job is not None
         return job, True
 
-    def _check_quota(self, conn: Connection, tenant: str, quota: TenantQuota) -> None:
-        active = conn.execute(
-            select(func.count()).select_from(jobs).where(jobs.c.tenant == tenant, jobs.c.status.in_(ACTIVE_STATUSES))
-        ).scalar_one()
-        if active > quota.max_active_jobs:
-            raise QuotaExceeded(
-                "max_active_jobs_per_tenant",
-                quota.max_active_jobs,
-                f"tenant '{tenant}' already has {active - 1} queued or running jobs; the limit "
-                f"(limits.max_active_jobs_per_tenant) is {quota.max_active_jobs}",
-            )
-        stored = conn.execute(select(func.count()).select_from(jobs).where(jobs.c.tenant == tenant)).scalar_one()
-        if stored > quota.max_stored_jobs:
-            raise QuotaExceeded(
-                "max_stored_jobs_per_tenant",
-                quota.max_stored_jobs,
-                f"tenant '{tenant}' already stores {stored - 1} jobs; the limit "
-                f"(limits.max_stored_jobs_per_tenant) is {quota.max_stored_jobs}: delete old jobs",
-            )
-        if quota.max_stored_artifacts is not None:
-            stored_artifacts = self._count_artifacts(conn, tenant)
-            if stored_artifacts >= quota.max_stored_artifacts:
-                raise QuotaExceeded(
-                    "max_stored_artifacts_per_tenant",
-                    quota.max_stored_artifacts,
-                    f"tenant '{tenant}' already stores {stored_artifacts} artifacts; the limit "
-                    f"(limits.max_stored_artifacts_per_tenant) is {quota.max_stored_artifacts}: "
-                    "delete old jobs",
-                )
-
-    @staticmethod
-    def _count_artifacts(conn: Connection, tenant: str) -> int:
-        # counted here rather than in SQL: JSON array functions differ between SQLite and PostgreSQL, and a tenant
-        # holds at most limits.max_stored_jobs_per_tenant rows
-        rows = conn.execute(select(jobs.c.artifacts).where(jobs.c.tenant == tenant, jobs.c.artifacts.is_not(None)))
-        return sum(len(a) for (a,) in rows if isinstance(a, list))
-
     def count_artifacts(self, tenant: str) -> int:
         with self.engine.connect() as conn:
-            return self._count_artifacts(conn, tenant)
+            return count_artifacts(conn, tenant)
 
     def get_job(self, job_id: str, tenant: str | None = None) -> JobRecord | None:
         q = select(jobs).where(jobs.c.id == job_id)
@@ -392,88 +345,6 @@ class SqlJobStore:
             self._status_event(conn, claim.job.id, JobStatus.QUEUED, now, reason=reason)
         return True
 
-    def sweep_stale(
-        self, older_than: datetime, *, dead_worker: Callable[[str], bool] | None = None
-    ) -> list[SweepResult]:
-        q = select(
-            jobs.c.id,
-            jobs.c.attempts,
-            jobs.c.max_attempts,
-            jobs.c.heartbeat_at,
-            jobs.c.worker_id,
-            jobs.c.cancel_requested,
-        ).where(jobs.c.status == JobStatus.RUNNING.value)
-        with self.engine.connect() as conn:
-            running = conn.execute(q).all()
-        stale = [
-            r
-            for r in running
-            if r.heartbeat_at is None
-            or r.heartbeat_at < older_than
-            or (dead_worker is not None and r.worker_id and dead_worker(r.worker_id))
-        ]
-        out = []
-        for job_id, attempts, max_attempts, beat, worker, cancel in stale:
-            now = utcnow()
-            reason = f"interrupted: worker {worker} stopped during attempt {attempts} of {max_attempts}"
-            if cancel:
-                status, values = JobStatus.CANCELLED, {"finished_at": now}
-            elif attempts < max_attempts:
-                status, values = JobStatus.QUEUED, {"worker_id": None, "heartbeat_at": None, "progress": None}
-            else:
-                status = JobStatus.FAILED
-                values = {
-                    "finished_at": now,
-                    "error": error_dict(
-                        "interrupted",
-                        f"the job was interrupted: its worker stopped during attempt {attempts} of "
-                        f"{max_attempts} (worker.max_attempts) and it is not retried again",
-                    ),
-                }
-            where = (
-                jobs.c.id == job_id,
-                _leaving(JobStatus.RUNNING, status),
-                jobs.c.heartbeat_at == beat,
-                jobs.c.attempts == attempts,
-            )
-            with self.engine.begin() as conn:
-                result = conn.execute(update(jobs).where(*where).values(status=str(status), updated_at=now, **values))
-                if result.rowcount == 1:
-                    extra = {"error": values["error"]} if "error" in values else {}
-                    self._status_event(conn, job_id, status, now, reason=reason, **extra)
-                    out.append(SweepResult(job_id, status))
-        return out
-
-    def fail_exhausted(self) -> list[SweepResult]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(jobs.c.id, jobs.c.attempts).where(
-                    jobs.c.status == JobStatus.QUEUED.value, jobs.c.attempts >= jobs.c.max_attempts
-                )
-            ).all()
-        out = []
-        for job_id, attempts in rows:
-            now = utcnow()
-            error = error_dict(
-                "interrupted",
-                f"the job was interrupted on each of its {attempts} attempts "
-                "(worker.max_attempts); it is not retried again",
-            )
-            with self.engine.begin() as conn:
-                result = conn.execute(
-                    update(jobs)
-                    .where(
-                        jobs.c.id == job_id,
-                        _leaving(JobStatus.QUEUED, JobStatus.FAILED),
-                        jobs.c.attempts >= jobs.c.max_attempts,
-                    )
-                    .values(status=JobStatus.FAILED.value, finished_at=now, updated_at=now, error=error)
-                )
-                if result.rowcount == 1:
-                    self._status_event(conn, job_id, JobStatus.FAILED, now, error=error)
-                    out.append(SweepResult(job_id, JobStatus.FAILED))
-        return out
-
     def request_cancel(self, job_id: str, tenant: str | None = None) -> JobRecord | None:
         now = utcnow()
         scope = [jobs.c.id == job_id] + ([jobs.c.tenant == tenant] if tenant is not None else [])
@@ -526,44 +397,6 @@ class SqlJobStore:
             JobEvent(job_id=r.job_id, seq=r.seq, kind=EventKind(r.kind), data=r.data, created_at=r.created_at)
             for r in rows
         ]
-
-    # -- API keys -----------------------------------------------------------------------------------------------
-
-    def create_api_key(
-        self, key_id: str, tenant: str, key_hash: str, name: str | None = None, *, admin: bool = False
-    ) -> ApiKeyRecord:
-        now = utcnow()
-        with self.engine.begin() as conn:
-            conn.execute(
-                insert(api_keys).values(
-                    id=key_id, tenant=tenant, name=name, key_hash=key_hash, created_at=now, admin=admin
-                )
-            )
-        return ApiKeyRecord(id=key_id, tenant=tenant, name=name, created_at=now, admin=admin)
-
-    def find_api_key(self, key_hash: str) -> tuple[ApiKeyRecord, str] | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(api_keys).where(api_keys.c.key_hash == key_hash)).first()
-        return None if row is None else (_key(row), row.key_hash)
-
-    def revoke_api_key(self, key_id: str) -> bool:
-        with self.engine.begin() as conn:
-            return (
-                conn.execute(
-                    update(api_keys)
-                    .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                    .values(revoked_at=utcnow())
-                ).rowcount
-                == 1
-            )
-
-    def list_api_keys(self) -> list[ApiKeyRecord]:
-        with self.engine.connect() as conn:
-            return [_key(r) for r in conn.execute(select(api_keys).order_by(api_keys.c.created_at)).all()]
-
-    def any_api_key(self) -> bool:
-        with self.engine.connect() as conn:
-            return conn.execute(select(api_keys.c.id).limit(1)).first() is not None
 
     # -- plumbing -----------------------------------------------------------------------------------------------
 
