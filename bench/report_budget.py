@@ -439,9 +439,24 @@ def budget_matched_tables(d: dict) -> str:
             "",
             f"Pairs met: {g['met']} of {g['pairs']}"
             + (f" ({', '.join(g['met_pairs'])})" if g["met_pairs"] else "")
-            + f"; smaller while both stay within the setting's drop: {g['smaller_within']} of {g['pairs']}.",
+            + f"; smaller while both stay within the setting's drop: {g['smaller_within']} of {g['pairs']}."
+            + _resolved_line(d),
         ]
     return "\n".join(parts)
+
+
+def _resolved_line(d: dict) -> str:
+    """How many pairs' accuracy margins the test digits resolve: their 95 % interval lies wholly above or below 0
+    (an interval that touches 0 does not). Empty for runs that recorded no interval."""
+    cis = [st["verdict"].get("accuracy_margin_ci95") for m in d["models"].values() for st in m["settings"].values()]
+    if not cis or None in cis:
+        return ""
+    better, worse = sum(lo > 0 for lo, _ in cis), sum(hi < 0 for _, hi in cis)
+    return (
+        f" The test digits resolve the accuracy margin (its 95 % interval lies wholly above or below 0) in "
+        f"{better + worse} of {len(cis)} pairs: the budget's model is the more accurate in {better}, the less "
+        f"accurate in {worse}."
+    )
 
 
 def _finetune_table(finetune: dict) -> str:

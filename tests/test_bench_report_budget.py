@@ -108,3 +108,7 @@ def test_6e_rows_pick_on_val_and_show_both_sides_val_accuracy():
     text = budget_matched_tables({**RUN, "config": cfg, "models": models, "goal": goal})
     (row,) = [r for r in _rows(text) if r[0].startswith("lenet")]
     assert row[-2:] == ["+0.20 [-0.40, +0.85]", "met"]
+    assert "resolve the accuracy margin" in text and "in 0 of 1 pairs" in text
+    setting["verdict"]["accuracy_margin_ci95"] = [0.001, 0.0085]
+    text = budget_matched_tables({**RUN, "config": cfg, "models": models, "goal": goal})
+    assert "in 1 of 1 pairs: the budget's model is the more accurate in 1, the less accurate in 0" in text
