@@ -215,7 +215,6 @@ def run(sides: Sides, quick: bool, command: str, repeats: int | None = None) -> 
         v = payload["models"][model]["verdict"]
         if v["tfmot_best"] is not None:
             v["accuracy_margin_ci95"] = margin_interval(budget_runs, tf_runs[v["tfmot_best"]])
-        v = payload["models"][model]["verdict"]
         log(f"budget_tfmot: {model}: verdict {v}")
         write_result("budget_tfmot", {**payload, "load": monitor.summary()}, quick)
     payload["load"] = monitor.summary()

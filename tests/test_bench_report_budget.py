@@ -63,7 +63,8 @@ def test_6c_shows_val_and_test_and_whether_each_arm_is_within_on_both():
     assert verdict_row[3] == "no"  # neither stays within the point on test
 
 
-def test_6e_rows_pick_on_val_and_show_both_sides_val_accuracy():
+def _6e_run(ci: list[float] | None = None) -> str:
+    """Part 6e's tables for one LeNet row (tfmot 0.95 at frequency 10), with the margin's interval `ci` if given."""
     max_drop, tiny = matched_budget(BASE["val"], 0.955)
     budget = _arm(0.958, 0.957, 9228, 51362, 0.967)
     tf = _arm(0.956, 0.955, 13720, 125909, 0.95, target=0.95, frequency=10)
@@ -76,7 +77,7 @@ def test_6e_rows_pick_on_val_and_show_both_sides_val_accuracy():
         "budget_met": [True],
         "total_epochs": [12],
         "tfmot": tf,
-        "verdict": verdict(BASE, max_drop, budget, {name: tf}),
+        "verdict": {**verdict(BASE, max_drop, budget, {name: tf}), **({"accuracy_margin_ci95": ci} if ci else {})},
     }
     cfg = {
         "step": STEP,
@@ -97,18 +98,24 @@ def test_6e_rows_pick_on_val_and_show_both_sides_val_accuracy():
         }
     }
     goal = tally([{"model": "lenet_300_100", **setting}])
-    text = budget_matched_tables({**RUN, "config": cfg, "models": models, "goal": goal})
+    return budget_matched_tables({**RUN, "config": cfg, "models": models, "goal": goal})
+
+
+def test_6e_rows_pick_on_val_and_show_both_sides_val_accuracy():
+    text = _6e_run()
     (row,) = [r for r in _rows(text) if r[0].startswith("lenet")]
     assert row[0] == "lenet_300_100 (val 0.9600, test 0.9620)"
     assert row[2:5] == ["0.9560 (-0.60)", "0.9550 / 0.9570", "0.005001"]  # test, then val: tfmot / budget
     assert row[-2:] == ["+0.20", "met"]
-    assert "Pairs met: 1 of 1" in text
-    # a run that recorded each model's answers shows the margin's interval over the test digits
-    setting["verdict"]["accuracy_margin_ci95"] = [-0.004, 0.0085]
-    text = budget_matched_tables({**RUN, "config": cfg, "models": models, "goal": goal})
+    assert "Pairs met: 1 of 1" in text and "resolve the accuracy margin" not in text  # a run with no intervals
+
+
+def test_6e_shows_the_margins_interval_and_counts_the_pairs_it_resolves():
+    text = _6e_run([-0.004, 0.0085])
     (row,) = [r for r in _rows(text) if r[0].startswith("lenet")]
     assert row[-2:] == ["+0.20 [-0.40, +0.85]", "met"]
-    assert "resolve the accuracy margin" in text and "in 0 of 1 pairs" in text
-    setting["verdict"]["accuracy_margin_ci95"] = [0.001, 0.0085]
-    text = budget_matched_tables({**RUN, "config": cfg, "models": models, "goal": goal})
+    assert "resolve the accuracy margin (its 95 % interval lies wholly above or below 0) in 0 of 1 pairs" in text
+    text = _6e_run([0.001, 0.0085])
     assert "in 1 of 1 pairs: the budget's model is the more accurate in 1, the less accurate in 0" in text
+    text = _6e_run([-0.009, -0.001])
+    assert "in 1 of 1 pairs: the budget's model is the more accurate in 0, the less accurate in 1" in text
