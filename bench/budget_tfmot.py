@@ -74,8 +74,9 @@ def tfmot_job(sides: Sides, pre: dict, epochs: int, target: float, frequency: in
     )
     split = t["split_accuracy"]  # judged on the test half, as the budget job's model (module docstring)
     t.update(seed=seed, epochs=epochs, target=target, frequency=frequency)
-    t.update(accuracy=split["test"], val_accuracy=split["val"], accuracy_all=split["all"])
-    t.update(test_right=split["test_right"])
+    t.update(
+        accuracy=split["test"], val_accuracy=split["val"], accuracy_all=split["all"], test_right=split["test_right"]
+    )
     return t
 
 
